@@ -1,0 +1,153 @@
+package memnode
+
+import (
+	"errors"
+	"fmt"
+)
+
+// DefaultConfig returns the defaults: a 1 TiB address space, items of at
+// most 1 MiB, at most 1024 items per Op and a five-minute horizon.
+func DefaultConfig() Config {
+	return Config{
+		Size:         1 << 40,
+		MaxItemBytes: 1 << 20,
+		MaxItems:     1024,
+		Horizon:      5 * 60 * 1e9,
+	}
+}
+
+// WithDefaults fills zero fields with DefaultConfig's values.
+func (c Config) WithDefaults() Config {
+	d := DefaultConfig()
+	if c.Size == 0 {
+		c.Size = d.Size
+	}
+	if c.MaxItemBytes == 0 {
+		c.MaxItemBytes = d.MaxItemBytes
+	}
+	if c.MaxItems == 0 {
+		c.MaxItems = d.MaxItems
+	}
+	if c.Horizon == 0 {
+		c.Horizon = d.Horizon
+	}
+	return c
+}
+
+// Validate reports every problem with c, joined; each wraps ErrInvalid.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Size == 0 {
+		errs = append(errs, fmt.Errorf("%w: config: Size must be > 0", ErrInvalid))
+	}
+	if c.MaxItemBytes == 0 {
+		errs = append(errs, fmt.Errorf("%w: config: MaxItemBytes must be > 0", ErrInvalid))
+	}
+	if c.MaxItems <= 0 {
+		errs = append(errs, fmt.Errorf("%w: config: MaxItems must be > 0, got %d", ErrInvalid, c.MaxItems))
+	}
+	if c.Horizon <= 0 {
+		errs = append(errs, fmt.Errorf("%w: config: Horizon must be > 0 ns, got %d", ErrInvalid, c.Horizon))
+	}
+	return errors.Join(errs...)
+}
+
+// ValidateOp checks that op is acceptable for an entry of kind k under c:
+// k is known; Commit, Abort and AbortUnlessVoted carry no items; there are
+// at most MaxItems items; every item is non-empty, at most MaxItemBytes long
+// and lies within [0, Size). It returns the first problem found, wrapping
+// ErrInvalid, and allocates nothing when op is valid.
+func (c Config) ValidateOp(k Kind, op *Op) error {
+	n := len(op.Compares) + len(op.Reads) + len(op.Writes)
+	switch k {
+	case KindExec, KindPrepare:
+	case KindCommit, KindAbort, KindAbortUnlessVoted:
+		if n > 0 {
+			return fmt.Errorf("%w: %v must carry no items, got %d", ErrInvalid, k, n)
+		}
+		return nil
+	default:
+		return fmt.Errorf("%w: unknown entry kind %d", ErrInvalid, uint8(k))
+	}
+	if n > c.MaxItems {
+		return fmt.Errorf("%w: %d items exceed the limit of %d", ErrInvalid, n, c.MaxItems)
+	}
+	for i := range op.Compares {
+		if err := c.checkItem("compare", i, op.Compares[i].Addr, uint64(len(op.Compares[i].Data))); err != nil {
+			return err
+		}
+	}
+	for i := range op.Reads {
+		if err := c.checkItem("read", i, op.Reads[i].Addr, uint64(op.Reads[i].Len)); err != nil {
+			return err
+		}
+	}
+	for i := range op.Writes {
+		if err := c.checkItem("write", i, op.Writes[i].Addr, uint64(len(op.Writes[i].Data))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkItem checks one item's range [addr, addr+n).
+func (c Config) checkItem(what string, i int, addr, n uint64) error {
+	switch {
+	case n == 0:
+		return fmt.Errorf("%w: %s item %d: zero length at 0x%x", ErrInvalid, what, i, addr)
+	case n > uint64(c.MaxItemBytes):
+		return fmt.Errorf("%w: %s item %d: length %d exceeds the limit of %d bytes", ErrInvalid, what, i, n, c.MaxItemBytes)
+	case addr+n < addr:
+		return fmt.Errorf("%w: %s item %d: range at 0x%x of length %d overflows the address space", ErrInvalid, what, i, addr, n)
+	case addr+n > c.Size:
+		return fmt.Errorf("%w: %s item %d: range [0x%x, 0x%x) exceeds memnode size 0x%x", ErrInvalid, what, i, addr, addr+n, c.Size)
+	}
+	return nil
+}
+
+// String names k as in the protocol.
+func (k Kind) String() string {
+	switch k {
+	case KindExec:
+		return "Exec"
+	case KindPrepare:
+		return "Prepare"
+	case KindCommit:
+		return "Commit"
+	case KindAbort:
+		return "Abort"
+	case KindAbortUnlessVoted:
+		return "AbortUnlessVoted"
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// String names v as in the Sinfonia paper.
+func (v Vote) String() string {
+	switch v {
+	case 0:
+		return "none"
+	case VoteOK:
+		return "OK"
+	case VoteBadLock:
+		return "BAD-LOCK"
+	case VoteBadForced:
+		return "BAD-FORCED"
+	case VoteBadCmp:
+		return "BAD-CMP"
+	}
+	return fmt.Sprintf("Vote(%d)", uint8(v))
+}
+
+// String names o.
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeUnknown:
+		return "unknown"
+	case OutcomeCommitted:
+		return "committed"
+	case OutcomeAborted:
+		return "aborted"
+	}
+	return fmt.Sprintf("Outcome(%d)", uint8(o))
+}

@@ -1,0 +1,104 @@
+// Package memnode is the Sinfonia participant ("memory node") as a pure,
+// deterministic state machine: Apply(entry) → Result. Each memnode is
+// replicated by a Raft group; every replica applies the same entries in log
+// order and ends in the same state, byte for byte.
+//
+// # What it owns
+//
+// One Memnode holds a participant's whole state:
+//   - the address space: Config.Size bytes, sparse, in 4 KiB pages
+//     allocated on first write; unwritten bytes read as zero; items may
+//     span pages;
+//   - locks: shared locks on the compare and read items and exclusive locks
+//     on the write items of every in-doubt transaction. Locks are data in a
+//     table indexed by 4 KiB bucket, not mutexes; none is held outside
+//     in-doubt transactions, and with none held a lock check is O(1);
+//   - in-doubt: tids that voted OK in Prepare and await Commit or Abort,
+//     with their participants, write items and prepare time;
+//   - forced-abort: tids aborted before they were prepared here;
+//   - decided: outcomes of tids that were in doubt here;
+//   - the clock: the largest Entry.Now applied, the only time it knows.
+//
+// # Protocol steps (Sinfonia Fig. 4, one participant's view)
+//
+//  1. Exec (one-phase, one participant): lock check, then compare, then
+//     read, then write, in one step. Votes: BAD-LOCK if an item conflicts
+//     with a held lock; else BAD-CMP with the first failing compare's index;
+//     else OK with the reads, taken before the writes are applied.
+//  2. Prepare (phase one of two-phase commit) answers by the first rule that
+//     applies: (a) tid in doubt (a duplicate delivery): OK again, with the
+//     reads; (b) tid decided: its outcome (committed: OK, aborted:
+//     BAD-FORCED), with Result.Outcome set and no reads; (c) tid older than
+//     clock-Horizon: BAD-FORCED; (d) a lock conflicts: BAD-LOCK; (e) tid in
+//     forced-abort: BAD-FORCED; (f) a compare fails: BAD-CMP; (g) OK: the
+//     locks are taken, the tid becomes in doubt (keeping its writes,
+//     participants and PreparedAt = clock) and the reads are returned. A vote
+//     other than OK leaves no trace.
+//  3. Commit: an in-doubt tid's writes are applied, its locks released, and
+//     it is decided committed. Otherwise nothing changes and Outcome is the
+//     decided outcome, or OutcomeUnknown.
+//  4. Abort: an in-doubt tid's locks are released and it is decided aborted.
+//     A decided tid keeps its outcome (an Abort never undoes a Commit; the
+//     answer is the real outcome). An unknown tid is added to forced-abort,
+//     so a late Prepare is refused. Outcome is OutcomeAborted.
+//  5. AbortUnlessVoted (recovery's phase one): an in-doubt tid votes OK and
+//     stays in doubt; a decided tid answers as in 2(b); an unknown tid is
+//     added to forced-abort and votes BAD-FORCED.
+//  6. Query (read-only, after a Raft ReadIndex; not a log entry): BAD-LOCK if
+//     a compare or read range overlaps an exclusive lock; else BAD-CMP;
+//     else OK with the reads. It changes nothing.
+//
+// Exec ignores TID and Participants; only Prepare keeps Participants.
+// Commit, Abort and AbortUnlessVoted are idempotent. Lock conflicts: a
+// shared request conflicts with an overlapping exclusive lock; an exclusive
+// request with any overlapping lock; a transaction's own items never
+// conflict with each other.
+//
+// # Time and garbage collection
+//
+// The clock is max(Entry.Now) over applied entries, so it never runs
+// backwards even when leaders' clocks disagree. A tid is expired once
+// TID.Time < clock-Horizon: Prepare refuses it, and its forced-abort and
+// decided entries are treated as absent and dropped by a sweep that runs
+// whenever the clock has advanced Horizon/8 since the last one (so results
+// never depend on when the sweep ran). Prepare, Abort and AbortUnlessVoted
+// of a tid dated more than Horizon after the clock are invalid, so every
+// recorded tid expires. In-doubt transactions are never collected; recovery
+// resolves them (InDoubt lists them). Memory is thus bounded by the address
+// space written, the in-doubt transactions, and the tids decided or
+// force-aborted within about two horizons. A coordinator must finish a
+// transaction within the horizon: after it, a duplicate Prepare of a
+// committed tid is refused.
+//
+// # Invariants
+//
+//   - An invalid entry (bad kind, items on Commit/Abort/AbortUnlessVoted, too
+//     many items, an empty, oversized or out-of-range item, a tid from too
+//     far in the future) changes nothing, not even the clock, and returns
+//     Result{Err: wraps ErrInvalid, FailedCompare: -1}. Apply and the
+//     decoders never panic on any input.
+//   - Time comes only from entries; state depends only on the sequence of
+//     entries applied (and the Config, which replicas must share).
+//   - Snapshots are deterministic: equal states give equal bytes, so
+//     replicas can be compared byte for byte; Restore(Snapshot()) gives an
+//     equal state. A Restore that fails leaves the state unchanged.
+//   - Results never alias the Memnode's memory; Apply and Restore keep no
+//     reference to their arguments.
+//
+// # Formats
+//
+// Entries (the Raft log), queries and results are hand-rolled binary with a
+// leading version byte (1) and uvarints; decoders accept only canonical
+// bytes and bound every allocation by the input's length (encoding.go).
+// Decoded values alias the input. Snapshots are "tMNs", version 1, the
+// state with sorted keys, and a CRC-32C trailer (snapshot.go). Kind, Vote,
+// Outcome values and these formats are append-only; a new layout gets a new
+// version.
+//
+// # What it must not do
+//
+// No I/O, no goroutines, no clocks, no randomness, no locks (a Memnode is
+// used from one goroutine at a time), and no knowledge of Raft or of the
+// network: memnode/service turns requests into entries, replicates them and
+// runs recovery.
+package memnode

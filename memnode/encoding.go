@@ -1,0 +1,336 @@
+package memnode
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"slices"
+)
+
+// Wire formats of entries (the Raft log), queries and results. Each starts
+// with a version byte; integers are uvarints (signed ones zig-zag varints);
+// byte strings are a uvarint length then the bytes. Decoders accept only the
+// canonical encoding (minimal varints, no trailing bytes), so
+// Append(Decode(b)) == b whenever Decode succeeds.
+//
+//	entry  = 0x01 kind:byte now:varint tid participants:uvarint* op
+//	query  = 0x01 now:varint op
+//	result = 0x01 vote:byte failed:varint outcome:byte err reads:bytes*
+//	tid    = client:uvarint seq:uvarint time:varint
+//	op     = compares:(addr:uvarint data:bytes)* reads:(addr:uvarint len:uvarint)* writes:(addr:uvarint data:bytes)*
+//	err    = 0x00 | 0x01 message:bytes
+//
+// where x* is a uvarint count followed by that many x.
+const (
+	entryVersion  = 1
+	queryVersion  = 1
+	resultVersion = 1
+)
+
+// AppendEntry appends the encoding of e to dst.
+func AppendEntry(dst []byte, e *Entry) []byte {
+	dst = slices.Grow(dst, 3+3*binary.MaxVarintLen64+len(e.Participants)*binary.MaxVarintLen64+opSize(&e.Op))
+	dst = append(dst, entryVersion, byte(e.Kind))
+	dst = binary.AppendVarint(dst, e.Now)
+	dst = appendTID(dst, e.TID)
+	dst = binary.AppendUvarint(dst, uint64(len(e.Participants)))
+	for _, p := range e.Participants {
+		dst = binary.AppendUvarint(dst, p)
+	}
+	return appendOp(dst, &e.Op)
+}
+
+// DecodeEntry decodes an entry encoded by AppendEntry. The entry's byte
+// slices alias b. Errors wrap ErrCorrupt or ErrVersion.
+func DecodeEntry(b []byte) (Entry, error) {
+	d := decoder{b: b, what: "entry"}
+	var e Entry
+	if d.version(entryVersion) {
+		e.Kind = Kind(d.byte())
+		e.Now = d.varint()
+		e.TID = d.tid()
+		if n := d.count(1); n > 0 {
+			e.Participants = make([]uint64, n)
+			for i := range e.Participants {
+				e.Participants[i] = d.uvarint()
+			}
+		}
+		d.op(&e.Op)
+	}
+	if err := d.finish(); err != nil {
+		return Entry{}, err
+	}
+	return e, nil
+}
+
+// AppendQuery appends the encoding of a read-only request at the reader's
+// clock now.
+func AppendQuery(dst []byte, now int64, op *Op) []byte {
+	dst = slices.Grow(dst, 1+binary.MaxVarintLen64+opSize(op))
+	dst = append(dst, queryVersion)
+	dst = binary.AppendVarint(dst, now)
+	return appendOp(dst, op)
+}
+
+// DecodeQuery decodes what AppendQuery encoded. The op's byte slices alias
+// b. Errors wrap ErrCorrupt or ErrVersion.
+func DecodeQuery(b []byte) (now int64, op Op, err error) {
+	d := decoder{b: b, what: "query"}
+	if d.version(queryVersion) {
+		now = d.varint()
+		d.op(&op)
+	}
+	if err := d.finish(); err != nil {
+		return 0, Op{}, err
+	}
+	return now, op, nil
+}
+
+// AppendResult appends the encoding of r. Result.Err crosses as its
+// message.
+func AppendResult(dst []byte, r *Result) []byte {
+	n := 4 + binary.MaxVarintLen64*(2+len(r.Reads))
+	for _, rd := range r.Reads {
+		n += len(rd)
+	}
+	dst = slices.Grow(dst, n)
+	dst = append(dst, resultVersion, byte(r.Vote))
+	dst = binary.AppendVarint(dst, int64(r.FailedCompare))
+	dst = append(dst, byte(r.Outcome))
+	if r.Err != nil {
+		dst = append(dst, 1)
+		dst = appendBytes(dst, []byte(r.Err.Error()))
+	} else {
+		dst = append(dst, 0)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(r.Reads)))
+	for _, rd := range r.Reads {
+		dst = appendBytes(dst, rd)
+	}
+	return dst
+}
+
+// DecodeResult decodes what AppendResult encoded. Reads alias b. A
+// decoded Err has the original message and satisfies
+// errors.Is(err, ErrInvalid). Errors wrap ErrCorrupt or ErrVersion.
+func DecodeResult(b []byte) (Result, error) {
+	d := decoder{b: b, what: "result"}
+	var r Result
+	if d.version(resultVersion) {
+		r.Vote = Vote(d.byte())
+		fc := d.varint()
+		if fc < math.MinInt32 || fc > math.MaxInt32 {
+			d.fail("failed compare index %d out of range", fc)
+		}
+		r.FailedCompare = int(fc)
+		r.Outcome = Outcome(d.byte())
+		switch d.byte() {
+		case 0:
+		case 1:
+			r.Err = &remoteError{msg: string(d.bytes())}
+		default:
+			d.fail("bad error flag")
+		}
+		if n := d.count(1); n > 0 {
+			r.Reads = make([][]byte, n)
+			for i := range r.Reads {
+				r.Reads[i] = d.bytes()
+			}
+		}
+	}
+	if err := d.finish(); err != nil {
+		return Result{}, err
+	}
+	return r, nil
+}
+
+// remoteError is a Result.Err that crossed an encoding. Apply reports only
+// invalid requests, so it matches ErrInvalid.
+type remoteError struct{ msg string }
+
+func (e *remoteError) Error() string        { return e.msg }
+func (e *remoteError) Is(target error) bool { return target == ErrInvalid }
+
+func opSize(op *Op) int {
+	n := 3 + (len(op.Compares)+len(op.Reads)+len(op.Writes))*2*binary.MaxVarintLen64
+	for _, c := range op.Compares {
+		n += len(c.Data)
+	}
+	for _, w := range op.Writes {
+		n += len(w.Data)
+	}
+	return n
+}
+
+func appendTID(dst []byte, t TID) []byte {
+	dst = binary.AppendUvarint(dst, t.Client)
+	dst = binary.AppendUvarint(dst, t.Seq)
+	return binary.AppendVarint(dst, t.Time)
+}
+
+func appendBytes(dst, b []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(b)))
+	return append(dst, b...)
+}
+
+func appendOp(dst []byte, op *Op) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(op.Compares)))
+	for _, c := range op.Compares {
+		dst = binary.AppendUvarint(dst, c.Addr)
+		dst = appendBytes(dst, c.Data)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(op.Reads)))
+	for _, r := range op.Reads {
+		dst = binary.AppendUvarint(dst, r.Addr)
+		dst = binary.AppendUvarint(dst, uint64(r.Len))
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(op.Writes)))
+	for _, w := range op.Writes {
+		dst = binary.AppendUvarint(dst, w.Addr)
+		dst = appendBytes(dst, w.Data)
+	}
+	return dst
+}
+
+// decoder reads a canonical encoding. After the first error every read
+// returns a zero value, so callers check once, at finish.
+type decoder struct {
+	b    []byte
+	off  int
+	what string
+	err  error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s at byte %d: %s", ErrCorrupt, d.what, d.off, fmt.Sprintf(format, args...))
+	}
+	d.b = nil
+}
+
+// version reads the leading version byte and reports whether it is want.
+func (d *decoder) version(want byte) bool {
+	if len(d.b) == 0 {
+		d.fail("empty")
+		return false
+	}
+	if v := d.b[0]; v != want {
+		d.err = fmt.Errorf("%w: %s version %d, want %d", ErrVersion, d.what, v, want)
+		d.b = nil
+		return false
+	}
+	d.skip(1)
+	return true
+}
+
+func (d *decoder) skip(n int) {
+	d.b = d.b[n:]
+	d.off += n
+}
+
+// finish reports the first error, or trailing bytes.
+func (d *decoder) finish() error {
+	if d.err == nil && len(d.b) > 0 {
+		d.fail("%d trailing bytes", len(d.b))
+	}
+	return d.err
+}
+
+func (d *decoder) byte() byte {
+	if len(d.b) == 0 {
+		d.fail("truncated")
+		return 0
+	}
+	v := d.b[0]
+	d.skip(1)
+	return v
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	switch {
+	case n == 0:
+		d.fail("truncated varint")
+		return 0
+	case n < 0:
+		d.fail("varint overflows 64 bits")
+		return 0
+	case n > 1 && d.b[n-1] == 0:
+		d.fail("non-minimal varint")
+		return 0
+	}
+	d.skip(n)
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	u := d.uvarint()
+	return int64(u>>1) ^ -int64(u&1)
+}
+
+func (d *decoder) tid() TID {
+	return TID{Client: d.uvarint(), Seq: d.uvarint(), Time: d.varint()}
+}
+
+// count reads an element count; each element takes at least minBytes, so a
+// count the remaining input cannot hold is corrupt (and never allocated).
+func (d *decoder) count(minBytes int) int {
+	n := d.uvarint()
+	if n > uint64(len(d.b)/minBytes) {
+		d.fail("count %d exceeds the remaining %d bytes", n, len(d.b))
+		return 0
+	}
+	return int(n)
+}
+
+// bytes reads a length-prefixed byte string, aliasing the input.
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		d.fail("length %d exceeds the remaining %d bytes", n, len(d.b))
+		return nil
+	}
+	v := d.b[:n:n]
+	d.skip(int(n))
+	return v
+}
+
+func (d *decoder) op(op *Op) {
+	if n := d.count(2); n > 0 {
+		op.Compares = make([]Compare, n)
+		for i := range op.Compares {
+			op.Compares[i] = Compare{Addr: d.uvarint(), Data: d.bytes()}
+		}
+	}
+	op.Reads = d.reads()
+	op.Writes = d.writes()
+}
+
+func (d *decoder) reads() []Read {
+	n := d.count(2)
+	if n == 0 {
+		return nil
+	}
+	rs := make([]Read, n)
+	for i := range rs {
+		addr := d.uvarint()
+		l := d.uvarint()
+		if l > math.MaxUint32 {
+			d.fail("read length %d exceeds 32 bits", l)
+		}
+		rs[i] = Read{Addr: addr, Len: uint32(l)}
+	}
+	return rs
+}
+
+func (d *decoder) writes() []Write {
+	n := d.count(2)
+	if n == 0 {
+		return nil
+	}
+	ws := make([]Write, n)
+	for i := range ws {
+		ws[i] = Write{Addr: d.uvarint(), Data: d.bytes()}
+	}
+	return ws
+}

@@ -1,0 +1,427 @@
+package memnode
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"math"
+	"slices"
+)
+
+// Memnode is one participant's state. It is not safe for concurrent use:
+// its owner (a Raft group's apply loop) calls it from one goroutine at a
+// time.
+type Memnode struct {
+	cfg Config
+
+	mem memory
+	// locks holds exactly the locks of the transactions in inDoubt.
+	locks lockTable
+	// inDoubt: prepared tids that voted OK and await Commit or Abort. Never
+	// garbage-collected; recovery resolves them.
+	inDoubt map[TID]*txn
+	// forced: tids aborted before they were prepared here, so that a late
+	// Prepare is refused. Disjoint from inDoubt and decided.
+	forced map[TID]struct{}
+	// decided: outcomes of tids that were in doubt here. Disjoint from
+	// inDoubt.
+	decided map[TID]Outcome
+	// clock is the largest Entry.Now applied so far (Unix ns), or 0.
+	clock int64
+	// lastSweep is the clock at the last garbage-collection sweep of
+	// forced and decided; lastSweep <= clock.
+	lastSweep int64
+}
+
+// span is the byte range [addr, addr+n).
+type span struct{ addr, n uint64 }
+
+// txn is an in-doubt transaction: what it locks and what it will write.
+// Its byte slices are owned by the Memnode (copied from the entry).
+type txn struct {
+	tid          TID
+	participants []uint64
+	preparedAt   int64
+	compares     []span // shared locks
+	reads        []Read // shared locks; re-read for a duplicate Prepare
+	writes       []Write
+}
+
+func (t *txn) lockCount() int { return len(t.compares) + len(t.reads) + len(t.writes) }
+
+// InDoubtTx describes a prepared, undecided transaction.
+type InDoubtTx struct {
+	TID          TID
+	Participants []uint64
+	// PreparedAt is the memnode clock (Unix ns) when Prepare was applied.
+	PreparedAt int64
+}
+
+// Stats counts what a Memnode holds; every count is bounded (see doc.go).
+type Stats struct {
+	Pages       int   // allocated 4 KiB pages
+	Locks       int   // locked ranges held by in-doubt transactions
+	InDoubt     int   // prepared, undecided transactions
+	ForcedAbort int   // tids recorded as forced-abort (incl. expired, not yet swept)
+	Decided     int   // decided tids remembered (incl. expired, not yet swept)
+	Now         int64 // the memnode's clock, Unix ns
+}
+
+// New returns an empty Memnode. Zero fields of cfg take DefaultConfig's
+// values; an invalid cfg is an error.
+func New(cfg Config) (*Memnode, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Memnode{
+		cfg:     cfg,
+		inDoubt: make(map[TID]*txn),
+		forced:  make(map[TID]struct{}),
+		decided: make(map[TID]Outcome),
+	}, nil
+}
+
+// Config returns the configuration in effect (defaults filled in).
+func (m *Memnode) Config() Config { return m.cfg }
+
+func invalid(err error) Result { return Result{FailedCompare: -1, Err: err} }
+
+// Apply applies one log entry and returns its result. An invalid entry
+// changes nothing, not even the clock, and returns Result.Err wrapping
+// ErrInvalid. Apply keeps no reference to e or its slices.
+func (m *Memnode) Apply(e *Entry) Result {
+	if e == nil {
+		return invalid(fmt.Errorf("%w: nil entry", ErrInvalid))
+	}
+	if err := m.cfg.ValidateOp(e.Kind, &e.Op); err != nil {
+		return invalid(err)
+	}
+	now := max(m.clock, e.Now)
+	if e.Kind != KindExec && e.Kind != KindCommit {
+		// These kinds may record the tid; one dated beyond the horizon
+		// would never expire.
+		if limit := addSat(now, m.cfg.Horizon); e.TID.Time > limit {
+			return invalid(fmt.Errorf("%w: tid %v is dated more than the horizon (%d ns) after the memnode clock %d",
+				ErrInvalid, e.TID, m.cfg.Horizon, now))
+		}
+	}
+	m.advance(now)
+	switch e.Kind {
+	case KindExec:
+		return m.exec(&e.Op)
+	case KindPrepare:
+		return m.prepare(e)
+	case KindCommit:
+		return m.commit(e.TID)
+	case KindAbort:
+		return m.abort(e.TID)
+	default: // KindAbortUnlessVoted; ValidateOp rejected the rest
+		return m.abortUnlessVoted(e.TID)
+	}
+}
+
+// exec is the one-phase minitransaction: lock check, compare, read, write.
+func (m *Memnode) exec(op *Op) Result {
+	if m.locks.opConflicts(op) {
+		return Result{Vote: VoteBadLock, FailedCompare: -1}
+	}
+	if i := m.failedCompare(op.Compares); i >= 0 {
+		return Result{Vote: VoteBadCmp, FailedCompare: i}
+	}
+	r := Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(op.Reads)}
+	for _, w := range op.Writes {
+		m.mem.write(w.Addr, w.Data)
+	}
+	return r
+}
+
+// prepare is phase one of two-phase commit. Votes, in order: an in-doubt
+// tid votes OK again; a decided tid answers its outcome; a tid older than
+// the horizon is refused; then BAD-LOCK, BAD-FORCED, BAD-CMP, OK.
+func (m *Memnode) prepare(e *Entry) Result {
+	if t := m.inDoubt[e.TID]; t != nil {
+		// Duplicate delivery. The shared locks kept the read items
+		// unchanged since the first delivery.
+		return Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(t.reads)}
+	}
+	if o := m.outcome(e.TID); o != OutcomeUnknown {
+		return decidedVote(o)
+	}
+	if m.expired(e.TID) {
+		return Result{Vote: VoteBadForced, FailedCompare: -1}
+	}
+	if m.locks.opConflicts(&e.Op) {
+		return Result{Vote: VoteBadLock, FailedCompare: -1}
+	}
+	if m.isForced(e.TID) {
+		return Result{Vote: VoteBadForced, FailedCompare: -1}
+	}
+	if i := m.failedCompare(e.Op.Compares); i >= 0 {
+		return Result{Vote: VoteBadCmp, FailedCompare: i}
+	}
+	r := Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(e.Op.Reads)}
+	t := newTxn(e.TID, e.Participants, m.clock, &e.Op)
+	m.locks.acquire(t)
+	m.inDoubt[t.tid] = t
+	return r
+}
+
+// decidedVote is Prepare's and AbortUnlessVoted's answer for a decided tid.
+func decidedVote(o Outcome) Result {
+	v := VoteBadForced
+	if o == OutcomeCommitted {
+		v = VoteOK
+	}
+	return Result{Vote: v, FailedCompare: -1, Outcome: o}
+}
+
+// newTxn copies what an in-doubt transaction keeps from a Prepare.
+func newTxn(tid TID, participants []uint64, preparedAt int64, op *Op) *txn {
+	t := &txn{
+		tid:          tid,
+		participants: slices.Clone(participants),
+		preparedAt:   preparedAt,
+		reads:        slices.Clone(op.Reads),
+	}
+	if len(op.Compares) > 0 {
+		t.compares = make([]span, len(op.Compares))
+		for i, c := range op.Compares {
+			t.compares[i] = span{c.Addr, uint64(len(c.Data))}
+		}
+	}
+	t.writes = cloneWrites(op.Writes)
+	return t
+}
+
+// cloneWrites deep-copies ws, carving the data from one buffer.
+func cloneWrites(ws []Write) []Write {
+	if len(ws) == 0 {
+		return nil
+	}
+	n := 0
+	for _, w := range ws {
+		n += len(w.Data)
+	}
+	buf := make([]byte, 0, n)
+	out := make([]Write, len(ws))
+	for i, w := range ws {
+		buf = append(buf, w.Data...)
+		out[i] = Write{Addr: w.Addr, Data: buf[len(buf)-len(w.Data) : len(buf) : len(buf)]}
+	}
+	return out
+}
+
+// commit applies an in-doubt tid's writes and releases its locks.
+func (m *Memnode) commit(tid TID) Result {
+	t := m.inDoubt[tid]
+	if t == nil {
+		return Result{FailedCompare: -1, Outcome: m.outcome(tid)}
+	}
+	for _, w := range t.writes {
+		m.mem.write(w.Addr, w.Data)
+	}
+	m.resolve(t, OutcomeCommitted)
+	return Result{FailedCompare: -1, Outcome: OutcomeCommitted}
+}
+
+// abort releases an in-doubt tid's locks, or forces a future Prepare of an
+// unknown tid to be refused.
+func (m *Memnode) abort(tid TID) Result {
+	if t := m.inDoubt[tid]; t != nil {
+		m.resolve(t, OutcomeAborted)
+		return Result{FailedCompare: -1, Outcome: OutcomeAborted}
+	}
+	if o := m.outcome(tid); o != OutcomeUnknown {
+		// Already decided; an Abort of a committed tid does not undo it.
+		return Result{FailedCompare: -1, Outcome: o}
+	}
+	m.force(tid)
+	return Result{FailedCompare: -1, Outcome: OutcomeAborted}
+}
+
+// abortUnlessVoted is recovery's phase one: a participant that voted keeps
+// its vote; one that did not votes BAD-FORCED and will refuse the Prepare.
+func (m *Memnode) abortUnlessVoted(tid TID) Result {
+	if m.inDoubt[tid] != nil {
+		return Result{Vote: VoteOK, FailedCompare: -1}
+	}
+	if o := m.outcome(tid); o != OutcomeUnknown {
+		return decidedVote(o)
+	}
+	m.force(tid)
+	return Result{Vote: VoteBadForced, FailedCompare: -1}
+}
+
+// resolve ends an in-doubt transaction with outcome o.
+func (m *Memnode) resolve(t *txn, o Outcome) {
+	m.locks.release(t)
+	delete(m.inDoubt, t.tid)
+	if !m.expired(t.tid) {
+		m.decided[t.tid] = o
+	}
+}
+
+// force records tid as forced-abort. An expired tid need not be recorded:
+// Prepare refuses it anyway.
+func (m *Memnode) force(tid TID) {
+	if !m.expired(tid) {
+		m.forced[tid] = struct{}{}
+	}
+}
+
+// outcome returns tid's decided outcome, OutcomeUnknown if it is not
+// decided or expired. Treating expired entries as absent makes results
+// independent of when the sweep runs.
+func (m *Memnode) outcome(tid TID) Outcome {
+	if m.expired(tid) {
+		return OutcomeUnknown
+	}
+	return m.decided[tid]
+}
+
+func (m *Memnode) isForced(tid TID) bool {
+	if m.expired(tid) {
+		return false
+	}
+	_, ok := m.forced[tid]
+	return ok
+}
+
+// expired reports whether tid is older than the horizon.
+func (m *Memnode) expired(tid TID) bool {
+	return tid.Time < subSat(m.clock, m.cfg.Horizon)
+}
+
+// advance sets the clock to now (>= clock) and sweeps expired forced and
+// decided entries once the clock has moved Horizon/8 since the last sweep,
+// so each entry is visited O(1) times between its insertion and removal.
+func (m *Memnode) advance(now int64) {
+	m.clock = now
+	interval := uint64(max(1, m.cfg.Horizon/8))
+	if uint64(now)-uint64(m.lastSweep) < interval { // now >= lastSweep
+		return
+	}
+	m.lastSweep = now
+	for tid := range m.forced {
+		if m.expired(tid) {
+			delete(m.forced, tid)
+		}
+	}
+	for tid := range m.decided {
+		if m.expired(tid) {
+			delete(m.decided, tid)
+		}
+	}
+}
+
+// failedCompare returns the index of the first compare that does not match,
+// or -1.
+func (m *Memnode) failedCompare(cs []Compare) int {
+	for i := range cs {
+		if !m.mem.equal(cs[i].Addr, cs[i].Data) {
+			return i
+		}
+	}
+	return -1
+}
+
+// read returns fresh copies of the read items, carved from one buffer.
+func (m *Memnode) read(rs []Read) [][]byte {
+	if len(rs) == 0 {
+		return nil
+	}
+	n := 0
+	for _, r := range rs {
+		n += int(r.Len)
+	}
+	buf := make([]byte, n)
+	out := make([][]byte, len(rs))
+	for i, r := range rs {
+		out[i] = buf[:r.Len:r.Len]
+		m.mem.readInto(out[i], r.Addr)
+		buf = buf[r.Len:]
+	}
+	return out
+}
+
+// Query answers a read-only minitransaction (compare and read items only)
+// against the current state, after the caller made sure the state is
+// linearizable (a Raft ReadIndex). A compare or read range that overlaps an
+// exclusive lock of an in-doubt tid votes BAD-LOCK (its value may be about
+// to change); a failed compare votes BAD-CMP. Query changes nothing; now is
+// the reader's clock and does not advance the memnode's.
+func (m *Memnode) Query(now int64, op *Op) Result {
+	_ = now
+	if op == nil {
+		return invalid(fmt.Errorf("%w: nil query", ErrInvalid))
+	}
+	if len(op.Writes) > 0 {
+		return invalid(fmt.Errorf("%w: query carries %d write items", ErrInvalid, len(op.Writes)))
+	}
+	if err := m.cfg.ValidateOp(KindExec, op); err != nil {
+		return invalid(err)
+	}
+	if m.locks.queryConflicts(op) {
+		return Result{Vote: VoteBadLock, FailedCompare: -1}
+	}
+	if i := m.failedCompare(op.Compares); i >= 0 {
+		return Result{Vote: VoteBadCmp, FailedCompare: i}
+	}
+	return Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(op.Reads)}
+}
+
+// InDoubt lists the in-doubt transactions sorted by TID. The caller owns
+// the returned slices.
+func (m *Memnode) InDoubt() []InDoubtTx {
+	out := make([]InDoubtTx, 0, len(m.inDoubt))
+	for _, tid := range sortedTIDs(maps.Keys(m.inDoubt)) {
+		t := m.inDoubt[tid]
+		out = append(out, InDoubtTx{TID: tid, Participants: slices.Clone(t.participants), PreparedAt: t.preparedAt})
+	}
+	return out
+}
+
+// Stats returns the current counts.
+func (m *Memnode) Stats() Stats {
+	return Stats{
+		Pages:       len(m.mem.pages),
+		Locks:       m.locks.ranges,
+		InDoubt:     len(m.inDoubt),
+		ForcedAbort: len(m.forced),
+		Decided:     len(m.decided),
+		Now:         m.clock,
+	}
+}
+
+// String formats t as client.seq@time.
+func (t TID) String() string { return fmt.Sprintf("%d.%d@%d", t.Client, t.Seq, t.Time) }
+
+// Compare orders TIDs by Client, then Seq, then Time.
+func (t TID) Compare(u TID) int {
+	if c := cmp.Compare(t.Client, u.Client); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(t.Seq, u.Seq); c != 0 {
+		return c
+	}
+	return cmp.Compare(t.Time, u.Time)
+}
+
+func sortedTIDs(seq func(func(TID) bool)) []TID {
+	return slices.SortedFunc(seq, TID.Compare)
+}
+
+func addSat(a, b int64) int64 { // b >= 0
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+func subSat(a, b int64) int64 { // b >= 0
+	if a < math.MinInt64+b {
+		return math.MinInt64
+	}
+	return a - b
+}

@@ -1,0 +1,116 @@
+package memnode
+
+import "errors"
+
+// TID names one minitransaction attempt. Client and Seq make it unique; Time
+// is the coordinator's wall clock (Unix ns) when the attempt began, used only
+// for age-based garbage collection against the horizon.
+type TID struct {
+	Client uint64
+	Seq    uint64
+	Time   int64
+}
+
+// Compare is an equality test of the bytes at Addr against Data.
+type Compare struct {
+	Addr uint64
+	Data []byte
+}
+
+// Read asks for Len bytes at Addr.
+type Read struct {
+	Addr uint64
+	Len  uint32
+}
+
+// Write stores Data at Addr.
+type Write struct {
+	Addr uint64
+	Data []byte
+}
+
+// Op is the part of a minitransaction that concerns one memnode.
+type Op struct {
+	Compares []Compare
+	Reads    []Read
+	Writes   []Write
+}
+
+// Kind is the type of a log entry. Values are part of the on-disk format:
+// append only.
+type Kind uint8
+
+const (
+	KindExec             Kind = 1 // one-phase: lock check, compare, read, write
+	KindPrepare          Kind = 2 // phase one of two-phase commit
+	KindCommit           Kind = 3
+	KindAbort            Kind = 4
+	KindAbortUnlessVoted Kind = 5 // recovery: force abort if no vote yet
+)
+
+// Entry is one command in a memnode's Raft log.
+type Entry struct {
+	Kind Kind
+	// Now is the proposing leader's clock (Unix ns). It is the only time the
+	// state machine ever sees.
+	Now int64
+	TID TID
+	// Participants lists the memnode ids of a two-phase minitransaction
+	// (Prepare only), so recovery can find the others.
+	Participants []uint64
+	Op           Op
+}
+
+// Vote is a participant's answer. Values are part of the wire format.
+type Vote uint8
+
+const (
+	VoteOK        Vote = 1
+	VoteBadLock   Vote = 2
+	VoteBadForced Vote = 3
+	VoteBadCmp    Vote = 4
+)
+
+// Outcome of a decided two-phase minitransaction.
+type Outcome uint8
+
+const (
+	OutcomeUnknown   Outcome = 0
+	OutcomeCommitted Outcome = 1
+	OutcomeAborted   Outcome = 2
+)
+
+// Result is what applying (or querying) an entry returns.
+type Result struct {
+	Vote Vote
+	// FailedCompare is the index of the first failed compare with
+	// VoteBadCmp, else -1.
+	FailedCompare int
+	// Reads holds one slice per read item, only with VoteOK.
+	Reads [][]byte
+	// Outcome answers Commit/Abort/AbortUnlessVoted (and Prepare of an
+	// already decided tid).
+	Outcome Outcome
+	// Err is non-nil when the entry was invalid; nothing was applied.
+	Err error
+}
+
+// Config bounds a memnode. Sizes in bytes.
+type Config struct {
+	// Size of the address space; addresses are [0, Size). Default 1<<40.
+	Size uint64
+	// MaxItemBytes bounds one item's length. Default 1<<20 (1 MiB).
+	MaxItemBytes uint32
+	// MaxItems bounds compares+reads+writes in one Op. Default 1024.
+	MaxItems int
+	// Horizon (ns): tids older than Now-Horizon are refused by Prepare and
+	// dropped from the forced-abort and decided sets. Default 5 minutes.
+	Horizon int64
+}
+
+// Errors, wrapped with detail; test with errors.Is.
+var (
+	ErrInvalid = errors.New("memnode: invalid request")
+	ErrCorrupt = errors.New("memnode: corrupt encoding")
+	ErrVersion = errors.New("memnode: unsupported format version")
+)
