@@ -1,0 +1,94 @@
+// Package replication runs many Raft groups in one process: a multi-Raft
+// Host over go.etcd.io/raft/v3 RawNodes, one Pebble log engine, and a
+// pluggable Transport (gRPC in production, FaultNetwork in tests).
+//
+// # What it owns, what it must not know
+//
+// The package owns the Raft groups (one RawNode per group replica, host ids
+// are replica ids), their durable log, hard state and snapshots in one Pebble
+// database per Host, log compaction, the transport of Raft messages, client
+// proposals with results returned through futures, linearizable reads
+// (ReadIndex), and replica membership changes (ConfChangeV2). It replicates
+// any StateMachine and knows nothing of Sinfonia, memnodes or minitransactions:
+// commands and queries are opaque bytes.
+//
+// # Threading
+//
+// Groups are assigned round-robin to Config.Workers worker goroutines (not one
+// goroutine per group). A group's RawNode, MemoryStorage and StateMachine are
+// touched only by its worker, so the StateMachine is never called
+// concurrently: Apply, Query, Snapshot and Restore all run on that worker.
+// Other goroutines (callers, the transport) only append to a group's inbox
+// under a small mutex and wake the worker. Leader, Groups, Status and Stats
+// are safe from any goroutine.
+//
+// Callbacks (ProposeAsync's and ReadAsync's done) are called exactly once,
+// from a host goroutine, never while a lock is held and never on the caller's
+// goroutine before the Async call returns. They must not block: they run on
+// the worker that drives the group and all its other groups. The same holds
+// for StateMachine methods: a slow Apply slows every group of the worker.
+// Neither may call Host.Close (it waits for the workers).
+//
+// # One worker cycle
+//
+//  1. Wait for work: incoming messages, proposals, reads, reports, or a tick
+//     from the Host's single ticker (every Config.TickInterval).
+//  2. Step: step messages and reports into the RawNodes; frame all proposals
+//     queued for a group into ONE raft entry (bounded by MaxProposalBytes:
+//     proposer host id and incarnation, then per command an id, a length and
+//     the data); issue ONE ReadIndex for all reads queued for a group; Tick.
+//  3. Ready: collect the Ready of every group of the worker that has one.
+//  4. Persist: write all their snapshots, entries and hard states into ONE
+//     Pebble batch and commit it with ONE fsync (none if no Ready needs it,
+//     or if Config.NoSync). Messages that do not acknowledge anything (the
+//     leader's MsgApp, heartbeats, vote requests, MsgSnap) are sent BEFORE
+//     the fsync, so the leader replicates while it syncs; MsgAppResp,
+//     MsgVoteResp and MsgPreVoteResp only AFTER it, because they promise
+//     that entries or a vote are durable.
+//  5. Update the in-memory log cache (raft.MemoryStorage), send the
+//     acknowledgements.
+//  6. Apply: restore an incoming snapshot, then call StateMachine.Apply once
+//     per Ready with the commands of all its committed entries; complete
+//     this host's futures by proposal id; serve reads whose ReadIndex has
+//     been applied (StateMachine.Query).
+//  7. Advance each RawNode; take a snapshot and compact the log when
+//     Config.SnapshotEntries entries were applied since the last one.
+//
+// # Durability
+//
+// With NoSync false, a proposal is acknowledged only after its entry was
+// committed by raft, which needs it fsynced on a majority of replicas, and
+// applied here. A Host restarted on the same DataDir recovers every group it
+// had (StoredGroups, then StartGroup): the latest snapshot is restored into
+// the StateMachine and the committed entries after it are applied again, so
+// state machines may be purely in memory. Raft's Ready contract is followed
+// exactly, so an acknowledged proposal survives any minority of crashed or
+// restarted replicas. A failure to write the log engine panics: after it the
+// host can no longer keep raft's promises.
+//
+// # Outcomes
+//
+// Only the leader accepts proposals, reads and membership changes. A
+// follower answers *NotLeaderError with its believed leader as a hint
+// instead of forwarding: forwarding would add a hop and a second queue to
+// every request, hide leader changes from clients, and make the outcome of a
+// forwarded proposal ambiguous when the leader changes in between; clients
+// (the memnode client) cache the leader and follow the hint.
+//
+// A proposal handed to raft whose leader then loses its term, or whose host
+// closes before it applies, completes with ErrUnknownOutcome: it may or may
+// not commit later. Requests refused before reaching raft complete with
+// *NotLeaderError, ErrDropped or ErrStopped and were not proposed.
+//
+// # Snapshots and membership
+//
+// Snapshots are taken on the worker after SnapshotEntries applied entries
+// and after every applied configuration change (so a replica being added
+// receives a snapshot naming it). The log is compacted up to a margin of
+// min(1000, SnapshotEntries/2) entries behind the snapshot so slightly slow
+// followers catch up from the log; others receive the snapshot (MsgSnap),
+// which the transport reports back through Handler.ReportSnapshot.
+// ChangeReplicas proposes one ConfChangeV2 (joint consensus with automatic
+// leave when more than one voter changes). A new replica is started with
+// StartGroup(group, nil, sm) and waits, empty, for the leader's snapshot.
+package replication

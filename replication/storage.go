@@ -1,0 +1,319 @@
+package replication
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/rs/zerolog"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// The log engine: one Pebble database per Host holding the Raft state of all
+// its groups. Keys are [group uint64 BE][kind byte][index uint64 BE] (the
+// index only for entries), so one group's data is contiguous and its entries
+// are ordered by index:
+//
+//	[g][kindRegistry]        the group exists on this host (value: initial peers)
+//	[g][kindHardState]       term, vote, commit (3 × uint64 BE)
+//	[g][kindSnapshot]        latest snapshot: uvarint(len(meta)) meta data
+//	[g][kindEntry][index]    uvarint(term) type(byte) data
+//
+// The engine only stores; the worker decides what to write. Writes go through
+// a logBatch, committed once per worker cycle.
+const (
+	kindRegistry  byte = 0x01
+	kindHardState byte = 0x02
+	kindSnapshot  byte = 0x03
+	kindEntry     byte = 0x04
+)
+
+// memTableSize: the default 4 MB memtable is small for a log (see notes).
+const memTableSize = 64 << 20
+
+type engine struct {
+	db *pebble.DB
+}
+
+// openEngine opens (or creates) the engine in dir, on fs (the OS if nil;
+// tests pass a crashable in-memory one).
+func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
+	opts := &pebble.Options{
+		MemTableSize: memTableSize,
+		Logger:       pebbleLogger{l: log},
+		FS:           fs,
+	}
+	db, err := pebble.Open(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("replication: open log engine in %s: %w", dir, err)
+	}
+	return &engine{db: db}, nil
+}
+
+func (e *engine) close() error { return e.db.Close() }
+
+func groupKey(g uint64, kind byte) []byte {
+	k := make([]byte, 9)
+	binary.BigEndian.PutUint64(k, g)
+	k[8] = kind
+	return k
+}
+
+func appendEntryKey(dst []byte, g, index uint64) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, g)
+	dst = append(dst, kindEntry)
+	return binary.BigEndian.AppendUint64(dst, index)
+}
+
+func entryKey(g, index uint64) []byte { return appendEntryKey(make([]byte, 0, 17), g, index) }
+
+// storedGroups lists the groups registered in the engine, ascending.
+func (e *engine) storedGroups() ([]uint64, error) {
+	it, err := e.db.NewIter(nil)
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for valid := it.First(); valid; {
+		k := it.Key()
+		if len(k) < 9 {
+			valid = it.Next()
+			continue
+		}
+		g := binary.BigEndian.Uint64(k)
+		if k[8] == kindRegistry {
+			out = append(out, g)
+		}
+		if g == math.MaxUint64 {
+			break
+		}
+		// Skip the rest of this group's keys.
+		valid = it.SeekGE(groupKey(g+1, 0))
+	}
+	err = errors.Join(it.Error(), it.Close())
+	return out, err
+}
+
+// persistedGroup is what the engine holds for one group.
+type persistedGroup struct {
+	peers []uint64
+	hs    *pb.HardState // nil if none
+	snap  *pb.Snapshot  // nil if none
+	ents  []*pb.Entry   // ascending, contiguous
+}
+
+// loadGroup reads a group's state; ok is false if the group is not
+// registered.
+func (e *engine) loadGroup(g uint64) (pg *persistedGroup, ok bool, err error) {
+	v, closer, err := e.db.Get(groupKey(g, kindRegistry))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	pg = &persistedGroup{}
+	pg.peers, err = decodePeers(v)
+	closer.Close()
+	if err != nil {
+		return nil, false, err
+	}
+	if v, closer, err := e.db.Get(groupKey(g, kindHardState)); err == nil {
+		pg.hs, err = decodeHardState(v)
+		closer.Close()
+		if err != nil {
+			return nil, false, err
+		}
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, err
+	}
+	if v, closer, err := e.db.Get(groupKey(g, kindSnapshot)); err == nil {
+		pg.snap, err = decodeSnapshot(v)
+		closer.Close()
+		if err != nil {
+			return nil, false, err
+		}
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, err
+	}
+	it, err := e.db.NewIter(&pebble.IterOptions{
+		LowerBound: entryKey(g, 0),
+		UpperBound: groupKey(g, kindEntry+1),
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	for valid := it.First(); valid; valid = it.Next() {
+		k := it.Key()
+		if len(k) != 17 {
+			continue
+		}
+		ent, derr := decodeEntry(binary.BigEndian.Uint64(k[9:]), it.Value())
+		if derr != nil {
+			err = derr
+			break
+		}
+		if n := len(pg.ents); n > 0 && pg.ents[n-1].GetIndex()+1 != ent.GetIndex() {
+			err = fmt.Errorf("replication: group %d: log gap between %d and %d", g, pg.ents[n-1].GetIndex(), ent.GetIndex())
+			break
+		}
+		pg.ents = append(pg.ents, ent)
+	}
+	if err = errors.Join(err, it.Error(), it.Close()); err != nil {
+		return nil, false, err
+	}
+	return pg, true, nil
+}
+
+// logBatch collects writes for one commit.
+type logBatch struct {
+	b   *pebble.Batch
+	key []byte
+	val []byte
+}
+
+func (e *engine) newBatch() *logBatch { return &logBatch{b: e.db.NewBatch()} }
+
+func (b *logBatch) empty() bool { return b.b.Empty() }
+
+func (b *logBatch) close() { _ = b.b.Close() }
+
+// commit writes the batch, with an fsync if sync.
+func (b *logBatch) commit(sync bool) error {
+	opts := pebble.NoSync
+	if sync {
+		opts = pebble.Sync
+	}
+	return b.b.Commit(opts)
+}
+
+func (b *logBatch) registerGroup(g uint64, peers []uint64) {
+	_ = b.b.Set(groupKey(g, kindRegistry), encodePeers(peers), nil)
+}
+
+// appendEntries writes ents (contiguous, ascending) for group g. Raft may
+// overwrite a suffix of the log: prevLast is the last index stored before;
+// entries after the new last index up to prevLast are deleted.
+func (b *logBatch) appendEntries(g uint64, ents []*pb.Entry, prevLast uint64) {
+	if len(ents) == 0 {
+		return
+	}
+	for _, e := range ents {
+		b.key = appendEntryKey(b.key[:0], g, e.GetIndex())
+		b.val = binary.AppendUvarint(b.val[:0], e.GetTerm())
+		b.val = append(b.val, byte(e.GetType()))
+		b.val = append(b.val, e.GetData()...)
+		_ = b.b.Set(b.key, b.val, nil)
+	}
+	if last := ents[len(ents)-1].GetIndex(); last < prevLast {
+		_ = b.b.DeleteRange(entryKey(g, last+1), entryKey(g, prevLast+1), nil)
+	}
+}
+
+func (b *logBatch) setHardState(g uint64, hs *pb.HardState) {
+	v := make([]byte, 24)
+	binary.BigEndian.PutUint64(v, hs.GetTerm())
+	binary.BigEndian.PutUint64(v[8:], hs.GetVote())
+	binary.BigEndian.PutUint64(v[16:], hs.GetCommit())
+	_ = b.b.Set(groupKey(g, kindHardState), v, nil)
+}
+
+// setSnapshot stores snap as the group's latest snapshot. If dropLog, every
+// stored entry is deleted too (an incoming snapshot replaces the log;
+// entries that follow it in the same Ready are written after this call).
+func (b *logBatch) setSnapshot(g uint64, snap *pb.Snapshot, dropLog bool) error {
+	v, err := encodeSnapshot(snap)
+	if err != nil {
+		return err
+	}
+	if dropLog {
+		_ = b.b.DeleteRange(entryKey(g, 0), groupKey(g, kindEntry+1), nil)
+	}
+	return b.b.Set(groupKey(g, kindSnapshot), v, nil)
+}
+
+// truncatePrefix deletes the entries with index <= upto.
+func (b *logBatch) truncatePrefix(g, upto uint64) {
+	_ = b.b.DeleteRange(entryKey(g, 0), entryKey(g, upto+1), nil)
+}
+
+func encodePeers(peers []uint64) []byte {
+	v := binary.AppendUvarint(nil, uint64(len(peers)))
+	for _, p := range peers {
+		v = binary.AppendUvarint(v, p)
+	}
+	return v
+}
+
+func decodePeers(v []byte) ([]uint64, error) {
+	n, k := binary.Uvarint(v)
+	if k <= 0 || n > uint64(len(v)) {
+		return nil, errors.New("replication: corrupt group registry")
+	}
+	v = v[k:]
+	out := make([]uint64, 0, n)
+	for range n {
+		p, k := binary.Uvarint(v)
+		if k <= 0 {
+			return nil, errors.New("replication: corrupt group registry")
+		}
+		out = append(out, p)
+		v = v[k:]
+	}
+	return out, nil
+}
+
+func decodeHardState(v []byte) (*pb.HardState, error) {
+	if len(v) != 24 {
+		return nil, errors.New("replication: corrupt hard state")
+	}
+	return &pb.HardState{
+		Term:   new(binary.BigEndian.Uint64(v)),
+		Vote:   new(binary.BigEndian.Uint64(v[8:])),
+		Commit: new(binary.BigEndian.Uint64(v[16:])),
+	}, nil
+}
+
+func decodeEntry(index uint64, v []byte) (*pb.Entry, error) {
+	term, k := binary.Uvarint(v)
+	if k <= 0 || len(v) < k+1 {
+		return nil, fmt.Errorf("replication: corrupt entry %d", index)
+	}
+	typ := pb.EntryType(v[k])
+	ent := &pb.Entry{Term: new(term), Index: new(index), Type: typ.Enum()}
+	if d := v[k+1:]; len(d) > 0 {
+		ent.Data = append([]byte(nil), d...)
+	}
+	return ent, nil
+}
+
+func encodeSnapshot(snap *pb.Snapshot) ([]byte, error) {
+	meta, err := proto.Marshal(snap.GetMetadata())
+	if err != nil {
+		return nil, err
+	}
+	v := make([]byte, 0, binary.MaxVarintLen64+len(meta)+len(snap.GetData()))
+	v = binary.AppendUvarint(v, uint64(len(meta)))
+	v = append(v, meta...)
+	return append(v, snap.GetData()...), nil
+}
+
+func decodeSnapshot(v []byte) (*pb.Snapshot, error) {
+	n, k := binary.Uvarint(v)
+	if k <= 0 || uint64(len(v)-k) < n {
+		return nil, errors.New("replication: corrupt snapshot")
+	}
+	meta := &pb.SnapshotMetadata{}
+	if err := proto.Unmarshal(v[k:k+int(n)], meta); err != nil {
+		return nil, fmt.Errorf("replication: corrupt snapshot metadata: %w", err)
+	}
+	snap := &pb.Snapshot{Metadata: pb.EnsureSnapshotMetadata(meta)}
+	if d := v[k+int(n):]; len(d) > 0 {
+		snap.Data = append([]byte(nil), d...)
+	}
+	return snap, nil
+}

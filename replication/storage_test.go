@@ -1,0 +1,151 @@
+package replication
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+
+	"github.com/rs/zerolog"
+	pb "go.etcd.io/raft/v3/raftpb"
+)
+
+func testEntries(term, from, to uint64) []*pb.Entry {
+	var out []*pb.Entry
+	for i := from; i <= to; i++ {
+		out = append(out, &pb.Entry{Term: new(term), Index: new(i), Type: pb.EntryNormal.Enum(), Data: []byte{byte(i), byte(term)}})
+	}
+	return out
+}
+
+func entryIndexes(ents []*pb.Entry) (idx, terms []uint64) {
+	for _, e := range ents {
+		idx = append(idx, e.GetIndex())
+		terms = append(terms, e.GetTerm())
+	}
+	return idx, terms
+}
+
+func mustCommit(t *testing.T, b *logBatch) {
+	t.Helper()
+	if err := b.commit(true); err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+}
+
+func TestEngineRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	e, err := openEngine(dir, nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Group 7: register, snapshot at 1, entries 2..10 term 1.
+	b := e.newBatch()
+	b.registerGroup(7, []uint64{1, 2, 3})
+	snap := &pb.Snapshot{Metadata: &pb.SnapshotMetadata{Index: new(uint64(1)), Term: new(uint64(1)),
+		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1, 2, 3}})}}
+	if err := b.setSnapshot(7, snap, true); err != nil {
+		t.Fatal(err)
+	}
+	b.appendEntries(7, testEntries(1, 2, 10), 1)
+	b.setHardState(7, &pb.HardState{Term: new(uint64(1)), Vote: new(uint64(2)), Commit: new(uint64(5))})
+	// Group 3 only registered; group 9 has entries and no registry (ignored by storedGroups).
+	b.registerGroup(3, nil)
+	b.appendEntries(9, testEntries(1, 1, 3), 0)
+	mustCommit(t, b)
+
+	// Overwrite a suffix: entries 6..7 at term 2 replace 6..10.
+	b = e.newBatch()
+	b.appendEntries(7, testEntries(2, 6, 7), 10)
+	b.setHardState(7, &pb.HardState{Term: new(uint64(2)), Vote: new(uint64(3)), Commit: new(uint64(6))})
+	mustCommit(t, b)
+
+	check := func(e *engine) {
+		t.Helper()
+		groups, err := e.storedGroups()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(groups, []uint64{3, 7}) {
+			t.Fatalf("storedGroups = %v, want [3 7]", groups)
+		}
+		pg, ok, err := e.loadGroup(7)
+		if err != nil || !ok {
+			t.Fatalf("loadGroup(7) = %v, %v", ok, err)
+		}
+		if !slices.Equal(pg.peers, []uint64{1, 2, 3}) {
+			t.Fatalf("peers = %v", pg.peers)
+		}
+		idx, terms := entryIndexes(pg.ents)
+		if !slices.Equal(idx, []uint64{2, 3, 4, 5, 6, 7}) || !slices.Equal(terms, []uint64{1, 1, 1, 1, 2, 2}) {
+			t.Fatalf("entries %v terms %v", idx, terms)
+		}
+		if !bytes.Equal(pg.ents[4].GetData(), []byte{6, 2}) || pg.ents[4].GetType() != pb.EntryNormal {
+			t.Fatalf("entry 6 = %v", pg.ents[4])
+		}
+		if pg.hs.GetTerm() != 2 || pg.hs.GetVote() != 3 || pg.hs.GetCommit() != 6 {
+			t.Fatalf("hard state %v", pg.hs)
+		}
+		if pg.snap.GetMetadata().GetIndex() != 1 || !slices.Equal(pg.snap.GetMetadata().GetConfState().GetVoters(), []uint64{1, 2, 3}) {
+			t.Fatalf("snapshot %v", pg.snap)
+		}
+		if _, ok, err := e.loadGroup(4); ok || err != nil {
+			t.Fatalf("loadGroup(4) = %v, %v; want not found", ok, err)
+		}
+		pg3, ok, err := e.loadGroup(3)
+		if err != nil || !ok || pg3.hs != nil || pg3.snap != nil || len(pg3.ents) != 0 {
+			t.Fatalf("loadGroup(3) = %+v, %v, %v", pg3, ok, err)
+		}
+	}
+	check(e)
+	if err := e.close(); err != nil {
+		t.Fatal(err)
+	}
+	e, err = openEngine(dir, nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(e)
+
+	// A local snapshot at 5 with compaction up to 4; then an incoming
+	// snapshot at 20 that replaces the whole log, followed by entries.
+	b = e.newBatch()
+	snap5 := &pb.Snapshot{Data: []byte("state@5"), Metadata: &pb.SnapshotMetadata{Index: new(uint64(5)), Term: new(uint64(1)),
+		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1, 2, 3}})}}
+	if err := b.setSnapshot(7, snap5, false); err != nil {
+		t.Fatal(err)
+	}
+	b.truncatePrefix(7, 4)
+	mustCommit(t, b)
+	pg, _, err := e.loadGroup(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idx, _ := entryIndexes(pg.ents); !slices.Equal(idx, []uint64{5, 6, 7}) || string(pg.snap.GetData()) != "state@5" {
+		t.Fatalf("after compaction: entries %v snapshot %v", idx, pg.snap)
+	}
+	b = e.newBatch()
+	snap20 := &pb.Snapshot{Data: []byte("state@20"), Metadata: &pb.SnapshotMetadata{Index: new(uint64(20)), Term: new(uint64(3)),
+		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1, 2, 4}})}}
+	if err := b.setSnapshot(7, snap20, true); err != nil {
+		t.Fatal(err)
+	}
+	b.appendEntries(7, testEntries(3, 21, 22), 20)
+	mustCommit(t, b)
+	pg, _, err = e.loadGroup(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idx, _ := entryIndexes(pg.ents); !slices.Equal(idx, []uint64{21, 22}) || pg.snap.GetMetadata().GetIndex() != 20 ||
+		!slices.Equal(pg.snap.GetMetadata().GetConfState().GetVoters(), []uint64{1, 2, 4}) {
+		t.Fatalf("after incoming snapshot: entries %v snapshot %v", idx, pg.snap)
+	}
+	// Other groups untouched.
+	pg9, _, err := e.loadGroup(9)
+	if err != nil || pg9 != nil {
+		t.Fatalf("group 9 (unregistered) = %v, %v", pg9, err)
+	}
+	if err := e.close(); err != nil {
+		t.Fatal(err)
+	}
+}
