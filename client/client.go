@@ -1,0 +1,319 @@
+package client
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tutti-gcs/tutti/api/tuttipb"
+)
+
+// Config configures a Client.
+type Config struct {
+	// Seeds are addresses of any hosts of the cluster; one that answers is
+	// enough. Required.
+	Seeds []string
+	// ID identifies this client in minitransaction ids; random if 0.
+	ID uint64
+	// DialOptions for every host; insecure credentials if empty.
+	DialOptions []grpc.DialOption
+	// Logger; disabled if zero.
+	Logger zerolog.Logger
+	// Retry bounds retries after BAD-LOCK votes and leader changes.
+	Retry RetryPolicy
+	// Now is the clock stamped into tids (for age-based garbage collection
+	// at memnodes); time.Now if nil.
+	Now func() time.Time
+}
+
+// RetryPolicy is randomized exponential backoff: attempt k waits a uniform
+// random time in [0, min(Max, Initial*2^k)].
+type RetryPolicy struct {
+	Initial     time.Duration // default 500µs
+	Max         time.Duration // default 100ms
+	MaxAttempts int           // default 64; then ErrContention/ErrUnavailable
+}
+
+// DefaultRetryPolicy is used for zero fields.
+var DefaultRetryPolicy = RetryPolicy{Initial: 500 * time.Microsecond, Max: 100 * time.Millisecond, MaxAttempts: 64}
+
+// Client executes minitransactions against a tutti cluster. It is safe for
+// concurrent use; concurrent minitransactions share one stream per host and
+// are batched on it.
+type Client struct {
+	cfg  Config
+	log  zerolog.Logger
+	seq  atomic.Uint64
+	dial []grpc.DialOption
+
+	mu struct {
+		sync.Mutex
+		hosts    map[uint64]string // host id → address
+		memnodes map[uint64][]uint64
+		leader   map[uint64]uint64 // memnode → believed leader host
+		conns    map[string]*conn
+		rng      *rand.Rand
+		closed   bool
+		limits   *tuttipb.ClusterInfo
+	}
+	bg sync.WaitGroup // background commit/abort senders
+}
+
+// New connects to the cluster through one of cfg.Seeds and learns its hosts
+// and memnodes.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if len(cfg.Seeds) == 0 {
+		return nil, errors.New("tutti client: at least one seed address is required")
+	}
+	if cfg.ID == 0 {
+		var b [8]byte
+		if _, err := crand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		cfg.ID = binary.LittleEndian.Uint64(b[:]) | 1
+	}
+	if cfg.Retry.Initial <= 0 {
+		cfg.Retry.Initial = DefaultRetryPolicy.Initial
+	}
+	if cfg.Retry.Max <= 0 {
+		cfg.Retry.Max = DefaultRetryPolicy.Max
+	}
+	if cfg.Retry.MaxAttempts <= 0 {
+		cfg.Retry.MaxAttempts = DefaultRetryPolicy.MaxAttempts
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	c := &Client{cfg: cfg, log: cfg.Logger, dial: cfg.DialOptions}
+	if len(c.dial) == 0 {
+		c.dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	c.dial = append(c.dial, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	c.mu.conns = map[string]*conn{}
+	c.mu.leader = map[uint64]uint64{}
+	c.mu.rng = rand.New(rand.NewPCG(cfg.ID, uint64(time.Now().UnixNano())))
+	if err := c.Refresh(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Refresh asks the seeds (then any known host) for the cluster's layout.
+func (c *Client) Refresh(ctx context.Context) error {
+	addrs := append([]string(nil), c.cfg.Seeds...)
+	c.mu.Lock()
+	for _, a := range c.mu.hosts {
+		addrs = append(addrs, a)
+	}
+	c.mu.Unlock()
+	var errs []error
+	for _, a := range addrs {
+		cn, err := c.conn(a)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		info, err := cn.rpc.Cluster(cctx, &tuttipb.ClusterRequest{})
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", a, err))
+			continue
+		}
+		c.install(info)
+		return nil
+	}
+	return fmt.Errorf("tutti client: no seed answered: %w", errors.Join(errs...))
+}
+
+func (c *Client) install(info *tuttipb.ClusterInfo) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.mu.hosts = map[uint64]string{}
+	for _, h := range info.GetHosts() {
+		c.mu.hosts[h.GetId()] = h.GetAddr()
+	}
+	c.mu.memnodes = map[uint64][]uint64{}
+	for _, m := range info.GetMemnodes() {
+		c.mu.memnodes[m.GetId()] = m.GetReplicas()
+		if l := m.GetLeader(); l != 0 {
+			c.mu.leader[m.GetId()] = l
+		} else if _, ok := c.mu.leader[m.GetId()]; !ok && len(m.GetReplicas()) > 0 {
+			c.mu.leader[m.GetId()] = m.GetReplicas()[0]
+		}
+	}
+	c.mu.limits = info
+}
+
+// Cluster returns the layout the client knows.
+func (c *Client) Cluster() *tuttipb.ClusterInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mu.limits
+}
+
+func (c *Client) conn(addr string) (*conn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mu.closed {
+		return nil, ErrClosed
+	}
+	if cn, ok := c.mu.conns[addr]; ok {
+		return cn, nil
+	}
+	cn, err := newConn(addr, c.dial)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.conns[addr] = cn
+	return cn, nil
+}
+
+// Close waits for background commit messages and closes all connections.
+func (c *Client) Close() error {
+	c.bg.Wait()
+	c.mu.Lock()
+	c.mu.closed = true
+	conns := c.mu.conns
+	c.mu.conns = nil
+	c.mu.Unlock()
+	var errs []error
+	for _, cn := range conns {
+		errs = append(errs, cn.close())
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Client) newTid() *tuttipb.Tid {
+	return &tuttipb.Tid{Client: c.cfg.ID, Seq: c.seq.Add(1), Time: c.cfg.Now().UnixNano()}
+}
+
+// backoff sleeps for attempt's randomized exponential delay or until ctx ends.
+func (c *Client) backoff(ctx context.Context, attempt int) error {
+	d := c.cfg.Retry.Initial << min(attempt, 20)
+	if d > c.cfg.Retry.Max || d <= 0 {
+		d = c.cfg.Retry.Max
+	}
+	c.mu.Lock()
+	d = time.Duration(c.mu.rng.Int64N(int64(d) + 1))
+	c.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// route returns the connection to the believed leader of memnode.
+func (c *Client) route(mn uint64) (*conn, uint64, error) {
+	c.mu.Lock()
+	reps, ok := c.mu.memnodes[mn]
+	if !ok {
+		c.mu.Unlock()
+		return nil, 0, &Error{Memnode: mn, Err: ErrUnknownMemnode, Detail: fmt.Sprintf("the cluster has no memnode %d", mn)}
+	}
+	h := c.mu.leader[mn]
+	if h == 0 && len(reps) > 0 {
+		h = reps[0]
+	}
+	addr := c.mu.hosts[h]
+	c.mu.Unlock()
+	cn, err := c.conn(addr)
+	return cn, h, err
+}
+
+// redirect records a NOT_LEADER answer: follow the hint, else try the next
+// replica.
+func (c *Client) redirect(mn, tried uint64, r *tuttipb.Response) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r != nil && r.GetLeaderHost() != 0 && r.GetLeaderHost() != tried {
+		c.mu.leader[mn] = r.GetLeaderHost()
+		if a := r.GetLeaderAddr(); a != "" {
+			c.mu.hosts[r.GetLeaderHost()] = a
+		}
+		return
+	}
+	reps := c.mu.memnodes[mn]
+	for i, h := range reps {
+		if h == tried {
+			c.mu.leader[mn] = reps[(i+1)%len(reps)]
+			return
+		}
+	}
+	if len(reps) > 0 {
+		c.mu.leader[mn] = reps[0]
+	}
+}
+
+// call sends req to memnode's leader, following redirects and retrying while
+// it is safe (the request was not applied), until a definite answer, ctx's
+// end, or the retry budget. It never retries a request whose outcome is
+// unknown; it returns that response.
+func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Response, error) {
+	mn := req.GetMemnode()
+	var last string
+	for attempt := 0; attempt < c.cfg.Retry.MaxAttempts; attempt++ {
+		if attempt > 0 {
+			if err := c.backoff(ctx, attempt-1); err != nil {
+				return nil, &Error{Memnode: mn, Err: err, Detail: last}
+			}
+		}
+		cn, h, err := c.route(mn)
+		if err != nil {
+			return nil, err
+		}
+		r, err := cn.do(ctx, req)
+		if err != nil {
+			if errors.Is(err, errNotSent) {
+				last = err.Error()
+				c.redirect(mn, h, nil)
+				continue
+			}
+			// The context ended while the request was out.
+			if req.GetKind() == tuttipb.Kind_KIND_READ {
+				return nil, &Error{Memnode: mn, Err: err}
+			}
+			return nil, &Error{Memnode: mn, Err: ErrUnknownOutcome, Detail: err.Error()}
+		}
+		switch r.GetStatus() {
+		case tuttipb.Status_STATUS_OK:
+			c.mu.Lock()
+			c.mu.leader[mn] = h
+			c.mu.Unlock()
+			return r, nil
+		case tuttipb.Status_STATUS_NOT_LEADER, tuttipb.Status_STATUS_UNAVAILABLE:
+			last = r.GetError()
+			c.redirect(mn, h, r)
+			continue
+		case tuttipb.Status_STATUS_UNKNOWN_OUTCOME:
+			if req.GetKind() == tuttipb.Kind_KIND_READ {
+				last = r.GetError()
+				c.redirect(mn, h, nil)
+				continue
+			}
+			return r, nil
+		case tuttipb.Status_STATUS_UNKNOWN_MEMNODE:
+			return nil, &Error{Memnode: mn, Err: ErrUnknownMemnode, Detail: r.GetError()}
+		case tuttipb.Status_STATUS_INVALID:
+			return nil, &Error{Memnode: mn, Err: ErrInvalid, Detail: r.GetError()}
+		default:
+			return nil, &Error{Memnode: mn, Err: ErrUnavailable, Detail: fmt.Sprintf("unexpected status %v: %s", r.GetStatus(), r.GetError())}
+		}
+	}
+	return nil, &Error{Memnode: mn, Err: ErrUnavailable, Detail: fmt.Sprintf("gave up after %d attempts: %s", c.cfg.Retry.MaxAttempts, last)}
+}

@@ -1,0 +1,44 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors returned by the client. Test with errors.Is; *Error carries detail.
+var (
+	// ErrUnknownMemnode: the minitransaction names a memnode the cluster
+	// does not have. Nothing was applied.
+	ErrUnknownMemnode = errors.New("tutti: unknown memnode")
+	// ErrInvalid: the minitransaction is malformed (empty, out of range,
+	// oversized, too many items). Nothing was applied.
+	ErrInvalid = errors.New("tutti: invalid minitransaction")
+	// ErrUnknownOutcome: a one-phase minitransaction was handed to a memnode
+	// whose leader then changed or whose connection broke; it may or may
+	// not have been applied. Read to find out before retrying.
+	ErrUnknownOutcome = errors.New("tutti: outcome unknown")
+	// ErrUnavailable: no leader could be reached before the deadline or the
+	// retry budget ran out. Nothing was applied.
+	ErrUnavailable = errors.New("tutti: memnode unavailable")
+	// ErrContention: the minitransaction kept finding its items locked
+	// (BAD-LOCK) until the retry budget ran out. Nothing was applied.
+	ErrContention = errors.New("tutti: too much contention")
+	// ErrClosed: the client was closed.
+	ErrClosed = errors.New("tutti: client closed")
+)
+
+// Error says which memnode a failure concerns and why.
+type Error struct {
+	Memnode uint64
+	Err     error  // one of the sentinel errors above, or a context error
+	Detail  string // the server's or transport's words
+}
+
+func (e *Error) Error() string {
+	if e.Detail == "" {
+		return fmt.Sprintf("memnode %d: %v", e.Memnode, e.Err)
+	}
+	return fmt.Sprintf("memnode %d: %v: %s", e.Memnode, e.Err, e.Detail)
+}
+
+func (e *Error) Unwrap() error { return e.Err }

@@ -1,0 +1,269 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tutti-gcs/tutti/api/tuttipb"
+)
+
+// part is the projection of a Tx onto one memnode, with the maps from the
+// memnode's item indexes back to the Tx's.
+type part struct {
+	memnode  uint64
+	compares []*tuttipb.Compare
+	reads    []*tuttipb.Read
+	writes   []*tuttipb.Write
+	cmpIdx   []int // compares[i] is Tx compare cmpIdx[i]
+	readIdx  []int // reads[i] is Tx read readIdx[i]
+}
+
+func (t *Tx) split() []*part {
+	byMN := map[uint64]*part{}
+	var order []*part
+	get := func(mn uint64) *part {
+		p, ok := byMN[mn]
+		if !ok {
+			p = &part{memnode: mn}
+			byMN[mn] = p
+			order = append(order, p)
+		}
+		return p
+	}
+	for i, c := range t.compares {
+		p := get(c.memnode)
+		p.compares = append(p.compares, &tuttipb.Compare{Addr: c.addr, Data: c.data})
+		p.cmpIdx = append(p.cmpIdx, i)
+	}
+	for i, r := range t.reads {
+		p := get(r.memnode)
+		p.reads = append(p.reads, &tuttipb.Read{Addr: r.addr, Len: r.n})
+		p.readIdx = append(p.readIdx, i)
+	}
+	for _, w := range t.writes {
+		p := get(w.memnode)
+		p.writes = append(p.writes, &tuttipb.Write{Addr: w.addr, Data: w.data})
+	}
+	return order
+}
+
+func (p *part) request(kind tuttipb.Kind, tid *tuttipb.Tid, participants []uint64) *tuttipb.Request {
+	return &tuttipb.Request{
+		Memnode: p.memnode, Kind: kind, Tid: tid, Participants: participants,
+		Compares: p.compares, Reads: p.reads, Writes: p.writes,
+	}
+}
+
+// Exec runs the minitransaction: atomically, if every compare matches, the
+// reads are returned and the writes applied. One memnode: one phase (one Raft
+// entry, or a ReadIndex read when there are no writes). Several memnodes:
+// two-phase commit. BAD-LOCK votes are retried with a new tid after
+// randomized exponential backoff.
+//
+// A failed compare is a Result with Committed false, not an error. Errors
+// say why nothing could be decided; only ErrUnknownOutcome means the
+// minitransaction may have been applied.
+func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
+	if tx == nil || tx.Empty() {
+		return nil, fmt.Errorf("%w: no items", ErrInvalid)
+	}
+	parts := tx.split()
+	if len(parts) == 1 {
+		return c.exec1(ctx, tx, parts[0])
+	}
+	return c.exec2(ctx, tx, parts)
+}
+
+func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {
+	kind := tuttipb.Kind_KIND_EXEC
+	if len(p.writes) == 0 {
+		kind = tuttipb.Kind_KIND_READ
+	}
+	for attempt := 0; attempt < c.cfg.Retry.MaxAttempts; attempt++ {
+		if attempt > 0 {
+			if err := c.backoff(ctx, attempt-1); err != nil {
+				return nil, &Error{Memnode: p.memnode, Err: err, Detail: "retrying after BAD-LOCK"}
+			}
+		}
+		r, err := c.call(ctx, p.request(kind, c.newTid(), nil))
+		if err != nil {
+			return nil, err
+		}
+		if r.GetStatus() == tuttipb.Status_STATUS_UNKNOWN_OUTCOME {
+			return nil, &Error{Memnode: p.memnode, Err: ErrUnknownOutcome, Detail: r.GetError()}
+		}
+		switch r.GetVote() {
+		case tuttipb.Vote_VOTE_OK:
+			res := &Result{Committed: true, FailedCompare: -1, Reads: make([][]byte, len(tx.reads))}
+			fillReads(res, p, r)
+			return res, nil
+		case tuttipb.Vote_VOTE_BAD_CMP:
+			return &Result{FailedCompare: mapCompare(p, r.GetFailedCompare())}, nil
+		case tuttipb.Vote_VOTE_BAD_LOCK, tuttipb.Vote_VOTE_BAD_FORCED:
+			continue
+		default:
+			return nil, &Error{Memnode: p.memnode, Err: ErrUnavailable, Detail: fmt.Sprintf("unexpected vote %v", r.GetVote())}
+		}
+	}
+	return nil, &Error{Memnode: p.memnode, Err: ErrContention, Detail: fmt.Sprintf("items still locked after %d attempts", c.cfg.Retry.MaxAttempts)}
+}
+
+func fillReads(res *Result, p *part, r *tuttipb.Response) {
+	for i, d := range r.GetReads() {
+		if i < len(p.readIdx) {
+			res.Reads[p.readIdx[i]] = d
+		}
+	}
+}
+
+func mapCompare(p *part, i int32) int {
+	if i >= 0 && int(i) < len(p.cmpIdx) {
+		return p.cmpIdx[i]
+	}
+	return -1
+}
+
+type vote struct {
+	r   *tuttipb.Response
+	err error
+}
+
+// exec2 is Sinfonia's two-phase commit with the client as coordinator. The
+// coordinator logs nothing: a minitransaction is committed exactly when every
+// participant has voted OK in its Raft log, and memnode recovery resolves
+// tids whose coordinator vanished.
+func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, error) {
+	participants := make([]uint64, len(parts))
+	for i, p := range parts {
+		participants[i] = p.memnode
+	}
+	for attempt := 0; attempt < c.cfg.Retry.MaxAttempts; attempt++ {
+		if attempt > 0 {
+			if err := c.backoff(ctx, attempt-1); err != nil {
+				return nil, &Error{Memnode: parts[0].memnode, Err: err, Detail: "retrying after BAD-LOCK"}
+			}
+		}
+		tid := c.newTid()
+		votes := make([]vote, len(parts))
+		var wg sync.WaitGroup
+		for i, p := range parts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := c.call(ctx, p.request(tuttipb.Kind_KIND_PREPARE, tid, participants))
+				votes[i] = vote{r, err}
+			}()
+		}
+		wg.Wait()
+
+		allOK, retry := true, false
+		failed := -1
+		var hard error
+		unknown := false
+		for i, v := range votes {
+			switch {
+			case v.err != nil:
+				allOK = false
+				if errors.Is(v.err, ErrUnknownOutcome) || ctx.Err() != nil {
+					unknown = true
+				}
+				if hard == nil {
+					hard = v.err
+				}
+			case v.r.GetStatus() == tuttipb.Status_STATUS_UNKNOWN_OUTCOME:
+				allOK, unknown = false, true
+			case v.r.GetVote() == tuttipb.Vote_VOTE_OK:
+			case v.r.GetVote() == tuttipb.Vote_VOTE_BAD_CMP:
+				allOK = false
+				if f := mapCompare(parts[i], v.r.GetFailedCompare()); failed < 0 || (f >= 0 && f < failed) {
+					failed = f
+				}
+			default: // BAD-LOCK, BAD-FORCED
+				allOK, retry = false, true
+			}
+		}
+		if allOK {
+			c.decide(tid, parts, tuttipb.Kind_KIND_COMMIT)
+			res := &Result{Committed: true, FailedCompare: -1, Reads: make([][]byte, len(tx.reads))}
+			for i, p := range parts {
+				fillReads(res, p, votes[i].r)
+			}
+			return res, nil
+		}
+		if unknown {
+			// Some participant may hold an OK vote we never saw. Abort
+			// everywhere and wait for it: an applied Abort releases an OK
+			// vote or fences a late Prepare, so afterwards the attempt is
+			// known to have done nothing.
+			if err := c.abortSync(tid, parts); err != nil {
+				return nil, &Error{Memnode: parts[0].memnode, Err: ErrUnknownOutcome, Detail: err.Error()}
+			}
+			if ctx.Err() != nil {
+				return nil, &Error{Memnode: parts[0].memnode, Err: ctx.Err(), Detail: "aborted"}
+			}
+			retry = true
+		} else {
+			c.decide(tid, parts, tuttipb.Kind_KIND_ABORT)
+		}
+		if failed >= 0 && !retry {
+			return &Result{FailedCompare: failed}, nil
+		}
+		if hard != nil && !unknown {
+			return nil, hard
+		}
+	}
+	return nil, &Error{Memnode: parts[0].memnode, Err: ErrContention, Detail: fmt.Sprintf("no decision after %d attempts", c.cfg.Retry.MaxAttempts)}
+}
+
+// decide sends the outcome to every participant without making the caller
+// wait. Lost messages are harmless: Commit/Abort are idempotent and memnode
+// recovery resolves tids left in doubt.
+func (c *Client) decide(tid *tuttipb.Tid, parts []*part, kind tuttipb.Kind) {
+	for _, p := range parts {
+		c.bg.Add(1)
+		go func() {
+			defer c.bg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			req := &tuttipb.Request{Memnode: p.memnode, Kind: kind, Tid: tid}
+			if _, err := c.call(ctx, req); err != nil {
+				c.log.Debug().Err(err).Uint64("memnode", p.memnode).Msg("outcome not delivered; recovery will resolve it")
+			}
+		}()
+	}
+}
+
+// abortSync aborts tid at every participant and waits until each abort is
+// known to be applied.
+func (c *Client) abortSync(tid *tuttipb.Tid, parts []*part) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for i, p := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				r, err := c.call(ctx, &tuttipb.Request{Memnode: p.memnode, Kind: tuttipb.Kind_KIND_ABORT, Tid: tid})
+				if err == nil {
+					if r.GetStatus() == tuttipb.Status_STATUS_OK {
+						errs[i] = nil
+						return
+					}
+					errs[i] = fmt.Errorf("memnode %d: abort outcome unknown: %s", p.memnode, r.GetError())
+					continue
+				}
+				errs[i] = err
+				if !errors.Is(err, ErrUnknownOutcome) {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

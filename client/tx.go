@@ -1,0 +1,92 @@
+package client
+
+import "sort"
+
+// Tx is a minitransaction under construction: compare, read and write items
+// over any memnodes, fixed before it executes. The zero value is ready to
+// use. A Tx is not safe for concurrent use; it may be executed again (each
+// execution is a new attempt).
+type Tx struct {
+	compares []txCompare
+	reads    []txRead
+	writes   []txWrite
+}
+
+type txCompare struct {
+	memnode, addr uint64
+	data          []byte
+}
+
+type txRead struct {
+	memnode, addr uint64
+	n             uint32
+}
+
+type txWrite struct {
+	memnode, addr uint64
+	data          []byte
+}
+
+// NewTx returns an empty minitransaction.
+func NewTx() *Tx { return &Tx{} }
+
+// Compare adds an equality test: the bytes at addr on memnode must equal
+// data, or the minitransaction does nothing and reports this item.
+func (t *Tx) Compare(memnode, addr uint64, data []byte) *Tx {
+	t.compares = append(t.compares, txCompare{memnode, addr, data})
+	return t
+}
+
+// Read adds a read of n bytes at addr on memnode. Results come back in the
+// order reads were added.
+func (t *Tx) Read(memnode, addr uint64, n uint32) *Tx {
+	t.reads = append(t.reads, txRead{memnode, addr, n})
+	return t
+}
+
+// Write adds a write of data at addr on memnode, applied only if every
+// compare matches.
+func (t *Tx) Write(memnode, addr uint64, data []byte) *Tx {
+	t.writes = append(t.writes, txWrite{memnode, addr, data})
+	return t
+}
+
+// Memnodes returns the sorted set of memnodes the minitransaction touches.
+func (t *Tx) Memnodes() []uint64 {
+	seen := map[uint64]bool{}
+	var out []uint64
+	add := func(m uint64) {
+		if !seen[m] {
+			seen[m] = true
+			out = append(out, m)
+		}
+	}
+	for _, c := range t.compares {
+		add(c.memnode)
+	}
+	for _, r := range t.reads {
+		add(r.memnode)
+	}
+	for _, w := range t.writes {
+		add(w.memnode)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Empty reports whether the minitransaction has no items.
+func (t *Tx) Empty() bool { return len(t.compares)+len(t.reads)+len(t.writes) == 0 }
+
+// Result is the outcome of a minitransaction that ran to a decision. A failed
+// compare is a result, not an error.
+type Result struct {
+	// Committed is true when every compare matched: the reads are valid and
+	// the writes were applied atomically.
+	Committed bool
+	// FailedCompare is the index (in the order Compare was called) of a
+	// compare that did not match when Committed is false, else -1.
+	FailedCompare int
+	// Reads holds the data of each read item, in the order Read was called,
+	// when Committed is true.
+	Reads [][]byte
+}

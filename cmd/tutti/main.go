@@ -1,0 +1,113 @@
+// Command tutti runs and talks to a tutti cluster: `tutti up` starts a local
+// cluster in one process, `tutti server` runs one host of a real cluster,
+// `tutti mtx` executes a minitransaction, `tutti bench` measures.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// DefaultSeed is where `tutti up` serves clients, and where every client
+// command looks unless --seed or TUTTI_SEED says otherwise.
+const DefaultSeed = "127.0.0.1:7400"
+
+// exitError carries a process exit code through cobra.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func main() {
+	root := newRoot()
+	if err := root.Execute(); err != nil {
+		var ee *exitError
+		code := 2
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		fmt.Fprintln(os.Stderr, "tutti:", err)
+		os.Exit(code)
+	}
+}
+
+type globals struct {
+	logLevel  string
+	logFormat string
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "tutti",
+		Short: "Group communication on Sinfonia memnodes replicated with Raft",
+		Long: `tutti keeps shared state in memnodes (byte address spaces, each a Raft group)
+changed only by Sinfonia minitransactions, and builds group membership and
+totally ordered multicast on top.
+
+Start a local cluster with 'tutti up', then run minitransactions against it
+with 'tutti mtx' or measure it with 'tutti bench mtx'.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
+	root.AddCommand(newUp(g), newServer(g), newMtx(g), newBench(g))
+	return root
+}
+
+func (g *globals) logger() (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(g.logLevel)
+	if err != nil {
+		return zerolog.Nop(), fmt.Errorf("--log-level: %w", err)
+	}
+	var l zerolog.Logger
+	switch g.logFormat {
+	case "json":
+		l = zerolog.New(os.Stderr)
+	case "console":
+		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
+	default:
+		return zerolog.Nop(), fmt.Errorf("--log-format must be console or json, not %q", g.logFormat)
+	}
+	return l.Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// seedFlag registers --seed with TUTTI_SEED and DefaultSeed as fallbacks.
+func seedFlag(fs *pflag.FlagSet, p *string) {
+	def := DefaultSeed
+	if v := os.Getenv("TUTTI_SEED"); v != "" {
+		def = v
+	}
+	fs.StringVar(p, "seed", def, "address of any host of the cluster (env TUTTI_SEED)")
+}
+
+func splitSeeds(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// waitSignal blocks until SIGINT or SIGTERM.
+func waitSignal() os.Signal {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(ch)
+	return <-ch
+}

@@ -1,0 +1,236 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/memnode"
+	"github.com/tutti-gcs/tutti/replication"
+)
+
+// HostConfig describes one tutti host: its identity, where it listens, the
+// cluster's hosts and memnode placement, and its data directory.
+type HostConfig struct {
+	// ID of this host, > 0. It is also its replica id in every Raft group.
+	ID uint64
+	// Listen is the TCP address to bind, e.g. "127.0.0.1:7400" or ":7400".
+	// Clients and other hosts use the same port.
+	Listen string
+	// Listener, if set, is used instead of binding Listen.
+	Listener net.Listener
+	// Hosts maps every host id (this one included) to the address others
+	// reach it at.
+	Hosts map[uint64]string
+	// Memnodes places memnodes on hosts.
+	Memnodes []MemnodeSpec
+	// DataDir holds this host's Raft log engine. Required.
+	DataDir string
+	// Memnode bounds every memnode hosted here.
+	Memnode memnode.Config
+	// Replication tunes the Raft host; ID, DataDir, Transport and Logger are
+	// filled in from this config.
+	Replication replication.Config
+	// Clock stamps entries; WallClock if nil.
+	Clock Clock
+	// Logger for everything the host does.
+	Logger zerolog.Logger
+	// ServerOptions are extra gRPC server options (credentials, limits).
+	ServerOptions []grpc.ServerOption
+	// DialOptions are used to reach other hosts; insecure if empty.
+	DialOptions []grpc.DialOption
+}
+
+// Validate reports every problem with the configuration.
+func (c *HostConfig) Validate() error {
+	var errs []error
+	if c.ID == 0 {
+		errs = append(errs, errors.New("host id must be > 0"))
+	}
+	if c.Listen == "" && c.Listener == nil {
+		errs = append(errs, errors.New("listen address is required"))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data directory is required"))
+	}
+	if _, ok := c.Hosts[c.ID]; !ok && c.ID != 0 {
+		errs = append(errs, fmt.Errorf("host %d is not in the host list", c.ID))
+	}
+	seen := map[uint64]bool{}
+	for _, m := range c.Memnodes {
+		if seen[m.ID] {
+			errs = append(errs, fmt.Errorf("memnode %d listed twice", m.ID))
+		}
+		seen[m.ID] = true
+		if len(m.Replicas) == 0 {
+			errs = append(errs, fmt.Errorf("memnode %d has no replicas", m.ID))
+		}
+		for _, r := range m.Replicas {
+			if _, ok := c.Hosts[r]; !ok {
+				errs = append(errs, fmt.Errorf("memnode %d: replica host %d is not in the host list", m.ID, r))
+			}
+		}
+	}
+	if err := c.Memnode.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Host is a running tutti host: a gRPC server carrying the memnode service
+// and the Raft transport, a replication host with one Raft group per local
+// memnode replica, and the memnode state machines.
+type Host struct {
+	cfg       HostConfig
+	lis       net.Listener
+	grpc      *grpc.Server
+	transport *replication.GRPCTransport
+	rep       *replication.Host
+	server    *Server
+	health    *health.Server
+	serveDone chan error
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// StartHost binds the listener, starts or recovers every local memnode
+// replica, and serves until Close.
+func StartHost(cfg HostConfig) (*Host, error) {
+	cfg.Memnode = cfg.Memnode.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("tutti host: %w", err)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = WallClock
+	}
+	log := cfg.Logger.With().Uint64("host", cfg.ID).Logger()
+
+	lis := cfg.Listener
+	if lis == nil {
+		var err error
+		if lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return nil, fmt.Errorf("tutti host %d: listen: %w", cfg.ID, err)
+		}
+	}
+	dial := cfg.DialOptions
+	if len(dial) == 0 {
+		dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	tr, err := replication.NewGRPCTransport(replication.GRPCConfig{ID: cfg.ID, Logger: log, DialOptions: dial})
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
+	for id, addr := range cfg.Hosts {
+		if id != cfg.ID {
+			tr.SetPeer(id, addr)
+		}
+	}
+	opts := append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(64 << 20),
+		grpc.MaxSendMsgSize(64 << 20),
+	}, cfg.ServerOptions...)
+	gs := grpc.NewServer(opts...)
+	tr.Register(gs)
+
+	rcfg := cfg.Replication
+	def := replication.DefaultConfig()
+	if rcfg.TickInterval == 0 {
+		rcfg.TickInterval = def.TickInterval
+	}
+	if rcfg.ElectionTicks == 0 {
+		rcfg.ElectionTicks = def.ElectionTicks
+	}
+	if rcfg.HeartbeatTicks == 0 {
+		rcfg.HeartbeatTicks = def.HeartbeatTicks
+	}
+	if rcfg.SnapshotEntries == 0 {
+		rcfg.SnapshotEntries = def.SnapshotEntries
+	}
+	if rcfg.MaxProposalBytes == 0 {
+		rcfg.MaxProposalBytes = 2 * DefaultMaxRequestBytes
+	}
+	rcfg.ID = cfg.ID
+	rcfg.DataDir = cfg.DataDir
+	rcfg.Transport = tr
+	rcfg.Logger = log
+	rh, err := replication.NewHost(rcfg)
+	if err != nil {
+		gs.Stop()
+		tr.Close()
+		lis.Close()
+		return nil, fmt.Errorf("tutti host %d: %w", cfg.ID, err)
+	}
+	h := &Host{cfg: cfg, lis: lis, grpc: gs, transport: tr, rep: rh, serveDone: make(chan error, 1)}
+	specs := append([]MemnodeSpec(nil), cfg.Memnodes...)
+	sort.Slice(specs, func(i, j int) bool { return specs[i].ID < specs[j].ID })
+	for _, m := range specs {
+		local := false
+		for _, r := range m.Replicas {
+			local = local || r == cfg.ID
+		}
+		if !local {
+			continue
+		}
+		mn, err := memnode.New(cfg.Memnode)
+		if err != nil {
+			h.Close()
+			return nil, err
+		}
+		if err := rh.StartGroup(m.ID, m.Replicas, &machine{m: mn}); err != nil {
+			h.Close()
+			return nil, fmt.Errorf("tutti host %d: memnode %d: %w", cfg.ID, m.ID, err)
+		}
+	}
+	h.server = newServer(cfg.ID, cfg.Hosts, specs, cfg.Memnode, cfg.Clock, log, rh)
+	tuttipb.RegisterMemnodeServer(gs, h.server)
+	h.health = health.NewServer()
+	healthpb.RegisterHealthServer(gs, h.health)
+	go func() { h.serveDone <- gs.Serve(lis) }()
+	log.Info().Str("addr", lis.Addr().String()).Int("memnodes", len(specs)).Msg("host started")
+	return h, nil
+}
+
+// Addr is the address the host listens on.
+func (h *Host) Addr() string { return h.lis.Addr().String() }
+
+// ID is the host's id.
+func (h *Host) ID() uint64 { return h.cfg.ID }
+
+// Replication exposes the Raft host (for status and tests).
+func (h *Host) Replication() *replication.Host { return h.rep }
+
+// Close stops serving, then stops the Raft groups and the log engine.
+func (h *Host) Close() error {
+	h.closeOnce.Do(func() {
+		if h.health != nil {
+			h.health.Shutdown()
+		}
+		stopped := make(chan struct{})
+		go func() { h.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			h.grpc.Stop()
+			<-stopped
+		}
+		var errs []error
+		if h.rep != nil {
+			errs = append(errs, h.rep.Close())
+		}
+		errs = append(errs, h.transport.Close())
+		h.closeErr = errors.Join(errs...)
+	})
+	return h.closeErr
+}

@@ -1,0 +1,350 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/memnode"
+	"github.com/tutti-gcs/tutti/replication"
+)
+
+// Clock gives the service its notion of now. Only the leader's clock reaches
+// a memnode, stamped into entries.
+type Clock interface {
+	Now() time.Time
+}
+
+type wallClock struct{}
+
+func (wallClock) Now() time.Time { return time.Now() }
+
+// WallClock is the real clock.
+var WallClock Clock = wallClock{}
+
+// MemnodeSpec places one memnode: its id (also its Raft group id) and the
+// hosts that hold its replicas.
+type MemnodeSpec struct {
+	ID       uint64
+	Replicas []uint64
+}
+
+// DefaultMaxRequestBytes bounds the encoded size of one request.
+const DefaultMaxRequestBytes = 4 << 20
+
+// proposer is the part of replication.Host the server uses; tests may fake it.
+type proposer interface {
+	ProposeAsync(group uint64, cmd []byte, done func(result []byte, err error))
+	ReadAsync(group uint64, query []byte, done func(result []byte, err error))
+	Leader(group uint64) uint64
+}
+
+// Server is the gRPC memnode service of one host. It turns requests into
+// proposals (or ReadIndex reads) of the memnode's Raft group on this host.
+type Server struct {
+	tuttipb.UnimplementedMemnodeServer
+
+	hostID   uint64
+	hosts    map[uint64]string
+	memnodes map[uint64]MemnodeSpec
+	local    map[uint64]bool
+	mcfg     memnode.Config
+	maxReq   int
+	clock    Clock
+	log      zerolog.Logger
+	rep      proposer
+}
+
+func newServer(hostID uint64, hosts map[uint64]string, specs []MemnodeSpec, mcfg memnode.Config,
+	clock Clock, log zerolog.Logger, rep proposer) *Server {
+	s := &Server{
+		hostID:   hostID,
+		hosts:    hosts,
+		memnodes: make(map[uint64]MemnodeSpec, len(specs)),
+		local:    make(map[uint64]bool),
+		mcfg:     mcfg,
+		maxReq:   DefaultMaxRequestBytes,
+		clock:    clock,
+		log:      log,
+		rep:      rep,
+	}
+	for _, m := range specs {
+		s.memnodes[m.ID] = m
+		for _, r := range m.Replicas {
+			if r == hostID {
+				s.local[m.ID] = true
+			}
+		}
+	}
+	return s
+}
+
+// Cluster describes the hosts and memnodes as this host knows them.
+func (s *Server) Cluster(ctx context.Context, _ *tuttipb.ClusterRequest) (*tuttipb.ClusterInfo, error) {
+	info := &tuttipb.ClusterInfo{MaxItemBytes: s.mcfg.MaxItemBytes, MaxItems: uint32(s.mcfg.MaxItems)}
+	for id, addr := range s.hosts {
+		info.Hosts = append(info.Hosts, &tuttipb.HostInfo{Id: id, Addr: addr})
+	}
+	sort.Slice(info.Hosts, func(i, j int) bool { return info.Hosts[i].Id < info.Hosts[j].Id })
+	for _, m := range s.memnodes {
+		mi := &tuttipb.MemnodeInfo{Id: m.ID, Replicas: append([]uint64(nil), m.Replicas...), Size: s.mcfg.Size}
+		if s.local[m.ID] {
+			mi.Leader = s.rep.Leader(m.ID)
+		}
+		info.Memnodes = append(info.Memnodes, mi)
+	}
+	sort.Slice(info.Memnodes, func(i, j int) bool { return info.Memnodes[i].Id < info.Memnodes[j].Id })
+	return info, nil
+}
+
+// Session serves one client stream: every request is handed to the Raft
+// group at once (the group batches concurrent proposals into one entry), and
+// responses are sent back in batches by one sender goroutine as they complete.
+func (s *Server) Session(stream tuttipb.Memnode_SessionServer) error {
+	ob := newOutbox()
+	senderDone := make(chan error, 1)
+	go func() { senderDone <- ob.run(stream) }()
+
+	var recvErr error
+	for {
+		batch, err := stream.Recv()
+		if err != nil {
+			recvErr = err
+			break
+		}
+		for _, req := range batch.GetRequests() {
+			s.handle(req, ob)
+		}
+	}
+	// The client closed its side (io.EOF) or the stream broke. Let requests
+	// already handed to Raft finish so their responses are not lost, but do
+	// not wait past the stream's life.
+	ob.drain(stream.Context())
+	ob.close()
+	sendErr := <-senderDone
+	if recvErr != nil && !isEOF(recvErr) && status.Code(recvErr) != codes.Canceled {
+		s.log.Debug().Err(recvErr).Msg("session ended")
+	}
+	if sendErr != nil && !errors.Is(sendErr, context.Canceled) {
+		return sendErr
+	}
+	return nil
+}
+
+func isEOF(err error) bool { return err != nil && err.Error() == "EOF" }
+
+// handle validates a request and starts it; the response goes to ob.
+func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
+	id := req.GetId()
+	mn := req.GetMemnode()
+	if !s.local[mn] {
+		spec, ok := s.memnodes[mn]
+		if !ok {
+			ob.push(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNKNOWN_MEMNODE, FailedCompare: -1,
+				Error: fmt.Sprintf("memnode %d does not exist", mn)})
+			return
+		}
+		// A memnode that lives elsewhere: point the client at one of its hosts.
+		r := &tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_NOT_LEADER, FailedCompare: -1}
+		if len(spec.Replicas) > 0 {
+			r.LeaderHost = spec.Replicas[0]
+			r.LeaderAddr = s.hosts[r.LeaderHost]
+		}
+		ob.push(r)
+		return
+	}
+	if sz := protoSize(req); sz > s.maxReq {
+		ob.push(invalid(id, fmt.Sprintf("request of %d bytes exceeds the limit of %d bytes", sz, s.maxReq)))
+		return
+	}
+	kind, ok := kindFromWire(req.GetKind())
+	op := opFromWire(req)
+	if !ok && req.GetKind() != tuttipb.Kind_KIND_READ {
+		ob.push(invalid(id, fmt.Sprintf("unknown request kind %d", req.GetKind())))
+		return
+	}
+	vk := kind
+	if req.GetKind() == tuttipb.Kind_KIND_READ {
+		vk = memnode.KindExec
+		if len(op.Writes) > 0 {
+			ob.push(invalid(id, "a read-only request carries write items"))
+			return
+		}
+	}
+	if err := s.mcfg.ValidateOp(vk, &op); err != nil {
+		ob.push(invalid(id, err.Error()))
+		return
+	}
+	now := s.clock.Now().UnixNano()
+	ob.begin()
+	done := func(res []byte, err error) {
+		ob.push(s.response(id, mn, res, err))
+		ob.end()
+	}
+	if req.GetKind() == tuttipb.Kind_KIND_READ {
+		s.rep.ReadAsync(mn, memnode.AppendQuery(nil, now, &op), done)
+		return
+	}
+	t := req.GetTid()
+	e := memnode.Entry{
+		Kind:         kind,
+		Now:          now,
+		TID:          memnode.TID{Client: t.GetClient(), Seq: t.GetSeq(), Time: t.GetTime()},
+		Participants: req.GetParticipants(),
+		Op:           op,
+	}
+	s.rep.ProposeAsync(mn, memnode.AppendEntry(nil, &e), done)
+}
+
+// response turns a replication outcome into a wire response.
+func (s *Server) response(id, mn uint64, res []byte, err error) *tuttipb.Response {
+	r := &tuttipb.Response{Id: id, FailedCompare: -1}
+	if err != nil {
+		var nl *replication.NotLeaderError
+		switch {
+		case errors.As(err, &nl):
+			r.Status = tuttipb.Status_STATUS_NOT_LEADER
+			r.LeaderHost = nl.Leader
+			r.LeaderAddr = s.hosts[nl.Leader]
+		case errors.Is(err, replication.ErrUnknownGroup):
+			r.Status = tuttipb.Status_STATUS_UNKNOWN_MEMNODE
+		case errors.Is(err, replication.ErrTooLarge):
+			r.Status = tuttipb.Status_STATUS_INVALID
+		case errors.Is(err, replication.ErrStopped):
+			r.Status = tuttipb.Status_STATUS_UNAVAILABLE
+		default:
+			r.Status = tuttipb.Status_STATUS_UNKNOWN_OUTCOME
+		}
+		r.Error = err.Error()
+		return r
+	}
+	mr, derr := memnode.DecodeResult(res)
+	if derr != nil {
+		r.Status = tuttipb.Status_STATUS_UNKNOWN_OUTCOME
+		r.Error = fmt.Sprintf("memnode %d: undecodable result: %v", mn, derr)
+		return r
+	}
+	if mr.Err != nil {
+		r.Status = tuttipb.Status_STATUS_INVALID
+		r.Error = mr.Err.Error()
+		return r
+	}
+	r.Status = tuttipb.Status_STATUS_OK
+	r.Vote = tuttipb.Vote(mr.Vote)
+	r.FailedCompare = int32(mr.FailedCompare)
+	r.Reads = mr.Reads
+	return r
+}
+
+func invalid(id uint64, msg string) *tuttipb.Response {
+	return &tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_INVALID, FailedCompare: -1, Error: msg}
+}
+
+// outbox collects responses from Raft callbacks (which must not block) for
+// the stream's one sender goroutine, which sends whatever has accumulated as
+// one batch.
+type outbox struct {
+	mu struct {
+		sync.Mutex
+		pending  []*tuttipb.Response
+		closed   bool
+		inflight int
+	}
+	notify chan struct{}
+	idle   chan struct{} // signalled when inflight drops to zero
+}
+
+func newOutbox() *outbox {
+	return &outbox{notify: make(chan struct{}, 1), idle: make(chan struct{}, 1)}
+}
+
+func (o *outbox) push(r *tuttipb.Response) {
+	o.mu.Lock()
+	if o.mu.closed {
+		o.mu.Unlock()
+		return
+	}
+	o.mu.pending = append(o.mu.pending, r)
+	o.mu.Unlock()
+	select {
+	case o.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (o *outbox) begin() {
+	o.mu.Lock()
+	o.mu.inflight++
+	o.mu.Unlock()
+}
+
+func (o *outbox) end() {
+	o.mu.Lock()
+	o.mu.inflight--
+	zero := o.mu.inflight == 0
+	o.mu.Unlock()
+	if zero {
+		select {
+		case o.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// drain waits until no request is in flight or ctx ends.
+func (o *outbox) drain(ctx context.Context) {
+	for {
+		o.mu.Lock()
+		n := o.mu.inflight
+		o.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-o.idle:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (o *outbox) close() {
+	o.mu.Lock()
+	o.mu.closed = true
+	o.mu.Unlock()
+	select {
+	case o.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (o *outbox) run(stream tuttipb.Memnode_SessionServer) error {
+	for {
+		select {
+		case <-o.notify:
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		}
+		o.mu.Lock()
+		batch := o.mu.pending
+		o.mu.pending = nil
+		closed := o.mu.closed
+		o.mu.Unlock()
+		if len(batch) > 0 {
+			if err := stream.Send(&tuttipb.ResponseBatch{Responses: batch}); err != nil {
+				return err
+			}
+		}
+		if closed {
+			return nil
+		}
+	}
+}

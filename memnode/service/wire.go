@@ -1,0 +1,51 @@
+package service
+
+import (
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/memnode"
+)
+
+func kindFromWire(k tuttipb.Kind) (memnode.Kind, bool) {
+	switch k {
+	case tuttipb.Kind_KIND_EXEC:
+		return memnode.KindExec, true
+	case tuttipb.Kind_KIND_PREPARE:
+		return memnode.KindPrepare, true
+	case tuttipb.Kind_KIND_COMMIT:
+		return memnode.KindCommit, true
+	case tuttipb.Kind_KIND_ABORT:
+		return memnode.KindAbort, true
+	case tuttipb.Kind_KIND_ABORT_UNLESS_VOTED:
+		return memnode.KindAbortUnlessVoted, true
+	}
+	return 0, false
+}
+
+// opFromWire converts the items of a request. The slices alias the request's
+// buffers; memnode.AppendEntry copies them into the log entry.
+func opFromWire(req *tuttipb.Request) memnode.Op {
+	var op memnode.Op
+	if n := len(req.GetCompares()); n > 0 {
+		op.Compares = make([]memnode.Compare, n)
+		for i, c := range req.GetCompares() {
+			op.Compares[i] = memnode.Compare{Addr: c.GetAddr(), Data: c.GetData()}
+		}
+	}
+	if n := len(req.GetReads()); n > 0 {
+		op.Reads = make([]memnode.Read, n)
+		for i, r := range req.GetReads() {
+			op.Reads[i] = memnode.Read{Addr: r.GetAddr(), Len: r.GetLen()}
+		}
+	}
+	if n := len(req.GetWrites()); n > 0 {
+		op.Writes = make([]memnode.Write, n)
+		for i, w := range req.GetWrites() {
+			op.Writes[i] = memnode.Write{Addr: w.GetAddr(), Data: w.GetData()}
+		}
+	}
+	return op
+}
+
+func protoSize(m proto.Message) int { return proto.Size(m) }
