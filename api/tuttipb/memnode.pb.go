@@ -145,6 +145,57 @@ func (Vote) EnumDescriptor() ([]byte, []int) {
 	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{1}
 }
 
+// Outcome of a two-phase minitransaction as a participant knows it.
+type Outcome int32
+
+const (
+	// Not decided here (yet), or not a two-phase request.
+	Outcome_OUTCOME_UNKNOWN   Outcome = 0
+	Outcome_OUTCOME_COMMITTED Outcome = 1
+	Outcome_OUTCOME_ABORTED   Outcome = 2
+)
+
+// Enum value maps for Outcome.
+var (
+	Outcome_name = map[int32]string{
+		0: "OUTCOME_UNKNOWN",
+		1: "OUTCOME_COMMITTED",
+		2: "OUTCOME_ABORTED",
+	}
+	Outcome_value = map[string]int32{
+		"OUTCOME_UNKNOWN":   0,
+		"OUTCOME_COMMITTED": 1,
+		"OUTCOME_ABORTED":   2,
+	}
+)
+
+func (x Outcome) Enum() *Outcome {
+	p := new(Outcome)
+	*p = x
+	return p
+}
+
+func (x Outcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Outcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_tutti_v1_memnode_proto_enumTypes[2].Descriptor()
+}
+
+func (Outcome) Type() protoreflect.EnumType {
+	return &file_tutti_v1_memnode_proto_enumTypes[2]
+}
+
+func (x Outcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Outcome.Descriptor instead.
+func (Outcome) EnumDescriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{2}
+}
+
 type Status int32
 
 const (
@@ -198,11 +249,11 @@ func (x Status) String() string {
 }
 
 func (Status) Descriptor() protoreflect.EnumDescriptor {
-	return file_tutti_v1_memnode_proto_enumTypes[2].Descriptor()
+	return file_tutti_v1_memnode_proto_enumTypes[3].Descriptor()
 }
 
 func (Status) Type() protoreflect.EnumType {
-	return &file_tutti_v1_memnode_proto_enumTypes[2]
+	return &file_tutti_v1_memnode_proto_enumTypes[3]
 }
 
 func (x Status) Number() protoreflect.EnumNumber {
@@ -211,7 +262,7 @@ func (x Status) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Status.Descriptor instead.
 func (Status) EnumDescriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{2}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{3}
 }
 
 // Tid names one minitransaction attempt. Client and seq make it unique; time
@@ -546,7 +597,10 @@ type Response struct {
 	LeaderHost uint64 `protobuf:"varint,6,opt,name=leader_host,json=leaderHost,proto3" json:"leader_host,omitempty"`
 	LeaderAddr string `protobuf:"bytes,7,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
 	// Human-readable detail for STATUS_INVALID and errors.
-	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	// Answers Commit, Abort and AbortUnlessVoted, and a Prepare of a tid that
+	// is already decided.
+	Outcome       Outcome `protobuf:"varint,9,opt,name=outcome,proto3,enum=tutti.v1.Outcome" json:"outcome,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -635,6 +689,13 @@ func (x *Response) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *Response) GetOutcome() Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return Outcome_OUTCOME_UNKNOWN
 }
 
 type RequestBatch struct {
@@ -979,7 +1040,7 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\fparticipants\x18\x05 \x03(\x04R\fparticipants\x12-\n" +
 	"\bcompares\x18\x06 \x03(\v2\x11.tutti.v1.CompareR\bcompares\x12$\n" +
 	"\x05reads\x18\a \x03(\v2\x0e.tutti.v1.ReadR\x05reads\x12'\n" +
-	"\x06writes\x18\b \x03(\v2\x0f.tutti.v1.WriteR\x06writes\"\xfd\x01\n" +
+	"\x06writes\x18\b \x03(\v2\x0f.tutti.v1.WriteR\x06writes\"\xaa\x02\n" +
 	"\bResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.tutti.v1.StatusR\x06status\x12\"\n" +
@@ -990,7 +1051,8 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"leaderHost\x12\x1f\n" +
 	"\vleader_addr\x18\a \x01(\tR\n" +
 	"leaderAddr\x12\x14\n" +
-	"\x05error\x18\b \x01(\tR\x05error\"=\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x12+\n" +
+	"\aoutcome\x18\t \x01(\x0e2\x11.tutti.v1.OutcomeR\aoutcome\"=\n" +
 	"\fRequestBatch\x12-\n" +
 	"\brequests\x18\x01 \x03(\v2\x11.tutti.v1.RequestR\brequests\"A\n" +
 	"\rResponseBatch\x120\n" +
@@ -1023,7 +1085,11 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\aVOTE_OK\x10\x01\x12\x11\n" +
 	"\rVOTE_BAD_LOCK\x10\x02\x12\x13\n" +
 	"\x0fVOTE_BAD_FORCED\x10\x03\x12\x10\n" +
-	"\fVOTE_BAD_CMP\x10\x04*\xaa\x01\n" +
+	"\fVOTE_BAD_CMP\x10\x04*J\n" +
+	"\aOutcome\x12\x13\n" +
+	"\x0fOUTCOME_UNKNOWN\x10\x00\x12\x15\n" +
+	"\x11OUTCOME_COMMITTED\x10\x01\x12\x13\n" +
+	"\x0fOUTCOME_ABORTED\x10\x02*\xaa\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tSTATUS_OK\x10\x01\x12\x15\n" +
@@ -1048,46 +1114,48 @@ func file_tutti_v1_memnode_proto_rawDescGZIP() []byte {
 	return file_tutti_v1_memnode_proto_rawDescData
 }
 
-var file_tutti_v1_memnode_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_tutti_v1_memnode_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_tutti_v1_memnode_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_tutti_v1_memnode_proto_goTypes = []any{
 	(Kind)(0),              // 0: tutti.v1.Kind
 	(Vote)(0),              // 1: tutti.v1.Vote
-	(Status)(0),            // 2: tutti.v1.Status
-	(*Tid)(nil),            // 3: tutti.v1.Tid
-	(*Compare)(nil),        // 4: tutti.v1.Compare
-	(*Read)(nil),           // 5: tutti.v1.Read
-	(*Write)(nil),          // 6: tutti.v1.Write
-	(*Request)(nil),        // 7: tutti.v1.Request
-	(*Response)(nil),       // 8: tutti.v1.Response
-	(*RequestBatch)(nil),   // 9: tutti.v1.RequestBatch
-	(*ResponseBatch)(nil),  // 10: tutti.v1.ResponseBatch
-	(*ClusterRequest)(nil), // 11: tutti.v1.ClusterRequest
-	(*HostInfo)(nil),       // 12: tutti.v1.HostInfo
-	(*MemnodeInfo)(nil),    // 13: tutti.v1.MemnodeInfo
-	(*ClusterInfo)(nil),    // 14: tutti.v1.ClusterInfo
+	(Outcome)(0),           // 2: tutti.v1.Outcome
+	(Status)(0),            // 3: tutti.v1.Status
+	(*Tid)(nil),            // 4: tutti.v1.Tid
+	(*Compare)(nil),        // 5: tutti.v1.Compare
+	(*Read)(nil),           // 6: tutti.v1.Read
+	(*Write)(nil),          // 7: tutti.v1.Write
+	(*Request)(nil),        // 8: tutti.v1.Request
+	(*Response)(nil),       // 9: tutti.v1.Response
+	(*RequestBatch)(nil),   // 10: tutti.v1.RequestBatch
+	(*ResponseBatch)(nil),  // 11: tutti.v1.ResponseBatch
+	(*ClusterRequest)(nil), // 12: tutti.v1.ClusterRequest
+	(*HostInfo)(nil),       // 13: tutti.v1.HostInfo
+	(*MemnodeInfo)(nil),    // 14: tutti.v1.MemnodeInfo
+	(*ClusterInfo)(nil),    // 15: tutti.v1.ClusterInfo
 }
 var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	0,  // 0: tutti.v1.Request.kind:type_name -> tutti.v1.Kind
-	3,  // 1: tutti.v1.Request.tid:type_name -> tutti.v1.Tid
-	4,  // 2: tutti.v1.Request.compares:type_name -> tutti.v1.Compare
-	5,  // 3: tutti.v1.Request.reads:type_name -> tutti.v1.Read
-	6,  // 4: tutti.v1.Request.writes:type_name -> tutti.v1.Write
-	2,  // 5: tutti.v1.Response.status:type_name -> tutti.v1.Status
+	4,  // 1: tutti.v1.Request.tid:type_name -> tutti.v1.Tid
+	5,  // 2: tutti.v1.Request.compares:type_name -> tutti.v1.Compare
+	6,  // 3: tutti.v1.Request.reads:type_name -> tutti.v1.Read
+	7,  // 4: tutti.v1.Request.writes:type_name -> tutti.v1.Write
+	3,  // 5: tutti.v1.Response.status:type_name -> tutti.v1.Status
 	1,  // 6: tutti.v1.Response.vote:type_name -> tutti.v1.Vote
-	7,  // 7: tutti.v1.RequestBatch.requests:type_name -> tutti.v1.Request
-	8,  // 8: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
-	12, // 9: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
-	13, // 10: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
-	9,  // 11: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
-	11, // 12: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
-	10, // 13: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
-	14, // 14: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
-	13, // [13:15] is the sub-list for method output_type
-	11, // [11:13] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	2,  // 7: tutti.v1.Response.outcome:type_name -> tutti.v1.Outcome
+	8,  // 8: tutti.v1.RequestBatch.requests:type_name -> tutti.v1.Request
+	9,  // 9: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
+	13, // 10: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
+	14, // 11: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
+	10, // 12: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
+	12, // 13: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
+	11, // 14: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
+	15, // 15: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_tutti_v1_memnode_proto_init() }
@@ -1100,7 +1168,7 @@ func file_tutti_v1_memnode_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tutti_v1_memnode_proto_rawDesc), len(file_tutti_v1_memnode_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -218,7 +218,8 @@ func (s *Server) response(id, mn uint64, res []byte, err error) *tuttipb.Respons
 			r.Status = tuttipb.Status_STATUS_UNKNOWN_MEMNODE
 		case errors.Is(err, replication.ErrTooLarge):
 			r.Status = tuttipb.Status_STATUS_INVALID
-		case errors.Is(err, replication.ErrStopped):
+		case errors.Is(err, replication.ErrStopped), errors.Is(err, replication.ErrDropped):
+			// Not proposed: safe to retry.
 			r.Status = tuttipb.Status_STATUS_UNAVAILABLE
 		default:
 			r.Status = tuttipb.Status_STATUS_UNKNOWN_OUTCOME
@@ -241,6 +242,7 @@ func (s *Server) response(id, mn uint64, res []byte, err error) *tuttipb.Respons
 	r.Vote = tuttipb.Vote(mr.Vote)
 	r.FailedCompare = int32(mr.FailedCompare)
 	r.Reads = mr.Reads
+	r.Outcome = tuttipb.Outcome(mr.Outcome)
 	return r
 }
 
