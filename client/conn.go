@@ -34,7 +34,7 @@ type session struct {
 	cancel context.CancelFunc
 	mu     struct {
 		sync.Mutex
-		pending map[uint64]chan *tuttipb.Response
+		pending map[uint64]func(*tuttipb.Response)
 		queue   []*tuttipb.Request
 		sending bool
 		err     error
@@ -77,7 +77,7 @@ func (c *conn) session() (*session, uint64, error) {
 		return nil, 0, err
 	}
 	s := &session{c: c, stream: st, cancel: cancel, done: make(chan struct{})}
-	s.mu.pending = make(map[uint64]chan *tuttipb.Response)
+	s.mu.pending = make(map[uint64]func(*tuttipb.Response))
 	c.mu.stream = s
 	go s.recvLoop()
 	return s, id, nil
@@ -87,45 +87,79 @@ func (c *conn) session() (*session, uint64, error) {
 // the request was sent is reported as a response with STATUS_UNKNOWN_OUTCOME;
 // before it, as errNotSent.
 func (c *conn) do(ctx context.Context, req *tuttipb.Request) (*tuttipb.Response, error) {
+	ch := make(chan *tuttipb.Response, 1)
+	s, err := c.start(req, func(r *tuttipb.Response) { ch <- r }, true)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-ctx.Done():
+		s.forget(req.Id)
+		return nil, ctx.Err()
+	}
+}
+
+// start queues req and arranges for done to be called with its response,
+// exactly once, from the receiving goroutine (so done must not block). With
+// flush, it also sends the queue unless another caller is sending it;
+// without, the caller must call flush later: queuing the requests of one
+// minitransaction first lets them leave in one batch. An error wraps
+// errNotSent and done is never called.
+func (c *conn) start(req *tuttipb.Request, done func(*tuttipb.Response), flush bool) (*session, error) {
 	s, id, err := c.session()
 	if err != nil {
 		return nil, errors.Join(errNotSent, err)
 	}
 	req.Id = id
-	ch := make(chan *tuttipb.Response, 1)
 	s.mu.Lock()
 	if s.mu.err != nil {
 		err := s.mu.err
 		s.mu.Unlock()
 		return nil, errors.Join(errNotSent, err)
 	}
-	s.mu.pending[id] = ch
+	s.mu.pending[id] = done
 	s.mu.queue = append(s.mu.queue, req)
-	if !s.mu.sending {
-		s.mu.sending = true
-		for len(s.mu.queue) > 0 && s.mu.err == nil {
-			batch := s.mu.queue
-			s.mu.queue = nil
-			s.mu.Unlock()
-			err := s.stream.Send(&tuttipb.RequestBatch{Requests: batch})
-			s.mu.Lock()
-			if err != nil {
-				s.failLocked(err)
-			}
-		}
-		s.mu.sending = false
+	if flush {
+		s.flushLocked()
 	}
 	s.mu.Unlock()
+	return s, nil
+}
 
-	select {
-	case r := <-ch:
-		return r, nil
-	case <-ctx.Done():
-		s.mu.Lock()
-		delete(s.mu.pending, id)
-		s.mu.Unlock()
-		return nil, ctx.Err()
+// flush sends whatever start queued without flushing.
+func (s *session) flush() {
+	s.mu.Lock()
+	s.flushLocked()
+	s.mu.Unlock()
+}
+
+// flushLocked sends the queue in batches unless another goroutine is already
+// doing so; that one will pick up what was queued meanwhile.
+func (s *session) flushLocked() {
+	if s.mu.sending {
+		return
 	}
+	s.mu.sending = true
+	for len(s.mu.queue) > 0 && s.mu.err == nil {
+		batch := s.mu.queue
+		s.mu.queue = nil
+		s.mu.Unlock()
+		err := s.stream.Send(&tuttipb.RequestBatch{Requests: batch})
+		s.mu.Lock()
+		if err != nil {
+			s.failLocked(err)
+		}
+	}
+	s.mu.sending = false
+}
+
+// forget drops interest in a request's response.
+func (s *session) forget(id uint64) {
+	s.mu.Lock()
+	delete(s.mu.pending, id)
+	s.mu.Unlock()
 }
 
 // failLocked breaks the session: every waiting request learns its outcome is
@@ -140,14 +174,14 @@ func (s *session) failLocked(err error) {
 		unsent[r.Id] = true
 	}
 	s.mu.queue = nil
-	for id, ch := range s.mu.pending {
+	for id, done := range s.mu.pending {
 		st := tuttipb.Status_STATUS_UNKNOWN_OUTCOME
 		if unsent[id] {
 			st = tuttipb.Status_STATUS_UNAVAILABLE
 		}
-		ch <- &tuttipb.Response{Id: id, Status: st, FailedCompare: -1, Error: "connection to " + s.c.addr + " lost: " + err.Error()}
+		done(&tuttipb.Response{Id: id, Status: st, FailedCompare: -1, Error: "connection to " + s.c.addr + " lost: " + err.Error()})
 	}
-	s.mu.pending = map[uint64]chan *tuttipb.Response{}
+	s.mu.pending = map[uint64]func(*tuttipb.Response){}
 	s.cancel()
 }
 
@@ -163,9 +197,9 @@ func (s *session) recvLoop() {
 		}
 		s.mu.Lock()
 		for _, r := range b.GetResponses() {
-			if ch, ok := s.mu.pending[r.GetId()]; ok {
+			if done, ok := s.mu.pending[r.GetId()]; ok {
 				delete(s.mu.pending, r.GetId())
-				ch <- r
+				done(r)
 			}
 		}
 		s.mu.Unlock()

@@ -10,6 +10,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,9 +69,10 @@ func newBenchMtx(g *globals) *cobra.Command {
 		asJSON      bool
 		outFile     string
 		words       int
-		memnodes    int
+		memnodes    string
 		noSync      bool
 		quiet       bool
+		cpuProfile  string
 	)
 	cmd := &cobra.Command{
 		Use:   "mtx",
@@ -80,12 +83,21 @@ outstanding requests.
 Workloads:
   base   six 4-byte word-aligned write items chosen at random among --words
          words, on memnode 0 (Sinfonia's base workload; one-phase commit)
+  cas2   three compare-and-swaps of 4-byte words spread over two memnodes
+         chosen at random (Sinfonia's scaling workload; two-phase commit).
+         Each worker swaps its own words, so compares succeed and the figure
+         measures the protocol, not contention. With one memnode both
+         "memnodes" are the same one and it runs one-phase.
 
 Without --seed the benchmark starts its own local cluster in this process, as
 'tutti up' does (3 hosts, 3 replicas per memnode, fsync on), so the figures
-include the servers' CPU. With --seed it drives an existing cluster.`,
+include the servers' CPU. --memnodes may list several sizes; each gets a fresh
+cluster and its own JSON lines, which shows how the CPU cost of one
+minitransaction changes with the number of memnodes. With --seed it drives an
+existing cluster.`,
 		Example: `  tutti bench mtx
   tutti bench mtx --outstanding 1,16,64,256 --duration 10s --json --out bench-mtx.json
+  tutti bench mtx --workload cas2 --memnodes 1,2,4,8 --outstanding 64 --json
   tutti bench mtx --seed 127.0.0.1:7400 --outstanding 64`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -93,46 +105,37 @@ include the servers' CPU. With --seed it drives an existing cluster.`,
 			if err != nil {
 				return err
 			}
-			if workload != "base" {
-				return fmt.Errorf("--workload %q: unknown (known: base)", workload)
+			if workload != "base" && workload != "cas2" {
+				return fmt.Errorf("--workload %q: unknown (known: base, cas2)", workload)
 			}
 			if words < 6 {
 				return fmt.Errorf("--words must be at least 6")
+			}
+			if workload == "cas2" && words < 3*slices.Max(levels) {
+				return fmt.Errorf("--words %d: cas2 needs at least 3 words per worker (%d)", words, 3*slices.Max(levels))
+			}
+			sizes, err := parseList("--memnodes", memnodes, 1, 1024)
+			if err != nil {
+				return err
 			}
 			log, err := g.logger()
 			if err != nil {
 				return err
 			}
-			seeds := splitSeeds(seed)
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			embedded := !cmd.Flags().Changed("seed") && os.Getenv("TUTTI_SEED") == ""
-			replicas := 0
-			if embedded {
-				c, err := cluster.Start(cluster.Config{Memnodes: memnodes, NoSync: noSync, Logger: log.Level(max(log.GetLevel(), zerolog.WarnLevel))})
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-				err = c.WaitReady(ctx)
-				cancel()
-				if err != nil {
-					return err
-				}
-				seeds = c.Seeds()
-				replicas = len(c.Memnodes()[0].Replicas)
-			}
-			ctx := cmd.Context()
-			cl, err := client.New(ctx, client.Config{Seeds: seeds, Logger: log})
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			if !embedded {
-				for _, m := range cl.Cluster().GetMemnodes() {
-					if m.GetId() == 0 {
-						replicas = len(m.GetReplicas())
-					}
-				}
+			if !embedded && cmd.Flags().Changed("memnodes") {
+				return fmt.Errorf("--memnodes sizes an embedded cluster; it cannot be used with --seed")
 			}
 			var sinks []io.Writer
 			if asJSON {
@@ -147,23 +150,72 @@ include the servers' CPU. With --seed it drives an existing cluster.`,
 				sinks = append(sinks, f)
 			}
 			if !asJSON {
-				fmt.Fprintf(cmd.OutOrStdout(), "%-9s %11s %10s %12s %9s %9s %9s %7s\n",
-					"workload", "outstanding", "ops", "ops/s", "p50 ms", "p99 ms", "cpu µs/op", "errors")
+				fmt.Fprintf(cmd.OutOrStdout(), "%-9s %8s %11s %10s %12s %9s %9s %9s %7s\n",
+					"workload", "memnodes", "outstanding", "ops", "ops/s", "p50 ms", "p99 ms", "cpu µs/op", "errors")
 			}
-			for _, n := range levels {
-				p, err := runMtxPoint(ctx, cl, n, warmup, duration, words, quiet, cmd.ErrOrStderr())
+			run := func(size int) error {
+				seeds := splitSeeds(seed)
+				replicas := 0
+				if embedded {
+					c, err := cluster.Start(cluster.Config{Memnodes: size, NoSync: noSync, Logger: log.Level(max(log.GetLevel(), zerolog.WarnLevel))})
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+					err = c.WaitReady(ctx)
+					cancel()
+					if err != nil {
+						return err
+					}
+					seeds = c.Seeds()
+					replicas = len(c.Memnodes()[0].Replicas)
+				}
+				ctx := cmd.Context()
+				cl, err := client.New(ctx, client.Config{Seeds: seeds, Logger: log})
 				if err != nil {
 					return err
 				}
-				p.Workload, p.Fsync, p.Embedded, p.Replicas = workload, !noSync, embedded, replicas
-				p.Memnodes = len(cl.Cluster().GetMemnodes())
-				b, _ := json.Marshal(p)
-				for _, w := range sinks {
-					fmt.Fprintln(w, string(b))
+				defer cl.Close()
+				var mns []uint64
+				for _, m := range cl.Cluster().GetMemnodes() {
+					mns = append(mns, m.GetId())
+					if m.GetId() == 0 && !embedded {
+						replicas = len(m.GetReplicas())
+					}
 				}
-				if !asJSON {
-					fmt.Fprintf(cmd.OutOrStdout(), "%-9s %11d %10d %12.0f %9.3f %9.3f %9.1f %7d\n",
-						p.Workload, p.Outstanding, p.Ops, p.OpsPerSec, p.P50ms, p.P99ms, p.CPUusPerOp, p.Errors)
+				slices.Sort(mns)
+				for _, n := range levels {
+					var gen func(w int) txGen
+					switch workload {
+					case "base":
+						gen = func(int) txGen { return baseGen(words) }
+					case "cas2":
+						gen = func(w int) txGen { return newCAS2(cl, mns, words, w, n) }
+					}
+					p, err := runMtxPoint(ctx, cl, n, warmup, duration, gen, quiet, cmd.ErrOrStderr())
+					if err != nil {
+						return err
+					}
+					p.Workload, p.Fsync, p.Embedded, p.Replicas = workload, !noSync, embedded, replicas
+					p.Memnodes = len(mns)
+					b, _ := json.Marshal(p)
+					for _, w := range sinks {
+						fmt.Fprintln(w, string(b))
+					}
+					if !asJSON {
+						fmt.Fprintf(cmd.OutOrStdout(), "%-9s %8d %11d %10d %12.0f %9.3f %9.3f %9.1f %7d\n",
+							p.Workload, p.Memnodes, p.Outstanding, p.Ops, p.OpsPerSec, p.P50ms, p.P99ms, p.CPUusPerOp, p.Errors)
+					}
+				}
+				return nil
+			}
+			if !embedded {
+				sizes = sizes[:1]
+			}
+			for _, size := range sizes {
+				if err := run(size); err != nil {
+					return err
 				}
 			}
 			return nil
@@ -171,25 +223,29 @@ include the servers' CPU. With --seed it drives an existing cluster.`,
 	}
 	f := cmd.Flags()
 	seedFlag(f, &seed)
-	f.StringVar(&workload, "workload", "base", "workload: base")
+	f.StringVar(&workload, "workload", "base", "workload: base or cas2")
 	f.StringVar(&outstanding, "outstanding", "1,16,64,256", "comma-separated levels of outstanding minitransactions")
 	f.DurationVar(&duration, "duration", 10*time.Second, "measured time per level")
 	f.DurationVar(&warmup, "warmup", time.Second, "unmeasured time before each level")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object per measured point instead of a table")
 	f.StringVar(&outFile, "out", "", "also write the JSON lines to this file")
 	f.IntVar(&words, "words", 50000, "number of 4-byte words the items are drawn from")
-	f.IntVar(&memnodes, "memnodes", 3, "memnodes of the embedded cluster")
+	f.StringVar(&memnodes, "memnodes", "3", "memnodes of the embedded cluster; a comma-separated list runs one cluster per size")
 	f.BoolVar(&noSync, "no-fsync", false, "embedded cluster without fsync (not Sinfonia's durable setting)")
 	f.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file")
 	return cmd
 }
 
-func parseLevels(s string) ([]int, error) {
+func parseLevels(s string) ([]int, error) { return parseList("--outstanding", s, 1, 100000) }
+
+// parseList parses a comma-separated list of integers in [lo, hi].
+func parseList(flag, s string, lo, hi int) ([]int, error) {
 	var out []int
 	for _, p := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
-		if err != nil || n < 1 || n > 100000 {
-			return nil, fmt.Errorf("--outstanding: %q is not a number between 1 and 100000", p)
+		if err != nil || n < lo || n > hi {
+			return nil, fmt.Errorf("%s: %q is not a number between %d and %d", flag, p, lo, hi)
 		}
 		out = append(out, n)
 	}
@@ -204,8 +260,102 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// runMtxPoint runs n workers issuing the base workload back to back.
-func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time.Duration, words int, quiet bool, progress io.Writer) (benchPoint, error) {
+// txGen produces one worker's minitransactions and learns their results.
+type txGen interface {
+	next(rng *rand.Rand) *client.Tx
+	// after is told how the last tx ended; it is not timed.
+	after(ctx context.Context, res *client.Result, err error)
+}
+
+// baseGen is Sinfonia's base workload: six distinct 4-byte words of memnode
+// 0 chosen among words, written with random values.
+type baseGen int
+
+func (words baseGen) next(rng *rand.Rand) *client.Tx {
+	tx := client.NewTx()
+	var picked [6]uint64
+	for i := 0; i < 6; i++ {
+	again:
+		wd := uint64(rng.IntN(int(words)))
+		for _, p := range picked[:i] {
+			if p == wd {
+				goto again
+			}
+		}
+		picked[i] = wd
+		tx.Write(0, wd*4, binary.LittleEndian.AppendUint32(nil, rng.Uint32()))
+	}
+	return tx
+}
+
+func (baseGen) after(context.Context, *client.Result, error) {}
+
+// cas2 is Sinfonia's scaling workload: three compare-and-swaps of 4-byte
+// words spread over two memnodes. Worker w of n owns the words whose index
+// is w mod n on every memnode and remembers their values, so its compares
+// match unless an earlier outcome was unknown; then it re-reads them.
+type cas2 struct {
+	cl     *client.Client
+	mns    []uint64
+	owned  int // words owned per memnode
+	w, n   int
+	vals   map[[2]uint64]uint32
+	last   [3][2]uint64
+	lastTo [3]uint32
+}
+
+func newCAS2(cl *client.Client, mns []uint64, words, w, n int) *cas2 {
+	return &cas2{cl: cl, mns: mns, owned: words / n, w: w, n: n, vals: map[[2]uint64]uint32{}}
+}
+
+func (g *cas2) next(rng *rand.Rand) *client.Tx {
+	a := g.mns[rng.IntN(len(g.mns))]
+	b := a
+	for len(g.mns) > 1 && b == a {
+		b = g.mns[rng.IntN(len(g.mns))]
+	}
+	tx := client.NewTx()
+	for i := 0; i < 3; i++ {
+		mn := a
+		if i == 1 || (i == 2 && rng.IntN(2) == 0) {
+			mn = b
+		}
+	again:
+		k := [2]uint64{mn, uint64(g.w + g.n*rng.IntN(g.owned))}
+		for _, p := range g.last[:i] {
+			if p == k {
+				goto again
+			}
+		}
+		g.last[i] = k
+		g.lastTo[i] = rng.Uint32()
+		tx.Compare(mn, k[1]*4, binary.LittleEndian.AppendUint32(nil, g.vals[k]))
+		tx.Write(mn, k[1]*4, binary.LittleEndian.AppendUint32(nil, g.lastTo[i]))
+	}
+	return tx
+}
+
+func (g *cas2) after(ctx context.Context, res *client.Result, err error) {
+	if err == nil && res.Committed {
+		for i, k := range g.last {
+			g.vals[k] = g.lastTo[i]
+		}
+		return
+	}
+	// Unknown outcome or a stale value: learn the truth.
+	tx := client.NewTx()
+	for _, k := range g.last {
+		tx.Read(k[0], k[1]*4, 4)
+	}
+	if r, err := g.cl.Exec(ctx, tx); err == nil && r.Committed {
+		for i, k := range g.last {
+			g.vals[k] = binary.LittleEndian.Uint32(r.Reads[i])
+		}
+	}
+}
+
+// runMtxPoint runs n workers issuing minitransactions back to back.
+func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time.Duration, gen func(w int) txGen, quiet bool, progress io.Writer) (benchPoint, error) {
 	start := time.Now().Add(warmup)
 	end := start.Add(dur)
 	var ops, errs, notCommitted atomic.Int64
@@ -216,33 +366,21 @@ func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time
 	var cpuOnce sync.Once
 	for w := 0; w < n; w++ {
 		hists[w] = hdrhistogram.New(1, 60_000_000, 3) // µs
+		g := gen(w)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
-			val := make([]byte, 4)
 			for {
 				now := time.Now()
 				if now.After(end) || ctx.Err() != nil {
 					return
 				}
-				tx := client.NewTx()
-				var picked [6]uint64
-				for i := 0; i < 6; i++ {
-				again:
-					wd := uint64(rng.IntN(words))
-					for _, p := range picked[:i] {
-						if p == wd {
-							goto again
-						}
-					}
-					picked[i] = wd
-					binary.LittleEndian.PutUint32(val, rng.Uint32())
-					tx.Write(0, wd*4, append([]byte(nil), val...))
-				}
+				tx := g.next(rng)
 				t0 := time.Now()
 				res, err := cl.Exec(ctx, tx)
 				lat := time.Since(t0)
+				g.after(ctx, res, err)
 				if t0.Before(start) {
 					continue
 				}
