@@ -31,6 +31,30 @@
 //     (ErrContention after that). BAD-CMP: a Result with Committed false and
 //     FailedCompare set — a result, not an error.
 //
+// # Recovery of in-doubt minitransactions
+//
+// The coordinator logs nothing, so a coordinator that dies between Prepare
+// and the decision leaves its tid in doubt, holding locks. Every host runs a
+// recovery coordinator for the memnodes it leads (memnode/service): it lists
+// tids in doubt for longer than a timeout and calls Recover, which asks every
+// participant to abort unless it already voted (a participant that has not
+// voted is fenced and will refuse the late Prepare), commits exactly when
+// every vote is OK (a decided outcome reported by any participant wins), and
+// sends the decision to all. Recover is idempotent and safe to run
+// concurrently with the original coordinator and other recoverers; all reach
+// the same outcome as long as they finish within the memnodes' horizon.
+//
+// Exec never aborts an attempt whose votes it could not all see (a lost
+// response, a context that ended): it learns the missing votes with
+// AbortUnlessVoted and decides by the same rule, because every vote may
+// already be OK, which means committed. If even that fails it returns
+// ErrUnknownOutcome and leaves the tid to recovery.
+//
+// Tests make the coordinator die with Config.Crash, at a CrashPoint
+// (CrashAfterPrepareSent, CrashAfterVotes, CrashAfterFirstDecision): the
+// coordinator stops sending at that point and Exec returns an error wrapping
+// ErrCoordinatorCrashed. The hook is for tests only.
+//
 // # Routing and retries
 //
 // The client learns hosts and memnode placement from any seed (the Cluster
@@ -40,8 +64,9 @@
 // certain they were not applied (NOT_LEADER, never sent, reads). A one-phase
 // write whose leader changed after the proposal, or whose connection broke
 // after sending, returns ErrUnknownOutcome: read the items to find out. A
-// two-phase attempt whose votes are unknown is aborted at every participant
-// and retried, because an applied Abort fences a late Prepare.
+// two-phase attempt whose votes are unknown is settled as recovery would
+// (see below): committed if every vote turns out OK, else aborted at every
+// participant and retried.
 //
 // # Transport
 //
@@ -50,6 +75,28 @@
 // goroutine hand-off at low load); while a send is under way, later callers
 // queue and the sender flushes the queue as one batch (batching at high
 // load). Responses are matched by id.
+//
+// # Structures built on minitransactions
+//
+// Reusable structures kept entirely in a memnode and changed only by
+// minitransactions (no RPCs of their own), so any number of processes may
+// share one:
+//
+//   - Allocator (alloc.go): carves regions out of an address range with a
+//     bump pointer and a first-fit free list; ErrExhausted when nothing fits.
+//   - Lease (lease.go): an expiring exclusive grant with a fencing token
+//     (epoch) that grows at every acquisition; time comes from an injectable
+//     clock and clocks are assumed to differ by at most MaxSkew;
+//     ErrLeaseHeld, ErrNotHolder.
+//   - Queue (queue.go): a bounded multi-producer circular queue on one
+//     memnode whose items are named by position, for readers that track
+//     positions; ErrFull, ErrTrimmed.
+//
+// Each documents its byte layout (little-endian uint64 words; all-zero
+// memory is the initial state). Bad input fails with ErrInvalid and changes
+// nothing. When a minitransaction's outcome is unknown, Allocator and Lease
+// read their own write back to find out; Queue returns the position tried
+// and Queue.Enqueued answers whether the item landed there.
 //
 // # Threading
 //
