@@ -1,0 +1,546 @@
+package membership
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/rs/zerolog"
+
+	"github.com/tutti-gcs/tutti/client"
+)
+
+// Errors of a Node. Test with errors.Is.
+var (
+	// ErrJoin: no seed accepted this process into gossip (unreachable, or
+	// a gossip key mismatch: the seeds' logs say which).
+	ErrJoin = errors.New("membership: could not join any seed")
+	// ErrClosed: the node was closed or left.
+	ErrClosed = errors.New("membership: node closed")
+	// ErrSuperseded: a newer incarnation of this process id registered;
+	// this node stopped.
+	ErrSuperseded = errors.New("membership: superseded by a newer incarnation")
+)
+
+// opTimeout bounds each table minitransaction the driver runs.
+const opTimeout = 5 * time.Second
+
+// maxAttempts bounds compare-failure retries within one driver step.
+const maxAttempts = 16
+
+// Node is this process's membership agent: a memberlist node plus the
+// driver that keeps the process table true. Safe for concurrent use.
+type Node struct {
+	cfg    Config
+	log    zerolog.Logger
+	ml     *memberlist.Memberlist
+	del    *gossipDelegate
+	gossip string
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	leave  chan chan error
+	done   chan struct{}
+	paused atomic.Bool // tests only: the driver does nothing (a long pause)
+
+	closeOnce sync.Once
+	closeErr  error
+
+	// Driver-owned (only the driver goroutine, or Start before it runs).
+	w          *Watcher
+	rowSeen    map[string]seenRow
+	evictedInc uint64 // incarnation for which Evicted was emitted
+
+	mu struct {
+		sync.Mutex
+		table      Table
+		self       Row // Incarnation 0 until registered
+		epoch      time.Time
+		leaving    bool
+		superseded bool
+		subs       map[*feed]struct{}
+		closed     bool
+	}
+}
+
+type seenRow struct {
+	inc uint64
+	at  time.Time
+}
+
+// Start joins gossip through cfg.Seeds, registers this process in the table
+// under a fresh incarnation (the table's maximum + 1) and starts the driver.
+// It returns ErrJoin if Seeds are given and none accepts this process.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	cfg.defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("membership: config: %w", err)
+	}
+	log := cfg.Logger.With().Str("component", "membership").Str("process", cfg.ID).Logger()
+	n := &Node{cfg: cfg, log: log, leave: make(chan chan error), done: make(chan struct{}), rowSeen: map[string]seenRow{}}
+	n.mu.subs = map[*feed]struct{}{}
+	n.del = &gossipDelegate{self: cfg.ID, now: cfg.Now, poke: make(chan struct{}, 1)}
+	n.del.mu.view = map[string]Observation{}
+
+	// Read the table first: the gossip metadata carries a tentative
+	// incarnation (max + 1), fixed once the registration commits.
+	w, err := NewWatcher(ctx, cfg.Client, cfg.Table)
+	if err != nil {
+		return nil, fmt.Errorf("membership: reading the process table: %w", err)
+	}
+	n.w = w
+	t := w.Table()
+	n.mu.table = t
+	for _, r := range t.Rows {
+		n.seen(r)
+	}
+
+	mc, err := memberlistConfig(&cfg, n.del, newStdLogger(cfg.Logger))
+	if err != nil {
+		return nil, err
+	}
+	if cfg.wrapTransport != nil {
+		host, port, _ := splitHostPort(cfg.Bind)
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{host}, BindPort: port, Logger: mc.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("membership: gossip transport: %w", err)
+		}
+		mc.Transport = cfg.wrapTransport(nt)
+	}
+	n.del.setMeta(Meta{ID: cfg.ID, Incarnation: t.MaxIncarnation + 1, GRPCAddr: cfg.GRPCAddr})
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		if mc.Transport != nil {
+			_ = mc.Transport.Shutdown()
+		}
+		return nil, fmt.Errorf("membership: starting gossip on %s: %w", cfg.Bind, err)
+	}
+	n.ml = ml
+	n.gossip = ml.LocalNode().Address()
+	self := Row{ID: cfg.ID, GRPCAddr: cfg.GRPCAddr, GossipAddr: n.gossip}
+	n.mu.self = self
+	n.del.setMeta(Meta{ID: cfg.ID, Incarnation: t.MaxIncarnation + 1, GRPCAddr: cfg.GRPCAddr, GossipAddr: n.gossip})
+
+	if len(cfg.Seeds) > 0 {
+		if k, err := ml.Join(cfg.Seeds); k == 0 {
+			_ = ml.Shutdown()
+			hint := ""
+			if mc.Keyring != nil {
+				hint = " (check that every process uses the same gossip key)"
+			} else {
+				hint = " (if the cluster encrypts gossip, set the key)"
+			}
+			log.Error().Err(err).Strs("seeds", cfg.Seeds).Msg("no seed accepted this process into gossip" + hint)
+			return nil, fmt.Errorf("%w %v%s: %v", ErrJoin, cfg.Seeds, hint, err)
+		}
+	}
+
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	if err := n.register(ctx); err != nil {
+		n.cancel()
+		_ = ml.Shutdown()
+		return nil, err
+	}
+	go n.run()
+	return n, nil
+}
+
+// register runs the registration plan until it commits.
+func (n *Node) register(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		if err := n.refresh(ctx); err != nil {
+			return fmt.Errorf("membership: registering: %w", err)
+		}
+		d := Decide(n.input(n.cfg.Now()))
+		if d.Action != ActRegister {
+			return fmt.Errorf("membership: registering: unexpected decision %v", d.Action)
+		}
+		if d.Plan.Base.cfg.MaxRows == 0 {
+			return fmt.Errorf("membership: registering %s: %w", n.cfg.ID, ErrTableFull)
+		}
+		ok, err := n.execute(ctx, d.Plan)
+		if err != nil {
+			return fmt.Errorf("membership: registering: %w", err)
+		}
+		if ok {
+			n.registered(d.Plan)
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("membership: registering: %w", err)
+		}
+	}
+}
+
+// registered installs a committed (re)registration: new incarnation, new
+// epoch, new gossip metadata.
+func (n *Node) registered(p Plan) {
+	n.mu.Lock()
+	n.mu.self.Incarnation = p.New.Incarnation
+	n.mu.epoch = n.cfg.Now()
+	self := n.mu.self
+	n.mu.Unlock()
+	n.del.setMeta(Meta{ID: self.ID, Incarnation: self.Incarnation, GRPCAddr: self.GRPCAddr, GossipAddr: self.GossipAddr})
+	if err := n.ml.UpdateNode(n.cfg.Timing.LeaveTimeout); err != nil {
+		n.log.Debug().Err(err).Msg("gossip metadata update not yet acknowledged")
+	}
+	n.log.Info().Uint64("incarnation", self.Incarnation).Uint64("version", p.Version()).Msg("registered in the process table")
+	if err := n.refresh(n.ctxOr()); err != nil && n.ctxOr().Err() == nil {
+		n.log.Warn().Err(err).Msg("reading the process table")
+	}
+}
+
+func (n *Node) ctxOr() context.Context {
+	if n.ctx != nil {
+		return n.ctx
+	}
+	return context.Background()
+}
+
+// ID returns the process id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// Incarnation returns this process's current incarnation.
+func (n *Node) Incarnation() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.mu.self.Incarnation
+}
+
+// GossipAddr returns the gossip address other processes use as a seed (the
+// real port when Bind asked for port 0).
+func (n *Node) GossipAddr() string { return n.gossip }
+
+// Table reads the process table from the memnodes (linearizable).
+func (n *Node) Table(ctx context.Context) (Table, error) { return n.readTable(ctx) }
+
+// Known returns the table as this node last read it (no I/O).
+func (n *Node) Known() Table {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.mu.table.clone()
+}
+
+// Subscribe returns the table changes confirmed after this call, in version
+// order, with local notices (Evicted, Superseded) in between. The channel
+// never blocks the node (changes queue); it is closed by cancel or Close.
+func (n *Node) Subscribe() (<-chan Change, func()) {
+	f := newFeed()
+	n.mu.Lock()
+	if n.mu.closed {
+		n.mu.Unlock()
+		f.close()
+		return f.ch, func() {}
+	}
+	n.mu.subs[f] = struct{}{}
+	n.mu.Unlock()
+	return f.ch, func() {
+		n.mu.Lock()
+		delete(n.mu.subs, f)
+		n.mu.Unlock()
+		f.close()
+	}
+}
+
+func (n *Node) emit(cs ...Change) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.emitLocked(cs...)
+}
+
+func (n *Node) emitLocked(cs ...Change) {
+	for f := range n.mu.subs {
+		f.push(cs...)
+	}
+}
+
+// Leave marks this process left in the table (one minitransaction), then
+// leaves gossip and closes the node. Others see the departure at once.
+func (n *Node) Leave(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case n.leave <- reply:
+	case <-n.done:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	var err error
+	select {
+	case err = <-reply:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if lerr := n.ml.Leave(n.cfg.Timing.LeaveTimeout); lerr != nil {
+		n.log.Debug().Err(lerr).Msg("gossip leave broadcast")
+	}
+	return errors.Join(err, n.Close())
+}
+
+// Close stops the node without leaving: to the others it looks like a
+// crash, and they declare it dead. Use Leave for a graceful exit.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.cancel()
+		<-n.done
+		n.closeErr = n.ml.Shutdown()
+		n.mu.Lock()
+		n.mu.closed = true
+		subs := n.mu.subs
+		n.mu.subs = nil
+		n.mu.Unlock()
+		for f := range subs {
+			f.close()
+		}
+	})
+	return n.closeErr
+}
+
+// run is the driver: it reads the table on every tick and memberlist
+// event, asks Decide, and executes the plan.
+func (n *Node) run() {
+	defer close(n.done)
+	tick := time.NewTicker(n.cfg.Timing.PollInterval)
+	defer tick.Stop()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		next := n.step()
+		if next.IsZero() {
+			timer.Reset(time.Hour)
+		} else {
+			timer.Reset(max(time.Millisecond, next.Sub(n.cfg.Now())))
+		}
+		n.mu.Lock()
+		stop := n.mu.superseded
+		n.mu.Unlock()
+		if stop {
+			for {
+				select {
+				case <-n.ctx.Done():
+					return
+				case reply := <-n.leave:
+					reply <- ErrSuperseded
+				}
+			}
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-tick.C:
+		case <-n.del.poke:
+		case <-timer.C:
+		case reply := <-n.leave:
+			reply <- n.doLeave()
+		}
+	}
+}
+
+// step refreshes the table and runs decisions until none is due; it
+// returns when to decide again (zero: on the next tick or event).
+func (n *Node) step() time.Time {
+	if n.paused.Load() {
+		return time.Time{}
+	}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if err := n.refresh(n.ctx); err != nil {
+			if n.ctx.Err() == nil {
+				n.log.Warn().Err(err).Msg("reading the process table")
+			}
+			return time.Time{}
+		}
+		now := n.cfg.Now()
+		in := n.input(now)
+		n.noticeEviction(in)
+		d := Decide(in)
+		switch d.Action {
+		case ActNone:
+			return d.Next
+		case ActSuperseded:
+			n.supersede()
+			return time.Time{}
+		}
+		if d.Plan.Base.cfg.MaxRows == 0 { // no plan possible yet (table full)
+			n.log.Warn().Stringer("action", d.Action).Err(ErrTableFull).Msg("cannot rejoin")
+			return d.Next
+		}
+		ok, err := n.execute(n.ctx, d.Plan)
+		if err != nil {
+			if n.ctx.Err() == nil {
+				n.log.Warn().Err(err).Stringer("action", d.Action).Str("target", d.Plan.New.ID).Msg("table change failed")
+			}
+			return time.Time{}
+		}
+		if !ok {
+			continue // someone else changed the table first: re-read, re-decide
+		}
+		ev := n.log.Info()
+		if d.Action == ActMarkDead || d.Action == ActMarkLeft {
+			ev = ev.Str("target", d.Plan.New.ID).Uint64("target_incarnation", d.Plan.New.Incarnation)
+		}
+		ev.Stringer("action", d.Action).Uint64("version", d.Plan.Version()).Msg("process table changed")
+		if d.Action == ActRejoin {
+			n.registered(d.Plan)
+		}
+	}
+	return time.Time{}
+}
+
+// noticeEviction emits Evicted once per incarnation found declared dead.
+func (n *Node) noticeEviction(in Input) {
+	if in.Leaving || in.Self.Incarnation == 0 || n.evictedInc == in.Self.Incarnation {
+		return
+	}
+	r, ok := in.Table.Lookup(in.Self.ID)
+	if ok && r.Incarnation == in.Self.Incarnation && r.State.Live() {
+		return
+	}
+	if ok && r.Incarnation > in.Self.Incarnation {
+		return // superseded, not evicted
+	}
+	n.evictedInc = in.Self.Incarnation
+	n.log.Warn().Uint64("incarnation", in.Self.Incarnation).Uint64("version", in.Table.Version).
+		Msg("this process was declared dead while alive; rejoining under a new incarnation")
+	n.emit(Change{Version: in.Table.Version, Kind: Evicted, Row: r, Old: r})
+}
+
+func (n *Node) supersede() {
+	n.mu.Lock()
+	n.mu.superseded = true
+	t, self := n.mu.table, n.mu.self
+	n.mu.Unlock()
+	r, _ := t.Lookup(self.ID)
+	n.log.Error().Uint64("incarnation", self.Incarnation).Uint64("newer", r.Incarnation).
+		Msg("a newer incarnation of this process id registered; stopping")
+	_ = n.ml.Shutdown()
+	n.emit(Change{Version: t.Version, Kind: Superseded, Row: r})
+}
+
+func (n *Node) doLeave() error {
+	n.mu.Lock()
+	n.mu.leaving = true
+	superseded := n.mu.superseded
+	n.mu.Unlock()
+	if superseded {
+		return ErrSuperseded
+	}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if err := n.refresh(n.ctx); err != nil {
+			return err
+		}
+		n.mu.Lock()
+		t, self := n.mu.table, n.mu.self
+		n.mu.Unlock()
+		p, ok := planLeave(t, self, n.cfg.Now())
+		if !ok {
+			return nil // already declared dead: nothing to record
+		}
+		committed, err := n.execute(n.ctx, p)
+		if err != nil {
+			return fmt.Errorf("membership: marking %s left: %w", self.ID, err)
+		}
+		if committed {
+			n.log.Info().Uint64("version", p.Version()).Msg("left the process table")
+			return n.refresh(n.ctx)
+		}
+	}
+	return fmt.Errorf("membership: marking left: the table kept changing (%d attempts)", maxAttempts)
+}
+
+func (n *Node) input(now time.Time) Input {
+	n.mu.Lock()
+	in := Input{Self: n.mu.self, Leaving: n.mu.leaving, Table: n.mu.table, Epoch: n.mu.epoch, Now: now, Timing: n.cfg.Timing}
+	n.mu.Unlock()
+	in.View = n.del.view()
+	in.RowSeen = make(map[string]time.Time, len(n.rowSeen))
+	for id, s := range n.rowSeen {
+		in.RowSeen[id] = s.at
+	}
+	return in
+}
+
+// execute runs p; committed reports whether it applied. An unknown outcome
+// is resolved by reading the log entry the plan would have written.
+func (n *Node) execute(ctx context.Context, p Plan) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	res, err := n.cfg.Client.Exec(ctx, p.Tx())
+	if errors.Is(err, client.ErrUnknownOutcome) {
+		return n.resolve(ctx, p)
+	}
+	if err != nil {
+		return false, err
+	}
+	return res.Committed, nil
+}
+
+func (n *Node) resolve(ctx context.Context, p Plan) (bool, error) {
+	c := n.cfg.Table
+	for {
+		res, err := n.cfg.Client.Exec(ctx, client.NewTx().
+			Read(c.Memnode, c.Base, headerSize).
+			Read(c.Memnode, c.entryAddr(p.Version()), entrySize))
+		if err != nil {
+			if errors.Is(err, client.ErrUnavailable) && ctx.Err() == nil {
+				continue
+			}
+			return false, err
+		}
+		h, err := decodeHeader(res.Reads[0], c)
+		if err != nil {
+			return false, err
+		}
+		if h.version < p.Version() {
+			return false, nil
+		}
+		// The entry is overwritten only LogSize versions later; then the
+		// row tells (its Since and By are this plan's).
+		if v, _, _ := decodeEntry(res.Reads[1]); v == p.Version() {
+			return bytes.Equal(res.Reads[1], encodeEntry(p.Version(), p.New)), nil
+		}
+		t, err := n.readTable(ctx)
+		if err != nil {
+			return false, err
+		}
+		r := t.slotRow(p.New.Slot)
+		return bytes.Equal(encodeRow(r), encodeRow(p.New)), nil
+	}
+}
+
+func (n *Node) readTable(ctx context.Context) (Table, error) {
+	return ReadTable(ctx, n.cfg.Client, n.cfg.Table)
+}
+
+func (n *Node) seen(r Row) {
+	if !r.State.Live() {
+		delete(n.rowSeen, r.ID)
+		return
+	}
+	if s, ok := n.rowSeen[r.ID]; !ok || s.inc != r.Incarnation {
+		n.rowSeen[r.ID] = seenRow{r.Incarnation, n.cfg.Now()}
+	}
+}
+
+// refresh brings the cached table up to date through the watcher and
+// publishes the changes, under the lock that Subscribe takes, so a
+// subscriber gets exactly the versions after its call.
+func (n *Node) refresh(ctx context.Context) error {
+	cs, err := n.w.Poll(ctx)
+	if len(cs) == 0 {
+		return err
+	}
+	t := n.w.Table()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.mu.table = t
+	for _, r := range t.Rows {
+		n.seen(r)
+	}
+	n.emitLocked(cs...)
+	return err
+}

@@ -1,0 +1,491 @@
+package membership
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/internal/cluster"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testTiming makes absence and isolation quick; gossip keeps the defaults.
+var testLogLevel = zerolog.WarnLevel
+
+var testTiming = Timing{PollInterval: 50 * time.Millisecond, TakeoverTimeout: 500 * time.Millisecond,
+	AbsentTimeout: 2 * time.Second, IsolationDelay: 5 * time.Second}
+
+type env struct {
+	t     *testing.T
+	c     *cluster.Cluster
+	net   *netFilter
+	key   []byte
+	mu    sync.Mutex
+	nodes []*Node
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	c, err := cluster.Start(cluster.Config{NoSync: true, Memnodes: 1, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, c: c, net: &netFilter{isolated: map[string]bool{}}}
+}
+
+func (e *env) client() *client.Client {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+func (e *env) config(id string, seeds ...*Node) Config {
+	cfg := Config{ID: id, Client: e.client(), Bind: "127.0.0.1:0", GRPCAddr: "grpc-" + id, Key: e.key,
+		Timing: testTiming, Logger: zerolog.New(zerolog.NewTestWriter(e.t)).Level(testLogLevel)}
+	for _, s := range seeds {
+		cfg.Seeds = append(cfg.Seeds, s.GossipAddr())
+	}
+	cfg.wrapTransport = e.net.wrap
+	return cfg
+}
+
+func (e *env) start(cfg Config) *Node {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n, err := Start(ctx, cfg)
+	if err != nil {
+		e.t.Fatalf("start %s: %v", cfg.ID, err)
+	}
+	e.t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// row reads the table through n and returns id's row.
+func row(t *testing.T, n *Node, id string) Row {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tb, err := n.Table(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := tb.Lookup(id)
+	return r
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Since(start) > d {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		<-tick.C
+	}
+	return time.Since(start)
+}
+
+// recorder collects a subscription.
+type recorder struct {
+	mu   sync.Mutex
+	all  []Change
+	done chan struct{}
+}
+
+func record(n *Node) (*recorder, func()) {
+	ch, cancel := n.Subscribe()
+	r := &recorder{done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for c := range ch {
+			r.mu.Lock()
+			r.all = append(r.all, c)
+			r.mu.Unlock()
+		}
+	}()
+	return r, func() { cancel(); <-r.done }
+}
+
+func (r *recorder) changes() []Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Change(nil), r.all...)
+}
+
+func (r *recorder) has(pred func(Change) bool) bool {
+	for _, c := range r.changes() {
+		if pred(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// tableChanges drops local notices.
+func tableChanges(cs []Change) []Change {
+	var out []Change
+	for _, c := range cs {
+		if !c.Local() {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// agreed checks that every recorder saw contiguous versions and that, on
+// versions two recorders both saw, they saw the same change.
+func agreed(t *testing.T, rs ...*recorder) {
+	t.Helper()
+	byVersion := map[uint64][]byte{}
+	for i, r := range rs {
+		cs := tableChanges(r.changes())
+		for j, c := range cs {
+			if c.Resync {
+				t.Fatalf("recorder %d: unexpected resync at %d", i, c.Version)
+			}
+			if j > 0 && c.Version != cs[j-1].Version+1 {
+				t.Fatalf("recorder %d: version %d after %d", i, c.Version, cs[j-1].Version)
+			}
+			enc := encodeEntry(c.Version, c.Row)
+			if prev, ok := byVersion[c.Version]; ok && !bytes.Equal(prev, enc) {
+				t.Fatalf("version %d: recorders disagree", c.Version)
+			}
+			byVersion[c.Version] = enc
+		}
+	}
+}
+
+func TestCrashLeaveRestart(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	b := e.start(e.config("b", a))
+	c := e.start(e.config("c", a))
+	if a.Incarnation() != 1 || b.Incarnation() != 2 || c.Incarnation() != 3 {
+		t.Fatalf("incarnations %d %d %d", a.Incarnation(), b.Incarnation(), c.Incarnation())
+	}
+	if r := row(t, a, "b"); r.State != StateAlive || r.GossipAddr != b.GossipAddr() || r.GRPCAddr != "grpc-b" {
+		t.Fatalf("b's row %+v", r)
+	}
+	ra, stopA := record(a)
+	rb, stopB := record(b)
+	defer stopA()
+	ctx0, cancel0 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel0()
+	w, err := NewWatcher(ctx0, e.client(), DefaultTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Crash: c stops gossiping without leaving.
+	crashed := time.Now()
+	c.Close()
+	took := waitFor(t, 10*time.Second, "c declared dead", func() bool { return row(t, a, "c").State == StateDead })
+	t.Logf("crash to dead in the table: %v", took)
+	dead := row(t, a, "c")
+	if dead.Incarnation != 3 || (dead.By != 1 && dead.By != 2) || dead.Since.Before(crashed) {
+		t.Fatalf("dead row %+v", dead)
+	}
+
+	// Graceful leave: in the table when Leave returns.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := row(t, a, "b"); r.State != StateLeft || r.By != 2 {
+		t.Fatalf("after leave b's row is %+v", r)
+	}
+	stopB()
+
+	// Restart c: a new incarnation in the same row.
+	c2 := e.start(e.config("c", a))
+	if c2.Incarnation() != 4 {
+		t.Fatalf("restarted c has incarnation %d, want 4", c2.Incarnation())
+	}
+	if r := row(t, a, "c"); r.State != StateAlive || r.Incarnation != 4 || r.Slot != dead.Slot {
+		t.Fatalf("restarted c's row %+v", r)
+	}
+	waitFor(t, 5*time.Second, "a sees c's restart", func() bool {
+		return ra.has(func(ch Change) bool { return ch.Kind == Rejoined && ch.Row.ID == "c" && ch.Row.Incarnation == 4 })
+	})
+	// b left gracefully: nobody declared it dead later.
+	if ra.has(func(ch Change) bool { return ch.Row.ID == "b" && ch.Kind == Died }) {
+		t.Fatal("b was declared dead after leaving")
+	}
+	// An outside watcher (as `tutti members --watch` uses) saw the same.
+	wc, err := w.Poll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := &recorder{all: wc}
+	agreed(t, ra, rb, rw)
+	if len(wc) != len(tableChanges(ra.changes())) {
+		t.Fatalf("watcher saw %d changes, a %d", len(wc), len(tableChanges(ra.changes())))
+	}
+	want := []ChangeKind{Died, Left, Rejoined}
+	var got []ChangeKind
+	for _, ch := range tableChanges(ra.changes()) {
+		got = append(got, ch.Kind)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("a saw %v, want %v", got, want)
+	}
+}
+
+// pause makes n look like a stopped process: no gossip in or out, no table
+// work. resume undoes it.
+func (e *env) pause(n *Node, driver bool) {
+	if driver {
+		n.paused.Store(true)
+	}
+	e.net.set(n.GossipAddr(), true)
+}
+
+func (e *env) resume(n *Node) {
+	e.net.set(n.GossipAddr(), false)
+	n.paused.Store(false)
+	select {
+	case n.del.poke <- struct{}{}:
+	default:
+	}
+}
+
+func TestFalseSuspicionRejoinsWithNewIncarnation(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	b := e.start(e.config("b", a))
+	c := e.start(e.config("c", a))
+	ra, stopA := record(a)
+	defer stopA()
+	rc, stopC := record(c)
+	defer stopC()
+
+	e.pause(c, true)
+	waitFor(t, 10*time.Second, "paused c declared dead", func() bool { return row(t, a, "c").State == StateDead })
+	e.resume(c)
+	waitFor(t, 10*time.Second, "c notices its eviction", func() bool {
+		return rc.has(func(ch Change) bool { return ch.Kind == Evicted && ch.Row.Incarnation == 3 })
+	})
+	waitFor(t, 10*time.Second, "c alive again", func() bool {
+		r := row(t, a, "c")
+		return r.State == StateAlive && r.Incarnation == 4 && c.Incarnation() == 4
+	})
+	waitFor(t, 10*time.Second, "gossip carries c's new incarnation", func() bool {
+		o := a.del.view()["c"]
+		return o.Seen == SeenAlive && o.Incarnation == 4
+	})
+	// The old incarnation never came back; a and b were never touched.
+	diedAt := uint64(0)
+	for _, ch := range tableChanges(ra.changes()) {
+		if ch.Row.ID == "c" && ch.Kind == Died && ch.Row.Incarnation == 3 {
+			diedAt = ch.Version
+		}
+		if diedAt != 0 && ch.Version > diedAt && ch.Row.ID == "c" && ch.Row.Incarnation == 3 {
+			t.Fatalf("incarnation 3 of c reappeared at version %d: %+v", ch.Version, ch)
+		}
+		if ch.Row.ID != "c" {
+			t.Fatalf("unexpected change %+v", ch)
+		}
+	}
+	if diedAt == 0 {
+		t.Fatal("a never saw c die")
+	}
+	if r := row(t, a, "b"); r.State != StateAlive || r.Incarnation != b.Incarnation() {
+		t.Fatalf("b's row %+v", r)
+	}
+	agreed(t, ra, rc)
+}
+
+func TestPartitionedProcessIsEvictedNotTheMajority(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	b := e.start(e.config("b", a))
+	c := e.start(e.config("c", a))
+	ra, stopA := record(a)
+	defer stopA()
+	rb, stopB := record(b)
+	defer stopB()
+	rc, stopC := record(c)
+	defer stopC()
+
+	// c is cut off from gossip but still reaches the memnodes; its driver
+	// keeps running and sees a and b "dead" — it must not win.
+	e.pause(c, false)
+	waitFor(t, 15*time.Second, "c evicted while partitioned", func() bool {
+		return rc.has(func(ch Change) bool { return ch.Kind == Evicted })
+	})
+	e.resume(c)
+	waitFor(t, 20*time.Second, "everyone alive and c seen alive in gossip", func() bool {
+		tb := a.Known()
+		for _, id := range []string{"a", "b", "c"} {
+			if r, _ := tb.Lookup(id); !r.State.Live() {
+				return false
+			}
+		}
+		r, _ := tb.Lookup("c")
+		oa, ob := a.del.view()["c"], b.del.view()["c"]
+		return r.Incarnation == c.Incarnation() && oa.Seen == SeenAlive && ob.Seen == SeenAlive &&
+			oa.Incarnation == r.Incarnation && ob.Incarnation == r.Incarnation
+	})
+	if c.Incarnation() <= 3 {
+		t.Fatalf("c rejoined with incarnation %d", c.Incarnation())
+	}
+	for _, r := range []*recorder{ra, rb, rc} {
+		for _, ch := range tableChanges(r.changes()) {
+			if ch.Row.ID != "c" {
+				t.Fatalf("the majority was changed: %+v", ch)
+			}
+		}
+	}
+	agreed(t, ra, rb, rc)
+}
+
+func TestWrongGossipKeyIsRefused(t *testing.T) {
+	e := newEnv(t)
+	e.key = []byte("0123456789abcdef")
+	a := e.start(e.config("a"))
+	e.start(e.config("b", a)) // same key: fine
+	if r := row(t, a, "b"); r.State != StateAlive {
+		t.Fatalf("b %+v", r)
+	}
+	for _, k := range [][]byte{[]byte("fedcba9876543210"), nil} {
+		var logs bytes.Buffer
+		cfg := e.config("mallory", a)
+		cfg.Key = k
+		cfg.Logger = zerolog.New(&syncWriter{w: &logs})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		n, err := Start(ctx, cfg)
+		cancel()
+		if err == nil {
+			n.Close()
+			t.Fatalf("key %q: joined", k)
+		}
+		if !errors.Is(err, ErrJoin) || !strings.Contains(err.Error(), "key") {
+			t.Fatalf("key %q: error %v", k, err)
+		}
+		if !strings.Contains(logs.String(), "no seed accepted") {
+			t.Fatalf("key %q: the refusal was not logged: %s", k, logs.String())
+		}
+	}
+	if _, ok := a.Known().Lookup("mallory"); ok {
+		t.Fatal("a refused process got a row")
+	}
+	if r := row(t, a, "mallory"); r.State != StateEmpty {
+		t.Fatalf("mallory has a row %+v", r)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// netFilter cuts isolated gossip addresses off: every node's transport drops
+// packets to them and refuses to dial them, and theirs do the same for
+// everything, so both directions are cut without filtering reception.
+type netFilter struct {
+	mu       sync.Mutex
+	isolated map[string]bool
+}
+
+func (f *netFilter) set(addr string, cut bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.isolated[addr] = cut
+}
+
+func (f *netFilter) blocked(from, to string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.isolated[from] || f.isolated[to]
+}
+
+func (f *netFilter) wrap(t memberlist.NodeAwareTransport) memberlist.NodeAwareTransport {
+	return &filterTransport{NodeAwareTransport: t, f: f}
+}
+
+type filterTransport struct {
+	memberlist.NodeAwareTransport
+	f    *netFilter
+	mu   sync.Mutex
+	self string
+}
+
+func (t *filterTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
+	a, p, err := t.NodeAwareTransport.FinalAdvertiseAddr(ip, port)
+	if err == nil {
+		t.mu.Lock()
+		t.self = net.JoinHostPort(a.String(), fmt.Sprint(p))
+		t.mu.Unlock()
+	}
+	return a, p, err
+}
+
+func (t *filterTransport) cut(to string) bool {
+	t.mu.Lock()
+	self := t.self
+	t.mu.Unlock()
+	return t.f.blocked(self, to)
+}
+
+func (t *filterTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	if t.cut(addr) {
+		return time.Now(), nil
+	}
+	return t.NodeAwareTransport.WriteTo(b, addr)
+}
+
+func (t *filterTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	if t.cut(a.Addr) {
+		return time.Now(), nil
+	}
+	return t.NodeAwareTransport.WriteToAddress(b, a)
+}
+
+func (t *filterTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	if t.cut(addr) {
+		return nil, fmt.Errorf("test partition: %s unreachable", addr)
+	}
+	return t.NodeAwareTransport.DialTimeout(addr, timeout)
+}
+
+func (t *filterTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	if t.cut(a.Addr) {
+		return nil, fmt.Errorf("test partition: %s unreachable", a.Addr)
+	}
+	return t.NodeAwareTransport.DialAddressTimeout(a, timeout)
+}
