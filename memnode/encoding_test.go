@@ -155,7 +155,7 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("New accepted a negative horizon: %v", err)
 	}
 	m, err := New(Config{Size: 100})
-	if err != nil || m.Config() != (Config{Size: 100, MaxItemBytes: 1 << 20, MaxItems: 1024, Horizon: 300e9}) {
+	if err != nil || m.Config() != (Config{Size: 100, MaxItemBytes: 1 << 20, MaxItems: 1024, Horizon: 60e9}) {
 		t.Fatalf("New(Size: 100) = %+v, %v", m.Config(), err)
 	}
 }

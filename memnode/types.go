@@ -104,7 +104,7 @@ type Config struct {
 	// MaxItems bounds compares+reads+writes in one Op. Default 1024.
 	MaxItems int
 	// Horizon (ns): tids older than Now-Horizon are refused by Prepare and
-	// dropped from the forced-abort and decided sets. Default 5 minutes.
+	// dropped from the forced-abort and decided sets. Default 1 minute.
 	Horizon int64
 }
 
