@@ -47,6 +47,9 @@
 //  6. Query (read-only, after a Raft ReadIndex; not a log entry): BAD-LOCK if
 //     a compare or read range overlaps an exclusive lock; else BAD-CMP;
 //     else OK with the reads. It changes nothing.
+//  7. Inspections (read-only like Query; query.go): InspectInDoubt lists the
+//     in-doubt transactions (for recovery), InspectStats returns Stats.
+//     Answer dispatches any encoded query.
 //
 // Exec ignores TID and Participants; only Prepare keeps Participants.
 // Commit, Abort and AbortUnlessVoted are idempotent. Lock conflicts: a
@@ -88,7 +91,8 @@
 // # Formats
 //
 // Entries (the Raft log), queries and results are hand-rolled binary with a
-// leading version byte (1) and uvarints; decoders accept only canonical
+// leading version byte (1) and uvarints (inspection queries and answers lead
+// with tag 2 instead); decoders accept only canonical
 // bytes and bound every allocation by the input's length (encoding.go).
 // Decoded values alias the input. Snapshots are "tMNs", version 1, the
 // state with sorted keys, and a CRC-32C trailer (snapshot.go). Kind, Vote,
