@@ -58,6 +58,7 @@ type inbox struct {
 	reads   []*readRequest
 	reports []report
 	confs   []*confRequest
+	fns     []func() // run on the worker (membership.go)
 }
 
 func (in *inbox) reset() {
@@ -65,7 +66,9 @@ func (in *inbox) reset() {
 	clear(in.props)
 	clear(in.reads)
 	clear(in.confs)
+	clear(in.fns)
 	in.msgs, in.props, in.reads, in.reports, in.confs = in.msgs[:0], in.props[:0], in.reads[:0], in.reports[:0], in.confs[:0]
+	in.fns = in.fns[:0]
 }
 
 // group is one replica. Fields below "worker-owned" are touched only by the
@@ -111,6 +114,9 @@ type group struct {
 	// new replica receives must name it in its ConfState (raft refuses a
 	// snapshot that does not), so one is taken right away.
 	forceSnap bool
+	// removed: RemoveGroup took the group off its worker; nothing may
+	// touch it any more (membership.go).
+	removed bool
 }
 
 func newGroup(h *Host, id uint64, sm StateMachine, ms *raft.MemoryStorage, w *worker) *group {
@@ -184,6 +190,9 @@ func (g *group) drain() {
 		for _, c := range in.confs {
 			g.proposeConf(&st, c)
 		}
+	}
+	for _, f := range in.fns {
+		f()
 	}
 	in.reset()
 }
@@ -631,7 +640,7 @@ func (w *worker) addGroup(g *group) {
 }
 
 func (w *worker) markDirty(g *group) {
-	if !g.dirty {
+	if !g.dirty && !g.removed {
 		g.dirty = true
 		w.dirty = append(w.dirty, g)
 	}
@@ -661,6 +670,9 @@ func (w *worker) run(stop <-chan struct{}) {
 		w.mu.Unlock()
 
 		for _, g := range active {
+			if g.removed {
+				continue
+			}
 			g.drain()
 			w.markDirty(g)
 		}
@@ -692,7 +704,7 @@ func (w *worker) cycle() {
 	rds, gs := w.rds[:0], w.rdGroups[:0]
 	for _, g := range w.dirty {
 		g.dirty = false
-		if g.rn.HasReady() {
+		if !g.removed && g.rn.HasReady() {
 			rds = append(rds, g.rn.Ready())
 			gs = append(gs, g)
 		}
