@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,11 @@ type Config struct {
 	// Now is the clock stamped into tids (for age-based garbage collection
 	// at memnodes); time.Now if nil.
 	Now func() time.Time
+	// Crash, for tests of recovery only: called at each CrashPoint of a
+	// two-phase attempt; when it returns true the coordinator stops there
+	// as if its process died (it sends nothing more for that tid) and Exec
+	// returns an error wrapping ErrCoordinatorCrashed. Nil in production.
+	Crash func(point CrashPoint, tid TID) bool
 }
 
 // RetryPolicy is randomized exponential backoff: attempt k waits a uniform
@@ -67,6 +73,9 @@ type Client struct {
 		limits   *tuttipb.ClusterInfo
 	}
 	bg sync.WaitGroup // background commit/abort senders
+
+	refreshMu   sync.Mutex // serializes layout refreshes after errors (admin.go)
+	refreshedAt time.Time
 }
 
 // New connects to the cluster through one of cfg.Seeds and learns its hosts
@@ -147,6 +156,9 @@ func (c *Client) install(info *tuttipb.ClusterInfo) {
 	c.mu.memnodes = map[uint64][]uint64{}
 	for _, m := range info.GetMemnodes() {
 		c.mu.memnodes[m.GetId()] = m.GetReplicas()
+		if l, ok := c.mu.leader[m.GetId()]; ok && !slices.Contains(m.GetReplicas(), l) {
+			delete(c.mu.leader, m.GetId()) // the replica moved away
+		}
 		if l := m.GetLeader(); l != 0 {
 			c.mu.leader[m.GetId()] = l
 		} else if _, ok := c.mu.leader[m.GetId()]; !ok && len(m.GetReplicas()) > 0 {
@@ -267,6 +279,7 @@ func (c *Client) redirect(mn, tried uint64, r *tuttipb.Response) {
 func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Response, error) {
 	mn := req.GetMemnode()
 	var last string
+	refreshed := false // the layout was refreshed for an unknown memnode
 	for attempt := 0; attempt < c.cfg.Retry.MaxAttempts; attempt++ {
 		if attempt > 0 {
 			if err := c.backoff(ctx, attempt-1); err != nil {
@@ -275,6 +288,14 @@ func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Respo
 		}
 		cn, h, err := c.route(mn)
 		if err != nil {
+			if errors.Is(err, ErrUnknownMemnode) && !refreshed {
+				// Perhaps a memnode added since the last refresh.
+				refreshed = true
+				if c.refreshLayout(ctx) {
+					attempt--
+					continue
+				}
+			}
 			return nil, err
 		}
 		r, err := cn.do(ctx, req)
@@ -282,6 +303,9 @@ func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Respo
 			if errors.Is(err, errNotSent) {
 				last = err.Error()
 				c.redirect(mn, h, nil)
+				if attempt%4 == 3 {
+					c.refreshLayout(ctx) // hosts may have new addresses
+				}
 				continue
 			}
 			// The context ended while the request was out.
@@ -299,6 +323,10 @@ func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Respo
 		case tuttipb.Status_STATUS_NOT_LEADER, tuttipb.Status_STATUS_UNAVAILABLE:
 			last = r.GetError()
 			c.redirect(mn, h, r)
+			if r.GetLeaderHost() == 0 || r.GetLeaderHost() == h || attempt%8 == 7 {
+				// No usable hint: the replicas may have moved.
+				c.refreshLayout(ctx)
+			}
 			continue
 		case tuttipb.Status_STATUS_UNKNOWN_OUTCOME:
 			if req.GetKind() == tuttipb.Kind_KIND_READ {
@@ -308,6 +336,15 @@ func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Respo
 			}
 			return r, nil
 		case tuttipb.Status_STATUS_UNKNOWN_MEMNODE:
+			// The host no longer (or not yet) holds a replica, or the
+			// memnode is new: look at the directory again once.
+			if !refreshed {
+				refreshed = true
+				if c.refreshLayout(ctx) {
+					c.redirect(mn, h, nil)
+					continue
+				}
+			}
 			return nil, &Error{Memnode: mn, Err: ErrUnknownMemnode, Detail: r.GetError()}
 		case tuttipb.Status_STATUS_INVALID:
 			return nil, &Error{Memnode: mn, Err: ErrInvalid, Detail: r.GetError()}

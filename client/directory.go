@@ -1,0 +1,491 @@
+package client
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"slices"
+	"sort"
+)
+
+// The directory: memnode 0 holds the cluster's layout (hosts, memnodes and
+// their replica hosts, memnode limits) at a fixed region of its address
+// space, so one seed address is enough to find everything. Hosts bootstrap
+// it, serve it through the Cluster RPC and reconcile their replicas with
+// it; administrators change it with UpdateDirectory (a minitransaction that
+// compares the header, so concurrent changes never lose one another).
+//
+// Layout of the region (little-endian):
+//
+//	 0  magic "TUTD"
+//	 4  format (uint16, 1)   6  reserved (2 bytes)
+//	 8  version (uint64, > 0, +1 per change)
+//	16  body length (uint32)   20  CRC-32C of the body
+//	24  CRC-32C of bytes 0..23   28  reserved (4 zero bytes)
+//	32  body (see appendBody)
+//
+// An all-zero header means "no directory yet".
+const (
+	// DirectoryMemnodeID is the memnode that holds the directory.
+	DirectoryMemnodeID uint64 = 0
+	// DirectoryAddr is where the directory's region starts in memnode 0:
+	// the last MiB below 4 GiB, out of the way of applications that use
+	// memnode 0's low addresses. Memnode 0 must be at least 4 GiB large.
+	DirectoryAddr uint64 = 1<<32 - DirectoryRegion
+	// DirectoryRegion is the size of the reserved region.
+	DirectoryRegion = 1 << 20
+	// DirectoryHeaderLen is the size of the header, the item an update
+	// compares.
+	DirectoryHeaderLen = 32
+
+	dirMagic  = "TUTD"
+	dirFormat = 1
+	// dirFirstRead is how much one read fetches first; larger directories
+	// take a second read.
+	dirFirstRead = 4096
+)
+
+// ErrNoDirectory: memnode 0 holds no directory yet (the cluster has not
+// finished bootstrapping).
+var ErrNoDirectory = errors.New("tutti: no directory in memnode 0 yet")
+
+// ErrBadDirectory: the directory region does not decode (wrong magic,
+// unknown format, checksum mismatch).
+var ErrBadDirectory = errors.New("tutti: corrupt directory")
+
+// ErrDirectoryChange: an administrative change of the directory is refused
+// (unknown memnode or host, duplicate or last replica...). Nothing changed.
+var ErrDirectoryChange = errors.New("tutti: directory change refused")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Directory is the cluster's layout as memnode 0 stores it.
+type Directory struct {
+	// Version counts changes; the first directory has version 1.
+	Version  uint64             `json:"version"`
+	Config   DirectoryConfig    `json:"config"`
+	Hosts    []DirectoryHost    `json:"hosts"`
+	Memnodes []DirectoryMemnode `json:"memnodes"`
+}
+
+// DirectoryConfig is the cluster-wide configuration.
+type DirectoryConfig struct {
+	// Memnode limits every request must respect.
+	Size         uint64 `json:"size"`
+	MaxItemBytes uint32 `json:"max_item_bytes"`
+	MaxItems     uint32 `json:"max_items"`
+	// Replicas is the default number of replicas of a new memnode.
+	Replicas uint32 `json:"replicas"`
+}
+
+// DirectoryHost is one host of the cluster.
+type DirectoryHost struct {
+	ID   uint64 `json:"id"`
+	Addr string `json:"addr"`
+}
+
+// DirectoryMemnode places one memnode.
+type DirectoryMemnode struct {
+	ID uint64 `json:"id"`
+	// Replicas are the hosts that must hold a replica; hosts reconcile
+	// the memnode's Raft configuration toward this set.
+	Replicas []uint64 `json:"replicas"`
+	// Bootstrap, for a memnode created online and not changed since, is
+	// its initial voter set: those hosts create the Raft group with it.
+	// Empty once the group exists (any replica change clears it); hosts
+	// added later join the existing group and catch up by snapshot.
+	Bootstrap []uint64 `json:"bootstrap,omitempty"`
+}
+
+// Clone returns a deep copy.
+func (d *Directory) Clone() *Directory {
+	n := &Directory{Version: d.Version, Config: d.Config, Hosts: slices.Clone(d.Hosts)}
+	for _, m := range d.Memnodes {
+		n.Memnodes = append(n.Memnodes, DirectoryMemnode{ID: m.ID, Replicas: slices.Clone(m.Replicas), Bootstrap: slices.Clone(m.Bootstrap)})
+	}
+	return n
+}
+
+// Memnode returns the memnode with id, or nil.
+func (d *Directory) Memnode(id uint64) *DirectoryMemnode {
+	for i := range d.Memnodes {
+		if d.Memnodes[i].ID == id {
+			return &d.Memnodes[i]
+		}
+	}
+	return nil
+}
+
+// Host returns the host with id, or nil.
+func (d *Directory) Host(id uint64) *DirectoryHost {
+	for i := range d.Hosts {
+		if d.Hosts[i].ID == id {
+			return &d.Hosts[i]
+		}
+	}
+	return nil
+}
+
+// Validate reports every structural problem: duplicate ids, memnodes
+// without replicas, replicas on hosts not in the host list.
+func (d *Directory) Validate() error {
+	var errs []error
+	hosts := map[uint64]bool{}
+	for _, h := range d.Hosts {
+		if h.ID == 0 {
+			errs = append(errs, errors.New("host id 0"))
+		}
+		if hosts[h.ID] {
+			errs = append(errs, fmt.Errorf("host %d listed twice", h.ID))
+		}
+		hosts[h.ID] = true
+	}
+	seen := map[uint64]bool{}
+	for _, m := range d.Memnodes {
+		if seen[m.ID] {
+			errs = append(errs, fmt.Errorf("memnode %d listed twice", m.ID))
+		}
+		seen[m.ID] = true
+		if len(m.Replicas) == 0 {
+			errs = append(errs, fmt.Errorf("memnode %d has no replicas", m.ID))
+		}
+		reps := map[uint64]bool{}
+		for _, r := range m.Replicas {
+			if !hosts[r] {
+				errs = append(errs, fmt.Errorf("memnode %d: replica host %d is not in the host list", m.ID, r))
+			}
+			if reps[r] {
+				errs = append(errs, fmt.Errorf("memnode %d: host %d listed twice", m.ID, r))
+			}
+			reps[r] = true
+		}
+	}
+	if !seen[DirectoryMemnodeID] && len(d.Memnodes) > 0 {
+		errs = append(errs, errors.New("memnode 0 (the directory) is missing"))
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Directory) normalize() {
+	sort.Slice(d.Hosts, func(i, j int) bool { return d.Hosts[i].ID < d.Hosts[j].ID })
+	sort.Slice(d.Memnodes, func(i, j int) bool { return d.Memnodes[i].ID < d.Memnodes[j].ID })
+}
+
+// EncodeDirectory returns the directory's region bytes: header and body.
+func EncodeDirectory(d *Directory) []byte {
+	body := appendBody(nil, d)
+	out := make([]byte, DirectoryHeaderLen, DirectoryHeaderLen+len(body))
+	copy(out, dirMagic)
+	binary.LittleEndian.PutUint16(out[4:], dirFormat)
+	binary.LittleEndian.PutUint64(out[8:], d.Version)
+	binary.LittleEndian.PutUint32(out[16:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(out[20:], crc32.Checksum(body, castagnoli))
+	binary.LittleEndian.PutUint32(out[24:], crc32.Checksum(out[:24], castagnoli))
+	return append(out, body...)
+}
+
+// DirectoryBodyLen checks a header and returns the length of the body that
+// follows it. It returns ErrNoDirectory for an all-zero header.
+func DirectoryBodyLen(header []byte) (int, error) {
+	if len(header) < DirectoryHeaderLen {
+		return 0, fmt.Errorf("%w: header of %d bytes", ErrBadDirectory, len(header))
+	}
+	h := header[:DirectoryHeaderLen]
+	if bytes.Equal(h, make([]byte, DirectoryHeaderLen)) {
+		return 0, ErrNoDirectory
+	}
+	if string(h[:4]) != dirMagic {
+		return 0, fmt.Errorf("%w: bad magic %q", ErrBadDirectory, h[:4])
+	}
+	if crc32.Checksum(h[:24], castagnoli) != binary.LittleEndian.Uint32(h[24:]) {
+		return 0, fmt.Errorf("%w: header checksum mismatch", ErrBadDirectory)
+	}
+	if binary.LittleEndian.Uint32(h[28:]) != 0 {
+		return 0, fmt.Errorf("%w: reserved header bytes are not zero", ErrBadDirectory)
+	}
+	if f := binary.LittleEndian.Uint16(h[4:]); f != dirFormat {
+		return 0, fmt.Errorf("%w: unknown format %d (this build knows %d)", ErrBadDirectory, f, dirFormat)
+	}
+	n := binary.LittleEndian.Uint32(h[16:])
+	if n > DirectoryRegion-DirectoryHeaderLen {
+		return 0, fmt.Errorf("%w: body of %d bytes exceeds the region", ErrBadDirectory, n)
+	}
+	return int(n), nil
+}
+
+// DecodeDirectory decodes a region's bytes (header and at least the whole
+// body). It returns ErrNoDirectory for an all-zero header.
+func DecodeDirectory(b []byte) (*Directory, error) {
+	n, err := DirectoryBodyLen(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) < DirectoryHeaderLen+n {
+		return nil, fmt.Errorf("%w: %d bytes of a %d-byte body", ErrBadDirectory, len(b)-DirectoryHeaderLen, n)
+	}
+	body := b[DirectoryHeaderLen : DirectoryHeaderLen+n]
+	if crc32.Checksum(body, castagnoli) != binary.LittleEndian.Uint32(b[20:]) {
+		return nil, fmt.Errorf("%w: body checksum mismatch", ErrBadDirectory)
+	}
+	d := &Directory{Version: binary.LittleEndian.Uint64(b[8:])}
+	if err := decodeBody(body, d); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadDirectory, err)
+	}
+	return d, nil
+}
+
+// appendBody: config (size, max item bytes, max items, replicas), then the
+// hosts (count; id, address length, address), then the memnodes (count; id,
+// replica count, replicas, bootstrap count, bootstrap hosts); all uvarints.
+func appendBody(b []byte, d *Directory) []byte {
+	u := binary.AppendUvarint
+	b = u(b, d.Config.Size)
+	b = u(b, uint64(d.Config.MaxItemBytes))
+	b = u(b, uint64(d.Config.MaxItems))
+	b = u(b, uint64(d.Config.Replicas))
+	b = u(b, uint64(len(d.Hosts)))
+	for _, h := range d.Hosts {
+		b = u(b, h.ID)
+		b = u(b, uint64(len(h.Addr)))
+		b = append(b, h.Addr...)
+	}
+	b = u(b, uint64(len(d.Memnodes)))
+	for _, m := range d.Memnodes {
+		b = u(b, m.ID)
+		b = u(b, uint64(len(m.Replicas)))
+		for _, r := range m.Replicas {
+			b = u(b, r)
+		}
+		b = u(b, uint64(len(m.Bootstrap)))
+		for _, r := range m.Bootstrap {
+			b = u(b, r)
+		}
+	}
+	return b
+}
+
+func decodeBody(b []byte, d *Directory) error {
+	var err error
+	next := func() uint64 {
+		if err != nil {
+			return 0
+		}
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			err = errors.New("truncated body")
+			return 0
+		}
+		b = b[n:]
+		return v
+	}
+	count := func() int {
+		v := next()
+		if v > uint64(len(b)) { // every element takes at least one byte
+			err = fmt.Errorf("count %d exceeds the remaining %d bytes", v, len(b))
+			return 0
+		}
+		return int(v)
+	}
+	d.Config.Size = next()
+	d.Config.MaxItemBytes = uint32(next())
+	d.Config.MaxItems = uint32(next())
+	d.Config.Replicas = uint32(next())
+	for range count() {
+		h := DirectoryHost{ID: next()}
+		n := count()
+		if err != nil {
+			return err
+		}
+		h.Addr = string(b[:n])
+		b = b[n:]
+		d.Hosts = append(d.Hosts, h)
+	}
+	for range count() {
+		m := DirectoryMemnode{ID: next()}
+		for range count() {
+			m.Replicas = append(m.Replicas, next())
+		}
+		for range count() {
+			m.Bootstrap = append(m.Bootstrap, next())
+		}
+		d.Memnodes = append(d.Memnodes, m)
+	}
+	if err == nil && len(b) != 0 {
+		err = fmt.Errorf("%d trailing bytes", len(b))
+	}
+	return err
+}
+
+// DirectoryItem is one write item of a directory update.
+type DirectoryItem struct {
+	Addr uint64
+	Data []byte
+}
+
+// DirectoryWrites splits an encoded directory into write items of at most
+// maxItemBytes bytes starting at DirectoryAddr.
+func DirectoryWrites(enc []byte, maxItemBytes uint32) []DirectoryItem {
+	if maxItemBytes == 0 {
+		maxItemBytes = 1 << 20
+	}
+	var out []DirectoryItem
+	for off := 0; off < len(enc); off += int(maxItemBytes) {
+		end := min(len(enc), off+int(maxItemBytes))
+		out = append(out, DirectoryItem{Addr: DirectoryAddr + uint64(off), Data: enc[off:end]})
+	}
+	return out
+}
+
+// --- administrative changes (pure: they only edit d) ---
+
+func refuse(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrDirectoryChange, fmt.Sprintf(format, args...))
+}
+
+func (d *Directory) needHost(h uint64) error {
+	if d.Host(h) == nil {
+		ids := make([]uint64, 0, len(d.Hosts))
+		for _, x := range d.Hosts {
+			ids = append(ids, x.ID)
+		}
+		return refuse("host %d is not in the cluster (hosts: %v)", h, ids)
+	}
+	return nil
+}
+
+func (d *Directory) needMemnode(mn uint64) (*DirectoryMemnode, error) {
+	m := d.Memnode(mn)
+	if m == nil {
+		return nil, refuse("memnode %d does not exist", mn)
+	}
+	return m, nil
+}
+
+// Load counts the replicas each host holds.
+func (d *Directory) Load() map[uint64]int {
+	load := map[uint64]int{}
+	for _, h := range d.Hosts {
+		load[h.ID] = 0
+	}
+	for _, m := range d.Memnodes {
+		for _, r := range m.Replicas {
+			load[r]++
+		}
+	}
+	return load
+}
+
+// AddMemnode adds a memnode with the next free id, on replicas or, if
+// replicas is empty, on the Config.Replicas least-loaded hosts (ties to the
+// lower id). It returns the new memnode's id.
+func (d *Directory) AddMemnode(replicas []uint64) (uint64, error) {
+	if len(replicas) == 0 {
+		n := int(d.Config.Replicas)
+		if n <= 0 {
+			n = 3
+		}
+		n = min(n, len(d.Hosts))
+		load := d.Load()
+		ids := make([]uint64, 0, len(d.Hosts))
+		for _, h := range d.Hosts {
+			ids = append(ids, h.ID)
+		}
+		sort.SliceStable(ids, func(i, j int) bool {
+			if load[ids[i]] != load[ids[j]] {
+				return load[ids[i]] < load[ids[j]]
+			}
+			return ids[i] < ids[j]
+		})
+		replicas = ids[:n]
+	}
+	if len(replicas) == 0 {
+		return 0, refuse("a memnode needs at least one replica")
+	}
+	seen := map[uint64]bool{}
+	for _, r := range replicas {
+		if err := d.needHost(r); err != nil {
+			return 0, err
+		}
+		if seen[r] {
+			return 0, refuse("host %d listed twice", r)
+		}
+		seen[r] = true
+	}
+	var id uint64
+	for _, m := range d.Memnodes {
+		id = max(id, m.ID+1)
+	}
+	reps := slices.Clone(replicas)
+	slices.Sort(reps)
+	d.Memnodes = append(d.Memnodes, DirectoryMemnode{ID: id, Replicas: reps, Bootstrap: slices.Clone(reps)})
+	return id, nil
+}
+
+// AddReplica places a new replica of memnode mn on host.
+func (d *Directory) AddReplica(mn, host uint64) error {
+	m, err := d.needMemnode(mn)
+	if err != nil {
+		return err
+	}
+	if err := d.needHost(host); err != nil {
+		return err
+	}
+	if slices.Contains(m.Replicas, host) {
+		return refuse("memnode %d already has a replica on host %d", mn, host)
+	}
+	m.Replicas = append(m.Replicas, host)
+	slices.Sort(m.Replicas)
+	m.Bootstrap = nil
+	return nil
+}
+
+// RemoveReplica removes memnode mn's replica on host; the last replica
+// cannot be removed.
+func (d *Directory) RemoveReplica(mn, host uint64) error {
+	m, err := d.needMemnode(mn)
+	if err != nil {
+		return err
+	}
+	if err := d.needHost(host); err != nil {
+		return err
+	}
+	i := slices.Index(m.Replicas, host)
+	if i < 0 {
+		return refuse("memnode %d has no replica on host %d (replicas: %v)", mn, host, m.Replicas)
+	}
+	if len(m.Replicas) == 1 {
+		return refuse("host %d holds the last replica of memnode %d; add another one first", host, mn)
+	}
+	m.Replicas = slices.Delete(m.Replicas, i, i+1)
+	m.Bootstrap = nil
+	return nil
+}
+
+// MoveReplica moves memnode mn's replica from one host to another. The
+// hosts add the new replica (it catches up) before they remove the old one.
+func (d *Directory) MoveReplica(mn, from, to uint64) error {
+	m, err := d.needMemnode(mn)
+	if err != nil {
+		return err
+	}
+	for _, h := range []uint64{from, to} {
+		if err := d.needHost(h); err != nil {
+			return err
+		}
+	}
+	if from == to {
+		return refuse("moving memnode %d's replica from host %d to itself", mn, from)
+	}
+	if !slices.Contains(m.Replicas, from) {
+		return refuse("memnode %d has no replica on host %d (replicas: %v)", mn, from, m.Replicas)
+	}
+	if slices.Contains(m.Replicas, to) {
+		return refuse("memnode %d already has a replica on host %d", mn, to)
+	}
+	if err := d.AddReplica(mn, to); err != nil {
+		return err
+	}
+	return d.RemoveReplica(mn, from)
+}
