@@ -134,7 +134,7 @@ type vote struct {
 // exec2 is Sinfonia's two-phase commit with the client as coordinator. The
 // coordinator logs nothing: a minitransaction is committed exactly when every
 // participant has voted OK in its Raft log, and memnode recovery resolves
-// tids whose coordinator vanished.
+// tids whose coordinator vanished (Recover).
 func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, error) {
 	participants := make([]uint64, len(parts))
 	for i, p := range parts {
@@ -148,16 +148,19 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 		}
 		tid := c.newTid()
 		votes := make([]vote, len(parts))
-		var wg sync.WaitGroup
-		for i, p := range parts {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r, err := c.call(ctx, p.request(tuttipb.Kind_KIND_PREPARE, tid, participants))
-				votes[i] = vote{r, err}
-			}()
+		sendTo := parts
+		dies := c.crashAt(CrashAfterPrepareSent, tid)
+		if dies {
+			sendTo = parts[:1]
 		}
-		wg.Wait()
+		reqs := make([]*tuttipb.Request, len(sendTo))
+		for i, p := range sendTo {
+			reqs[i] = p.request(tuttipb.Kind_KIND_PREPARE, tid, participants)
+		}
+		copy(votes, c.callMany(ctx, reqs))
+		if dies {
+			return nil, crashed(parts[0].memnode, CrashAfterPrepareSent, tid)
+		}
 
 		allOK, retry := true, false
 		failed := -1
@@ -185,54 +188,180 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 				allOK, retry = false, true
 			}
 		}
+		if unknown {
+			// Some participant may hold an OK vote we never saw: the
+			// minitransaction may already be committed (every vote OK), so
+			// it must not simply be aborted. settle learns the missing
+			// votes with AbortUnlessVoted and decides as recovery would.
+			res, err := c.settle(tx, tid, participants, parts, votes)
+			if res != nil || err != nil {
+				return res, err
+			}
+			if ctx.Err() != nil {
+				return nil, &Error{Memnode: parts[0].memnode, Err: ctx.Err(), Detail: "aborted"}
+			}
+			continue
+		}
+		if c.crashAt(CrashAfterVotes, tid) {
+			return nil, crashed(parts[0].memnode, CrashAfterVotes, tid)
+		}
 		if allOK {
-			c.decide(tid, parts, tuttipb.Kind_KIND_COMMIT)
+			if err := c.decide(tid, parts, tuttipb.Kind_KIND_COMMIT); err != nil {
+				return nil, err
+			}
 			res := &Result{Committed: true, FailedCompare: -1, Reads: make([][]byte, len(tx.reads))}
 			for i, p := range parts {
 				fillReads(res, p, votes[i].r)
 			}
 			return res, nil
 		}
-		if unknown {
-			// Some participant may hold an OK vote we never saw. Abort
-			// everywhere and wait for it: an applied Abort releases an OK
-			// vote or fences a late Prepare, so afterwards the attempt is
-			// known to have done nothing.
-			if err := c.abortSync(tid, parts); err != nil {
-				return nil, &Error{Memnode: parts[0].memnode, Err: ErrUnknownOutcome, Detail: err.Error()}
-			}
-			if ctx.Err() != nil {
-				return nil, &Error{Memnode: parts[0].memnode, Err: ctx.Err(), Detail: "aborted"}
-			}
-			retry = true
-		} else {
-			c.decide(tid, parts, tuttipb.Kind_KIND_ABORT)
+		if err := c.decide(tid, parts, tuttipb.Kind_KIND_ABORT); err != nil {
+			return nil, err
 		}
 		if failed >= 0 && !retry {
 			return &Result{FailedCompare: failed}, nil
 		}
-		if hard != nil && !unknown {
+		if hard != nil {
 			return nil, hard
 		}
 	}
 	return nil, &Error{Memnode: parts[0].memnode, Err: ErrContention, Detail: fmt.Sprintf("no decision after %d attempts", c.cfg.Retry.MaxAttempts)}
 }
 
+// settle decides an attempt some of whose votes are unknown (the Prepare's
+// outcome was lost, or the caller's context ended while it was out). The
+// missing votes are learnt with AbortUnlessVoted, which fences a Prepare not
+// yet applied; then the attempt is decided by recovery's rule (Recover).
+// It returns the Result when the attempt committed, an error when it cannot
+// tell (the tid is then left to memnode recovery), and nil, nil when the
+// attempt is known to be aborted everywhere, so a new attempt may start.
+func (c *Client) settle(tx *Tx, tid *tuttipb.Tid, participants []uint64, parts []*part, votes []vote) (*Result, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	unknownErr := func(detail string) error {
+		return &Error{Memnode: parts[0].memnode, Err: ErrUnknownOutcome, Detail: fmt.Sprintf("tid %v: %s; memnode recovery will decide it", tidFromWire(tid), detail)}
+	}
+	rs := make([]*tuttipb.Response, len(parts))
+	var missing []int
+	for i, v := range votes {
+		if v.err != nil || v.r.GetStatus() != tuttipb.Status_STATUS_OK {
+			missing = append(missing, i)
+			continue
+		}
+		rs[i] = v.r
+	}
+	mns := make([]uint64, len(missing))
+	for j, i := range missing {
+		mns[j] = parts[i].memnode
+	}
+	auv, err := c.askAll(ctx, tid, mns, tuttipb.Kind_KIND_ABORT_UNLESS_VOTED)
+	if err != nil {
+		return nil, unknownErr(err.Error())
+	}
+	for j, i := range missing {
+		rs[i] = auv[j]
+	}
+	committed, err := outcomeOf(rs)
+	if err != nil {
+		return nil, unknownErr(err.Error())
+	}
+	if !committed {
+		// Some participant voted no or is fenced: the attempt can never
+		// commit, and aborting it everywhere is safe.
+		if err := c.abortSync(tid, parts); err != nil {
+			return nil, unknownErr(err.Error())
+		}
+		return nil, nil
+	}
+	// Committed (every participant voted OK). Fetch the reads of the
+	// participants whose vote was lost: a duplicate Prepare of an in-doubt
+	// tid answers OK with the reads again and takes nothing new.
+	res := &Result{Committed: true, FailedCompare: -1, Reads: make([][]byte, len(tx.reads))}
+	var lost error
+	for _, i := range missing {
+		if len(parts[i].reads) == 0 {
+			continue
+		}
+		r, err := c.callDefinite(ctx, parts[i].request(tuttipb.Kind_KIND_PREPARE, tid, participants))
+		if err != nil || r.GetVote() != tuttipb.Vote_VOTE_OK || r.GetOutcome() != tuttipb.Outcome_OUTCOME_UNKNOWN {
+			lost = unknownErr("committed, but the reads of a participant are lost")
+			continue
+		}
+		rs[i] = r
+	}
+	if err := c.decide(tid, parts, tuttipb.Kind_KIND_COMMIT); err != nil {
+		return nil, err
+	}
+	if lost != nil {
+		return nil, lost
+	}
+	for i, p := range parts {
+		fillReads(res, p, rs[i])
+	}
+	return res, nil
+}
+
 // decide sends the outcome to every participant without making the caller
 // wait. Lost messages are harmless: Commit/Abort are idempotent and memnode
-// recovery resolves tids left in doubt.
-func (c *Client) decide(tid *tuttipb.Tid, parts []*part, kind tuttipb.Kind) {
+// recovery resolves tids left in doubt. With Config.Crash it may stop after
+// the first participant (CrashAfterFirstDecision) and return the crash.
+func (c *Client) decide(tid *tuttipb.Tid, parts []*part, kind tuttipb.Kind) error {
+	if c.crashAt(CrashAfterFirstDecision, tid) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c.callDefinite(ctx, &tuttipb.Request{Memnode: parts[0].memnode, Kind: kind, Tid: tid})
+		return crashed(parts[0].memnode, CrashAfterFirstDecision, tid)
+	}
+	var flush []*session
 	for _, p := range parts {
+		req := &tuttipb.Request{Memnode: p.memnode, Kind: kind, Tid: tid}
 		c.bg.Add(1)
-		go func() {
-			defer c.bg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			req := &tuttipb.Request{Memnode: p.memnode, Kind: kind, Tid: tid}
-			if _, err := c.call(ctx, req); err != nil {
-				c.log.Debug().Err(err).Uint64("memnode", p.memnode).Msg("outcome not delivered; recovery will resolve it")
+		// Fast path: queue the decision on the leader's session and let
+		// the receiving goroutine note the answer; only an answer other
+		// than OK costs a goroutine.
+		if cn, _, err := c.route(p.memnode); err == nil {
+			s, err := cn.start(req, func(r *tuttipb.Response) {
+				if r.GetStatus() == tuttipb.Status_STATUS_OK {
+					c.bg.Done()
+					return
+				}
+				go c.deliverDecision(req)
+			}, false)
+			if err == nil {
+				if !containsSession(flush, s) {
+					flush = append(flush, s)
+				}
+				continue
 			}
-		}()
+		}
+		go c.deliverDecision(req)
+	}
+	for _, s := range flush {
+		s.flush()
+	}
+	return nil
+}
+
+// deliverDecision retries a Commit or Abort until a participant has applied
+// it (they are idempotent, so an unknown outcome is simply sent again) or
+// ten seconds pass; then memnode recovery resolves the tid. It calls
+// c.bg.Done.
+func (c *Client) deliverDecision(req *tuttipb.Request) {
+	defer c.bg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 && c.backoff(ctx, attempt-1) != nil {
+			return
+		}
+		r, err := c.call(ctx, req)
+		if err == nil && r.GetStatus() == tuttipb.Status_STATUS_OK {
+			return
+		}
+		if ctx.Err() != nil || (err != nil && !errors.Is(err, ErrUnknownOutcome)) {
+			c.log.Debug().Err(err).Uint64("memnode", req.GetMemnode()).Msg("outcome not delivered; recovery will resolve it")
+			return
+		}
 	}
 }
 
