@@ -950,10 +950,14 @@ type ClusterInfo struct {
 	Hosts    []*HostInfo            `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
 	Memnodes []*MemnodeInfo         `protobuf:"bytes,2,rep,name=memnodes,proto3" json:"memnodes,omitempty"`
 	// Limits every request must respect.
-	MaxItemBytes  uint32 `protobuf:"varint,3,opt,name=max_item_bytes,json=maxItemBytes,proto3" json:"max_item_bytes,omitempty"`
-	MaxItems      uint32 `protobuf:"varint,4,opt,name=max_items,json=maxItems,proto3" json:"max_items,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxItemBytes uint32 `protobuf:"varint,3,opt,name=max_item_bytes,json=maxItemBytes,proto3" json:"max_item_bytes,omitempty"`
+	MaxItems     uint32 `protobuf:"varint,4,opt,name=max_items,json=maxItems,proto3" json:"max_items,omitempty"`
+	// Version of the directory (memnode 0) this answer was built from; 0 if
+	// the host answered from its bootstrap configuration (directory not yet
+	// written or not readable).
+	DirectoryVersion uint64 `protobuf:"varint,5,opt,name=directory_version,json=directoryVersion,proto3" json:"directory_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ClusterInfo) Reset() {
@@ -1014,6 +1018,311 @@ func (x *ClusterInfo) GetMaxItems() uint32 {
 	return 0
 }
 
+func (x *ClusterInfo) GetDirectoryVersion() uint64 {
+	if x != nil {
+		return x.DirectoryVersion
+	}
+	return 0
+}
+
+type ReplicasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicasRequest) Reset() {
+	*x = ReplicasRequest{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicasRequest) ProtoMessage() {}
+
+func (x *ReplicasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicasRequest.ProtoReflect.Descriptor instead.
+func (*ReplicasRequest) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{12}
+}
+
+// Replication progress of one replica as its group's leader records it.
+type ReplicaProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Host  uint64                 `protobuf:"varint,1,opt,name=host,proto3" json:"host,omitempty"`
+	// Highest log index known to be replicated on that host.
+	Match uint64 `protobuf:"varint,2,opt,name=match,proto3" json:"match,omitempty"`
+	Next  uint64 `protobuf:"varint,3,opt,name=next,proto3" json:"next,omitempty"`
+	// "probe", "replicate" or "snapshot" (receiving a snapshot).
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// Answered the leader within the last election timeout.
+	RecentActive  bool `protobuf:"varint,5,opt,name=recent_active,json=recentActive,proto3" json:"recent_active,omitempty"`
+	Learner       bool `protobuf:"varint,6,opt,name=learner,proto3" json:"learner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaProgress) Reset() {
+	*x = ReplicaProgress{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaProgress) ProtoMessage() {}
+
+func (x *ReplicaProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaProgress.ProtoReflect.Descriptor instead.
+func (*ReplicaProgress) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReplicaProgress) GetHost() uint64 {
+	if x != nil {
+		return x.Host
+	}
+	return 0
+}
+
+func (x *ReplicaProgress) GetMatch() uint64 {
+	if x != nil {
+		return x.Match
+	}
+	return 0
+}
+
+func (x *ReplicaProgress) GetNext() uint64 {
+	if x != nil {
+		return x.Next
+	}
+	return 0
+}
+
+func (x *ReplicaProgress) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ReplicaProgress) GetRecentActive() bool {
+	if x != nil {
+		return x.RecentActive
+	}
+	return false
+}
+
+func (x *ReplicaProgress) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
+// One local replica of a memnode's Raft group.
+type ReplicaGroupStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Memnode uint64                 `protobuf:"varint,1,opt,name=memnode,proto3" json:"memnode,omitempty"`
+	// Host id this host believes leads the group, 0 if unknown.
+	Leader    uint64 `protobuf:"varint,2,opt,name=leader,proto3" json:"leader,omitempty"`
+	Term      uint64 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
+	Commit    uint64 `protobuf:"varint,4,opt,name=commit,proto3" json:"commit,omitempty"`
+	Applied   uint64 `protobuf:"varint,5,opt,name=applied,proto3" json:"applied,omitempty"`
+	LastIndex uint64 `protobuf:"varint,6,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	// The applied Raft configuration; voters_outgoing is non-empty while a
+	// joint configuration is in force.
+	Voters         []uint64 `protobuf:"varint,7,rep,packed,name=voters,proto3" json:"voters,omitempty"`
+	Learners       []uint64 `protobuf:"varint,8,rep,packed,name=learners,proto3" json:"learners,omitempty"`
+	VotersOutgoing []uint64 `protobuf:"varint,9,rep,packed,name=voters_outgoing,json=votersOutgoing,proto3" json:"voters_outgoing,omitempty"`
+	// Only when this host leads the group: every replica's progress.
+	Progress      []*ReplicaProgress `protobuf:"bytes,10,rep,name=progress,proto3" json:"progress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaGroupStatus) Reset() {
+	*x = ReplicaGroupStatus{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaGroupStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaGroupStatus) ProtoMessage() {}
+
+func (x *ReplicaGroupStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaGroupStatus.ProtoReflect.Descriptor instead.
+func (*ReplicaGroupStatus) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReplicaGroupStatus) GetMemnode() uint64 {
+	if x != nil {
+		return x.Memnode
+	}
+	return 0
+}
+
+func (x *ReplicaGroupStatus) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
+}
+
+func (x *ReplicaGroupStatus) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *ReplicaGroupStatus) GetCommit() uint64 {
+	if x != nil {
+		return x.Commit
+	}
+	return 0
+}
+
+func (x *ReplicaGroupStatus) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+func (x *ReplicaGroupStatus) GetLastIndex() uint64 {
+	if x != nil {
+		return x.LastIndex
+	}
+	return 0
+}
+
+func (x *ReplicaGroupStatus) GetVoters() []uint64 {
+	if x != nil {
+		return x.Voters
+	}
+	return nil
+}
+
+func (x *ReplicaGroupStatus) GetLearners() []uint64 {
+	if x != nil {
+		return x.Learners
+	}
+	return nil
+}
+
+func (x *ReplicaGroupStatus) GetVotersOutgoing() []uint64 {
+	if x != nil {
+		return x.VotersOutgoing
+	}
+	return nil
+}
+
+func (x *ReplicaGroupStatus) GetProgress() []*ReplicaProgress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+type ReplicasInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answering host.
+	Host          uint64                `protobuf:"varint,1,opt,name=host,proto3" json:"host,omitempty"`
+	Groups        []*ReplicaGroupStatus `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicasInfo) Reset() {
+	*x = ReplicasInfo{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicasInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicasInfo) ProtoMessage() {}
+
+func (x *ReplicasInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicasInfo.ProtoReflect.Descriptor instead.
+func (*ReplicasInfo) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ReplicasInfo) GetHost() uint64 {
+	if x != nil {
+		return x.Host
+	}
+	return 0
+}
+
+func (x *ReplicasInfo) GetGroups() []*ReplicaGroupStatus {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
 var File_tutti_v1_memnode_proto protoreflect.FileDescriptor
 
 const file_tutti_v1_memnode_proto_rawDesc = "" +
@@ -1065,12 +1374,37 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1a\n" +
 	"\breplicas\x18\x02 \x03(\x04R\breplicas\x12\x16\n" +
 	"\x06leader\x18\x03 \x01(\x04R\x06leader\x12\x12\n" +
-	"\x04size\x18\x04 \x01(\x04R\x04size\"\xad\x01\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size\"\xda\x01\n" +
 	"\vClusterInfo\x12(\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x12.tutti.v1.HostInfoR\x05hosts\x121\n" +
 	"\bmemnodes\x18\x02 \x03(\v2\x15.tutti.v1.MemnodeInfoR\bmemnodes\x12$\n" +
 	"\x0emax_item_bytes\x18\x03 \x01(\rR\fmaxItemBytes\x12\x1b\n" +
-	"\tmax_items\x18\x04 \x01(\rR\bmaxItems*\x8a\x01\n" +
+	"\tmax_items\x18\x04 \x01(\rR\bmaxItems\x12+\n" +
+	"\x11directory_version\x18\x05 \x01(\x04R\x10directoryVersion\"\x11\n" +
+	"\x0fReplicasRequest\"\xa4\x01\n" +
+	"\x0fReplicaProgress\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\x04R\x04host\x12\x14\n" +
+	"\x05match\x18\x02 \x01(\x04R\x05match\x12\x12\n" +
+	"\x04next\x18\x03 \x01(\x04R\x04next\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12#\n" +
+	"\rrecent_active\x18\x05 \x01(\bR\frecentActive\x12\x18\n" +
+	"\alearner\x18\x06 \x01(\bR\alearner\"\xbf\x02\n" +
+	"\x12ReplicaGroupStatus\x12\x18\n" +
+	"\amemnode\x18\x01 \x01(\x04R\amemnode\x12\x16\n" +
+	"\x06leader\x18\x02 \x01(\x04R\x06leader\x12\x12\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\x12\x16\n" +
+	"\x06commit\x18\x04 \x01(\x04R\x06commit\x12\x18\n" +
+	"\aapplied\x18\x05 \x01(\x04R\aapplied\x12\x1d\n" +
+	"\n" +
+	"last_index\x18\x06 \x01(\x04R\tlastIndex\x12\x16\n" +
+	"\x06voters\x18\a \x03(\x04R\x06voters\x12\x1a\n" +
+	"\blearners\x18\b \x03(\x04R\blearners\x12'\n" +
+	"\x0fvoters_outgoing\x18\t \x03(\x04R\x0evotersOutgoing\x125\n" +
+	"\bprogress\x18\n" +
+	" \x03(\v2\x19.tutti.v1.ReplicaProgressR\bprogress\"X\n" +
+	"\fReplicasInfo\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\x04R\x04host\x124\n" +
+	"\x06groups\x18\x02 \x03(\v2\x1c.tutti.v1.ReplicaGroupStatusR\x06groups*\x8a\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tKIND_EXEC\x10\x01\x12\r\n" +
@@ -1097,10 +1431,11 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\x16STATUS_UNKNOWN_MEMNODE\x10\x03\x12\x12\n" +
 	"\x0eSTATUS_INVALID\x10\x04\x12\x1a\n" +
 	"\x16STATUS_UNKNOWN_OUTCOME\x10\x05\x12\x16\n" +
-	"\x12STATUS_UNAVAILABLE\x10\x062\x85\x01\n" +
+	"\x12STATUS_UNAVAILABLE\x10\x062\xc4\x01\n" +
 	"\aMemnode\x12>\n" +
 	"\aSession\x12\x16.tutti.v1.RequestBatch\x1a\x17.tutti.v1.ResponseBatch(\x010\x01\x12:\n" +
-	"\aCluster\x12\x18.tutti.v1.ClusterRequest\x1a\x15.tutti.v1.ClusterInfoB(Z&github.com/tutti-gcs/tutti/api/tuttipbb\x06proto3"
+	"\aCluster\x12\x18.tutti.v1.ClusterRequest\x1a\x15.tutti.v1.ClusterInfo\x12=\n" +
+	"\bReplicas\x12\x19.tutti.v1.ReplicasRequest\x1a\x16.tutti.v1.ReplicasInfoB(Z&github.com/tutti-gcs/tutti/api/tuttipbb\x06proto3"
 
 var (
 	file_tutti_v1_memnode_proto_rawDescOnce sync.Once
@@ -1115,24 +1450,28 @@ func file_tutti_v1_memnode_proto_rawDescGZIP() []byte {
 }
 
 var file_tutti_v1_memnode_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_tutti_v1_memnode_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_tutti_v1_memnode_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_tutti_v1_memnode_proto_goTypes = []any{
-	(Kind)(0),              // 0: tutti.v1.Kind
-	(Vote)(0),              // 1: tutti.v1.Vote
-	(Outcome)(0),           // 2: tutti.v1.Outcome
-	(Status)(0),            // 3: tutti.v1.Status
-	(*Tid)(nil),            // 4: tutti.v1.Tid
-	(*Compare)(nil),        // 5: tutti.v1.Compare
-	(*Read)(nil),           // 6: tutti.v1.Read
-	(*Write)(nil),          // 7: tutti.v1.Write
-	(*Request)(nil),        // 8: tutti.v1.Request
-	(*Response)(nil),       // 9: tutti.v1.Response
-	(*RequestBatch)(nil),   // 10: tutti.v1.RequestBatch
-	(*ResponseBatch)(nil),  // 11: tutti.v1.ResponseBatch
-	(*ClusterRequest)(nil), // 12: tutti.v1.ClusterRequest
-	(*HostInfo)(nil),       // 13: tutti.v1.HostInfo
-	(*MemnodeInfo)(nil),    // 14: tutti.v1.MemnodeInfo
-	(*ClusterInfo)(nil),    // 15: tutti.v1.ClusterInfo
+	(Kind)(0),                  // 0: tutti.v1.Kind
+	(Vote)(0),                  // 1: tutti.v1.Vote
+	(Outcome)(0),               // 2: tutti.v1.Outcome
+	(Status)(0),                // 3: tutti.v1.Status
+	(*Tid)(nil),                // 4: tutti.v1.Tid
+	(*Compare)(nil),            // 5: tutti.v1.Compare
+	(*Read)(nil),               // 6: tutti.v1.Read
+	(*Write)(nil),              // 7: tutti.v1.Write
+	(*Request)(nil),            // 8: tutti.v1.Request
+	(*Response)(nil),           // 9: tutti.v1.Response
+	(*RequestBatch)(nil),       // 10: tutti.v1.RequestBatch
+	(*ResponseBatch)(nil),      // 11: tutti.v1.ResponseBatch
+	(*ClusterRequest)(nil),     // 12: tutti.v1.ClusterRequest
+	(*HostInfo)(nil),           // 13: tutti.v1.HostInfo
+	(*MemnodeInfo)(nil),        // 14: tutti.v1.MemnodeInfo
+	(*ClusterInfo)(nil),        // 15: tutti.v1.ClusterInfo
+	(*ReplicasRequest)(nil),    // 16: tutti.v1.ReplicasRequest
+	(*ReplicaProgress)(nil),    // 17: tutti.v1.ReplicaProgress
+	(*ReplicaGroupStatus)(nil), // 18: tutti.v1.ReplicaGroupStatus
+	(*ReplicasInfo)(nil),       // 19: tutti.v1.ReplicasInfo
 }
 var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	0,  // 0: tutti.v1.Request.kind:type_name -> tutti.v1.Kind
@@ -1147,15 +1486,19 @@ var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	9,  // 9: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
 	13, // 10: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
 	14, // 11: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
-	10, // 12: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
-	12, // 13: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
-	11, // 14: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
-	15, // 15: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
-	14, // [14:16] is the sub-list for method output_type
-	12, // [12:14] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	17, // 12: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
+	18, // 13: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
+	10, // 14: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
+	12, // 15: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
+	16, // 16: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
+	11, // 17: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
+	15, // 18: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
+	19, // 19: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
+	17, // [17:20] is the sub-list for method output_type
+	14, // [14:17] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_tutti_v1_memnode_proto_init() }
@@ -1169,7 +1512,7 @@ func file_tutti_v1_memnode_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tutti_v1_memnode_proto_rawDesc), len(file_tutti_v1_memnode_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   12,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,8 +22,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Memnode_Session_FullMethodName = "/tutti.v1.Memnode/Session"
-	Memnode_Cluster_FullMethodName = "/tutti.v1.Memnode/Cluster"
+	Memnode_Session_FullMethodName  = "/tutti.v1.Memnode/Session"
+	Memnode_Cluster_FullMethodName  = "/tutti.v1.Memnode/Cluster"
+	Memnode_Replicas_FullMethodName = "/tutti.v1.Memnode/Replicas"
 )
 
 // MemnodeClient is the client API for Memnode service.
@@ -34,8 +35,12 @@ type MemnodeClient interface {
 	// long-lived stream. Responses may come in any order and batching; match
 	// them by id.
 	Session(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RequestBatch, ResponseBatch], error)
-	// Cluster describes hosts and memnodes as this host knows them.
+	// Cluster describes hosts and memnodes from the directory in memnode 0
+	// (or, if it cannot be read, as this host last knew them).
 	Cluster(ctx context.Context, in *ClusterRequest, opts ...grpc.CallOption) (*ClusterInfo, error)
+	// Replicas reports the Raft state of every memnode replica on this host
+	// (for health displays and the directory reconciler).
+	Replicas(ctx context.Context, in *ReplicasRequest, opts ...grpc.CallOption) (*ReplicasInfo, error)
 }
 
 type memnodeClient struct {
@@ -69,6 +74,16 @@ func (c *memnodeClient) Cluster(ctx context.Context, in *ClusterRequest, opts ..
 	return out, nil
 }
 
+func (c *memnodeClient) Replicas(ctx context.Context, in *ReplicasRequest, opts ...grpc.CallOption) (*ReplicasInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicasInfo)
+	err := c.cc.Invoke(ctx, Memnode_Replicas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MemnodeServer is the server API for Memnode service.
 // All implementations must embed UnimplementedMemnodeServer
 // for forward compatibility.
@@ -77,8 +92,12 @@ type MemnodeServer interface {
 	// long-lived stream. Responses may come in any order and batching; match
 	// them by id.
 	Session(grpc.BidiStreamingServer[RequestBatch, ResponseBatch]) error
-	// Cluster describes hosts and memnodes as this host knows them.
+	// Cluster describes hosts and memnodes from the directory in memnode 0
+	// (or, if it cannot be read, as this host last knew them).
 	Cluster(context.Context, *ClusterRequest) (*ClusterInfo, error)
+	// Replicas reports the Raft state of every memnode replica on this host
+	// (for health displays and the directory reconciler).
+	Replicas(context.Context, *ReplicasRequest) (*ReplicasInfo, error)
 	mustEmbedUnimplementedMemnodeServer()
 }
 
@@ -94,6 +113,9 @@ func (UnimplementedMemnodeServer) Session(grpc.BidiStreamingServer[RequestBatch,
 }
 func (UnimplementedMemnodeServer) Cluster(context.Context, *ClusterRequest) (*ClusterInfo, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Cluster not implemented")
+}
+func (UnimplementedMemnodeServer) Replicas(context.Context, *ReplicasRequest) (*ReplicasInfo, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Replicas not implemented")
 }
 func (UnimplementedMemnodeServer) mustEmbedUnimplementedMemnodeServer() {}
 func (UnimplementedMemnodeServer) testEmbeddedByValue()                 {}
@@ -141,6 +163,24 @@ func _Memnode_Cluster_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Memnode_Replicas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemnodeServer).Replicas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Memnode_Replicas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemnodeServer).Replicas(ctx, req.(*ReplicasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Memnode_ServiceDesc is the grpc.ServiceDesc for Memnode service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -151,6 +191,10 @@ var Memnode_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Cluster",
 			Handler:    _Memnode_Cluster_Handler,
+		},
+		{
+			MethodName: "Replicas",
+			Handler:    _Memnode_Replicas_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -35,6 +35,16 @@ type Config struct {
 	Memnode memnode.Config
 	// Replication tunes Raft (tick, snapshots); zero fields take defaults.
 	Replication replication.Config
+	// Recovery tunes every host's recovery coordinator for in-doubt tids.
+	Recovery service.RecoveryConfig
+	// WrapTransport, if set, wraps each host's Raft transport (see Faults).
+	WrapTransport func(host uint64, t replication.Transport) replication.Transport
+	// Spares: the last Spares of the Hosts hold no replica at bootstrap
+	// (room to add or move replicas online; see admin.go).
+	Spares int
+	// DirectoryPoll: how often hosts reconcile with the directory; the
+	// service default if 0.
+	DirectoryPoll time.Duration
 }
 
 // Cluster is a running local cluster.
@@ -56,7 +66,7 @@ func Start(cfg Config) (*Cluster, error) {
 		cfg.Memnodes = 3
 	}
 	if cfg.Replicas == 0 {
-		cfg.Replicas = min(3, cfg.Hosts)
+		cfg.Replicas = min(3, cfg.Hosts-cfg.Spares)
 	}
 	c := &Cluster{cfg: cfg, Dir: cfg.DataDir}
 	if c.Dir == "" {
@@ -86,7 +96,7 @@ func Start(cfg Config) (*Cluster, error) {
 		listeners[i] = l
 		addrs[ids[i]] = l.Addr().String()
 	}
-	specs, err := service.Place(ids, cfg.Memnodes, cfg.Replicas)
+	specs, err := service.Place(ids[:max(0, len(ids)-cfg.Spares)], cfg.Memnodes, cfg.Replicas)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +114,10 @@ func Start(cfg Config) (*Cluster, error) {
 			Memnode:     cfg.Memnode,
 			Replication: rc,
 			Logger:      cfg.Logger,
+			Recovery:    cfg.Recovery,
 		}
+		hc.WrapTransport = cfg.WrapTransport
+		hc.DirectoryPoll = cfg.DirectoryPoll
 		c.hostCfg = append(c.hostCfg, hc)
 		h, err := service.StartHost(hc)
 		if err != nil {

@@ -25,8 +25,93 @@
 // leaders). A proposal whose fate is unknown (leadership lost after
 // proposing) is answered STATUS_UNKNOWN_OUTCOME and never retried here.
 //
-// Place computes the static placement of memnode replicas on hosts from the
+// # Recovery
+//
+// Each host runs a recovery coordinator (recovery.go, HostConfig.Recovery):
+// every Interval (default 1s), for each memnode whose Raft group it leads,
+// it lists the in-doubt tids with a ReadIndex read (memnode.InspectInDoubt)
+// and, for each prepared longer than Timeout ago (default 2s; host clock
+// against the memnode's PreparedAt, itself a leader clock), runs
+// client.Recover through a client.Client of its own: abort-unless-voted at
+// every participant, commit iff all voted OK, decision to all. Resolutions
+// are logged at info level and counted (Host.RecoveryStats). Host.InDoubt
+// and Host.MemnodeStats expose the in-doubt list and memnode.Stats of a
+// memnode this host leads. Timeout is capped at a quarter of the memnode
+// horizon: recovery must finish while participants remember decided tids.
+//
+// Place computes the initial placement of memnode replicas on hosts from the
 // host list; every host computes the same one.
+//
+// # The directory (memnode 0)
+//
+// After the first bootstrap, the placement lives in memnode 0, not in the
+// configuration: memnode 0 reserves [client.DirectoryAddr,
+// +client.DirectoryRegion) (the last MiB below 4 GiB, away from the low
+// addresses applications use) for the directory: the host list (id,
+// address), the memnode list (id, replica hosts) and the cluster
+// configuration (memnode limits, default replica count). Its encoding
+// (client/directory.go, shared by hosts, clients and the CLI) is a 32-byte
+// header — magic, format, version, body length, CRC-32C of the body, CRC-32C
+// of the header — then the body. Every change is one minitransaction that
+// compares the whole header it read and writes the new version, so two
+// administrators racing cannot lose an update; the loser re-reads and
+// re-applies its change. At first bootstrap each host tries to write its
+// configured placement with a compare against an all-zero header; exactly
+// one write wins and the others are no-ops, so bootstrap is idempotent.
+// Memnodes smaller than 4 GiB cannot hold the directory; such clusters keep
+// the static placement.
+//
+// The Cluster RPC answers from the directory, read linearizably (a ReadIndex
+// read at memnode 0's leader, through this host's own Session path or a
+// Session stream to the leader; never through another host's Cluster RPC, so
+// hosts cannot ask each other in circles). If memnode 0 has no quorum it
+// answers from the layout this host last installed and says which version
+// that was (directory_version). Clients need one seed: on UNKNOWN_MEMNODE,
+// on NOT_LEADER without a usable hint, and when hosts do not answer, they
+// refresh the layout (rate-limited) and retry.
+//
+// Addresses: a host registers its configured address in the directory when
+// it differs (restart on new ports). For hosts it names in HostConfig.Hosts
+// a host keeps using its configured address; the directory supplies the
+// addresses of hosts it was not configured with.
+//
+// # Online change by reconciliation
+//
+// Every host polls the directory (HostConfig.DirectoryPoll, default 500 ms,
+// and on demand when a Cluster read sees a newer version) and reconciles:
+//
+//   - a replica the directory assigns to this host and that does not run
+//     here is started: as a new group with the memnode's Bootstrap voters
+//     if this host is one of them (a memnode just created), otherwise by
+//     joining with no peers and waiting for the leader's snapshot;
+//   - the leader of each group drives replication.ChangeReplicas, one
+//     ConfChangeV2 per pass, until the voters equal the directory's
+//     replicas: wanted hosts join as learners and are promoted once caught up
+//     (replicating, within client.LagEntries of the commit index); unwanted
+//     voters leave only after every wanted host votes (so a move is add, then
+//     remove), and never if the remaining voters would lack a healthy
+//     majority; a leader that must leave transfers leadership first;
+//   - a replica the directory no longer assigns here is stopped and its
+//     data deleted (replication.RemoveGroup) only once its removal is
+//     committed: its own applied configuration excludes it, or the group's
+//     leader reports a configuration without it.
+//
+// Restarted hosts recover the groups their log engine holds; only a host
+// with an empty engine bootstraps from HostConfig.Memnodes.
+//
+// # Why administration goes through the client, not an Admin RPC
+//
+// Add memnode / add, remove, move replica are methods of client.Client (and
+// pure functions on client.Directory) that write the directory with one
+// compare-the-header minitransaction. No admin service is needed because the
+// directory is ordinary memnode data and minitransactions already give the
+// atomicity and the lost-update protection an admin server would have to
+// reimplement; any Go program (and the CLI) can administer with the seed it
+// already has, validation is one pure, unit-tested function, and the hosts'
+// reconcilers are the only code that turns intent into Raft changes, so a
+// crashed administrator leaves nothing half-done. Raft progress for health
+// displays comes from the Replicas RPC, which each host answers for its own
+// replicas (the leader's answer carries every replica's progress).
 //
 // This package must not hold Sinfonia logic of its own (that is memnode's)
 // nor Raft logic (replication's); it translates and routes.

@@ -1,9 +1,11 @@
 package service
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -15,6 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/memnode"
 	"github.com/tutti-gcs/tutti/replication"
 )
@@ -32,8 +35,14 @@ type HostConfig struct {
 	// Hosts maps every host id (this one included) to the address others
 	// reach it at.
 	Hosts map[uint64]string
-	// Memnodes places memnodes on hosts.
+	// Memnodes places memnodes on hosts at the cluster's first bootstrap
+	// (it becomes the directory's initial content); afterwards the
+	// directory in memnode 0 is authoritative (see doc.go).
 	Memnodes []MemnodeSpec
+	// DirectoryPoll is how often the host reads the directory and
+	// reconciles its replicas with it; DefaultDirectoryPoll if 0. Negative
+	// turns the directory off: the placement stays Memnodes.
+	DirectoryPoll time.Duration
 	// DataDir holds this host's Raft log engine. Required.
 	DataDir string
 	// Memnode bounds every memnode hosted here.
@@ -49,6 +58,10 @@ type HostConfig struct {
 	ServerOptions []grpc.ServerOption
 	// DialOptions are used to reach other hosts; insecure if empty.
 	DialOptions []grpc.DialOption
+	// Recovery tunes the recovery coordinator for in-doubt tids.
+	Recovery RecoveryConfig
+	// WrapTransport, if set, wraps the Raft transport (tests: fault injection).
+	WrapTransport func(host uint64, t replication.Transport) replication.Transport
 }
 
 // Validate reports every problem with the configuration.
@@ -99,6 +112,14 @@ type Host struct {
 	server    *Server
 	health    *health.Server
 	serveDone chan error
+	recovery  *recoverer // nil if disabled
+	log       zerolog.Logger
+
+	// The directory watcher (reconcile.go); dir is nil if it is off.
+	dir     *dirIO
+	recStop context.CancelFunc
+	recDone chan struct{}
+	peers   map[uint64]string // transport peers set so far (reconciler only)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -164,6 +185,9 @@ func StartHost(cfg HostConfig) (*Host, error) {
 	rcfg.ID = cfg.ID
 	rcfg.DataDir = cfg.DataDir
 	rcfg.Transport = tr
+	if cfg.WrapTransport != nil {
+		rcfg.Transport = cfg.WrapTransport(cfg.ID, tr)
+	}
 	rcfg.Logger = log
 	rh, err := replication.NewHost(rcfg)
 	if err != nil {
@@ -172,32 +196,70 @@ func StartHost(cfg HostConfig) (*Host, error) {
 		lis.Close()
 		return nil, fmt.Errorf("tutti host %d: %w", cfg.ID, err)
 	}
-	h := &Host{cfg: cfg, lis: lis, grpc: gs, transport: tr, rep: rh, serveDone: make(chan error, 1)}
+	h := &Host{cfg: cfg, lis: lis, grpc: gs, transport: tr, rep: rh, serveDone: make(chan error, 1), log: log,
+		peers: map[uint64]string{}}
+	for id, addr := range cfg.Hosts {
+		h.peers[id] = addr
+	}
 	specs := append([]MemnodeSpec(nil), cfg.Memnodes...)
 	sort.Slice(specs, func(i, j int) bool { return specs[i].ID < specs[j].ID })
-	for _, m := range specs {
-		local := false
-		for _, r := range m.Replicas {
-			local = local || r == cfg.ID
+	// First boot (an empty log engine): bootstrap the configured replicas.
+	// Later boots recover the groups the engine holds: since the first
+	// boot, the directory decides the placement, not the configuration.
+	stored, err := rh.StoredGroups()
+	if err != nil {
+		rh.Close()
+		gs.Stop()
+		lis.Close()
+		return nil, fmt.Errorf("tutti host %d: %w", cfg.ID, err)
+	}
+	type start struct {
+		id    uint64
+		peers []uint64
+	}
+	var starts []start
+	if len(stored) == 0 {
+		for _, m := range specs {
+			if slices.Contains(m.Replicas, cfg.ID) {
+				starts = append(starts, start{m.ID, m.Replicas})
+			}
 		}
-		if !local {
-			continue
+	} else {
+		for _, g := range stored {
+			starts = append(starts, start{id: g})
 		}
+	}
+	local := map[uint64]bool{}
+	for _, st := range starts {
 		mn, err := memnode.New(cfg.Memnode)
 		if err != nil {
 			h.Close()
 			return nil, err
 		}
-		if err := rh.StartGroup(m.ID, m.Replicas, &machine{m: mn}); err != nil {
+		if err := rh.StartGroup(st.id, st.peers, &machine{m: mn}); err != nil {
 			h.Close()
-			return nil, fmt.Errorf("tutti host %d: memnode %d: %w", cfg.ID, m.ID, err)
+			return nil, fmt.Errorf("tutti host %d: memnode %d: %w", cfg.ID, st.id, err)
 		}
+		local[st.id] = true
 	}
 	h.server = newServer(cfg.ID, cfg.Hosts, specs, cfg.Memnode, cfg.Clock, log, rh)
+	h.server.updateLayout(func(l *layout) { l.local = local })
 	tuttipb.RegisterMemnodeServer(gs, h.server)
 	h.health = health.NewServer()
 	healthpb.RegisterHealthServer(gs, h.health)
+	switch {
+	case cfg.DirectoryPoll < 0:
+	case cfg.Memnode.Size < client.DirectoryAddr+client.DirectoryRegion:
+		log.Warn().Uint64("memnode_size", cfg.Memnode.Size).
+			Msg("memnodes smaller than 4 GiB cannot hold the directory; the placement stays static")
+	default:
+		h.startReconciler() // before serving: the Cluster RPC uses it
+	}
 	go func() { h.serveDone <- gs.Serve(lis) }()
+	if !cfg.Recovery.Disabled {
+		h.recovery = newRecoverer(h, log)
+		h.recovery.start()
+	}
 	log.Info().Str("addr", lis.Addr().String()).Int("memnodes", len(specs)).Msg("host started")
 	return h, nil
 }
@@ -214,6 +276,10 @@ func (h *Host) Replication() *replication.Host { return h.rep }
 // Close stops serving, then stops the Raft groups and the log engine.
 func (h *Host) Close() error {
 	h.closeOnce.Do(func() {
+		if h.recovery != nil {
+			h.recovery.stop()
+		}
+		h.stopReconciler()
 		if h.health != nil {
 			h.health.Shutdown()
 		}

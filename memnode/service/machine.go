@@ -33,16 +33,8 @@ func (s *machine) Apply(cmds []replication.Command) [][]byte {
 	return out
 }
 
-func (s *machine) Query(q []byte) []byte {
-	now, op, err := memnode.DecodeQuery(q)
-	var r memnode.Result
-	if err != nil {
-		r = memnode.Result{FailedCompare: -1, Err: fmt.Errorf("%w: %v", memnode.ErrInvalid, err)}
-	} else {
-		r = s.m.Query(now, &op)
-	}
-	return memnode.AppendResult(nil, &r)
-}
+// Query answers a read-only minitransaction or an inspection (memnode.Answer).
+func (s *machine) Query(q []byte) []byte { return s.m.Answer(q) }
 
 func (s *machine) Snapshot() ([]byte, error) { return s.m.Snapshot(), nil }
 

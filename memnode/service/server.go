@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -52,10 +53,15 @@ type proposer interface {
 type Server struct {
 	tuttipb.UnimplementedMemnodeServer
 
-	hostID   uint64
-	hosts    map[uint64]string
-	memnodes map[uint64]MemnodeSpec
-	local    map[uint64]bool
+	hostID uint64
+	// lay is the routing layout (directory.go): hosts, memnodes, and the
+	// groups running here; replaced whole by the reconciler.
+	lay   atomic.Pointer[layout]
+	layMu sync.Mutex // serializes layout writers
+	dirs  directorySource
+	// cfgHosts are the configured host addresses (HostConfig.Hosts).
+	cfgHosts map[uint64]string
+	members  membershipSource
 	mcfg     memnode.Config
 	maxReq   int
 	clock    Clock
@@ -67,42 +73,24 @@ func newServer(hostID uint64, hosts map[uint64]string, specs []MemnodeSpec, mcfg
 	clock Clock, log zerolog.Logger, rep proposer) *Server {
 	s := &Server{
 		hostID:   hostID,
-		hosts:    hosts,
-		memnodes: make(map[uint64]MemnodeSpec, len(specs)),
-		local:    make(map[uint64]bool),
+		cfgHosts: hosts,
 		mcfg:     mcfg,
 		maxReq:   DefaultMaxRequestBytes,
 		clock:    clock,
 		log:      log,
 		rep:      rep,
 	}
+	l := newLayout(hosts, specs)
 	for _, m := range specs {
-		s.memnodes[m.ID] = m
-		for _, r := range m.Replicas {
-			if r == hostID {
-				s.local[m.ID] = true
-			}
+		if slices.Contains(m.Replicas, hostID) {
+			l.local[m.ID] = true
 		}
 	}
+	if ms, ok := rep.(membershipSource); ok {
+		s.members = ms
+	}
+	s.lay.Store(l)
 	return s
-}
-
-// Cluster describes the hosts and memnodes as this host knows them.
-func (s *Server) Cluster(ctx context.Context, _ *tuttipb.ClusterRequest) (*tuttipb.ClusterInfo, error) {
-	info := &tuttipb.ClusterInfo{MaxItemBytes: s.mcfg.MaxItemBytes, MaxItems: uint32(s.mcfg.MaxItems)}
-	for id, addr := range s.hosts {
-		info.Hosts = append(info.Hosts, &tuttipb.HostInfo{Id: id, Addr: addr})
-	}
-	sort.Slice(info.Hosts, func(i, j int) bool { return info.Hosts[i].Id < info.Hosts[j].Id })
-	for _, m := range s.memnodes {
-		mi := &tuttipb.MemnodeInfo{Id: m.ID, Replicas: append([]uint64(nil), m.Replicas...), Size: s.mcfg.Size}
-		if s.local[m.ID] {
-			mi.Leader = s.rep.Leader(m.ID)
-		}
-		info.Memnodes = append(info.Memnodes, mi)
-	}
-	sort.Slice(info.Memnodes, func(i, j int) bool { return info.Memnodes[i].Id < info.Memnodes[j].Id })
-	return info, nil
 }
 
 // Session serves one client stream: every request is handed to the Raft
@@ -145,8 +133,9 @@ func isEOF(err error) bool { return err != nil && err.Error() == "EOF" }
 func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 	id := req.GetId()
 	mn := req.GetMemnode()
-	if !s.local[mn] {
-		spec, ok := s.memnodes[mn]
+	lay := s.layout()
+	if !lay.local[mn] {
+		spec, ok := lay.memnodes[mn]
 		if !ok {
 			ob.push(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNKNOWN_MEMNODE, FailedCompare: -1,
 				Error: fmt.Sprintf("memnode %d does not exist", mn)})
@@ -156,7 +145,7 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 		r := &tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_NOT_LEADER, FailedCompare: -1}
 		if len(spec.Replicas) > 0 {
 			r.LeaderHost = spec.Replicas[0]
-			r.LeaderAddr = s.hosts[r.LeaderHost]
+			r.LeaderAddr = lay.hosts[r.LeaderHost]
 		}
 		ob.push(r)
 		return
@@ -213,7 +202,7 @@ func (s *Server) response(id, mn uint64, res []byte, err error) *tuttipb.Respons
 		case errors.As(err, &nl):
 			r.Status = tuttipb.Status_STATUS_NOT_LEADER
 			r.LeaderHost = nl.Leader
-			r.LeaderAddr = s.hosts[nl.Leader]
+			r.LeaderAddr = s.layout().hosts[nl.Leader]
 		case errors.Is(err, replication.ErrUnknownGroup):
 			r.Status = tuttipb.Status_STATUS_UNKNOWN_MEMNODE
 		case errors.Is(err, replication.ErrTooLarge):

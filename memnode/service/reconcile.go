@@ -1,0 +1,325 @@
+package service
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/memnode"
+	"github.com/tutti-gcs/tutti/replication"
+)
+
+// DefaultDirectoryPoll is how often a host reads the directory and
+// reconciles its replicas with it.
+const DefaultDirectoryPoll = 500 * time.Millisecond
+
+func (h *Host) dialOptions() []grpc.DialOption {
+	if len(h.cfg.DialOptions) > 0 {
+		return h.cfg.DialOptions
+	}
+	return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+}
+
+// startReconciler starts the directory watcher (see doc.go).
+func (h *Host) startReconciler() {
+	h.dir = newDirIO(h)
+	h.server.dirs = h.dir
+	ctx, cancel := context.WithCancel(context.Background())
+	h.recStop = cancel
+	h.recDone = make(chan struct{})
+	go h.reconcileLoop(ctx)
+}
+
+func (h *Host) stopReconciler() {
+	if h.recStop == nil {
+		return
+	}
+	h.recStop()
+	<-h.recDone
+	h.dir.close()
+}
+
+func (h *Host) reconcileLoop(ctx context.Context) {
+	defer close(h.recDone)
+	every := h.cfg.DirectoryPoll
+	if every <= 0 {
+		every = DefaultDirectoryPoll
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, max(4*every, 5*time.Second))
+		h.reconcileOnce(rctx)
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-h.dir.kickCh:
+		}
+	}
+}
+
+// Reconcile asks for a reconciliation pass now instead of at the next poll
+// (DirectoryPoll); it does not wait for it.
+func (h *Host) Reconcile() {
+	if h.dir != nil {
+		h.dir.kick()
+	}
+}
+
+// DirectoryVersion is the version of the directory this host last
+// installed, 0 if none yet.
+func (h *Host) DirectoryVersion() uint64 { return h.server.layout().version }
+
+// reconcileOnce is one pass: read the directory (bootstrap it if absent),
+// install it, start newly assigned replicas, drive the Raft configuration of
+// the groups this host leads, remove replicas whose removal is committed.
+func (h *Host) reconcileOnce(ctx context.Context) {
+	log := h.log
+	d, header, err := h.dir.read(ctx)
+	if errors.Is(err, client.ErrNoDirectory) {
+		// First bootstrap: write the configured placement, only if the
+		// region is still empty (every host may try; one wins).
+		ok, werr := h.dir.write(ctx, header, h.initialDirectory())
+		if werr != nil {
+			log.Debug().Err(werr).Msg("directory bootstrap failed; retrying")
+		} else if ok {
+			log.Info().Msg("directory bootstrapped in memnode 0")
+		}
+		return
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Debug().Err(err).Msg("directory read failed")
+		}
+		return
+	}
+	h.server.installDirectory(d)
+	me := h.cfg.ID
+	for _, hh := range d.Hosts {
+		// Configured hosts keep their configured address.
+		if _, configured := h.cfg.Hosts[hh.ID]; !configured && h.peers[hh.ID] != hh.Addr {
+			h.transport.SetPeer(hh.ID, hh.Addr)
+			h.peers[hh.ID] = hh.Addr
+		}
+	}
+	if self := d.Host(me); self == nil || self.Addr != h.cfg.Hosts[me] {
+		// Register (or correct) this host's address.
+		nd := d.Clone()
+		if self := nd.Host(me); self != nil {
+			self.Addr = h.cfg.Hosts[me]
+		} else {
+			nd.Hosts = append(nd.Hosts, client.DirectoryHost{ID: me, Addr: h.cfg.Hosts[me]})
+			slices.SortFunc(nd.Hosts, func(a, b client.DirectoryHost) int { return cmp.Compare(a.ID, b.ID) })
+		}
+		nd.Version++
+		if ok, err := h.dir.write(ctx, header, nd); err != nil || !ok {
+			log.Debug().Err(err).Msg("registering this host's address in the directory failed; retrying")
+		} else {
+			log.Info().Str("addr", h.cfg.Hosts[me]).Msg("registered this host's address in the directory")
+			h.server.installDirectory(nd)
+		}
+		return // next pass works on the newer directory
+	}
+	running := map[uint64]bool{}
+	for _, g := range h.rep.Groups() {
+		running[g] = true
+	}
+	// Newly assigned replicas.
+	for _, m := range d.Memnodes {
+		if !slices.Contains(m.Replicas, me) || running[m.ID] {
+			continue
+		}
+		var peers []uint64
+		if slices.Contains(m.Bootstrap, me) {
+			peers = m.Bootstrap // a new memnode: create the group
+		}
+		mn, err := memnode.New(h.cfg.Memnode)
+		if err == nil {
+			err = h.rep.StartGroup(m.ID, peers, &machine{m: mn})
+		}
+		if err != nil && !errors.Is(err, replication.ErrGroupExists) {
+			log.Warn().Err(err).Uint64("memnode", m.ID).Msg("cannot start assigned replica")
+			continue
+		}
+		h.server.setLocal(m.ID, true)
+		running[m.ID] = true
+		log.Info().Uint64("memnode", m.ID).Bool("new_group", peers != nil).Msg("started replica assigned by the directory")
+	}
+	for g := range running {
+		if ctx.Err() != nil {
+			return
+		}
+		m := d.Memnode(g)
+		if m == nil {
+			continue // not (yet) in this directory: leave it alone
+		}
+		if !slices.Contains(m.Replicas, me) {
+			if h.removalCommitted(ctx, g, m) {
+				if err := h.rep.RemoveGroup(ctx, g); err != nil {
+					log.Warn().Err(err).Uint64("memnode", g).Msg("cannot remove replica")
+					continue
+				}
+				h.server.setLocal(g, false)
+				log.Info().Uint64("memnode", g).Msg("removed replica and its data (no longer in the directory)")
+				continue
+			}
+		}
+		if h.rep.Leader(g) == me {
+			h.driveGroup(ctx, g, m.Replicas)
+		}
+	}
+}
+
+// removalCommitted reports whether this host's replica of g is out of the
+// group's Raft configuration for good: its own applied configuration
+// excludes it, or the group's leader (another host) says so.
+func (h *Host) removalCommitted(ctx context.Context, g uint64, m *client.DirectoryMemnode) bool {
+	me := h.cfg.ID
+	mem, err := h.rep.Membership(ctx, g)
+	if err != nil {
+		return false
+	}
+	if !mem.Contains(me) {
+		return true
+	}
+	if mem.Leader == me {
+		return false // transfer leadership first (the leader does)
+	}
+	// The leader stops talking to a removed replica, which may never apply
+	// its own removal: ask the hosts the directory names.
+	ask := slices.Clone(m.Replicas)
+	if mem.Leader != 0 && !slices.Contains(ask, mem.Leader) {
+		ask = append([]uint64{mem.Leader}, ask...)
+	}
+	for _, host := range ask {
+		addr := h.server.layout().hosts[host]
+		if addr == "" {
+			continue
+		}
+		cc, err := h.dir.conn(addr)
+		if err != nil {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		info, err := tuttipb.NewMemnodeClient(cc).Replicas(cctx, &tuttipb.ReplicasRequest{})
+		cancel()
+		if err != nil {
+			continue
+		}
+		for _, st := range info.GetGroups() {
+			if st.GetMemnode() != g || st.GetLeader() != host || len(st.GetProgress()) == 0 {
+				continue
+			}
+			// host leads g: its applied configuration is committed.
+			if len(st.GetVotersOutgoing()) == 0 && !slices.Contains(st.GetVoters(), me) && !slices.Contains(st.GetLearners(), me) {
+				return true
+			}
+			return false
+		}
+	}
+	return false
+}
+
+// driveGroup runs on the leader of group g: one configuration change per
+// pass toward the voter set want. New replicas join as learners and are
+// promoted once caught up; replicas leave only once every wanted replica
+// votes, and only if the remaining voters' healthy majority survives the
+// step. A leader that must leave hands leadership to a healthy voter first.
+func (h *Host) driveGroup(ctx context.Context, g uint64, want []uint64) {
+	me := h.cfg.ID
+	mem, err := h.rep.Membership(ctx, g)
+	if err != nil || mem.Leader != me || mem.Progress == nil || mem.Joint() {
+		return // joint configurations are left automatically
+	}
+	log := h.log.With().Uint64("memnode", g).Logger()
+	healthy := func(id uint64) bool {
+		if id == me {
+			return true
+		}
+		p, ok := mem.Progress[id]
+		return ok && p.RecentActive && p.State == "replicate" && p.Match+client.LagEntries >= mem.Commit
+	}
+	quorumOK := func(voters []uint64) bool {
+		n := 0
+		for _, v := range voters {
+			if healthy(v) {
+				n++
+			}
+		}
+		return n >= len(voters)/2+1
+	}
+	change := func(what string, host uint64, t pb.ConfChangeType) {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		err := h.rep.ChangeReplicas(cctx, g, []*pb.ConfChangeSingle{{Type: t.Enum(), NodeId: &host}})
+		if err != nil {
+			log.Debug().Err(err).Str("change", what).Uint64("replica", host).Msg("configuration change failed; retrying")
+			return
+		}
+		log.Info().Str("change", what).Uint64("replica", host).Msg("replica configuration changed")
+	}
+	// 1. Wanted hosts not in the configuration join as learners.
+	for _, w := range want {
+		if !slices.Contains(mem.Voters, w) && !slices.Contains(mem.Learners, w) {
+			change("add learner", w, pb.ConfChangeType_ConfChangeAddLearnerNode)
+			return
+		}
+	}
+	// 2. Caught-up wanted learners become voters.
+	for _, l := range mem.Learners {
+		if slices.Contains(want, l) && healthy(l) && quorumOK(append(slices.Clone(mem.Voters), l)) {
+			change("promote", l, pb.ConfChangeType_ConfChangeAddNode)
+			return
+		}
+	}
+	// 3. Unwanted learners go.
+	for _, l := range mem.Learners {
+		if !slices.Contains(want, l) {
+			change("remove learner", l, pb.ConfChangeType_ConfChangeRemoveNode)
+			return
+		}
+	}
+	// 4. Unwanted voters go, once every wanted host votes (move = add,
+	// then remove).
+	for _, w := range want {
+		if !slices.Contains(mem.Voters, w) {
+			return
+		}
+	}
+	for _, v := range mem.Voters {
+		if slices.Contains(want, v) {
+			continue
+		}
+		rest := slices.DeleteFunc(slices.Clone(mem.Voters), func(x uint64) bool { return x == v })
+		if len(rest) == 0 || !quorumOK(rest) {
+			log.Warn().Uint64("replica", v).Uints64("voters", mem.Voters).
+				Msg("not removing replica: the remaining voters would have no healthy majority")
+			continue
+		}
+		if v == me {
+			var to uint64
+			for _, r := range rest {
+				if r != me && healthy(r) && (to == 0 || mem.Progress[r].Match > mem.Progress[to].Match) {
+					to = r
+				}
+			}
+			if to != 0 {
+				log.Info().Uint64("to", to).Msg("leader leaves the group: transferring leadership first")
+				_ = h.rep.TransferLeader(ctx, g, to)
+			}
+			return
+		}
+		change("remove voter", v, pb.ConfChangeType_ConfChangeRemoveNode)
+		return
+	}
+}

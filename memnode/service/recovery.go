@@ -1,0 +1,251 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/memnode"
+	"github.com/tutti-gcs/tutti/replication"
+)
+
+// RecoveryConfig tunes the recovery coordinator that every host runs for
+// the memnodes it leads: each Interval it lists their in-doubt tids and
+// resolves those in doubt for longer than Timeout (client.Recover).
+type RecoveryConfig struct {
+	// Interval between scans; default 1s.
+	Interval time.Duration
+	// Timeout: a tid prepared longer ago than this (host clock against the
+	// memnode's PreparedAt) is presumed orphaned; default 2s. It is capped
+	// at a quarter of the memnode horizon, since recovery must finish
+	// while participants still remember decided tids.
+	Timeout time.Duration
+	// Disabled turns recovery off (tests of in-doubt states only).
+	Disabled bool
+}
+
+// DefaultRecoveryConfig is used for zero fields.
+var DefaultRecoveryConfig = RecoveryConfig{Interval: time.Second, Timeout: 2 * time.Second}
+
+func (c RecoveryConfig) withDefaults(horizon int64) RecoveryConfig {
+	if c.Interval <= 0 {
+		c.Interval = DefaultRecoveryConfig.Interval
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = DefaultRecoveryConfig.Timeout
+	}
+	if limit := time.Duration(horizon / 4); limit > 0 && c.Timeout > limit {
+		c.Timeout = limit
+	}
+	if c.Interval > c.Timeout {
+		c.Interval = c.Timeout
+	}
+	return c
+}
+
+// RecoveryStats counts what this host's recovery coordinator did.
+type RecoveryStats struct {
+	Scans     uint64 // scans of a memnode this host led
+	Resolved  uint64 // in-doubt tids decided by this host (Committed+Aborted)
+	Committed uint64
+	Aborted   uint64
+	Failed    uint64 // resolutions that ended in an error (retried next scan)
+}
+
+// recoverer is the recovery coordinator of one host.
+type recoverer struct {
+	cfg   RecoveryConfig
+	id    uint64
+	seeds []string
+	dial  []grpc.DialOption
+	clock Clock
+	log   zerolog.Logger
+	rep   *replication.Host
+
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu struct {
+		sync.Mutex
+		cl *client.Client
+	}
+	scans, committed, aborted, failed atomic.Uint64
+}
+
+func newRecoverer(h *Host, log zerolog.Logger) *recoverer {
+	r := &recoverer{
+		cfg:   h.cfg.Recovery.withDefaults(h.cfg.Memnode.Horizon),
+		id:    h.cfg.ID,
+		dial:  h.cfg.DialOptions,
+		clock: h.cfg.Clock,
+		log:   log.With().Str("component", "recovery").Logger(),
+		rep:   h.rep,
+		done:  make(chan struct{}),
+	}
+	// This host first: its own server is the cheapest seed.
+	r.seeds = append(r.seeds, h.cfg.Hosts[h.cfg.ID])
+	for id, a := range h.cfg.Hosts {
+		if id != h.cfg.ID {
+			r.seeds = append(r.seeds, a)
+		}
+	}
+	return r
+}
+
+func (r *recoverer) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go r.run(ctx)
+}
+
+// stop ends the loop, waits for it and closes its client.
+func (r *recoverer) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
+	r.mu.Lock()
+	cl := r.mu.cl
+	r.mu.cl = nil
+	r.mu.Unlock()
+	if cl != nil {
+		cl.Close()
+	}
+}
+
+func (r *recoverer) run(ctx context.Context) {
+	defer close(r.done)
+	t := time.NewTicker(r.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.scan(ctx)
+	}
+}
+
+// scan resolves the old in-doubt tids of every memnode this host leads.
+func (r *recoverer) scan(ctx context.Context) {
+	for _, mn := range r.rep.Groups() {
+		if r.rep.Leader(mn) != r.id || ctx.Err() != nil {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+		txs, err := inDoubt(rctx, r.rep, mn)
+		cancel()
+		if err != nil {
+			r.log.Debug().Err(err).Uint64("memnode", mn).Msg("in-doubt listing failed")
+			continue
+		}
+		r.scans.Add(1)
+		now := r.clock.Now().UnixNano()
+		for _, t := range txs {
+			if now-t.PreparedAt < int64(r.cfg.Timeout) || ctx.Err() != nil {
+				continue
+			}
+			r.resolve(ctx, mn, t)
+		}
+	}
+}
+
+func (r *recoverer) resolve(ctx context.Context, mn uint64, t memnode.InDoubtTx) {
+	tid := client.TID{Client: t.TID.Client, Seq: t.TID.Seq, Time: t.TID.Time}
+	ev := r.log.With().Uint64("memnode", mn).Stringer("tid", tid).Uints64("participants", t.Participants).Logger()
+	cl, err := r.client(ctx)
+	if err != nil {
+		r.failed.Add(1)
+		ev.Warn().Err(err).Msg("recovery: no client")
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*r.cfg.Timeout)
+	defer cancel()
+	committed, err := cl.Recover(rctx, tid, t.Participants)
+	if err != nil {
+		r.failed.Add(1)
+		ev.Warn().Err(err).Msg("recovery of in-doubt minitransaction failed; retrying at the next scan")
+		return
+	}
+	if committed {
+		r.committed.Add(1)
+	} else {
+		r.aborted.Add(1)
+	}
+	ev.Info().Bool("committed", committed).Dur("in_doubt_for", time.Duration(r.clock.Now().UnixNano()-t.PreparedAt)).
+		Msg("recovered in-doubt minitransaction")
+}
+
+// client returns the recovery client, connecting it on first use.
+func (r *recoverer) client(ctx context.Context) (*client.Client, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mu.cl != nil {
+		return r.mu.cl, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cl, err := client.New(cctx, client.Config{Seeds: r.seeds, DialOptions: r.dial, Logger: r.log})
+	if err != nil {
+		return nil, err
+	}
+	r.mu.cl = cl
+	return cl, nil
+}
+
+func (r *recoverer) stats() RecoveryStats {
+	c, a := r.committed.Load(), r.aborted.Load()
+	return RecoveryStats{Scans: r.scans.Load(), Resolved: c + a, Committed: c, Aborted: a, Failed: r.failed.Load()}
+}
+
+// inDoubt lists memnode mn's in-doubt transactions with a linearizable read
+// on this host, which must lead mn.
+func inDoubt(ctx context.Context, rep *replication.Host, mn uint64) ([]memnode.InDoubtTx, error) {
+	b, err := rep.Read(ctx, mn, memnode.AppendInspect(nil, memnode.InspectInDoubt))
+	if err != nil {
+		return nil, err
+	}
+	_, txs, err := memnode.DecodeInDoubt(b)
+	if err != nil {
+		return nil, fmt.Errorf("memnode %d: %w", mn, err)
+	}
+	return txs, nil
+}
+
+// InDoubt lists memnode mn's in-doubt transactions (a linearizable read).
+// This host must lead mn: otherwise the error is a
+// *replication.NotLeaderError naming the leader.
+func (h *Host) InDoubt(ctx context.Context, mn uint64) ([]memnode.InDoubtTx, error) {
+	return inDoubt(ctx, h.rep, mn)
+}
+
+// MemnodeStats returns memnode mn's counts (memnode.Stats: pages, locks,
+// in-doubt, forced-abort and decided set sizes) with a linearizable read.
+// This host must lead mn, as for InDoubt.
+func (h *Host) MemnodeStats(ctx context.Context, mn uint64) (memnode.Stats, error) {
+	b, err := h.rep.Read(ctx, mn, memnode.AppendInspect(nil, memnode.InspectStats))
+	if err != nil {
+		return memnode.Stats{}, err
+	}
+	s, err := memnode.DecodeStats(b)
+	if err != nil {
+		return memnode.Stats{}, fmt.Errorf("memnode %d: %w", mn, err)
+	}
+	return s, nil
+}
+
+// RecoveryStats returns what this host's recovery coordinator has done.
+func (h *Host) RecoveryStats() RecoveryStats {
+	if h.recovery == nil {
+		return RecoveryStats{}
+	}
+	return h.recovery.stats()
+}
