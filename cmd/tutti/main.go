@@ -65,6 +65,7 @@ with 'tutti mtx' or measure it with 'tutti bench mtx'.`,
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
 	root.AddCommand(newUp(g), newServer(g), newMtx(g), newBench(g))
+	root.AddCommand(newMemnodes(g), newMemnodeCmd(g), newReplicaCmd(g))
 	return root
 }
 

@@ -29,6 +29,7 @@ func newServer(g *globals) *cobra.Command {
 		noSync     bool
 		memSize    uint64
 		snapshotAt uint64
+		join       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -36,7 +37,10 @@ func newServer(g *globals) *cobra.Command {
 		Long: `Run one host of a multi-host cluster. Every host is started with the same
 --peers list and --memnodes/--replicas, from which each computes the same
 placement of memnode replicas on hosts; clients and other hosts reach a host at
-its address in --peers.
+its address in --peers. That placement is written to the directory in memnode 0
+at the first start; afterwards the directory decides, and changes online with
+'tutti memnode add' and 'tutti replica add|remove|move'. A host added later
+starts with --join and registers its address in the directory.
 
 Every flag can also come from the environment (TUTTI_ plus the flag name in
 upper case with - as _, e.g. TUTTI_DATA_DIR) or from a JSON config file given
@@ -45,6 +49,10 @@ Precedence: command line, then environment, then config file, then default.`,
 		Example: `  # three hosts, each on its own machine:
   tutti server --id 1 --listen :7400 --data-dir /var/lib/tutti \
       --peers 1=10.0.0.1:7400,2=10.0.0.2:7400,3=10.0.0.3:7400
+  # a fourth host joining the running cluster empty, then taking a replica:
+  tutti server --id 4 --listen :7400 --data-dir /var/lib/tutti --join \
+      --peers 1=10.0.0.1:7400,2=10.0.0.2:7400,3=10.0.0.3:7400,4=10.0.0.4:7400
+  tutti replica move 1 1 4 --seed 10.0.0.1:7400 --wait
   # the same from the environment:
   TUTTI_ID=2 TUTTI_PEERS=1=a:7400,2=b:7400,3=c:7400 TUTTI_DATA_DIR=/data tutti server`,
 		Args: cobra.NoArgs,
@@ -65,9 +73,11 @@ Precedence: command line, then environment, then config file, then default.`,
 				ids = append(ids, h)
 			}
 			sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-			specs, err := service.Place(ids, memnodes, replicas)
-			if err != nil {
-				return err
+			var specs []service.MemnodeSpec
+			if !join {
+				if specs, err = service.Place(ids, memnodes, replicas); err != nil {
+					return err
+				}
 			}
 			if listen == "" {
 				listen = hosts[id]
@@ -104,6 +114,7 @@ Precedence: command line, then environment, then config file, then default.`,
 	f.BoolVar(&noSync, "no-fsync", false, "do not fsync the Raft log (loses acknowledged writes on power loss)")
 	f.Uint64Var(&memSize, "memnode-size", 0, "address-space size of each memnode in bytes (default 2^40)")
 	f.Uint64Var(&snapshotAt, "snapshot-entries", 0, "snapshot and compact the log every this many entries (default 10000)")
+	f.BoolVar(&join, "join", false, "join a running cluster as an empty host (no replicas until 'tutti replica add' or 'tutti memnode add' places some here)")
 	return cmd
 }
 

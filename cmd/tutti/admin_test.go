@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tutti-gcs/tutti/internal/cluster"
+)
+
+func TestMemnodesAndReplicaCommands(t *testing.T) {
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir(), Hosts: 4, Spares: 1, Memnodes: 2,
+		DirectoryPoll: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitDirectory(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	seed := "--seed=" + c.Seeds()[0]
+
+	var got memnodesJSON
+	memnodes := func() error {
+		out, err := run(t, "memnodes", seed, "--json")
+		if err != nil {
+			return fmt.Errorf("memnodes: %v\n%s", err, out)
+		}
+		got = memnodesJSON{}
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			return fmt.Errorf("memnodes --json output %q: %v", out, err)
+		}
+		return nil
+	}
+	allUp := func() error {
+		if err := memnodes(); err != nil {
+			return err
+		}
+		for _, m := range got.Memnodes {
+			if m.Leader == 0 || !m.Converged {
+				return fmt.Errorf("memnode %d: leader %d converged %v", m.ID, m.Leader, m.Converged)
+			}
+			for _, r := range m.Replicas {
+				if r.Health != "up" {
+					return fmt.Errorf("memnode %d replica on host %d: %s", m.ID, r.Host, r.Health)
+				}
+			}
+		}
+		return nil
+	}
+	if err := cluster.Eventually(ctx, "every replica up", allUp); err != nil {
+		t.Fatal(err)
+	}
+	if got.Version == 0 || len(got.Hosts) != 4 || len(got.Memnodes) != 2 || len(got.Memnodes[1].Replicas) != 3 {
+		t.Fatalf("memnodes --json: %+v", got)
+	}
+
+	out, err := run(t, "memnode", "add", seed, "--replicas", "2,3,4", "--wait", "--json")
+	if err != nil {
+		t.Fatalf("memnode add: %v\n%s", err, out)
+	}
+	var added struct {
+		Memnode struct {
+			ID       uint64   `json:"id"`
+			Replicas []uint64 `json:"replicas"`
+		} `json:"memnode"`
+		Converged *bool `json:"converged"`
+	}
+	if err := json.Unmarshal([]byte(out), &added); err != nil || added.Memnode.ID != 2 || added.Converged == nil || !*added.Converged {
+		t.Fatalf("memnode add --json %q: %+v %v", out, added, err)
+	}
+
+	out, err = run(t, "replica", "move", "1", "1", "4", seed, "--wait")
+	if err != nil || !strings.Contains(out, "replicas converged") {
+		t.Fatalf("replica move: %v\n%s", err, out)
+	}
+	if err := cluster.Eventually(ctx, "every replica up after the move", allUp); err != nil {
+		t.Fatal(err)
+	}
+	var hosts []uint64
+	for _, r := range got.Memnodes[1].Replicas {
+		hosts = append(hosts, r.Host)
+	}
+	if !slices.Equal(hosts, []uint64{2, 3, 4}) || len(got.Memnodes) != 3 {
+		t.Fatalf("after the move: %+v", got.Memnodes)
+	}
+
+	// Refused changes exit 1 and say why.
+	for _, args := range [][]string{
+		{"replica", "remove", "99", "1"},
+		{"replica", "add", "0", "9"},
+		{"replica", "add", "0", "1"},
+	} {
+		out, err := run(t, append(args, seed)...)
+		var ee *exitError
+		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(err.Error(), "refused") {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	if _, err := run(t, "replica", "move", "1", "2", seed); err == nil {
+		t.Fatal("replica move with two arguments accepted")
+	}
+}
