@@ -86,3 +86,17 @@ func containsSession(ss []*session, s *session) bool {
 	}
 	return false
 }
+
+// Stats counts what a Client has done since New.
+type Stats struct {
+	// Decisions is the number of Commit/Abort decisions sent to
+	// participants of two-phase minitransactions; DecisionRequests the
+	// requests that carried them (several decisions for one memnode that
+	// are ready together share one request and one log entry).
+	Decisions, DecisionRequests uint64
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() Stats {
+	return Stats{Decisions: c.stats.decisions.Load(), DecisionRequests: c.stats.decisionRequests.Load()}
+}

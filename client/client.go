@@ -74,6 +74,10 @@ type Client struct {
 	}
 	bg sync.WaitGroup // background commit/abort senders
 
+	stats struct {
+		decisions, decisionRequests atomic.Uint64
+	}
+
 	refreshMu   sync.Mutex // serializes layout refreshes after errors (admin.go)
 	refreshedAt time.Time
 }

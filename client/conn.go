@@ -36,8 +36,11 @@ type session struct {
 		sync.Mutex
 		pending map[uint64]func(*tuttipb.Response)
 		queue   []*tuttipb.Request
-		sending bool
-		err     error
+		// decisions: the Commit/Abort request per (memnode, kind) still in
+		// queue, which later decisions join (queueDecision).
+		decisions map[decisionKey]*tuttipb.Request
+		sending   bool
+		err       error
 	}
 	done chan struct{}
 }
@@ -78,6 +81,7 @@ func (c *conn) session() (*session, uint64, error) {
 	}
 	s := &session{c: c, stream: st, cancel: cancel, done: make(chan struct{})}
 	s.mu.pending = make(map[uint64]func(*tuttipb.Response))
+	s.mu.decisions = make(map[decisionKey]*tuttipb.Request)
 	c.mu.stream = s
 	go s.recvLoop()
 	return s, id, nil
@@ -128,6 +132,41 @@ func (c *conn) start(req *tuttipb.Request, done func(*tuttipb.Response), flush b
 	return s, nil
 }
 
+type decisionKey struct {
+	memnode uint64
+	kind    tuttipb.Kind
+}
+
+// queueDecision queues a Commit or Abort (kind) of tid at memnode mn
+// without flushing. If a decision request of the same memnode and kind is
+// still waiting in the queue and holds fewer than max tids, tid joins it
+// (Request.more_tids: one request, one log entry for many decisions);
+// otherwise a new request is queued. done is called once per request, with
+// the response and the request, whose tids say which decisions it carried;
+// it must not block. merged reports that tid joined an existing request.
+func (c *conn) queueDecision(mn uint64, kind tuttipb.Kind, tid *tuttipb.Tid, max int,
+	done func(*tuttipb.Response, *tuttipb.Request)) (s *session, merged bool, err error) {
+	s, id, err := c.session()
+	if err != nil {
+		return nil, false, errors.Join(errNotSent, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.err != nil {
+		return nil, false, errors.Join(errNotSent, s.mu.err)
+	}
+	k := decisionKey{mn, kind}
+	if req := s.mu.decisions[k]; req != nil && 1+len(req.MoreTids) < max {
+		req.MoreTids = append(req.MoreTids, tid)
+		return s, true, nil
+	}
+	req := &tuttipb.Request{Id: id, Memnode: mn, Kind: kind, Tid: tid}
+	s.mu.pending[id] = func(r *tuttipb.Response) { done(r, req) }
+	s.mu.queue = append(s.mu.queue, req)
+	s.mu.decisions[k] = req
+	return s, false, nil
+}
+
 // flush sends whatever start queued without flushing.
 func (s *session) flush() {
 	s.mu.Lock()
@@ -145,6 +184,7 @@ func (s *session) flushLocked() {
 	for len(s.mu.queue) > 0 && s.mu.err == nil {
 		batch := s.mu.queue
 		s.mu.queue = nil
+		clear(s.mu.decisions) // sent requests must not change any more
 		s.mu.Unlock()
 		err := s.stream.Send(&tuttipb.RequestBatch{Requests: batch})
 		s.mu.Lock()
@@ -174,6 +214,7 @@ func (s *session) failLocked(err error) {
 		unsent[r.Id] = true
 	}
 	s.mu.queue = nil
+	clear(s.mu.decisions)
 	for id, done := range s.mu.pending {
 		st := tuttipb.Status_STATUS_UNKNOWN_OUTCOME
 		if unsent[id] {

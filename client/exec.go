@@ -312,34 +312,46 @@ func (c *Client) decide(tid *tuttipb.Tid, parts []*part, kind tuttipb.Kind) erro
 		c.callDefinite(ctx, &tuttipb.Request{Memnode: parts[0].memnode, Kind: kind, Tid: tid})
 		return crashed(parts[0].memnode, CrashAfterFirstDecision, tid)
 	}
+	maxItems, _ := c.limits()
 	var flush []*session
 	for _, p := range parts {
-		req := &tuttipb.Request{Memnode: p.memnode, Kind: kind, Tid: tid}
 		c.bg.Add(1)
-		// Fast path: queue the decision on the leader's session and let
-		// the receiving goroutine note the answer; only an answer other
-		// than OK costs a goroutine.
+		c.stats.decisions.Add(1)
+		// Fast path: queue the decision on the leader's session, joining
+		// one for the same memnode that has not left yet; the receiving
+		// goroutine notes the answer. Only an answer other than OK costs a
+		// goroutine.
 		if cn, _, err := c.route(p.memnode); err == nil {
-			s, err := cn.start(req, func(r *tuttipb.Response) {
-				if r.GetStatus() == tuttipb.Status_STATUS_OK {
-					c.bg.Done()
-					return
-				}
-				go c.deliverDecision(req)
-			}, false)
+			s, merged, err := cn.queueDecision(p.memnode, kind, tid, maxItems, c.decisionAnswered)
 			if err == nil {
+				if !merged {
+					c.stats.decisionRequests.Add(1)
+				}
 				if !containsSession(flush, s) {
 					flush = append(flush, s)
 				}
 				continue
 			}
 		}
-		go c.deliverDecision(req)
+		go c.deliverDecision(&tuttipb.Request{Memnode: p.memnode, Kind: kind, Tid: tid})
 	}
 	for _, s := range flush {
 		s.flush()
 	}
 	return nil
+}
+
+// decisionAnswered handles the answer to a (possibly batched) decision
+// request: each tid it carried was counted in c.bg.
+func (c *Client) decisionAnswered(r *tuttipb.Response, req *tuttipb.Request) {
+	n := 1 + len(req.GetMoreTids())
+	if r.GetStatus() == tuttipb.Status_STATUS_OK {
+		c.bg.Add(-n)
+		return
+	}
+	for _, tid := range append([]*tuttipb.Tid{req.GetTid()}, req.GetMoreTids()...) {
+		go c.deliverDecision(&tuttipb.Request{Memnode: req.GetMemnode(), Kind: req.GetKind(), Tid: tid})
+	}
 }
 
 // deliverDecision retries a Commit or Abort until a participant has applied

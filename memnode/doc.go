@@ -51,6 +51,11 @@
 //     in-doubt transactions (for recovery), InspectStats returns Stats.
 //     Answer dispatches any encoded query.
 //
+// A Commit or Abort entry may carry more tids (Entry.More): they are decided
+// the same way, in order, in the same step, and the Result is the first
+// tid's. Coordinators batch their decisions so; the state equals applying
+// them one entry each.
+//
 // Exec ignores TID and Participants; only Prepare keeps Participants.
 // Commit, Abort and AbortUnlessVoted are idempotent. Lock conflicts: a
 // shared request conflicts with an overlapping exclusive lock; an exclusive

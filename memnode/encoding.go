@@ -14,6 +14,7 @@ import (
 // Append(Decode(b)) == b whenever Decode succeeds.
 //
 //	entry  = 0x01 kind:byte now:varint tid participants:uvarint* op
+//	       | 0x02 kind:byte now:varint tid participants:uvarint* op more:tid*   (more non-empty)
 //	query  = 0x01 now:varint op
 //	result = 0x01 vote:byte failed:varint outcome:byte err reads:bytes*
 //	tid    = client:uvarint seq:uvarint time:varint
@@ -23,21 +24,34 @@ import (
 // where x* is a uvarint count followed by that many x.
 const (
 	entryVersion  = 1
+	entryVersion2 = 2 // entryVersion with Entry.More
 	queryVersion  = 1
 	resultVersion = 1
 )
 
 // AppendEntry appends the encoding of e to dst.
 func AppendEntry(dst []byte, e *Entry) []byte {
-	dst = slices.Grow(dst, 3+3*binary.MaxVarintLen64+len(e.Participants)*binary.MaxVarintLen64+opSize(&e.Op))
-	dst = append(dst, entryVersion, byte(e.Kind))
+	dst = slices.Grow(dst, 3+3*binary.MaxVarintLen64+len(e.Participants)*binary.MaxVarintLen64+opSize(&e.Op)+
+		(1+len(e.More)*3)*binary.MaxVarintLen64)
+	v := byte(entryVersion)
+	if len(e.More) > 0 {
+		v = entryVersion2
+	}
+	dst = append(dst, v, byte(e.Kind))
 	dst = binary.AppendVarint(dst, e.Now)
 	dst = appendTID(dst, e.TID)
 	dst = binary.AppendUvarint(dst, uint64(len(e.Participants)))
 	for _, p := range e.Participants {
 		dst = binary.AppendUvarint(dst, p)
 	}
-	return appendOp(dst, &e.Op)
+	dst = appendOp(dst, &e.Op)
+	if len(e.More) > 0 {
+		dst = binary.AppendUvarint(dst, uint64(len(e.More)))
+		for _, t := range e.More {
+			dst = appendTID(dst, t)
+		}
+	}
+	return dst
 }
 
 // DecodeEntry decodes an entry encoded by AppendEntry. The entry's byte
@@ -45,7 +59,11 @@ func AppendEntry(dst []byte, e *Entry) []byte {
 func DecodeEntry(b []byte) (Entry, error) {
 	d := decoder{b: b, what: "entry"}
 	var e Entry
-	if d.version(entryVersion) {
+	v := byte(entryVersion)
+	if len(b) > 0 && b[0] == entryVersion2 {
+		v = entryVersion2
+	}
+	if d.version(v) {
 		e.Kind = Kind(d.byte())
 		e.Now = d.varint()
 		e.TID = d.tid()
@@ -56,6 +74,18 @@ func DecodeEntry(b []byte) (Entry, error) {
 			}
 		}
 		d.op(&e.Op)
+		if v == entryVersion2 {
+			n := d.count(3)
+			if n == 0 && d.err == nil {
+				d.fail("version 2 without more tids")
+			}
+			if n > 0 {
+				e.More = make([]TID, n)
+				for i := range e.More {
+					e.More[i] = d.tid()
+				}
+			}
+		}
 	}
 	if err := d.finish(); err != nil {
 		return Entry{}, err

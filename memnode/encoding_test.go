@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -26,6 +27,7 @@ func sampleEntries() []Entry {
 			},
 		},
 		{Kind: KindCommit, Now: -5, TID: TID{Client: 1, Seq: 2, Time: -3}},
+		{Kind: KindAbort, Now: 9, TID: TID{Client: 1, Seq: 2, Time: 3}, More: []TID{{Client: 4, Seq: 5, Time: -6}, {Client: math.MaxUint64, Seq: 1, Time: 1}}},
 		{Kind: KindAbortUnlessVoted, Now: 1e18, TID: TID{Client: 1, Seq: 2, Time: 1e18}},
 		{Kind: 200},
 	}
@@ -53,7 +55,7 @@ func TestEntryRoundTrip(t *testing.T) {
 // entriesEqual compares entries treating nil and empty slices alike.
 func entriesEqual(a, b *Entry) bool {
 	return bytes.Equal(AppendEntry(nil, a), AppendEntry(nil, b)) &&
-		a.Kind == b.Kind && a.Now == b.Now && a.TID == b.TID &&
+		a.Kind == b.Kind && a.Now == b.Now && a.TID == b.TID && slices.Equal(a.More, b.More) &&
 		len(a.Participants) == len(b.Participants) &&
 		len(a.Op.Compares) == len(b.Op.Compares) && len(a.Op.Reads) == len(b.Op.Reads) && len(a.Op.Writes) == len(b.Op.Writes)
 }
@@ -110,7 +112,7 @@ func TestDecodeRejects(t *testing.T) {
 		want error
 	}{
 		{"empty", nil, ErrCorrupt},
-		{"version", append([]byte{2}, good[1:]...), ErrVersion},
+		{"version", append([]byte{3}, good[1:]...), ErrVersion},
 		{"trailing", append(bytes.Clone(good), 0), ErrCorrupt},
 		{"non-minimal varint", []byte{1, 1, 0x80, 0x00, 0, 0, 0, 0, 0, 0, 0}, ErrCorrupt},
 		{"huge count", []byte{1, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f}, ErrCorrupt},

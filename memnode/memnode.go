@@ -97,13 +97,28 @@ func (m *Memnode) Apply(e *Entry) Result {
 	if err := m.cfg.ValidateOp(e.Kind, &e.Op); err != nil {
 		return invalid(err)
 	}
+	if len(e.More) > 0 {
+		if e.Kind != KindCommit && e.Kind != KindAbort {
+			return invalid(fmt.Errorf("%w: only Commit and Abort carry more tids, not %v", ErrInvalid, e.Kind))
+		}
+		if len(e.More) > m.cfg.MaxItems {
+			return invalid(fmt.Errorf("%w: %d more tids exceed the limit of %d", ErrInvalid, len(e.More), m.cfg.MaxItems))
+		}
+	}
 	now := max(m.clock, e.Now)
 	if e.Kind != KindExec && e.Kind != KindCommit {
 		// These kinds may record the tid; one dated beyond the horizon
 		// would never expire.
-		if limit := addSat(now, m.cfg.Horizon); e.TID.Time > limit {
-			return invalid(fmt.Errorf("%w: tid %v is dated more than the horizon (%d ns) after the memnode clock %d",
-				ErrInvalid, e.TID, m.cfg.Horizon, now))
+		limit := addSat(now, m.cfg.Horizon)
+		for i := -1; i < len(e.More); i++ {
+			tid := e.TID
+			if i >= 0 {
+				tid = e.More[i]
+			}
+			if tid.Time > limit {
+				return invalid(fmt.Errorf("%w: tid %v is dated more than the horizon (%d ns) after the memnode clock %d",
+					ErrInvalid, tid, m.cfg.Horizon, now))
+			}
 		}
 	}
 	m.advance(now)
@@ -113,9 +128,17 @@ func (m *Memnode) Apply(e *Entry) Result {
 	case KindPrepare:
 		return m.prepare(e)
 	case KindCommit:
-		return m.commit(e.TID)
+		r := m.commit(e.TID)
+		for _, tid := range e.More {
+			m.commit(tid)
+		}
+		return r
 	case KindAbort:
-		return m.abort(e.TID)
+		r := m.abort(e.TID)
+		for _, tid := range e.More {
+			m.abort(tid)
+		}
+		return r
 	default: // KindAbortUnlessVoted; ValidateOp rejected the rest
 		return m.abortUnlessVoted(e.TID)
 	}

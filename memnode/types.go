@@ -59,6 +59,10 @@ type Entry struct {
 	// (Prepare only), so recovery can find the others.
 	Participants []uint64
 	Op           Op
+	// More (Commit and Abort only) lists further tids decided the same
+	// way, applied in order after TID in the same step. Coordinators batch
+	// their decisions this way; the Result is TID's.
+	More []TID
 }
 
 // Vote is a participant's answer. Values are part of the wire format.

@@ -491,10 +491,14 @@ type Request struct {
 	Kind    Kind   `protobuf:"varint,3,opt,name=kind,proto3,enum=tutti.v1.Kind" json:"kind,omitempty"`
 	Tid     *Tid   `protobuf:"bytes,4,opt,name=tid,proto3" json:"tid,omitempty"`
 	// Memnode ids of every participant (two-phase only).
-	Participants  []uint64   `protobuf:"varint,5,rep,packed,name=participants,proto3" json:"participants,omitempty"`
-	Compares      []*Compare `protobuf:"bytes,6,rep,name=compares,proto3" json:"compares,omitempty"`
-	Reads         []*Read    `protobuf:"bytes,7,rep,name=reads,proto3" json:"reads,omitempty"`
-	Writes        []*Write   `protobuf:"bytes,8,rep,name=writes,proto3" json:"writes,omitempty"`
+	Participants []uint64   `protobuf:"varint,5,rep,packed,name=participants,proto3" json:"participants,omitempty"`
+	Compares     []*Compare `protobuf:"bytes,6,rep,name=compares,proto3" json:"compares,omitempty"`
+	Reads        []*Read    `protobuf:"bytes,7,rep,name=reads,proto3" json:"reads,omitempty"`
+	Writes       []*Write   `protobuf:"bytes,8,rep,name=writes,proto3" json:"writes,omitempty"`
+	// KIND_COMMIT and KIND_ABORT only: further tids decided the same way in
+	// the same log entry (a coordinator batching its decisions). The response
+	// reports on tid; it is STATUS_OK only if all of them were applied.
+	MoreTids      []*Tid `protobuf:"bytes,9,rep,name=more_tids,json=moreTids,proto3" json:"more_tids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -581,6 +585,13 @@ func (x *Request) GetReads() []*Read {
 func (x *Request) GetWrites() []*Write {
 	if x != nil {
 		return x.Writes
+	}
+	return nil
+}
+
+func (x *Request) GetMoreTids() []*Tid {
+	if x != nil {
+		return x.MoreTids
 	}
 	return nil
 }
@@ -1340,7 +1351,7 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\x03len\x18\x02 \x01(\rR\x03len\"/\n" +
 	"\x05Write\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\x9a\x02\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xc6\x02\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\amemnode\x18\x02 \x01(\x04R\amemnode\x12\"\n" +
@@ -1349,7 +1360,8 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\fparticipants\x18\x05 \x03(\x04R\fparticipants\x12-\n" +
 	"\bcompares\x18\x06 \x03(\v2\x11.tutti.v1.CompareR\bcompares\x12$\n" +
 	"\x05reads\x18\a \x03(\v2\x0e.tutti.v1.ReadR\x05reads\x12'\n" +
-	"\x06writes\x18\b \x03(\v2\x0f.tutti.v1.WriteR\x06writes\"\xaa\x02\n" +
+	"\x06writes\x18\b \x03(\v2\x0f.tutti.v1.WriteR\x06writes\x12*\n" +
+	"\tmore_tids\x18\t \x03(\v2\r.tutti.v1.TidR\bmoreTids\"\xaa\x02\n" +
 	"\bResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.tutti.v1.StatusR\x06status\x12\"\n" +
@@ -1479,26 +1491,27 @@ var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	5,  // 2: tutti.v1.Request.compares:type_name -> tutti.v1.Compare
 	6,  // 3: tutti.v1.Request.reads:type_name -> tutti.v1.Read
 	7,  // 4: tutti.v1.Request.writes:type_name -> tutti.v1.Write
-	3,  // 5: tutti.v1.Response.status:type_name -> tutti.v1.Status
-	1,  // 6: tutti.v1.Response.vote:type_name -> tutti.v1.Vote
-	2,  // 7: tutti.v1.Response.outcome:type_name -> tutti.v1.Outcome
-	8,  // 8: tutti.v1.RequestBatch.requests:type_name -> tutti.v1.Request
-	9,  // 9: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
-	13, // 10: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
-	14, // 11: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
-	17, // 12: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
-	18, // 13: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
-	10, // 14: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
-	12, // 15: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
-	16, // 16: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
-	11, // 17: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
-	15, // 18: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
-	19, // 19: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
-	17, // [17:20] is the sub-list for method output_type
-	14, // [14:17] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	4,  // 5: tutti.v1.Request.more_tids:type_name -> tutti.v1.Tid
+	3,  // 6: tutti.v1.Response.status:type_name -> tutti.v1.Status
+	1,  // 7: tutti.v1.Response.vote:type_name -> tutti.v1.Vote
+	2,  // 8: tutti.v1.Response.outcome:type_name -> tutti.v1.Outcome
+	8,  // 9: tutti.v1.RequestBatch.requests:type_name -> tutti.v1.Request
+	9,  // 10: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
+	13, // 11: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
+	14, // 12: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
+	17, // 13: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
+	18, // 14: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
+	10, // 15: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
+	12, // 16: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
+	16, // 17: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
+	11, // 18: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
+	15, // 19: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
+	19, // 20: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
+	18, // [18:21] is the sub-list for method output_type
+	15, // [15:18] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_tutti_v1_memnode_proto_init() }

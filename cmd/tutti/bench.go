@@ -46,8 +46,10 @@ type benchPoint struct {
 	Embedded     bool    `json:"embedded_cluster"`
 	// CPU time of this process per op (the whole cluster's when embedded).
 	CPUusPerOp float64 `json:"cpu_us_per_op"`
-	GOMAXPROCS int     `json:"gomaxprocs"`
-	Time       string  `json:"time"`
+	// Two-phase decisions per decision request (batching at the client).
+	DecisionsPerRequest float64 `json:"decisions_per_request,omitempty"`
+	GOMAXPROCS          int     `json:"gomaxprocs"`
+	Time                string  `json:"time"`
 }
 
 func newBench(g *globals) *cobra.Command {
@@ -193,9 +195,13 @@ existing cluster.`,
 					case "cas2":
 						gen = func(w int) txGen { return newCAS2(cl, mns, words, w, n) }
 					}
+					st0 := cl.Stats()
 					p, err := runMtxPoint(ctx, cl, n, warmup, duration, gen, quiet, cmd.ErrOrStderr())
 					if err != nil {
 						return err
+					}
+					if st := cl.Stats(); st.DecisionRequests > st0.DecisionRequests {
+						p.DecisionsPerRequest = float64(st.Decisions-st0.Decisions) / float64(st.DecisionRequests-st0.DecisionRequests)
 					}
 					p.Workload, p.Fsync, p.Embedded, p.Replicas = workload, !noSync, embedded, replicas
 					p.Memnodes = len(mns)

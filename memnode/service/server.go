@@ -172,6 +172,21 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 		ob.push(invalid(id, err.Error()))
 		return
 	}
+	var more []memnode.TID
+	if mt := req.GetMoreTids(); len(mt) > 0 {
+		if kind != memnode.KindCommit && kind != memnode.KindAbort {
+			ob.push(invalid(id, fmt.Sprintf("only commit and abort requests carry more tids, not %v", req.GetKind())))
+			return
+		}
+		if len(mt) > s.mcfg.MaxItems {
+			ob.push(invalid(id, fmt.Sprintf("%d more tids exceed the limit of %d", len(mt), s.mcfg.MaxItems)))
+			return
+		}
+		more = make([]memnode.TID, len(mt))
+		for i, t := range mt {
+			more[i] = memnode.TID{Client: t.GetClient(), Seq: t.GetSeq(), Time: t.GetTime()}
+		}
+	}
 	now := s.clock.Now().UnixNano()
 	ob.begin()
 	done := func(res []byte, err error) {
@@ -189,6 +204,7 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 		TID:          memnode.TID{Client: t.GetClient(), Seq: t.GetSeq(), Time: t.GetTime()},
 		Participants: req.GetParticipants(),
 		Op:           op,
+		More:         more,
 	}
 	s.rep.ProposeAsync(mn, memnode.AppendEntry(nil, &e), done)
 }
