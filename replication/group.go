@@ -725,7 +725,9 @@ func (w *worker) cycle() {
 	for i := range rds {
 		rd, g := &rds[i], gs[i]
 		if rd.SoftState != nil {
-			g.leader.Store(rd.SoftState.Lead)
+			if old := g.leader.Swap(rd.SoftState.Lead); old != rd.SoftState.Lead && rd.SoftState.Lead != 0 {
+				g.h.stats.leaderChanges.Add(1)
+			}
 		}
 		if !raft.IsEmptySnap(rd.Snapshot) {
 			if err := b.setSnapshot(g.id, rd.Snapshot, true); err != nil {

@@ -604,10 +604,15 @@ type Stats struct {
 	ReadIndexes uint64 // ReadIndex requests issued (each serves a batch of reads)
 	Snapshots   uint64 // snapshots taken locally
 	Restores    uint64 // snapshots restored (received or at recovery)
+	// LeaderChanges counts, over this host's replicas, how often the
+	// known leader changed to another (non-zero) one, elections at start
+	// included. Growth under steady load means leadership churn.
+	LeaderChanges uint64
 }
 
 type stats struct {
 	proposals, entries, cycles, readies, batches, fsyncs, applies, applied, reads, readIndexes, snapshots, restores atomic.Uint64
+	leaderChanges                                                                                                   atomic.Uint64
 }
 
 // Stats returns the host's counters.
@@ -617,6 +622,6 @@ func (h *Host) Stats() Stats {
 		Proposals: s.proposals.Load(), Entries: s.entries.Load(), Cycles: s.cycles.Load(),
 		Readies: s.readies.Load(), Batches: s.batches.Load(), Fsyncs: s.fsyncs.Load(),
 		Applies: s.applies.Load(), Applied: s.applied.Load(), Reads: s.reads.Load(),
-		ReadIndexes: s.readIndexes.Load(), Snapshots: s.snapshots.Load(), Restores: s.restores.Load(),
+		ReadIndexes: s.readIndexes.Load(), Snapshots: s.snapshots.Load(), Restores: s.restores.Load(), LeaderChanges: s.leaderChanges.Load(),
 	}
 }

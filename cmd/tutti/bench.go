@@ -46,6 +46,9 @@ type benchPoint struct {
 	Embedded     bool    `json:"embedded_cluster"`
 	// CPU time of this process per op (the whole cluster's when embedded).
 	CPUusPerOp float64 `json:"cpu_us_per_op"`
+	// Leader changes seen by the embedded cluster's replicas during the
+	// point (leadership churn under load shows here).
+	LeaderChanges uint64 `json:"leader_changes"`
 	// Two-phase decisions per decision request (batching at the client).
 	DecisionsPerRequest float64 `json:"decisions_per_request,omitempty"`
 	GOMAXPROCS          int     `json:"gomaxprocs"`
@@ -158,6 +161,7 @@ existing cluster.`,
 			run := func(size int) error {
 				seeds := splitSeeds(seed)
 				replicas := 0
+				leaderChanges := func() uint64 { return 0 }
 				if embedded {
 					c, err := cluster.Start(cluster.Config{Memnodes: size, NoSync: noSync, Logger: log.Level(max(log.GetLevel(), zerolog.WarnLevel))})
 					if err != nil {
@@ -172,6 +176,13 @@ existing cluster.`,
 					}
 					seeds = c.Seeds()
 					replicas = len(c.Memnodes()[0].Replicas)
+					leaderChanges = func() uint64 {
+						var n uint64
+						for _, h := range c.Hosts {
+							n += h.Replication().Stats().LeaderChanges
+						}
+						return n
+					}
 				}
 				ctx := cmd.Context()
 				cl, err := client.New(ctx, client.Config{Seeds: seeds, Logger: log})
@@ -195,11 +206,12 @@ existing cluster.`,
 					case "cas2":
 						gen = func(w int) txGen { return newCAS2(cl, mns, words, w, n) }
 					}
-					st0 := cl.Stats()
+					st0, lc0 := cl.Stats(), leaderChanges()
 					p, err := runMtxPoint(ctx, cl, n, warmup, duration, gen, quiet, cmd.ErrOrStderr())
 					if err != nil {
 						return err
 					}
+					p.LeaderChanges = leaderChanges() - lc0
 					if st := cl.Stats(); st.DecisionRequests > st0.DecisionRequests {
 						p.DecisionsPerRequest = float64(st.Decisions-st0.Decisions) / float64(st.DecisionRequests-st0.DecisionRequests)
 					}
