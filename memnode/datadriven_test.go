@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cockroachdb/datadriven"
+	dd "github.com/cockroachdb/datadriven"
 )
 
 // TestDataDriven replays the scripts in testdata/. Commands:
@@ -29,12 +29,12 @@ import (
 // internal invariants, that Restore(Snapshot()) reproduces the state, and
 // that invalid entries and queries changed nothing.
 func TestDataDriven(t *testing.T) {
-	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+	dd.Walk(t, "testdata", func(t *testing.T, path string) {
 		m, err := New(Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+		dd.RunTest(t, path, func(t *testing.T, d *dd.TestData) string {
 			before := m.Snapshot()
 			out, mutates := runCommand(t, &m, d)
 			checkInvariants(t, m)
@@ -49,7 +49,7 @@ func TestDataDriven(t *testing.T) {
 }
 
 // runCommand runs one command; mutates reports whether it may change state.
-func runCommand(t *testing.T, mp **Memnode, d *datadriven.TestData) (string, bool) {
+func runCommand(t *testing.T, mp **Memnode, d *dd.TestData) (string, bool) {
 	m := *mp
 	switch d.Cmd {
 	case "new":
@@ -107,13 +107,13 @@ func runCommand(t *testing.T, mp **Memnode, d *datadriven.TestData) (string, boo
 	return "", false
 }
 
-func argString(t *testing.T, d *datadriven.TestData, key string) string {
+func argString(t *testing.T, d *dd.TestData, key string) string {
 	var s string
 	d.ScanArgs(t, key, &s)
 	return s
 }
 
-func argUint(t *testing.T, d *datadriven.TestData, key string, def uint64) uint64 {
+func argUint(t *testing.T, d *dd.TestData, key string, def uint64) uint64 {
 	if !d.HasArg(key) {
 		return def
 	}
@@ -129,7 +129,7 @@ func mustUint(t *testing.T, s string) uint64 {
 }
 
 // parseTID parses C.S or C.S@T; T defaults to now.
-func parseTID(t *testing.T, d *datadriven.TestData, now int64) TID {
+func parseTID(t *testing.T, d *dd.TestData, now int64) TID {
 	s := argString(t, d, "tid")
 	s, at, hasAt := strings.Cut(s, "@")
 	c, sq, ok := strings.Cut(s, ".")
@@ -147,7 +147,7 @@ func parseTID(t *testing.T, d *datadriven.TestData, now int64) TID {
 	return tid
 }
 
-func parseOp(t *testing.T, d *datadriven.TestData) Op {
+func parseOp(t *testing.T, d *dd.TestData) Op {
 	var op Op
 	for _, line := range strings.Split(d.Input, "\n") {
 		line = strings.TrimSpace(line)

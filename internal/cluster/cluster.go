@@ -1,6 +1,3 @@
-// Package cluster starts a complete tutti cluster inside one process: several
-// hosts on loopback, each holding replicas of the memnodes. It backs
-// `tutti up`, `tutti bench` and the integration tests. It is not API.
 package cluster
 
 import (
