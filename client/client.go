@@ -74,6 +74,8 @@ type Client struct {
 	}
 	bg sync.WaitGroup // background commit/abort senders
 
+	watches watchSet // open watches (watch.go), closed by Close
+
 	stats struct {
 		decisions, decisionRequests atomic.Uint64
 	}
@@ -199,6 +201,7 @@ func (c *Client) conn(addr string) (*conn, error) {
 // Close waits for background commit messages and closes all connections.
 func (c *Client) Close() error {
 	c.bg.Wait()
+	c.watches.closeAll()
 	c.mu.Lock()
 	c.mu.closed = true
 	conns := c.mu.conns

@@ -98,10 +98,35 @@
 // read their own write back to find out; Queue returns the position tried
 // and Queue.Enqueued answers whether the item landed there.
 //
+// # Watching memory
+//
+// Watch subscribes to address ranges of one memnode and reports, on a
+// channel, writes applied to them, so that readers (gcs delivery, queues)
+// need not poll:
+//
+//	w, err := c.Watch(ctx, mn, client.Range{Addr: tail, Len: 8})
+//	defer w.Close()
+//	read()                  // the state as of the subscription
+//	for ev := range w.C() { // ev.Ranges, or ev.Reset: re-read everything
+//		read()
+//	}
+//
+// Events are hints: they carry no data, may coalesce several writes (a
+// consumer that falls behind gets one merged event, never blocks the
+// stream), and may repeat a write; every write applied after Watch returns
+// is reported at least once. A read issued after an event observes at
+// least the state at its Index, because reads are linearizable. Only
+// writes that applied are reported: an Exec whose compares matched, a
+// two-phase minitransaction when its Commit applies at that memnode (a
+// Prepare alone reports nothing). The memnode's leader serves the stream;
+// when leadership moves or the stream breaks, the watch subscribes again at
+// the new leader and then delivers an event with Reset set, since changes
+// may have been missed in between.
+//
 // # Threading
 //
 // A Client is safe for concurrent use. A Tx is not; build one per goroutine.
-// Close waits for background Commit/Abort messages.
+// Close waits for background Commit/Abort messages and closes open watches.
 //
 // This package must not import memnode, replication or the server: it speaks
 // only the api/tuttipb wire protocol, like clients in other languages.

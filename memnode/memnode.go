@@ -405,6 +405,18 @@ func (m *Memnode) InDoubt() []InDoubtTx {
 	return out
 }
 
+// InDoubtWrites returns the write items an in-doubt tid will apply if it
+// commits, and whether tid is in doubt. The slices belong to the Memnode:
+// the caller must not modify them nor keep them past the next Apply. It
+// lets an observer learn which bytes a Commit is about to write.
+func (m *Memnode) InDoubtWrites(tid TID) ([]Write, bool) {
+	t := m.inDoubt[tid]
+	if t == nil {
+		return nil, false
+	}
+	return t.writes, true
+}
+
 // Stats returns the current counts.
 func (m *Memnode) Stats() Stats {
 	return Stats{

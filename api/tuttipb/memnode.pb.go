@@ -1334,6 +1334,271 @@ func (x *ReplicasInfo) GetGroups() []*ReplicaGroupStatus {
 	return nil
 }
 
+// A byte range [addr, addr+len) of a memnode's address space.
+type Range struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Addr          uint64                 `protobuf:"varint,1,opt,name=addr,proto3" json:"addr,omitempty"`
+	Len           uint64                 `protobuf:"varint,2,opt,name=len,proto3" json:"len,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Range) Reset() {
+	*x = Range{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Range) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Range) ProtoMessage() {}
+
+func (x *Range) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Range.ProtoReflect.Descriptor instead.
+func (*Range) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Range) GetAddr() uint64 {
+	if x != nil {
+		return x.Addr
+	}
+	return 0
+}
+
+func (x *Range) GetLen() uint64 {
+	if x != nil {
+		return x.Len
+	}
+	return 0
+}
+
+// WatchRequest subscribes to the applied writes of ranges of one memnode.
+// Every range must be non-empty and lie within the memnode's address space;
+// at most max_items ranges (ClusterInfo).
+type WatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Memnode       uint64                 `protobuf:"varint,1,opt,name=memnode,proto3" json:"memnode,omitempty"`
+	Ranges        []*Range               `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchRequest) GetMemnode() uint64 {
+	if x != nil {
+		return x.Memnode
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetRanges() []*Range {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+// WatchEvent reports that writes were applied to watched ranges. Events are
+// hints: they carry no data (read it with a minitransaction), several writes
+// may be coalesced into one event, and a write may be reported more than
+// once. Every write applied after the subscription was established (the
+// stream's first event) is reported at least once while the stream lasts.
+type WatchEvent struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Memnode uint64                 `protobuf:"varint,1,opt,name=memnode,proto3" json:"memnode,omitempty"`
+	// Raft log index of the latest applied entry this event covers (0 if the
+	// server does not know it). A read issued after receiving the event
+	// observes at least the memnode's state at that index (reads are
+	// linearizable).
+	Index uint64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	// The written bytes that fall within the watched ranges (the intersection
+	// of written ranges with watched ones), sorted and non-overlapping. May be
+	// empty when reset is set.
+	Ranges []*Range `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	// Changes may have been missed (the stream's first event, a snapshot
+	// installed on the serving replica, a subscriber buffer overflow):
+	// re-read every watched range.
+	Reset_ bool `protobuf:"varint,4,opt,name=reset,proto3" json:"reset,omitempty"`
+	// 1 for the stream's first event, then +1 per event.
+	Seq           uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEvent) Reset() {
+	*x = WatchEvent{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEvent) ProtoMessage() {}
+
+func (x *WatchEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
+func (*WatchEvent) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WatchEvent) GetMemnode() uint64 {
+	if x != nil {
+		return x.Memnode
+	}
+	return 0
+}
+
+func (x *WatchEvent) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *WatchEvent) GetRanges() []*Range {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetReset_() bool {
+	if x != nil {
+		return x.Reset_
+	}
+	return false
+}
+
+func (x *WatchEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// WatchError is attached (as a gRPC status detail) to the status that ends
+// a Watch stream: status says why, in the terms of Response.status
+// (STATUS_NOT_LEADER with a leader hint, STATUS_UNKNOWN_MEMNODE,
+// STATUS_INVALID, STATUS_UNAVAILABLE).
+type WatchError struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Status Status                 `protobuf:"varint,1,opt,name=status,proto3,enum=tutti.v1.Status" json:"status,omitempty"`
+	// With STATUS_NOT_LEADER: the host believed to lead, 0 if unknown.
+	LeaderHost    uint64 `protobuf:"varint,2,opt,name=leader_host,json=leaderHost,proto3" json:"leader_host,omitempty"`
+	LeaderAddr    string `protobuf:"bytes,3,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchError) Reset() {
+	*x = WatchError{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchError) ProtoMessage() {}
+
+func (x *WatchError) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchError.ProtoReflect.Descriptor instead.
+func (*WatchError) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *WatchError) GetStatus() Status {
+	if x != nil {
+		return x.Status
+	}
+	return Status_STATUS_UNSPECIFIED
+}
+
+func (x *WatchError) GetLeaderHost() uint64 {
+	if x != nil {
+		return x.LeaderHost
+	}
+	return 0
+}
+
+func (x *WatchError) GetLeaderAddr() string {
+	if x != nil {
+		return x.LeaderAddr
+	}
+	return ""
+}
+
 var File_tutti_v1_memnode_proto protoreflect.FileDescriptor
 
 const file_tutti_v1_memnode_proto_rawDesc = "" +
@@ -1416,7 +1681,27 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	" \x03(\v2\x19.tutti.v1.ReplicaProgressR\bprogress\"X\n" +
 	"\fReplicasInfo\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\x04R\x04host\x124\n" +
-	"\x06groups\x18\x02 \x03(\v2\x1c.tutti.v1.ReplicaGroupStatusR\x06groups*\x8a\x01\n" +
+	"\x06groups\x18\x02 \x03(\v2\x1c.tutti.v1.ReplicaGroupStatusR\x06groups\"-\n" +
+	"\x05Range\x12\x12\n" +
+	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x10\n" +
+	"\x03len\x18\x02 \x01(\x04R\x03len\"Q\n" +
+	"\fWatchRequest\x12\x18\n" +
+	"\amemnode\x18\x01 \x01(\x04R\amemnode\x12'\n" +
+	"\x06ranges\x18\x02 \x03(\v2\x0f.tutti.v1.RangeR\x06ranges\"\x8d\x01\n" +
+	"\n" +
+	"WatchEvent\x12\x18\n" +
+	"\amemnode\x18\x01 \x01(\x04R\amemnode\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12'\n" +
+	"\x06ranges\x18\x03 \x03(\v2\x0f.tutti.v1.RangeR\x06ranges\x12\x14\n" +
+	"\x05reset\x18\x04 \x01(\bR\x05reset\x12\x10\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\"x\n" +
+	"\n" +
+	"WatchError\x12(\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x10.tutti.v1.StatusR\x06status\x12\x1f\n" +
+	"\vleader_host\x18\x02 \x01(\x04R\n" +
+	"leaderHost\x12\x1f\n" +
+	"\vleader_addr\x18\x03 \x01(\tR\n" +
+	"leaderAddr*\x8a\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tKIND_EXEC\x10\x01\x12\r\n" +
@@ -1443,11 +1728,12 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\x16STATUS_UNKNOWN_MEMNODE\x10\x03\x12\x12\n" +
 	"\x0eSTATUS_INVALID\x10\x04\x12\x1a\n" +
 	"\x16STATUS_UNKNOWN_OUTCOME\x10\x05\x12\x16\n" +
-	"\x12STATUS_UNAVAILABLE\x10\x062\xc4\x01\n" +
+	"\x12STATUS_UNAVAILABLE\x10\x062\xfd\x01\n" +
 	"\aMemnode\x12>\n" +
 	"\aSession\x12\x16.tutti.v1.RequestBatch\x1a\x17.tutti.v1.ResponseBatch(\x010\x01\x12:\n" +
 	"\aCluster\x12\x18.tutti.v1.ClusterRequest\x1a\x15.tutti.v1.ClusterInfo\x12=\n" +
-	"\bReplicas\x12\x19.tutti.v1.ReplicasRequest\x1a\x16.tutti.v1.ReplicasInfoB(Z&github.com/tutti-gcs/tutti/api/tuttipbb\x06proto3"
+	"\bReplicas\x12\x19.tutti.v1.ReplicasRequest\x1a\x16.tutti.v1.ReplicasInfo\x127\n" +
+	"\x05Watch\x12\x16.tutti.v1.WatchRequest\x1a\x14.tutti.v1.WatchEvent0\x01B(Z&github.com/tutti-gcs/tutti/api/tuttipbb\x06proto3"
 
 var (
 	file_tutti_v1_memnode_proto_rawDescOnce sync.Once
@@ -1462,7 +1748,7 @@ func file_tutti_v1_memnode_proto_rawDescGZIP() []byte {
 }
 
 var file_tutti_v1_memnode_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_tutti_v1_memnode_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_tutti_v1_memnode_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_tutti_v1_memnode_proto_goTypes = []any{
 	(Kind)(0),                  // 0: tutti.v1.Kind
 	(Vote)(0),                  // 1: tutti.v1.Vote
@@ -1484,6 +1770,10 @@ var file_tutti_v1_memnode_proto_goTypes = []any{
 	(*ReplicaProgress)(nil),    // 17: tutti.v1.ReplicaProgress
 	(*ReplicaGroupStatus)(nil), // 18: tutti.v1.ReplicaGroupStatus
 	(*ReplicasInfo)(nil),       // 19: tutti.v1.ReplicasInfo
+	(*Range)(nil),              // 20: tutti.v1.Range
+	(*WatchRequest)(nil),       // 21: tutti.v1.WatchRequest
+	(*WatchEvent)(nil),         // 22: tutti.v1.WatchEvent
+	(*WatchError)(nil),         // 23: tutti.v1.WatchError
 }
 var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	0,  // 0: tutti.v1.Request.kind:type_name -> tutti.v1.Kind
@@ -1501,17 +1791,22 @@ var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	14, // 12: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
 	17, // 13: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
 	18, // 14: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
-	10, // 15: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
-	12, // 16: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
-	16, // 17: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
-	11, // 18: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
-	15, // 19: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
-	19, // 20: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
-	18, // [18:21] is the sub-list for method output_type
-	15, // [15:18] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	20, // 15: tutti.v1.WatchRequest.ranges:type_name -> tutti.v1.Range
+	20, // 16: tutti.v1.WatchEvent.ranges:type_name -> tutti.v1.Range
+	3,  // 17: tutti.v1.WatchError.status:type_name -> tutti.v1.Status
+	10, // 18: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
+	12, // 19: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
+	16, // 20: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
+	21, // 21: tutti.v1.Memnode.Watch:input_type -> tutti.v1.WatchRequest
+	11, // 22: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
+	15, // 23: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
+	19, // 24: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
+	22, // 25: tutti.v1.Memnode.Watch:output_type -> tutti.v1.WatchEvent
+	22, // [22:26] is the sub-list for method output_type
+	18, // [18:22] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_tutti_v1_memnode_proto_init() }
@@ -1525,7 +1820,7 @@ func file_tutti_v1_memnode_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tutti_v1_memnode_proto_rawDesc), len(file_tutti_v1_memnode_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   16,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	Memnode_Session_FullMethodName  = "/tutti.v1.Memnode/Session"
 	Memnode_Cluster_FullMethodName  = "/tutti.v1.Memnode/Cluster"
 	Memnode_Replicas_FullMethodName = "/tutti.v1.Memnode/Replicas"
+	Memnode_Watch_FullMethodName    = "/tutti.v1.Memnode/Watch"
 )
 
 // MemnodeClient is the client API for Memnode service.
@@ -41,6 +42,12 @@ type MemnodeClient interface {
 	// Replicas reports the Raft state of every memnode replica on this host
 	// (for health displays and the directory reconciler).
 	Replicas(ctx context.Context, in *ReplicasRequest, opts ...grpc.CallOption) (*ReplicasInfo, error)
+	// Watch streams notifications of writes applied to ranges of one memnode.
+	// Only the memnode's leader serves it; any other host ends the stream at
+	// once with a WatchError (STATUS_NOT_LEADER and a hint), and the leader
+	// ends it the same way when it loses leadership: subscribe again at the
+	// new leader and re-read (changes may have been missed in between).
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
 }
 
 type memnodeClient struct {
@@ -84,6 +91,25 @@ func (c *memnodeClient) Replicas(ctx context.Context, in *ReplicasRequest, opts 
 	return out, nil
 }
 
+func (c *memnodeClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Memnode_ServiceDesc.Streams[1], Memnode_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Memnode_WatchClient = grpc.ServerStreamingClient[WatchEvent]
+
 // MemnodeServer is the server API for Memnode service.
 // All implementations must embed UnimplementedMemnodeServer
 // for forward compatibility.
@@ -98,6 +124,12 @@ type MemnodeServer interface {
 	// Replicas reports the Raft state of every memnode replica on this host
 	// (for health displays and the directory reconciler).
 	Replicas(context.Context, *ReplicasRequest) (*ReplicasInfo, error)
+	// Watch streams notifications of writes applied to ranges of one memnode.
+	// Only the memnode's leader serves it; any other host ends the stream at
+	// once with a WatchError (STATUS_NOT_LEADER and a hint), and the leader
+	// ends it the same way when it loses leadership: subscribe again at the
+	// new leader and re-read (changes may have been missed in between).
+	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
 	mustEmbedUnimplementedMemnodeServer()
 }
 
@@ -116,6 +148,9 @@ func (UnimplementedMemnodeServer) Cluster(context.Context, *ClusterRequest) (*Cl
 }
 func (UnimplementedMemnodeServer) Replicas(context.Context, *ReplicasRequest) (*ReplicasInfo, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Replicas not implemented")
+}
+func (UnimplementedMemnodeServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
+	return status.Errorf(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedMemnodeServer) mustEmbedUnimplementedMemnodeServer() {}
 func (UnimplementedMemnodeServer) testEmbeddedByValue()                 {}
@@ -181,6 +216,17 @@ func _Memnode_Replicas_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Memnode_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(MemnodeServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Memnode_WatchServer = grpc.ServerStreamingServer[WatchEvent]
+
 // Memnode_ServiceDesc is the grpc.ServiceDesc for Memnode service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -203,6 +249,11 @@ var Memnode_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Memnode_Session_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "Watch",
+			Handler:       _Memnode_Watch_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "tutti/v1/memnode.proto",

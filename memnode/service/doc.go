@@ -25,6 +25,21 @@
 // leaders). A proposal whose fate is unknown (leadership lost after
 // proposing) is answered STATUS_UNKNOWN_OUTCOME and never retried here.
 //
+// # Watch streams
+//
+// The Watch RPC pushes notifications of applied writes to subscribed
+// ranges of a memnode (watch.go). Every replica's machine reports, per
+// applied batch, the byte ranges that Exec entries (voting OK) and Commit
+// entries (the writes of each tid that was in doubt) wrote, to a per-host
+// hub; the hub intersects them with each subscriber's ranges and merges
+// them into the subscriber's bounded pending state (overflow collapses into
+// a reset), so the replication worker never waits for a stream. Only the
+// memnode's leader serves a stream: others refuse with a WatchError status
+// detail (STATUS_NOT_LEADER and the leader hint), and the leader ends its
+// streams the same way when it loses leadership (polled every 50 ms) or
+// closes. A stream's first event has reset set and the index from which
+// every write is reported; a restored snapshot also sends a reset.
+//
 // # Recovery
 //
 // Each host runs a recovery coordinator (recovery.go, HostConfig.Recovery):

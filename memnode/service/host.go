@@ -114,6 +114,7 @@ type Host struct {
 	serveDone chan error
 	recovery  *recoverer // nil if disabled
 	log       zerolog.Logger
+	watch     *watchHub // watch subscribers (watch.go)
 
 	// The directory watcher (reconcile.go); dir is nil if it is off.
 	dir     *dirIO
@@ -197,7 +198,7 @@ func StartHost(cfg HostConfig) (*Host, error) {
 		return nil, fmt.Errorf("tutti host %d: %w", cfg.ID, err)
 	}
 	h := &Host{cfg: cfg, lis: lis, grpc: gs, transport: tr, rep: rh, serveDone: make(chan error, 1), log: log,
-		peers: map[uint64]string{}}
+		peers: map[uint64]string{}, watch: newWatchHub()}
 	for id, addr := range cfg.Hosts {
 		h.peers[id] = addr
 	}
@@ -236,13 +237,14 @@ func StartHost(cfg HostConfig) (*Host, error) {
 			h.Close()
 			return nil, err
 		}
-		if err := rh.StartGroup(st.id, st.peers, &machine{m: mn}); err != nil {
+		if err := rh.StartGroup(st.id, st.peers, &machine{m: mn, w: h.watch.target(st.id)}); err != nil {
 			h.Close()
 			return nil, fmt.Errorf("tutti host %d: memnode %d: %w", cfg.ID, st.id, err)
 		}
 		local[st.id] = true
 	}
 	h.server = newServer(cfg.ID, cfg.Hosts, specs, cfg.Memnode, cfg.Clock, log, rh)
+	h.server.watch = h.watch
 	h.server.updateLayout(func(l *layout) { l.local = local })
 	tuttipb.RegisterMemnodeServer(gs, h.server)
 	h.health = health.NewServer()
@@ -280,6 +282,7 @@ func (h *Host) Close() error {
 			h.recovery.stop()
 		}
 		h.stopReconciler()
+		h.watch.close() // watch streams would hold GracefulStop up
 		if h.health != nil {
 			h.health.Shutdown()
 		}

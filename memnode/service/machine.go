@@ -12,24 +12,55 @@ import (
 // memnode's encoding. The replication worker owns it; nothing else touches it.
 type machine struct {
 	m *memnode.Memnode
+	// w receives the ranges applied entries wrote (watch.go); nil: none.
+	w       *watchTarget
+	written []wrange // scratch, reused across Apply calls
 }
 
 var _ replication.StateMachine = (*machine)(nil)
 
 func (s *machine) Apply(cmds []replication.Command) [][]byte {
 	out := make([][]byte, len(cmds))
+	written, index := s.written[:0], uint64(0)
 	for i := range cmds {
 		var r memnode.Result
+		watched := s.w.watching(cmds[i].Index)
 		e, err := memnode.DecodeEntry(cmds[i].Data)
 		if err != nil {
 			// A command that does not decode was never produced by this
 			// code; applying nothing keeps replicas identical.
 			r = memnode.Result{FailedCompare: -1, Err: fmt.Errorf("%w: %v", memnode.ErrInvalid, err)}
 		} else {
+			n := len(written)
+			if watched && e.Kind == memnode.KindCommit {
+				// What the in-doubt tids write, learned before they commit.
+				for j := -1; j < len(e.More); j++ {
+					tid := e.TID
+					if j >= 0 {
+						tid = e.More[j]
+					}
+					if ws, ok := s.m.InDoubtWrites(tid); ok {
+						written = appendWrites(written, ws)
+					}
+				}
+			}
 			r = s.m.Apply(&e)
+			switch {
+			case !watched || r.Err != nil:
+				written = written[:n]
+			case e.Kind == memnode.KindExec && r.Vote == memnode.VoteOK:
+				written = appendWrites(written, e.Op.Writes)
+			}
+			if len(written) > n {
+				index = cmds[i].Index
+			}
 		}
 		out[i] = memnode.AppendResult(nil, &r)
 	}
+	if len(written) > 0 {
+		s.w.publish(index, written)
+	}
+	s.written = written[:0]
 	return out
 }
 
@@ -38,4 +69,8 @@ func (s *machine) Query(q []byte) []byte { return s.m.Answer(q) }
 
 func (s *machine) Snapshot() ([]byte, error) { return s.m.Snapshot(), nil }
 
-func (s *machine) Restore(data []byte) error { return s.m.Restore(data) }
+func (s *machine) Restore(data []byte) error {
+	err := s.m.Restore(data)
+	s.w.reset() // the state changed wholesale: watchers re-read
+	return err
+}

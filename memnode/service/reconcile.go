@@ -145,7 +145,7 @@ func (h *Host) reconcileOnce(ctx context.Context) {
 		}
 		mn, err := memnode.New(h.cfg.Memnode)
 		if err == nil {
-			err = h.rep.StartGroup(m.ID, peers, &machine{m: mn})
+			err = h.rep.StartGroup(m.ID, peers, &machine{m: mn, w: h.watch.target(m.ID)})
 		}
 		if err != nil && !errors.Is(err, replication.ErrGroupExists) {
 			log.Warn().Err(err).Uint64("memnode", m.ID).Msg("cannot start assigned replica")

@@ -67,6 +67,7 @@ type Server struct {
 	clock    Clock
 	log      zerolog.Logger
 	rep      proposer
+	watch    *watchHub // watch subscribers (watch.go)
 }
 
 func newServer(hostID uint64, hosts map[uint64]string, specs []MemnodeSpec, mcfg memnode.Config,
@@ -79,6 +80,7 @@ func newServer(hostID uint64, hosts map[uint64]string, specs []MemnodeSpec, mcfg
 		clock:    clock,
 		log:      log,
 		rep:      rep,
+		watch:    newWatchHub(),
 	}
 	l := newLayout(hosts, specs)
 	for _, m := range specs {

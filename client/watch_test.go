@@ -1,0 +1,296 @@
+package client_test
+
+import (
+	"errors"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/memnode"
+	"github.com/tutti-gcs/tutti/memnode/service"
+)
+
+func mustWatch(t *testing.T, cl *client.Client, mn uint64, rs ...client.Range) *client.Watch {
+	t.Helper()
+	w, err := cl.Watch(ctxT(t), mn, rs...)
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	t.Cleanup(w.Close)
+	return w
+}
+
+// next waits for the watch's next event.
+func next(t *testing.T, w *client.Watch, within time.Duration) client.WatchEvent {
+	t.Helper()
+	select {
+	case ev, ok := <-w.C():
+		if !ok {
+			t.Fatalf("watch channel closed: %v", w.Err())
+		}
+		return ev
+	case <-time.After(within):
+		t.Fatalf("no watch event within %v", within)
+	}
+	panic("unreachable")
+}
+
+func TestWatchReportsWritesInWatchedRanges(t *testing.T) {
+	c := startCluster(t, cluster.Config{NoSync: true})
+	cl := newClient(t, c.Seeds()[:1])
+	w := mustWatch(t, cl, 1, client.Range{Addr: 0x1000, Len: 64}, client.Range{Addr: 0x3000, Len: 16})
+
+	// Outside every watched range, then inside: events come in apply
+	// order, so had the first write produced one, it would come first.
+	mustExec(t, cl, client.NewTx().Write(1, 0x2000, []byte("outside")))
+	mustExec(t, cl, client.NewTx().Write(2, 0x1000, []byte("other memnode")))
+	mustExec(t, cl, client.NewTx().Write(1, 0x1010, []byte("inside!!")))
+	ev := next(t, w, 10*time.Second)
+	if ev.Reset || ev.Memnode != 1 || ev.Index == 0 || !slices.Equal(ev.Ranges, []client.Range{{Addr: 0x1010, Len: 8}}) {
+		t.Fatalf("event %+v, want memnode 1, ranges [0x1010,+8)", ev)
+	}
+	// A write straddling a watched range's edge reports the intersection;
+	// one write touching two watched ranges reports both parts.
+	mustExec(t, cl, client.NewTx().Write(1, 0x0ff8, make([]byte, 16)))
+	ev = next(t, w, 10*time.Second)
+	if !slices.Equal(ev.Ranges, []client.Range{{Addr: 0x1000, Len: 8}}) {
+		t.Fatalf("event %+v, want [0x1000,+8)", ev)
+	}
+	prev := ev.Index
+	mustExec(t, cl, client.NewTx().Write(1, 0x1020, make([]byte, 0x3008-0x1020)))
+	ev = next(t, w, 10*time.Second)
+	if !slices.Equal(ev.Ranges, []client.Range{{Addr: 0x1020, Len: 0x20}, {Addr: 0x3000, Len: 8}}) || ev.Index <= prev {
+		t.Fatalf("event %+v, want [0x1020,+0x20) [0x3000,+8) after index %d", ev, prev)
+	}
+	// A failed compare writes nothing and reports nothing.
+	r := mustExec(t, cl, client.NewTx().Compare(1, 0x1000, []byte("nope")).Write(1, 0x1000, []byte("x")))
+	if r.Committed {
+		t.Fatal("compare should have failed")
+	}
+	mustExec(t, cl, client.NewTx().Write(1, 0x3000, []byte("z")))
+	ev = next(t, w, 10*time.Second)
+	if !slices.Equal(ev.Ranges, []client.Range{{Addr: 0x3000, Len: 1}}) {
+		t.Fatalf("event %+v, want only [0x3000,+1)", ev)
+	}
+	// Read-your-notification: a read after the event sees the write.
+	if got := read(t, cl, 1, 0x3000, 1); string(got) != "z" {
+		t.Fatalf("read %q after the event", got)
+	}
+}
+
+func TestWatchTwoPhaseNotifiesOnlyAfterCommit(t *testing.T) {
+	c := startCluster(t, cluster.Config{NoSync: true, Recovery: service.RecoveryConfig{Disabled: true}})
+	var tid client.TID
+	crashing, err := client.New(ctxT(t), client.Config{Seeds: c.Seeds(), Crash: func(p client.CrashPoint, t client.TID) bool {
+		if p == client.CrashAfterVotes {
+			tid = t
+			return true
+		}
+		return false
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer crashing.Close()
+	cl := newClient(t, c.Seeds())
+	w := mustWatch(t, cl, 1, client.Range{Addr: 0x100, Len: 8}, client.Range{Addr: 0x200, Len: 8})
+
+	// Prepared everywhere, never decided: in doubt, holding its locks.
+	_, err = crashing.Exec(ctxT(t), client.NewTx().Write(1, 0x100, []byte("2pc-1")).Write(2, 0x100, []byte("2pc-2")))
+	if !errors.Is(err, client.ErrCoordinatorCrashed) {
+		t.Fatalf("exec: %v, want a crashed coordinator", err)
+	}
+	mustExec(t, cl, client.NewTx().Write(1, 0x200, []byte("1pc")))
+	if ev := next(t, w, 10*time.Second); !slices.Equal(ev.Ranges, []client.Range{{Addr: 0x200, Len: 3}}) {
+		t.Fatalf("event %+v: the Prepare alone must not be reported", ev)
+	}
+	committed, err := cl.Recover(ctxT(t), tid, []uint64{1, 2})
+	if err != nil || !committed {
+		t.Fatalf("recover: committed %v, %v", committed, err)
+	}
+	if ev := next(t, w, 10*time.Second); !slices.Equal(ev.Ranges, []client.Range{{Addr: 0x100, Len: 5}}) {
+		t.Fatalf("event %+v, want the committed [0x100,+5)", ev)
+	}
+	if got := read(t, cl, 1, 0x100, 5); string(got) != "2pc-1" {
+		t.Fatalf("read %q after the commit event", got)
+	}
+}
+
+func TestWatchFollowsLeaderAfterCrash(t *testing.T) {
+	c := startCluster(t, cluster.Config{NoSync: true})
+	cl := newClient(t, c.Seeds())
+	rng := client.Range{Addr: 0x40, Len: 8}
+	w := mustWatch(t, cl, 1, rng)
+	mustExec(t, cl, client.NewTx().Write(1, 0x40, []byte("before")))
+	if ev := next(t, w, 10*time.Second); ev.Reset || len(ev.Ranges) != 1 {
+		t.Fatalf("event %+v before the crash", ev)
+	}
+
+	ctx := ctxT(t)
+	old, err := c.CrashLeader(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := next(t, w, 15*time.Second)
+	if !ev.Reset || ev.Memnode != 1 {
+		t.Fatalf("event %+v after the leader crashed, want a reset", ev)
+	}
+	nl, err := c.WaitLeader(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nl == old {
+		t.Fatalf("leader %d did not change", nl)
+	}
+	mustExec(t, cl, client.NewTx().Write(1, 0x44, []byte("after")))
+	// Further resets may come while the cluster settles; the write must.
+	for {
+		ev := next(t, w, 10*time.Second)
+		if !ev.Reset {
+			if !slices.Equal(ev.Ranges, []client.Range{{Addr: 0x44, Len: 4}}) {
+				t.Fatalf("event %+v, want [0x44,+4)", ev)
+			}
+			break
+		}
+	}
+}
+
+func TestWatchSlowConsumerCoalesces(t *testing.T) {
+	c := startCluster(t, cluster.Config{NoSync: true, Hosts: 1, Memnodes: 2})
+	cl := newClient(t, c.Seeds())
+	const n = 200
+	w := mustWatch(t, cl, 1, client.Range{Addr: 0, Len: 16 * n})
+	// Nobody reads C while the writes run: neither the server nor the
+	// client's receiver may wait for the consumer.
+	for i := range n {
+		mustExec(t, cl, client.NewTx().Write(1, uint64(16*i), []byte{1}))
+	}
+	seen := map[uint64]bool{}
+	events := 0
+	for len(seen) < n {
+		ev := next(t, w, 10*time.Second)
+		events++
+		if ev.Reset {
+			t.Fatalf("unexpected reset %+v", ev)
+		}
+		for _, r := range ev.Ranges {
+			if r.Len != 1 || r.Addr%16 != 0 {
+				t.Fatalf("event %+v: unexpected range %+v", ev, r)
+			}
+			seen[r.Addr/16] = true
+		}
+	}
+	t.Logf("%d writes arrived in %d events", n, events)
+	if events > n/10 {
+		t.Fatalf("%d writes arrived in %d events: not coalesced", n, events)
+	}
+}
+
+func TestWatchBadInput(t *testing.T) {
+	c := startCluster(t, cluster.Config{NoSync: true, Hosts: 1, Memnodes: 2})
+	cl := newClient(t, c.Seeds())
+	ctx := ctxT(t)
+	size := memnode.DefaultConfig().Size
+	for _, tc := range []struct {
+		name string
+		mn   uint64
+		rs   []client.Range
+		want error
+	}{
+		{"unknown memnode", 99, []client.Range{{Addr: 0, Len: 8}}, client.ErrUnknownMemnode},
+		{"no range", 1, nil, client.ErrInvalid},
+		{"empty range", 1, []client.Range{{Addr: 0, Len: 8}, {Addr: 16, Len: 0}}, client.ErrInvalid},
+		{"wrapping range", 1, []client.Range{{Addr: ^uint64(0) - 2, Len: 8}}, client.ErrInvalid},
+		{"beyond the address space", 1, []client.Range{{Addr: size - 4, Len: 8}}, client.ErrInvalid},
+		{"starting at the end", 1, []client.Range{{Addr: size, Len: 1}}, client.ErrInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, err := cl.Watch(ctx, tc.mn, tc.rs...)
+			if err == nil {
+				w.Close()
+				t.Fatal("watch succeeded")
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("error %v, want %v", err, tc.want)
+			}
+			t.Logf("%v", err)
+		})
+	}
+	// The last byte is fine.
+	w := mustWatch(t, cl, 1, client.Range{Addr: size - 1, Len: 1})
+	w.Close()
+	if _, ok := <-w.C(); ok {
+		t.Fatal("C still open after Close")
+	}
+}
+
+func TestWatchClosedWithClient(t *testing.T) {
+	c := startCluster(t, cluster.Config{NoSync: true, Hosts: 1, Memnodes: 2})
+	ctx := ctxT(t)
+	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := cl.Watch(ctx, 1, client.Range{Addr: 0, Len: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	if _, ok := <-w.C(); ok {
+		t.Fatal("C still open after the client closed")
+	}
+	w.Close() // idempotent after the client closed it
+	if _, err := cl.Watch(ctx, 1, client.Range{Addr: 0, Len: 8}); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("watch on a closed client: %v", err)
+	}
+}
+
+// TestWatchLatency measures the time from Exec's return to the event's
+// receipt on a local three-host cluster. The event is published when the
+// entry applies, before the response leaves, so it often wins the race
+// (negative samples).
+func TestWatchLatency(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measurement")
+	}
+	c := startCluster(t, cluster.Config{NoSync: true})
+	cl := newClient(t, c.Seeds())
+	w := mustWatch(t, cl, 1, client.Range{Addr: 0, Len: 8})
+	const n = 300
+	fromStart := make([]time.Duration, 0, n)
+	fromReturn := make([]time.Duration, 0, n)
+	for i := range n {
+		start := time.Now()
+		got := make(chan time.Time, 1)
+		go func() {
+			ev := <-w.C()
+			_ = ev
+			got <- time.Now()
+		}()
+		mustExec(t, cl, client.NewTx().Write(1, 0, []byte{byte(i)}))
+		returned := time.Now()
+		var at time.Time
+		select {
+		case at = <-got:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no event")
+		}
+		fromStart = append(fromStart, at.Sub(start))
+		fromReturn = append(fromReturn, at.Sub(returned))
+	}
+	p := func(ds []time.Duration, q float64) time.Duration {
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		return ds[int(q*float64(len(ds)-1))]
+	}
+	ahead := 0
+	for _, d := range fromReturn {
+		if d <= 0 {
+			ahead++
+		}
+	}
+	t.Logf("watch latency over %d writes: event − Exec return p50 %v p99 %v (event first in %d%%); Exec start → event p50 %v p99 %v",
+		n, p(fromReturn, 0.5), p(fromReturn, 0.99), 100*ahead/n, p(fromStart, 0.5), p(fromStart, 0.99))
+}
