@@ -1,0 +1,185 @@
+package gcs
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/membership"
+)
+
+// Config configures a Node. Zero tunables take the defaults listed on each
+// field (DefaultConfig).
+type Config struct {
+	// Client executes minitransactions against the memnodes. Required.
+	Client *client.Client
+	// ID names this process: unique among the processes sharing groups, at
+	// most MaxIDLen bytes, without '#'. With Membership it must equal the
+	// membership node's id. Required.
+	ID string
+	// Membership, optional: members whose process the process table
+	// declares Died or Left (or that rejoined under a newer incarnation)
+	// are removed from every view; member names carry the membership
+	// incarnation. Without it, crashed members stay in views until removed
+	// with Group.Remove.
+	Membership *membership.Node
+	// Logger; disabled if zero.
+	Logger zerolog.Logger
+
+	// Memnodes over which group names are hashed to their home memnode and
+	// member queues are spread. Default: every memnode in Client.Cluster()
+	// when Open runs. Every process must use the same set, and it must not
+	// change while groups exist (a group's home would move).
+	Memnodes []uint64
+
+	// MaxBatch bounds the messages of one batch (default 128).
+	MaxBatch int
+	// MaxBatchBytes bounds the payload bytes of one batch (default 256 KiB).
+	// A single larger message is sent alone, up to the queue's half.
+	MaxBatchBytes int
+	// InlineBytes: batches up to this many encoded bytes travel inside the
+	// order record instead of the sender's queue (default 1 KiB; 0 means
+	// the default, negative means never inline).
+	InlineBytes int
+	// LogCapacity is the size in bytes of the order log of groups this
+	// node creates (power of two; default 1 MiB). Joiners of an existing
+	// group use the group's.
+	LogCapacity uint64
+	// MaxMembers is the number of member slots of groups this node creates
+	// (default 64).
+	MaxMembers int
+	// QueueCapacity is the size in bytes of each member's queue ring
+	// (default 1 MiB; at least 2×MaxBatchBytes+64).
+	QueueCapacity uint64
+	// ReadChunk bounds the order-log bytes one delivery read fetches
+	// (default 256 KiB).
+	ReadChunk int
+
+	// PollMin and PollMax bound the adaptive poll of the order log's tail:
+	// after finding nothing the wait doubles from PollMin up to PollMax
+	// (defaults 200µs and 20ms). Local multicasts and view changes wake
+	// the pollers of this node at once.
+	PollMin, PollMax time.Duration
+	// GCInterval is how often members publish their delivered position,
+	// the oldest member trims the log and reclaims removed members' queues,
+	// and failures confirmed by Membership are checked (default 50ms).
+	GCInterval time.Duration
+	// TakeoverTimeout: a member at rank position p among the live members
+	// proposes a pending removal after p×TakeoverTimeout (default 1s).
+	TakeoverTimeout time.Duration
+}
+
+// DefaultConfig holds the defaults of the tunables.
+var DefaultConfig = Config{
+	MaxBatch:        128,
+	MaxBatchBytes:   256 << 10,
+	InlineBytes:     1 << 10,
+	LogCapacity:     1 << 20,
+	MaxMembers:      64,
+	QueueCapacity:   1 << 20,
+	ReadChunk:       256 << 10,
+	PollMin:         200 * time.Microsecond,
+	PollMax:         20 * time.Millisecond,
+	GCInterval:      50 * time.Millisecond,
+	TakeoverTimeout: time.Second,
+}
+
+func (c *Config) defaults() {
+	d := DefaultConfig
+	if c.MaxBatch == 0 {
+		c.MaxBatch = d.MaxBatch
+	}
+	if c.MaxBatchBytes == 0 {
+		c.MaxBatchBytes = d.MaxBatchBytes
+	}
+	if c.InlineBytes == 0 {
+		c.InlineBytes = d.InlineBytes
+	}
+	if c.LogCapacity == 0 {
+		c.LogCapacity = d.LogCapacity
+	}
+	if c.MaxMembers == 0 {
+		c.MaxMembers = d.MaxMembers
+	}
+	if c.QueueCapacity == 0 {
+		c.QueueCapacity = d.QueueCapacity
+	}
+	if c.ReadChunk == 0 {
+		c.ReadChunk = d.ReadChunk
+	}
+	if c.PollMin == 0 {
+		c.PollMin = d.PollMin
+	}
+	if c.PollMax == 0 {
+		c.PollMax = d.PollMax
+	}
+	if c.GCInterval == 0 {
+		c.GCInterval = d.GCInterval
+	}
+	if c.TakeoverTimeout == 0 {
+		c.TakeoverTimeout = d.TakeoverTimeout
+	}
+}
+
+// Validate reports every problem with c (after defaults are applied).
+func (c Config) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...))
+	}
+	if c.Client == nil {
+		add("Client is required")
+	}
+	if c.ID == "" || len(c.ID) > MaxIDLen || strings.Contains(c.ID, "#") {
+		add("ID %q must be 1..%d bytes without '#'", c.ID, MaxIDLen)
+	}
+	if c.Membership != nil && c.Membership.ID() != c.ID {
+		add("ID %q differs from the membership node's id %q", c.ID, c.Membership.ID())
+	}
+	if c.MaxBatch < 1 || c.MaxBatch > 1<<16 {
+		add("MaxBatch %d not in [1, 65536]", c.MaxBatch)
+	}
+	if c.MaxBatchBytes < 1 {
+		add("MaxBatchBytes %d < 1", c.MaxBatchBytes)
+	}
+	if c.LogCapacity < 4096 || c.LogCapacity&(c.LogCapacity-1) != 0 {
+		add("LogCapacity %d must be a power of two >= 4096", c.LogCapacity)
+	}
+	if c.MaxMembers < 1 || c.MaxMembers > 1024 {
+		add("MaxMembers %d not in [1, 1024]", c.MaxMembers)
+	}
+	if c.QueueCapacity < 2*uint64(max(c.MaxBatchBytes, 0))+64 {
+		add("QueueCapacity %d < 2*MaxBatchBytes+64", c.QueueCapacity)
+	}
+	if c.ReadChunk < 4096 {
+		add("ReadChunk %d < 4096", c.ReadChunk)
+	}
+	if c.PollMin <= 0 || c.PollMax < c.PollMin {
+		add("poll bounds %v..%v", c.PollMin, c.PollMax)
+	}
+	if c.GCInterval <= 0 || c.TakeoverTimeout <= 0 {
+		add("GCInterval and TakeoverTimeout must be > 0")
+	}
+	return errors.Join(errs...)
+}
+
+// JoinOptions configures one membership of a group.
+type JoinOptions struct {
+	// Snapshot is called on the provider (the oldest member) when it
+	// delivers the view that admits a joiner which has Restore: after the
+	// application received that *View from Events and before any later
+	// event is sent, so with a sequential event loop the state reflects
+	// exactly the messages delivered before the view. It runs on the
+	// delivery goroutine and may run concurrently with the application's
+	// handling of that *View. nil: joiners get no state (Restore is not
+	// called).
+	Snapshot func() ([]byte, error)
+	// Restore is called on the joiner, inside Join, with the provider's
+	// snapshot, before any event of its first view. nil: the joiner asks
+	// for no state. Not called for the first member of a group.
+	Restore func([]byte) error
+}

@@ -1,0 +1,123 @@
+// Package gcs is group communication on Sinfonia memnodes: processes join
+// named groups, multicast messages that every member delivers in one total
+// order, and see membership changes as views, with virtual synchrony
+// (DESIGN.md §5; SinfoniaGCS in reference/sinfonia.md).
+//
+// # Usage
+//
+//	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: "host-a", Membership: mn})
+//	g, err := n.Join(ctx, "orders", gcs.JoinOptions{Snapshot: snap, Restore: restore})
+//	go func() {
+//		for ev := range g.Events() { // *View, *Message, *Evicted, in order
+//			...
+//		}
+//	}()
+//	err = g.Multicast(ctx, payload) // returns once ordered
+//	err = g.Leave(ctx)
+//	n.Close()
+//
+// # Guarantees
+//
+// For the members of one group (names "ID#incarnation"; a rejoin is a new
+// member):
+//
+//   - Total order: all members deliver messages in one order (Message.Pos,
+//     the same at every member), views included.
+//   - Per-sender FIFO: a member's messages are delivered in the order its
+//     Multicast calls were made (one link in flight per member; Seq grows).
+//   - View synchrony: members that install views v and v+1 delivered the
+//     same messages in v, and each message is delivered in the view it was
+//     ordered in (Message.View), at every member.
+//   - Self-delivery: a member that does not crash, leave or get evicted
+//     delivers its own messages.
+//   - No duplicates, no creation: each message is delivered at most once
+//     per member, with the bytes that were sent.
+//   - No delivery after leave: after Leave the member delivers nothing of
+//     the view without it; after *Evicted, nothing at all.
+//   - Durability: a delivered message (and a message for which Multicast
+//     returned nil) is in the order log or its sender's queue, written by a
+//     committed minitransaction, i.e. on a majority of a memnode's Raft
+//     replicas. A crash of any member loses nothing that was ordered.
+//
+// These hold without a flush round because the order log is the single
+// source of truth; internal/vscheck checks recorded histories against them.
+//
+// # Layout in memnodes
+//
+// Home memnode: hash(group) over Config.Memnodes. Index at IndexBase on the
+// home memnode (layout.go): IndexSlots slots of IndexSlotSize bytes, (meta
+// address, name); open addressing with linear probing; a free slot is
+// claimed by a minitransaction that compares it to zeros. Metadata region
+// (allocated by client.Allocator in [AllocBase, AllocLimit) of the home
+// memnode): header (view, tail, msgs, head, nextTag, logSize, maxMembers),
+// member slots (tag, incarnation, join view, queue region, delivered
+// positions, state-transfer cell, retiredAt, name) and the order log, a
+// byte ring of 8-aligned records: inline batches, references to a batch in
+// a member's queue (memnode, ring, position, size), and view records (full
+// member list, joined, left, reason, state provider). Each member owns a
+// queue ring (allocated on a memnode chosen by hash, so members spread)
+// whose first word is a fence holding the member's tag. All byte layouts
+// are documented in layout.go.
+//
+// # Protocol
+//
+//  1. Multicast: messages queued by the application are batched (MaxBatch,
+//     MaxBatchBytes). A batch of at most InlineBytes travels inside the
+//     order record; a larger one is first written to the sender's queue
+//     ring (one one-memnode minitransaction comparing the fence). Then one
+//     minitransaction on the home memnode links it: compare (view, tail,
+//     msgs) with what the sender last read, write the record at tail and
+//     the new (tail, msgs). A lost race re-reads the header and retries
+//     only the link. An ErrUnknownOutcome is settled by reading the record
+//     back. Multicast returns once the link committed.
+//  2. Delivery: each member reads the order log from the position of the
+//     view record that admitted it, follows references into the senders'
+//     queues and delivers strictly in log order. It waits for the tail with
+//     client.Watch notifications when the cluster serves watch streams,
+//     with a poll (PollMin doubling to PollMax) as backup, and local
+//     multicasts wake the node's own members at once.
+//  3. Views: join, leave and removal are each one minitransaction on the
+//     home memnode that compares (view, tail, msgs), writes view+1, the
+//     member slots and the view record. A member removed while alive
+//     delivers *Evicted. Removals of processes the Membership table
+//     confirms Died/Left (or replaced by a newer incarnation) are proposed
+//     by the oldest live member at once and by the member at live rank
+//     position p after p×TakeoverTimeout; the compare makes concurrent
+//     attempts safe. Without Membership, Group.Remove is the administrator's
+//     removal.
+//  4. State transfer: the view record admitting a joiner that has Restore
+//     names the oldest member as provider. On delivering that view the
+//     provider calls Snapshot, writes the bytes into an allocated region and
+//     publishes it in the joiner's slot; the joiner (inside Join) reads it,
+//     calls Restore, frees the region and then delivers from its view
+//     record on. If the provider is removed first, the joiner leaves and
+//     joins again (at most 8 times).
+//  5. Garbage collection: every GCInterval members publish their delivered
+//     positions; the oldest member sets head = min over the view, and
+//     reclaims the slots of removed members once head passed their removal
+//     (zeroing slot and queue fence in one minitransaction, then freeing
+//     the queue). Senders reuse their queue ring below the oldest batch the
+//     log still references. A full log or queue blocks senders (flow
+//     control), so memory is bounded by LogCapacity and QueueCapacity.
+//     Group metadata itself is never freed.
+//
+// # Threading
+//
+// A Node and its Groups are safe for concurrent use. Each Group runs three
+// goroutines: delivery (feeds Events, unbuffered, and calls Snapshot),
+// sender (batches and links), and housekeeping (publication, trimming,
+// failure removals). No lock is held across I/O.
+//
+// # Limits and choices
+//
+//   - Config.Memnodes (default: the memnodes when Open runs) must be the
+//     same at every process and fixed while groups exist.
+//   - Without Membership a crashed member stays in the view (blocking log
+//     trimming and, once the log is full, senders) until Group.Remove.
+//   - Multicast after its ctx ended may or may not have ordered the message.
+//   - A member that falls behind the trimmed log (possible only once it is
+//     no longer in the view) is evicted.
+//
+// This package must not import memnode, memnode/service, replication or
+// cmd: it speaks to memnodes only through client.
+package gcs

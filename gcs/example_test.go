@@ -1,0 +1,59 @@
+package gcs_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/gcs"
+	"github.com/tutti-gcs/tutti/internal/cluster"
+)
+
+func Example() {
+	c, err := cluster.Start(cluster.Config{NoSync: true})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		panic(err)
+	}
+	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
+	if err != nil {
+		panic(err)
+	}
+	defer cl.Close()
+	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: "alice"})
+	if err != nil {
+		panic(err)
+	}
+	defer n.Close()
+
+	g, err := n.Join(ctx, "chat", gcs.JoinOptions{})
+	if err != nil {
+		panic(err)
+	}
+	for _, s := range []string{"hello", "world"} {
+		if err := g.Multicast(ctx, []byte(s)); err != nil {
+			panic(err)
+		}
+	}
+	for ev := range g.Events() {
+		switch ev := ev.(type) {
+		case *gcs.View:
+			fmt.Println("view", ev.ID, ev.Members, ev.Reason)
+		case *gcs.Message:
+			fmt.Printf("%s #%d from %s: %s\n", "message", ev.Pos, ev.Sender, ev.Payload)
+			if ev.Pos == 2 {
+				go g.Leave(ctx) // Events closes once the leave is ordered
+			}
+		}
+	}
+	// Output:
+	// view 1 [alice#1] join
+	// message #1 from alice#1: hello
+	// message #2 from alice#1: world
+}

@@ -1,0 +1,161 @@
+package gcs
+
+import (
+	"context"
+	"time"
+
+	"github.com/tutti-gcs/tutti/client"
+)
+
+// housekeep runs every GCInterval until the membership ends:
+//
+//  1. publish the delivered position in our slot (compare our tag);
+//  2. read the metadata; Stability = min delivered over the view;
+//  3. the oldest member trims: head = min delivered log position over the
+//     view (compare head), then reclaims the slots of removed members
+//     whose removal record is below head: zero the queue's fence, zero
+//     the slot (compare it), free the queue (and an unclaimed state);
+//  4. with Membership: members the process table declares gone are
+//     removed — at once by the oldest live member, after
+//     p×TakeoverTimeout by the member at live rank position p.
+func (g *Group) housekeep() {
+	defer g.wg.Done()
+	n := g.n
+	tick := time.NewTicker(n.cfg.GCInterval)
+	defer tick.Stop()
+	var published uint64 = ^uint64(0)
+	suspectSince := map[uint64]time.Time{}
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-g.done:
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(g.ctx, 5*n.cfg.GCInterval+time.Second)
+		g.housekeepOnce(ctx, &published, suspectSince)
+		cancel()
+	}
+}
+
+func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSince map[uint64]time.Time) {
+	n := g.n
+	slot := g.ref.slotAddr(g.self.slot)
+	tagB := le.AppendUint64(nil, g.self.tag)
+	if d := g.dLog.Load(); d != *published {
+		w := make([]byte, 16)
+		putU64s(w, d, g.dMsg.Load())
+		if _, err := n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, tagB).Write(g.ref.home, slot+offDLog, w)); err == nil {
+			*published = d
+		}
+	}
+	ms, err := n.readMeta(ctx, g.ref)
+	if err != nil {
+		return
+	}
+	g.head.Store(max(g.head.Load(), ms.h.head))
+	act := ms.active()
+	if len(act) == 0 {
+		return
+	}
+	minLog, minMsg := act[0].dLog, act[0].dMsg
+	for _, m := range act {
+		minLog, minMsg = min(minLog, m.dLog), min(minMsg, m.dMsg)
+	}
+	g.stability.Store(max(g.stability.Load(), minMsg))
+
+	// Failures confirmed by the process table.
+	dead := n.confirmedDead(act)
+	now := time.Now()
+	for tag := range suspectSince {
+		if !containsTag(dead, tag) {
+			delete(suspectSince, tag)
+		}
+	}
+	var live []member
+	for _, m := range act {
+		if !containsTag(dead, m.tag) {
+			live = append(live, m)
+		}
+	}
+	rank := -1
+	for i, m := range live {
+		if m.tag == g.self.tag {
+			rank = i
+		}
+	}
+	if len(dead) > 0 && rank >= 0 {
+		oldest := now
+		for _, m := range dead {
+			if _, ok := suspectSince[m.tag]; !ok {
+				suspectSince[m.tag] = now
+			}
+			oldest = minTime(oldest, suspectSince[m.tag])
+		}
+		if rank == 0 || now.Sub(oldest) >= time.Duration(rank)*n.cfg.TakeoverTimeout {
+			err := n.viewChange(ctx, g.ref, func(ms metaState) (*change, error) {
+				return &change{remove: n.confirmedDead(ms.active()), reason: "failed"}, nil
+			}, nil)
+			if err != nil {
+				n.log.Debug().Err(err).Msg("removing failed members")
+			}
+		}
+	}
+
+	if act[0].tag != g.self.tag {
+		return
+	}
+	// Trim.
+	if minLog > ms.h.head {
+		res, err := n.exec(ctx, client.NewTx().
+			Compare(g.ref.home, g.ref.meta+offHead, le.AppendUint64(nil, ms.h.head)).
+			Write(g.ref.home, g.ref.meta+offHead, le.AppendUint64(nil, minLog)))
+		if err == nil && res.Committed {
+			ms.h.head = minLog
+			g.head.Store(max(g.head.Load(), minLog))
+		}
+	}
+	// Reclaim removed members.
+	for _, m := range ms.members {
+		if m.tag == 0 || m.retiredAt == 0 || m.retiredAt >= ms.h.head {
+			continue
+		}
+		g.reclaim(ctx, m)
+	}
+}
+
+// reclaim frees a removed member's slot and regions: one minitransaction
+// zeroes the slot (comparing it) and the queue's fence word, so a removed
+// member still writing its queue fails its fence compare; then the regions
+// are freed.
+func (g *Group) reclaim(ctx context.Context, m member) {
+	n := g.n
+	tx := client.NewTx().Compare(g.ref.home, g.ref.slotAddr(m.slot), m.encode()).
+		Write(g.ref.home, g.ref.slotAddr(m.slot), make([]byte, memberSize))
+	a := n.allocs[m.qMemnode]
+	if a != nil && m.qLen >= 8 {
+		tx.Write(m.qMemnode, m.qAddr, make([]byte, 8))
+	}
+	res, err := n.exec(ctx, tx)
+	if err != nil || !res.Committed {
+		return
+	}
+	if a != nil && m.qLen >= 8 {
+		if err := a.Free(ctx, client.Region{Memnode: m.qMemnode, Addr: m.qAddr, Len: m.qLen}); err != nil {
+			n.log.Debug().Err(err).Str("member", m.name).Msg("freeing a removed member's queue")
+		}
+	}
+	if a := n.allocs[m.stMemnode]; a != nil && m.stStatus == stReady {
+		if err := a.Free(ctx, client.Region{Memnode: m.stMemnode, Addr: m.stAddr, Len: m.stLn}); err != nil {
+			n.log.Debug().Err(err).Str("member", m.name).Msg("freeing unclaimed state")
+		}
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}

@@ -1,0 +1,436 @@
+package gcs_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/gcs"
+	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/internal/vscheck"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type env struct {
+	t    *testing.T
+	c    *cluster.Cluster
+	hist vscheck.History
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, c: c}
+}
+
+func (e *env) node(id string) *gcs.Node {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: id, Logger: zerolog.New(zerolog.NewTestWriter(e.t)).Level(zerolog.WarnLevel)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		n.Close()
+		cl.Close()
+	})
+	return n
+}
+
+func (e *env) check() {
+	e.t.Helper()
+	vs := vscheck.Check(&e.hist, vscheck.Options{Complete: true})
+	for _, v := range vs {
+		e.t.Errorf("violation: %v", v)
+	}
+}
+
+// member consumes one Group's events into the history and a local state
+// (the payloads applied, in order).
+type member struct {
+	e    *env
+	g    *gcs.Group
+	name string
+
+	mu        sync.Mutex
+	ended     bool
+	installed chan struct{} // closed at the first view
+	seq       uint64
+	views     []*gcs.View
+	msgs      []*gcs.Message
+	state     []string // applied payloads (restored from a snapshot first)
+	evicted   *gcs.Evicted
+	done      chan struct{}
+}
+
+func (e *env) join(n *gcs.Node, group string) *member {
+	e.t.Helper()
+	m := &member{e: e, installed: make(chan struct{}), done: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	g, err := n.Join(ctx, group, gcs.JoinOptions{
+		Snapshot: func() ([]byte, error) {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return []byte(strings.Join(m.state, "\n")), nil
+		},
+		Restore: func(b []byte) error {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if len(b) > 0 {
+				m.state = strings.Split(string(b), "\n")
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		e.t.Fatalf("join: %v", err)
+	}
+	m.g, m.name = g, g.Name()
+	go m.consume()
+	return m
+}
+
+func (m *member) add(ev vscheck.Event) {
+	ev.Member = m.name
+	m.e.hist.Add(ev)
+}
+
+func (m *member) consume() {
+	defer close(m.done)
+	first := true
+	for ev := range m.g.Events() {
+		m.mu.Lock()
+		switch ev := ev.(type) {
+		case *gcs.View:
+			mem := append([]string(nil), ev.Members...)
+			sort.Strings(mem)
+			m.add(vscheck.Event{Kind: vscheck.Install, View: ev.ID, Members: mem})
+			m.views = append(m.views, ev)
+		case *gcs.Message:
+			m.add(vscheck.Event{Kind: vscheck.Deliver, View: ev.View, Sender: ev.Sender, Seq: ev.Seq, Payload: string(ev.Payload)})
+			m.msgs = append(m.msgs, ev)
+			m.state = append(m.state, string(ev.Payload))
+		case *gcs.Evicted:
+			m.add(vscheck.Event{Kind: vscheck.Evict, View: ev.View})
+			m.evicted = ev
+			m.ended = true
+		}
+		m.mu.Unlock()
+		if first {
+			close(m.installed)
+			first = false
+		}
+	}
+}
+
+// send multicasts count messages sequentially.
+func (m *member) send(count, size int) error {
+	<-m.installed
+	for i := 0; i < count; i++ {
+		m.mu.Lock()
+		if m.ended {
+			m.mu.Unlock()
+			return gcs.ErrEvicted
+		}
+		m.seq++
+		p := fmt.Sprintf("%s/%d/", m.name, m.seq)
+		if size > len(p) {
+			p += strings.Repeat("x", size-len(p))
+		}
+		m.add(vscheck.Event{Kind: vscheck.Send, Sender: m.name, Seq: m.seq, Payload: p})
+		m.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		err := m.g.Multicast(ctx, []byte(p))
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *member) leave() {
+	m.e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := m.g.Leave(ctx); err != nil {
+		m.e.t.Fatalf("leave %s: %v", m.name, err)
+	}
+	<-m.done
+	m.mu.Lock()
+	m.ended = true
+	m.add(vscheck.Event{Kind: vscheck.Leave})
+	m.mu.Unlock()
+}
+
+func (m *member) crash(n *gcs.Node) {
+	n.Close()
+	<-m.done
+	m.mu.Lock()
+	m.ended = true
+	m.add(vscheck.Event{Kind: vscheck.Crash})
+	m.mu.Unlock()
+}
+
+func (m *member) delivered() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.msgs)
+}
+
+func (m *member) lastView() *gcs.View {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.views) == 0 {
+		return nil
+	}
+	return m.views[len(m.views)-1]
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		<-tick.C
+	}
+}
+
+// sendAll runs send on every member concurrently.
+func sendAll(t *testing.T, ms []*member, count, size int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, len(ms))
+	for i, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = m.send(count, size)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("%s: multicast: %v", ms[i].name, err)
+		}
+	}
+}
+
+func sameOrder(t *testing.T, a, b *member) {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// b may have joined later: compare from b's first message.
+	if len(b.msgs) == 0 {
+		return
+	}
+	start := -1
+	for i, m := range a.msgs {
+		if m.Pos == b.msgs[0].Pos {
+			start = i
+		}
+	}
+	if start < 0 {
+		t.Fatalf("%s never delivered %s's first message pos %d", a.name, b.name, b.msgs[0].Pos)
+	}
+	for i, m := range b.msgs {
+		if start+i >= len(a.msgs) {
+			break
+		}
+		x := a.msgs[start+i]
+		if x.Pos != m.Pos || x.Sender != m.Sender || x.Seq != m.Seq || !bytes.Equal(x.Payload, m.Payload) {
+			t.Fatalf("order differs at %d: %s has %s/%d@%d, %s has %s/%d@%d", i, a.name, x.Sender, x.Seq, x.Pos, b.name, m.Sender, m.Seq, m.Pos)
+		}
+	}
+}
+
+func TestConcurrentMulticastTotalOrder(t *testing.T) {
+	e := newEnv(t)
+	const members, per = 4, 40
+	var ms []*member
+	for i := 0; i < members; i++ {
+		ms = append(ms, e.join(e.node(fmt.Sprintf("p%d", i)), "g"))
+	}
+	waitUntil(t, 20*time.Second, "everyone in the 4-member view", func() bool {
+		for _, m := range ms {
+			if v := m.lastView(); v == nil || len(v.Members) != members {
+				return false
+			}
+		}
+		return true
+	})
+	// Small messages go inline in the order log, large ones through the
+	// senders' queues.
+	sendAll(t, ms, per/2, 64)
+	sendAll(t, ms, per/2, 3000)
+	waitUntil(t, 30*time.Second, "all messages delivered", func() bool {
+		for _, m := range ms {
+			if m.delivered() < members*per {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range ms[1:] {
+		sameOrder(t, ms[0], m)
+	}
+	waitUntil(t, 10*time.Second, "stability", func() bool { return ms[0].g.Stability().Pos >= uint64(members*per) })
+	for _, m := range ms {
+		m.leave()
+	}
+	e.check()
+}
+
+func TestJoinMidStreamWithStateTransfer(t *testing.T) {
+	e := newEnv(t)
+	a := e.join(e.node("a"), "g")
+	b := e.join(e.node("b"), "g")
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = a.send(80, 32) }()
+	go func() { defer wg.Done(); _ = b.send(80, 2000) }()
+	waitUntil(t, 20*time.Second, "some messages", func() bool { return a.delivered() >= 20 })
+	c := e.join(e.node("c"), "g")
+	if err := c.send(10, 16); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	waitUntil(t, 20*time.Second, "all delivered", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return a.delivered() == 170 && b.delivered() == 170 && len(c.state) == 170
+	})
+	a.mu.Lock()
+	c.mu.Lock()
+	if strings.Join(a.state, ",") != strings.Join(c.state, ",") {
+		t.Errorf("joiner state differs: %d vs %d entries", len(c.state), len(a.state))
+	}
+	if c.msgs[0].Pos <= 1 {
+		t.Errorf("joiner should start mid-stream, first pos %d", c.msgs[0].Pos)
+	}
+	c.mu.Unlock()
+	a.mu.Unlock()
+	sameOrder(t, a, c)
+	for _, m := range []*member{a, b, c} {
+		m.leave()
+	}
+	e.check()
+}
+
+func TestLeaveAndCrashRemoval(t *testing.T) {
+	e := newEnv(t)
+	na, nb, nc := e.node("a"), e.node("b"), e.node("c")
+	a, b, c := e.join(na, "g"), e.join(nb, "g"), e.join(nc, "g")
+	sendAll(t, []*member{a, b, c}, 10, 100)
+	b.leave()
+	if err := b.g.Multicast(context.Background(), []byte("late")); !errors.Is(err, gcs.ErrNotMember) {
+		t.Fatalf("multicast after leave: %v, want ErrNotMember", err)
+	}
+	c.crash(nc)
+	sendAll(t, []*member{a}, 5, 100)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.g.Remove(ctx, c.name); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "view without c", func() bool {
+		v := a.lastView()
+		return len(v.Members) == 1 && v.Members[0] == a.name
+	})
+	sendAll(t, []*member{a}, 5, 100)
+	waitUntil(t, 10*time.Second, "a delivered all", func() bool { return a.delivered() == 40 })
+	a.leave()
+	e.check()
+}
+
+func TestEvictionAndRejoin(t *testing.T) {
+	e := newEnv(t)
+	na, nb := e.node("a"), e.node("b")
+	a, b := e.join(na, "g"), e.join(nb, "g")
+	sendAll(t, []*member{a, b}, 5, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.g.Remove(ctx, b.name); err != nil {
+		t.Fatal(err)
+	}
+	<-b.done
+	if b.evicted == nil {
+		t.Fatal("b was not told it was evicted")
+	}
+	if err := b.g.Multicast(ctx, []byte("x")); !errors.Is(err, gcs.ErrEvicted) {
+		t.Fatalf("multicast after eviction: %v, want ErrEvicted", err)
+	}
+	b2 := e.join(nb, "g")
+	if b2.name == b.name {
+		t.Fatalf("rejoin kept the name %s", b.name)
+	}
+	sendAll(t, []*member{a, b2}, 5, 10)
+	waitUntil(t, 10*time.Second, "delivered", func() bool { return a.delivered() == 20 && b2.delivered() == 10 })
+	sameOrder(t, a, b2)
+	a.leave()
+	b2.leave()
+	e.check()
+}
+
+// TestLogWrapsAndIsTrimmed sends far more than the order log and queues
+// hold: delivery, trimming and queue reuse must keep up.
+func TestLogWrapsAndIsTrimmed(t *testing.T) {
+	e := newEnv(t)
+	mk := func(id string) *gcs.Node {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: id, LogCapacity: 8192, QueueCapacity: 16 << 10, MaxBatchBytes: 4 << 10,
+			GCInterval: 5 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close(); cl.Close() })
+		return n
+	}
+	a, b := e.join(mk("a"), "small"), e.join(mk("b"), "small")
+	sendAll(t, []*member{a, b}, 80, 700)
+	waitUntil(t, 30*time.Second, "delivered", func() bool { return a.delivered() == 160 && b.delivered() == 160 })
+	sameOrder(t, a, b)
+	a.leave()
+	b.leave()
+	e.check()
+}
+
+var _ = binary.LittleEndian

@@ -1,0 +1,491 @@
+package gcs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tutti-gcs/tutti/client"
+)
+
+// Event is what Events delivers: *View, *Message or *Evicted.
+type Event interface{ isEvent() }
+
+// Message is one multicast message, delivered in the group's total order.
+type Message struct {
+	// View is the id of the view the message was ordered (and is delivered)
+	// in.
+	View uint64
+	// Sender is the sending member's name, "ID#incarnation".
+	Sender string
+	// Seq is the sender's sequence number (1, 2, ... per member life):
+	// per-sender FIFO means increasing Seq.
+	Seq uint64
+	// Pos is the message's position in the group's total order (1, 2, ...
+	// over the group's whole history): every member delivers a message
+	// with the same Pos, and Pos grows along Events.
+	Pos uint64
+	// Payload is the application's bytes (do not modify).
+	Payload []byte
+}
+
+// View is a membership view. Every member that installs views v and v+1
+// delivered the same messages in view v.
+type View struct {
+	ID uint64
+	// Members in rank order: the oldest member first.
+	Members []string
+	// Joined and Left are the differences from the previous view.
+	Joined, Left []string
+	// Reason: "join", "left", "failed" (confirmed by Membership),
+	// "removed by NAME" (Group.Remove), or a combination ("join" that also
+	// removed members found dead).
+	Reason string
+}
+
+// Evicted is the last event of a member removed while alive. The Group is
+// then dead; Join again for a new membership.
+type Evicted struct {
+	View   uint64 // the view that does not include this member
+	Reason string
+}
+
+func (*Message) isEvent() {}
+func (*View) isEvent()    {}
+func (*Evicted) isEvent() {}
+
+// Stability reports what every member of the current view has delivered.
+type Stability struct {
+	// Pos: every current member has delivered the messages with
+	// Message.Pos <= Pos (as published, at most GCInterval old).
+	Pos uint64
+}
+
+// Group is one membership of one group. It is safe for concurrent use.
+type Group struct {
+	n    *Node
+	ref  groupRef
+	self member
+	opts JoinOptions
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	events chan Event
+	wake   chan struct{} // pokes the delivery loop
+	sendCh chan struct{} // pokes the sender
+	wg     sync.WaitGroup
+	done   chan struct{} // closed when the delivery loop ended
+	start0 uint64        // log position of the view record that admitted us
+
+	leaving   atomic.Bool
+	dLog      atomic.Uint64 // delivered order-log position
+	dMsg      atomic.Uint64 // delivered message position
+	head      atomic.Uint64 // last head seen
+	stability atomic.Uint64
+	stopOnce  sync.Once
+
+	mu struct {
+		sync.Mutex
+		pending []*sendReq
+		err     error // once set, Multicast fails with it
+	}
+}
+
+type sendReq struct {
+	payload []byte
+	done    chan error // capacity 1
+	taken   bool
+}
+
+func newGroup(n *Node, ref groupRef, self member, opts JoinOptions, pos uint64) *Group {
+	g := &Group{n: n, ref: ref, self: self, opts: opts, events: make(chan Event), wake: make(chan struct{}, 1),
+		sendCh: make(chan struct{}, 1), done: make(chan struct{}), start0: pos}
+	g.ctx, g.cancel = context.WithCancel(n.ctx)
+	g.dLog.Store(pos)
+	g.dMsg.Store(self.dMsg)
+	return g
+}
+
+func (g *Group) start() {
+	g.wg.Add(3)
+	go g.deliverLoop()
+	go g.sendLoop()
+	go g.housekeep()
+}
+
+// Name returns this member's name in views ("ID#incarnation").
+func (g *Group) Name() string { return g.self.name }
+
+// Events returns the ordered events of this membership: the *View that
+// admitted it first, then messages and views in the group's total order;
+// the channel is closed after an *Evicted, after Leave, or on Node.Close.
+// The channel is unbuffered: delivery waits for the application (and
+// flow control throttles the group's senders once the log is full).
+func (g *Group) Events() <-chan Event { return g.events }
+
+// Stability returns the last computed stability (see Stability).
+func (g *Group) Stability() Stability { return Stability{Pos: g.stability.Load()} }
+
+func (g *Group) poke() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (g *Group) fail(err error) {
+	g.mu.Lock()
+	if g.mu.err == nil {
+		g.mu.err = err
+	}
+	pend := g.mu.pending
+	g.mu.pending = nil
+	g.mu.Unlock()
+	for _, r := range pend {
+		r.done <- err
+	}
+}
+
+func (g *Group) termErr() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.mu.err
+}
+
+// stop ends the goroutines without leaving; Multicast then fails with err.
+func (g *Group) stop(err error) {
+	g.stopOnce.Do(func() {
+		g.fail(err)
+		g.cancel()
+		g.wg.Wait()
+		g.fail(err) // requests the sender took and did not finish
+		g.n.unregister(g)
+	})
+}
+
+// Multicast orders payload in the group and returns once it is ordered:
+// linked into the order log (durable on a majority of the home memnode's
+// replicas). Every member of the view it was ordered in, including this
+// one, delivers it unless it crashes. Errors: ErrNotMember after Leave,
+// ErrEvicted, ErrClosed, ErrTooLarge, or ctx's error — after which the
+// message may or may not be ordered, like any request whose answer was
+// lost.
+func (g *Group) Multicast(ctx context.Context, payload []byte) error {
+	if len(payload)+4 > g.n.cfg.MaxBatchBytes && uint64(len(payload)+blobHeader+4) > g.self.qLen/2 {
+		return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(payload))
+	}
+	r := &sendReq{payload: payload, done: make(chan error, 1)}
+	g.mu.Lock()
+	if err := g.mu.err; err != nil {
+		g.mu.Unlock()
+		return err
+	}
+	g.mu.pending = append(g.mu.pending, r)
+	g.mu.Unlock()
+	select {
+	case g.sendCh <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		g.mu.Lock()
+		for i, p := range g.mu.pending {
+			if p == r {
+				g.mu.pending = append(g.mu.pending[:i:i], g.mu.pending[i+1:]...)
+				break
+			}
+		}
+		g.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// Leave removes this member from the view (a view change with reason
+// "left"), delivers everything ordered before that view and closes Events
+// without delivering the new view. Pending and later Multicasts fail with
+// ErrNotMember. The Events channel must be drained for Leave to finish.
+func (g *Group) Leave(ctx context.Context) error {
+	if err := g.termErr(); err != nil {
+		if errors.Is(err, ErrNotMember) {
+			return nil
+		}
+		return err
+	}
+	g.leaving.Store(true)
+	err := g.n.viewChange(ctx, g.ref, func(ms metaState) (*change, error) {
+		if m := ms.members[g.self.slot]; m.tag == g.self.tag && m.active() {
+			return &change{remove: []member{m}, reason: "left"}, nil
+		}
+		return nil, nil
+	}, nil)
+	if err != nil {
+		g.leaving.Store(false)
+		return fmt.Errorf("gcs: leave %s: %w", g.ref.name, err)
+	}
+	g.poke()
+	select {
+	case <-g.done:
+	case <-ctx.Done():
+		return fmt.Errorf("gcs: leave %s: left the view, delivery not finished: %w", g.ref.name, ctx.Err())
+	}
+	g.stop(ErrNotMember)
+	if err := g.termErr(); errors.Is(err, ErrEvicted) {
+		return err
+	}
+	return nil
+}
+
+// Remove takes member (a name from a View) out of the view, as an
+// administrator would after a failure that no Membership reports. A live
+// member so removed gets *Evicted. Removing a name not in the view is a
+// no-op.
+func (g *Group) Remove(ctx context.Context, name string) error {
+	if name == g.self.name {
+		return fmt.Errorf("%w: use Leave to remove oneself", ErrInvalid)
+	}
+	if err := g.termErr(); err != nil {
+		return err
+	}
+	err := g.n.viewChange(ctx, g.ref, func(ms metaState) (*change, error) {
+		if m, ok := ms.byTag(g.self.tag); !ok || !m.active() {
+			return nil, ErrEvicted
+		}
+		for _, m := range ms.active() {
+			if m.name == name {
+				return &change{remove: []member{m}, reason: "removed by " + g.self.name}, nil
+			}
+		}
+		return nil, nil
+	}, nil)
+	if err != nil {
+		return fmt.Errorf("gcs: remove %s from %s: %w", name, g.ref.name, err)
+	}
+	return nil
+}
+
+// linked remembers a batch in our queue until the log is trimmed past it.
+type linked struct{ logEnd, qStart uint64 }
+
+// sendLoop batches pending multicasts and links them, one batch in flight.
+func (g *Group) sendLoop() {
+	defer g.wg.Done()
+	n := g.n
+	var (
+		seq      uint64 // last sequence number used
+		hdr      header // our latest knowledge of the header
+		haveHdr  bool
+		sendView = g.self.joinedView
+		qTail    uint64 // next queue position
+		qLinks   []linked
+		ringBase = g.self.qAddr + 8
+		ringLen  = g.self.qLen - 8
+		fence    = le.AppendUint64(nil, g.self.tag)
+	)
+	readHdr := func() bool {
+		err := n.retry(g.ctx, func() error {
+			h, err := n.readHeader(g.ctx, g.ref)
+			if err == nil {
+				hdr, haveHdr = h, true
+				g.head.Store(max(g.head.Load(), h.head))
+			}
+			return err
+		})
+		return err == nil
+	}
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-g.done:
+			return
+		case <-g.sendCh:
+		}
+		for {
+			batch := g.takeBatch()
+			if len(batch) == 0 {
+				break
+			}
+			payloads := make([][]byte, len(batch))
+			for i, r := range batch {
+				payloads[i] = r.payload
+			}
+			first := seq + 1
+			seq += uint64(len(batch))
+			msgs := encodeMsgs(nil, payloads)
+			rec := record{kind: recInline, slot: g.self.slot, tag: g.self.tag, firstSeq: first, count: len(batch)}
+			qStart, inQueue := qTail, false
+			if n.cfg.InlineBytes > 0 && recHeader+len(msgs) <= n.cfg.InlineBytes {
+				rec.body = msgs
+			} else {
+				blob := make([]byte, align8(blobHeader+len(msgs)))
+				putU64s(blob, qTail)
+				le.PutUint32(blob[8:], uint32(len(blob)))
+				le.PutUint32(blob[12:], uint32(len(batch)))
+				putU64s(blob[16:], g.self.tag, first)
+				copy(blob[blobHeader:], msgs)
+				// Wait for room: the queue ring is reclaimed as the log's
+				// head passes the records that reference it.
+				wait := n.cfg.PollMin
+				for {
+					head := g.head.Load()
+					for len(qLinks) > 0 && qLinks[0].logEnd <= head {
+						qLinks = qLinks[1:]
+					}
+					qHead := qTail
+					if len(qLinks) > 0 {
+						qHead = qLinks[0].qStart
+					}
+					if qTail+uint64(len(blob))-qHead <= ringLen {
+						break
+					}
+					if sleepCtx(g.ctx, wait) != nil || !readHdr() {
+						g.fail(ErrClosed)
+						return
+					}
+					wait = min(2*wait, n.cfg.PollMax)
+				}
+				tx := client.NewTx().Compare(g.self.qMemnode, g.self.qAddr, fence)
+				off := uint64(0)
+				for _, it := range ringSplit(ringBase, ringLen, qTail, uint64(len(blob))) {
+					tx.Write(g.self.qMemnode, it.addr, blob[off:off+it.n])
+					off += it.n
+				}
+				var res *client.Result
+				err := n.retry(g.ctx, func() error {
+					var err error
+					res, err = n.exec(g.ctx, tx)
+					if errors.Is(err, client.ErrUnknownOutcome) {
+						return err // the write is idempotent: redo it
+					}
+					return err
+				})
+				if err != nil {
+					g.finish(batch, ErrClosed)
+					g.fail(ErrClosed)
+					return
+				}
+				if !res.Committed { // the fence is gone: we were removed
+					g.finish(batch, ErrEvicted)
+					g.fail(ErrEvicted)
+					return
+				}
+				rec.kind = recRef
+				rec.body = refBody{qMemnode: g.self.qMemnode, qAddr: ringBase, qLen: ringLen, qPos: qTail, bytes: uint64(len(blob))}.encode()
+				qTail += uint64(len(blob))
+				inQueue = true
+			}
+			// Link: one minitransaction on the home memnode; a lost race
+			// re-reads the header and retries only this step.
+			wait := n.cfg.PollMin
+			for {
+				if !haveHdr && !readHdr() {
+					g.finish(batch, ErrClosed)
+					g.fail(ErrClosed)
+					return
+				}
+				if hdr.view != sendView {
+					ms, err := n.readMeta(g.ctx, g.ref)
+					if err != nil {
+						if g.ctx.Err() != nil {
+							g.finish(batch, ErrClosed)
+							return
+						}
+						haveHdr = false
+						continue
+					}
+					if m := ms.members[g.self.slot]; m.tag != g.self.tag || !m.active() {
+						err := ErrEvicted
+						if g.leaving.Load() {
+							err = ErrNotMember
+						}
+						g.finish(batch, err)
+						g.fail(err)
+						return
+					}
+					hdr, sendView = ms.h, ms.h.view
+				}
+				rec.pos, rec.view, rec.msgBase = hdr.tail, hdr.view, hdr.msgs
+				b := rec.encode()
+				if hdr.tail+uint64(len(b))-hdr.head > g.ref.logSize {
+					if sleepCtx(g.ctx, wait) != nil {
+						g.finish(batch, ErrClosed)
+						return
+					}
+					wait = min(2*wait, n.cfg.PollMax)
+					haveHdr = false
+					continue
+				}
+				nh := hdr
+				nh.tail, nh.msgs = hdr.tail+uint64(len(b)), hdr.msgs+uint64(len(batch))
+				tx := client.NewTx().Compare(g.ref.home, g.ref.meta+offView, hdr.vtm()).Write(g.ref.home, g.ref.meta+offView, nh.vtm())
+				off := uint64(0)
+				for _, it := range ringSplit(g.ref.logBase(), g.ref.logSize, rec.pos, uint64(len(b))) {
+					tx.Write(g.ref.home, it.addr, b[off:off+it.n])
+					off += it.n
+				}
+				res, err := n.exec(g.ctx, tx)
+				if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
+					got, rerr := n.readRing(g.ctx, g.ref, rec.pos, len(b))
+					if rerr == nil {
+						res, err = &client.Result{Committed: bytes.Equal(got, b)}, nil
+					}
+				}
+				if err != nil {
+					if g.ctx.Err() != nil {
+						g.finish(batch, ErrClosed)
+						return
+					}
+					n.log.Debug().Err(err).Msg("link")
+					haveHdr = false
+					if sleepCtx(g.ctx, wait) != nil {
+						g.finish(batch, ErrClosed)
+						return
+					}
+					wait = min(2*wait, 100*time.Millisecond)
+					continue
+				}
+				if !res.Committed {
+					haveHdr = false
+					continue
+				}
+				hdr = nh
+				if inQueue {
+					qLinks = append(qLinks, linked{logEnd: nh.tail, qStart: qStart})
+				}
+				break
+			}
+			n.wakeLocal(g.ref.name)
+			g.finish(batch, nil)
+		}
+	}
+}
+
+func (g *Group) takeBatch() []*sendReq {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []*sendReq
+	bytes := 0
+	for len(g.mu.pending) > 0 && len(out) < g.n.cfg.MaxBatch {
+		r := g.mu.pending[0]
+		if len(out) > 0 && bytes+4+len(r.payload) > g.n.cfg.MaxBatchBytes {
+			break
+		}
+		bytes += 4 + len(r.payload)
+		r.taken = true
+		out = append(out, r)
+		g.mu.pending = g.mu.pending[1:]
+	}
+	return out
+}
+
+func (g *Group) finish(batch []*sendReq, err error) {
+	for _, r := range batch {
+		r.done <- err
+	}
+}

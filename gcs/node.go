@@ -1,0 +1,433 @@
+package gcs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tutti-gcs/tutti/client"
+)
+
+// Node is this process's handle on groups. It is safe for concurrent use.
+type Node struct {
+	cfg      Config
+	cl       *client.Client
+	log      zerolog.Logger
+	memnodes []uint64 // sorted
+	allocs   map[uint64]*client.Allocator
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu struct {
+		sync.Mutex
+		closed bool
+		groups map[*Group]struct{}
+		used   map[string]bool // member names this node used ("group/name")
+	}
+}
+
+// Open checks cfg and returns a Node. It does no I/O beyond reading the
+// client's cluster layout.
+func Open(ctx context.Context, cfg Config) (*Node, error) {
+	cfg.defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ms := append([]uint64(nil), cfg.Memnodes...)
+	if len(ms) == 0 {
+		info := cfg.Client.Cluster()
+		if info == nil {
+			return nil, fmt.Errorf("%w: the client knows no memnodes", ErrInvalid)
+		}
+		for _, m := range info.GetMemnodes() {
+			ms = append(ms, m.GetId())
+		}
+	}
+	if len(ms) == 0 {
+		return nil, fmt.Errorf("%w: no memnodes", ErrInvalid)
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i] < ms[j] })
+	n := &Node{cfg: cfg, cl: cfg.Client, log: cfg.Logger.With().Str("gcs", cfg.ID).Logger(), memnodes: ms,
+		allocs: map[uint64]*client.Allocator{}}
+	for _, m := range ms {
+		a, err := client.NewAllocator(cfg.Client, client.AllocatorConfig{Memnode: m, Base: AllocBase, Limit: AllocLimit})
+		if err != nil {
+			return nil, err
+		}
+		n.allocs[m] = a
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.mu.groups = map[*Group]struct{}{}
+	n.mu.used = map[string]bool{}
+	return n, nil
+}
+
+// Close stops every group of this node without leaving: to the other
+// members it looks like a crash (with Membership, they remove this process
+// once the process table says so). Events channels are closed.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.mu.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.mu.closed = true
+	gs := make([]*Group, 0, len(n.mu.groups))
+	for g := range n.mu.groups {
+		gs = append(gs, g)
+	}
+	n.mu.Unlock()
+	n.cancel()
+	for _, g := range gs {
+		g.stop(ErrClosed)
+	}
+	return nil
+}
+
+// groupRef locates one group's metadata and order log.
+type groupRef struct {
+	name                string
+	home, meta          uint64
+	logSize, maxMembers uint64
+}
+
+func (r groupRef) logBase() uint64 { return r.meta + metaHeader + r.maxMembers*memberSize }
+func (r groupRef) metaLen() uint32 { return uint32(metaHeader + r.maxMembers*memberSize) }
+func (r groupRef) slotAddr(slot int) uint64 {
+	return r.meta + metaHeader + uint64(slot)*memberSize
+}
+
+func (n *Node) exec(ctx context.Context, tx *client.Tx) (*client.Result, error) {
+	return n.cl.Exec(ctx, tx)
+}
+
+func (n *Node) read(ctx context.Context, mn, addr uint64, l uint32) ([]byte, error) {
+	res, err := n.cl.Exec(ctx, client.NewTx().Read(mn, addr, l))
+	if err != nil {
+		return nil, err
+	}
+	return res.Reads[0], nil
+}
+
+// readMeta reads the header and member slots in one read.
+func (n *Node) readMeta(ctx context.Context, ref groupRef) (metaState, error) {
+	b, err := n.read(ctx, ref.home, ref.meta, ref.metaLen())
+	if err != nil {
+		return metaState{}, err
+	}
+	return decodeMeta(b)
+}
+
+func (n *Node) readHeader(ctx context.Context, ref groupRef) (header, error) {
+	b, err := n.read(ctx, ref.home, ref.meta, metaHeader)
+	if err != nil {
+		return header{}, err
+	}
+	return decodeHeader(b)
+}
+
+// lookup finds group in its home memnode's index, creating it when absent.
+// The index is an open-addressing hash table: linear probing from
+// hash(name) mod IndexSlots; a free slot is claimed by a minitransaction
+// that compares it to zeros. Slots are never freed, so probing stops at
+// the first free slot.
+func (n *Node) lookup(ctx context.Context, name string) (groupRef, error) {
+	home := homeOf(name, n.memnodes)
+	start := hashName(name) % IndexSlots
+	var created *client.Region // our metadata region, if we made one
+	defer func() {
+		if created != nil {
+			if err := n.allocs[home].Free(context.WithoutCancel(ctx), *created); err != nil {
+				n.log.Debug().Err(err).Msg("freeing unused group metadata")
+			}
+		}
+	}()
+	for probed := uint64(0); probed < IndexSlots; {
+		first := (start + probed) % IndexSlots
+		cnt := min(uint64(indexProbe), IndexSlots-first)
+		raw, err := n.read(ctx, home, IndexBase+first*IndexSlotSize, uint32(cnt*IndexSlotSize))
+		if err != nil {
+			return groupRef{}, err
+		}
+		for i := uint64(0); i < cnt; i++ {
+			s := raw[i*IndexSlotSize : (i+1)*IndexSlotSize]
+			meta, nl := u64(s, 0), u64(s, 8)
+			if meta != 0 {
+				if nl == uint64(len(name)) && string(s[16:16+nl]) == name {
+					return n.openRef(ctx, name, home, meta)
+				}
+				continue
+			}
+			// Free slot: the group does not exist. Create and claim.
+			if created == nil {
+				r, err := n.createMeta(ctx, home)
+				if err != nil {
+					return groupRef{}, err
+				}
+				created = &r
+			}
+			slot := make([]byte, IndexSlotSize)
+			putU64s(slot, created.Addr, uint64(len(name)))
+			copy(slot[16:], name)
+			addr := IndexBase + (first+i)*IndexSlotSize
+			res, err := n.exec(ctx, client.NewTx().Compare(home, addr, make([]byte, IndexSlotSize)).Write(home, addr, slot))
+			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
+				b, rerr := n.read(ctx, home, addr, IndexSlotSize)
+				if rerr != nil {
+					return groupRef{}, errors.Join(err, rerr)
+				}
+				res = &client.Result{Committed: bytes.Equal(b, slot)}
+				err = nil
+			}
+			if err != nil {
+				return groupRef{}, err
+			}
+			if res.Committed {
+				meta := created.Addr
+				created = nil
+				return n.openRef(ctx, name, home, meta)
+			}
+			goto reread // lost the race for this slot: read the window again
+		}
+		probed += cnt
+		continue
+	reread:
+	}
+	return groupRef{}, fmt.Errorf("%w: memnode %d", ErrIndexFull, home)
+}
+
+// createMeta allocates and initialises a metadata region on home.
+func (n *Node) createMeta(ctx context.Context, home uint64) (client.Region, error) {
+	h := header{logSize: n.cfg.LogCapacity, maxMembers: uint64(n.cfg.MaxMembers)}
+	size := uint64(metaHeader) + h.maxMembers*memberSize + h.logSize
+	r, err := n.allocs[home].Alloc(ctx, size)
+	if err != nil {
+		return client.Region{}, err
+	}
+	init := make([]byte, metaHeader+h.maxMembers*memberSize)
+	copy(init, h.encode())
+	if _, err := n.exec(ctx, client.NewTx().Write(home, r.Addr, init)); err != nil && !errors.Is(err, client.ErrUnknownOutcome) {
+		return client.Region{}, err
+	}
+	// An unknown outcome is settled by openRef's magic check after the
+	// claim; write once more to be sure.
+	if _, err := n.exec(ctx, client.NewTx().Write(home, r.Addr, init)); err != nil {
+		return client.Region{}, err
+	}
+	return r, nil
+}
+
+func (n *Node) openRef(ctx context.Context, name string, home, meta uint64) (groupRef, error) {
+	ref := groupRef{name: name, home: home, meta: meta}
+	h, err := n.readHeader(ctx, ref)
+	if err != nil {
+		return groupRef{}, err
+	}
+	ref.logSize, ref.maxMembers = h.logSize, h.maxMembers
+	return ref, nil
+}
+
+// Join makes this process a member of group (created on first use) and
+// returns once the view admitting it is installed: after state transfer
+// (Restore) when a provider exists. The first event on Events is that
+// *View. Joining the same group twice from one Node gives two members.
+func (n *Node) Join(ctx context.Context, group string, opts JoinOptions) (*Group, error) {
+	if group == "" || len(group) > MaxGroupName {
+		return nil, fmt.Errorf("%w: group name must be 1..%d bytes", ErrInvalid, MaxGroupName)
+	}
+	if n.isClosed() {
+		return nil, ErrClosed
+	}
+	ref, err := n.lookup(ctx, group)
+	if err != nil {
+		return nil, fmt.Errorf("gcs: join %s: %w", group, err)
+	}
+	qmn := n.memnodes[hashName(n.cfg.ID+"/"+group+fmt.Sprint(time.Now().UnixNano()))%uint64(len(n.memnodes))]
+	q, err := n.allocs[qmn].Alloc(ctx, n.cfg.QueueCapacity+8)
+	if err != nil {
+		return nil, fmt.Errorf("gcs: join %s: queue: %w", group, err)
+	}
+	var lastErr error
+	for attempt := 0; attempt < 8; attempt++ {
+		g, retry, err := n.joinOnce(ctx, ref, q, opts)
+		if err == nil {
+			return g, nil
+		}
+		lastErr = err
+		if !retry {
+			break
+		}
+	}
+	if ferr := n.allocs[qmn].Free(context.WithoutCancel(ctx), q); ferr != nil {
+		n.log.Debug().Err(ferr).Msg("freeing queue after failed join")
+	}
+	return nil, fmt.Errorf("gcs: join %s: %w", group, lastErr)
+}
+
+func (n *Node) isClosed() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.mu.closed
+}
+
+// joinOnce runs one join view change and the state transfer. retry reports
+// that the provider vanished before transferring and the join should be
+// made again (the membership just made was left).
+func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts JoinOptions) (*Group, bool, error) {
+	var self member
+	var out viewOutcome
+	err := n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
+		slot := -1
+		for _, m := range ms.members {
+			if m.tag == 0 {
+				slot = m.slot
+				break
+			}
+		}
+		if slot < 0 {
+			return nil, ErrGroupFull
+		}
+		tag := ms.h.nextTag + 1
+		self = member{slot: slot, tag: tag, joinedView: ms.h.view + 1, qMemnode: q.Memnode, qAddr: q.Addr, qLen: q.Len,
+			dLog: ms.h.tail, dMsg: ms.h.msgs}
+		inc := tag
+		if n.cfg.Membership != nil {
+			inc = n.cfg.Membership.Incarnation()
+			self.inc = inc
+		}
+		self.name = fmt.Sprintf("%s#%d", n.cfg.ID, inc)
+		n.mu.Lock()
+		if n.mu.used[ref.name+"/"+self.name] {
+			self.name = fmt.Sprintf("%s#%d.%d", n.cfg.ID, inc, tag)
+		}
+		n.mu.Unlock()
+		ch := &change{add: &self, reason: "join"}
+		dead := n.confirmedDead(ms.active())
+		ch.remove = dead
+		if opts.Restore != nil {
+			for _, m := range ms.active() {
+				if !containsTag(dead, m.tag) {
+					ch.provider = m.tag
+					break
+				}
+			}
+		}
+		return ch, nil
+	}, &out)
+	if err != nil {
+		return nil, false, err
+	}
+	n.mu.Lock()
+	n.mu.used[ref.name+"/"+self.name] = true
+	n.mu.Unlock()
+	// Fence the queue with our tag, while our slot still holds it: blob
+	// writes compare the fence, and reclaim zeroes slot and fence at once.
+	tagB := le.AppendUint64(nil, self.tag)
+	if err := n.retry(ctx, func() error {
+		_, err := n.exec(ctx, client.NewTx().Compare(ref.home, ref.slotAddr(self.slot), tagB).Write(q.Memnode, q.Addr, tagB))
+		return err
+	}); err != nil {
+		n.abandon(ref, self)
+		return nil, false, err
+	}
+	g := newGroup(n, ref, self, opts, out.pos)
+	if out.provider != 0 {
+		retry, err := g.receiveState(ctx, out.provider)
+		if err != nil {
+			n.abandon(ref, self)
+			return nil, retry, err
+		}
+	}
+	if !n.register(g) {
+		n.abandon(ref, self)
+		return nil, false, ErrClosed
+	}
+	g.start()
+	n.wakeLocal(ref.name)
+	return g, false, nil
+}
+
+// abandon leaves a membership that never became a Group.
+func (n *Node) abandon(ref groupRef, self member) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
+		if m, ok := ms.byTag(self.tag); ok && m.active() {
+			return &change{remove: []member{m}, reason: "left"}, nil
+		}
+		return nil, nil
+	}, nil)
+	if err != nil {
+		n.log.Warn().Err(err).Str("member", self.name).Msg("leaving after a failed join")
+	}
+}
+
+func (n *Node) register(g *Group) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.mu.closed {
+		return false
+	}
+	n.mu.groups[g] = struct{}{}
+	return true
+}
+
+func (n *Node) unregister(g *Group) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.mu.groups, g)
+}
+
+// wakeLocal wakes the delivery loops of this node's members of group: a
+// local multicast or view change is visible at once.
+// TODO(watch): with client.Watch, memnodes push tail changes to every
+// member; this stays as the same-process shortcut.
+func (n *Node) wakeLocal(group string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for g := range n.mu.groups {
+		if g.ref.name == group {
+			g.poke()
+		}
+	}
+}
+
+// retry runs f until it succeeds or ctx ends, with backoff, on transient
+// client errors.
+func (n *Node) retry(ctx context.Context, f func() error) error {
+	d := time.Millisecond
+	for i := 0; ; i++ {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || errors.Is(err, client.ErrClosed) || errors.Is(err, client.ErrInvalid) || i >= 20 {
+			return err
+		}
+		n.log.Debug().Err(err).Msg("retrying")
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		d = min(2*d, 200*time.Millisecond)
+	}
+}
+
+func containsTag(ms []member, tag uint64) bool {
+	for _, m := range ms {
+		if m.tag == tag {
+			return true
+		}
+	}
+	return false
+}

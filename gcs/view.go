@@ -1,0 +1,356 @@
+package gcs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tutti-gcs/tutti/client"
+)
+
+// change is one view change decided from the metadata: at most one joiner,
+// any number of removals.
+type change struct {
+	add      *member
+	remove   []member
+	reason   string
+	provider uint64 // tag of the state provider for add (0: none)
+}
+
+// viewOutcome reports a committed view change.
+type viewOutcome struct {
+	pos, view, provider uint64
+}
+
+// planView builds the minitransaction of ch against ms: compare (view,
+// tail, msgs), write view+1 and the new tail, the joiner's slot, the
+// removed members' retiredAt, and the view record at the old tail. It is a
+// pure function of its inputs.
+func planView(ref groupRef, ms metaState, ch *change) (*client.Tx, record, []byte) {
+	h := ms.h
+	pos := h.tail
+	var members []member
+	for _, m := range ms.active() {
+		if !containsTag(ch.remove, m.tag) {
+			members = append(members, m)
+		}
+	}
+	vb := viewBody{reason: ch.reason, provider: ch.provider}
+	if ch.add != nil {
+		a := *ch.add
+		a.dLog, a.dMsg, a.joinedView = pos, h.msgs, h.view+1
+		ch.add = &a
+		members = append(members, a)
+		vb.joined = []string{a.name}
+		vb.joiner = a.tag
+	}
+	sort.Slice(members, func(i, j int) bool { return rankLess(members[i], members[j]) })
+	for _, m := range members {
+		vb.members = append(vb.members, viewMember{slot: m.slot, tag: m.tag, name: m.name})
+	}
+	for _, m := range ch.remove {
+		vb.left = append(vb.left, m.name)
+	}
+	rec := record{pos: pos, kind: recView, view: h.view + 1, msgBase: h.msgs, body: vb.encode()}
+	b := rec.encode()
+	nh := h
+	nh.view, nh.tail = h.view+1, h.tail+uint64(len(b))
+	tx := client.NewTx().Compare(ref.home, ref.meta+offView, h.vtm()).Write(ref.home, ref.meta+offView, nh.vtm())
+	if ch.add != nil {
+		tx.Write(ref.home, ref.meta+40, le.AppendUint64(nil, h.nextTag+1))
+		tx.Write(ref.home, ref.slotAddr(ch.add.slot), ch.add.encode())
+	}
+	for _, m := range ch.remove {
+		tx.Write(ref.home, ref.slotAddr(m.slot)+96, le.AppendUint64(nil, pos))
+	}
+	off := uint64(0)
+	for _, it := range ringSplit(ref.logBase(), ref.logSize, pos, uint64(len(b))) {
+		tx.Write(ref.home, it.addr, b[off:off+it.n])
+		off += it.n
+	}
+	return tx, rec, b
+}
+
+// viewChange reads the metadata, asks decide for a change and commits it,
+// again and again until it commits, decide returns nil (nothing to do) or
+// an error, or ctx ends. Concurrent view changes and multicasts make the
+// compare fail; the loser re-reads and decides again.
+func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaState) (*change, error), out *viewOutcome) error {
+	wait := time.Millisecond
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ms, err := n.readMeta(ctx, ref)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, ErrCorrupt) || attempt > 20 {
+				return err
+			}
+			if err := sleepCtx(ctx, wait); err != nil {
+				return err
+			}
+			continue
+		}
+		ch, err := decide(ms)
+		if err != nil || ch == nil {
+			return err
+		}
+		var rm []member
+		for _, m := range ch.remove {
+			if cur := ms.members[m.slot]; cur.tag == m.tag && cur.active() {
+				rm = append(rm, cur)
+			}
+		}
+		ch.remove = rm
+		if ch.add == nil && len(ch.remove) == 0 {
+			return nil
+		}
+		tx, rec, b := planView(ref, ms, ch)
+		if ms.h.tail+uint64(len(b))-ms.h.head > ref.logSize {
+			// The log is full: wait for the members to deliver and the
+			// oldest to trim.
+			if err := sleepCtx(ctx, wait); err != nil {
+				return err
+			}
+			wait = min(2*wait, 20*time.Millisecond)
+			continue
+		}
+		res, err := n.exec(ctx, tx)
+		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
+			got, rerr := n.readRing(ctx, ref, rec.pos, len(b))
+			if rerr != nil {
+				return errors.Join(err, rerr)
+			}
+			res, err = &client.Result{Committed: bytes.Equal(got, b)}, nil
+		}
+		if err != nil {
+			if ctx.Err() != nil || attempt > 20 {
+				return err
+			}
+			if err := sleepCtx(ctx, wait); err != nil {
+				return err
+			}
+			continue
+		}
+		if res.Committed {
+			if out != nil {
+				*out = viewOutcome{pos: rec.pos, view: rec.view, provider: ch.provider}
+			}
+			n.log.Debug().Str("group", ref.name).Uint64("view", rec.view).Str("reason", ch.reason).Msg("view change")
+			n.wakeLocal(ref.name)
+			return nil
+		}
+		if attempt > 8 {
+			if err := sleepCtx(ctx, time.Duration(attempt)*100*time.Microsecond); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// readRing reads n bytes of the order log from position pos.
+func (n *Node) readRing(ctx context.Context, ref groupRef, pos uint64, l int) ([]byte, error) {
+	tx := client.NewTx()
+	items := ringSplit(ref.logBase(), ref.logSize, pos, uint64(l))
+	for _, it := range items {
+		tx.Read(ref.home, it.addr, uint32(it.n))
+	}
+	res, err := n.exec(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	if len(items) == 1 {
+		return res.Reads[0], nil
+	}
+	return append(append([]byte(nil), res.Reads[0]...), res.Reads[1]...), nil
+}
+
+// confirmedDead returns the members whose process the process table
+// declares gone: its row is dead or left at the member's incarnation, or
+// a newer incarnation replaced it. Without Membership, none.
+func (n *Node) confirmedDead(active []member) []member {
+	if n.cfg.Membership == nil {
+		return nil
+	}
+	t := n.cfg.Membership.Known()
+	var out []member
+	for _, m := range active {
+		if m.inc == 0 {
+			continue
+		}
+		id, _, _ := strings.Cut(m.name, "#")
+		row, ok := t.Lookup(id)
+		if ok && (row.Incarnation > m.inc || (row.Incarnation == m.inc && !row.State.Live())) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// provide is the provider's side of state transfer, run on the delivery
+// goroutine right after the view admitting the joiner was handed to the
+// application: snapshot, write it into a region of this member's queue
+// memnode, and publish the region in the joiner's slot (comparing the
+// joiner's tag, so a joiner removed meanwhile gets nothing).
+func (g *Group) provide(joiner viewMember) {
+	n := g.n
+	ctx := g.ctx
+	status, data := uint64(stNone), []byte(nil)
+	if g.opts.Snapshot != nil {
+		d, err := g.opts.Snapshot()
+		if err != nil {
+			n.log.Warn().Err(err).Str("joiner", joiner.name).Msg("snapshot for state transfer failed")
+			status = stFailed
+		} else {
+			status, data = stReady, d
+		}
+	}
+	var region client.Region
+	if status == stReady {
+		mn := g.self.qMemnode
+		var err error
+		region, err = n.allocs[mn].Alloc(ctx, uint64(8+len(data)))
+		if err != nil {
+			n.log.Warn().Err(err).Msg("allocating the state transfer region")
+			status = stFailed
+		} else {
+			buf := le.AppendUint64(make([]byte, 0, 8+len(data)), uint64(len(data)))
+			buf = append(buf, data...)
+			const chunk = 512 << 10
+			for off := 0; off < len(buf) && status == stReady; off += chunk {
+				part := buf[off:min(off+chunk, len(buf))]
+				addr := region.Addr + uint64(off)
+				if err := n.retry(ctx, func() error {
+					_, err := n.exec(ctx, client.NewTx().Write(mn, addr, part))
+					return err
+				}); err != nil {
+					n.log.Warn().Err(err).Msg("writing the state")
+					status = stFailed
+				}
+			}
+		}
+	}
+	slot := g.ref.slotAddr(joiner.slot)
+	w := make([]byte, 32)
+	if status == stReady {
+		putU64s(w, status, region.Memnode, region.Addr, region.Len)
+	} else {
+		putU64s(w, status)
+	}
+	var committed bool
+	err := n.retry(ctx, func() error {
+		res, err := n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, joiner.tag)).Write(g.ref.home, slot+offStState, w))
+		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
+			b, rerr := n.read(ctx, g.ref.home, slot+offStState, 32)
+			if rerr != nil {
+				return rerr
+			}
+			committed = bytes.Equal(b, w)
+			return nil
+		}
+		if err == nil {
+			committed = res.Committed
+		}
+		return err
+	})
+	if (err != nil || !committed) && region.Len != 0 {
+		if ferr := n.allocs[region.Memnode].Free(context.WithoutCancel(ctx), region); ferr != nil {
+			n.log.Debug().Err(ferr).Msg("freeing unclaimed state")
+		}
+	}
+	if err != nil {
+		n.log.Warn().Err(err).Str("joiner", joiner.name).Msg("publishing the state")
+	}
+}
+
+var errProviderGone = errors.New("state provider left the view before transferring")
+
+// receiveState is the joiner's side: wait until the provider published the
+// state in our slot, read it, Restore, free the region. retry is true when
+// the provider was removed before publishing.
+func (g *Group) receiveState(ctx context.Context, provider uint64) (retry bool, err error) {
+	n := g.n
+	wait := time.Millisecond
+	for {
+		ms, err := n.readMeta(ctx, g.ref)
+		if err != nil {
+			return false, err
+		}
+		me := ms.members[g.self.slot]
+		if me.tag != g.self.tag || !me.active() {
+			return false, ErrEvicted
+		}
+		switch me.stStatus {
+		case stNone:
+			return false, nil
+		case stFailed:
+			return false, fmt.Errorf("%w: the provider's snapshot failed", ErrStateTransfer)
+		case stReady:
+			data, err := g.readState(ctx, me)
+			if err != nil {
+				return false, err
+			}
+			if err := g.opts.Restore(data); err != nil {
+				return false, fmt.Errorf("%w: restore: %w", ErrStateTransfer, err)
+			}
+			slot := g.ref.slotAddr(g.self.slot)
+			res, err := n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).
+				Write(g.ref.home, slot+offStState, le.AppendUint64(nil, stConsumed)))
+			if err == nil && res.Committed {
+				r := client.Region{Memnode: me.stMemnode, Addr: me.stAddr, Len: me.stLn}
+				if ferr := n.allocs[r.Memnode].Free(ctx, r); ferr != nil {
+					n.log.Debug().Err(ferr).Msg("freeing the state region")
+				}
+			}
+			return false, nil
+		}
+		if p, ok := ms.byTag(provider); !ok || !p.active() {
+			return true, errProviderGone
+		}
+		if err := sleepCtx(ctx, wait); err != nil {
+			return false, err
+		}
+		wait = min(2*wait, 20*time.Millisecond)
+	}
+}
+
+func (g *Group) readState(ctx context.Context, me member) ([]byte, error) {
+	n := g.n
+	if me.stLn < 8 || n.allocs[me.stMemnode] == nil {
+		return nil, fmt.Errorf("%w: bad state region", ErrCorrupt)
+	}
+	hdr, err := n.read(ctx, me.stMemnode, me.stAddr, 8)
+	if err != nil {
+		return nil, err
+	}
+	l := u64(hdr, 0)
+	if l > me.stLn-8 {
+		return nil, fmt.Errorf("%w: state length %d exceeds its region", ErrCorrupt, l)
+	}
+	out := make([]byte, 0, l)
+	const chunk = 512 << 10
+	for off := uint64(0); off < l; off += chunk {
+		k := min(chunk, l-off)
+		b, err := n.read(ctx, me.stMemnode, me.stAddr+8+off, uint32(k))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b...)
+	}
+	return out, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
