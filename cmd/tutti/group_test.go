@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tutti-gcs/tutti/gcs"
+	"github.com/tutti-gcs/tutti/internal/cluster"
+)
+
+// lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *lockedBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *lockedBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestSendTail: `tail --json --count` receives, in order, what two `send`
+// runs sent (arguments, then stdin lines), after its own join view.
+func TestSendTail(t *testing.T) {
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	seed := "--seed=" + c.Seeds()[0]
+
+	var tailOut lockedBuffer
+	tailDone := make(chan error, 1)
+	go func() {
+		root := newRoot()
+		root.SetOut(&tailOut)
+		root.SetErr(&tailOut)
+		root.SetArgs([]string{"tail", "lobby", seed, "--json", "--count", "6", "--id", "tailer", "--log-level", "warn"})
+		tailDone <- root.ExecuteContext(ctx)
+	}()
+	// Wait for tail's join view before sending: a member delivers only what
+	// is ordered after it joined.
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !strings.Contains(tailOut.String(), `"type":"view"`) {
+		select {
+		case err := <-tailDone:
+			t.Fatalf("tail ended before joining: %v\n%s", err, tailOut.String())
+		case <-ctx.Done():
+			t.Fatalf("tail did not join: %s", tailOut.String())
+		case <-tick.C:
+		}
+	}
+
+	if out, err := run(t, "send", "lobby", "one", "two", "three", seed, "--id", "alice", "--log-level", "warn"); err != nil {
+		t.Fatalf("send args: %v\n%s", err, out)
+	}
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetIn(strings.NewReader("four\n\nfive\n"))
+	root.SetArgs([]string{"send", "lobby", seed, "--id", "bob", "--log-level", "warn"})
+	if err := root.ExecuteContext(ctx); err != nil {
+		t.Fatalf("send stdin: %v\n%s", err, out.String())
+	}
+
+	select {
+	case err := <-tailDone:
+		if err != nil {
+			t.Fatalf("tail: %v\n%s", err, tailOut.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("tail did not end after 6 messages:\n%s", tailOut.String())
+	}
+
+	var msgs []tailEvent
+	var views int
+	for i, line := range strings.Split(strings.TrimSpace(tailOut.String()), "\n") {
+		var ev tailEvent
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("line %d %q: %v", i, line, err)
+		}
+		switch ev.Type {
+		case "view":
+			if i == 0 && (ev.Reason != "join" || len(ev.Members) == 0 || !strings.HasPrefix(ev.Members[len(ev.Members)-1], "tailer#")) {
+				t.Errorf("first line is not tail's join view: %s", line)
+			}
+			views++
+		case "message":
+			msgs = append(msgs, ev)
+		default:
+			t.Errorf("unexpected line %s", line)
+		}
+	}
+	want := []struct{ payload, sender string }{{"one", "alice#"}, {"two", "alice#"}, {"three", "alice#"}, {"four", "bob#"}, {"", "bob#"}, {"five", "bob#"}}
+	if len(msgs) != len(want) {
+		t.Fatalf("got %d messages, want %d:\n%s", len(msgs), len(want), tailOut.String())
+	}
+	for i, m := range msgs {
+		if m.Payload != want[i].payload || !strings.HasPrefix(m.Sender, want[i].sender) {
+			t.Errorf("message %d: %q from %s, want %q from %s*", i, m.Payload, m.Sender, want[i].payload, want[i].sender)
+		}
+		if i > 0 && m.Pos <= msgs[i-1].Pos {
+			t.Errorf("message %d: pos %d after %d", i, m.Pos, msgs[i-1].Pos)
+		}
+	}
+	// alice joined, sent, left; bob joined: views between the messages.
+	if views < 3 {
+		t.Errorf("%d views, want tail's join, alice's join and leave, bob's join:\n%s", views, tailOut.String())
+	}
+}
+
+func TestPrintEventText(t *testing.T) {
+	var b bytes.Buffer
+	printEvent(&b, &gcs.View{ID: 2, Members: []string{"a#1", "b#2"}, Joined: []string{"b#2"}, Reason: "join"}, false)
+	printEvent(&b, &gcs.Message{View: 2, Pos: 7, Sender: "b#2", Seq: 1, Payload: []byte("hi")}, false)
+	printEvent(&b, &gcs.Message{View: 2, Pos: 8, Sender: "b#2", Seq: 2, Payload: []byte{0xff}}, false)
+	printEvent(&b, &gcs.Message{View: 2, Pos: 8, Sender: "b#2", Seq: 2, Payload: []byte{0xff}}, true)
+	want := "* view 2: a#1, b#2 (join: +b#2)\n" +
+		"[view 2 #7] b#2: hi\n" +
+		"[view 2 #8] b#2: base64:/w==\n" +
+		`{"type":"message","view":2,"pos":8,"sender":"b#2","seq":2,"payload_base64":"/w=="}` + "\n"
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/examples/kv/kvstore"
+	"github.com/tutti-gcs/tutti/gcs"
+	"github.com/tutti-gcs/tutti/internal/cluster"
+)
+
+// TestHTTP drives the front ends of two replicas: a write through one is
+// read back from it, and both report the same state.
+func TestHTTP(t *testing.T) {
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var srvs []*httptest.Server
+	for _, id := range []string{"a", "b"} {
+		n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		r, err := kvstore.Join(ctx, n, "kv", kvstore.Config{Workers: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Leave(ctx)
+		s := httptest.NewServer(handler(r))
+		defer s.Close()
+		srvs = append(srvs, s)
+	}
+	call := func(s *httptest.Server, method, path, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, method, s.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, string(b)
+	}
+	a, b := srvs[0], srvs[1]
+	steps := []struct {
+		s                  *httptest.Server
+		method, path, body string
+		code               int
+		want               string
+	}{
+		{a, "PUT", "/greeting", "hello", 204, ""},
+		{a, "GET", "/greeting", "", 200, "hello"},
+		{a, "GET", "/missing", "", 404, "404 page not found\n"},
+		{b, "POST", "/hits?incr=5", "", 200, "5\n"},
+		{b, "POST", "/hits", "", 200, "6\n"},
+		{b, "POST", "/greeting", "", 409, "kv: value is not an integer\n"},
+		{b, "PUT", "/dir/key", "nested", 204, ""},
+		{b, "GET", "/dir/key", "", 200, "nested"},
+		{b, "DELETE", "/dir/key", "", 204, ""},
+		{b, "DELETE", "/dir/key", "", 404, "404 page not found\n"},
+		{a, "GET", "/hits", "", 200, ""}, // a may lag b: checked below
+	}
+	for _, st := range steps {
+		code, got := call(st.s, st.method, st.path, st.body)
+		if code != st.code || (st.want != "" && got != st.want) {
+			t.Fatalf("%s %s: %d %q, want %d %q", st.method, st.path, code, got, st.code, st.want)
+		}
+	}
+	// b's last write is applied at b; wait until a reached the same
+	// position, then the digests must match.
+	var sa, sb kvstore.State
+	_, body := call(b, "GET", "/_state", "")
+	if err := json.Unmarshal([]byte(body), &sb); err != nil {
+		t.Fatal(err)
+	}
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for sa.Pos < sb.Pos {
+		_, body := call(a, "GET", "/_state", "")
+		if err := json.Unmarshal([]byte(body), &sa); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("a stuck at %+v, b at %+v", sa, sb)
+		case <-tick.C:
+		}
+	}
+	if sa.Pos != sb.Pos || sa.Digest != sb.Digest || sa.Keys != 2 || len(sa.Members) != 2 {
+		t.Fatalf("states differ: a %+v, b %+v", sa, sb)
+	}
+}
