@@ -27,6 +27,8 @@
 //	})
 //	changes, cancel := n.Subscribe() // confirmed changes, in version order
 //	t, err := n.Table(ctx)          // linearizable read of the table
+//	k, err := n.Join(seeds)         // more seeds after Start: a process that had to
+//	                                // start gossip alone joins its peers once up
 //	err = n.Leave(ctx)              // graceful: Left in the table, then gossip leave
 //	n.Close()                       // abrupt: the others declare this process dead
 //

@@ -216,6 +216,22 @@ func (n *Node) Incarnation() uint64 {
 // real port when Bind asked for port 0).
 func (n *Node) GossipAddr() string { return n.gossip }
 
+// Join contacts more gossip seeds after Start and returns how many answered.
+// A process that had to start a new gossip cluster because none of its
+// peers was up yet (the first of a symmetric set of servers) calls it until
+// one answers, so the processes that started alone end up in one gossip
+// cluster instead of declaring each other absent.
+func (n *Node) Join(seeds []string) (int, error) {
+	if n.ctx.Err() != nil {
+		return 0, ErrClosed
+	}
+	return n.ml.Join(seeds)
+}
+
+// GossipMembers returns how many processes this node's gossip currently
+// shows alive, itself included (memberlist's view, not the table's).
+func (n *Node) GossipMembers() int { return n.ml.NumMembers() }
+
 // Table reads the process table from the memnodes (linearizable).
 func (n *Node) Table(ctx context.Context) (Table, error) { return n.readTable(ctx) }
 

@@ -489,3 +489,31 @@ func (t *filterTransport) DialAddressTimeout(a memberlist.Address, timeout time.
 	}
 	return t.NodeAwareTransport.DialAddressTimeout(a, timeout)
 }
+
+// Two processes that each started a gossip cluster of their own (the first
+// of a set of servers that list each other as seeds) merge with Join, and
+// then neither declares the other absent.
+func TestJoinMergesSeparatelyStartedProcesses(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	b := e.start(e.config("b"))
+	if a.GossipMembers() != 1 || b.GossipMembers() != 1 {
+		t.Fatalf("before Join: a sees %d, b sees %d", a.GossipMembers(), b.GossipMembers())
+	}
+	if k, err := b.Join([]string{a.GossipAddr()}); k != 1 || err != nil {
+		t.Fatalf("Join: %d %v", k, err)
+	}
+	waitFor(t, 5*time.Second, "one gossip cluster", func() bool { return a.GossipMembers() == 2 && b.GossipMembers() == 2 })
+	// Past AbsentTimeout both rows are still alive.
+	until := time.Now().Add(testTiming.AbsentTimeout + time.Second)
+	waitFor(t, 2*testTiming.AbsentTimeout, "AbsentTimeout to pass with both alive", func() bool {
+		if row(t, a, "a").State != StateAlive || row(t, a, "b").State != StateAlive {
+			t.Fatalf("a row went dead after Join: a=%v b=%v", row(t, a, "a"), row(t, a, "b"))
+		}
+		return time.Now().After(until)
+	})
+	a.Close()
+	if _, err := a.Join([]string{b.GossipAddr()}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Join after Close: %v", err)
+	}
+}

@@ -57,8 +57,9 @@ func newRoot() *cobra.Command {
 changed only by Sinfonia minitransactions, and builds group membership and
 totally ordered multicast on top.
 
-Start a local cluster with 'tutti up', then run minitransactions against it
-with 'tutti mtx' or measure it with 'tutti bench mtx'.`,
+Start a local cluster with 'tutti up', list its processes with 'tutti members',
+run minitransactions against it with 'tutti mtx' or measure it with
+'tutti bench mtx' and 'tutti bench members'.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -66,6 +67,8 @@ with 'tutti mtx' or measure it with 'tutti bench mtx'.`,
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
 	root.AddCommand(newUp(g), newServer(g), newMtx(g), newBench(g))
 	root.AddCommand(newMemnodes(g), newMemnodeCmd(g), newReplicaCmd(g))
+	root.AddCommand(newMembers(g), newAgent(g))
+	root.AddCommand(newSend(g), newTail(g))
 	return root
 }
 

@@ -17,21 +17,30 @@ import (
 	"github.com/tutti-gcs/tutti/membership"
 )
 
-// memberJSON is one row of `tutti members --json`.
+// memberJSON is one row of `tutti members --json`; field names are the
+// JSON contract.
 type memberJSON struct {
-	Slot        int    `json:"slot"`
 	ID          string `json:"id"`
 	Incarnation uint64 `json:"incarnation"`
 	State       string `json:"state"`
-	Since       string `json:"since"`
-	By          uint64 `json:"by"`
-	GRPC        string `json:"grpc,omitempty"`
-	Gossip      string `json:"gossip,omitempty"`
+	// Addr is the process's gRPC address if it serves one, else its
+	// gossip address.
+	Addr    string `json:"addr"`
+	GRPC    string `json:"grpc,omitempty"`
+	Gossip  string `json:"gossip,omitempty"`
+	Since   string `json:"since"`
+	By      uint64 `json:"by"`
+	Slot    int    `json:"slot"`
+	Version uint64 `json:"table_version"`
 }
 
-func memberOf(r membership.Row) memberJSON {
-	return memberJSON{Slot: r.Slot, ID: r.ID, Incarnation: r.Incarnation, State: r.State.String(),
-		Since: r.Since.UTC().Format(time.RFC3339Nano), By: r.By, GRPC: r.GRPCAddr, Gossip: r.GossipAddr}
+func memberOf(r membership.Row, version uint64) memberJSON {
+	addr := r.GRPCAddr
+	if addr == "" {
+		addr = r.GossipAddr
+	}
+	return memberJSON{Slot: r.Slot, ID: r.ID, Incarnation: r.Incarnation, State: r.State.String(), Addr: addr,
+		Since: r.Since.UTC().Format(time.RFC3339Nano), By: r.By, GRPC: r.GRPCAddr, Gossip: r.GossipAddr, Version: version}
 }
 
 func newMembers(g *globals) *cobra.Command {
@@ -54,9 +63,12 @@ States: alive, dead (declared dead by a surviving process), left (left
 gracefully). A process that restarts or comes back after a false suspicion
 gets a new, larger incarnation in the same row.
 
-By default only live processes are listed; --all lists every row. --watch
-prints the table, then every confirmed change as it happens (one line, or one
-JSON object per line with --json), until interrupted.`,
+By default only live processes are listed; --all lists every row. --json
+prints a JSON array with one object per process: id, incarnation, state,
+addr (gRPC address, or gossip address for processes without one), grpc,
+gossip, since, by, slot, table_version. --watch prints the table, then every
+confirmed change as it happens (one line, or one JSON object per line with
+--json: version, kind, member), until interrupted.`,
 		Example: `  tutti members
   tutti members --all --json
   tutti members --watch`,
@@ -120,15 +132,11 @@ func printMembers(out io.Writer, t membership.Table, asJSON, all bool) {
 		}
 	}
 	if asJSON {
-		o := struct {
-			Version        uint64       `json:"version"`
-			MaxIncarnation uint64       `json:"max_incarnation"`
-			Members        []memberJSON `json:"members"`
-		}{Version: t.Version, MaxIncarnation: t.MaxIncarnation, Members: []memberJSON{}}
+		ms := []memberJSON{}
 		for _, r := range rows {
-			o.Members = append(o.Members, memberOf(r))
+			ms = append(ms, memberOf(r, t.Version))
 		}
-		b, _ := json.Marshal(o)
+		b, _ := json.Marshal(ms)
 		fmt.Fprintln(out, string(b))
 		return
 	}
@@ -149,7 +157,7 @@ func printChange(out io.Writer, ch membership.Change, asJSON bool) {
 			Kind    string     `json:"kind"`
 			Resync  bool       `json:"resync,omitempty"`
 			Member  memberJSON `json:"member"`
-		}{ch.Version, ch.Kind.String(), ch.Resync, memberOf(ch.Row)})
+		}{ch.Version, ch.Kind.String(), ch.Resync, memberOf(ch.Row, ch.Version)})
 		fmt.Fprintln(out, string(b))
 		return
 	}

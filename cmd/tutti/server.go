@@ -2,16 +2,22 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/membership"
 	"github.com/tutti-gcs/tutti/memnode"
 	"github.com/tutti-gcs/tutti/memnode/service"
 	"github.com/tutti-gcs/tutti/replication"
@@ -30,6 +36,7 @@ func newServer(g *globals) *cobra.Command {
 		memSize    uint64
 		snapshotAt uint64
 		join       bool
+		mf         memberFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -41,6 +48,18 @@ its address in --peers. That placement is written to the directory in memnode 0
 at the first start; afterwards the directory decides, and changes online with
 'tutti memnode add' and 'tutti replica add|remove|move'. A host added later
 starts with --join and registers its address in the directory.
+
+Every host also runs a membership agent, process id host-<id> (--name), so
+'tutti members' lists the hosts. It gossips on --gossip-addr, by default the
+host of --listen at the gRPC port + 1000 (7400 -> 8400), and joins
+--gossip-seeds, by default every other host of --peers at its port + 1000
+(and every live process in the process table). A host that finds no seed
+reachable starts gossip alone after (its rank in --peers) x 5 s and keeps
+joining the seeds until one answers. On SIGTERM/SIGINT the agent leaves
+gracefully (its row becomes left) before the host stops. --gossip-key (or
+--gossip-key-file) encrypts gossip; a process with another key cannot join
+and logs why. Failure detection: defaults detect a crash in about 1 s
+(--probe-interval 200ms, --probe-timeout 100ms, --suspicion-mult 3, ...).
 
 Every flag can also come from the environment (TUTTI_ plus the flag name in
 upper case with - as _, e.g. TUTTI_DATA_DIR) or from a JSON config file given
@@ -54,7 +73,9 @@ Precedence: command line, then environment, then config file, then default.`,
       --peers 1=10.0.0.1:7400,2=10.0.0.2:7400,3=10.0.0.3:7400,4=10.0.0.4:7400
   tutti replica move 1 1 4 --seed 10.0.0.1:7400 --wait
   # the same from the environment:
-  TUTTI_ID=2 TUTTI_PEERS=1=a:7400,2=b:7400,3=c:7400 TUTTI_DATA_DIR=/data tutti server`,
+  TUTTI_ID=2 TUTTI_PEERS=1=a:7400,2=b:7400,3=c:7400 TUTTI_DATA_DIR=/data tutti server
+  # encrypted gossip (same key on every host):
+  TUTTI_GOSSIP_KEY=$(cat /etc/tutti/gossip.key) tutti server --id 1 ...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyEnvAndConfig(cmd.Flags(), config); err != nil {
@@ -91,6 +112,10 @@ Precedence: command line, then environment, then config file, then default.`,
 			if snapshotAt != 0 {
 				rc.SnapshotEntries = snapshotAt
 			}
+			mcfg, explicit, rank, err := serverMembership(&mf, log, id, listen, hosts)
+			if err != nil {
+				return err
+			}
 			h, err := service.StartHost(service.HostConfig{
 				ID: id, Listen: listen, Hosts: hosts, Memnodes: specs, DataDir: dataDir,
 				Memnode: mc, Replication: rc, Logger: log,
@@ -98,8 +123,10 @@ Precedence: command line, then environment, then config file, then default.`,
 			if err != nil {
 				return err
 			}
+			agent := startServerAgent(log, mcfg, explicit, hosts[id], hosts, time.Duration(rank)*5*time.Second)
 			sig := waitSignal()
 			log.Info().Str("signal", sig.String()).Msg("stopping")
+			agent.stop()
 			return h.Close()
 		},
 	}
@@ -114,6 +141,9 @@ Precedence: command line, then environment, then config file, then default.`,
 	f.BoolVar(&noSync, "no-fsync", false, "do not fsync the Raft log (loses acknowledged writes on power loss)")
 	f.Uint64Var(&memSize, "memnode-size", 0, "address-space size of each memnode in bytes (default 2^40)")
 	f.Uint64Var(&snapshotAt, "snapshot-entries", 0, "snapshot and compact the log every this many entries (default 10000)")
+	mf.register(f, "membership process id (default host-<id>)",
+		"gossip bind address, host:port (default: the host of --listen at its port + 1000)",
+		"gossip addresses to join, comma-separated (default: every other host of --peers at its port + 1000)")
 	f.BoolVar(&join, "join", false, "join a running cluster as an empty host (no replicas until 'tutti replica add' or 'tutti memnode add' places some here)")
 	return cmd
 }
@@ -187,4 +217,155 @@ func applyEnvAndConfig(fs *pflag.FlagSet, path string) error {
 		return fmt.Errorf("configuration: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// gossipPort maps a gRPC address to its default gossip address (port+1000).
+func gossipPort(addr string) (string, error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", err
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n+1000 > 65535 {
+		return "", fmt.Errorf("%q: no default gossip port (gRPC port + 1000); set --gossip-addr/--gossip-seeds", addr)
+	}
+	return net.JoinHostPort(h, strconv.Itoa(n+1000)), nil
+}
+
+// serverMembership derives a host's membership config from its flags: the
+// process id, bind and advertise addresses, explicit seeds, and this
+// host's rank among the peers (how long it waits before gossiping alone).
+func serverMembership(mf *memberFlags, log zerolog.Logger, id uint64, listen string, hosts map[uint64]string) (membership.Config, []string, int, error) {
+	if mf.name == "" {
+		mf.name = fmt.Sprintf("host-%d", id)
+	}
+	own, ok := hosts[id]
+	if !ok {
+		return membership.Config{}, nil, 0, fmt.Errorf("--id %d is not in --peers", id)
+	}
+	if mf.gossipAddr == "" {
+		g, err := gossipPort(listen)
+		if err != nil {
+			return membership.Config{}, nil, 0, fmt.Errorf("--gossip-addr: %w", err)
+		}
+		mf.gossipAddr = g
+	}
+	bh, bp, err := net.SplitHostPort(mf.gossipAddr)
+	if err != nil {
+		return membership.Config{}, nil, 0, fmt.Errorf("--gossip-addr %q: %w", mf.gossipAddr, err)
+	}
+	if bh == "" {
+		bh = "0.0.0.0"
+		mf.gossipAddr = net.JoinHostPort(bh, bp)
+	}
+	if ip := net.ParseIP(bh); mf.advertise == "" && ip != nil && ip.IsUnspecified() {
+		// Advertise this host's address in --peers (resolved: gossip needs
+		// an IP), at the bind port.
+		if ph, _, err := net.SplitHostPort(own); err == nil {
+			if net.ParseIP(ph) == nil {
+				if ips, err := net.LookupHost(ph); err == nil && len(ips) > 0 {
+					ph = ips[0]
+				} else {
+					ph = ""
+				}
+			}
+			if ph != "" {
+				mf.advertise = net.JoinHostPort(ph, bp)
+			}
+		}
+	}
+	cfg, err := mf.config(log)
+	if err != nil {
+		return membership.Config{}, nil, 0, err
+	}
+	cfg.GRPCAddr = own
+	ids := make([]uint64, 0, len(hosts))
+	for h := range hosts {
+		ids = append(ids, h)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	rank := sort.Search(len(ids), func(i int) bool { return ids[i] >= id })
+	explicit := splitSeeds(mf.seeds)
+	if mf.seeds == "" {
+		for _, h := range ids {
+			if h == id {
+				continue
+			}
+			g, err := gossipPort(hosts[h])
+			if err != nil {
+				return membership.Config{}, nil, 0, fmt.Errorf("--gossip-seeds: %w", err)
+			}
+			explicit = append(explicit, g)
+		}
+	}
+	cfg.ID = mf.name
+	probe := cfg
+	probe.Client = new(client.Client) // Validate only checks that it is set
+	if err := probe.Validate(); err != nil {
+		return membership.Config{}, nil, 0, err
+	}
+	return cfg, explicit, rank, nil
+}
+
+// serverAgent is a host's membership agent, started in the background
+// (the process table needs a quorum of the memnode's replicas, which may
+// be on hosts not started yet).
+type serverAgent struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	log    zerolog.Logger
+	node   *membership.Node
+	cl     *client.Client
+}
+
+func startServerAgent(log zerolog.Logger, cfg membership.Config, explicit []string, own string, hosts map[uint64]string, aloneAfter time.Duration) *serverAgent {
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &serverAgent{cancel: cancel, done: make(chan struct{}), log: log}
+	seeds := []string{own}
+	for _, h := range hosts {
+		if h != own {
+			seeds = append(seeds, h)
+		}
+	}
+	go func() {
+		defer close(a.done)
+		for a.cl == nil {
+			cl, err := newClient(ctx, log, seeds)
+			if err == nil {
+				a.cl = cl
+				break
+			}
+			log.Info().Err(err).Msg("membership: connecting to the cluster")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+		cfg.Client = a.cl
+		n, err := memberStart(ctx, log, cfg, explicit, aloneAfter)
+		if err != nil {
+			return
+		}
+		a.node = n
+		log.Info().Str("process", n.ID()).Uint64("incarnation", n.Incarnation()).Str("gossip", n.GossipAddr()).Msg("membership agent registered")
+	}()
+	return a
+}
+
+// stop leaves the process table gracefully (bounded to 5 s) or, if the
+// agent is still starting, abandons the start.
+func (a *serverAgent) stop() {
+	a.cancel()
+	<-a.done
+	if a.node != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := a.node.Leave(ctx); err != nil {
+			a.log.Warn().Err(err).Msg("membership: leaving the process table")
+		}
+		cancel()
+	}
+	if a.cl != nil {
+		a.cl.Close()
+	}
 }

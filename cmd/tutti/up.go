@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/internal/cluster/agents"
 )
 
 func newUp(g *globals) *cobra.Command {
@@ -19,6 +20,8 @@ func newUp(g *globals) *cobra.Command {
 		port     int
 		dataDir  string
 		noSync   bool
+		gossip   int
+		keys     memberFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -26,12 +29,19 @@ func newUp(g *globals) *cobra.Command {
 		Long: `Run a complete local cluster in one process: 3 hosts on loopback, each holding
 a replica of every memnode (Raft groups of 3), with fsync on. Host 1 serves
 clients on 127.0.0.1:7400 (the default --seed of every client command), hosts 2
-and 3 on the next ports. Data goes to a temporary directory removed on exit, or
-to --data-dir, which is kept and recovered on the next start.
+and 3 on the next ports (--port 0: free ports, printed). Data goes to a
+temporary directory removed on exit, or to --data-dir, which is kept and
+recovered on the next start.
+
+Each host also runs a membership agent (process id host-<i>), gossiping on
+127.0.0.1:--gossip-port+i-1 (default --port + 1000, so 8400..8402), so right
+after the banner 'tutti members' lists the hosts alive. --gossip-key encrypts
+gossip as 'tutti server' does.
 
 Runs until interrupted (Ctrl-C).`,
 		Example: `  tutti up
   tutti up --memnodes 8 --data-dir ./tutti-data
+  tutti up --port 0    # free ports (tests, several clusters on one machine)
   # in another terminal:
   tutti mtx --write 0:0x10=hello --read 0:0x10:5`,
 		Args: cobra.NoArgs,
@@ -39,6 +49,16 @@ Runs until interrupted (Ctrl-C).`,
 			log, err := g.logger()
 			if err != nil {
 				return err
+			}
+			key, err := keys.gossipKey()
+			if err != nil {
+				return err
+			}
+			if !cmd.Flags().Changed("gossip-port") {
+				gossip = 0
+				if port != 0 {
+					gossip = port + 1000
+				}
 			}
 			if dataDir != "" {
 				if err := os.MkdirAll(dataDir, 0o755); err != nil {
@@ -53,15 +73,24 @@ Runs until interrupted (Ctrl-C).`,
 			}
 			defer c.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			err = c.WaitReady(ctx)
-			cancel()
+			defer cancel()
+			if err := c.WaitReady(ctx); err != nil {
+				return err
+			}
+			ag, err := agents.Start(ctx, c, agents.Config{BasePort: gossip, Key: key, Logger: log})
 			if err != nil {
 				return err
 			}
+			defer ag.Close() // leave before the hosts stop
+			cancel()
 			out := cmd.OutOrStdout()
 			var hs []string
 			for i, s := range c.Seeds() {
 				hs = append(hs, fmt.Sprintf("%d=%s", i+1, s))
+			}
+			seedArg := ""
+			if c.Seeds()[0] != DefaultSeed {
+				seedArg = " --seed " + c.Seeds()[0]
 			}
 			fsync := "on"
 			if noSync {
@@ -71,14 +100,18 @@ Runs until interrupted (Ctrl-C).`,
   hosts:    %s
   memnodes: %d (ids 0-%d), %d replicas each, fsync %s
   data:     %s%s
+  members:  host-1..host-%d alive, gossip on %s
 
 Try, in another terminal:
-  tutti mtx --write 0:0x10=hello
-  tutti mtx --cmp 0:0x10=hello --write 0:0x10=world --read 0:0x10:5
+  tutti members%s
+  tutti members%s --watch
+  tutti mtx%s --write 0:0x10=hello
+  tutti mtx%s --cmp 0:0x10=hello --write 0:0x10=world --read 0:0x10:5
   tutti bench mtx --seed %s --duration 5s
 
 Press Ctrl-C to stop.
-`, strings.Join(hs, " "), memnodes, memnodes-1, min(3, hosts), fsync, c.Dir, tempNote(dataDir), c.Seeds()[0])
+`, strings.Join(hs, " "), memnodes, memnodes-1, min(3, hosts), fsync, c.Dir, tempNote(dataDir),
+				hosts, strings.Join(ag.GossipAddrs(), " "), seedArg, seedArg, seedArg, seedArg, c.Seeds()[0])
 			sig := waitSignal()
 			log.Info().Str("signal", sig.String()).Msg("stopping local cluster")
 			return nil
@@ -87,7 +120,10 @@ Press Ctrl-C to stop.
 	f := cmd.Flags()
 	f.IntVar(&memnodes, "memnodes", 3, "number of memnodes")
 	f.IntVar(&hosts, "hosts", 3, "number of hosts (each holds up to 3 replicas of each memnode)")
-	f.IntVar(&port, "port", 7400, "port of host 1; host i listens on port+i-1")
+	f.IntVar(&port, "port", 7400, "port of host 1; host i listens on port+i-1 (0: free ports)")
+	f.IntVar(&gossip, "gossip-port", 8400, "gossip port of host 1's membership agent; host i's is gossip-port+i-1 (default --port + 1000; 0 or --port 0: free ports)")
+	f.StringVar(&keys.key, "gossip-key", "", "encrypt gossip with this AES key, base64 of 16, 24 or 32 bytes")
+	f.StringVar(&keys.keyFile, "gossip-key-file", "", "read the gossip key (base64) from this file")
 	f.StringVar(&dataDir, "data-dir", "", "keep data here and recover it on restart (default: a temporary directory)")
 	f.BoolVar(&noSync, "no-fsync", false, "do not fsync the Raft log (faster; loses acknowledged writes on power loss)")
 	return cmd

@@ -1,0 +1,367 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/pflag"
+
+	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/membership"
+)
+
+// buildTutti builds this command into dir once per test.
+func buildTutti(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "tutti")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// proc is a running child process whose stdout is read line by line.
+type proc struct {
+	t      *testing.T
+	name   string
+	cmd    *exec.Cmd
+	lines  chan string
+	stderr *syncBuffer
+	exited chan struct{}
+	err    error
+}
+
+type syncBuffer struct {
+	mu chan struct{}
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu <- struct{}{}
+	defer func() { <-s.mu }()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu <- struct{}{}
+	defer func() { <-s.mu }()
+	return s.b.String()
+}
+
+func startProc(t *testing.T, name, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, cmd: exec.Command(bin, args...), lines: make(chan string, 1000),
+		stderr: &syncBuffer{mu: make(chan struct{}, 1)}, exited: make(chan struct{})}
+	p.cmd.Stderr = p.stderr
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		_, _ = io.Copy(io.Discard, out)
+		p.err = p.cmd.Wait()
+		close(p.lines)
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	return p
+}
+
+// line waits up to d for a stdout line matching pred.
+func (p *proc) line(d time.Duration, what string, pred func(string) bool) string {
+	p.t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				p.t.Fatalf("%s exited (%v) before %s; stderr:\n%s", p.name, p.err, what, p.stderr)
+			}
+			if pred(l) {
+				return l
+			}
+		case <-timer.C:
+			p.t.Fatalf("%s: no %s within %v; stderr:\n%s", p.name, what, d, p.stderr)
+		}
+	}
+}
+
+// stop sends sig and waits up to d for a clean exit.
+func (p *proc) stop(sig os.Signal, d time.Duration) {
+	p.t.Helper()
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.exited:
+		if p.err != nil {
+			p.t.Fatalf("%s exited with %v; stderr:\n%s", p.name, p.err, p.stderr)
+		}
+	case <-time.After(d):
+		p.t.Fatalf("%s did not exit within %v of %v", p.name, d, sig)
+	}
+}
+
+type memberOut struct {
+	ID          string `json:"id"`
+	Incarnation uint64 `json:"incarnation"`
+	State       string `json:"state"`
+	Addr        string `json:"addr"`
+}
+
+type changeOut struct {
+	Version uint64    `json:"version"`
+	Kind    string    `json:"kind"`
+	Member  memberOut `json:"member"`
+}
+
+// TestUpThenMembers runs the real binary: right after `tutti up` prints its
+// banner, `tutti members --json` lists its three hosts alive; `--watch`
+// streams an agent process joining and leaving; an agent with a gossip key
+// the cluster does not use cannot join and says why.
+func TestUpThenMembers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := buildTutti(t)
+	up := startProc(t, "tutti up", bin, "up", "--port", "0", "--no-fsync", "--data-dir", filepath.Join(t.TempDir(), "data"), "--log-level", "warn")
+	hostsLine := up.line(90*time.Second, "banner hosts line", func(l string) bool { return strings.HasPrefix(l, "  hosts:") })
+	m := regexp.MustCompile(`1=(\S+) 2=(\S+) 3=(\S+)`).FindStringSubmatch(hostsLine)
+	if m == nil {
+		t.Fatalf("hosts line %q", hostsLine)
+	}
+	grpc := m[1:]
+	seed := "--seed=" + grpc[0]
+	up.line(10*time.Second, "banner members hint", func(l string) bool { return strings.TrimSpace(l) == "tutti members --seed "+grpc[0] })
+
+	members := func(args ...string) []memberOut {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, bin, append([]string{"members", seed, "--json"}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("tutti members: %v", err)
+		}
+		var ms []memberOut
+		if err := json.Unmarshal(out, &ms); err != nil {
+			t.Fatalf("tutti members --json printed %q: %v", out, err)
+		}
+		return ms
+	}
+	// Right after the banner: no waiting.
+	ms := members()
+	if len(ms) != 3 {
+		t.Fatalf("want 3 members, got %+v", ms)
+	}
+	incs := map[uint64]bool{}
+	for i, mm := range ms {
+		if mm.ID != "host-"+string(rune('1'+i)) || mm.State != "alive" || mm.Incarnation == 0 || mm.Addr != grpc[i] || incs[mm.Incarnation] {
+			t.Fatalf("member %d: %+v (hosts %v)", i, mm, grpc)
+		}
+		incs[mm.Incarnation] = true
+	}
+
+	watch := startProc(t, "tutti members --watch", bin, "members", seed, "--watch", "--json", "--interval", "50ms")
+	first := watch.line(30*time.Second, "the table", func(l string) bool { return strings.HasPrefix(l, "[") })
+	if strings.Count(first, `"state":"alive"`) != 3 {
+		t.Fatalf("watch's first line: %s", first)
+	}
+	change := func(kind, id string) changeOut {
+		var c changeOut
+		watch.line(30*time.Second, kind+" "+id, func(l string) bool {
+			return json.Unmarshal([]byte(l), &c) == nil && c.Kind == kind && c.Member.ID == id
+		})
+		return c
+	}
+
+	agent := startProc(t, "tutti agent", bin, "agent", seed, "--name", "app-1", "--ready-json", "--log-level", "warn")
+	var ready agentReady
+	agent.line(30*time.Second, "ready line", func(l string) bool { return json.Unmarshal([]byte(l), &ready) == nil && ready.ID == "app-1" })
+	if j := change("joined", "app-1"); j.Member.Incarnation != ready.Incarnation || j.Member.State != "alive" || j.Member.Addr != ready.Gossip {
+		t.Fatalf("joined: %+v, agent says %+v", j, ready)
+	}
+	agent.stop(syscall.SIGTERM, 20*time.Second)
+	if l := change("left", "app-1"); l.Member.Incarnation != ready.Incarnation || l.Member.State != "left" {
+		t.Fatalf("left: %+v", l)
+	}
+	watch.stop(os.Interrupt, 10*time.Second)
+	all := members("--all")
+	if len(all) != 4 || all[3].ID != "app-1" || all[3].State != "left" {
+		t.Fatalf("--all after the leave: %+v", all)
+	}
+
+	// A wrong gossip key: the agent cannot join, exits 1 and says why.
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "agent", seed, "--name", "intruder", "--gossip-key", key, "--log-level", "warn").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "gossip key") {
+		t.Fatalf("agent with a wrong key: %v\n%s", err, out)
+	}
+	for _, mm := range members("--all") {
+		if mm.ID == "intruder" {
+			t.Fatalf("the intruder registered: %+v", mm)
+		}
+	}
+
+	up.stop(os.Interrupt, 30*time.Second)
+}
+
+func TestServerMembershipFlags(t *testing.T) {
+	for _, name := range []string{"name", "gossip-addr", "gossip-advertise", "gossip-seeds", "gossip-key", "gossip-key-file", "probe-interval", "suspicion-mult"} {
+		if newServer(&globals{}).Flags().Lookup(name) == nil {
+			t.Errorf("tutti server has no --%s", name)
+		}
+	}
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	var mf memberFlags
+	mf.register(fs, "", "", "")
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))
+	t.Setenv("TUTTI_GOSSIP_KEY", key)
+	t.Setenv("TUTTI_PROBE_INTERVAL", "300ms")
+	if err := applyEnvAndConfig(fs, ""); err != nil {
+		t.Fatal(err)
+	}
+	hosts := map[uint64]string{1: "10.0.0.1:7400", 2: "10.0.0.2:7400", 3: "10.0.0.3:7401"}
+	cfg, seeds, rank, err := serverMembership(&mf, zerolog.Nop(), 2, ":7400", hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ID != "host-2" || cfg.Bind != "0.0.0.0:8400" || cfg.Advertise != "10.0.0.2:8400" || cfg.GRPCAddr != "10.0.0.2:7400" ||
+		len(cfg.Key) != 32 || cfg.Gossip.ProbeInterval != 300*time.Millisecond || rank != 1 ||
+		strings.Join(seeds, ",") != "10.0.0.1:8400,10.0.0.3:8401" {
+		t.Fatalf("cfg %+v seeds %v rank %d", cfg, seeds, rank)
+	}
+	mf = memberFlags{key: "c2hvcnQ="}
+	if _, _, _, err := serverMembership(&mf, zerolog.Nop(), 1, "10.0.0.1:7400", hosts); err == nil || !strings.Contains(err.Error(), "16, 24 or 32") {
+		t.Fatalf("short key: %v", err)
+	}
+}
+
+// Two servers that list each other as gossip seeds and start at the same
+// time end in one gossip cluster (the first to give up waiting starts
+// alone, the other joins it); a third with another key is never let in,
+// nor does it start alone.
+func TestServerAgentsStartTogether(t *testing.T) {
+	c, err := cluster.Start(cluster.Config{NoSync: true, Memnodes: 1, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for range 3 {
+		p, err := freeGossipPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, "127.0.0.1:"+strconv.Itoa(p))
+	}
+	timing := membership.Timing{PollInterval: 50 * time.Millisecond, AbsentTimeout: time.Second}
+	cfg := func(i int, key []byte) membership.Config {
+		cl, err := newClient(ctx, zerolog.Nop(), c.Seeds())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		return membership.Config{ID: fmt.Sprintf("host-%d", i+1), Client: cl, Bind: addrs[i], Key: key, Timing: timing}
+	}
+	type res struct {
+		n   *membership.Node
+		err error
+	}
+	results := make(chan res, 2)
+	for i, after := range []time.Duration{0, 2 * time.Second} {
+		cf := cfg(i, nil)
+		go func() {
+			n, err := memberStart(ctx, zerolog.New(zerolog.NewTestWriter(t)), cf, []string{addrs[1-i]}, after)
+			results <- res{n, err}
+		}()
+	}
+	var nodes []*membership.Node
+	for range 2 {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		defer r.n.Close()
+		nodes = append(nodes, r.n)
+	}
+	poll(t, 20*time.Second, "one gossip cluster", func() bool {
+		return nodes[0].GossipMembers() == 2 && nodes[1].GossipMembers() == 2
+	})
+	// Past AbsentTimeout neither declared the other absent.
+	until := time.Now().Add(2 * timing.AbsentTimeout)
+	poll(t, 4*timing.AbsentTimeout, "AbsentTimeout to pass with both alive", func() bool {
+		tb, err := nodes[0].Table(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := tb.Live(); len(l) != 2 {
+			t.Fatalf("live rows %v", l)
+		}
+		return time.Now().After(until)
+	})
+
+	// Another key: the seeds are reachable but refuse; memberStart keeps
+	// trying (never starts alone) until its context ends.
+	sctx, scancel := context.WithTimeout(ctx, 3*time.Second)
+	defer scancel()
+	n, err := memberStart(sctx, zerolog.Nop(), cfg(2, bytes.Repeat([]byte{9}, 16)), []string{addrs[0]}, 0)
+	if err == nil {
+		n.Close()
+		t.Fatal("a process with another gossip key started")
+	}
+}
+
+// poll checks cond every 20 ms until it holds, failing after d.
+func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v", what, d)
+		}
+		<-tick.C
+	}
+}
