@@ -87,8 +87,8 @@ type GossipTiming struct {
 var DefaultGossip = GossipTiming{
 	ProbeInterval:           200 * time.Millisecond,
 	ProbeTimeout:            100 * time.Millisecond,
-	SuspicionMult:           3,
-	SuspicionMaxTimeoutMult: 4,
+	SuspicionMult:           4,
+	SuspicionMaxTimeoutMult: 6,
 	IndirectChecks:          3,
 	GossipInterval:          100 * time.Millisecond,
 	RetransmitMult:          4,
