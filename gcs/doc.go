@@ -41,6 +41,13 @@
 //
 // These hold without a flush round because the order log is the single
 // source of truth; internal/vscheck checks recorded histories against them.
+// TestRandomizedVirtualSynchrony (vs_test.go) records such histories from
+// 3–7 members, each a process with its own client and membership node,
+// under random multicasts, crashes, joins, rejoins, leaves and memnode
+// faults (leader host crashes, Raft isolation), and requires no violation
+// with vscheck's Complete option after draining the survivors
+// (TUTTI_VS_SEED, TUTTI_VS_SEEDS, TUTTI_VS_DURATION; the seed is logged).
+// BenchmarkCrashToView measures crash-to-new-view time with Membership.
 //
 // # Layout in memnodes
 //
@@ -90,10 +97,18 @@
 //     provider calls Snapshot, writes the bytes into an allocated region and
 //     publishes it in the joiner's slot; the joiner (inside Join) reads it,
 //     calls Restore, frees the region and then delivers from its view
-//     record on. If the provider is removed first, the joiner leaves and
-//     joins again (at most 8 times).
+//     record on. If the provider is removed first, or Membership confirms
+//     its process dead, the joiner leaves and joins again (at most 8
+//     times; the new join removes the dead provider and names a live one),
+//     then fails with ErrStateTransfer. Each attempt has a queue of its
+//     own (a left attempt's queue is reclaimed with its slot). Without
+//     Membership a crashed provider stalls Join until its ctx ends or
+//     Group.Remove removes it.
 //  5. Garbage collection: every GCInterval members publish their delivered
-//     positions; the oldest member sets head = min over the view, and
+//     positions; the oldest member sets head = min over the view (and
+//     over members still delivering up to their own Leave record, unless
+//     confirmed dead or without progress for max(5×TakeoverTimeout,
+//     100×GCInterval)), and
 //     reclaims the slots of removed members once head passed their removal
 //     (zeroing slot and queue fence in one minitransaction, then freeing
 //     the queue). Senders reuse their queue ring below the oldest batch the

@@ -25,6 +25,7 @@ func (g *Group) housekeep() {
 	defer tick.Stop()
 	var published uint64 = ^uint64(0)
 	suspectSince := map[uint64]time.Time{}
+	leavers := map[uint64]leaverProgress{}
 	for {
 		select {
 		case <-g.ctx.Done():
@@ -34,12 +35,12 @@ func (g *Group) housekeep() {
 		case <-tick.C:
 		}
 		ctx, cancel := context.WithTimeout(g.ctx, 5*n.cfg.GCInterval+time.Second)
-		g.housekeepOnce(ctx, &published, suspectSince)
+		g.housekeepOnce(ctx, &published, suspectSince, leavers)
 		cancel()
 	}
 }
 
-func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSince map[uint64]time.Time) {
+func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSince map[uint64]time.Time, leavers map[uint64]leaverProgress) {
 	n := g.n
 	slot := g.ref.slotAddr(g.self.slot)
 	tagB := le.AppendUint64(nil, g.self.tag)
@@ -106,7 +107,8 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSin
 	if act[0].tag != g.self.tag {
 		return
 	}
-	// Trim.
+	// Trim, also waiting for members that are leaving gracefully.
+	minLog = g.holdForLeavers(ms, minLog, leavers, now)
 	if minLog > ms.h.head {
 		res, err := n.exec(ctx, client.NewTx().
 			Compare(g.ref.home, g.ref.meta+offHead, le.AppendUint64(nil, ms.h.head)).
@@ -118,7 +120,7 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSin
 	}
 	// Reclaim removed members.
 	for _, m := range ms.members {
-		if m.tag == 0 || m.retiredAt == 0 || m.retiredAt >= ms.h.head {
+		if m.tag == 0 || m.retiredAt == 0 || retiredPos(m) >= ms.h.head {
 			continue
 		}
 		g.reclaim(ctx, m)
@@ -158,4 +160,81 @@ func minTime(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// Graceful leaves and trimming.
+//
+// A member that calls Leave is removed from the view at once, but it still
+// delivers everything ordered before its leave record. The trimming minimum
+// used to be taken over the new view only, so the oldest member could
+// reclaim (and senders overwrite) log positions the leaver had not read
+// yet: the leaver was then evicted ("fell behind the order log") and lost
+// messages of its last view. Now a Leave writes retiredAt with the
+// retiredLeft bit, and the trimmer also waits for such a member while its
+// published position is below its leave record, unless the process table
+// confirms its process dead or it made no progress for leaveGrace (a
+// leaver that crashed without Membership must not stall trimming, and
+// thereby senders, forever). At the end of Leave the member publishes its
+// final position (publishFinal), so trimming resumes at once.
+
+// retiredLeft is the low bit of a slot's retiredAt (positions are
+// 8-aligned): the member was removed by its own Leave.
+const retiredLeft = 1
+
+// retiredPos is the log position of the view record that removed m.
+func retiredPos(m member) uint64 { return m.retiredAt &^ 7 }
+
+// leaverProgress is the trimmer's memory of a leaver's published position.
+type leaverProgress struct {
+	dLog  uint64
+	since time.Time
+}
+
+// leaveGrace is how long the trimmer waits for a leaver that makes no
+// delivery progress.
+func (n *Node) leaveGrace() time.Duration {
+	return max(5*n.cfg.TakeoverTimeout, 100*n.cfg.GCInterval)
+}
+
+// holdForLeavers lowers minLog to the published position of every member
+// still delivering up to its graceful leave (see above); leavers tracks
+// their progress between rounds.
+func (g *Group) holdForLeavers(ms metaState, minLog uint64, leavers map[uint64]leaverProgress, now time.Time) uint64 {
+	n := g.n
+	seen := map[uint64]bool{}
+	for _, m := range ms.members {
+		if m.tag == 0 || m.retiredAt&retiredLeft == 0 || m.dLog >= retiredPos(m) || m.dLog < ms.h.head {
+			continue
+		}
+		p, ok := leavers[m.tag]
+		if !ok || p.dLog != m.dLog {
+			p = leaverProgress{dLog: m.dLog, since: now}
+			leavers[m.tag] = p
+		}
+		seen[m.tag] = true
+		if now.Sub(p.since) > n.leaveGrace() {
+			continue // stuck: give it up (it will be evicted)
+		}
+		if len(n.confirmedDead([]member{m})) > 0 {
+			continue
+		}
+		minLog = min(minLog, m.dLog)
+	}
+	for tag := range leavers {
+		if !seen[tag] {
+			delete(leavers, tag)
+		}
+	}
+	return minLog
+}
+
+// publishFinal publishes the delivered position once more at the end of
+// Leave: it is this member's leave record, so the trimmer stops waiting.
+func (g *Group) publishFinal(ctx context.Context) {
+	w := make([]byte, 16)
+	putU64s(w, g.dLog.Load(), g.dMsg.Load())
+	slot := g.ref.slotAddr(g.self.slot)
+	if _, err := g.n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).Write(g.ref.home, slot+offDLog, w)); err != nil {
+		g.n.log.Debug().Err(err).Msg("publishing the final position")
+	}
 }

@@ -249,24 +249,33 @@ func (n *Node) Join(ctx context.Context, group string, opts JoinOptions) (*Group
 	if err != nil {
 		return nil, fmt.Errorf("gcs: join %s: %w", group, err)
 	}
-	qmn := n.memnodes[hashName(n.cfg.ID+"/"+group+fmt.Sprint(time.Now().UnixNano()))%uint64(len(n.memnodes))]
-	q, err := n.allocs[qmn].Alloc(ctx, n.cfg.QueueCapacity+8)
-	if err != nil {
-		return nil, fmt.Errorf("gcs: join %s: queue: %w", group, err)
-	}
 	var lastErr error
 	for attempt := 0; attempt < 8; attempt++ {
-		g, retry, err := n.joinOnce(ctx, ref, q, opts)
+		// Each attempt gets a queue of its own. An attempt that placed its
+		// member slot and then left (abandon) hands the queue to that slot:
+		// the oldest member reclaims it with the slot, zeroing its fence
+		// and freeing it. Reusing it for the next attempt (as Join did)
+		// let that reclaim zero the live member's fence (its queue writes
+		// then failed as if evicted, while it was still in the view) and
+		// free a queue still in use.
+		qmn := n.memnodes[hashName(n.cfg.ID+"/"+group+fmt.Sprint(time.Now().UnixNano()))%uint64(len(n.memnodes))]
+		q, err := n.allocs[qmn].Alloc(ctx, n.cfg.QueueCapacity+8)
+		if err != nil {
+			return nil, fmt.Errorf("gcs: join %s: queue: %w", group, err)
+		}
+		g, retry, placed, err := n.joinOnce(ctx, ref, q, opts)
 		if err == nil {
 			return g, nil
 		}
 		lastErr = err
+		if !placed {
+			if ferr := n.allocs[qmn].Free(context.WithoutCancel(ctx), q); ferr != nil {
+				n.log.Debug().Err(ferr).Msg("freeing queue after failed join")
+			}
+		}
 		if !retry {
 			break
 		}
-	}
-	if ferr := n.allocs[qmn].Free(context.WithoutCancel(ctx), q); ferr != nil {
-		n.log.Debug().Err(ferr).Msg("freeing queue after failed join")
 	}
 	return nil, fmt.Errorf("gcs: join %s: %w", group, lastErr)
 }
@@ -279,11 +288,13 @@ func (n *Node) isClosed() bool {
 
 // joinOnce runs one join view change and the state transfer. retry reports
 // that the provider vanished before transferring and the join should be
-// made again (the membership just made was left).
-func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts JoinOptions) (*Group, bool, error) {
+// made again (the membership just made was left). placed reports that the
+// view change committed: a slot then references q, and q is freed with
+// the slot, not by the caller.
+func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts JoinOptions) (g *Group, retry, placed bool, err error) {
 	var self member
 	var out viewOutcome
-	err := n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
+	err = n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
 		slot := -1
 		for _, m := range ms.members {
 			if m.tag == 0 {
@@ -322,7 +333,9 @@ func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts
 		return ch, nil
 	}, &out)
 	if err != nil {
-		return nil, false, err
+		// An unsettled outcome may have placed the slot: leak the queue
+		// rather than free one a slot may reference.
+		return nil, false, errors.Is(err, client.ErrUnknownOutcome), err
 	}
 	n.mu.Lock()
 	n.mu.used[ref.name+"/"+self.name] = true
@@ -335,23 +348,23 @@ func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts
 		return err
 	}); err != nil {
 		n.abandon(ref, self)
-		return nil, false, err
+		return nil, false, true, err
 	}
-	g := newGroup(n, ref, self, opts, out.pos)
+	g = newGroup(n, ref, self, opts, out.pos)
 	if out.provider != 0 {
 		retry, err := g.receiveState(ctx, out.provider)
 		if err != nil {
 			n.abandon(ref, self)
-			return nil, retry, err
+			return nil, retry, true, err
 		}
 	}
 	if !n.register(g) {
 		n.abandon(ref, self)
-		return nil, false, ErrClosed
+		return nil, false, true, ErrClosed
 	}
 	g.start()
 	n.wakeLocal(ref.name)
-	return g, false, nil
+	return g, false, true, nil
 }
 
 // abandon leaves a membership that never became a Group.

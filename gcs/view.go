@@ -19,6 +19,10 @@ type change struct {
 	remove   []member
 	reason   string
 	provider uint64 // tag of the state provider for add (0: none)
+	// graceful marks the removals as Group.Leave: the leavers go on
+	// delivering up to this view record, and trimming waits for them
+	// (retiredLeft).
+	graceful bool
 }
 
 // viewOutcome reports a committed view change.
@@ -64,8 +68,12 @@ func planView(ref groupRef, ms metaState, ch *change) (*client.Tx, record, []byt
 		tx.Write(ref.home, ref.meta+40, le.AppendUint64(nil, h.nextTag+1))
 		tx.Write(ref.home, ref.slotAddr(ch.add.slot), ch.add.encode())
 	}
+	retired := pos
+	if ch.graceful {
+		retired |= retiredLeft
+	}
 	for _, m := range ch.remove {
-		tx.Write(ref.home, ref.slotAddr(m.slot)+96, le.AppendUint64(nil, pos))
+		tx.Write(ref.home, ref.slotAddr(m.slot)+96, le.AppendUint64(nil, retired))
 	}
 	off := uint64(0)
 	for _, it := range ringSplit(ref.logBase(), ref.logSize, pos, uint64(len(b))) {
@@ -267,7 +275,9 @@ func (g *Group) provide(joiner viewMember) {
 	}
 }
 
-var errProviderGone = errors.New("state provider left the view before transferring")
+// errProviderGone wraps ErrStateTransfer: after the last of Join's
+// attempts it is what Join returns, and callers test for ErrStateTransfer.
+var errProviderGone = fmt.Errorf("%w: the state provider left the view (or its process died) before transferring", ErrStateTransfer)
 
 // receiveState is the joiner's side: wait until the provider published the
 // state in our slot, read it, Restore, free the region. retry is true when
@@ -308,7 +318,20 @@ func (g *Group) receiveState(ctx context.Context, provider uint64) (retry bool, 
 			}
 			return false, nil
 		}
-		if p, ok := ms.byTag(provider); !ok || !p.active() {
+		p, ok := ms.byTag(provider)
+		if !ok || !p.active() {
+			return true, errProviderGone
+		}
+		// The provider is still in the view, but its process may be dead:
+		// nobody else removes it if the joiner is the only other member
+		// (our housekeeping has not started), and the other members remove
+		// it only after the failure is confirmed. Once the process table
+		// confirms it, give up this attempt: the next join's view change
+		// removes the dead provider and names a live one (fix for a joiner
+		// waiting forever for a crashed provider). Without Membership the
+		// joiner waits until Join's ctx ends or someone removes the
+		// provider (Group.Remove).
+		if len(n.confirmedDead([]member{p})) > 0 {
 			return true, errProviderGone
 		}
 		if err := sleepCtx(ctx, wait); err != nil {

@@ -113,7 +113,13 @@ func (h *Host) Membership(ctx context.Context, id uint64) (Membership, error) {
 				RecentActive: pr.RecentActive || id == h.cfg.ID, Learner: pr.IsLearner}
 		}
 	})
-	return m, err
+	if err != nil {
+		// onWorker gave up on ctx: f may still run on the worker and write
+		// m, so m must not be read (a data race found by gcs's randomized
+		// test, with a host restart during reconciliation).
+		return Membership{}, err
+	}
+	return m, nil
 }
 
 // TransferLeader asks the group's leader (this host) to hand leadership to
