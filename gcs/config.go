@@ -42,7 +42,7 @@ type Config struct {
 	// A single larger message is sent alone, up to the queue's half.
 	MaxBatchBytes int
 	// InlineBytes: batches up to this many encoded bytes travel inside the
-	// order record instead of the sender's queue (default 1 KiB; 0 means
+	// order record instead of the sender's queue (default 4 KiB; 0 means
 	// the default, negative means never inline).
 	InlineBytes int
 	// LogCapacity is the size in bytes of the order log of groups this
@@ -53,7 +53,10 @@ type Config struct {
 	// (default 64).
 	MaxMembers int
 	// QueueCapacity is the size in bytes of each member's queue ring
-	// (default 1 MiB; at least 2×MaxBatchBytes+64).
+	// (default 4 MiB; at least 2×MaxBatchBytes+64). Blobs stay in the
+	// queue until every member delivered them and the log was trimmed
+	// (GCInterval), so the queue bounds a sender's throughput to about
+	// QueueCapacity per trim lag.
 	QueueCapacity uint64
 	// ReadChunk bounds the order-log bytes one delivery read fetches
 	// (default 256 KiB).
@@ -77,10 +80,10 @@ type Config struct {
 var DefaultConfig = Config{
 	MaxBatch:        128,
 	MaxBatchBytes:   256 << 10,
-	InlineBytes:     1 << 10,
+	InlineBytes:     4 << 10,
 	LogCapacity:     1 << 20,
 	MaxMembers:      64,
-	QueueCapacity:   1 << 20,
+	QueueCapacity:   4 << 20,
 	ReadChunk:       256 << 10,
 	PollMin:         200 * time.Microsecond,
 	PollMax:         20 * time.Millisecond,

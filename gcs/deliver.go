@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tutti-gcs/tutti/client"
@@ -42,12 +44,14 @@ func (g *Group) deliverLoop() {
 	pos := g.start0
 	var cur *viewState
 	wait := n.cfg.PollMin
-	var buf []byte // bytes of the log from pos
+	want := 4096 // log bytes read with the header: what was there last time
 	for {
 		if g.ctx.Err() != nil {
 			return
 		}
-		h, err := n.readHeader(g.ctx, g.ref)
+		// One read of the header and the log from pos (a consistent
+		// snapshot of one memnode): no round trip to learn the tail first.
+		h, buf, err := n.readTail(g.ctx, g.ref, pos, want)
 		if err != nil {
 			if g.ctx.Err() != nil {
 				return
@@ -58,12 +62,13 @@ func (g *Group) deliverLoop() {
 			}
 			continue
 		}
-		g.head.Store(max(g.head.Load(), h.head))
+		g.noteHeader(h)
 		if h.head > pos {
 			g.evict(h.view, "fell behind the order log")
 			return
 		}
 		if h.tail <= pos {
+			want = 4096
 			t := time.NewTimer(wait)
 			select {
 			case <-g.ctx.Done():
@@ -84,20 +89,19 @@ func (g *Group) deliverLoop() {
 			continue
 		}
 		wait = n.cfg.PollMin
-		want := int(min(h.tail-pos, uint64(n.cfg.ReadChunk)))
-		buf, err = n.readRing(g.ctx, g.ref, pos, want)
-		if err != nil {
-			if g.ctx.Err() != nil {
-				return
-			}
-			continue
+		avail := h.tail - pos
+		want = int(min(max(avail, 4096), uint64(n.cfg.ReadChunk)))
+		if uint64(len(buf)) > avail {
+			buf = buf[:avail]
 		}
+		var recs []record
+		at := pos
 		for len(buf) > 0 {
-			rec, err := decodeRecord(buf, pos)
+			rec, err := decodeRecord(buf, at)
 			if errors.Is(err, errShortRecord) {
-				if len(buf) >= recHeader && int(le.Uint32(buf[8:])) > n.cfg.ReadChunk && len(buf) == want {
-					// A record larger than one chunk: read it whole.
-					b, rerr := n.readRing(g.ctx, g.ref, pos, int(le.Uint32(buf[8:])))
+				if len(recs) == 0 && len(buf) >= recHeader && uint64(le.Uint32(buf[8:])) <= avail {
+					// A record longer than what was read: read it whole.
+					b, rerr := n.readRing(g.ctx, g.ref, at, int(le.Uint32(buf[8:])))
 					if rerr != nil {
 						break
 					}
@@ -107,24 +111,107 @@ func (g *Group) deliverLoop() {
 				break
 			}
 			if err != nil {
+				if len(recs) > 0 {
+					break // deliver what precedes it first
+				}
 				g.evict(h.view, err.Error())
 				return
 			}
-			var stop bool
-			cur, stop = g.deliverRecord(cur, rec)
-			if stop {
-				return
-			}
-			pos += uint64(rec.size)
-			g.dLog.Store(pos)
+			recs = append(recs, rec)
+			at += uint64(rec.size)
 			buf = buf[rec.size:]
+		}
+		var stop bool
+		cur, pos, stop = g.deliverRecords(cur, pos, recs)
+		if stop {
+			return
 		}
 	}
 }
 
+// blobFetch is the read of one batch blob, done ahead of delivery.
+type blobFetch struct {
+	done chan struct{}
+	b    []byte
+	err  error
+}
+
+// blobReaders bounds the concurrent blob reads of one member's delivery.
+const blobReaders = 8
+
+// deliverRecords delivers recs (consecutive, from pos) in order, reading
+// the referenced blobs ahead, several at a time, while earlier records are
+// delivered. It returns the view and position reached; stop reports the
+// end of this membership.
+func (g *Group) deliverRecords(cur *viewState, pos uint64, recs []record) (*viewState, uint64, bool) {
+	fetches := make([]*blobFetch, len(recs))
+	var refs []int
+	for i, rec := range recs {
+		if rec.kind == recRef {
+			fetches[i] = &blobFetch{done: make(chan struct{})}
+			refs = append(refs, i)
+		}
+	}
+	if len(refs) > 0 {
+		ctx, cancel := context.WithCancel(g.ctx)
+		var wg sync.WaitGroup
+		var next atomic.Int64
+		for range min(blobReaders, len(refs)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					j := int(next.Add(1)) - 1
+					if j >= len(refs) {
+						return
+					}
+					f := fetches[refs[j]]
+					f.b, f.err = g.readBlob(ctx, recs[refs[j]])
+					close(f.done)
+				}
+			}()
+		}
+		defer wg.Wait()
+		defer cancel()
+	}
+	for i, rec := range recs {
+		var stop bool
+		cur, stop = g.deliverRecord(cur, rec, fetches[i])
+		if stop {
+			return cur, pos, true
+		}
+		pos += uint64(rec.size)
+		g.dLog.Store(pos)
+	}
+	return cur, pos, false
+}
+
+// readTail reads the header and l bytes of the log from pos in one
+// minitransaction.
+func (n *Node) readTail(ctx context.Context, ref groupRef, pos uint64, l int) (header, []byte, error) {
+	tx := client.NewTx().Read(ref.home, ref.meta, metaHeader)
+	items := ringSplit(ref.logBase(), ref.logSize, pos, uint64(l))
+	for _, it := range items {
+		tx.Read(ref.home, it.addr, uint32(it.n))
+	}
+	res, err := n.exec(ctx, tx)
+	if err != nil {
+		return header{}, nil, err
+	}
+	h, err := decodeHeader(res.Reads[0])
+	if err != nil {
+		return header{}, nil, err
+	}
+	b := res.Reads[1]
+	if len(items) == 2 {
+		b = append(append([]byte(nil), b...), res.Reads[2]...)
+	}
+	return h, b, nil
+}
+
 // deliverRecord delivers one record; stop reports the end of this
 // membership (left, evicted or closed).
-func (g *Group) deliverRecord(cur *viewState, rec record) (*viewState, bool) {
+func (g *Group) deliverRecord(cur *viewState, rec record, fetch *blobFetch) (*viewState, bool) {
 	n := g.n
 	switch rec.kind {
 	case recView:
@@ -179,7 +266,12 @@ func (g *Group) deliverRecord(cur *viewState, rec record) (*viewState, bool) {
 		}
 		body := rec.body
 		if rec.kind == recRef {
-			b, err := g.readBlob(rec)
+			select {
+			case <-fetch.done:
+			case <-g.ctx.Done():
+				return cur, true
+			}
+			b, err := fetch.b, fetch.err
 			if err != nil {
 				if g.ctx.Err() == nil {
 					g.evict(rec.view, err.Error())
@@ -208,7 +300,7 @@ func (g *Group) deliverRecord(cur *viewState, rec record) (*viewState, bool) {
 }
 
 // readBlob reads a batch from the sender's queue ring and checks it.
-func (g *Group) readBlob(rec record) ([]byte, error) {
+func (g *Group) readBlob(ctx context.Context, rec record) ([]byte, error) {
 	ref, err := decodeRef(rec.body)
 	if err != nil {
 		return nil, err
@@ -220,9 +312,9 @@ func (g *Group) readBlob(rec record) ([]byte, error) {
 		tx.Read(ref.qMemnode, it.addr, uint32(it.n))
 	}
 	var res *client.Result
-	if err := n.retry(g.ctx, func() error {
+	if err := n.retry(ctx, func() error {
 		var err error
-		res, err = n.exec(g.ctx, tx)
+		res, err = n.exec(ctx, tx)
 		return err
 	}); err != nil {
 		return nil, err

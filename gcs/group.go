@@ -82,9 +82,10 @@ type Group struct {
 	start0 uint64        // log position of the view record that admitted us
 
 	leaving   atomic.Bool
-	dLog      atomic.Uint64 // delivered order-log position
-	dMsg      atomic.Uint64 // delivered message position
-	head      atomic.Uint64 // last head seen
+	dLog      atomic.Uint64          // delivered order-log position
+	dMsg      atomic.Uint64          // delivered message position
+	head      atomic.Uint64          // last head seen
+	seen      atomic.Pointer[header] // the newest header read (largest tail)
 	stability atomic.Uint64
 	stopOnce  sync.Once
 
@@ -220,7 +221,7 @@ func (g *Group) Leave(ctx context.Context) error {
 	g.leaving.Store(true)
 	err := g.n.viewChange(ctx, g.ref, func(ms metaState) (*change, error) {
 		if m := ms.members[g.self.slot]; m.tag == g.self.tag && m.active() {
-			return &change{remove: []member{m}, reason: "left"}, nil
+			return &change{remove: []member{m}, reason: "left", graceful: true}, nil
 		}
 		return nil, nil
 	}, nil)
@@ -234,6 +235,7 @@ func (g *Group) Leave(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("gcs: leave %s: left the view, delivery not finished: %w", g.ref.name, ctx.Err())
 	}
+	g.publishFinal(ctx) // trimming no longer waits for us (retiredLeft)
 	g.stop(ErrNotMember)
 	if err := g.termErr(); errors.Is(err, ErrEvicted) {
 		return err
@@ -269,10 +271,34 @@ func (g *Group) Remove(ctx context.Context, name string) error {
 	return nil
 }
 
-// linked remembers a batch in our queue until the log is trimmed past it.
+// linked remembers a batch in our queue until the log is trimmed past it
+// (logEnd is ^0 while the batch is not linked yet).
 type linked struct{ logEnd, qStart uint64 }
 
-// sendLoop batches pending multicasts and links them, one batch in flight.
+// staged is a batch on its way to the order log: its record is complete
+// (inline body, or a reference to its blob) and it is ready to link once
+// the blob is in the queue.
+type staged struct {
+	batch []*sendReq
+	rec   record
+	q     *linked // the blob's queue entry; nil for an inline batch
+	ready bool
+}
+
+// Bounds of one send cycle: records linked by one minitransaction, blobs
+// written by one queue minitransaction, and the bytes of one write item.
+const (
+	maxLinkRecords = 64
+	maxWriteBlobs  = 64
+	maxItemChunk   = 256 << 10
+)
+
+// sendLoop batches pending multicasts, writes the batches to our queue and
+// links them into the order log. It pipelines: while one minitransaction
+// links the batches whose blobs are in the queue, the next queue write (of
+// everything queued meanwhile) is in flight. The links stay one at a time,
+// in sequence order, which keeps per-sender FIFO; one link carries every
+// batch that is ready (coalesced threading, up to maxLinkRecords).
 func (g *Group) sendLoop() {
 	defer g.wg.Done()
 	n := g.n
@@ -282,206 +308,344 @@ func (g *Group) sendLoop() {
 		haveHdr  bool
 		sendView = g.self.joinedView
 		qTail    uint64 // next queue position
-		qLinks   []linked
+		qLinks   []*linked
 		ringBase = g.self.qAddr + 8
 		ringLen  = g.self.qLen - 8
 		fence    = le.AppendUint64(nil, g.self.tag)
+		pipe     []*staged // taken batches not finished, in sequence order
+		writing  bool      // a queue write is in flight
+		wrDone   = make(chan error, 1)
+		roomWait = n.cfg.PollMin // backoff while the queue is full
 	)
+	// end finishes every batch taken with err (and fails the group with
+	// fail, if set); the in-flight queue write is awaited first.
+	end := func(err, fail error) {
+		if writing {
+			<-wrDone
+			writing = false
+		}
+		for _, s := range pipe {
+			g.finish(s.batch, err)
+		}
+		pipe = nil
+		if fail != nil {
+			g.fail(fail)
+		}
+	}
 	readHdr := func() bool {
 		err := n.retry(g.ctx, func() error {
 			h, err := n.readHeader(g.ctx, g.ref)
 			if err == nil {
 				hdr, haveHdr = h, true
-				g.head.Store(max(g.head.Load(), h.head))
+				g.noteHeader(h)
 			}
 			return err
 		})
 		return err == nil
 	}
-	for {
-		select {
-		case <-g.ctx.Done():
-			return
-		case <-g.done:
-			return
-		case <-g.sendCh:
+	// stage takes pending batches as the queue has room and starts one
+	// queue write for those that do not travel inline. full reports that
+	// requests are pending but the queue has no room.
+	stage := func() (full bool) {
+		head := g.head.Load()
+		for len(qLinks) > 0 && qLinks[0].logEnd <= head {
+			qLinks = qLinks[1:]
 		}
-		for {
-			batch := g.takeBatch()
-			if len(batch) == 0 {
-				break
+		qHead := qTail
+		if len(qLinks) > 0 {
+			qHead = qLinks[0].qStart
+		}
+		var tx *client.Tx
+		var blobs int
+		for blobs < maxWriteBlobs && len(pipe) < 4*maxLinkRecords {
+			room := int(min(ringLen-(qTail-qHead), 1<<30)) - blobHeader - 8
+			inline := 0
+			if n.cfg.InlineBytes > 0 {
+				inline = min(n.cfg.InlineBytes, int(g.ref.logSize/8)) - recHeader
 			}
-			payloads := make([][]byte, len(batch))
-			for i, r := range batch {
-				payloads[i] = r.payload
+			batch, size := g.takeBatch(max(room, inline))
+			if len(batch) == 0 {
+				full = size > 0
+				break
 			}
 			first := seq + 1
 			seq += uint64(len(batch))
-			msgs := encodeMsgs(nil, payloads)
-			rec := record{kind: recInline, slot: g.self.slot, tag: g.self.tag, firstSeq: first, count: len(batch)}
-			qStart, inQueue := qTail, false
-			if n.cfg.InlineBytes > 0 && recHeader+len(msgs) <= n.cfg.InlineBytes {
-				rec.body = msgs
-			} else {
-				blob := make([]byte, align8(blobHeader+len(msgs)))
-				putU64s(blob, qTail)
-				le.PutUint32(blob[8:], uint32(len(blob)))
-				le.PutUint32(blob[12:], uint32(len(batch)))
-				putU64s(blob[16:], g.self.tag, first)
-				copy(blob[blobHeader:], msgs)
-				// Wait for room: the queue ring is reclaimed as the log's
-				// head passes the records that reference it.
-				wait := n.cfg.PollMin
-				for {
-					head := g.head.Load()
-					for len(qLinks) > 0 && qLinks[0].logEnd <= head {
-						qLinks = qLinks[1:]
-					}
-					qHead := qTail
-					if len(qLinks) > 0 {
-						qHead = qLinks[0].qStart
-					}
-					if qTail+uint64(len(blob))-qHead <= ringLen {
-						break
-					}
-					if sleepCtx(g.ctx, wait) != nil || !readHdr() {
-						g.fail(ErrClosed)
-						return
-					}
-					wait = min(2*wait, n.cfg.PollMax)
+			s := &staged{batch: batch, rec: record{kind: recInline, slot: g.self.slot, tag: g.self.tag, firstSeq: first, count: len(batch)}}
+			pipe = append(pipe, s)
+			if size <= inline {
+				s.rec.body = encodeBatch(make([]byte, 0, size), batch)
+				s.ready = true
+				continue
+			}
+			blob := make([]byte, align8(blobHeader+size))
+			putU64s(blob, qTail)
+			le.PutUint32(blob[8:], uint32(len(blob)))
+			le.PutUint32(blob[12:], uint32(len(batch)))
+			putU64s(blob[16:], g.self.tag, first)
+			encodeBatch(blob[blobHeader:blobHeader], batch)
+			if tx == nil {
+				tx = client.NewTx().Compare(g.self.qMemnode, g.self.qAddr, fence)
+			}
+			off := uint64(0)
+			for _, it := range ringSplit(ringBase, ringLen, qTail, uint64(len(blob))) {
+				for done := uint64(0); done < it.n; {
+					c := min(it.n-done, maxItemChunk)
+					tx.Write(g.self.qMemnode, it.addr+done, blob[off:off+c])
+					done, off = done+c, off+c
 				}
-				tx := client.NewTx().Compare(g.self.qMemnode, g.self.qAddr, fence)
-				off := uint64(0)
-				for _, it := range ringSplit(ringBase, ringLen, qTail, uint64(len(blob))) {
-					tx.Write(g.self.qMemnode, it.addr, blob[off:off+it.n])
-					off += it.n
-				}
+			}
+			s.rec.kind = recRef
+			s.rec.body = refBody{qMemnode: g.self.qMemnode, qAddr: ringBase, qLen: ringLen, qPos: qTail, bytes: uint64(len(blob))}.encode()
+			s.q = &linked{logEnd: ^uint64(0), qStart: qTail}
+			qLinks = append(qLinks, s.q)
+			qTail += uint64(len(blob))
+			blobs++
+		}
+		if tx != nil {
+			writing = true
+			go func() {
 				var res *client.Result
 				err := n.retry(g.ctx, func() error {
 					var err error
-					res, err = n.exec(g.ctx, tx)
-					if errors.Is(err, client.ErrUnknownOutcome) {
-						return err // the write is idempotent: redo it
-					}
+					res, err = n.exec(g.ctx, tx) // idempotent: an unknown outcome is redone
 					return err
 				})
-				if err != nil {
-					g.finish(batch, ErrClosed)
-					g.fail(ErrClosed)
-					return
+				if err == nil && !res.Committed {
+					err = ErrEvicted // the fence is gone: we were removed
 				}
-				if !res.Committed { // the fence is gone: we were removed
-					g.finish(batch, ErrEvicted)
-					g.fail(ErrEvicted)
-					return
-				}
-				rec.kind = recRef
-				rec.body = refBody{qMemnode: g.self.qMemnode, qAddr: ringBase, qLen: ringLen, qPos: qTail, bytes: uint64(len(blob))}.encode()
-				qTail += uint64(len(blob))
-				inQueue = true
+				wrDone <- err
+			}()
+		}
+		return full
+	}
+	// written marks the batches of the finished queue write ready.
+	written := func(err error) bool {
+		writing = false
+		switch {
+		case errors.Is(err, ErrEvicted):
+			end(ErrEvicted, ErrEvicted)
+			return false
+		case err != nil:
+			end(ErrClosed, ErrClosed)
+			return false
+		}
+		for _, s := range pipe {
+			s.ready = true
+		}
+		return true
+	}
+	// link orders the ready batches at the front of pipe with one
+	// minitransaction on the home memnode; a lost race re-reads the
+	// header and retries only this step.
+	link := func(ready []*staged) bool {
+		wait := n.cfg.PollMin
+		var buf []byte
+		for {
+			// Delivery reads the header on every change of the tail: a
+			// newer header than ours saves a lost race and a re-read.
+			if s := g.seen.Load(); s != nil && s.tail > hdr.tail {
+				hdr, haveHdr = *s, true
 			}
-			// Link: one minitransaction on the home memnode; a lost race
-			// re-reads the header and retries only this step.
-			wait := n.cfg.PollMin
-			for {
-				if !haveHdr && !readHdr() {
-					g.finish(batch, ErrClosed)
-					g.fail(ErrClosed)
-					return
-				}
-				if hdr.view != sendView {
-					ms, err := n.readMeta(g.ctx, g.ref)
-					if err != nil {
-						if g.ctx.Err() != nil {
-							g.finish(batch, ErrClosed)
-							return
-						}
-						haveHdr = false
-						continue
-					}
-					if m := ms.members[g.self.slot]; m.tag != g.self.tag || !m.active() {
-						err := ErrEvicted
-						if g.leaving.Load() {
-							err = ErrNotMember
-						}
-						g.finish(batch, err)
-						g.fail(err)
-						return
-					}
-					hdr, sendView = ms.h, ms.h.view
-				}
-				rec.pos, rec.view, rec.msgBase = hdr.tail, hdr.view, hdr.msgs
-				b := rec.encode()
-				if hdr.tail+uint64(len(b))-hdr.head > g.ref.logSize {
-					if sleepCtx(g.ctx, wait) != nil {
-						g.finish(batch, ErrClosed)
-						return
-					}
-					wait = min(2*wait, n.cfg.PollMax)
-					haveHdr = false
-					continue
-				}
-				nh := hdr
-				nh.tail, nh.msgs = hdr.tail+uint64(len(b)), hdr.msgs+uint64(len(batch))
-				tx := client.NewTx().Compare(g.ref.home, g.ref.meta+offView, hdr.vtm()).Write(g.ref.home, g.ref.meta+offView, nh.vtm())
-				off := uint64(0)
-				for _, it := range ringSplit(g.ref.logBase(), g.ref.logSize, rec.pos, uint64(len(b))) {
-					tx.Write(g.ref.home, it.addr, b[off:off+it.n])
-					off += it.n
-				}
-				res, err := n.exec(g.ctx, tx)
-				if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
-					got, rerr := n.readRing(g.ctx, g.ref, rec.pos, len(b))
-					if rerr == nil {
-						res, err = &client.Result{Committed: bytes.Equal(got, b)}, nil
-					}
-				}
+			if !haveHdr && !readHdr() {
+				end(ErrClosed, ErrClosed)
+				return false
+			}
+			if hdr.view != sendView {
+				ms, err := n.readMeta(g.ctx, g.ref)
 				if err != nil {
 					if g.ctx.Err() != nil {
-						g.finish(batch, ErrClosed)
-						return
+						end(ErrClosed, nil)
+						return false
 					}
-					n.log.Debug().Err(err).Msg("link")
-					haveHdr = false
-					if sleepCtx(g.ctx, wait) != nil {
-						g.finish(batch, ErrClosed)
-						return
-					}
-					wait = min(2*wait, 100*time.Millisecond)
-					continue
-				}
-				if !res.Committed {
 					haveHdr = false
 					continue
 				}
-				hdr = nh
-				if inQueue {
-					qLinks = append(qLinks, linked{logEnd: nh.tail, qStart: qStart})
+				if m := ms.members[g.self.slot]; m.tag != g.self.tag || !m.active() {
+					err := ErrEvicted
+					if g.leaving.Load() {
+						err = ErrNotMember
+					}
+					end(err, err)
+					return false
 				}
-				break
+				hdr, sendView = ms.h, ms.h.view
+			}
+			buf = buf[:0]
+			msgs := hdr.msgs
+			k := 0
+			for _, s := range ready {
+				s.rec.pos, s.rec.view, s.rec.msgBase = hdr.tail+uint64(len(buf)), hdr.view, msgs
+				b := s.rec.encode()
+				if k > 0 && uint64(len(buf)+len(b)) > g.ref.logSize/4 {
+					break
+				}
+				buf = append(buf, b...)
+				msgs += uint64(s.rec.count)
+				k++
+			}
+			if hdr.tail+uint64(len(buf))-hdr.head > g.ref.logSize {
+				if sleepCtx(g.ctx, wait) != nil {
+					end(ErrClosed, nil)
+					return false
+				}
+				wait = min(2*wait, n.cfg.PollMax)
+				haveHdr = false
+				continue
+			}
+			nh := hdr
+			nh.tail, nh.msgs = hdr.tail+uint64(len(buf)), msgs
+			tx := client.NewTx().Compare(g.ref.home, g.ref.meta+offView, hdr.vtm()).Write(g.ref.home, g.ref.meta+offView, nh.vtm())
+			off := uint64(0)
+			for _, it := range ringSplit(g.ref.logBase(), g.ref.logSize, hdr.tail, uint64(len(buf))) {
+				tx.Write(g.ref.home, it.addr, buf[off:off+it.n])
+				off += it.n
+			}
+			res, err := n.exec(g.ctx, tx)
+			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
+				got, rerr := n.readRing(g.ctx, g.ref, hdr.tail, len(buf))
+				if rerr == nil {
+					res, err = &client.Result{Committed: bytes.Equal(got, buf)}, nil
+				}
+			}
+			if err != nil {
+				if g.ctx.Err() != nil {
+					end(ErrClosed, nil)
+					return false
+				}
+				n.log.Debug().Err(err).Msg("link")
+				haveHdr = false
+				if sleepCtx(g.ctx, wait) != nil {
+					end(ErrClosed, nil)
+					return false
+				}
+				wait = min(2*wait, 100*time.Millisecond)
+				continue
+			}
+			if !res.Committed {
+				n.log.Debug().Uint64("tail", hdr.tail).Msg("link: lost race")
+				haveHdr = false
+				continue
+			}
+			hdr = nh
+			for _, s := range ready[:k] {
+				if s.q != nil {
+					s.q.logEnd = nh.tail
+				}
 			}
 			n.wakeLocal(g.ref.name)
-			g.finish(batch, nil)
+			for _, s := range ready[:k] {
+				g.finish(s.batch, nil)
+			}
+			pipe = pipe[k:]
+			return true
+		}
+	}
+	for {
+		full := false
+		if !writing {
+			full = stage()
+		}
+		k := 0
+		for k < len(pipe) && k < maxLinkRecords && pipe[k].ready {
+			k++
+		}
+		if k > 0 {
+			if !link(pipe[:k]) {
+				return
+			}
+			roomWait = n.cfg.PollMin
+			continue
+		}
+		var timer <-chan time.Time
+		var t *time.Timer
+		if full && !writing {
+			// The queue is full: its room comes back as the log's head
+			// passes our batches (housekeeping trims the log).
+			t = time.NewTimer(roomWait)
+			timer = t.C
+		}
+		select {
+		case <-g.ctx.Done():
+			end(ErrClosed, nil)
+			return
+		case <-g.done:
+			end(ErrClosed, nil)
+			return
+		case err := <-wrDone:
+			if !written(err) {
+				return
+			}
+		case <-g.sendCh:
+		case <-timer:
+			if !readHdr() {
+				end(ErrClosed, ErrClosed)
+				return
+			}
+			roomWait = min(2*roomWait, n.cfg.PollMax)
+		}
+		if t != nil {
+			t.Stop()
 		}
 	}
 }
 
-func (g *Group) takeBatch() []*sendReq {
+// noteHeader records h as seen (if its tail is the newest) and its head.
+func (g *Group) noteHeader(h header) {
+	for {
+		cur := g.seen.Load()
+		if cur != nil && cur.tail >= h.tail {
+			break
+		}
+		if g.seen.CompareAndSwap(cur, &h) {
+			break
+		}
+	}
+	for {
+		cur := g.head.Load()
+		if h.head <= cur || g.head.CompareAndSwap(cur, h.head) {
+			return
+		}
+	}
+}
+
+// takeBatch takes the oldest pending requests as one batch of at most
+// MaxBatch messages and MaxBatchBytes payload bytes (a larger single
+// message goes alone) whose encoding (u32 length, payload each) is at
+// most limit bytes. It returns the batch and its encoded size; with no
+// batch, size > 0 means requests are pending that did not fit limit.
+func (g *Group) takeBatch(limit int) ([]*sendReq, int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []*sendReq
-	bytes := 0
+	size := 0
 	for len(g.mu.pending) > 0 && len(out) < g.n.cfg.MaxBatch {
 		r := g.mu.pending[0]
-		if len(out) > 0 && bytes+4+len(r.payload) > g.n.cfg.MaxBatchBytes {
+		if len(out) > 0 && size+4+len(r.payload) > g.n.cfg.MaxBatchBytes {
 			break
 		}
-		bytes += 4 + len(r.payload)
+		if size+4+len(r.payload) > limit {
+			if len(out) == 0 {
+				return nil, 4 + len(r.payload)
+			}
+			break
+		}
+		size += 4 + len(r.payload)
 		r.taken = true
 		out = append(out, r)
+		g.mu.pending[0] = nil
 		g.mu.pending = g.mu.pending[1:]
 	}
-	return out
+	return out, size
+}
+
+// encodeBatch appends the payloads of batch as (u32 len, bytes), the batch
+// body decodeMsgs reads.
+func encodeBatch(dst []byte, batch []*sendReq) []byte {
+	for _, r := range batch {
+		dst = le.AppendUint32(dst, uint32(len(r.payload)))
+		dst = append(dst, r.payload...)
+	}
+	return dst
 }
 
 func (g *Group) finish(batch []*sendReq, err error) {

@@ -69,7 +69,9 @@ const (
 	//	+88   stLen      state bytes (region length is rounded up)
 	//	+96   retiredAt  0 while a member; else the log position of the view
 	//	                 record that removed it (the slot is freed, and the
-	//	                 queue reclaimed, once head passes it)
+	//	                 queue reclaimed, once head passes it); positions
+	//	                 are 8-aligned and the low bit, retiredLeft, marks
+	//	                 a graceful Leave (see gc.go)
 	//	+104  nameLen
 	//	+112  name       [144]byte "ID#incarnation"
 	offDLog    = 48
@@ -302,15 +304,8 @@ func decodeRecord(b []byte, pos uint64) (record, error) {
 	return r, nil
 }
 
-// encodeMsgs appends payloads as (u32 len, bytes).
-func encodeMsgs(dst []byte, payloads [][]byte) []byte {
-	for _, p := range payloads {
-		dst = le.AppendUint32(dst, uint32(len(p)))
-		dst = append(dst, p...)
-	}
-	return dst
-}
-
+// decodeMsgs decodes count messages of a batch body, each (u32 len,
+// bytes), as encodeBatch writes them.
 func decodeMsgs(b []byte, count int) ([][]byte, error) {
 	out := make([][]byte, 0, count)
 	for i := 0; i < count; i++ {

@@ -60,7 +60,8 @@ func newBench(g *globals) *cobra.Command {
 		Use:   "bench",
 		Short: "Measure throughput and latency",
 	}
-	cmd.AddCommand(newBenchMtx(g))
+	cmd.AddCommand(newBenchMtx(g), newBenchMembers(g))
+	cmd.AddCommand(newBenchMcast(g), newBenchMcastMember(g))
 	return cmd
 }
 
