@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -128,17 +127,11 @@ existing cluster.`,
 			if err != nil {
 				return err
 			}
-			if cpuProfile != "" {
-				f, err := os.Create(cpuProfile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+			stopProfile, err := startCPUProfile(cpuProfile)
+			if err != nil {
+				return err
 			}
+			defer stopProfile()
 			embedded := !cmd.Flags().Changed("seed") && os.Getenv("TUTTI_SEED") == ""
 			if !embedded && cmd.Flags().Changed("memnodes") {
 				return fmt.Errorf("--memnodes sizes an embedded cluster; it cannot be used with --seed")
@@ -164,17 +157,11 @@ existing cluster.`,
 				replicas := 0
 				leaderChanges := func() uint64 { return 0 }
 				if embedded {
-					c, err := cluster.Start(cluster.Config{Memnodes: size, NoSync: noSync, Logger: log.Level(max(log.GetLevel(), zerolog.WarnLevel))})
+					c, err := startEmbedded(cmd.Context(), cluster.Config{Memnodes: size, NoSync: noSync, Logger: log.Level(max(log.GetLevel(), zerolog.WarnLevel))})
 					if err != nil {
 						return err
 					}
 					defer c.Close()
-					ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-					err = c.WaitReady(ctx)
-					cancel()
-					if err != nil {
-						return err
-					}
 					seeds = c.Seeds()
 					replicas = len(c.Memnodes()[0].Replicas)
 					leaderChanges = func() uint64 {

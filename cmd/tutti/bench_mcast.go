@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -220,43 +219,26 @@ One JSON object per measured point with --json.`,
 			if err != nil {
 				return err
 			}
-			if cpuProfile != "" {
-				f, err := os.Create(cpuProfile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+			stopProfile, err := startCPUProfile(cpuProfile)
+			if err != nil {
+				return err
 			}
+			defer stopProfile()
 			embedded := !cmd.Flags().Changed("seed") && os.Getenv("TUTTI_SEED") == ""
 			seeds := splitSeeds(seed)
 			if embedded {
-				c, err := cluster.Start(cluster.Config{NoSync: noSync, Logger: log.Level(max(log.GetLevel(), zerolog.WarnLevel))})
+				c, err := startEmbedded(ctx, cluster.Config{NoSync: noSync, Logger: log.Level(max(log.GetLevel(), zerolog.WarnLevel))})
 				if err != nil {
 					return err
 				}
 				defer c.Close()
-				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				err = c.WaitReady(rctx)
-				cancel()
-				if err != nil {
-					return err
-				}
 				seeds = c.Seeds()
 			}
-			if logDir == "" {
-				d, err := os.MkdirTemp("", "tutti-bench-mcast-")
-				if err != nil {
-					return err
-				}
-				defer os.RemoveAll(d)
-				logDir = d
-			} else if err := os.MkdirAll(logDir, 0o755); err != nil {
+			logDir, cleanup, err := benchLogDir(logDir, "tutti-bench-mcast-")
+			if err != nil {
 				return err
 			}
+			defer cleanup()
 			progress := io.Writer(cmd.ErrOrStderr())
 			if quiet {
 				progress = io.Discard
@@ -712,17 +694,11 @@ func newBenchMcastMember(g *globals) *cobra.Command {
 				report(mcastReport{Type: "error", Err: err.Error()})
 				return &exitError{1, err}
 			}
-			if cpuProfile != "" {
-				f, err := os.Create(cpuProfile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+			stopProfile, err := startCPUProfile(cpuProfile)
+			if err != nil {
+				return err
 			}
+			defer stopProfile()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			cl, err := newClient(ctx, log, splitSeeds(seed))

@@ -120,29 +120,18 @@ rejoins (an evicted process coming back). One JSON object per phase with
 			embedded := seed == ""
 			seeds := splitSeeds(seed)
 			if embedded {
-				c, err := cluster.Start(cluster.Config{Logger: log})
+				c, err := startEmbedded(ctx, cluster.Config{Logger: log})
 				if err != nil {
 					return err
 				}
 				defer c.Close()
-				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				err = c.WaitReady(rctx)
-				cancel()
-				if err != nil {
-					return err
-				}
 				seeds = c.Seeds()
 			}
-			if logDir == "" {
-				d, err := os.MkdirTemp("", "tutti-bench-members-")
-				if err != nil {
-					return err
-				}
-				defer os.RemoveAll(d)
-				logDir = d
-			} else if err := os.MkdirAll(logDir, 0o755); err != nil {
+			logDir, cleanup, err := benchLogDir(logDir, "tutti-bench-members-")
+			if err != nil {
 				return err
 			}
+			defer cleanup()
 			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			cl, err := client.New(cctx, client.Config{Seeds: seeds, Logger: log})
 			cancel()

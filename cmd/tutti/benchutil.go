@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"os"
+	"runtime/pprof"
+	"time"
+
+	"github.com/tutti-gcs/tutti/internal/cluster"
+)
+
+// startCPUProfile writes a Go CPU profile to path until the returned stop is
+// called; with an empty path it does nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
+// startEmbedded starts a local cluster for a benchmark and waits up to 30 s
+// until every memnode has a leader.
+func startEmbedded(ctx context.Context, cfg cluster.Config) (*cluster.Cluster, error) {
+	c, err := cluster.Start(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := c.WaitReady(rctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// benchLogDir returns dir, created if needed, or a fresh temporary directory
+// named after prefix that cleanup removes.
+func benchLogDir(dir, prefix string) (string, func(), error) {
+	if dir == "" {
+		d, err := os.MkdirTemp("", prefix)
+		if err != nil {
+			return "", nil, err
+		}
+		return d, func() { os.RemoveAll(d) }, nil
+	}
+	return dir, func() {}, os.MkdirAll(dir, 0o755)
+}
