@@ -302,25 +302,34 @@ func TestFalseSuspicionRejoinsWithNewIncarnation(t *testing.T) {
 		o := a.del.view()["c"]
 		return o.Seen == SeenAlive && o.Incarnation == 4
 	})
-	// The old incarnation never came back; a and b were never touched.
+	// The old incarnation never came back. No incarnation of any process
+	// reappears after it died: a bystander starved by a loaded machine may
+	// itself be suspected and rejoin, but only under a new incarnation.
+	died := map[string]uint64{} // id → highest incarnation seen dead
 	diedAt := uint64(0)
 	for _, ch := range tableChanges(ra.changes()) {
-		if ch.Row.ID == "c" && ch.Kind == Died && ch.Row.Incarnation == 3 {
-			diedAt = ch.Version
+		id, inc := ch.Row.ID, ch.Row.Incarnation
+		if ch.Kind == Died {
+			died[id] = max(died[id], inc)
+			if id == "c" && inc == 3 {
+				diedAt = ch.Version
+			}
+			continue
 		}
-		if diedAt != 0 && ch.Version > diedAt && ch.Row.ID == "c" && ch.Row.Incarnation == 3 {
-			t.Fatalf("incarnation 3 of c reappeared at version %d: %+v", ch.Version, ch)
+		if d, ok := died[id]; ok && inc <= d {
+			t.Fatalf("incarnation %d of %s reappeared at version %d after incarnation %d died: %+v", inc, id, ch.Version, d, ch)
 		}
-		if ch.Row.ID != "c" {
-			t.Fatalf("unexpected change %+v", ch)
+		if id != "c" {
+			t.Logf("bystander change under load (allowed, new incarnation): %+v", ch)
 		}
 	}
 	if diedAt == 0 {
 		t.Fatal("a never saw c die")
 	}
-	if r := row(t, a, "b"); r.State != StateAlive || r.Incarnation != b.Incarnation() {
-		t.Fatalf("b's row %+v", r)
-	}
+	waitFor(t, 10*time.Second, "b alive in the table under its current incarnation", func() bool {
+		r := row(t, a, "b")
+		return r.State == StateAlive && r.Incarnation == b.Incarnation()
+	})
 	agreed(t, ra, rc)
 }
 
