@@ -136,18 +136,11 @@ existing cluster.`,
 			if !embedded && cmd.Flags().Changed("memnodes") {
 				return fmt.Errorf("--memnodes sizes an embedded cluster; it cannot be used with --seed")
 			}
-			var sinks []io.Writer
-			if asJSON {
-				sinks = append(sinks, cmd.OutOrStdout())
+			sinks, closeSinks, err := jsonSinks(cmd.OutOrStdout(), asJSON, outFile)
+			if err != nil {
+				return err
 			}
-			if outFile != "" {
-				f, err := os.Create(outFile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				sinks = append(sinks, f)
-			}
+			defer closeSinks()
 			if !asJSON {
 				fmt.Fprintf(cmd.OutOrStdout(), "%-9s %8s %11s %10s %12s %9s %9s %9s %7s\n",
 					"workload", "memnodes", "outstanding", "ops", "ops/s", "p50 ms", "p99 ms", "cpu µs/op", "errors")

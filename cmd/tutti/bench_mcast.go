@@ -243,18 +243,11 @@ One JSON object per measured point with --json.`,
 			if quiet {
 				progress = io.Discard
 			}
-			var sinks []io.Writer
-			if asJSON {
-				sinks = append(sinks, cmd.OutOrStdout())
+			sinks, closeSinks, err := jsonSinks(cmd.OutOrStdout(), asJSON, outFile)
+			if err != nil {
+				return err
 			}
-			if outFile != "" {
-				f, err := os.Create(outFile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				sinks = append(sinks, f)
-			}
+			defer closeSinks()
 			if !asJSON {
 				fmt.Fprintf(cmd.OutOrStdout(), "%-6s %7s %9s %10s %14s %9s %9s %10s %6s\n",
 					"mode", "members", "msg bytes", "offered/s", "delivered/s/m", "p50 ms", "p99 ms", "order p50", "lost")

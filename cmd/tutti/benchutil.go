@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
 	"runtime/pprof"
 	"time"
@@ -56,4 +57,21 @@ func benchLogDir(dir, prefix string) (string, func(), error) {
 		return d, func() { os.RemoveAll(d) }, nil
 	}
 	return dir, func() {}, os.MkdirAll(dir, 0o755)
+}
+
+// jsonSinks returns where a benchmark writes its JSON lines: stdout with
+// --json and the --out file if given (created or truncated); close closes
+// the file.
+func jsonSinks(stdout io.Writer, asJSON bool, outFile string) (sinks []io.Writer, close func(), err error) {
+	if asJSON {
+		sinks = append(sinks, stdout)
+	}
+	if outFile == "" {
+		return sinks, func() {}, nil
+	}
+	f, err := os.Create(outFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	return append(sinks, f), func() { f.Close() }, nil
 }

@@ -1,7 +1,3 @@
-// Package agents runs one membership agent per host of a local cluster
-// (internal/cluster), as `tutti up` does: every host of the cluster is then
-// a member of the process table, named host-<id>. It is a separate package
-// because membership's own tests use internal/cluster. It is not API.
 package agents
 
 import (
