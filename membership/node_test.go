@@ -367,13 +367,32 @@ func TestPartitionedProcessIsEvictedNotTheMajority(t *testing.T) {
 	if c.Incarnation() <= 3 {
 		t.Fatalf("c rejoined with incarnation %d", c.Incarnation())
 	}
-	for _, r := range []*recorder{ra, rb, rc} {
-		for _, ch := range tableChanges(r.changes()) {
-			if ch.Row.ID != "c" {
-				t.Fatalf("the majority was changed: %+v", ch)
-			}
+	// The cut-off c (incarnation 3) must never have changed the majority's
+	// rows, and nothing about a or b may happen before c was evicted. After
+	// the heal a starved machine may falsely suspect a bystander; it then
+	// rejoins under a new incarnation, which is allowed.
+	evictedAt := uint64(0)
+	for _, ch := range tableChanges(ra.changes()) {
+		if ch.Row.ID == "c" && ch.Kind == Died && ch.Row.Incarnation == 3 {
+			evictedAt = ch.Version
+			break
 		}
 	}
+	for _, r := range []*recorder{ra, rb, rc} {
+		for _, ch := range tableChanges(r.changes()) {
+			if ch.Row.ID == "c" {
+				continue
+			}
+			if ch.Row.By == 3 || evictedAt == 0 || ch.Version < evictedAt {
+				t.Fatalf("the majority was changed by the partitioned process (evicted at version %d): %+v", evictedAt, ch)
+			}
+			t.Logf("bystander change after the heal (allowed under load): %+v", ch)
+		}
+	}
+	waitFor(t, 10*time.Second, "a and b alive under their current incarnations", func() bool {
+		ra, rb := row(t, a, "a"), row(t, a, "b")
+		return ra.State == StateAlive && ra.Incarnation == a.Incarnation() && rb.State == StateAlive && rb.Incarnation == b.Incarnation()
+	})
 	agreed(t, ra, rb, rc)
 }
 
