@@ -58,8 +58,10 @@ reachable starts gossip alone after (its rank in --peers) x 5 s and keeps
 joining the seeds until one answers. On SIGTERM/SIGINT the agent leaves
 gracefully (its row becomes left) before the host stops. --gossip-key (or
 --gossip-key-file) encrypts gossip; a process with another key cannot join
-and logs why. Failure detection: defaults detect a crash in about 1 s
-(--probe-interval 200ms, --probe-timeout 100ms, --suspicion-mult 3, ...).
+and logs why. Failure detection: the defaults (--probe-interval 200ms,
+--probe-timeout 100ms, --suspicion-mult 4, --suspicion-max-mult 6) marked a
+SIGKILLed process dead in 1.2 s at p50 and 1.9 s at p99 with 7 processes,
+with no false removal in a 10-minute soak (README, Membership).
 
 Every flag can also come from the environment (TUTTI_ plus the flag name in
 upper case with - as _, e.g. TUTTI_DATA_DIR) or from a JSON config file given
