@@ -22,6 +22,7 @@ type adminOpts struct {
 	asJSON  bool
 	timeout time.Duration
 	wait    bool
+	tls     tlsFlags
 }
 
 func (o *adminOpts) register(cmd *cobra.Command, wait bool) {
@@ -29,6 +30,7 @@ func (o *adminOpts) register(cmd *cobra.Command, wait bool) {
 	seedFlag(f, &o.seed)
 	f.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
 	f.DurationVar(&o.timeout, "timeout", 30*time.Second, "give up after this long")
+	o.tls.register(f)
 	if wait {
 		f.BoolVar(&o.wait, "wait", false, "wait until the memnode's Raft replicas match the directory")
 	}
@@ -40,11 +42,15 @@ func (o *adminOpts) connect(cmd *cobra.Command, g *globals) (*client.Client, con
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	tm, err := o.tls.load()
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-	c, err := client.New(ctx, client.Config{Seeds: splitSeeds(o.seed), Logger: log})
+	c, err := client.New(ctx, client.Config{Seeds: splitSeeds(o.seed), Logger: log, DialOptions: tm.dialOptions()})
 	if err != nil {
 		cancel()
-		return nil, nil, nil, &exitError{2, err}
+		return nil, nil, nil, &exitError{2, explainConnErr(err, tm != nil)}
 	}
 	return c, ctx, cancel, nil
 }

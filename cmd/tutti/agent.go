@@ -31,6 +31,7 @@ type agentReady struct {
 // OS processes.
 func newAgent(g *globals) *cobra.Command {
 	var (
+		tf        tlsFlags
 		mf        memberFlags
 		seed      string
 		cpuHogs   int
@@ -83,9 +84,13 @@ log says which).`,
 			}
 			sctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			cl, err := newClient(sctx, log, splitSeeds(seed))
+			dial, err := tf.loadDial()
 			if err != nil {
-				return &exitError{1, err}
+				return &exitError{2, err}
+			}
+			cl, err := newClient(sctx, log, splitSeeds(seed), dial...)
+			if err != nil {
+				return &exitError{1, explainConnErr(err, dial != nil)}
 			}
 			defer cl.Close()
 			cfg.Client = cl
@@ -130,6 +135,7 @@ log says which).`,
 	}
 	f := cmd.Flags()
 	seedFlag(f, &seed)
+	tf.register(f)
 	mf.register(f, "process id (default agent-<hostname>-<pid>)",
 		"gossip bind address, host:port (default 127.0.0.1:0: a free port on loopback)",
 		"gossip addresses to join, comma-separated (the live processes in the table are always tried too)")

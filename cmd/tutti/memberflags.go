@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/membership"
@@ -243,8 +244,8 @@ func keepJoining(ctx context.Context, log zerolog.Logger, n *membership.Node, se
 }
 
 // newClient connects a client for a membership agent, first to own.
-func newClient(ctx context.Context, log zerolog.Logger, seeds []string) (*client.Client, error) {
+func newClient(ctx context.Context, log zerolog.Logger, seeds []string, dial ...grpc.DialOption) (*client.Client, error) {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return client.New(cctx, client.Config{Seeds: seeds, Logger: log})
+	return client.New(cctx, client.Config{Seeds: seeds, Logger: log, DialOptions: dial})
 }

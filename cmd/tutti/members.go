@@ -45,6 +45,7 @@ func memberOf(r membership.Row, version uint64) memberJSON {
 
 func newMembers(g *globals) *cobra.Command {
 	var (
+		tf       tlsFlags
 		seed     string
 		asJSON   bool
 		watch    bool
@@ -78,11 +79,15 @@ confirmed change as it happens (one line, or one JSON object per line with
 			if err != nil {
 				return err
 			}
+			dial, err := tf.loadDial()
+			if err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			c, err := client.New(ctx, client.Config{Seeds: splitSeeds(seed), Logger: log})
+			c, err := client.New(ctx, client.Config{Seeds: splitSeeds(seed), Logger: log, DialOptions: dial})
 			if err != nil {
-				return &exitError{2, err}
+				return &exitError{2, explainConnErr(err, dial != nil)}
 			}
 			defer c.Close()
 			w, err := membership.NewWatcher(ctx, c, membership.DefaultTable)
@@ -116,6 +121,7 @@ confirmed change as it happens (one line, or one JSON object per line with
 	}
 	f := cmd.Flags()
 	seedFlag(f, &seed)
+	tf.register(f)
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	f.BoolVar(&watch, "watch", false, "keep printing confirmed changes until interrupted")
 	f.BoolVar(&all, "all", false, "list dead and left rows too")

@@ -18,6 +18,7 @@ import (
 
 func newMtx(g *globals) *cobra.Command {
 	var (
+		tf      tlsFlags
 		seed    string
 		reads   []string
 		cmps    []string
@@ -84,11 +85,15 @@ Exit status: 0 committed, 1 a compare failed, 2 an error.`,
 			if err != nil {
 				return err
 			}
+			dial, err := tf.loadDial()
+			if err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			c, err := client.New(ctx, client.Config{Seeds: splitSeeds(seed), Logger: log})
+			c, err := client.New(ctx, client.Config{Seeds: splitSeeds(seed), Logger: log, DialOptions: dial})
 			if err != nil {
-				return &exitError{2, err}
+				return &exitError{2, explainConnErr(err, dial != nil)}
 			}
 			defer c.Close()
 			res, err := c.Exec(ctx, tx)
@@ -138,6 +143,7 @@ Exit status: 0 committed, 1 a compare failed, 2 an error.`,
 	}
 	f := cmd.Flags()
 	seedFlag(f, &seed)
+	tf.register(f)
 	f.StringArrayVar(&reads, "read", nil, "read item MEMNODE:ADDR:LEN (repeatable)")
 	f.StringArrayVar(&cmps, "cmp", nil, "compare item MEMNODE:ADDR=VALUE (repeatable)")
 	f.StringArrayVar(&writes, "write", nil, "write item MEMNODE:ADDR=VALUE (repeatable)")

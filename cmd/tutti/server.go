@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/membership"
@@ -25,6 +26,7 @@ import (
 
 func newServer(g *globals) *cobra.Command {
 	var (
+		tf         tlsFlags
 		id         uint64
 		listen     string
 		peers      string
@@ -118,14 +120,19 @@ Precedence: command line, then environment, then config file, then default.`,
 			if err != nil {
 				return err
 			}
+			tm, err := tf.load()
+			if err != nil {
+				return err
+			}
 			h, err := service.StartHost(service.HostConfig{
 				ID: id, Listen: listen, Hosts: hosts, Memnodes: specs, DataDir: dataDir,
 				Memnode: mc, Replication: rc, Logger: log,
+				ServerOptions: tm.serverOptions(log), DialOptions: tm.dialOptions(),
 			})
 			if err != nil {
 				return err
 			}
-			agent := startServerAgent(log, mcfg, explicit, hosts[id], hosts, time.Duration(rank)*5*time.Second)
+			agent := startServerAgent(log, mcfg, explicit, hosts[id], hosts, time.Duration(rank)*5*time.Second, tm.dialOptions())
 			sig := waitSignal()
 			log.Info().Str("signal", sig.String()).Msg("stopping")
 			agent.stop()
@@ -146,6 +153,7 @@ Precedence: command line, then environment, then config file, then default.`,
 	mf.register(f, "membership process id (default host-<id>)",
 		"gossip bind address, host:port (default: the host of --listen at its port + 1000)",
 		"gossip addresses to join, comma-separated (default: every other host of --peers at its port + 1000)")
+	tf.register(f)
 	f.BoolVar(&join, "join", false, "join a running cluster as an empty host (no replicas until 'tutti replica add' or 'tutti memnode add' places some here)")
 	return cmd
 }
@@ -320,7 +328,7 @@ type serverAgent struct {
 	cl     *client.Client
 }
 
-func startServerAgent(log zerolog.Logger, cfg membership.Config, explicit []string, own string, hosts map[uint64]string, aloneAfter time.Duration) *serverAgent {
+func startServerAgent(log zerolog.Logger, cfg membership.Config, explicit []string, own string, hosts map[uint64]string, aloneAfter time.Duration, dial []grpc.DialOption) *serverAgent {
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &serverAgent{cancel: cancel, done: make(chan struct{}), log: log}
 	seeds := []string{own}
@@ -332,7 +340,7 @@ func startServerAgent(log zerolog.Logger, cfg membership.Config, explicit []stri
 	go func() {
 		defer close(a.done)
 		for a.cl == nil {
-			cl, err := newClient(ctx, log, seeds)
+			cl, err := newClient(ctx, log, seeds, dial...)
 			if err == nil {
 				a.cl = cl
 				break

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
 
 	"github.com/tutti-gcs/tutti/memnode"
 	"github.com/tutti-gcs/tutti/memnode/service"
@@ -42,6 +43,10 @@ type Config struct {
 	// DirectoryPoll: how often hosts reconcile with the directory; the
 	// service default if 0.
 	DirectoryPoll time.Duration
+	// ServerOptions and DialOptions go to every host (e.g. mutual TLS
+	// credentials); clients of the cluster then need matching ones.
+	ServerOptions []grpc.ServerOption
+	DialOptions   []grpc.DialOption
 }
 
 // Cluster is a running local cluster.
@@ -112,6 +117,9 @@ func Start(cfg Config) (*Cluster, error) {
 			Replication: rc,
 			Logger:      cfg.Logger,
 			Recovery:    cfg.Recovery,
+
+			ServerOptions: cfg.ServerOptions,
+			DialOptions:   cfg.DialOptions,
 		}
 		hc.WrapTransport = cfg.WrapTransport
 		hc.DirectoryPoll = cfg.DirectoryPoll
