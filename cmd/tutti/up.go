@@ -22,6 +22,7 @@ func newUp(g *globals) *cobra.Command {
 		noSync   bool
 		gossip   int
 		keys     memberFlags
+		metrics  string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -83,6 +84,15 @@ Runs until interrupted (Ctrl-C).`,
 			}
 			defer ag.Close() // leave before the hosts stop
 			cancel()
+			metricsLine := ""
+			if metrics != "" {
+				ms, err := metricsServe(metrics, log, c.Hosts...)
+				if err != nil {
+					return err
+				}
+				defer ms.Close()
+				metricsLine = "\n  metrics:  http://" + ms.Addr() + "/metrics"
+			}
 			out := cmd.OutOrStdout()
 			var hs []string
 			for i, s := range c.Seeds() {
@@ -100,7 +110,7 @@ Runs until interrupted (Ctrl-C).`,
   hosts:    %s
   memnodes: %d (ids 0-%d), %d replicas each, fsync %s
   data:     %s%s
-  members:  host-1..host-%d alive, gossip on %s
+  members:  host-1..host-%d alive, gossip on %s%s
 
 Try, in another terminal:
   tutti members%s
@@ -111,7 +121,7 @@ Try, in another terminal:
 
 Press Ctrl-C to stop.
 `, strings.Join(hs, " "), memnodes, memnodes-1, min(3, hosts), fsync, c.Dir, tempNote(dataDir),
-				hosts, strings.Join(ag.GossipAddrs(), " "), seedArg, seedArg, seedArg, seedArg, c.Seeds()[0])
+				hosts, strings.Join(ag.GossipAddrs(), " "), metricsLine, seedArg, seedArg, seedArg, seedArg, c.Seeds()[0])
 			sig := waitSignal()
 			log.Info().Str("signal", sig.String()).Msg("stopping local cluster")
 			return nil
@@ -126,6 +136,7 @@ Press Ctrl-C to stop.
 	f.StringVar(&keys.keyFile, "gossip-key-file", "", "read the gossip key (base64) from this file")
 	f.StringVar(&dataDir, "data-dir", "", "keep data here and recover it on restart (default: a temporary directory)")
 	f.BoolVar(&noSync, "no-fsync", false, "do not fsync the Raft log (faster; loses acknowledged writes on power loss)")
+	f.StringVar(&metrics, "metrics-addr", "", "serve Prometheus metrics of every host at http://<addr>/metrics (e.g. 127.0.0.1:9400; off if empty)")
 	return cmd
 }
 
