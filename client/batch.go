@@ -91,12 +91,15 @@ func containsSession(ss []*session, s *session) bool {
 type Stats struct {
 	// Decisions is the number of Commit/Abort decisions sent to
 	// participants of two-phase minitransactions; DecisionRequests the
-	// requests that carried them (several decisions for one memnode that
-	// are ready together share one request and one log entry).
-	Decisions, DecisionRequests uint64
+	// requests that carried them: a decision waits for the next batch to
+	// its memnode's leader and rides on a request of that batch for the
+	// same memnode (Carried counts those decisions) or shares one decision
+	// request with the other decisions for that memnode. Resent decisions
+	// are not counted.
+	Decisions, DecisionRequests, Carried uint64
 }
 
 // Stats returns the client's counters.
 func (c *Client) Stats() Stats {
-	return Stats{Decisions: c.stats.decisions.Load(), DecisionRequests: c.stats.decisionRequests.Load()}
+	return Stats{Decisions: c.stats.decisions.Load(), DecisionRequests: c.stats.requests.Load(), Carried: c.stats.carried.Load()}
 }

@@ -76,9 +76,8 @@ type Client struct {
 
 	watches watchSet // open watches (watch.go), closed by Close
 
-	stats struct {
-		decisions, decisionRequests atomic.Uint64
-	}
+	stats decisionStats
+	hooks decisionHooks // for conns: decisionAnswered and stats
 
 	refreshMu   sync.Mutex // serializes layout refreshes after errors (admin.go)
 	refreshedAt time.Time
@@ -110,6 +109,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		cfg.Now = time.Now
 	}
 	c := &Client{cfg: cfg, log: cfg.Logger, dial: cfg.DialOptions}
+	c.hooks = decisionHooks{answered: c.decisionAnswered, stats: &c.stats}
 	if len(c.dial) == 0 {
 		c.dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
@@ -190,7 +190,7 @@ func (c *Client) conn(addr string) (*conn, error) {
 	if cn, ok := c.mu.conns[addr]; ok {
 		return cn, nil
 	}
-	cn, err := newConn(addr, c.dial)
+	cn, err := newConn(addr, c.dial, &c.hooks)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -14,18 +16,46 @@ import (
 // carries batches of requests. Callers send directly when the stream is idle
 // (no goroutine hand-off at low load) and append to a queue that the current
 // sender flushes as one batch when it is busy (batching at high load).
+//
+// Decisions (Commit/Abort of two-phase minitransactions) wait in the session
+// until a batch leaves; then each rides on a logged request of the batch for
+// the same memnode (Request.commit_tids/abort_tids) or, if there is none,
+// the batch gets one decision request per memnode. See queueDecision for
+// when a batch leaves.
 type conn struct {
-	addr string
-	cc   *grpc.ClientConn
-	rpc  tuttipb.MemnodeClient
+	addr   string
+	cc     *grpc.ClientConn
+	rpc    tuttipb.MemnodeClient
+	hooks  *decisionHooks
+	nextID atomic.Uint64
 
 	mu struct {
 		sync.Mutex
 		stream *session
 		closed bool
-		nextID uint64
 	}
 }
+
+// decisionHooks connect a conn to its Client's decision bookkeeping.
+type decisionHooks struct {
+	// answered learns the answer to a request that carried decisions for
+	// memnode mn: STATUS_OK means every one of them was applied; any other
+	// status means they may not have been. Called with the session locked:
+	// it must not block nor use the session.
+	answered func(r *tuttipb.Response, mn uint64, commits, aborts []*tuttipb.Tid)
+	stats    *decisionStats
+}
+
+type decisionStats struct {
+	// decisions: sent; requests: requests that carried decisions;
+	// carried: decisions that rode on a request sent for another reason.
+	decisions, requests, carried atomic.Uint64
+}
+
+// decisionDelay bounds how long a queued decision waits for a batch to
+// leave while its session is busy (plus the timer's granularity, about
+// 1 ms on a loaded machine). A variable for tests.
+var decisionDelay = 500 * time.Microsecond
 
 // session is one incarnation of the stream; a broken session is replaced.
 type session struct {
@@ -36,21 +66,37 @@ type session struct {
 		sync.Mutex
 		pending map[uint64]func(*tuttipb.Response)
 		queue   []*tuttipb.Request
-		// decisions: the Commit/Abort request per (memnode, kind) still in
-		// queue, which later decisions join (queueDecision).
-		decisions map[decisionKey]*tuttipb.Request
-		sending   bool
-		err       error
+		// decided: decisions waiting for the next batch, per memnode;
+		// ndecided counts them. due: the next flush must send them even if
+		// no request is queued.
+		decided  map[uint64]*decisionBuf
+		ndecided int
+		due      bool
+		// riders: the decisions carried by each sent request, by id; the
+		// request's answer is theirs.
+		riders      map[uint64][]rider
+		maxDecision int // decisions one request may carry
+		timerArmed  bool
+		sending     bool
+		err         error
 	}
-	done chan struct{}
+	timer *time.Timer // the decisionDelay backstop; created on first use
+	done  chan struct{}
 }
 
-func newConn(addr string, opts []grpc.DialOption) (*conn, error) {
+type decisionBuf struct{ commits, aborts []*tuttipb.Tid }
+
+type rider struct {
+	mn              uint64
+	commits, aborts []*tuttipb.Tid
+}
+
+func newConn(addr string, opts []grpc.DialOption, hooks *decisionHooks) (*conn, error) {
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, err
 	}
-	return &conn{addr: addr, cc: cc, rpc: tuttipb.NewMemnodeClient(cc)}, nil
+	return &conn{addr: addr, cc: cc, rpc: tuttipb.NewMemnodeClient(cc), hooks: hooks}, nil
 }
 
 // errNotSent marks requests that never left this process: safe to retry.
@@ -63,8 +109,7 @@ func (c *conn) session() (*session, uint64, error) {
 	if c.mu.closed {
 		return nil, 0, ErrClosed
 	}
-	c.mu.nextID++
-	id := c.mu.nextID
+	id := c.nextID.Add(1)
 	if s := c.mu.stream; s != nil {
 		s.mu.Lock()
 		broken := s.mu.err != nil
@@ -81,7 +126,8 @@ func (c *conn) session() (*session, uint64, error) {
 	}
 	s := &session{c: c, stream: st, cancel: cancel, done: make(chan struct{})}
 	s.mu.pending = make(map[uint64]func(*tuttipb.Response))
-	s.mu.decisions = make(map[decisionKey]*tuttipb.Request)
+	s.mu.decided = make(map[uint64]*decisionBuf)
+	s.mu.riders = make(map[uint64][]rider)
 	c.mu.stream = s
 	go s.recvLoop()
 	return s, id, nil
@@ -132,39 +178,167 @@ func (c *conn) start(req *tuttipb.Request, done func(*tuttipb.Response), flush b
 	return s, nil
 }
 
-type decisionKey struct {
-	memnode uint64
-	kind    tuttipb.Kind
-}
-
-// queueDecision queues a Commit or Abort (kind) of tid at memnode mn
-// without flushing. If a decision request of the same memnode and kind is
-// still waiting in the queue and holds fewer than max tids, tid joins it
-// (Request.more_tids: one request, one log entry for many decisions);
-// otherwise a new request is queued. done is called once per request, with
-// the response and the request, whose tids say which decisions it carried;
-// it must not block. merged reports that tid joined an existing request.
-func (c *conn) queueDecision(mn uint64, kind tuttipb.Kind, tid *tuttipb.Tid, max int,
-	done func(*tuttipb.Response, *tuttipb.Request)) (s *session, merged bool, err error) {
-	s, id, err := c.session()
+// queueDecision queues the decision (commit or abort) of tid at memnode mn
+// on the session to mn's leader, to leave with the session's next batch:
+// riding on a logged request of that batch for mn, or in a decision request
+// of its own. At most limit decisions share one request. The caller must then
+// call decisionsQueued.
+func (c *conn) queueDecision(mn uint64, commit bool, tid *tuttipb.Tid, limit int) (*session, error) {
+	s, _, err := c.session()
 	if err != nil {
-		return nil, false, errors.Join(errNotSent, err)
+		return nil, errors.Join(errNotSent, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mu.err != nil {
-		return nil, false, errors.Join(errNotSent, s.mu.err)
+		return nil, errors.Join(errNotSent, s.mu.err)
 	}
-	k := decisionKey{mn, kind}
-	if req := s.mu.decisions[k]; req != nil && 1+len(req.MoreTids) < max {
-		req.MoreTids = append(req.MoreTids, tid)
-		return s, true, nil
+	b := s.mu.decided[mn]
+	if b == nil {
+		b = &decisionBuf{}
+		s.mu.decided[mn] = b
 	}
-	req := &tuttipb.Request{Id: id, Memnode: mn, Kind: kind, Tid: tid}
-	s.mu.pending[id] = func(r *tuttipb.Response) { done(r, req) }
-	s.mu.queue = append(s.mu.queue, req)
-	s.mu.decisions[k] = req
-	return s, false, nil
+	if commit {
+		b.commits = append(b.commits, tid)
+	} else {
+		b.aborts = append(b.aborts, tid)
+	}
+	s.mu.ndecided++
+	s.mu.maxDecision = max(1, limit)
+	return s, nil
+}
+
+// decisionsQueued decides when the queued decisions leave. An idle session
+// (no request awaiting its answer) sends them at once: nothing else would
+// carry them soon. A busy one keeps them for a batch that a caller flushes
+// anyway (under load, callers flush constantly) and has a request for their
+// memnode to ride on; the backstops, which send them in decision requests
+// of their own, are the session going idle (recvLoop) and a timer of
+// decisionDelay, so no decision waits longer than about a millisecond.
+func (s *session) decisionsQueued() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.ndecided == 0 || s.mu.err != nil {
+		return
+	}
+	if len(s.mu.pending) == 0 {
+		s.mu.due = true
+		s.flushLocked()
+		return
+	}
+	s.armLocked()
+}
+
+// armLocked starts the decisionDelay timer unless it is running.
+func (s *session) armLocked() {
+	if s.mu.timerArmed {
+		return
+	}
+	s.mu.timerArmed = true
+	if s.timer == nil {
+		s.timer = time.AfterFunc(decisionDelay, s.decisionTimer)
+	} else {
+		s.timer.Reset(decisionDelay)
+	}
+}
+
+func (s *session) decisionTimer() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mu.timerArmed = false
+	if s.mu.ndecided > 0 && s.mu.err == nil {
+		s.mu.due = true
+		s.flushLocked()
+	}
+}
+
+// carries reports whether a request of kind k is logged, so it can carry
+// decisions.
+func carries(k tuttipb.Kind) bool {
+	switch k {
+	case tuttipb.Kind_KIND_EXEC, tuttipb.Kind_KIND_PREPARE, tuttipb.Kind_KIND_COMMIT,
+		tuttipb.Kind_KIND_ABORT, tuttipb.Kind_KIND_ABORT_UNLESS_VOTED:
+		return true
+	}
+	return false
+}
+
+// attachLocked hands the queued decisions to batch: each rides on a logged
+// request of the batch for its memnode; the others, if they are due, go in
+// new decision requests appended to the batch, and else keep waiting. It
+// returns the batch.
+func (s *session) attachLocked(batch []*tuttipb.Request) []*tuttipb.Request {
+	for _, req := range batch {
+		// A request sent again (after NOT_LEADER, say) drops what it
+		// carried before: those riders were answered already.
+		req.CommitTids, req.AbortTids = nil, nil
+	}
+	due := s.mu.due
+	s.mu.due = false
+	if s.mu.ndecided == 0 {
+		return batch
+	}
+	st := s.c.hooks.stats
+	for _, req := range batch {
+		if s.mu.ndecided == 0 {
+			break
+		}
+		b := s.mu.decided[req.GetMemnode()]
+		if b == nil || len(b.commits)+len(b.aborts) == 0 || !carries(req.GetKind()) {
+			continue
+		}
+		r := s.takeLocked(req.GetMemnode(), b)
+		req.CommitTids, req.AbortTids = r.commits, r.aborts
+		s.mu.riders[req.Id] = append(s.mu.riders[req.Id], r)
+		st.requests.Add(1)
+		st.carried.Add(uint64(len(r.commits) + len(r.aborts)))
+	}
+	if !due {
+		if s.mu.ndecided > 0 {
+			s.armLocked()
+		}
+		return batch
+	}
+	for mn, b := range s.mu.decided {
+		for len(b.commits)+len(b.aborts) > 0 {
+			r := s.takeLocked(mn, b)
+			req := &tuttipb.Request{Id: s.c.nextID.Add(1), Memnode: mn}
+			if len(r.commits) > 0 {
+				req.Kind, req.Tid, req.CommitTids, req.AbortTids = tuttipb.Kind_KIND_COMMIT, r.commits[0], r.commits[1:], r.aborts
+			} else {
+				req.Kind, req.Tid, req.AbortTids = tuttipb.Kind_KIND_ABORT, r.aborts[0], r.aborts[1:]
+			}
+			if len(req.CommitTids) == 0 {
+				req.CommitTids = nil
+			}
+			if len(req.AbortTids) == 0 {
+				req.AbortTids = nil
+			}
+			s.mu.riders[req.Id] = append(s.mu.riders[req.Id], r)
+			st.requests.Add(1)
+			batch = append(batch, req)
+		}
+	}
+	return batch
+}
+
+// takeLocked removes up to maxDecision decisions of b (for memnode mn).
+func (s *session) takeLocked(mn uint64, b *decisionBuf) rider {
+	r := rider{mn: mn}
+	n := s.mu.maxDecision
+	if len(b.commits) <= n {
+		r.commits, b.commits = b.commits, nil
+	} else {
+		r.commits, b.commits = b.commits[:n:n], b.commits[n:]
+	}
+	n -= len(r.commits)
+	if len(b.aborts) <= n {
+		r.aborts, b.aborts = b.aborts, nil
+	} else {
+		r.aborts, b.aborts = b.aborts[:n:n], b.aborts[n:]
+	}
+	s.mu.ndecided -= len(r.commits) + len(r.aborts)
+	return r
 }
 
 // flush sends whatever start queued without flushing.
@@ -175,16 +349,17 @@ func (s *session) flush() {
 }
 
 // flushLocked sends the queue in batches unless another goroutine is already
-// doing so; that one will pick up what was queued meanwhile.
+// doing so; that one will pick up what was queued meanwhile. Every batch
+// takes along the queued decisions that can ride on its requests
+// (attachLocked); the others leave only when due.
 func (s *session) flushLocked() {
 	if s.mu.sending {
 		return
 	}
 	s.mu.sending = true
-	for len(s.mu.queue) > 0 && s.mu.err == nil {
-		batch := s.mu.queue
+	for s.mu.err == nil && (len(s.mu.queue) > 0 || (s.mu.due && s.mu.ndecided > 0)) {
+		batch := s.attachLocked(s.mu.queue)
 		s.mu.queue = nil
-		clear(s.mu.decisions) // sent requests must not change any more
 		s.mu.Unlock()
 		err := s.stream.Send(&tuttipb.RequestBatch{Requests: batch})
 		s.mu.Lock()
@@ -214,7 +389,6 @@ func (s *session) failLocked(err error) {
 		unsent[r.Id] = true
 	}
 	s.mu.queue = nil
-	clear(s.mu.decisions)
 	for id, done := range s.mu.pending {
 		st := tuttipb.Status_STATUS_UNKNOWN_OUTCOME
 		if unsent[id] {
@@ -223,6 +397,27 @@ func (s *session) failLocked(err error) {
 		done(&tuttipb.Response{Id: id, Status: st, FailedCompare: -1, Error: "connection to " + s.c.addr + " lost: " + err.Error()})
 	}
 	s.mu.pending = map[uint64]func(*tuttipb.Response){}
+	// Decisions that went out may or may not have been applied; queued ones
+	// were not. Either way they are sent again.
+	lost := "connection to " + s.c.addr + " lost: " + err.Error()
+	for id, rs := range s.mu.riders {
+		for _, r := range rs {
+			s.c.hooks.answered(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNKNOWN_OUTCOME, FailedCompare: -1, Error: lost},
+				r.mn, r.commits, r.aborts)
+		}
+	}
+	clear(s.mu.riders)
+	for mn, b := range s.mu.decided {
+		if len(b.commits)+len(b.aborts) > 0 {
+			s.c.hooks.answered(&tuttipb.Response{Status: tuttipb.Status_STATUS_UNAVAILABLE, FailedCompare: -1, Error: lost},
+				mn, b.commits, b.aborts)
+		}
+	}
+	clear(s.mu.decided)
+	s.mu.ndecided = 0
+	if s.timer != nil {
+		s.timer.Stop()
+	}
 	s.cancel()
 }
 
@@ -238,10 +433,22 @@ func (s *session) recvLoop() {
 		}
 		s.mu.Lock()
 		for _, r := range b.GetResponses() {
-			if done, ok := s.mu.pending[r.GetId()]; ok {
-				delete(s.mu.pending, r.GetId())
+			id := r.GetId()
+			if done, ok := s.mu.pending[id]; ok {
+				delete(s.mu.pending, id)
 				done(r)
 			}
+			if rs, ok := s.mu.riders[id]; ok {
+				delete(s.mu.riders, id)
+				for _, rd := range rs {
+					s.c.hooks.answered(r, rd.mn, rd.commits, rd.aborts)
+				}
+			}
+		}
+		if s.mu.ndecided > 0 && len(s.mu.pending) == 0 {
+			// Idle: nothing will carry the waiting decisions soon.
+			s.mu.due = true
+			s.flushLocked()
 		}
 		s.mu.Unlock()
 	}

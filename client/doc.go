@@ -25,7 +25,7 @@
 //     the background (the caller does not wait; a later reader of a written
 //     item waits on its lock, so reads stay linearizable). Read-only
 //     minitransactions over several memnodes take the same path, so their
-//     reads are atomic.
+//     reads are atomic. See "Decisions" below for when they leave.
 //  4. BAD-LOCK (and BAD-FORCED) votes: retry with a new tid after randomized
 //     exponential backoff, at most RetryPolicy.MaxAttempts times
 //     (ErrContention after that). BAD-CMP: a Result with Committed false and
@@ -75,6 +75,25 @@
 // goroutine hand-off at low load); while a send is under way, later callers
 // queue and the sender flushes the queue as one batch (batching at high
 // load). Responses are matched by id.
+//
+// # Decisions
+//
+// A decision (Commit or Abort at one participant) waits on the session to
+// the participant's leader for the next batch that leaves it, and rides on a
+// logged request of that batch for the same memnode (Request.commit_tids,
+// abort_tids: a Prepare or Exec that is sent anyway applies the decision
+// first, in the same Raft entry), or else shares one decision request with
+// the other decisions for that memnode. If the session has no request in
+// flight the batch leaves at once; while it is busy, the decision waits for
+// a caller's flush (under load they are constant), for the session to go
+// idle, or for a timer of 500 µs (about 1 ms with the timer's granularity),
+// whichever comes first. So a decision leaves at most about a millisecond
+// after Exec returns, and the locks of a committed minitransaction are held
+// that much longer at most; at one outstanding minitransaction the session
+// is idle and nothing waits. A carrier answered other than STATUS_OK (not
+// leader, invalid, unavailable, unknown outcome) makes its decisions go
+// again, each on its own (they are idempotent); Close waits for every
+// decision to be answered.
 //
 // # Structures built on minitransactions
 //

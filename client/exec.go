@@ -313,44 +313,43 @@ func (c *Client) decide(tid *tuttipb.Tid, parts []*part, kind tuttipb.Kind) erro
 		return crashed(parts[0].memnode, CrashAfterFirstDecision, tid)
 	}
 	maxItems, _ := c.limits()
-	var flush []*session
+	commit := kind == tuttipb.Kind_KIND_COMMIT
+	var queued []*session
 	for _, p := range parts {
 		c.bg.Add(1)
 		c.stats.decisions.Add(1)
-		// Fast path: queue the decision on the leader's session, joining
-		// one for the same memnode that has not left yet; the receiving
-		// goroutine notes the answer. Only an answer other than OK costs a
-		// goroutine.
+		// Fast path: the decision waits on the leader's session for its
+		// next batch (conn.queueDecision) and the receiving goroutine notes
+		// the answer. Only an answer other than OK costs a goroutine.
 		if cn, _, err := c.route(p.memnode); err == nil {
-			s, merged, err := cn.queueDecision(p.memnode, kind, tid, maxItems, c.decisionAnswered)
-			if err == nil {
-				if !merged {
-					c.stats.decisionRequests.Add(1)
-				}
-				if !containsSession(flush, s) {
-					flush = append(flush, s)
+			if s, err := cn.queueDecision(p.memnode, commit, tid, maxItems); err == nil {
+				if !containsSession(queued, s) {
+					queued = append(queued, s)
 				}
 				continue
 			}
 		}
 		go c.deliverDecision(&tuttipb.Request{Memnode: p.memnode, Kind: kind, Tid: tid})
 	}
-	for _, s := range flush {
-		s.flush()
+	for _, s := range queued {
+		s.decisionsQueued()
 	}
 	return nil
 }
 
-// decisionAnswered handles the answer to a (possibly batched) decision
-// request: each tid it carried was counted in c.bg.
-func (c *Client) decisionAnswered(r *tuttipb.Response, req *tuttipb.Request) {
-	n := 1 + len(req.GetMoreTids())
+// decisionAnswered handles the answer to a request that carried decisions
+// for memnode mn (conn.go): each was counted in c.bg. Unless the request
+// was applied (STATUS_OK), each is sent again on its own.
+func (c *Client) decisionAnswered(r *tuttipb.Response, mn uint64, commits, aborts []*tuttipb.Tid) {
 	if r.GetStatus() == tuttipb.Status_STATUS_OK {
-		c.bg.Add(-n)
+		c.bg.Add(-(len(commits) + len(aborts)))
 		return
 	}
-	for _, tid := range append([]*tuttipb.Tid{req.GetTid()}, req.GetMoreTids()...) {
-		go c.deliverDecision(&tuttipb.Request{Memnode: req.GetMemnode(), Kind: req.GetKind(), Tid: tid})
+	for _, tid := range commits {
+		go c.deliverDecision(&tuttipb.Request{Memnode: mn, Kind: tuttipb.Kind_KIND_COMMIT, Tid: tid})
+	}
+	for _, tid := range aborts {
+		go c.deliverDecision(&tuttipb.Request{Memnode: mn, Kind: tuttipb.Kind_KIND_ABORT, Tid: tid})
 	}
 }
 

@@ -71,3 +71,52 @@ func BenchmarkSnapshot(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkApplyTwoPhase applies what one participant of a cas2
+// minitransaction sees at steady state: a Prepare of two compare-and-swaps
+// that carries the commit of the previous tid, decoded from its log
+// encoding, and the encoding of the result.
+func BenchmarkApplyTwoPhase(b *testing.B) {
+	m, _ := New(Config{})
+	seq := uint64(0)
+	entry := func() []byte {
+		seq++
+		e := Entry{Kind: KindPrepare, Now: int64(seq), TID: TID{Client: 1, Seq: seq, Time: int64(seq)}, Participants: []uint64{0, 1}}
+		for i := range uint64(2) {
+			addr := ((seq*2 + i) % 50000) * 4
+			e.Op.Compares = append(e.Op.Compares, Compare{Addr: addr, Data: []byte{0, 0, 0, 0}})
+			e.Op.Writes = append(e.Op.Writes, Write{Addr: addr, Data: []byte{0, 0, 0, 0}})
+		}
+		if seq > 1 {
+			e.Commits = []TID{{Client: 1, Seq: seq - 1, Time: int64(seq - 1)}}
+		}
+		return AppendEntry(nil, &e)
+	}
+	encs := make([][]byte, 4096)
+	for i := range encs {
+		encs[i] = entry()
+	}
+	var out []byte
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if i == len(encs) {
+			b.StopTimer()
+			for j := range encs {
+				encs[j] = entry()
+			}
+			i = 0
+			b.StartTimer()
+		}
+		e, err := DecodeEntry(encs[i])
+		i++
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := m.Apply(&e)
+		if r.Vote != VoteOK {
+			b.Fatalf("prepare: %+v", r)
+		}
+		out = AppendResult(out[:0], &r)
+	}
+}

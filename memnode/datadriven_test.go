@@ -253,11 +253,11 @@ func dumpState(m *Memnode) string {
 		}
 		b.WriteString("\n")
 	}
-	for _, tid := range sortedTIDs(maps.Keys(m.forced)) {
+	for _, tid := range recordedTIDs(m, recForced) {
 		fmt.Fprintf(&b, "forced %v\n", tid)
 	}
-	for _, tid := range sortedTIDs(maps.Keys(m.decided)) {
-		fmt.Fprintf(&b, "decided %v %v\n", tid, m.decided[tid])
+	for _, tid := range recordedTIDs(m, recCommitted, recAborted) {
+		fmt.Fprintf(&b, "decided %v %v\n", tid, Outcome(m.recorded.get(tid)))
 	}
 	return strings.TrimSpace(b.String())
 }
@@ -280,18 +280,11 @@ func checkInvariants(t testing.TB, m *Memnode) {
 			t.Fatalf("in-doubt %v conflicts with another in-doubt tid", tx.TID)
 		}
 		want.acquire(tt)
-		if _, ok := m.forced[tx.TID]; ok {
-			t.Fatalf("tid %v both in doubt and forced", tx.TID)
-		}
-		if _, ok := m.decided[tx.TID]; ok {
-			t.Fatalf("tid %v both in doubt and decided", tx.TID)
+		if v := m.recorded.get(tx.TID); v != 0 {
+			t.Fatalf("tid %v both in doubt and recorded (%d)", tx.TID, v)
 		}
 	}
-	for tid := range m.forced {
-		if _, ok := m.decided[tid]; ok {
-			t.Fatalf("tid %v both forced and decided", tid)
-		}
-	}
+	checkTIDSet(t, &m.recorded)
 	if got, w := lockSig(&m.locks), lockSig(&want); got != w {
 		t.Fatalf("lock table differs from in-doubt locks:\n got %s\nwant %s", got, w)
 	}

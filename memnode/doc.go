@@ -16,7 +16,12 @@
 //   - in-doubt: tids that voted OK in Prepare and await Commit or Abort,
 //     with their participants, write items and prepare time;
 //   - forced-abort: tids aborted before they were prepared here;
-//   - decided: outcomes of tids that were in doubt here;
+//   - decided: outcomes of tids that were in doubt here. Forced-abort and
+//     decided tids share one compact set (tidset.go): per client, blocks of
+//     64 consecutive seqs with 2 bits each and the exact Time of each
+//     recorded seq, since each client numbers its tids in increasing seqs;
+//     recording and looking up a recent tid touches the last block or two
+//     of its client. It behaves exactly as a map keyed by the whole TID.
 //   - the clock: the largest Entry.Now applied, the only time it knows.
 //
 // # Protocol steps (Sinfonia Fig. 4, one participant's view)
@@ -53,8 +58,12 @@
 //
 // A Commit or Abort entry may carry more tids (Entry.More): they are decided
 // the same way, in order, in the same step, and the Result is the first
-// tid's. Coordinators batch their decisions so; the state equals applying
-// them one entry each.
+// tid's. An entry of any kind may carry decisions of other tids
+// (Entry.Commits, Entry.Aborts): they are applied first, commits then
+// aborts, in the same step, and the Result is the entry's own step's.
+// Coordinators let their decisions ride on requests they send anyway so; the
+// state equals applying the carried decisions as entries of their own just
+// before the entry. An invalid entry applies none of them.
 //
 // Exec ignores TID and Participants; only Prepare keeps Participants.
 // Commit, Abort and AbortUnlessVoted are idempotent. Lock conflicts: a
@@ -96,7 +105,9 @@
 // # Formats
 //
 // Entries (the Raft log), queries and results are hand-rolled binary with a
-// leading version byte (1) and uvarints (inspection queries and answers lead
+// leading version byte (1; entries: 2 with Entry.More, 3 with carried
+// decisions, each used only when needed, so older logs still decode) and
+// uvarints (inspection queries and answers lead
 // with tag 2 instead); decoders accept only canonical
 // bytes and bound every allocation by the input's length (encoding.go).
 // Decoded values alias the input. Snapshots are "tMNs", version 1, the

@@ -15,6 +15,8 @@ import (
 //
 //	entry  = 0x01 kind:byte now:varint tid participants:uvarint* op
 //	       | 0x02 kind:byte now:varint tid participants:uvarint* op more:tid*   (more non-empty)
+//	       | 0x03 kind:byte now:varint tid participants:uvarint* op more:tid*
+//	              commits:tid* aborts:tid*                          (commits or aborts non-empty)
 //	query  = 0x01 now:varint op
 //	result = 0x01 vote:byte failed:varint outcome:byte err reads:bytes*
 //	tid    = client:uvarint seq:uvarint time:varint
@@ -25,6 +27,7 @@ import (
 const (
 	entryVersion  = 1
 	entryVersion2 = 2 // entryVersion with Entry.More
+	entryVersion3 = 3 // entryVersion2 with Entry.Commits and Entry.Aborts
 	queryVersion  = 1
 	resultVersion = 1
 )
@@ -32,9 +35,12 @@ const (
 // AppendEntry appends the encoding of e to dst.
 func AppendEntry(dst []byte, e *Entry) []byte {
 	dst = slices.Grow(dst, 3+3*binary.MaxVarintLen64+len(e.Participants)*binary.MaxVarintLen64+opSize(&e.Op)+
-		(1+len(e.More)*3)*binary.MaxVarintLen64)
+		(3+(len(e.More)+len(e.Commits)+len(e.Aborts))*3)*binary.MaxVarintLen64)
 	v := byte(entryVersion)
-	if len(e.More) > 0 {
+	switch {
+	case len(e.Commits) > 0 || len(e.Aborts) > 0:
+		v = entryVersion3
+	case len(e.More) > 0:
 		v = entryVersion2
 	}
 	dst = append(dst, v, byte(e.Kind))
@@ -45,11 +51,20 @@ func AppendEntry(dst []byte, e *Entry) []byte {
 		dst = binary.AppendUvarint(dst, p)
 	}
 	dst = appendOp(dst, &e.Op)
-	if len(e.More) > 0 {
-		dst = binary.AppendUvarint(dst, uint64(len(e.More)))
-		for _, t := range e.More {
-			dst = appendTID(dst, t)
-		}
+	if v >= entryVersion2 {
+		dst = appendTIDs(dst, e.More)
+	}
+	if v >= entryVersion3 {
+		dst = appendTIDs(dst, e.Commits)
+		dst = appendTIDs(dst, e.Aborts)
+	}
+	return dst
+}
+
+func appendTIDs(dst []byte, ts []TID) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(ts)))
+	for _, t := range ts {
+		dst = appendTID(dst, t)
 	}
 	return dst
 }
@@ -60,8 +75,8 @@ func DecodeEntry(b []byte) (Entry, error) {
 	d := decoder{b: b, what: "entry"}
 	var e Entry
 	v := byte(entryVersion)
-	if len(b) > 0 && b[0] == entryVersion2 {
-		v = entryVersion2
+	if len(b) > 0 && (b[0] == entryVersion2 || b[0] == entryVersion3) {
+		v = b[0]
 	}
 	if d.version(v) {
 		e.Kind = Kind(d.byte())
@@ -74,16 +89,17 @@ func DecodeEntry(b []byte) (Entry, error) {
 			}
 		}
 		d.op(&e.Op)
-		if v == entryVersion2 {
-			n := d.count(3)
-			if n == 0 && d.err == nil {
+		if v >= entryVersion2 {
+			e.More = d.tids()
+			if v == entryVersion2 && len(e.More) == 0 && d.err == nil {
 				d.fail("version 2 without more tids")
 			}
-			if n > 0 {
-				e.More = make([]TID, n)
-				for i := range e.More {
-					e.More[i] = d.tid()
-				}
+		}
+		if v >= entryVersion3 {
+			e.Commits = d.tids()
+			e.Aborts = d.tids()
+			if len(e.Commits) == 0 && len(e.Aborts) == 0 && d.err == nil {
+				d.fail("version 3 without commits or aborts")
 			}
 		}
 	}
@@ -300,6 +316,19 @@ func (d *decoder) varint() int64 {
 
 func (d *decoder) tid() TID {
 	return TID{Client: d.uvarint(), Seq: d.uvarint(), Time: d.varint()}
+}
+
+// tids reads a counted list of tids; nil if empty.
+func (d *decoder) tids() []TID {
+	n := d.count(3)
+	if n == 0 {
+		return nil
+	}
+	ts := make([]TID, n)
+	for i := range ts {
+		ts[i] = d.tid()
+	}
+	return ts
 }
 
 // count reads an element count; each element takes at least minBytes, so a

@@ -29,6 +29,12 @@ func sampleEntries() []Entry {
 		{Kind: KindCommit, Now: -5, TID: TID{Client: 1, Seq: 2, Time: -3}},
 		{Kind: KindAbort, Now: 9, TID: TID{Client: 1, Seq: 2, Time: 3}, More: []TID{{Client: 4, Seq: 5, Time: -6}, {Client: math.MaxUint64, Seq: 1, Time: 1}}},
 		{Kind: KindAbortUnlessVoted, Now: 1e18, TID: TID{Client: 1, Seq: 2, Time: 1e18}},
+		{Kind: KindPrepare, Now: 3, TID: TID{Client: 1, Seq: 9, Time: 3}, Participants: []uint64{0, 1},
+			Op:      Op{Writes: []Write{{Addr: 3, Data: []byte("w")}}},
+			Commits: []TID{{Client: 1, Seq: 7, Time: 2}, {Client: math.MaxUint64, Seq: math.MaxUint64, Time: math.MinInt64}}},
+		{Kind: KindExec, Now: 4, Op: Op{Writes: []Write{{Addr: 3, Data: []byte("w")}}}, Aborts: []TID{{Client: 2, Seq: 1, Time: 1}}},
+		{Kind: KindCommit, Now: 5, TID: TID{Client: 1, Seq: 2, Time: 3}, More: []TID{{Client: 1, Seq: 4, Time: 3}},
+			Commits: []TID{{Client: 1, Seq: 5, Time: 3}}, Aborts: []TID{{Client: 1, Seq: 6, Time: 3}}},
 		{Kind: 200},
 	}
 }
@@ -56,6 +62,7 @@ func TestEntryRoundTrip(t *testing.T) {
 func entriesEqual(a, b *Entry) bool {
 	return bytes.Equal(AppendEntry(nil, a), AppendEntry(nil, b)) &&
 		a.Kind == b.Kind && a.Now == b.Now && a.TID == b.TID && slices.Equal(a.More, b.More) &&
+		slices.Equal(a.Commits, b.Commits) && slices.Equal(a.Aborts, b.Aborts) &&
 		len(a.Participants) == len(b.Participants) &&
 		len(a.Op.Compares) == len(b.Op.Compares) && len(a.Op.Reads) == len(b.Op.Reads) && len(a.Op.Writes) == len(b.Op.Writes)
 }
@@ -112,7 +119,7 @@ func TestDecodeRejects(t *testing.T) {
 		want error
 	}{
 		{"empty", nil, ErrCorrupt},
-		{"version", append([]byte{3}, good[1:]...), ErrVersion},
+		{"version", append([]byte{4}, good[1:]...), ErrVersion},
 		{"trailing", append(bytes.Clone(good), 0), ErrCorrupt},
 		{"non-minimal varint", []byte{1, 1, 0x80, 0x00, 0, 0, 0, 0, 0, 0, 0}, ErrCorrupt},
 		{"huge count", []byte{1, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f}, ErrCorrupt},

@@ -20,12 +20,11 @@ type Memnode struct {
 	// inDoubt: prepared tids that voted OK and await Commit or Abort. Never
 	// garbage-collected; recovery resolves them.
 	inDoubt map[TID]*txn
-	// forced: tids aborted before they were prepared here, so that a late
-	// Prepare is refused. Disjoint from inDoubt and decided.
-	forced map[TID]struct{}
-	// decided: outcomes of tids that were in doubt here. Disjoint from
-	// inDoubt.
-	decided map[TID]Outcome
+	// recorded holds, disjoint from inDoubt, the forced-abort tids (value
+	// recForced: aborted before they were prepared here, so that a late
+	// Prepare is refused) and the decided ones (value OutcomeCommitted or
+	// OutcomeAborted: outcomes of tids that were in doubt here).
+	recorded tidSet
 	// clock is the largest Entry.Now applied so far (Unix ns), or 0.
 	clock int64
 	// lastSweep is the clock at the last garbage-collection sweep of
@@ -77,8 +76,6 @@ func New(cfg Config) (*Memnode, error) {
 	return &Memnode{
 		cfg:     cfg,
 		inDoubt: make(map[TID]*txn),
-		forced:  make(map[TID]struct{}),
-		decided: make(map[TID]Outcome),
 	}, nil
 }
 
@@ -105,23 +102,33 @@ func (m *Memnode) Apply(e *Entry) Result {
 			return invalid(fmt.Errorf("%w: %d more tids exceed the limit of %d", ErrInvalid, len(e.More), m.cfg.MaxItems))
 		}
 	}
+	if n := len(e.Commits) + len(e.Aborts); n > m.cfg.MaxItems {
+		return invalid(fmt.Errorf("%w: %d carried decisions exceed the limit of %d", ErrInvalid, n, m.cfg.MaxItems))
+	}
 	now := max(m.clock, e.Now)
+	// Prepare, Abort and AbortUnlessVoted may record their tid; one dated
+	// beyond the horizon would never expire.
+	limit := addSat(now, m.cfg.Horizon)
 	if e.Kind != KindExec && e.Kind != KindCommit {
-		// These kinds may record the tid; one dated beyond the horizon
-		// would never expire.
-		limit := addSat(now, m.cfg.Horizon)
-		for i := -1; i < len(e.More); i++ {
-			tid := e.TID
-			if i >= 0 {
-				tid = e.More[i]
-			}
-			if tid.Time > limit {
-				return invalid(fmt.Errorf("%w: tid %v is dated more than the horizon (%d ns) after the memnode clock %d",
-					ErrInvalid, tid, m.cfg.Horizon, now))
-			}
+		if err := m.checkDated(limit, now, e.TID); err != nil {
+			return invalid(err)
+		}
+		if err := m.checkDated(limit, now, e.More...); err != nil {
+			return invalid(err)
 		}
 	}
+	if err := m.checkDated(limit, now, e.Aborts...); err != nil {
+		return invalid(err)
+	}
 	m.advance(now)
+	// Carried decisions first, so that the entry's own step sees the locks
+	// they release.
+	for _, tid := range e.Commits {
+		m.commit(tid)
+	}
+	for _, tid := range e.Aborts {
+		m.abort(tid)
+	}
 	switch e.Kind {
 	case KindExec:
 		return m.exec(&e.Op)
@@ -142,6 +149,17 @@ func (m *Memnode) Apply(e *Entry) Result {
 	default: // KindAbortUnlessVoted; ValidateOp rejected the rest
 		return m.abortUnlessVoted(e.TID)
 	}
+}
+
+// checkDated returns an error if a tid is dated after limit.
+func (m *Memnode) checkDated(limit, now int64, tids ...TID) error {
+	for _, tid := range tids {
+		if tid.Time > limit {
+			return fmt.Errorf("%w: tid %v is dated more than the horizon (%d ns) after the memnode clock %d",
+				ErrInvalid, tid, m.cfg.Horizon, now)
+		}
+	}
+	return nil
 }
 
 // exec is the one-phase minitransaction: lock check, compare, read, write.
@@ -168,16 +186,18 @@ func (m *Memnode) prepare(e *Entry) Result {
 		// unchanged since the first delivery.
 		return Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(t.reads)}
 	}
-	if o := m.outcome(e.TID); o != OutcomeUnknown {
-		return decidedVote(o)
-	}
 	if m.expired(e.TID) {
+		// An expired tid's records count as absent.
 		return Result{Vote: VoteBadForced, FailedCompare: -1}
+	}
+	rec := m.recorded.get(e.TID)
+	if rec == recCommitted || rec == recAborted {
+		return decidedVote(Outcome(rec))
 	}
 	if m.locks.opConflicts(&e.Op) {
 		return Result{Vote: VoteBadLock, FailedCompare: -1}
 	}
-	if m.isForced(e.TID) {
+	if rec == recForced {
 		return Result{Vote: VoteBadForced, FailedCompare: -1}
 	}
 	if i := m.failedCompare(e.Op.Compares); i >= 0 {
@@ -281,7 +301,7 @@ func (m *Memnode) resolve(t *txn, o Outcome) {
 	m.locks.release(t)
 	delete(m.inDoubt, t.tid)
 	if !m.expired(t.tid) {
-		m.decided[t.tid] = o
+		m.recorded.set(t.tid, uint8(o))
 	}
 }
 
@@ -289,9 +309,16 @@ func (m *Memnode) resolve(t *txn, o Outcome) {
 // Prepare refuses it anyway.
 func (m *Memnode) force(tid TID) {
 	if !m.expired(tid) {
-		m.forced[tid] = struct{}{}
+		m.recorded.set(tid, recForced)
 	}
 }
+
+// Values of Memnode.recorded.
+const (
+	recCommitted = uint8(OutcomeCommitted)
+	recAborted   = uint8(OutcomeAborted)
+	recForced    = 3
+)
 
 // outcome returns tid's decided outcome, OutcomeUnknown if it is not
 // decided or expired. Treating expired entries as absent makes results
@@ -300,15 +327,10 @@ func (m *Memnode) outcome(tid TID) Outcome {
 	if m.expired(tid) {
 		return OutcomeUnknown
 	}
-	return m.decided[tid]
-}
-
-func (m *Memnode) isForced(tid TID) bool {
-	if m.expired(tid) {
-		return false
+	if v := m.recorded.get(tid); v == recCommitted || v == recAborted {
+		return Outcome(v)
 	}
-	_, ok := m.forced[tid]
-	return ok
+	return OutcomeUnknown
 }
 
 // expired reports whether tid is older than the horizon.
@@ -326,16 +348,7 @@ func (m *Memnode) advance(now int64) {
 		return
 	}
 	m.lastSweep = now
-	for tid := range m.forced {
-		if m.expired(tid) {
-			delete(m.forced, tid)
-		}
-	}
-	for tid := range m.decided {
-		if m.expired(tid) {
-			delete(m.decided, tid)
-		}
-	}
+	m.recorded.sweep(subSat(m.clock, m.cfg.Horizon))
 }
 
 // failedCompare returns the index of the first compare that does not match,
@@ -423,8 +436,8 @@ func (m *Memnode) Stats() Stats {
 		Pages:       len(m.mem.pages),
 		Locks:       m.locks.ranges,
 		InDoubt:     len(m.inDoubt),
-		ForcedAbort: len(m.forced),
-		Decided:     len(m.decided),
+		ForcedAbort: m.recorded.len(recForced),
+		Decided:     m.recorded.len(recCommitted) + m.recorded.len(recAborted),
 		Now:         m.clock,
 	}
 }

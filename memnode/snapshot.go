@@ -72,16 +72,20 @@ func (m *Memnode) Snapshot() []byte {
 		}
 	}
 
-	b = binary.AppendUvarint(b, uint64(len(m.forced)))
-	for _, tid := range sortedTIDs(maps.Keys(m.forced)) {
-		b = appendTID(b, tid)
-	}
+	b = binary.AppendUvarint(b, uint64(m.recorded.len(recForced)))
+	m.recorded.each(func(tid TID, v uint8) {
+		if v == recForced {
+			b = appendTID(b, tid)
+		}
+	})
 
-	b = binary.AppendUvarint(b, uint64(len(m.decided)))
-	for _, tid := range sortedTIDs(maps.Keys(m.decided)) {
-		b = appendTID(b, tid)
-		b = append(b, byte(m.decided[tid]))
-	}
+	b = binary.AppendUvarint(b, uint64(m.recorded.len(recCommitted)+m.recorded.len(recAborted)))
+	m.recorded.each(func(tid TID, v uint8) {
+		if v != recForced {
+			b = appendTID(b, tid)
+			b = append(b, v)
+		}
+	})
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
@@ -177,14 +181,14 @@ func (n *Memnode) decodeState(d *decoder) {
 			return
 		}
 		prev = tid
-		n.forced[tid] = struct{}{}
+		n.recorded.set(tid, recForced)
 	}
 
 	c = d.count(4)
 	for i := range c {
 		tid := d.tid()
 		o := Outcome(d.byte())
-		_, forced := n.forced[tid]
+		forced := n.recorded.get(tid) == recForced
 		switch {
 		case d.err != nil:
 		case i > 0 && tid.Compare(prev) <= 0:
@@ -198,7 +202,7 @@ func (n *Memnode) decodeState(d *decoder) {
 			return
 		}
 		prev = tid
-		n.decided[tid] = o
+		n.recorded.set(tid, uint8(o))
 	}
 }
 

@@ -63,6 +63,13 @@ type Entry struct {
 	// way, applied in order after TID in the same step. Coordinators batch
 	// their decisions this way; the Result is TID's.
 	More []TID
+	// Commits and Aborts (any kind) are decisions of other tids carried by
+	// this entry: Apply first commits each tid of Commits, then aborts each
+	// of Aborts, exactly as a KindCommit / KindAbort entry of that tid
+	// would, and then applies the entry's own step; the Result is the
+	// entry's own. An invalid entry applies none of them.
+	Commits []TID
+	Aborts  []TID
 }
 
 // Vote is a participant's answer. Values are part of the wire format.

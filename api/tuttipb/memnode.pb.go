@@ -498,7 +498,17 @@ type Request struct {
 	// KIND_COMMIT and KIND_ABORT only: further tids decided the same way in
 	// the same log entry (a coordinator batching its decisions). The response
 	// reports on tid; it is STATUS_OK only if all of them were applied.
-	MoreTids      []*Tid `protobuf:"bytes,9,rep,name=more_tids,json=moreTids,proto3" json:"more_tids,omitempty"`
+	MoreTids []*Tid `protobuf:"bytes,9,rep,name=more_tids,json=moreTids,proto3" json:"more_tids,omitempty"`
+	// Decisions of other two-phase minitransactions at this memnode, carried
+	// by any logged request (every kind but KIND_READ): in the same log entry
+	// the memnode commits commit_tids, then aborts abort_tids (each as a
+	// KIND_COMMIT / KIND_ABORT of that tid would), then applies the request
+	// itself. A coordinator lets its decisions ride on requests it sends
+	// anyway. STATUS_OK means they were applied; any other status means none
+	// of them was (STATUS_UNKNOWN_OUTCOME: perhaps all were). At most
+	// max_items (ClusterInfo) tids in both lists together.
+	CommitTids    []*Tid `protobuf:"bytes,10,rep,name=commit_tids,json=commitTids,proto3" json:"commit_tids,omitempty"`
+	AbortTids     []*Tid `protobuf:"bytes,11,rep,name=abort_tids,json=abortTids,proto3" json:"abort_tids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -592,6 +602,20 @@ func (x *Request) GetWrites() []*Write {
 func (x *Request) GetMoreTids() []*Tid {
 	if x != nil {
 		return x.MoreTids
+	}
+	return nil
+}
+
+func (x *Request) GetCommitTids() []*Tid {
+	if x != nil {
+		return x.CommitTids
+	}
+	return nil
+}
+
+func (x *Request) GetAbortTids() []*Tid {
+	if x != nil {
+		return x.AbortTids
 	}
 	return nil
 }
@@ -1616,7 +1640,7 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\x03len\x18\x02 \x01(\rR\x03len\"/\n" +
 	"\x05Write\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xc6\x02\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xa4\x03\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\amemnode\x18\x02 \x01(\x04R\amemnode\x12\"\n" +
@@ -1626,7 +1650,12 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\bcompares\x18\x06 \x03(\v2\x11.tutti.v1.CompareR\bcompares\x12$\n" +
 	"\x05reads\x18\a \x03(\v2\x0e.tutti.v1.ReadR\x05reads\x12'\n" +
 	"\x06writes\x18\b \x03(\v2\x0f.tutti.v1.WriteR\x06writes\x12*\n" +
-	"\tmore_tids\x18\t \x03(\v2\r.tutti.v1.TidR\bmoreTids\"\xaa\x02\n" +
+	"\tmore_tids\x18\t \x03(\v2\r.tutti.v1.TidR\bmoreTids\x12.\n" +
+	"\vcommit_tids\x18\n" +
+	" \x03(\v2\r.tutti.v1.TidR\n" +
+	"commitTids\x12,\n" +
+	"\n" +
+	"abort_tids\x18\v \x03(\v2\r.tutti.v1.TidR\tabortTids\"\xaa\x02\n" +
 	"\bResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.tutti.v1.StatusR\x06status\x12\"\n" +
@@ -1782,31 +1811,33 @@ var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	6,  // 3: tutti.v1.Request.reads:type_name -> tutti.v1.Read
 	7,  // 4: tutti.v1.Request.writes:type_name -> tutti.v1.Write
 	4,  // 5: tutti.v1.Request.more_tids:type_name -> tutti.v1.Tid
-	3,  // 6: tutti.v1.Response.status:type_name -> tutti.v1.Status
-	1,  // 7: tutti.v1.Response.vote:type_name -> tutti.v1.Vote
-	2,  // 8: tutti.v1.Response.outcome:type_name -> tutti.v1.Outcome
-	8,  // 9: tutti.v1.RequestBatch.requests:type_name -> tutti.v1.Request
-	9,  // 10: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
-	13, // 11: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
-	14, // 12: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
-	17, // 13: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
-	18, // 14: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
-	20, // 15: tutti.v1.WatchRequest.ranges:type_name -> tutti.v1.Range
-	20, // 16: tutti.v1.WatchEvent.ranges:type_name -> tutti.v1.Range
-	3,  // 17: tutti.v1.WatchError.status:type_name -> tutti.v1.Status
-	10, // 18: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
-	12, // 19: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
-	16, // 20: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
-	21, // 21: tutti.v1.Memnode.Watch:input_type -> tutti.v1.WatchRequest
-	11, // 22: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
-	15, // 23: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
-	19, // 24: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
-	22, // 25: tutti.v1.Memnode.Watch:output_type -> tutti.v1.WatchEvent
-	22, // [22:26] is the sub-list for method output_type
-	18, // [18:22] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	4,  // 6: tutti.v1.Request.commit_tids:type_name -> tutti.v1.Tid
+	4,  // 7: tutti.v1.Request.abort_tids:type_name -> tutti.v1.Tid
+	3,  // 8: tutti.v1.Response.status:type_name -> tutti.v1.Status
+	1,  // 9: tutti.v1.Response.vote:type_name -> tutti.v1.Vote
+	2,  // 10: tutti.v1.Response.outcome:type_name -> tutti.v1.Outcome
+	8,  // 11: tutti.v1.RequestBatch.requests:type_name -> tutti.v1.Request
+	9,  // 12: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
+	13, // 13: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
+	14, // 14: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
+	17, // 15: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
+	18, // 16: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
+	20, // 17: tutti.v1.WatchRequest.ranges:type_name -> tutti.v1.Range
+	20, // 18: tutti.v1.WatchEvent.ranges:type_name -> tutti.v1.Range
+	3,  // 19: tutti.v1.WatchError.status:type_name -> tutti.v1.Status
+	10, // 20: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
+	12, // 21: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
+	16, // 22: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
+	21, // 23: tutti.v1.Memnode.Watch:input_type -> tutti.v1.WatchRequest
+	11, // 24: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
+	15, // 25: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
+	19, // 26: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
+	22, // 27: tutti.v1.Memnode.Watch:output_type -> tutti.v1.WatchEvent
+	24, // [24:28] is the sub-list for method output_type
+	20, // [20:24] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_tutti_v1_memnode_proto_init() }

@@ -48,10 +48,34 @@ type benchPoint struct {
 	// Leader changes seen by the embedded cluster's replicas during the
 	// point (leadership churn under load shows here).
 	LeaderChanges uint64 `json:"leader_changes"`
-	// Two-phase decisions per decision request (batching at the client).
+	// Two-phase decisions per request that carried decisions (a decision
+	// request, or a Prepare or Exec they rode on): batching at the client.
 	DecisionsPerRequest float64 `json:"decisions_per_request,omitempty"`
-	GOMAXPROCS          int     `json:"gomaxprocs"`
-	Time                string  `json:"time"`
+	// Share of the decisions that rode on a request sent anyway (a Prepare
+	// or Exec to the same memnode) instead of a decision request.
+	DecisionsCarried float64 `json:"decisions_carried,omitempty"`
+	GOMAXPROCS       int     `json:"gomaxprocs"`
+	Time             string  `json:"time"`
+	// Round of --rounds (1, 2, ...) when comparing workloads; else 0.
+	Round int `json:"round,omitempty"`
+}
+
+// ratioPoint compares cas2 with base at one cluster size and level: per
+// round (the two measured one after the other on fresh clusters) and, with
+// Median set, the median over the rounds. Field names are the JSON contract.
+type ratioPoint struct {
+	Kind         string    `json:"kind"` // "ratio"
+	Round        int       `json:"round,omitempty"`
+	Median       bool      `json:"median,omitempty"`
+	Memnodes     int       `json:"memnodes"`
+	Outstanding  int       `json:"outstanding"`
+	BaseOps      float64   `json:"base_ops_per_sec,omitempty"`
+	Cas2Ops      float64   `json:"cas2_ops_per_sec,omitempty"`
+	Cas2OverBase float64   `json:"cas2_over_base"`
+	Rounds       []float64 `json:"rounds,omitempty"` // with Median: each round's ratio
+	// CPU per op of cas2 over base (per round; the median with Median).
+	CPUCas2OverBase float64 `json:"cpu_cas2_over_base"`
+	Time            string  `json:"time"`
 }
 
 func newBench(g *globals) *cobra.Command {
@@ -68,6 +92,7 @@ func newBenchMtx(g *globals) *cobra.Command {
 	var (
 		seed        string
 		workload    string
+		rounds      int
 		outstanding string
 		duration    time.Duration
 		warmup      time.Duration
@@ -94,6 +119,14 @@ Workloads:
          measures the protocol, not contention. With one memnode both
          "memnodes" are the same one and it runs one-phase.
 
+--workload base,cas2 compares the two on a noisy machine: each of --rounds
+rounds runs both workloads one after the other, each on a fresh cluster
+(the order alternates between rounds), then prints the ratio of cas2's
+throughput to base's, and of their CPU per op, at every cluster size and
+level (JSON: "kind": "ratio", "cas2_over_base", "cpu_cas2_over_base").
+After the last round it prints the median ratio ("median": true, every
+round's ratio in "rounds").
+
 Without --seed the benchmark starts its own local cluster in this process, as
 'tutti up' does (3 hosts, 3 replicas per memnode, fsync on), so the figures
 include the servers' CPU. --memnodes may list several sizes; each gets a fresh
@@ -103,6 +136,7 @@ existing cluster.`,
 		Example: `  tutti bench mtx
   tutti bench mtx --outstanding 1,16,64,256 --duration 10s --json --out bench-mtx.json
   tutti bench mtx --workload cas2 --memnodes 1,2,4,8 --outstanding 64 --json
+  tutti bench mtx --workload base,cas2 --rounds 3 --outstanding 256 --duration 6s
   tutti bench mtx --seed 127.0.0.1:7400 --outstanding 64`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -110,13 +144,24 @@ existing cluster.`,
 			if err != nil {
 				return err
 			}
-			if workload != "base" && workload != "cas2" {
-				return fmt.Errorf("--workload %q: unknown (known: base, cas2)", workload)
+			var workloads []string
+			for _, w := range strings.Split(workload, ",") {
+				w = strings.TrimSpace(w)
+				if w != "base" && w != "cas2" {
+					return fmt.Errorf("--workload %q: unknown (known: base, cas2)", w)
+				}
+				if slices.Contains(workloads, w) {
+					return fmt.Errorf("--workload %q listed twice", w)
+				}
+				workloads = append(workloads, w)
+			}
+			if rounds < 1 {
+				return fmt.Errorf("--rounds must be at least 1")
 			}
 			if words < 6 {
 				return fmt.Errorf("--words must be at least 6")
 			}
-			if workload == "cas2" && words < 3*slices.Max(levels) {
+			if slices.Contains(workloads, "cas2") && words < 3*slices.Max(levels) {
 				return fmt.Errorf("--words %d: cas2 needs at least 3 words per worker (%d)", words, 3*slices.Max(levels))
 			}
 			sizes, err := parseList("--memnodes", memnodes, 1, 1024)
@@ -145,7 +190,12 @@ existing cluster.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "%-9s %8s %11s %10s %12s %9s %9s %9s %7s\n",
 					"workload", "memnodes", "outstanding", "ops", "ops/s", "p50 ms", "p99 ms", "cpu µs/op", "errors")
 			}
-			run := func(size int) error {
+			type pointKey struct {
+				workload          string
+				size, outstanding int // --memnodes size
+			}
+			var points map[pointKey]benchPoint // this round's
+			run := func(size int, workload string, round int) error {
 				seeds := splitSeeds(seed)
 				replicas := 0
 				leaderChanges := func() uint64 { return 0 }
@@ -195,9 +245,14 @@ existing cluster.`,
 					p.LeaderChanges = leaderChanges() - lc0
 					if st := cl.Stats(); st.DecisionRequests > st0.DecisionRequests {
 						p.DecisionsPerRequest = float64(st.Decisions-st0.Decisions) / float64(st.DecisionRequests-st0.DecisionRequests)
+						p.DecisionsCarried = float64(st.Carried-st0.Carried) / float64(st.Decisions-st0.Decisions)
 					}
 					p.Workload, p.Fsync, p.Embedded, p.Replicas = workload, !noSync, embedded, replicas
 					p.Memnodes = len(mns)
+					if rounds > 1 || len(workloads) > 1 {
+						p.Round = round
+					}
+					points[pointKey{workload, size, p.Outstanding}] = p
 					b, _ := json.Marshal(p)
 					for _, w := range sinks {
 						fmt.Fprintln(w, string(b))
@@ -212,9 +267,66 @@ existing cluster.`,
 			if !embedded {
 				sizes = sizes[:1]
 			}
-			for _, size := range sizes {
-				if err := run(size); err != nil {
-					return err
+			emit := func(r ratioPoint) {
+				r.Kind, r.Time = "ratio", time.Now().UTC().Format(time.RFC3339)
+				b, _ := json.Marshal(r)
+				for _, w := range sinks {
+					fmt.Fprintln(w, string(b))
+				}
+				if !asJSON {
+					label := fmt.Sprintf("round %d", r.Round)
+					if r.Median {
+						label = fmt.Sprintf("median of %d", len(r.Rounds))
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "cas2/base %-12s memnodes %d outstanding %d: throughput %.2f, cpu/op %.2f\n",
+						label, r.Memnodes, r.Outstanding, r.Cas2OverBase, r.CPUCas2OverBase)
+				}
+			}
+			ratios := map[pointKey][]ratioPoint{}
+			var order []pointKey
+			for round := 1; round <= rounds; round++ {
+				points = map[pointKey]benchPoint{}
+				ws := slices.Clone(workloads)
+				if round%2 == 0 {
+					slices.Reverse(ws)
+				}
+				for _, w := range ws {
+					for _, size := range sizes {
+						if err := run(size, w, round); err != nil {
+							return err
+						}
+					}
+				}
+				for _, size := range sizes {
+					for _, n := range levels {
+						c, okc := points[pointKey{"cas2", size, n}]
+						b, okb := points[pointKey{"base", size, n}]
+						if !okc || !okb || b.OpsPerSec == 0 || b.CPUusPerOp == 0 {
+							continue
+						}
+						r := ratioPoint{Round: round, Memnodes: c.Memnodes, Outstanding: n,
+							BaseOps: b.OpsPerSec, Cas2Ops: c.OpsPerSec, Cas2OverBase: c.OpsPerSec / b.OpsPerSec,
+							CPUCas2OverBase: c.CPUusPerOp / b.CPUusPerOp}
+						k := pointKey{size: size, outstanding: n}
+						if _, ok := ratios[k]; !ok {
+							order = append(order, k)
+						}
+						ratios[k] = append(ratios[k], r)
+						emit(r)
+					}
+				}
+			}
+			if rounds > 1 {
+				for _, k := range order {
+					rs := ratios[k]
+					m := ratioPoint{Median: true, Memnodes: rs[0].Memnodes, Outstanding: k.outstanding}
+					var cpu []float64
+					for _, r := range rs {
+						m.Rounds = append(m.Rounds, r.Cas2OverBase)
+						cpu = append(cpu, r.CPUCas2OverBase)
+					}
+					m.Cas2OverBase, m.CPUCas2OverBase = median(m.Rounds), median(cpu)
+					emit(m)
 				}
 			}
 			return nil
@@ -222,7 +334,8 @@ existing cluster.`,
 	}
 	f := cmd.Flags()
 	seedFlag(f, &seed)
-	f.StringVar(&workload, "workload", "base", "workload: base or cas2")
+	f.StringVar(&workload, "workload", "base", "workload: base or cas2, or base,cas2 to print their ratio")
+	f.IntVar(&rounds, "rounds", 1, "run the listed workloads this many times, alternating, and print the median cas2/base ratio")
 	f.StringVar(&outstanding, "outstanding", "1,16,64,256", "comma-separated levels of outstanding minitransactions")
 	f.DurationVar(&duration, "duration", 10*time.Second, "measured time per level")
 	f.DurationVar(&warmup, "warmup", time.Second, "unmeasured time before each level")
@@ -234,6 +347,18 @@ existing cluster.`,
 	f.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file")
 	return cmd
+}
+
+// median of xs (the mean of the middle two for an even count); 0 if empty.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func parseLevels(s string) ([]int, error) { return parseList("--outstanding", s, 1, 100000) }

@@ -13,7 +13,10 @@
 //  2. Writes and two-phase steps become memnode entries stamped with this
 //     host's clock (the leader's clock: the only time a memnode ever sees)
 //     and are proposed to the memnode's Raft group; the group batches all
-//     proposals queued at one moment into one entry.
+//     proposals queued at one moment into one entry. Decisions a request
+//     carries for other tids (commit_tids, abort_tids; any kind but
+//     KIND_READ, at most max_items) go into the same memnode entry
+//     (memnode.Entry.Commits, Aborts) and apply before the request.
 //  3. Read-only requests (KIND_READ) are served with a ReadIndex read and
 //     memnode.Query: no log entry.
 //  4. Results come back from the Raft worker through a non-blocking outbox;
@@ -29,8 +32,9 @@
 //
 // The Watch RPC pushes notifications of applied writes to subscribed
 // ranges of a memnode (watch.go). Every replica's machine reports, per
-// applied batch, the byte ranges that Exec entries (voting OK) and Commit
-// entries (the writes of each tid that was in doubt) wrote, to a per-host
+// applied batch, the byte ranges that Exec entries (voting OK) and commits
+// (Commit entries and commits carried by any entry: the writes of each tid
+// that was in doubt) wrote, to a per-host
 // hub; the hub intersects them with each subscriber's ranges and merges
 // them into the subscriber's bounded pending state (overflow collapses into
 // a reset), so the replication worker never waits for a stream. Only the

@@ -32,15 +32,15 @@ func (s *machine) Apply(cmds []replication.Command) [][]byte {
 			r = memnode.Result{FailedCompare: -1, Err: fmt.Errorf("%w: %v", memnode.ErrInvalid, err)}
 		} else {
 			n := len(written)
-			if watched && e.Kind == memnode.KindCommit {
+			if watched {
 				// What the in-doubt tids write, learned before they commit.
-				for j := -1; j < len(e.More); j++ {
-					tid := e.TID
-					if j >= 0 {
-						tid = e.More[j]
-					}
-					if ws, ok := s.m.InDoubtWrites(tid); ok {
-						written = appendWrites(written, ws)
+				for _, tid := range e.Commits {
+					written = s.appendInDoubtWrites(written, tid)
+				}
+				if e.Kind == memnode.KindCommit {
+					written = s.appendInDoubtWrites(written, e.TID)
+					for _, tid := range e.More {
+						written = s.appendInDoubtWrites(written, tid)
 					}
 				}
 			}
@@ -62,6 +62,13 @@ func (s *machine) Apply(cmds []replication.Command) [][]byte {
 	}
 	s.written = written[:0]
 	return out
+}
+
+func (s *machine) appendInDoubtWrites(written []wrange, tid memnode.TID) []wrange {
+	if ws, ok := s.m.InDoubtWrites(tid); ok {
+		written = appendWrites(written, ws)
+	}
+	return written
 }
 
 // Query answers a read-only minitransaction or an inspection (memnode.Answer).

@@ -152,9 +152,11 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 		ob.push(r)
 		return
 	}
-	if sz := protoSize(req); sz > s.maxReq {
-		ob.push(invalid(id, fmt.Sprintf("request of %d bytes exceeds the limit of %d bytes", sz, s.maxReq)))
-		return
+	if sizeBound(req) > s.maxReq { // else surely small enough
+		if sz := protoSize(req); sz > s.maxReq {
+			ob.push(invalid(id, fmt.Sprintf("request of %d bytes exceeds the limit of %d bytes", sz, s.maxReq)))
+			return
+		}
 	}
 	kind, ok := kindFromWire(req.GetKind())
 	op := opFromWire(req)
@@ -184,9 +186,17 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 			ob.push(invalid(id, fmt.Sprintf("%d more tids exceed the limit of %d", len(mt), s.mcfg.MaxItems)))
 			return
 		}
-		more = make([]memnode.TID, len(mt))
-		for i, t := range mt {
-			more[i] = memnode.TID{Client: t.GetClient(), Seq: t.GetSeq(), Time: t.GetTime()}
+		more = tidsFromWire(mt)
+	}
+	commits, aborts := req.GetCommitTids(), req.GetAbortTids()
+	if len(commits) > 0 || len(aborts) > 0 {
+		if req.GetKind() == tuttipb.Kind_KIND_READ {
+			ob.push(invalid(id, "a read-only request carries decisions"))
+			return
+		}
+		if n := len(commits) + len(aborts); n > s.mcfg.MaxItems {
+			ob.push(invalid(id, fmt.Sprintf("%d carried decisions exceed the limit of %d", n, s.mcfg.MaxItems)))
+			return
 		}
 	}
 	now := s.clock.Now().UnixNano()
@@ -207,6 +217,8 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 		Participants: req.GetParticipants(),
 		Op:           op,
 		More:         more,
+		Commits:      tidsFromWire(commits),
+		Aborts:       tidsFromWire(aborts),
 	}
 	s.rep.ProposeAsync(mn, memnode.AppendEntry(nil, &e), done)
 }

@@ -159,3 +159,42 @@ func TestWatchRangesValidation(t *testing.T) {
 		t.Fatalf("ranges %v, %v", got, err)
 	}
 }
+
+// Commits carried by an entry of another kind report the committed tids'
+// writes too, even when the entry itself writes nothing; an invalid carrier
+// reports nothing.
+func TestWatchMachineReportsCarriedCommits(t *testing.T) {
+	m, hub := testMachine(t)
+	tg, sub, _ := hub.subscribe(7, []wrange{{100, 200}})
+	defer tg.unsubscribe(sub)
+	tid1 := memnode.TID{Client: 1, Seq: 1, Time: 1}
+	tid2 := memnode.TID{Client: 1, Seq: 2, Time: 1}
+	rs := apply(t, m, 1,
+		memnode.Entry{Kind: memnode.KindPrepare, Now: 1, TID: tid1, Participants: []uint64{7}, Op: write(120, "p1")},
+		memnode.Entry{Kind: memnode.KindPrepare, Now: 1, TID: tid2, Participants: []uint64{7}, Op: write(150, "p2")})
+	if rs[0].Vote != memnode.VoteOK || rs[1].Vote != memnode.VoteOK {
+		t.Fatalf("votes %+v", rs)
+	}
+	if ev := sub.take(); ev != nil {
+		t.Fatalf("event %v for prepares", ev)
+	}
+	// Invalid: an out-of-range write. Nothing applies, nothing is reported.
+	bad := memnode.Entry{Kind: memnode.KindExec, Now: 2, Op: write(memnode.DefaultConfig().Size, "x"), Commits: []memnode.TID{tid1}}
+	if rs := apply(t, m, 2, bad); rs[0].Err == nil {
+		t.Fatalf("invalid carrier applied: %+v", rs[0])
+	}
+	if ev := sub.take(); ev != nil {
+		t.Fatalf("event %v for an invalid carrier", ev)
+	}
+	// A Prepare (which writes nothing yet) carrying tid1's commit and
+	// tid2's abort reports tid1's writes only.
+	rs = apply(t, m, 3, memnode.Entry{Kind: memnode.KindPrepare, Now: 2, TID: memnode.TID{Client: 1, Seq: 3, Time: 2},
+		Participants: []uint64{7}, Op: write(400, "p3"), Commits: []memnode.TID{tid1}, Aborts: []memnode.TID{tid2}})
+	if rs[0].Vote != memnode.VoteOK {
+		t.Fatalf("carrier vote %+v", rs[0])
+	}
+	ev := sub.take()
+	if ev == nil || ev.GetIndex() != 3 || !slices.Equal(ranges(ev), []wrange{{120, 122}}) {
+		t.Fatalf("event %v, want [120,122) at index 3", ev)
+	}
+}

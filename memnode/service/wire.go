@@ -48,4 +48,31 @@ func opFromWire(req *tuttipb.Request) memnode.Op {
 	return op
 }
 
+// tidsFromWire converts a list of tids; nil if empty.
+func tidsFromWire(ts []*tuttipb.Tid) []memnode.TID {
+	if len(ts) == 0 {
+		return nil
+	}
+	out := make([]memnode.TID, len(ts))
+	for i, t := range ts {
+		out[i] = memnode.TID{Client: t.GetClient(), Seq: t.GetSeq(), Time: t.GetTime()}
+	}
+	return out
+}
+
 func protoSize(m proto.Message) int { return proto.Size(m) }
+
+// sizeBound is an upper bound of protoSize(req), much cheaper to compute: a
+// request's fields other than byte strings take at most 32 bytes per
+// repeated element (tags, lengths and varints) and 128 in all.
+func sizeBound(req *tuttipb.Request) int {
+	n := 128 + 32*(len(req.GetParticipants())+len(req.GetReads())+len(req.GetMoreTids())+
+		len(req.GetCommitTids())+len(req.GetAbortTids()))
+	for _, c := range req.GetCompares() {
+		n += 32 + len(c.GetData())
+	}
+	for _, w := range req.GetWrites() {
+		n += 32 + len(w.GetData())
+	}
+	return n
+}

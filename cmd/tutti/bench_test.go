@@ -1,0 +1,62 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tutti-gcs/tutti/internal/cluster"
+)
+
+// --workload base,cas2 --rounds N prints every point with its round, a
+// ratio line per round and the median ratio.
+func TestBenchCommandRatio(t *testing.T) {
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir(), Memnodes: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "bench", "mtx", "--seed="+c.Seeds()[0], "--workload", "base,cas2", "--rounds", "2",
+		"--outstanding", "2", "--duration", "300ms", "--warmup", "100ms", "--json", "--quiet")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	var workloads []string
+	var ratios, medians int
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var p map[string]any
+		if err := json.Unmarshal([]byte(l), &p); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		switch {
+		case p["kind"] == "ratio" && p["median"] == true:
+			medians++
+			if rs, _ := p["rounds"].([]any); len(rs) != 2 || p["cas2_over_base"].(float64) <= 0 {
+				t.Fatalf("median line: %s", l)
+			}
+		case p["kind"] == "ratio":
+			ratios++
+			if r := p["cas2_over_base"].(float64); r <= 0 || r != p["cas2_ops_per_sec"].(float64)/p["base_ops_per_sec"].(float64) {
+				t.Fatalf("ratio line: %s", l)
+			}
+		default:
+			workloads = append(workloads, fmt.Sprintf("%v/%v", p["round"], p["workload"]))
+		}
+	}
+	// The order alternates between rounds.
+	if want := []string{"1/base", "1/cas2", "2/cas2", "2/base"}; !slices.Equal(workloads, want) || ratios != 2 || medians != 1 {
+		t.Fatalf("points %v (want %v), %d ratio lines, %d medians:\n%s", workloads, want, ratios, medians, out)
+	}
+	if _, err := run(t, "bench", "mtx", "--seed="+c.Seeds()[0], "--workload", "base,nope"); err == nil {
+		t.Fatal("unknown workload accepted")
+	}
+}
