@@ -22,9 +22,11 @@ func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
 	}
 	answers := make(chan answer, len(reqs))
 	sent := make([]*session, len(reqs))
+	hosts := make([]uint64, len(reqs))
 	var flush []*session
 	for i, req := range reqs {
-		cn, _, err := c.route(req.GetMemnode())
+		cn, h, err := c.route(req.GetMemnode())
+		hosts[i] = h
 		if err != nil {
 			continue
 		}
@@ -53,7 +55,10 @@ func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
 			waiting--
 			got[a.i] = true
 			switch a.r.GetStatus() {
-			case tuttipb.Status_STATUS_OK, tuttipb.Status_STATUS_UNKNOWN_OUTCOME:
+			case tuttipb.Status_STATUS_UNKNOWN_OUTCOME:
+				c.redirect(reqs[a.i].GetMemnode(), hosts[a.i], nil) // as call does
+				out[a.i] = vote{r: a.r}
+			case tuttipb.Status_STATUS_OK:
 				out[a.i] = vote{r: a.r}
 			default:
 				sent[a.i] = nil // not applied: retry through call
@@ -62,6 +67,7 @@ func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
 			for i, s := range sent {
 				if s != nil && !got[i] {
 					s.forget(reqs[i].Id)
+					c.redirect(reqs[i].GetMemnode(), hosts[i], nil) // as call does
 					out[i] = vote{err: &Error{Memnode: reqs[i].GetMemnode(), Err: ErrUnknownOutcome, Detail: ctx.Err().Error()}}
 					got[i] = true
 				}

@@ -14,9 +14,25 @@ import (
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
+)
+
+// Connection health. A host that stops answering while its connection stays
+// open (a paused process, a network cut without resets) is detected by
+// HTTP/2 pings: no answer within KeepaliveTime+KeepaliveTimeout closes the
+// connection, its requests end (an Exec then returns ErrUnknownOutcome,
+// reads are retried), and later requests go to other replicas, which elect
+// a new leader meanwhile. Connecting gives up after ConnectTimeout (a
+// listening socket whose process does not answer). Hosts accept pings
+// every KeepaliveTime (service.HostConfig). DialOptions may override these.
+const (
+	KeepaliveTime    = 2 * time.Second
+	KeepaliveTimeout = 2 * time.Second
+	ConnectTimeout   = 2 * time.Second
 )
 
 // Config configures a Client.
@@ -108,12 +124,21 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Client{cfg: cfg, log: cfg.Logger, dial: cfg.DialOptions}
+	c := &Client{cfg: cfg, log: cfg.Logger}
 	c.hooks = decisionHooks{answered: c.decisionAnswered, stats: &c.stats}
-	if len(c.dial) == 0 {
-		c.dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	c.dial = []grpc.DialOption{
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)),
+		// A host that stops answering (paused, cut off) must not hold
+		// requests until their deadlines: pings detect it, and reconnecting
+		// gives up quickly, so requests move to other replicas.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
+		grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: ConnectTimeout,
+			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second}}),
 	}
-	c.dial = append(c.dial, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	if len(cfg.DialOptions) == 0 {
+		c.dial = append(c.dial, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	c.dial = append(c.dial, cfg.DialOptions...) // last wins
 	c.mu.conns = map[string]*conn{}
 	c.mu.leader = map[uint64]uint64{}
 	c.mu.rng = rand.New(rand.NewPCG(cfg.ID, uint64(time.Now().UnixNano())))
@@ -315,7 +340,9 @@ func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Respo
 				}
 				continue
 			}
-			// The context ended while the request was out.
+			// The context ended while the request was out. The host may
+			// have stopped answering: try another replica next time.
+			c.redirect(mn, h, nil)
 			if req.GetKind() == tuttipb.Kind_KIND_READ {
 				return nil, &Error{Memnode: mn, Err: err}
 			}
@@ -336,9 +363,11 @@ func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Respo
 			}
 			continue
 		case tuttipb.Status_STATUS_UNKNOWN_OUTCOME:
+			// The connection broke (or the host lost track of the
+			// proposal): try another replica next.
+			c.redirect(mn, h, nil)
 			if req.GetKind() == tuttipb.Kind_KIND_READ {
 				last = r.GetError()
-				c.redirect(mn, h, nil)
 				continue
 			}
 			return r, nil

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
 	"github.com/tutti-gcs/tutti/client"
@@ -162,6 +163,10 @@ func StartHost(cfg HostConfig) (*Host, error) {
 	opts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(64 << 20),
 		grpc.MaxSendMsgSize(64 << 20),
+		// Clients ping every client.KeepaliveTime to find hosts that stopped
+		// answering; accept that, and find dead clients the same way.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: client.KeepaliveTime / 2, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: client.KeepaliveTime, Timeout: client.KeepaliveTimeout}),
 	}, cfg.ServerOptions...)
 	gs := grpc.NewServer(opts...)
 	tr.Register(gs)
