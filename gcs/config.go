@@ -62,10 +62,12 @@ type Config struct {
 	// (default 256 KiB).
 	ReadChunk int
 
-	// PollMin and PollMax bound the adaptive poll of the order log's tail:
-	// after finding nothing the wait doubles from PollMin up to PollMax
-	// (defaults 200µs and 20ms). Local multicasts and view changes wake
-	// the pollers of this node at once.
+	// PollMin and PollMax bound the adaptive poll of the order log's tail
+	// when the cluster serves no watch stream: after finding nothing the
+	// wait doubles from PollMin up to PollMax (defaults 200µs and 20ms).
+	// With a watch stream the poll is only a backup, every
+	// max(PollMax, 100ms). Local multicasts and view changes wake the
+	// delivery of this node's members at once.
 	PollMin, PollMax time.Duration
 	// GCInterval is how often members publish their delivered position,
 	// the oldest member trims the log and reclaims removed members' queues,
@@ -74,6 +76,12 @@ type Config struct {
 	// TakeoverTimeout: a member at rank position p among the live members
 	// proposes a pending removal after p×TakeoverTimeout (default 1s).
 	TakeoverTimeout time.Duration
+
+	// Now is the clock of the protocol's timeouts (removal takeover,
+	// giving up on a stuck leaver) and of queue placement; time.Now if
+	// nil. Tests inject a fake one to replay those decisions. Waits and
+	// polls use timers of the runtime.
+	Now func() time.Time
 }
 
 // DefaultConfig holds the defaults of the tunables.
@@ -125,6 +133,9 @@ func (c *Config) defaults() {
 	}
 	if c.TakeoverTimeout == 0 {
 		c.TakeoverTimeout = d.TakeoverTimeout
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 }
 

@@ -19,13 +19,14 @@ type viewState struct {
 
 // deliverLoop reads the order log from the position of the view record
 // that admitted this member and delivers views and messages strictly in
-// log order. It polls the tail with an adaptive backoff (PollMin doubling
-// to PollMax while nothing arrives) and is woken at once by local
-// multicasts and view changes.
-//
-// When the cluster serves watch streams, the loop also subscribes to the
-// header's (view, tail, msgs) words with client.Watch and wakes on every
-// notification; the poll then only backs it up.
+// log order. Having delivered up to the tail it read, it waits for a
+// signal before reading again: pokes from local links and view changes
+// (a link also hands over the log it read, see handoff), and, when the
+// cluster serves watch streams, client.Watch notifications of writes to
+// the header's (view, tail, msgs) words and the log ring — except those
+// showing only our own links, delivered already (ownOnly). The poll
+// (PollMin doubling to PollMax while nothing arrives) only backs the
+// watch up (watchPoll).
 func (g *Group) deliverLoop() {
 	defer g.wg.Done()
 	defer close(g.done)
@@ -33,7 +34,8 @@ func (g *Group) deliverLoop() {
 	n := g.n
 	var watchC <-chan client.WatchEvent
 	wctx, wcancel := context.WithTimeout(g.ctx, 2*time.Second)
-	w, werr := n.cl.Watch(wctx, g.ref.home, client.Range{Addr: g.ref.meta + offView, Len: 24})
+	w, werr := n.cl.Watch(wctx, g.ref.home, client.Range{Addr: g.ref.meta + offView, Len: 24},
+		client.Range{Addr: g.ref.logBase(), Len: g.ref.logSize})
 	wcancel()
 	if werr == nil {
 		defer w.Close()
@@ -45,13 +47,61 @@ func (g *Group) deliverLoop() {
 	var cur *viewState
 	wait := n.cfg.PollMin
 	want := 4096 // log bytes read with the header: what was there last time
+	// awaitSignal waits for a reason to read the log again: a watch event
+	// (not only about our own links), a poke, or the poll. False: stop.
+	// After a watch event the sender waits for the read (awaitRead).
+	awaitSignal := func() bool {
+		if watchC != nil {
+			// The watch notifies; the poll only backs it up.
+			wait = max(n.cfg.PollMax, watchPoll)
+		}
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		for {
+			select {
+			case <-g.ctx.Done():
+				return false
+			case <-g.wake:
+				wait = n.cfg.PollMin
+			case ev, ok := <-watchC:
+				if ok && !ev.Reset && g.ownOnly(ev.Ranges, pos) {
+					continue // our own link, delivered already
+				}
+				if !ok {
+					watchC = nil // the watch ended: poll only
+				} else {
+					g.readStart()
+				}
+				wait = n.cfg.PollMin
+			case <-t.C:
+				wait = min(2*wait, n.cfg.PollMax)
+			}
+			return true
+		}
+	}
+	caughtUp := false // delivered everything up to the tail last read
 	for {
 		if g.ctx.Err() != nil {
 			return
 		}
-		// One read of the header and the log from pos (a consistent
-		// snapshot of one memnode): no round trip to learn the tail first.
-		h, buf, err := n.readTail(g.ctx, g.ref, pos, want)
+		if caughtUp {
+			caughtUp = false
+			if !awaitSignal() {
+				return
+			}
+		}
+		// The sender may have handed us the log (handoff); otherwise one
+		// read of the header and the log from pos (a consistent snapshot
+		// of one memnode): no round trip to learn the tail first.
+		h, buf, handed := g.takeHandoff(pos)
+		var err error
+		if !handed {
+			h, buf, err = n.readTail(g.ctx, g.ref, pos, want)
+		}
+		if err == nil {
+			g.noteHeader(h)
+		}
+		g.readEnd()
 		if err != nil {
 			if g.ctx.Err() != nil {
 				return
@@ -62,29 +112,14 @@ func (g *Group) deliverLoop() {
 			}
 			continue
 		}
-		g.noteHeader(h)
 		if h.head > pos {
 			g.evict(h.view, "fell behind the order log")
 			return
 		}
 		if h.tail <= pos {
 			want = 4096
-			t := time.NewTimer(wait)
-			select {
-			case <-g.ctx.Done():
-				t.Stop()
+			if !awaitSignal() {
 				return
-			case <-g.wake:
-				t.Stop()
-				wait = n.cfg.PollMin
-			case _, ok := <-watchC:
-				t.Stop()
-				if !ok {
-					watchC = nil // the watch ended: poll only
-				}
-				wait = n.cfg.PollMin
-			case <-t.C:
-				wait = min(2*wait, n.cfg.PollMax)
 			}
 			continue
 		}
@@ -126,8 +161,15 @@ func (g *Group) deliverLoop() {
 		if stop {
 			return
 		}
+		// Signals that arrived meanwhile are pending: wait for one rather
+		// than read again at once.
+		caughtUp = pos >= h.tail
 	}
 }
+
+// watchPoll is the backup poll of the order log while a watch stream
+// notifies delivery.
+const watchPoll = 100 * time.Millisecond
 
 // blobFetch is the read of one batch blob, done ahead of delivery.
 type blobFetch struct {
@@ -147,7 +189,10 @@ func (g *Group) deliverRecords(cur *viewState, pos uint64, recs []record) (*view
 	fetches := make([]*blobFetch, len(recs))
 	var refs []int
 	for i, rec := range recs {
-		if rec.kind == recRef {
+		if b, ok := g.ownBlob(rec); ok {
+			fetches[i] = &blobFetch{done: make(chan struct{}), b: b}
+			close(fetches[i].done)
+		} else if rec.kind == recRef {
 			fetches[i] = &blobFetch{done: make(chan struct{})}
 			refs = append(refs, i)
 		}

@@ -44,14 +44,32 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSin
 	n := g.n
 	slot := g.ref.slotAddr(g.self.slot)
 	tagB := le.AppendUint64(nil, g.self.tag)
+	// Publish and read the metadata in one minitransaction (a read alone
+	// when there is nothing new to publish).
+	var ms metaState
+	var err error
 	if d := g.dLog.Load(); d != *published {
+		dm := g.dMsg.Load()
 		w := make([]byte, 16)
-		putU64s(w, d, g.dMsg.Load())
-		if _, err := n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, tagB).Write(g.ref.home, slot+offDLog, w)); err == nil {
+		putU64s(w, d, dm)
+		var res *client.Result
+		res, err = n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, tagB).Write(g.ref.home, slot+offDLog, w).
+			Read(g.ref.home, g.ref.meta, g.ref.metaLen()))
+		switch {
+		case err != nil:
+			ms, err = n.readMeta(ctx, g.ref)
+		case res.Committed:
 			*published = d
+			// The reads precede the writes: our slot as just published.
+			if ms, err = decodeMeta(res.Reads[0]); err == nil {
+				ms.members[g.self.slot].dLog, ms.members[g.self.slot].dMsg = d, dm
+			}
+		default: // our slot is no longer ours: read what happened
+			ms, err = n.readMeta(ctx, g.ref)
 		}
+	} else {
+		ms, err = n.readMeta(ctx, g.ref)
 	}
-	ms, err := n.readMeta(ctx, g.ref)
 	if err != nil {
 		return
 	}
@@ -68,7 +86,7 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSin
 
 	// Failures confirmed by the process table.
 	dead := n.confirmedDead(act)
-	now := time.Now()
+	now := n.cfg.Now()
 	for tag := range suspectSince {
 		if !containsTag(dead, tag) {
 			delete(suspectSince, tag)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,6 +94,34 @@ type Group struct {
 		sync.Mutex
 		pending []*sendReq
 		err     error // once set, Multicast fails with it
+	}
+
+	// hand is what the sender learned from its last committed link: the
+	// order log from the delivered position through its own records, and
+	// the header after it (see handoff).
+	hand struct {
+		sync.Mutex
+		from uint64
+		b    []byte
+		h    header
+	}
+	// rd tracks delivery's read after a notification of someone else's
+	// write: the header we know is then stale (awaitRead).
+	rd struct {
+		sync.Mutex
+		busy bool
+		done chan struct{} // closed when the read ended
+	}
+	// blobs are our batches in the queue, by queue position, until
+	// delivery takes them (ownBlob): it need not read them back.
+	blobs struct {
+		sync.Mutex
+		m map[uint64][]byte
+	}
+	// own is the log ranges of our latest committed links (ownOnly).
+	own struct {
+		sync.Mutex
+		ws []ringItem // position, bytes
 	}
 }
 
@@ -397,6 +426,7 @@ func (g *Group) sendLoop() {
 			s.rec.kind = recRef
 			s.rec.body = refBody{qMemnode: g.self.qMemnode, qAddr: ringBase, qLen: ringLen, qPos: qTail, bytes: uint64(len(blob))}.encode()
 			s.q = &linked{logEnd: ^uint64(0), qStart: qTail}
+			g.keepBlob(qTail, blob)
 			qLinks = append(qLinks, s.q)
 			qTail += uint64(len(blob))
 			blobs++
@@ -434,17 +464,35 @@ func (g *Group) sendLoop() {
 		}
 		return true
 	}
+	// readyPrefix returns the batches at the front of pipe that are ready
+	// to link, at most maxLinkRecords.
+	readyPrefix := func() []*staged {
+		k := 0
+		for k < len(pipe) && k < maxLinkRecords && pipe[k].ready {
+			k++
+		}
+		return pipe[:k]
+	}
 	// link orders the ready batches at the front of pipe with one
-	// minitransaction on the home memnode; a lost race re-reads the
-	// header and retries only this step.
+	// minitransaction on the home memnode, which also reads the log
+	// delivery lacks up to the old tail (handoff). A lost race re-reads
+	// the header with the log (readLost) and retries only this step,
+	// with the batches staged meanwhile.
 	link := func(ready []*staged) bool {
 		wait := n.cfg.PollMin
 		var buf []byte
+		awaited := false // awaitRead once per attempt
 		for {
 			// Delivery reads the header on every change of the tail: a
 			// newer header than ours saves a lost race and a re-read.
 			if s := g.seen.Load(); s != nil && s.tail > hdr.tail {
 				hdr, haveHdr = *s, true
+			}
+			if !awaited {
+				awaited = true
+				if g.awaitRead(hdr.tail) {
+					continue // fresher header in seen
+				}
 			}
 			if !haveHdr && !readHdr() {
 				end(ErrClosed, ErrClosed)
@@ -500,6 +548,20 @@ func (g *Group) sendLoop() {
 				tx.Write(g.ref.home, it.addr, buf[off:off+it.n])
 				off += it.n
 			}
+			// Read what delivery has not read yet, up to our tail: if the
+			// link commits, delivery gets the log through our records from
+			// this answer instead of reading it (handoff).
+			from := g.dLog.Load()
+			if from > hdr.tail || hdr.tail-from > linkReadMax {
+				from = hdr.tail
+			}
+			var reads []ringItem
+			if from < hdr.tail {
+				reads = ringSplit(g.ref.logBase(), g.ref.logSize, from, hdr.tail-from)
+				for _, it := range reads {
+					tx.Read(g.ref.home, it.addr, uint32(it.n))
+				}
+			}
 			res, err := n.exec(g.ctx, tx)
 			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 				got, rerr := n.readRing(g.ctx, g.ref, hdr.tail, len(buf))
@@ -523,9 +585,22 @@ func (g *Group) sendLoop() {
 			}
 			if !res.Committed {
 				n.log.Debug().Uint64("tail", hdr.tail).Msg("link: lost race")
-				haveHdr = false
+				haveHdr, awaited = false, false
+				g.readLost(hdr.tail, &hdr, &haveHdr)
+				// Retry with whatever was multicast meanwhile: under
+				// contention links grow instead of queueing up.
+				if !writing && len(ready) == len(pipe) {
+					stage()
+					ready = readyPrefix()
+				}
 				continue
 			}
+			g.addOwn(hdr.tail, uint64(len(buf)))
+			if len(res.Reads) != len(reads) {
+				// Settled by reading our records back: no log was read.
+				from, res.Reads = hdr.tail, nil
+			}
+			g.handoff(from, res.Reads, buf, nh)
 			hdr = nh
 			for _, s := range ready[:k] {
 				if s.q != nil {
@@ -545,12 +620,8 @@ func (g *Group) sendLoop() {
 		if !writing {
 			full = stage()
 		}
-		k := 0
-		for k < len(pipe) && k < maxLinkRecords && pipe[k].ready {
-			k++
-		}
-		if k > 0 {
-			if !link(pipe[:k]) {
+		if ready := readyPrefix(); len(ready) > 0 {
+			if !link(ready) {
 				return
 			}
 			roomWait = n.cfg.PollMin
@@ -586,6 +657,196 @@ func (g *Group) sendLoop() {
 		if t != nil {
 			t.Stop()
 		}
+	}
+}
+
+// linkReadMax bounds the order log a link reads for delivery (handoff).
+const linkReadMax = 64 << 10
+
+// handoff hands delivery the order log from position from: reads (the
+// log up to our records, read by the committed link) then recs (our
+// records), and h, the header right after the link.
+func (g *Group) handoff(from uint64, reads [][]byte, recs []byte, h header) {
+	var b []byte
+	for _, r := range reads {
+		b = append(b, r...)
+	}
+	b = append(b, recs...)
+	g.hand.Lock()
+	g.hand.from, g.hand.b, g.hand.h = from, b, h
+	g.hand.Unlock()
+	g.noteHeader(h)
+}
+
+// takeHandoff returns the handed-off log from pos and the header after it,
+// if the last handoff covers pos; a handoff delivery has passed is
+// dropped.
+func (g *Group) takeHandoff(pos uint64) (header, []byte, bool) {
+	g.hand.Lock()
+	defer g.hand.Unlock()
+	from, b := g.hand.from, g.hand.b
+	if b == nil || pos < from {
+		return header{}, nil, false
+	}
+	g.hand.b = nil
+	if pos >= from+uint64(len(b)) {
+		return header{}, nil, false
+	}
+	return g.hand.h, b[pos-from:], true
+}
+
+// keepBlob keeps our blob written at queue position q for delivery.
+func (g *Group) keepBlob(q uint64, blob []byte) {
+	g.blobs.Lock()
+	if g.blobs.m == nil {
+		g.blobs.m = map[uint64][]byte{}
+	}
+	g.blobs.m[q] = blob
+	g.blobs.Unlock()
+}
+
+// ownBlob returns (and forgets) the batch body of rec if it references a
+// blob this member wrote and kept: exactly the bytes its committed queue
+// write holds, so delivery skips the read. Kept blobs below the one taken
+// were linked and delivered already, or never linked (the sender failed):
+// they are dropped with it.
+func (g *Group) ownBlob(rec record) ([]byte, bool) {
+	if rec.kind != recRef || rec.slot != g.self.slot || rec.tag != g.self.tag {
+		return nil, false
+	}
+	ref, err := decodeRef(rec.body)
+	if err != nil {
+		return nil, false
+	}
+	g.blobs.Lock()
+	defer g.blobs.Unlock()
+	b, ok := g.blobs.m[ref.qPos]
+	if !ok || uint64(len(b)) != ref.bytes || u64(b, 0) != ref.qPos || u64(b, 24) != rec.firstSeq {
+		return nil, false
+	}
+	for q := range g.blobs.m {
+		if q <= ref.qPos {
+			delete(g.blobs.m, q)
+		}
+	}
+	return b[blobHeader:], true
+}
+
+// awaitReadMax bounds how long a link waits for delivery's read.
+const awaitReadMax = 5 * time.Millisecond
+
+// readStart and readEnd bracket delivery's read after a notification of a
+// write that is not ours.
+func (g *Group) readStart() {
+	g.rd.Lock()
+	g.rd.busy, g.rd.done = true, make(chan struct{})
+	g.rd.Unlock()
+}
+
+func (g *Group) readEnd() {
+	g.rd.Lock()
+	if g.rd.busy {
+		g.rd.busy = false
+		close(g.rd.done)
+	}
+	g.rd.Unlock()
+}
+
+// awaitRead is called before a link based on a header with tail: if
+// delivery is reading after a notification of another member's write,
+// the tail has moved and the link would lose its race (a Raft round
+// wasted and the read needed anyway), so wait for that read (at most
+// awaitReadMax). It reports that seen now holds a newer header.
+func (g *Group) awaitRead(tail uint64) bool {
+	g.rd.Lock()
+	busy, done := g.rd.busy, g.rd.done
+	g.rd.Unlock()
+	if !busy {
+		return false
+	}
+	t := time.NewTimer(awaitReadMax)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	case <-g.ctx.Done():
+	}
+	s := g.seen.Load()
+	return s != nil && s.tail > tail
+}
+
+// maxOwn bounds the links ownOnly remembers.
+const maxOwn = 32
+
+// addOwn remembers that our link wrote the log at [pos, pos+n).
+func (g *Group) addOwn(pos, n uint64) {
+	g.own.Lock()
+	defer g.own.Unlock()
+	if len(g.own.ws) >= maxOwn {
+		g.own.ws = append(g.own.ws[:0], g.own.ws[1:]...)
+	}
+	g.own.ws = append(g.own.ws, ringItem{pos, n})
+}
+
+// ownOnly reports that a watch event's ranges show nothing delivery (at
+// pos, caught up with the tail it last read) has to read: every written
+// range of the order log lies within records our own links wrote below
+// pos, which delivery already has (handoff). Ring offsets are ambiguous
+// modulo the log size, so only our links within half a log below pos
+// count: the next record, at pos, can never look like one of them, and a
+// watch event that carries it is never skipped. Events without log ranges
+// are not skipped either.
+func (g *Group) ownOnly(rs []client.Range, pos uint64) bool {
+	base, size := g.ref.logBase(), g.ref.logSize
+	g.own.Lock()
+	var have []ringItem // address intervals, sorted and merged below
+	for _, w := range g.own.ws {
+		if w.addr+w.n <= pos && w.addr+size/2 >= pos {
+			have = append(have, ringSplit(base, size, w.addr, w.n)...)
+		}
+	}
+	g.own.Unlock()
+	sort.Slice(have, func(i, j int) bool { return have[i].addr < have[j].addr })
+	var merged []ringItem // as [addr, end)
+	for _, h := range have {
+		if k := len(merged) - 1; k >= 0 && h.addr <= merged[k].n {
+			merged[k].n = max(merged[k].n, h.addr+h.n)
+			continue
+		}
+		merged = append(merged, ringItem{h.addr, h.addr + h.n})
+	}
+	logRanges := 0
+	for _, r := range rs {
+		if r.Addr >= base+size || r.Addr+r.Len <= base {
+			continue // the header: it changes with every record
+		}
+		logRanges++
+		i := sort.Search(len(merged), func(i int) bool { return merged[i].n >= r.Addr+r.Len })
+		if i == len(merged) || merged[i].addr > r.Addr {
+			return false
+		}
+	}
+	return logRanges > 0
+}
+
+// readLost follows a lost link race (at tail): one read of the header
+// and of the order log from the delivered position gives the sender the
+// header to retry with and delivery the records that won (handoff). On
+// an error hdr is left unknown (the sender reads the header again).
+func (g *Group) readLost(tail uint64, hdr *header, have *bool) {
+	d := g.dLog.Load()
+	want := uint64(4096)
+	if tail > d {
+		want += tail - d
+	}
+	h, b, err := g.n.readTail(g.ctx, g.ref, d, int(min(want, linkReadMax)))
+	if err != nil {
+		return
+	}
+	*hdr, *have = h, true
+	g.noteHeader(h)
+	if h.tail > d && h.head <= d {
+		g.handoff(d, [][]byte{b[:min(uint64(len(b)), h.tail-d)]}, nil, h)
 	}
 }
 

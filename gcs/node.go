@@ -258,7 +258,7 @@ func (n *Node) Join(ctx context.Context, group string, opts JoinOptions) (*Group
 		// let that reclaim zero the live member's fence (its queue writes
 		// then failed as if evicted, while it was still in the view) and
 		// free a queue still in use.
-		qmn := n.memnodes[hashName(n.cfg.ID+"/"+group+fmt.Sprint(time.Now().UnixNano()))%uint64(len(n.memnodes))]
+		qmn := n.memnodes[hashName(n.cfg.ID+"/"+group+fmt.Sprint(n.cfg.Now().UnixNano(), attempt))%uint64(len(n.memnodes))]
 		q, err := n.allocs[qmn].Alloc(ctx, n.cfg.QueueCapacity+8)
 		if err != nil {
 			return nil, fmt.Errorf("gcs: join %s: queue: %w", group, err)

@@ -1,0 +1,164 @@
+package gcs
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"github.com/tutti-gcs/tutti/client"
+)
+
+// testRef is a group whose order log is 4 KiB at logBase.
+func testGroup() *Group {
+	return &Group{ref: groupRef{name: "t", home: 1, meta: 0x1000, logSize: 4096, maxMembers: 1}}
+}
+
+func TestOwnOnly(t *testing.T) {
+	g := testGroup()
+	base, size := g.ref.logBase(), g.ref.logSize
+	hdrRange := client.Range{Addr: g.ref.meta + offView, Len: 24}
+	logAt := func(pos, n uint64) []client.Range {
+		var rs []client.Range
+		for _, it := range ringSplit(base, size, pos, n) {
+			rs = append(rs, client.Range{Addr: it.addr, Len: it.n})
+		}
+		return rs
+	}
+	with := func(rs ...[]client.Range) []client.Range {
+		out := []client.Range{hdrRange}
+		for _, r := range rs {
+			out = append(out, r...)
+		}
+		return out
+	}
+	g.addOwn(1000, 200)
+	g.addOwn(1200, 100)
+	g.addOwn(4000, 200) // wraps: 96 bytes at the end, 104 at the start
+	cases := []struct {
+		name string
+		rs   []client.Range
+		pos  uint64
+		want bool
+	}{
+		{"own record, delivered", with(logAt(1000, 200)), 1300, true},
+		{"two own records merged", with(logAt(1000, 300)), 1300, true},
+		{"own record not delivered yet", with(logAt(1200, 100)), 1250, false},
+		{"own and a foreign record", with(logAt(1000, 400)), 1400, false},
+		{"foreign record only", with(logAt(1300, 64)), 1300, false},
+		{"header only", []client.Range{hdrRange}, 1300, false},
+		{"no ranges", nil, 1300, false},
+		{"own record across the wrap", with(logAt(4000, 200)), 4200, true},
+		// Half a log past our records they no longer count: the same ring
+		// offsets may be a new record one lap later.
+		{"own record too old", with(logAt(1000, 200)), 1000 + size/2 + 1, false},
+		{"new record at pos aliasing an own one", with(logAt(1000+size, 200)), 1000 + size, false},
+	}
+	for _, c := range cases {
+		if got := g.ownOnly(c.rs, c.pos); got != c.want {
+			t.Errorf("%s: ownOnly = %v, want %v", c.name, got, c.want)
+		}
+	}
+	for i := 0; i < 2*maxOwn; i++ {
+		g.addOwn(uint64(10000+i*8), 8)
+	}
+	if n := len(g.own.ws); n != maxOwn {
+		t.Fatalf("own links remembered: %d, want %d", n, maxOwn)
+	}
+}
+
+func TestHandoff(t *testing.T) {
+	g := testGroup()
+	h := header{view: 3, tail: 160, msgs: 7}
+	g.handoff(100, [][]byte{bytes.Repeat([]byte{1}, 20), bytes.Repeat([]byte{2}, 16)}, bytes.Repeat([]byte{3}, 24), h)
+	if s := g.seen.Load(); s == nil || *s != h {
+		t.Fatalf("seen header %v, want %v", s, h)
+	}
+	if _, _, ok := g.takeHandoff(96); ok {
+		t.Fatal("a handoff from 100 served position 96")
+	}
+	gh, b, ok := g.takeHandoff(120)
+	if !ok || gh != h || len(b) != 40 || b[0] != 2 || b[16] != 3 {
+		t.Fatalf("takeHandoff(120) = %v, %v, %v", gh, b, ok)
+	}
+	if _, _, ok := g.takeHandoff(120); ok {
+		t.Fatal("a handoff was served twice")
+	}
+	g.handoff(100, nil, make([]byte, 60), h)
+	if _, _, ok := g.takeHandoff(160); ok {
+		t.Fatal("a handoff delivery passed was served")
+	}
+	if _, _, ok := g.takeHandoff(100); ok {
+		t.Fatal("a handoff delivery passed was kept")
+	}
+}
+
+// TestHoldForLeaversClock replays the trimmer's treatment of a graceful
+// leaver on a fake clock (Config.Now): trimming waits for it while it
+// makes progress and gives it up after leaveGrace without progress.
+func TestHoldForLeaversClock(t *testing.T) {
+	cfg := Config{GCInterval: 50 * time.Millisecond, TakeoverTimeout: time.Second}
+	clock := time.Unix(1000, 0)
+	cfg.Now = func() time.Time { return clock }
+	g := &Group{n: &Node{cfg: cfg}}
+	leaver := member{slot: 1, tag: 7, retiredAt: 4096 | retiredLeft, dLog: 1024}
+	ms := metaState{h: header{head: 512}, members: []member{{slot: 0, tag: 5, dLog: 8192}, leaver}}
+	leavers := map[uint64]leaverProgress{}
+	if got := g.holdForLeavers(ms, 8192, leavers, cfg.Now()); got != 1024 {
+		t.Fatalf("trim bound %d, want 1024 (the leaver's position)", got)
+	}
+	clock = clock.Add(g.n.leaveGrace())
+	if got := g.holdForLeavers(ms, 8192, leavers, cfg.Now()); got != 1024 {
+		t.Fatalf("trim bound %d at the grace limit, want 1024", got)
+	}
+	ms.members[1].dLog = 2048 // progress restarts the grace period
+	clock = clock.Add(time.Millisecond)
+	if got := g.holdForLeavers(ms, 8192, leavers, cfg.Now()); got != 2048 {
+		t.Fatalf("trim bound %d after progress, want 2048", got)
+	}
+	clock = clock.Add(g.n.leaveGrace() + time.Millisecond)
+	if got := g.holdForLeavers(ms, 8192, leavers, cfg.Now()); got != 8192 {
+		t.Fatalf("trim bound %d after the grace without progress, want 8192 (leaver given up)", got)
+	}
+	ms.members[1].tag = 0
+	g.holdForLeavers(ms, 8192, leavers, cfg.Now())
+	if len(leavers) != 0 {
+		t.Fatalf("leavers remembered after the slot was freed: %v", leavers)
+	}
+}
+
+// TestOwnBlob: delivery takes our own queued batches from memory, exactly
+// as written, and only for records that reference them.
+func TestOwnBlob(t *testing.T) {
+	g := testGroup()
+	g.self = member{slot: 2, tag: 9}
+	blob := func(q, firstSeq uint64, body string) []byte {
+		b := make([]byte, align8(blobHeader+len(body)))
+		putU64s(b, q)
+		putU64s(b[16:], g.self.tag, firstSeq)
+		copy(b[blobHeader:], body)
+		return b
+	}
+	rec := func(q, firstSeq uint64, n int, slot int, tag uint64) record {
+		return record{kind: recRef, slot: slot, tag: tag, firstSeq: firstSeq,
+			body: refBody{qMemnode: 1, qAddr: 8, qLen: 1 << 20, qPos: q, bytes: uint64(n)}.encode()}
+	}
+	b0, b1 := blob(0, 1, "first batch"), blob(48, 3, "second batch")
+	g.keepBlob(0, b0)
+	g.keepBlob(48, b1)
+	if _, ok := g.ownBlob(rec(48, 3, len(b1), 3, 9)); ok {
+		t.Fatal("took a blob for another slot's record")
+	}
+	if _, ok := g.ownBlob(rec(48, 4, len(b1), 2, 9)); ok {
+		t.Fatal("took a blob whose first sequence number differs")
+	}
+	body, ok := g.ownBlob(rec(48, 3, len(b1), 2, 9))
+	if !ok || !bytes.HasPrefix(body, []byte("second batch")) {
+		t.Fatalf("ownBlob = %q, %v", body, ok)
+	}
+	if len(g.blobs.m) != 0 {
+		t.Fatalf("blobs at or below the one taken kept: %d", len(g.blobs.m))
+	}
+	if _, ok := g.ownBlob(rec(48, 3, len(b1), 2, 9)); ok {
+		t.Fatal("a blob was taken twice")
+	}
+}
