@@ -44,10 +44,14 @@ type groupConn struct {
 
 // joinGroup connects to the cluster and joins group as id, asking for no
 // state.
-func joinGroup(ctx context.Context, seed, id, group string, log zerolog.Logger) (*groupConn, error) {
-	cl, err := client.New(ctx, client.Config{Seeds: splitSeeds(seed), Logger: log})
+func joinGroup(ctx context.Context, seed, id, group string, log zerolog.Logger, tf *tlsFlags) (*groupConn, error) {
+	dial, err := tf.loadDial()
 	if err != nil {
 		return nil, err
+	}
+	cl, err := client.New(ctx, client.Config{Seeds: splitSeeds(seed), Logger: log, DialOptions: dial})
+	if err != nil {
+		return nil, explainConnErr(err, dial != nil)
 	}
 	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: id, Logger: log})
 	if err != nil {
@@ -72,6 +76,7 @@ func newSend(g *globals) *cobra.Command {
 		seed    string
 		id      string
 		timeout time.Duration
+		tf      tlsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "send GROUP [MESSAGE...]",
@@ -97,7 +102,7 @@ it in views as ID#N. The group is created if it does not exist.`,
 			defer stop()
 			jctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			c, err := joinGroup(jctx, seed, id, args[0], log)
+			c, err := joinGroup(jctx, seed, id, args[0], log, &tf)
 			if err != nil {
 				return &exitError{2, err}
 			}
@@ -143,6 +148,7 @@ it in views as ID#N. The group is created if it does not exist.`,
 	}
 	f := cmd.Flags()
 	seedFlag(f, &seed)
+	tf.register(f)
 	f.StringVar(&id, "id", defaultID("send"), "process id of the transient member")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up joining, sending one message or leaving after this long")
 	return cmd
@@ -215,6 +221,7 @@ func printEvent(w io.Writer, ev gcs.Event, asJSON bool) {
 
 func newTail(g *globals) *cobra.Command {
 	var (
+		tf      tlsFlags
 		seed    string
 		id      string
 		asJSON  bool
@@ -257,7 +264,7 @@ given as payload_base64 instead.`,
 			defer stop()
 			jctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			c, err := joinGroup(jctx, seed, id, args[0], log)
+			c, err := joinGroup(jctx, seed, id, args[0], log, &tf)
 			if err != nil {
 				return &exitError{2, err}
 			}
@@ -316,6 +323,7 @@ given as payload_base64 instead.`,
 	}
 	f := cmd.Flags()
 	seedFlag(f, &seed)
+	tf.register(f)
 	f.StringVar(&id, "id", defaultID("tail"), "process id of the member")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object per line")
 	f.BoolVar(&fromNow, "from-now", true, "start at the view that admits tail (the only mode; see above)")

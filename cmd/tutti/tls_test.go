@@ -150,6 +150,14 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("memnodes over TLS: %q %v", out, err)
 	}
 
+	args = append([]string{"send", "lobby", "over TLS", seed, "--id", "alice", "--log-level", "warn"}, tlsArgs(cliCert, cliKey, good.caFile("good"))...)
+	if out, err := run(t, args...); err != nil {
+		t.Fatalf("send over TLS: %q %v", out, err)
+	}
+	if out, err := run(t, "send", "lobby", "plain", seed, "--timeout=5s", "--log-level", "warn"); err == nil || !strings.Contains(err.Error(), "may require mutual TLS") {
+		t.Errorf("send without TLS: want the TLS hint, got %q %v", out, err)
+	}
+
 	refused := []struct {
 		name string
 		args []string
