@@ -419,33 +419,42 @@ func (baseGen) after(context.Context, *client.Result, error) {}
 // is w mod n on every memnode and remembers their values, so its compares
 // match unless an earlier outcome was unknown; then it re-reads them.
 type cas2 struct {
-	cl     *client.Client
-	mns    []uint64
-	owned  int // words owned per memnode
-	w, n   int
-	vals   map[[2]uint64]uint32
-	last   [3][2]uint64
+	cl    *client.Client
+	mns   []uint64
+	owned int // words owned per memnode
+	w, n  int
+	// vals[m*owned+j]: the value this worker last wrote to its j-th word
+	// of memnode mns[m] (a slice, not a map: the driver's own CPU counts
+	// in the figures).
+	vals   []uint32
+	last   [3]cas2Word
 	lastTo [3]uint32
 }
 
+type cas2Word struct{ m, j int } // index into mns, word index
+
 func newCAS2(cl *client.Client, mns []uint64, words, w, n int) *cas2 {
-	return &cas2{cl: cl, mns: mns, owned: words / n, w: w, n: n, vals: map[[2]uint64]uint32{}}
+	return &cas2{cl: cl, mns: mns, owned: words / n, w: w, n: n, vals: make([]uint32, len(mns)*(words/n))}
+}
+
+func (g *cas2) addr(k cas2Word) (mn, addr uint64) {
+	return g.mns[k.m], uint64(g.w+g.n*k.j) * 4
 }
 
 func (g *cas2) next(rng *rand.Rand) *client.Tx {
-	a := g.mns[rng.IntN(len(g.mns))]
+	a := rng.IntN(len(g.mns))
 	b := a
 	for len(g.mns) > 1 && b == a {
-		b = g.mns[rng.IntN(len(g.mns))]
+		b = rng.IntN(len(g.mns))
 	}
 	tx := client.NewTx()
 	for i := 0; i < 3; i++ {
-		mn := a
+		m := a
 		if i == 1 || (i == 2 && rng.IntN(2) == 0) {
-			mn = b
+			m = b
 		}
 	again:
-		k := [2]uint64{mn, uint64(g.w + g.n*rng.IntN(g.owned))}
+		k := cas2Word{m, rng.IntN(g.owned)}
 		for _, p := range g.last[:i] {
 			if p == k {
 				goto again
@@ -453,8 +462,9 @@ func (g *cas2) next(rng *rand.Rand) *client.Tx {
 		}
 		g.last[i] = k
 		g.lastTo[i] = rng.Uint32()
-		tx.Compare(mn, k[1]*4, binary.LittleEndian.AppendUint32(nil, g.vals[k]))
-		tx.Write(mn, k[1]*4, binary.LittleEndian.AppendUint32(nil, g.lastTo[i]))
+		mn, addr := g.addr(k)
+		tx.Compare(mn, addr, binary.LittleEndian.AppendUint32(nil, g.vals[k.m*g.owned+k.j]))
+		tx.Write(mn, addr, binary.LittleEndian.AppendUint32(nil, g.lastTo[i]))
 	}
 	return tx
 }
@@ -462,18 +472,19 @@ func (g *cas2) next(rng *rand.Rand) *client.Tx {
 func (g *cas2) after(ctx context.Context, res *client.Result, err error) {
 	if err == nil && res.Committed {
 		for i, k := range g.last {
-			g.vals[k] = g.lastTo[i]
+			g.vals[k.m*g.owned+k.j] = g.lastTo[i]
 		}
 		return
 	}
 	// Unknown outcome or a stale value: learn the truth.
 	tx := client.NewTx()
 	for _, k := range g.last {
-		tx.Read(k[0], k[1]*4, 4)
+		mn, addr := g.addr(k)
+		tx.Read(mn, addr, 4)
 	}
 	if r, err := g.cl.Exec(ctx, tx); err == nil && r.Committed {
 		for i, k := range g.last {
-			g.vals[k] = binary.LittleEndian.Uint32(r.Reads[i])
+			g.vals[k.m*g.owned+k.j] = binary.LittleEndian.Uint32(r.Reads[i])
 		}
 	}
 }
