@@ -243,7 +243,7 @@ func (a *Allocator) plan(ctx context.Context, n, tag uint64) (allocPlan, error) 
 		}
 		if blen >= n {
 			tx := NewTx()
-			linkAddr := cur + 8
+			var linkAddr uint64
 			if prev == 0 {
 				tx.Compare(mn, a.cfg.Base, h)
 				linkAddr = a.cfg.Base + 8

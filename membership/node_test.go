@@ -28,12 +28,10 @@ var testTiming = Timing{PollInterval: 50 * time.Millisecond, TakeoverTimeout: 50
 	AbsentTimeout: 2 * time.Second, IsolationDelay: 5 * time.Second}
 
 type env struct {
-	t     *testing.T
-	c     *cluster.Cluster
-	net   *netFilter
-	key   []byte
-	mu    sync.Mutex
-	nodes []*Node
+	t   *testing.T
+	c   *cluster.Cluster
+	net *netFilter
+	key []byte
 }
 
 func newEnv(t *testing.T) *env {

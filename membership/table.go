@@ -332,17 +332,6 @@ func decodeEntry(b []byte) (version uint64, r Row, err error) {
 	return version, r, err
 }
 
-func checkRow(r Row) error {
-	var errs []error
-	if r.ID == "" || len(r.ID) > MaxIDLen {
-		errs = append(errs, fmt.Errorf("process id %q must be 1..%d bytes", r.ID, MaxIDLen))
-	}
-	if len(r.GRPCAddr) > MaxAddrLen || len(r.GossipAddr) > MaxAddrLen {
-		errs = append(errs, fmt.Errorf("addresses must be at most %d bytes", MaxAddrLen))
-	}
-	return errors.Join(errs...)
-}
-
 // Plan is one change of the table: the minitransaction that moves it from
 // version Base.Version to Base.Version+1 by replacing one row. It is data;
 // Tx turns it into a minitransaction.

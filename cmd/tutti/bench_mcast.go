@@ -336,7 +336,6 @@ type mcastMember struct {
 	enc     *json.Encoder
 	reports chan mcastReport
 	exited  chan struct{}
-	gossip  string
 }
 
 type mcastBench struct {

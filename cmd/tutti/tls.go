@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -109,10 +108,6 @@ func (c *loggedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 		c.log.Warn().Err(err).Str("peer", raw.RemoteAddr().String()).Msg("refused a connection: TLS handshake failed")
 	}
 	return conn, info, err
-}
-
-func (c *loggedCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return c.TransportCredentials.ClientHandshake(ctx, authority, raw)
 }
 
 func (c *loggedCreds) Clone() credentials.TransportCredentials {
