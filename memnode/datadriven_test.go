@@ -295,12 +295,18 @@ func checkInvariants(t testing.TB, m *Memnode) {
 
 func lockSig(lt *lockTable) string {
 	var rows []string
-	for b, hs := range lt.buckets {
-		if len(hs) == 0 {
-			rows = append(rows, fmt.Sprintf("%d:empty", b))
-		}
-		for _, h := range hs {
-			rows = append(rows, fmt.Sprintf("%d:[%x,%x)%v:%v", b, h.start, h.end, h.excl, h.owner.tid))
+	fine := map[uint64][]heldLock{}
+	for b, fb := range lt.fine {
+		fine[b] = append([]heldLock{fb.h}, fb.more...)
+	}
+	for kind, m := range map[string]map[uint64][]heldLock{"coarse": lt.coarse, "fine": fine} {
+		for b, hs := range m {
+			if len(hs) == 0 {
+				rows = append(rows, fmt.Sprintf("%s%d:empty", kind, b))
+			}
+			for _, h := range hs {
+				rows = append(rows, fmt.Sprintf("%s%d:[%x,%x)%v:%v", kind, b, h.start, h.end, h.excl, h.owner.tid))
+			}
 		}
 	}
 	slices.Sort(rows)

@@ -9,10 +9,13 @@
 //   - the address space: Config.Size bytes, sparse, in 4 KiB pages
 //     allocated on first write; unwritten bytes read as zero; items may
 //     span pages;
-//   - locks: shared locks on the compare and read items and exclusive locks
-//     on the write items of every in-doubt transaction. Locks are data in a
-//     table indexed by 4 KiB bucket, not mutexes; none is held outside
-//     in-doubt transactions, and with none held a lock check is O(1);
+//   - locks: exclusive locks on the write items and shared locks on the
+//     compare and read items (those not inside one of the transaction's own
+//     writes: a compare-and-swap takes one lock) of every in-doubt
+//     transaction. Locks are data, not mutexes, in a table indexed by
+//     64-byte bucket for small locks and 4 KiB bucket for larger ones
+//     (locks.go); none is held outside in-doubt transactions, and with none
+//     held a lock check is O(1);
 //   - in-doubt: tids that voted OK in Prepare and await Commit or Abort,
 //     with their participants, write items and prepare time;
 //   - forced-abort: tids aborted before they were prepared here;
@@ -114,6 +117,22 @@
 // state with sorted keys, and a CRC-32C trailer (snapshot.go). Kind, Vote,
 // Outcome values and these formats are append-only; a new layout gets a new
 // version.
+//
+// # Cost of applying
+//
+// Every replica applies every entry, so apply cost is paid three times per
+// request. BenchmarkApplyTwoPhase (decode a Prepare of two
+// compare-and-swaps carrying an earlier tid's commit, apply it, encode the
+// result) with 512 tids in doubt meanwhile, as under the cas2 benchmark's
+// load, went from about 2,000 ns and 9 allocations to about 1,300 ns and
+// 1 allocation (alternating runs of both test binaries in one session:
+// 2066/1374, 2071/1418, 1844/1250 ns; with one tid in doubt 1,450–1,880
+// → 860–1,010 ns), from three changes: word-sized locks live in 64-byte
+// buckets (4 KiB buckets held tens of locks each under load, and every
+// check, acquire and release scanned them), a compare inside the same
+// transaction's write takes no lock of its own, and an in-doubt
+// transaction is one allocation; DecodeEntryReuse decodes into a reused
+// Entry. BenchmarkApplyExec (six writes, one-phase) is about 80 ns.
 //
 // # What it must not do
 //

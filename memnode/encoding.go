@@ -72,8 +72,21 @@ func appendTIDs(dst []byte, ts []TID) []byte {
 // DecodeEntry decodes an entry encoded by AppendEntry. The entry's byte
 // slices alias b. Errors wrap ErrCorrupt or ErrVersion.
 func DecodeEntry(b []byte) (Entry, error) {
-	d := decoder{b: b, what: "entry"}
 	var e Entry
+	if err := DecodeEntryReuse(&e, b); err != nil {
+		return Entry{}, err
+	}
+	return e, nil
+}
+
+// DecodeEntryReuse is DecodeEntry into *e, reusing the capacity of e's
+// slices: an apply loop that decodes every entry into the same Entry
+// allocates nothing for it in the steady state. What e held before is
+// overwritten (its slices' elements too); on error e is unspecified.
+func DecodeEntryReuse(e *Entry, b []byte) error {
+	d := decoder{b: b, what: "entry"}
+	*e = Entry{Participants: e.Participants[:0], Op: Op{Compares: e.Op.Compares[:0], Reads: e.Op.Reads[:0],
+		Writes: e.Op.Writes[:0]}, More: e.More[:0], Commits: e.Commits[:0], Aborts: e.Aborts[:0]}
 	v := byte(entryVersion)
 	if len(b) > 0 && (b[0] == entryVersion2 || b[0] == entryVersion3) {
 		v = b[0]
@@ -83,30 +96,35 @@ func DecodeEntry(b []byte) (Entry, error) {
 		e.Now = d.varint()
 		e.TID = d.tid()
 		if n := d.count(1); n > 0 {
-			e.Participants = make([]uint64, n)
+			e.Participants = resize(e.Participants, n)
 			for i := range e.Participants {
 				e.Participants[i] = d.uvarint()
 			}
 		}
 		d.op(&e.Op)
 		if v >= entryVersion2 {
-			e.More = d.tids()
+			e.More = d.tidsInto(e.More)
 			if v == entryVersion2 && len(e.More) == 0 && d.err == nil {
 				d.fail("version 2 without more tids")
 			}
 		}
 		if v >= entryVersion3 {
-			e.Commits = d.tids()
-			e.Aborts = d.tids()
+			e.Commits = d.tidsInto(e.Commits)
+			e.Aborts = d.tidsInto(e.Aborts)
 			if len(e.Commits) == 0 && len(e.Aborts) == 0 && d.err == nil {
 				d.fail("version 3 without commits or aborts")
 			}
 		}
 	}
-	if err := d.finish(); err != nil {
-		return Entry{}, err
+	return d.finish()
+}
+
+// resize returns s with length n, reallocated only if its capacity is short.
+func resize[T any](s []T, n int) []T {
+	if cap(s) >= n {
+		return s[:n]
 	}
-	return e, nil
+	return make([]T, n)
 }
 
 // AppendQuery appends the encoding of a read-only request at the reader's
@@ -319,12 +337,15 @@ func (d *decoder) tid() TID {
 }
 
 // tids reads a counted list of tids; nil if empty.
-func (d *decoder) tids() []TID {
+func (d *decoder) tids() []TID { return d.tidsInto(nil) }
+
+// tidsInto decodes a tid list into dst's capacity (dst[:0] if empty).
+func (d *decoder) tidsInto(dst []TID) []TID {
 	n := d.count(3)
 	if n == 0 {
-		return nil
+		return dst[:0]
 	}
-	ts := make([]TID, n)
+	ts := resize(dst, n)
 	for i := range ts {
 		ts[i] = d.tid()
 	}
@@ -354,23 +375,28 @@ func (d *decoder) bytes() []byte {
 	return v
 }
 
+// op decodes an Op into op, reusing the capacity of its slices.
 func (d *decoder) op(op *Op) {
 	if n := d.count(2); n > 0 {
-		op.Compares = make([]Compare, n)
+		op.Compares = resize(op.Compares, n)
 		for i := range op.Compares {
 			op.Compares[i] = Compare{Addr: d.uvarint(), Data: d.bytes()}
 		}
+	} else {
+		op.Compares = op.Compares[:0]
 	}
-	op.Reads = d.reads()
-	op.Writes = d.writes()
+	op.Reads = d.readsInto(op.Reads)
+	op.Writes = d.writesInto(op.Writes)
 }
 
-func (d *decoder) reads() []Read {
+func (d *decoder) reads() []Read { return d.readsInto(nil) }
+
+func (d *decoder) readsInto(dst []Read) []Read {
 	n := d.count(2)
 	if n == 0 {
-		return nil
+		return dst[:0]
 	}
-	rs := make([]Read, n)
+	rs := resize(dst, n)
 	for i := range rs {
 		addr := d.uvarint()
 		l := d.uvarint()
@@ -382,12 +408,14 @@ func (d *decoder) reads() []Read {
 	return rs
 }
 
-func (d *decoder) writes() []Write {
+func (d *decoder) writes() []Write { return d.writesInto(nil) }
+
+func (d *decoder) writesInto(dst []Write) []Write {
 	n := d.count(2)
 	if n == 0 {
-		return nil
+		return dst[:0]
 	}
-	ws := make([]Write, n)
+	ws := resize(dst, n)
 	for i := range ws {
 		ws[i] = Write{Addr: d.uvarint(), Data: d.bytes()}
 	}

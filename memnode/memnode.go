@@ -41,12 +41,13 @@ type txn struct {
 	tid          TID
 	participants []uint64
 	preparedAt   int64
-	compares     []span // shared locks
-	reads        []Read // shared locks; re-read for a duplicate Prepare
+	compares     []span
+	reads        []Read // re-read for a duplicate Prepare
 	writes       []Write
+	locks        []lockSpan // what it holds in the lock table (txnLocks)
 }
 
-func (t *txn) lockCount() int { return len(t.compares) + len(t.reads) + len(t.writes) }
+func (t *txn) itemCount() int { return len(t.compares) + len(t.reads) + len(t.writes) }
 
 // InDoubtTx describes a prepared, undecided transaction.
 type InDoubtTx struct {
@@ -219,22 +220,60 @@ func decidedVote(o Outcome) Result {
 	return Result{Vote: v, FailedCompare: -1, Outcome: o}
 }
 
-// newTxn copies what an in-doubt transaction keeps from a Prepare.
+// newTxn copies what an in-doubt transaction keeps from a Prepare. A small
+// transaction (a few participants and items, a few dozen bytes of writes:
+// the usual compare-and-swaps) takes one allocation.
 func newTxn(tid TID, participants []uint64, preparedAt int64, op *Op) *txn {
-	t := &txn{
-		tid:          tid,
-		participants: slices.Clone(participants),
-		preparedAt:   preparedAt,
-		reads:        slices.Clone(op.Reads),
+	x := new(txnSmall)
+	t := &x.txn
+	t.tid, t.preparedAt = tid, preparedAt
+	if len(participants) > 0 {
+		t.participants = carve(x.parts[:], len(participants))
+		copy(t.participants, participants)
+	}
+	if len(op.Reads) > 0 {
+		t.reads = slices.Clone(op.Reads)
 	}
 	if len(op.Compares) > 0 {
-		t.compares = make([]span, len(op.Compares))
+		t.compares = carve(x.compares[:], len(op.Compares))
 		for i, c := range op.Compares {
 			t.compares[i] = span{c.Addr, uint64(len(c.Data))}
 		}
 	}
-	t.writes = cloneWrites(op.Writes)
+	if len(op.Writes) > 0 {
+		n := 0
+		for _, w := range op.Writes {
+			n += len(w.Data)
+		}
+		t.writes = carve(x.writes[:], len(op.Writes))
+		buf := carve(x.data[:], n)[:0]
+		for i, w := range op.Writes {
+			buf = append(buf, w.Data...)
+			t.writes[i] = Write{Addr: w.Addr, Data: buf[len(buf)-len(w.Data) : len(buf) : len(buf)]}
+		}
+	}
+	if n := len(op.Compares) + len(op.Reads) + len(op.Writes); n > 0 {
+		t.locks = txnLocks(carve(x.locks[:], n)[:0], t.compares, t.reads, t.writes)
+	}
 	return t
+}
+
+// txnSmall is a txn with room for a small transaction's slices.
+type txnSmall struct {
+	txn
+	parts    [3]uint64
+	compares [3]span
+	writes   [3]Write
+	locks    [4]lockSpan
+	data     [24]byte
+}
+
+// carve returns inline[:n] if it fits, else a new slice of n elements.
+func carve[T any](inline []T, n int) []T {
+	if n <= len(inline) {
+		return inline[:n:n]
+	}
+	return make([]T, n)
 }
 
 // cloneWrites deep-copies ws, carving the data from one buffer.

@@ -227,7 +227,7 @@ func (n *Memnode) decodeTxn(d *decoder) *txn {
 	if d.err != nil {
 		return nil
 	}
-	if k := t.lockCount(); k > n.cfg.MaxItems {
+	if k := t.itemCount(); k > n.cfg.MaxItems {
 		d.fail("in-doubt tid %v: %d items exceed the limit of %d", t.tid, k, n.cfg.MaxItems)
 		return nil
 	}
@@ -241,6 +241,7 @@ func (n *Memnode) decodeTxn(d *decoder) *txn {
 		d.fail("in-doubt tid %v: %v", t.tid, err)
 		return nil
 	}
+	t.locks = txnLocks(nil, t.compares, t.reads, t.writes)
 	return t
 }
 
