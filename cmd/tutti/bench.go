@@ -103,6 +103,7 @@ func newBenchMtx(g *globals) *cobra.Command {
 		noSync      bool
 		quiet       bool
 		cpuProfile  string
+		perMemnode  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "mtx",
@@ -131,11 +132,15 @@ Without --seed the benchmark starts its own local cluster in this process, as
 'tutti up' does (3 hosts, 3 replicas per memnode, fsync on), so the figures
 include the servers' CPU. --memnodes may list several sizes; each gets a fresh
 cluster and its own JSON lines, which shows how the CPU cost of one
-minitransaction changes with the number of memnodes. With --seed it drives an
-existing cluster.`,
+minitransaction changes with the number of memnodes. With --per-memnode the
+--outstanding levels count per memnode, so the load grows with the cluster
+(m memnodes run m times the level): CPU per op then compares clusters each
+as busy as the other, not one busy cluster with a more idle one. With --seed
+it drives an existing cluster.`,
 		Example: `  tutti bench mtx
   tutti bench mtx --outstanding 1,16,64,256 --duration 10s --json --out bench-mtx.json
   tutti bench mtx --workload cas2 --memnodes 1,2,4,8 --outstanding 64 --json
+  tutti bench mtx --workload cas2 --memnodes 1,2,4,8 --outstanding 128 --per-memnode --json
   tutti bench mtx --workload base,cas2 --rounds 3 --outstanding 256 --duration 6s
   tutti bench mtx --seed 127.0.0.1:7400 --outstanding 64`,
 		Args: cobra.NoArgs,
@@ -161,12 +166,24 @@ existing cluster.`,
 			if words < 6 {
 				return fmt.Errorf("--words must be at least 6")
 			}
-			if slices.Contains(workloads, "cas2") && words < 3*slices.Max(levels) {
-				return fmt.Errorf("--words %d: cas2 needs at least 3 words per worker (%d)", words, 3*slices.Max(levels))
-			}
 			sizes, err := parseList("--memnodes", memnodes, 1, 1024)
 			if err != nil {
 				return err
+			}
+			embedded := !cmd.Flags().Changed("seed") && os.Getenv("TUTTI_SEED") == ""
+			// total is the outstanding minitransactions of a level on a
+			// cluster of size memnodes.
+			total := func(level, size int) int {
+				if perMemnode {
+					return level * size
+				}
+				return level
+			}
+			if perMemnode && !embedded {
+				return fmt.Errorf("--per-memnode sizes the load of embedded clusters; it cannot be used with --seed")
+			}
+			if most := total(slices.Max(levels), slices.Max(sizes)); slices.Contains(workloads, "cas2") && words < 3*most {
+				return fmt.Errorf("--words %d: cas2 needs at least 3 words per worker (%d)", words, 3*most)
 			}
 			log, err := g.logger()
 			if err != nil {
@@ -177,7 +194,6 @@ existing cluster.`,
 				return err
 			}
 			defer stopProfile()
-			embedded := !cmd.Flags().Changed("seed") && os.Getenv("TUTTI_SEED") == ""
 			if !embedded && cmd.Flags().Changed("memnodes") {
 				return fmt.Errorf("--memnodes sizes an embedded cluster; it cannot be used with --seed")
 			}
@@ -191,8 +207,8 @@ existing cluster.`,
 					"workload", "memnodes", "outstanding", "ops", "ops/s", "p50 ms", "p99 ms", "cpu µs/op", "errors")
 			}
 			type pointKey struct {
-				workload          string
-				size, outstanding int // --memnodes size
+				workload    string
+				size, level int // --memnodes size, --outstanding level
 			}
 			var points map[pointKey]benchPoint // this round's
 			run := func(size int, workload string, round int) error {
@@ -229,7 +245,8 @@ existing cluster.`,
 					}
 				}
 				slices.Sort(mns)
-				for _, n := range levels {
+				for _, level := range levels {
+					n := total(level, size)
 					var gen func(w int) txGen
 					switch workload {
 					case "base":
@@ -252,7 +269,7 @@ existing cluster.`,
 					if rounds > 1 || len(workloads) > 1 {
 						p.Round = round
 					}
-					points[pointKey{workload, size, p.Outstanding}] = p
+					points[pointKey{workload, size, level}] = p
 					b, _ := json.Marshal(p)
 					for _, w := range sinks {
 						fmt.Fprintln(w, string(b))
@@ -298,16 +315,16 @@ existing cluster.`,
 					}
 				}
 				for _, size := range sizes {
-					for _, n := range levels {
-						c, okc := points[pointKey{"cas2", size, n}]
-						b, okb := points[pointKey{"base", size, n}]
+					for _, level := range levels {
+						c, okc := points[pointKey{"cas2", size, level}]
+						b, okb := points[pointKey{"base", size, level}]
 						if !okc || !okb || b.OpsPerSec == 0 || b.CPUusPerOp == 0 {
 							continue
 						}
-						r := ratioPoint{Round: round, Memnodes: c.Memnodes, Outstanding: n,
+						r := ratioPoint{Round: round, Memnodes: c.Memnodes, Outstanding: c.Outstanding,
 							BaseOps: b.OpsPerSec, Cas2Ops: c.OpsPerSec, Cas2OverBase: c.OpsPerSec / b.OpsPerSec,
 							CPUCas2OverBase: c.CPUusPerOp / b.CPUusPerOp}
-						k := pointKey{size: size, outstanding: n}
+						k := pointKey{size: size, level: level}
 						if _, ok := ratios[k]; !ok {
 							order = append(order, k)
 						}
@@ -319,7 +336,7 @@ existing cluster.`,
 			if rounds > 1 {
 				for _, k := range order {
 					rs := ratios[k]
-					m := ratioPoint{Median: true, Memnodes: rs[0].Memnodes, Outstanding: k.outstanding}
+					m := ratioPoint{Median: true, Memnodes: rs[0].Memnodes, Outstanding: rs[0].Outstanding}
 					var cpu []float64
 					for _, r := range rs {
 						m.Rounds = append(m.Rounds, r.Cas2OverBase)
@@ -337,6 +354,7 @@ existing cluster.`,
 	f.StringVar(&workload, "workload", "base", "workload: base or cas2, or base,cas2 to print their ratio")
 	f.IntVar(&rounds, "rounds", 1, "run the listed workloads this many times, alternating, and print the median cas2/base ratio")
 	f.StringVar(&outstanding, "outstanding", "1,16,64,256", "comma-separated levels of outstanding minitransactions")
+	f.BoolVar(&perMemnode, "per-memnode", false, "--outstanding levels are per memnode: a cluster of m memnodes runs m times as many (load grows with the cluster)")
 	f.DurationVar(&duration, "duration", 10*time.Second, "measured time per level")
 	f.DurationVar(&warmup, "warmup", time.Second, "unmeasured time before each level")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object per measured point instead of a table")

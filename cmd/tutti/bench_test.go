@@ -60,3 +60,30 @@ func TestBenchCommandRatio(t *testing.T) {
 		t.Fatal("unknown workload accepted")
 	}
 }
+
+// --per-memnode multiplies every level by the embedded cluster's memnodes,
+// and refuses an external cluster (its size is not the benchmark's to set).
+func TestBenchCommandPerMemnode(t *testing.T) {
+	out, err := run(t, "bench", "mtx", "--workload", "cas2", "--memnodes", "1,2", "--outstanding", "3", "--per-memnode",
+		"--no-fsync", "--duration", "300ms", "--warmup", "100ms", "--json", "--quiet")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var p map[string]any
+		if err := json.Unmarshal([]byte(l), &p); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		if p["ops"].(float64) <= 0 {
+			t.Fatalf("no op committed: %s", l)
+		}
+		got = append(got, fmt.Sprintf("%v memnodes, %v outstanding", p["memnodes"], p["outstanding"]))
+	}
+	if want := []string{"1 memnodes, 3 outstanding", "2 memnodes, 6 outstanding"}; !slices.Equal(got, want) {
+		t.Fatalf("points %v, want %v", got, want)
+	}
+	if out, err := run(t, "bench", "mtx", "--seed=127.0.0.1:1", "--per-memnode"); err == nil || !strings.Contains(err.Error(), "--per-memnode") {
+		t.Fatalf("--per-memnode with --seed: %v\n%s", err, out)
+	}
+}
