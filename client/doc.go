@@ -130,17 +130,46 @@
 //		read()
 //	}
 //
-// Events are hints: they carry no data, may coalesce several writes (a
-// consumer that falls behind gets one merged event, never blocks the
-// stream), and may repeat a write; every write applied after Watch returns
-// is reported at least once. A read issued after an event observes at
-// least the state at its Index, because reads are linearizable. Only
-// writes that applied are reported: an Exec whose compares matched, a
-// two-phase minitransaction when its Commit applies at that memnode (a
-// Prepare alone reports nothing). The memnode's leader serves the stream;
-// when leadership moves or the stream breaks, the watch subscribes again at
-// the new leader and then delivers an event with Reset set, since changes
-// may have been missed in between.
+// Events are hints: they may coalesce several writes (a consumer that
+// falls behind gets one merged event, never blocks the stream), and may
+// repeat a write; every write applied after Watch returns is reported at
+// least once. A read issued after an event observes at least the state at
+// its Index, because reads are linearizable. Only writes that applied are
+// reported: an Exec whose compares matched, a two-phase minitransaction
+// when its Commit applies at that memnode (a Prepare alone reports
+// nothing). The memnode's leader serves the stream; when leadership moves
+// or the stream breaks, the watch subscribes again at the new leader and
+// then delivers an event with Reset set, since changes may have been
+// missed in between.
+//
+// The events of Watch carry no data. WatchWith with
+// WatchOptions{Data: true} asks for the written bytes: an event's Data[i]
+// is then the content of
+// Ranges[i] as of Index (committed: the leader reports after applying),
+// and WatchEvent.Bytes returns a sub-range. Coalescing, at the server and
+// in the client, keeps the latest bytes, and every write since the
+// previous event is in the event, so a consumer that applies each event's
+// Data in order (after a read following the last Reset) tracks the
+// watched memory exactly, without reading:
+//
+//	w, err := c.WatchWith(ctx, mn, client.WatchOptions{Data: true}, rng)
+//	state := read()
+//	for ev := range w.C() {
+//		if ev.Data == nil { // Reset, or the data was dropped: a hint
+//			state = read()
+//			continue
+//		}
+//		for i, r := range ev.Ranges {
+//			copy(state[r.Addr-rng.Addr:], ev.Data[i])
+//		}
+//	}
+//
+// An event comes without data (Data nil) when it is a Reset, when the
+// server predates the option, or when more bytes were pending than the
+// server (256 KiB per watch) or the client (1 MiB) keeps for a slow
+// consumer: memory stays bounded, and the consumer falls back to reading.
+// The data is copied from the memnode's memory on the apply path only for
+// subscribers that asked for it.
 //
 // # Threading
 //

@@ -19,9 +19,10 @@ type Range struct {
 	Addr, Len uint64
 }
 
-// WatchEvent says that applied writes touched watched ranges. It carries no
-// data: read it with a minitransaction. A read issued after receiving an
-// event observes at least the memnode's state at Index.
+// WatchEvent says that applied writes touched watched ranges. Without
+// WatchOptions.Data it carries no data: read it with a minitransaction. A
+// read issued after receiving an event observes at least the memnode's
+// state at Index.
 type WatchEvent struct {
 	Memnode uint64
 	// Index is the Raft log index of the latest applied entry the event
@@ -34,24 +35,152 @@ type WatchEvent struct {
 	// the serving replica installed a snapshot, a buffer overflowed): re-read
 	// every watched range.
 	Reset bool
+	// Data, only for a watch with WatchOptions.Data and only if the event
+	// carries it: Data[i] is the content of Ranges[i] as of Index (the
+	// memory after every entry up to Index applied; committed). Every
+	// write to a watched range since the previous event of the watch is in
+	// Ranges and coalesced events keep the latest bytes, so applying the
+	// events' Data in order tracks the watched memory exactly (from a read
+	// after the last Reset). Nil when the event is only a hint: Reset, a
+	// server without data support, or more data pending than the server
+	// (256 KiB per watch) or the client (watchMaxData) keeps. Do not
+	// modify the slices.
+	Data [][]byte
+}
+
+// Bytes returns the content of [addr, addr+n) as of Index if the event's
+// Data covers all of it (ranges are merged, so one range must hold it),
+// else false. The slice is shared: do not modify it.
+func (e *WatchEvent) Bytes(addr, n uint64) ([]byte, bool) {
+	if e.Data == nil || len(e.Data) != len(e.Ranges) || addr+n < addr {
+		return nil, false
+	}
+	i, _ := slices.BinarySearchFunc(e.Ranges, addr, func(r Range, a uint64) int {
+		if r.Addr+r.Len <= a {
+			return -1
+		}
+		return 1
+	})
+	if i == len(e.Ranges) {
+		return nil, false
+	}
+	r := e.Ranges[i]
+	if r.Addr > addr || addr+n > r.Addr+r.Len || uint64(len(e.Data[i])) != r.Len {
+		return nil, false
+	}
+	off := addr - r.Addr
+	return e.Data[i][off : off+n : off+n], true
+}
+
+// WatchOptions modify a watch (Client.WatchWith).
+type WatchOptions struct {
+	// Data asks for the written bytes in the events (WatchEvent.Data), so
+	// that a watcher may skip the read. Events may still come without
+	// data: read then, as without the option.
+	Data bool
 }
 
 // watchMaxRanges bounds the ranges a pending event accumulates before it
 // becomes a Reset.
 const watchMaxRanges = 1024
 
-// merge folds o into e: the union of ranges, the larger index, Reset if
-// either was.
+// watchMaxData bounds the data bytes a pending event keeps; beyond it the
+// event goes without data (a hint).
+const watchMaxData = 1 << 20
+
+// hasData reports that e carries the content of all its ranges.
+func (e *WatchEvent) hasData() bool {
+	if e.Reset || len(e.Ranges) == 0 || len(e.Data) != len(e.Ranges) {
+		return false
+	}
+	for i, r := range e.Ranges {
+		if uint64(len(e.Data[i])) != r.Len {
+			return false
+		}
+	}
+	return true
+}
+
+// merge folds o (newer) into e: the union of ranges, the larger index,
+// Reset if either was; with data in both, the bytes of o where they
+// overlap, else no data.
 func (e *WatchEvent) merge(o WatchEvent) {
 	e.Index = max(e.Index, o.Index)
 	if e.Reset || o.Reset {
-		e.Reset, e.Ranges = true, nil
+		e.Reset, e.Ranges, e.Data = true, nil, nil
 		return
 	}
-	e.Ranges = mergeRanges(append(e.Ranges, o.Ranges...))
-	if len(e.Ranges) > watchMaxRanges {
-		e.Reset, e.Ranges = true, nil
+	if e.hasData() && o.hasData() {
+		e.Ranges, e.Data = mergeData(e.Ranges, e.Data, o.Ranges, o.Data)
+	} else {
+		// Ranges are rebuilt below: never append into a slice the
+		// consumer of an earlier event may hold.
+		e.Ranges = mergeRanges(append(slices.Clip(e.Ranges), o.Ranges...))
+		e.Data = nil
 	}
+	if len(e.Ranges) > watchMaxRanges {
+		e.Reset, e.Ranges, e.Data = true, nil, nil
+	}
+}
+
+// mergeData overlays the ranges and data of o on those of e (both sorted,
+// disjoint) and returns them merged: adjacent ranges joined, the newer
+// bytes where they overlap. Nil data if the result exceeds watchMaxData.
+// The inputs are not modified.
+func mergeData(er []Range, ed [][]byte, or []Range, od [][]byte) ([]Range, [][]byte) {
+	type seg struct {
+		addr uint64
+		b    []byte
+	}
+	var segs []seg // sorted by addr, disjoint
+	for i, r := range er {
+		segs = append(segs, seg{r.Addr, ed[i]})
+	}
+	for i, r := range or {
+		n, end := seg{r.Addr, od[i]}, r.Addr+r.Len
+		var out []seg
+		placed := false
+		for _, g := range segs {
+			gend := g.addr + uint64(len(g.b))
+			if gend <= n.addr || g.addr >= end {
+				if !placed && g.addr >= end {
+					out, placed = append(out, n), true
+				}
+				out = append(out, g)
+				continue
+			}
+			if g.addr < n.addr {
+				out = append(out, seg{g.addr, g.b[:n.addr-g.addr]})
+			}
+			if !placed {
+				out, placed = append(out, n), true
+			}
+			if gend > end {
+				out = append(out, seg{end, g.b[end-g.addr:]})
+			}
+		}
+		if !placed {
+			out = append(out, n)
+		}
+		segs = out
+	}
+	var rs []Range
+	var ds [][]byte
+	total := 0
+	for _, g := range segs {
+		total += len(g.b)
+		if k := len(rs) - 1; k >= 0 && rs[k].Addr+rs[k].Len == g.addr {
+			rs[k].Len += uint64(len(g.b))
+			ds[k] = append(slices.Clip(ds[k]), g.b...) // a copy: never shares
+			continue
+		}
+		rs = append(rs, Range{g.addr, uint64(len(g.b))})
+		ds = append(ds, g.b)
+	}
+	if total > watchMaxData {
+		ds = nil
+	}
+	return rs, ds
 }
 
 func mergeRanges(rs []Range) []Range {
@@ -99,7 +228,8 @@ type Watch struct {
 // once the subscription is established: every write applied after Watch
 // returns that touches a range is reported on C at least once. Events are
 // hints, coalesced; read the data with a minitransaction (typically: Watch,
-// then read, then read again after each event).
+// then read, then read again after each event), or ask for the data in the
+// events with WatchWith.
 //
 // ctx bounds only the subscription; the watch lasts until Close (or the
 // client's Close). When the memnode's leader changes or the stream breaks,
@@ -110,10 +240,17 @@ type Watch struct {
 // address space), ErrUnknownMemnode, ErrUnavailable (no leader reached
 // within the retry budget), ErrClosed, or ctx's error, wrapped in *Error.
 func (c *Client) Watch(ctx context.Context, memnode uint64, ranges ...Range) (*Watch, error) {
+	return c.WatchWith(ctx, memnode, WatchOptions{}, ranges...)
+}
+
+// WatchWith is Watch with options: with opts.Data the events carry the
+// written bytes when they can (WatchEvent.Data), so a watcher may apply
+// them instead of reading.
+func (c *Client) WatchWith(ctx context.Context, memnode uint64, opts WatchOptions, ranges ...Range) (*Watch, error) {
 	if len(ranges) == 0 {
 		return nil, &Error{Memnode: memnode, Err: ErrInvalid, Detail: "watch names no range"}
 	}
-	req := &tuttipb.WatchRequest{Memnode: memnode, Ranges: make([]*tuttipb.Range, len(ranges))}
+	req := &tuttipb.WatchRequest{Memnode: memnode, Ranges: make([]*tuttipb.Range, len(ranges)), WithData: opts.Data}
 	for i, r := range ranges {
 		if r.Len == 0 || r.Addr+r.Len < r.Addr {
 			return nil, &Error{Memnode: memnode, Err: ErrInvalid,
@@ -145,7 +282,9 @@ func (c *Client) Watch(ctx context.Context, memnode uint64, ranges ...Range) (*W
 
 // C delivers the events. A consumer that falls behind never holds the
 // stream up: pending events merge into one (Ranges united, Reset if any was
-// reset). C is closed after Close, or when the watch fails for good (Err).
+// reset, Data the latest bytes if every merged event had data and they fit
+// watchMaxData, else none). C is closed after Close, or when the watch
+// fails for good (Err).
 func (w *Watch) C() <-chan WatchEvent { return w.out }
 
 // Err returns why C was closed by the watch itself (the memnode vanished,
@@ -304,6 +443,12 @@ func event(mn uint64, ev *tuttipb.WatchEvent) WatchEvent {
 		e.Ranges = make([]Range, len(ev.GetRanges()))
 		for i, r := range ev.GetRanges() {
 			e.Ranges[i] = Range{Addr: r.GetAddr(), Len: r.GetLen()}
+		}
+		if len(ev.GetData()) > 0 {
+			e.Data = ev.GetData()
+			if !e.hasData() {
+				e.Data = nil // malformed: a hint only
+			}
 		}
 	}
 	return e

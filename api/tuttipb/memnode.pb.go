@@ -1415,9 +1415,12 @@ func (x *Range) GetLen() uint64 {
 // Every range must be non-empty and lie within the memnode's address space;
 // at most max_items ranges (ClusterInfo).
 type WatchRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Memnode       uint64                 `protobuf:"varint,1,opt,name=memnode,proto3" json:"memnode,omitempty"`
-	Ranges        []*Range               `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Memnode uint64                 `protobuf:"varint,1,opt,name=memnode,proto3" json:"memnode,omitempty"`
+	Ranges  []*Range               `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	// with_data asks for the written bytes in the events (WatchEvent.data).
+	// A server that predates it ignores it: its events carry no data.
+	WithData      bool `protobuf:"varint,3,opt,name=with_data,json=withData,proto3" json:"with_data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1466,11 +1469,20 @@ func (x *WatchRequest) GetRanges() []*Range {
 	return nil
 }
 
+func (x *WatchRequest) GetWithData() bool {
+	if x != nil {
+		return x.WithData
+	}
+	return false
+}
+
 // WatchEvent reports that writes were applied to watched ranges. Events are
-// hints: they carry no data (read it with a minitransaction), several writes
-// may be coalesced into one event, and a write may be reported more than
-// once. Every write applied after the subscription was established (the
-// stream's first event) is reported at least once while the stream lasts.
+// hints: several writes may be coalesced into one event, and a write may be
+// reported more than once. Every write applied after the subscription was
+// established (the stream's first event) is reported at least once while
+// the stream lasts. Without data (the default) read the bytes with a
+// minitransaction; with data (WatchRequest.with_data) an event may carry
+// them.
 type WatchEvent struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Memnode uint64                 `protobuf:"varint,1,opt,name=memnode,proto3" json:"memnode,omitempty"`
@@ -1488,7 +1500,17 @@ type WatchEvent struct {
 	// re-read every watched range.
 	Reset_ bool `protobuf:"varint,4,opt,name=reset,proto3" json:"reset,omitempty"`
 	// 1 for the stream's first event, then +1 per event.
-	Seq           uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Only if the subscription asked for data (WatchRequest.with_data) and
+	// the event carries it: data[i] is the content of ranges[i] (same
+	// length) as of index, i.e. the memory after applying every entry up to
+	// index. Since every write to a watched range applied after the previous
+	// event of the stream is in the ranges, and coalescing keeps the latest
+	// bytes, the data of consecutive events tracks the watched memory
+	// exactly. Empty (while ranges is not) when the server dropped the data
+	// to bound its memory (more than 256 KiB pending for the subscriber): the
+	// event is then only a hint. Always empty with reset.
+	Data          [][]byte `protobuf:"bytes,6,rep,name=data,proto3" json:"data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1556,6 +1578,13 @@ func (x *WatchEvent) GetSeq() uint64 {
 		return x.Seq
 	}
 	return 0
+}
+
+func (x *WatchEvent) GetData() [][]byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
 }
 
 // WatchError is attached (as a gRPC status detail) to the status that ends
@@ -1713,17 +1742,19 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\x06groups\x18\x02 \x03(\v2\x1c.tutti.v1.ReplicaGroupStatusR\x06groups\"-\n" +
 	"\x05Range\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x10\n" +
-	"\x03len\x18\x02 \x01(\x04R\x03len\"Q\n" +
+	"\x03len\x18\x02 \x01(\x04R\x03len\"n\n" +
 	"\fWatchRequest\x12\x18\n" +
 	"\amemnode\x18\x01 \x01(\x04R\amemnode\x12'\n" +
-	"\x06ranges\x18\x02 \x03(\v2\x0f.tutti.v1.RangeR\x06ranges\"\x8d\x01\n" +
+	"\x06ranges\x18\x02 \x03(\v2\x0f.tutti.v1.RangeR\x06ranges\x12\x1b\n" +
+	"\twith_data\x18\x03 \x01(\bR\bwithData\"\xa1\x01\n" +
 	"\n" +
 	"WatchEvent\x12\x18\n" +
 	"\amemnode\x18\x01 \x01(\x04R\amemnode\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x12'\n" +
 	"\x06ranges\x18\x03 \x03(\v2\x0f.tutti.v1.RangeR\x06ranges\x12\x14\n" +
 	"\x05reset\x18\x04 \x01(\bR\x05reset\x12\x10\n" +
-	"\x03seq\x18\x05 \x01(\x04R\x03seq\"x\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04data\x18\x06 \x03(\fR\x04data\"x\n" +
 	"\n" +
 	"WatchError\x12(\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x10.tutti.v1.StatusR\x06status\x12\x1f\n" +

@@ -58,7 +58,9 @@ func (s *machine) Apply(cmds []replication.Command) [][]byte {
 		out[i] = memnode.AppendResult(nil, &r)
 	}
 	if len(written) > 0 {
-		s.w.publish(index, written)
+		// s.m is the memory as of index: subscribers with data copy the
+		// bytes from it.
+		s.w.publish(index, written, s.m)
 	}
 	s.written = written[:0]
 	return out

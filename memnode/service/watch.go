@@ -30,6 +30,20 @@ import (
 // reset ("re-read everything"), so its memory is bounded however slow its
 // stream is.
 //
+// Data (WatchRequest.with_data): a subscriber that asked for it also keeps,
+// per pending range, the bytes the range holds after the Apply batch that
+// wrote it, copied from the memnode (memnode.ReadAt) on the replication
+// worker once the batch is applied: the memory as of the batch's last
+// writing entry, the event's index. No Raft entry buffer is retained. A
+// newer batch's bytes replace older ones where they overlap, so the data
+// of an event is the content of its ranges as of its index; since every
+// write to a watched range after the previous event is in the event, a
+// subscriber that applies the events' data in order tracks the watched
+// memory exactly. Once a subscriber's pending data exceeds watchMaxData
+// bytes it is dropped until the next event, which then carries ranges
+// only (a hint, as without data). Subscribers without data cost nothing
+// more than before.
+//
 // The stream: one goroutine per Watch RPC sends what is pending as one
 // event whenever it is woken, so events coalesce while the client (or the
 // network) is slow. Only the memnode's leader serves: elsewhere the RPC
@@ -44,6 +58,9 @@ const (
 	// watchMaxPending bounds the ranges a subscriber accumulates before they
 	// collapse into a reset.
 	watchMaxPending = 1024
+	// watchMaxData bounds the data bytes a subscriber with data
+	// accumulates before its next event goes without data.
+	watchMaxData = 256 << 10
 	// watchLeaderPoll is how often a serving stream checks that this host
 	// still leads its memnode.
 	watchLeaderPoll = 50 * time.Millisecond
@@ -91,7 +108,8 @@ func (h *watchHub) close() {
 
 // subscribe registers a subscriber of ranges (sorted, disjoint) of mn. It
 // returns the index from which every applied write is reported.
-func (h *watchHub) subscribe(mn uint64, ranges []wrange) (*watchTarget, *watchSub, bool) {
+// With data, its events carry the written bytes.
+func (h *watchHub) subscribe(mn uint64, ranges []wrange, data bool) (*watchTarget, *watchSub, bool) {
 	h.mu.Lock()
 	closed := h.closed
 	h.mu.Unlock()
@@ -99,7 +117,7 @@ func (h *watchHub) subscribe(mn uint64, ranges []wrange) (*watchTarget, *watchSu
 		return nil, nil, false
 	}
 	t := h.target(mn)
-	sub := &watchSub{ranges: ranges, notify: make(chan struct{}, 1)}
+	sub := &watchSub{ranges: ranges, data: data, notify: make(chan struct{}, 1)}
 	t.mu.Lock()
 	t.subs = append(t.subs, sub)
 	t.nsubs.Add(1)
@@ -139,12 +157,22 @@ func (t *watchTarget) watching(index uint64) bool {
 	return t.nsubs.Load() > 0
 }
 
-// publish hands ranges written up to index to every subscriber. It never
-// blocks on a stream.
-func (t *watchTarget) publish(index uint64, written []wrange) {
+// memReader reads the memory as the applied entries left it
+// (memnode.Memnode.ReadAt).
+type memReader interface {
+	ReadAt(dst []byte, addr uint64)
+}
+
+// publish hands ranges written up to index to every subscriber; mem (nil:
+// unknown) holds the memory as of index, for subscribers with data. It
+// never blocks on a stream. It may reorder written.
+func (t *watchTarget) publish(index uint64, written []wrange, mem memReader) {
 	t.mu.Lock()
+	if len(t.subs) > 0 {
+		written = mergeRanges(written)
+	}
 	for _, s := range t.subs {
-		s.add(index, written)
+		s.add(index, written, mem)
 	}
 	t.mu.Unlock()
 }
@@ -159,6 +187,7 @@ func (t *watchTarget) reset() {
 	for _, s := range t.subs {
 		s.mu.Lock()
 		s.mu.reset, s.mu.dirty, s.mu.pending = true, true, nil
+		s.dropData()
 		s.mu.Unlock()
 		s.wake()
 	}
@@ -168,6 +197,7 @@ func (t *watchTarget) reset() {
 // watchSub is one Watch stream's subscription.
 type watchSub struct {
 	ranges []wrange // watched, sorted, disjoint
+	data   bool     // events carry the written bytes
 	start  uint64
 	notify chan struct{} // capacity 1
 	mu     struct {
@@ -176,7 +206,67 @@ type watchSub struct {
 		index   uint64
 		reset   bool
 		dirty   bool
+		// With data: the latest bytes of the pending ranges (segs covers
+		// exactly the union of pending), unless noData.
+		segs     []wseg
+		segBytes int
+		noData   bool
 	}
+}
+
+// wseg is the content b of the bytes [addr, addr+len(b)).
+type wseg struct {
+	addr uint64
+	b    []byte
+}
+
+func (g wseg) end() uint64 { return g.addr + uint64(len(g.b)) }
+
+// overlay puts n into segs (sorted, disjoint), replacing the bytes it
+// overlaps; it returns the segments and the change of their total bytes.
+// Segment bytes are never modified, only resliced.
+func overlay(segs []wseg, n wseg) ([]wseg, int) {
+	// The first segment that ends after n starts.
+	i, _ := slices.BinarySearchFunc(segs, n.addr, func(g wseg, a uint64) int {
+		if g.end() <= a {
+			return -1
+		}
+		return 1
+	})
+	j := i // segments [i, j) overlap n
+	for j < len(segs) && segs[j].addr < n.end() {
+		j++
+	}
+	delta := len(n.b)
+	var keep []wseg // the parts of segs[i:j] outside n
+	for _, g := range segs[i:j] {
+		delta -= len(g.b)
+		if g.addr < n.addr {
+			l := wseg{g.addr, g.b[:n.addr-g.addr]}
+			keep = append(keep, l)
+			delta += len(l.b)
+		}
+		if g.end() > n.end() {
+			r := wseg{n.end(), g.b[n.end()-g.addr:]}
+			keep = append(keep, r)
+			delta += len(r.b)
+		}
+	}
+	repl := make([]wseg, 0, len(keep)+1)
+	if len(keep) > 0 && keep[0].addr < n.addr {
+		repl = append(repl, keep[0])
+		keep = keep[1:]
+	}
+	repl = append(repl, n)
+	repl = append(repl, keep...)
+	return slices.Replace(segs, i, j, repl...), delta
+}
+
+// dropData forgets the pending data; the next event carries none. Called
+// with s.mu held.
+func (s *watchSub) dropData() {
+	s.mu.segs, s.mu.segBytes = nil, 0
+	s.mu.noData = s.data
 }
 
 func (s *watchSub) wake() {
@@ -186,8 +276,9 @@ func (s *watchSub) wake() {
 	}
 }
 
-// add records the parts of written that fall in the watched ranges.
-func (s *watchSub) add(index uint64, written []wrange) {
+// add records the parts of written that fall in the watched ranges, and
+// with data their bytes from mem.
+func (s *watchSub) add(index uint64, written []wrange, mem memReader) {
 	s.mu.Lock()
 	hit := false
 	for _, w := range written {
@@ -204,7 +295,19 @@ func (s *watchSub) add(index uint64, written []wrange) {
 				break // the ranges do not matter: everything is re-read
 			}
 			r := s.ranges[i]
-			s.mu.pending = append(s.mu.pending, wrange{max(r.addr, w.addr), min(r.end, w.end)})
+			p := wrange{max(r.addr, w.addr), min(r.end, w.end)}
+			s.mu.pending = append(s.mu.pending, p)
+			if s.data && !s.mu.noData {
+				if mem == nil || s.mu.segBytes+int(p.end-p.addr) > watchMaxData {
+					s.dropData()
+					continue
+				}
+				b := make([]byte, p.end-p.addr)
+				mem.ReadAt(b, p.addr)
+				var d int
+				s.mu.segs, d = overlay(s.mu.segs, wseg{p.addr, b})
+				s.mu.segBytes += d
+			}
 		}
 	}
 	if hit {
@@ -214,6 +317,7 @@ func (s *watchSub) add(index uint64, written []wrange) {
 			s.mu.pending = mergeRanges(s.mu.pending)
 			if len(s.mu.pending) > watchMaxPending/2 {
 				s.mu.reset, s.mu.pending = true, nil
+				s.dropData()
 			}
 		}
 	}
@@ -232,11 +336,44 @@ func (s *watchSub) take() *tuttipb.WatchEvent {
 		return nil
 	}
 	ev := &tuttipb.WatchEvent{Index: s.mu.index, Reset_: s.mu.reset}
-	for _, r := range mergeRanges(s.mu.pending) {
+	merged := mergeRanges(s.mu.pending)
+	for _, r := range merged {
 		ev.Ranges = append(ev.Ranges, &tuttipb.Range{Addr: r.addr, Len: r.end - r.addr})
 	}
+	if s.data && !s.mu.reset && !s.mu.noData {
+		ev.Data = segData(merged, s.mu.segs)
+	}
 	s.mu.pending, s.mu.reset, s.mu.dirty = s.mu.pending[:0], false, false
+	s.mu.segs, s.mu.segBytes, s.mu.noData = nil, 0, false
 	return ev
+}
+
+// segData returns the content of each range of rs (sorted, disjoint, not
+// adjacent) from segs (sorted, disjoint), or nil if segs does not cover
+// them exactly.
+func segData(rs []wrange, segs []wseg) [][]byte {
+	out := make([][]byte, len(rs))
+	for i, r := range rs {
+		var b []byte
+		at := r.addr
+		for len(segs) > 0 && segs[0].addr == at && at < r.end {
+			if b == nil && segs[0].end() >= r.end {
+				b = segs[0].b // one segment: no copy
+			} else {
+				b = append(b, segs[0].b...)
+			}
+			at = segs[0].end()
+			segs = segs[1:]
+		}
+		if at != r.end || uint64(len(b)) != r.end-r.addr {
+			return nil
+		}
+		out[i] = b
+	}
+	if len(segs) > 0 {
+		return nil
+	}
+	return out
 }
 
 // mergeRanges sorts rs and merges overlapping and adjacent ranges, in place.
@@ -334,7 +471,7 @@ func (s *Server) Watch(req *tuttipb.WatchRequest, stream tuttipb.Memnode_WatchSe
 		return err
 	}
 	hub := s.watch
-	t, sub, ok := hub.subscribe(mn, ranges)
+	t, sub, ok := hub.subscribe(mn, ranges, req.GetWithData())
 	if !ok {
 		return watchErr(codes.Unavailable, tuttipb.Status_STATUS_UNAVAILABLE, 0, "", "host is shutting down")
 	}
