@@ -14,7 +14,8 @@ type machine struct {
 	m *memnode.Memnode
 	// w receives the ranges applied entries wrote (watch.go); nil: none.
 	w       *watchTarget
-	written []wrange // scratch, reused across Apply calls
+	written []wrange      // scratch, reused across Apply calls
+	entry   memnode.Entry // scratch: every command decodes into it
 }
 
 var _ replication.StateMachine = (*machine)(nil)
@@ -25,7 +26,8 @@ func (s *machine) Apply(cmds []replication.Command) [][]byte {
 	for i := range cmds {
 		var r memnode.Result
 		watched := s.w.watching(cmds[i].Index)
-		e, err := memnode.DecodeEntry(cmds[i].Data)
+		e := &s.entry // Apply keeps no reference to it
+		err := memnode.DecodeEntryReuse(e, cmds[i].Data)
 		if err != nil {
 			// A command that does not decode was never produced by this
 			// code; applying nothing keeps replicas identical.
@@ -44,7 +46,7 @@ func (s *machine) Apply(cmds []replication.Command) [][]byte {
 					}
 				}
 			}
-			r = s.m.Apply(&e)
+			r = s.m.Apply(e)
 			switch {
 			case !watched || r.Err != nil:
 				written = written[:n]
