@@ -73,21 +73,21 @@ func TestHandoff(t *testing.T) {
 	if s := g.seen.Load(); s == nil || *s != h {
 		t.Fatalf("seen header %v, want %v", s, h)
 	}
-	if _, _, ok := g.takeHandoff(96); ok {
+	if _, _, ok, _ := g.takeHandoff(96); ok {
 		t.Fatal("a handoff from 100 served position 96")
 	}
-	gh, b, ok := g.takeHandoff(120)
-	if !ok || gh != h || len(b) != 40 || b[0] != 2 || b[16] != 3 {
-		t.Fatalf("takeHandoff(120) = %v, %v, %v", gh, b, ok)
+	gh, b, ok, passed := g.takeHandoff(120)
+	if !ok || passed || gh != h || len(b) != 40 || b[0] != 2 || b[16] != 3 {
+		t.Fatalf("takeHandoff(120) = %v, %v, %v, %v", gh, b, ok, passed)
 	}
-	if _, _, ok := g.takeHandoff(120); ok {
+	if _, _, ok, passed := g.takeHandoff(120); ok || passed {
 		t.Fatal("a handoff was served twice")
 	}
 	g.handoff(100, nil, make([]byte, 60), h)
-	if _, _, ok := g.takeHandoff(160); ok {
-		t.Fatal("a handoff delivery passed was served")
+	if gh, _, ok, passed := g.takeHandoff(160); ok || !passed || gh != h {
+		t.Fatal("a handoff delivery passed was served, or not reported passed")
 	}
-	if _, _, ok := g.takeHandoff(100); ok {
+	if _, _, ok, passed := g.takeHandoff(100); ok || passed {
 		t.Fatal("a handoff delivery passed was kept")
 	}
 }

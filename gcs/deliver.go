@@ -24,7 +24,10 @@ type viewState struct {
 // (a link also hands over the log it read, see handoff), and, when the
 // cluster serves watch streams, client.Watch notifications of writes to
 // the header's (view, tail, msgs) words and the log ring — except those
-// showing only our own links, delivered already (ownOnly). The poll
+// showing only our own links, delivered already (ownOnly). The watch asks
+// for the written bytes: an event whose data holds the header words and
+// the log from pos up to its tail is delivered from without a read
+// (fromEvent); otherwise delivery reads as without data. The poll
 // (PollMin doubling to PollMax while nothing arrives) only backs the
 // watch up (watchPoll).
 func (g *Group) deliverLoop() {
@@ -34,7 +37,7 @@ func (g *Group) deliverLoop() {
 	n := g.n
 	var watchC <-chan client.WatchEvent
 	wctx, wcancel := context.WithTimeout(g.ctx, 2*time.Second)
-	w, werr := n.cl.Watch(wctx, g.ref.home, client.Range{Addr: g.ref.meta + offView, Len: 24},
+	w, werr := n.cl.WatchWith(wctx, g.ref.home, client.WatchOptions{Data: !noWatchData.Load()}, client.Range{Addr: g.ref.meta + offView, Len: 24},
 		client.Range{Addr: g.ref.logBase(), Len: g.ref.logSize})
 	wcancel()
 	if werr == nil {
@@ -47,6 +50,9 @@ func (g *Group) deliverLoop() {
 	var cur *viewState
 	wait := n.cfg.PollMin
 	want := 4096 // log bytes read with the header: what was there last time
+	// evd is the latest watch event with data that delivery has not used
+	// yet (a handoff may have come first).
+	var evd *client.WatchEvent
 	// awaitSignal waits for a reason to read the log again: a watch event
 	// (not only about our own links), a poke, or the poll. False: stop.
 	// After a watch event the sender waits for the read (awaitRead).
@@ -71,6 +77,10 @@ func (g *Group) deliverLoop() {
 					watchC = nil // the watch ended: poll only
 				} else {
 					g.readStart()
+					evd = nil
+					if ev.Data != nil {
+						evd = &ev
+					}
 				}
 				wait = n.cfg.PollMin
 			case <-t.C:
@@ -79,6 +89,17 @@ func (g *Group) deliverLoop() {
 			return true
 		}
 	}
+	// awaitMore is awaitSignal unless an unused event shows records past
+	// pos.
+	awaitMore := func() bool {
+		if evd != nil {
+			if g.eventTail(evd) > pos {
+				return true
+			}
+			evd = nil
+		}
+		return awaitSignal()
+	}
 	caughtUp := false // delivered everything up to the tail last read
 	for {
 		if g.ctx.Err() != nil {
@@ -86,17 +107,34 @@ func (g *Group) deliverLoop() {
 		}
 		if caughtUp {
 			caughtUp = false
-			if !awaitSignal() {
+			if !awaitMore() {
 				return
 			}
 		}
-		// The sender may have handed us the log (handoff); otherwise one
-		// read of the header and the log from pos (a consistent snapshot
-		// of one memnode): no round trip to learn the tail first.
-		h, buf, handed := g.takeHandoff(pos)
+		// The sender may have handed us the log (handoff), or a watch
+		// event carried it; otherwise one read of the header and the log
+		// from pos (a consistent snapshot of one memnode): no round trip
+		// to learn the tail first.
+		h, buf, handed, passed := g.takeHandoff(pos)
+		if passed && watchC != nil {
+			// The link's poke, but delivery has its records already (a
+			// watch event came first): nothing new as of the link, and
+			// any other change is notified by the watch.
+			buf, handed = nil, true
+		}
+		if !handed && evd != nil {
+			h, buf, handed = g.fromEvent(evd, pos)
+			evd = nil
+			if handed {
+				g.evDelivered.Add(1)
+			}
+		}
 		var err error
 		if !handed {
 			h, buf, err = n.readTail(g.ctx, g.ref, pos, want)
+			if err == nil {
+				g.logReads.Add(1)
+			}
 		}
 		if err == nil {
 			g.noteHeader(h)
@@ -118,7 +156,7 @@ func (g *Group) deliverLoop() {
 		}
 		if h.tail <= pos {
 			want = 4096
-			if !awaitSignal() {
+			if !awaitMore() {
 				return
 			}
 			continue
@@ -170,6 +208,69 @@ func (g *Group) deliverLoop() {
 // watchPoll is the backup poll of the order log while a watch stream
 // notifies delivery.
 const watchPoll = 100 * time.Millisecond
+
+// noWatchData turns off asking delivery's watch for the written bytes
+// (tests, to exercise the reads).
+var noWatchData atomic.Bool
+
+// eventVTM returns the (view, tail, msgs) words of the group header as of
+// a watch event, if its data holds them.
+func (g *Group) eventVTM(ev *client.WatchEvent) (view, tail, msgs uint64, ok bool) {
+	b, ok := ev.Bytes(g.ref.meta+offView, 24)
+	if !ok {
+		return 0, 0, 0, false
+	}
+	return u64(b, 0), u64(b, 8), u64(b, 16), true
+}
+
+// eventTail is the log tail as of a watch event, 0 if its data lacks it.
+func (g *Group) eventTail(ev *client.WatchEvent) uint64 {
+	_, tail, _, _ := g.eventVTM(ev)
+	return tail
+}
+
+// fromEvent returns the header and the order log from pos up to the tail
+// as of watch event ev, if ev's data holds them: the (view, tail, msgs)
+// words and every log byte in [pos, tail). The data is the committed
+// memory as of the event's index (client.WatchEvent.Data), so this is
+// what a read at that index would return: tail only grows and positions
+// [tail-logSize, tail) are the latest ones at their ring offsets, so the
+// bytes at the offsets of [pos, tail) are those positions' records. The
+// head is not watched: the header carries the newest head delivery knows
+// (a lower bound; it only grows), and below pos delivery reads instead,
+// so that a member that fell behind learns it as before. A tail at or
+// below pos (the event is older than what delivery has) yields no bytes.
+func (g *Group) fromEvent(ev *client.WatchEvent, pos uint64) (header, []byte, bool) {
+	view, tail, msgs, ok := g.eventVTM(ev)
+	if !ok {
+		return header{}, nil, false
+	}
+	var h header
+	if s := g.seen.Load(); s != nil {
+		h = *s
+	}
+	h.view, h.tail, h.msgs, h.head = view, tail, msgs, g.head.Load()
+	if h.head > pos || h.tail > pos+g.ref.logSize {
+		return header{}, nil, false
+	}
+	if h.tail <= pos {
+		return h, nil, true
+	}
+	var b []byte
+	items := ringSplit(g.ref.logBase(), g.ref.logSize, pos, h.tail-pos)
+	for _, it := range items {
+		d, ok := ev.Bytes(it.addr, it.n)
+		if !ok {
+			return header{}, nil, false
+		}
+		if len(items) == 1 {
+			b = d // shared with the event, read only
+		} else {
+			b = append(b, d...)
+		}
+	}
+	return h, b, true
+}
 
 // blobFetch is the read of one batch blob, done ahead of delivery.
 type blobFetch struct {

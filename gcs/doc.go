@@ -88,14 +88,26 @@
 //     queues (its own batches it keeps in memory until delivered) and
 //     delivers strictly in log order. After delivering up to
 //     the tail it read, it waits for a signal before reading again: a
-//     client.Watch notification (on the header and the log ring) when the
-//     cluster serves watch streams, a poke from a link or view change of
-//     this node, or a poll (PollMin doubling to PollMax without watch; a
-//     100 ms backup poll with one). A notification whose log ranges are
-//     all records of our own links that delivery already has is skipped
-//     (only links within half a log below the delivered position count,
-//     so the record at the delivered position is never mistaken for
-//     one).
+//     client.Watch notification (on the header's view, tail and msgs
+//     words and the log ring) when the cluster serves watch streams, a
+//     poke from a link or view change of this node, or a poll (PollMin
+//     doubling to PollMax without watch; a 100 ms backup poll with one).
+//     A notification whose log ranges are all records of our own links
+//     that delivery already has is skipped (only links within half a log
+//     below the delivered position count, so the record at the delivered
+//     position is never mistaken for one). The watch asks for the written
+//     bytes (client.WatchOptions.Data): a notification carries the
+//     committed content of its ranges as of its Raft index, and every
+//     write since the previous one, so when its data holds the header
+//     words and the log from the delivered position up to its tail
+//     (both pieces if the ring wraps there) delivery takes the records
+//     from it as from a handoff, without a read. It reads as before when
+//     the data is missing or incomplete (a Reset, a server or client that
+//     dropped it past its byte cap, a notification that skipped ahead) or
+//     when the head it knows (not watched) is past its position.
+//     Referenced batches are still read from the senders' queues. A
+//     link's own poke after delivery already took its records from a
+//     notification reads nothing either.
 //  3. Views: join, leave and removal are each one minitransaction on the
 //     home memnode that compares (view, tail, msgs), writes view+1, the
 //     member slots and the view record. A member removed while alive
@@ -133,31 +145,52 @@
 // # Performance
 //
 // Per link at low load (one message per link, three members): the link
-// (one Raft entry with fsync on the home memnode) and one ReadIndex read
-// per other member after its watch notification. The sender reads nothing:
-// the link's answer carries the log (handoff), notifications of its own
-// links are skipped, and delivery waits for a signal after delivering
-// instead of reading once more to find nothing. At saturation a member
-// also delivers its own queued batches from memory instead of reading
-// them back (a third of the blob reads with three members). Counted with
-// `tutti bench mcast --rates 100` (3 processes, about 4.3 s): gcs
-// minitransactions per member fell from about 1,880 to 1,090 (links 594 →
-// 302, as fewer races were lost; delivery reads 943 → 447; header
-// re-reads after lost races 85 → 0, the retry's read also feeds delivery;
-// housekeeping 260 → 165, publishing and reading the metadata being one
-// minitransaction).
+// (one Raft entry with fsync on the home memnode) and nothing else. The
+// other members take the link's records from their watch notification,
+// which carries the written header words and log bytes (sent by the
+// leader right after it applies the entry, before the link's answer
+// reaches the sender), instead of one ReadIndex read each. The sender
+// reads nothing either: its delivery has the records from the link's
+// answer (handoff) or from the notification if that came first, and
+// delivery waits for a signal after delivering instead of reading once
+// more to find nothing. Measured with `tutti bench mcast --rates 100
+// --duration 5s` (3 processes, 1 KiB messages; 9 alternating runs of the
+// binaries before and after notifications carried data, on the shared
+// 2-core machine, load average 2–4): p50 from Multicast to delivery at
+// every member 3.1, 8.4, 2.5, 5.6, 4.1, 3.2, 1.7, 2.0, 5.3 ms before and
+// 1.9, 1.6, 4.9, 2.0, 3.0, 1.5, 1.3, 1.5, 1.7 ms after (median 3.2 → 1.7
+// ms; median ratio of the pairs 0.60); p99 median 35 → 23 ms. Delivery
+// at the last member now follows the link's commit (the Multicast p50)
+// by 0.06–0.3 ms (median 0.17) instead of 0.8–2.6 ms (median 1.3), the
+// members use about 15% less CPU (median 0.42 → 0.35 cores for the
+// three) and the embedded cluster about 13% less (0.76 → 0.66). At
+// saturation (`--rates max`, three pairs) the difference is within the
+// noise: 22.6k, 29.7k, 36.6k messages/s per member before, 28.2k, 37.4k,
+// 22.5k after.
+//
+// At saturation a member also delivers its own queued batches from memory
+// instead of reading them back (a third of the blob reads with three
+// members). Counted with `tutti bench mcast --rates 100` (3 processes,
+// about 4.3 s) before notifications carried data: gcs minitransactions
+// per member fell from about 1,880 to 1,090 (links 594 → 302, as fewer
+// races were lost; delivery reads 943 → 447; header re-reads after lost
+// races 85 → 0, the retry's read also feeds delivery; housekeeping 260 →
+// 165, publishing and reading the metadata being one minitransaction).
+// The remaining delivery reads are what notification data replaces (not
+// recounted in the benchmark; in TestDeliveryFromWatchData a member that
+// only receives delivers 30 links with no read of the log).
 //
 // What remains at low load is contention, not work: every link compares
 // the tail, so links whose windows overlap (Raft commit time plus the
-// staleness of the sender's header, one notification and one read) lose
-// and retry. With Raft commits of about 1.2 ms and reads of 0.4 ms on an
+// staleness of the sender's header, one notification) lose and retry;
+// the notification's data also refreshes the header links compare with,
+// without waiting for a read. With Raft commits of about 1.2 ms on an
 // idle 2-core machine three members at 100/s each rarely collide and a
-// message is delivered everywhere after about one commit and one read;
-// when the machine is shared and commits take 3–10 ms, about half the
-// links lose once or more and p50 grows to 10–30 ms. Avoiding that needs
-// conflict-free appends (fixed-size record slots a loser can retry at
-// the next slot without reading, or a memnode append primitive) or
-// watch events that carry the written bytes.
+// message is delivered everywhere about one commit after Multicast; when
+// the machine is shared and commits take 3–10 ms, links lose more often
+// and p50 grows accordingly. Avoiding that needs conflict-free appends
+// (fixed-size record slots a loser can retry at the next slot without
+// reading, or a memnode append primitive).
 //
 // At saturation messages travel in queued batches (MaxBatch messages per
 // blob): a queue write (payload into Raft on the queue's memnode), a link

@@ -118,6 +118,9 @@ type Group struct {
 		sync.Mutex
 		m map[uint64][]byte
 	}
+	// evDelivered counts deliveries of log records from watch event data
+	// (fromEvent), logReads delivery's reads of the log; for tests.
+	evDelivered, logReads atomic.Int64
 	// own is the log ranges of our latest committed links (ownOnly).
 	own struct {
 		sync.Mutex
@@ -680,19 +683,20 @@ func (g *Group) handoff(from uint64, reads [][]byte, recs []byte, h header) {
 
 // takeHandoff returns the handed-off log from pos and the header after it,
 // if the last handoff covers pos; a handoff delivery has passed is
-// dropped.
-func (g *Group) takeHandoff(pos uint64) (header, []byte, bool) {
+// dropped, and passed reports it (with the handoff's header: delivery
+// got past the link's records some other way, e.g. from a watch event).
+func (g *Group) takeHandoff(pos uint64) (h header, b []byte, ok, passed bool) {
 	g.hand.Lock()
 	defer g.hand.Unlock()
-	from, b := g.hand.from, g.hand.b
-	if b == nil || pos < from {
-		return header{}, nil, false
+	from, hb := g.hand.from, g.hand.b
+	if hb == nil || pos < from {
+		return header{}, nil, false, false
 	}
 	g.hand.b = nil
-	if pos >= from+uint64(len(b)) {
-		return header{}, nil, false
+	if pos >= from+uint64(len(hb)) {
+		return g.hand.h, nil, false, true
 	}
-	return g.hand.h, b[pos-from:], true
+	return g.hand.h, hb[pos-from:], true, false
 }
 
 // keepBlob keeps our blob written at queue position q for delivery.
