@@ -42,7 +42,12 @@
 // detail (STATUS_NOT_LEADER and the leader hint), and the leader ends its
 // streams the same way when it loses leadership (polled every 50 ms) or
 // closes. A stream's first event has reset set and the index from which
-// every write is reported; a restored snapshot also sends a reset.
+// every write is reported; a restored snapshot also sends a reset. A
+// subscriber that asked for data (WatchRequest.with_data) also gets the
+// bytes of its pending ranges, copied from the memnode after each applied
+// batch (latest bytes win), so its events track the watched memory
+// exactly; past 256 KiB pending the data is dropped and the next event is
+// a hint only.
 //
 // # Recovery
 //
