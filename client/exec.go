@@ -21,33 +21,88 @@ type part struct {
 	readIdx  []int // reads[i] is Tx read readIdx[i]
 }
 
+// split groups t's items by memnode, in order of first appearance
+// (compares, then reads, then writes). It allocates per kind of item, not
+// per item: the wire items of all parts share one array.
 func (t *Tx) split() []*part {
-	byMN := map[uint64]*part{}
-	var order []*part
-	get := func(mn uint64) *part {
-		p, ok := byMN[mn]
-		if !ok {
-			p = &part{memnode: mn}
-			byMN[mn] = p
-			order = append(order, p)
+	type count struct {
+		mn                uint64
+		cmps, reads, wrts int
+	}
+	var counts []count // few memnodes: a linear search beats a map
+	at := func(mn uint64) int {
+		for i := range counts {
+			if counts[i].mn == mn {
+				return i
+			}
 		}
-		return p
+		counts = append(counts, count{mn: mn})
+		return len(counts) - 1
+	}
+	for _, c := range t.compares {
+		counts[at(c.memnode)].cmps++
+	}
+	for _, r := range t.reads {
+		counts[at(r.memnode)].reads++
+	}
+	for _, w := range t.writes {
+		counts[at(w.memnode)].wrts++
+	}
+	parts := make([]part, len(counts))
+	out := make([]*part, len(counts))
+	var (
+		cmps    = make([]tuttipb.Compare, len(t.compares))
+		cmpPtrs = make([]*tuttipb.Compare, 0, len(t.compares))
+		cmpIdx  = make([]int, 0, len(t.compares))
+		rds     = make([]tuttipb.Read, len(t.reads))
+		rdPtrs  = make([]*tuttipb.Read, 0, len(t.reads))
+		rdIdx   = make([]int, 0, len(t.reads))
+		wrs     = make([]tuttipb.Write, len(t.writes))
+		wrPtrs  = make([]*tuttipb.Write, 0, len(t.writes))
+	)
+	// Each part's slices are consecutive windows of the shared ones, filled
+	// below in item order.
+	for i, c := range counts {
+		p := &parts[i]
+		p.memnode = c.mn
+		if c.cmps > 0 {
+			n := len(cmpPtrs)
+			p.compares, p.cmpIdx = cmpPtrs[n:n:n+c.cmps], cmpIdx[n:n:n+c.cmps]
+			cmpPtrs, cmpIdx = cmpPtrs[:n+c.cmps], cmpIdx[:n+c.cmps]
+		}
+		if c.reads > 0 {
+			n := len(rdPtrs)
+			p.reads, p.readIdx = rdPtrs[n:n:n+c.reads], rdIdx[n:n:n+c.reads]
+			rdPtrs, rdIdx = rdPtrs[:n+c.reads], rdIdx[:n+c.reads]
+		}
+		if c.wrts > 0 {
+			n := len(wrPtrs)
+			p.writes = wrPtrs[n : n : n+c.wrts]
+			wrPtrs = wrPtrs[:n+c.wrts]
+		}
+		out[i] = p
 	}
 	for i, c := range t.compares {
-		p := get(c.memnode)
-		p.compares = append(p.compares, &tuttipb.Compare{Addr: c.addr, Data: c.data})
+		p := &parts[at(c.memnode)]
+		w := &cmps[i]
+		w.Addr, w.Data = c.addr, c.data
+		p.compares = append(p.compares, w)
 		p.cmpIdx = append(p.cmpIdx, i)
 	}
 	for i, r := range t.reads {
-		p := get(r.memnode)
-		p.reads = append(p.reads, &tuttipb.Read{Addr: r.addr, Len: r.n})
+		p := &parts[at(r.memnode)]
+		w := &rds[i]
+		w.Addr, w.Len = r.addr, r.n
+		p.reads = append(p.reads, w)
 		p.readIdx = append(p.readIdx, i)
 	}
-	for _, w := range t.writes {
-		p := get(w.memnode)
-		p.writes = append(p.writes, &tuttipb.Write{Addr: w.addr, Data: w.data})
+	for i, wr := range t.writes {
+		p := &parts[at(wr.memnode)]
+		w := &wrs[i]
+		w.Addr, w.Data = wr.addr, wr.data
+		p.writes = append(p.writes, w)
 	}
-	return order
+	return out
 }
 
 func (p *part) request(kind tuttipb.Kind, tid *tuttipb.Tid, participants []uint64) *tuttipb.Request {

@@ -103,6 +103,7 @@ func newBenchMtx(g *globals) *cobra.Command {
 		noSync      bool
 		quiet       bool
 		cpuProfile  string
+		memProfile  string
 		perMemnode  bool
 	)
 	cmd := &cobra.Command{
@@ -194,6 +195,12 @@ it drives an existing cluster.`,
 				return err
 			}
 			defer stopProfile()
+			writeAllocs := allocsProfile(memProfile)
+			defer func() {
+				if err := writeAllocs(); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "tutti: --memprofile: %v\n", err)
+				}
+			}()
 			if !embedded && cmd.Flags().Changed("memnodes") {
 				return fmt.Errorf("--memnodes sizes an embedded cluster; it cannot be used with --seed")
 			}
@@ -364,6 +371,7 @@ it drives an existing cluster.`,
 	f.BoolVar(&noSync, "no-fsync", false, "embedded cluster without fsync (not Sinfonia's durable setting)")
 	f.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file")
+	f.StringVar(&memProfile, "memprofile", "", "write a Go allocations profile of the whole run to this file at the end")
 	return cmd
 }
 

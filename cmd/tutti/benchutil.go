@@ -30,6 +30,26 @@ func startCPUProfile(path string) (stop func(), err error) {
 	}, nil
 }
 
+// allocsProfile returns a function that writes the allocations profile
+// (every allocation since the process started, sampled as the runtime does)
+// to path; with an empty path it does nothing.
+func allocsProfile(path string) func() error {
+	return func() error {
+		if path == "" {
+			return nil
+		}
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
+	}
+}
+
 // startEmbedded starts a local cluster for a benchmark and waits up to 30 s
 // until every memnode has a leader.
 func startEmbedded(ctx context.Context, cfg cluster.Config) (*cluster.Cluster, error) {
