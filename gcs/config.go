@@ -38,12 +38,13 @@ type Config struct {
 
 	// MaxBatch bounds the messages of one batch (default 128).
 	MaxBatch int
-	// MaxBatchBytes bounds the payload bytes of one batch (default 256 KiB).
-	// A single larger message is sent alone, up to the queue's half.
+	// MaxBatchBytes bounds the payload bytes of one batch (default 256 KiB;
+	// at most MaxBatchBytesLimit). A single larger message is sent alone,
+	// up to the queue's half and MaxBatchBytesLimit.
 	MaxBatchBytes int
 	// InlineBytes: batches up to this many encoded bytes travel inside the
-	// order record instead of the sender's queue (default 4 KiB; 0 means
-	// the default, negative means never inline).
+	// order record instead of the sender's queue (default 4 KiB, at most
+	// 64 KiB; 0 means the default, negative means never inline).
 	InlineBytes int
 	// LogCapacity is the size in bytes of the order log of groups this
 	// node creates (power of two; default 1 MiB). Joiners of an existing
@@ -83,6 +84,20 @@ type Config struct {
 	// polls use timers of the runtime.
 	Now func() time.Time
 }
+
+// maxTxWrite bounds the bytes one minitransaction of gcs writes: a queue
+// write (several blobs), a link (records) and hence one blob. Memnodes
+// reject requests of more than 4 MiB encoded (memnode/service
+// DefaultMaxRequestBytes, which ClusterInfo does not announce); 2 MiB
+// leaves room for the encoding. Items are split at the limit the cluster
+// announces (Node.itemMax).
+const maxTxWrite = 2 << 20
+
+// MaxBatchBytesLimit is the largest Config.MaxBatchBytes (the encoded
+// bytes of a batch: a 4-byte length and the payload per message), so the
+// largest message Multicast accepts is MaxBatchBytesLimit-4 bytes: one
+// blob written by one minitransaction.
+const MaxBatchBytesLimit = maxTxWrite - blobHeader - 8
 
 // DefaultConfig holds the defaults of the tunables.
 var DefaultConfig = Config{
@@ -157,8 +172,11 @@ func (c Config) Validate() error {
 	if c.MaxBatch < 1 || c.MaxBatch > 1<<16 {
 		add("MaxBatch %d not in [1, 65536]", c.MaxBatch)
 	}
-	if c.MaxBatchBytes < 1 {
-		add("MaxBatchBytes %d < 1", c.MaxBatchBytes)
+	if c.MaxBatchBytes < 1 || c.MaxBatchBytes > MaxBatchBytesLimit {
+		add("MaxBatchBytes %d not in [1, %d] (a batch is written by one minitransaction)", c.MaxBatchBytes, MaxBatchBytesLimit)
+	}
+	if c.InlineBytes > 64<<10 {
+		add("InlineBytes %d > %d", c.InlineBytes, 64<<10)
 	}
 	if c.LogCapacity < 4096 || c.LogCapacity&(c.LogCapacity-1) != 0 {
 		add("LogCapacity %d must be a power of two >= 4096", c.LogCapacity)

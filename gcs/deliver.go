@@ -336,8 +336,7 @@ func (g *Group) deliverRecords(cur *viewState, pos uint64, recs []record) (*view
 // minitransaction.
 func (n *Node) readTail(ctx context.Context, ref groupRef, pos uint64, l int) (header, []byte, error) {
 	tx := client.NewTx().Read(ref.home, ref.meta, metaHeader)
-	items := ringSplit(ref.logBase(), ref.logSize, pos, uint64(l))
-	for _, it := range items {
+	for _, it := range n.ringItems(ref.logBase(), ref.logSize, pos, uint64(l)) {
 		tx.Read(ref.home, it.addr, uint32(it.n))
 	}
 	res, err := n.exec(ctx, tx)
@@ -348,11 +347,7 @@ func (n *Node) readTail(ctx context.Context, ref groupRef, pos uint64, l int) (h
 	if err != nil {
 		return header{}, nil, err
 	}
-	b := res.Reads[1]
-	if len(items) == 2 {
-		b = append(append([]byte(nil), b...), res.Reads[2]...)
-	}
-	return h, b, nil
+	return h, joinReads(res.Reads[1:]), nil
 }
 
 // deliverRecord delivers one record; stop reports the end of this
@@ -420,7 +415,7 @@ func (g *Group) deliverRecord(cur *viewState, rec record, fetch *blobFetch) (*vi
 			b, err := fetch.b, fetch.err
 			if err != nil {
 				if g.ctx.Err() == nil {
-					g.evict(rec.view, err.Error())
+					g.evictOrFail(rec.view, err)
 				}
 				return cur, true
 			}
@@ -453,8 +448,7 @@ func (g *Group) readBlob(ctx context.Context, rec record) ([]byte, error) {
 	}
 	n := g.n
 	tx := client.NewTx()
-	items := ringSplit(ref.qAddr, ref.qLen, ref.qPos, ref.bytes)
-	for _, it := range items {
+	for _, it := range n.ringItems(ref.qAddr, ref.qLen, ref.qPos, ref.bytes) {
 		tx.Read(ref.qMemnode, it.addr, uint32(it.n))
 	}
 	var res *client.Result
@@ -465,10 +459,7 @@ func (g *Group) readBlob(ctx context.Context, rec record) ([]byte, error) {
 	}); err != nil {
 		return nil, err
 	}
-	b := res.Reads[0]
-	if len(items) == 2 {
-		b = append(append([]byte(nil), b...), res.Reads[1]...)
-	}
+	b := joinReads(res.Reads)
 	if len(b) < blobHeader || u64(b, 0) != ref.qPos || u64(b, 16) != rec.tag || u64(b, 24) != rec.firstSeq {
 		return nil, fmt.Errorf("%w: queue position %d no longer holds the batch (reclaimed)", ErrCorrupt, ref.qPos)
 	}
@@ -483,6 +474,20 @@ func (g *Group) send(ev Event) bool {
 	case <-g.ctx.Done():
 		return false
 	}
+}
+
+// evictOrFail ends the membership after delivery could not read what
+// it must deliver: a request the memnodes reject as invalid is a local
+// failure (the group fails with that error, logged, and Events closes
+// without *Evicted); anything else evicts.
+func (g *Group) evictOrFail(view uint64, err error) {
+	if !errors.Is(err, client.ErrInvalid) {
+		g.evict(view, err.Error())
+		return
+	}
+	err = fmt.Errorf("gcs: group %s: delivery: %w", g.ref.name, err)
+	g.n.log.Error().Err(err).Msg("delivery failed: the group is dead")
+	g.fail(err)
 }
 
 // evict delivers *Evicted (best effort) and fails later Multicasts.

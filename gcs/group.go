@@ -155,7 +155,8 @@ func (g *Group) Name() string { return g.self.name }
 
 // Events returns the ordered events of this membership: the *View that
 // admitted it first, then messages and views in the group's total order;
-// the channel is closed after an *Evicted, after Leave, or on Node.Close.
+// the channel is closed after an *Evicted, after Leave, on Node.Close, or
+// when the group fails locally (logged; Multicast returns the error).
 // The channel is unbuffered: delivery waits for the application (and
 // flow control throttles the group's senders once the log is full).
 func (g *Group) Events() <-chan Event { return g.events }
@@ -208,7 +209,7 @@ func (g *Group) stop(err error) {
 // message may or may not be ordered, like any request whose answer was
 // lost.
 func (g *Group) Multicast(ctx context.Context, payload []byte) error {
-	if len(payload)+4 > g.n.cfg.MaxBatchBytes && uint64(len(payload)+blobHeader+4) > g.self.qLen/2 {
+	if len(payload)+4 > g.n.cfg.MaxBatchBytes && (len(payload)+4 > MaxBatchBytesLimit || uint64(len(payload)+blobHeader+4) > g.self.qLen/2) {
 		return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(payload))
 	}
 	r := &sendReq{payload: payload, done: make(chan error, 1)}
@@ -388,9 +389,12 @@ func (g *Group) sendLoop() {
 			qHead = qLinks[0].qStart
 		}
 		var tx *client.Tx
-		var blobs int
+		var blobs, txBytes int
 		for blobs < maxWriteBlobs && len(pipe) < 4*maxLinkRecords {
 			room := int(min(ringLen-(qTail-qHead), 1<<30)) - blobHeader - 8
+			if tx != nil { // one queue write stays within maxTxWrite
+				room = min(room, maxTxWrite-txBytes-blobHeader-8)
+			}
 			inline := 0
 			if n.cfg.InlineBytes > 0 {
 				inline = min(n.cfg.InlineBytes, int(g.ref.logSize/8)) - recHeader
@@ -421,7 +425,7 @@ func (g *Group) sendLoop() {
 			off := uint64(0)
 			for _, it := range ringSplit(ringBase, ringLen, qTail, uint64(len(blob))) {
 				for done := uint64(0); done < it.n; {
-					c := min(it.n-done, maxItemChunk)
+					c := min(it.n-done, maxItemChunk, n.itemMax)
 					tx.Write(g.self.qMemnode, it.addr+done, blob[off:off+c])
 					done, off = done+c, off+c
 				}
@@ -433,6 +437,7 @@ func (g *Group) sendLoop() {
 			qLinks = append(qLinks, s.q)
 			qTail += uint64(len(blob))
 			blobs++
+			txBytes += len(blob)
 		}
 		if tx != nil {
 			writing = true
@@ -459,7 +464,8 @@ func (g *Group) sendLoop() {
 			end(ErrEvicted, ErrEvicted)
 			return false
 		case err != nil:
-			end(ErrClosed, ErrClosed)
+			err = g.sendErr("queue write", err)
+			end(err, err)
 			return false
 		}
 		for _, s := range pipe {
@@ -527,7 +533,7 @@ func (g *Group) sendLoop() {
 			for _, s := range ready {
 				s.rec.pos, s.rec.view, s.rec.msgBase = hdr.tail+uint64(len(buf)), hdr.view, msgs
 				b := s.rec.encode()
-				if k > 0 && uint64(len(buf)+len(b)) > g.ref.logSize/4 {
+				if k > 0 && uint64(len(buf)+len(b)) > min(g.ref.logSize/4, maxTxWrite) {
 					break
 				}
 				buf = append(buf, b...)
@@ -547,7 +553,7 @@ func (g *Group) sendLoop() {
 			nh.tail, nh.msgs = hdr.tail+uint64(len(buf)), msgs
 			tx := client.NewTx().Compare(g.ref.home, g.ref.meta+offView, hdr.vtm()).Write(g.ref.home, g.ref.meta+offView, nh.vtm())
 			off := uint64(0)
-			for _, it := range ringSplit(g.ref.logBase(), g.ref.logSize, hdr.tail, uint64(len(buf))) {
+			for _, it := range n.ringItems(g.ref.logBase(), g.ref.logSize, hdr.tail, uint64(len(buf))) {
 				tx.Write(g.ref.home, it.addr, buf[off:off+it.n])
 				off += it.n
 			}
@@ -575,6 +581,11 @@ func (g *Group) sendLoop() {
 			if err != nil {
 				if g.ctx.Err() != nil {
 					end(ErrClosed, nil)
+					return false
+				}
+				if errors.Is(err, client.ErrInvalid) { // retrying cannot help
+					err = g.sendErr("link", err)
+					end(err, err)
 					return false
 				}
 				n.log.Debug().Err(err).Msg("link")
@@ -911,6 +922,23 @@ func encodeBatch(dst []byte, batch []*sendReq) []byte {
 		dst = append(dst, r.payload...)
 	}
 	return dst
+}
+
+// sendErr is the error the group fails with when the sender gives up
+// on op: ErrClosed (as when the node closes) wrapping the cause, or, if
+// the memnodes rejected the request as invalid (a bug of this package,
+// not a membership change), that error alone.
+func (g *Group) sendErr(op string, err error) error {
+	if g.ctx.Err() != nil {
+		return ErrClosed
+	}
+	if errors.Is(err, client.ErrInvalid) {
+		err = fmt.Errorf("gcs: group %s: %s: %w", g.ref.name, op, err)
+	} else {
+		err = fmt.Errorf("%w: group %s: %s: %w", ErrClosed, g.ref.name, op, err)
+	}
+	g.n.log.Error().Err(err).Msg("sender failed: the group is dead")
+	return err
 }
 
 func (g *Group) finish(batch []*sendReq, err error) {

@@ -1,6 +1,7 @@
 package gcs
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -448,4 +449,27 @@ func ringSplit(base, size, pos, n uint64) []ringItem {
 	}
 	first := size - off
 	return []ringItem{{base + off, first}, {base, n - first}}
+}
+
+// chunkItems splits items into pieces of at most limit bytes: the
+// cluster's limit on one read or write item (Node.itemMax).
+func chunkItems(items []ringItem, limit uint64) []ringItem {
+	var out []ringItem
+	for _, it := range items {
+		for it.n > limit {
+			out = append(out, ringItem{it.addr, limit})
+			it.addr, it.n = it.addr+limit, it.n-limit
+		}
+		out = append(out, it)
+	}
+	return out
+}
+
+// joinReads concatenates the reads of one ring access (one copy only if
+// it took several items).
+func joinReads(rs [][]byte) []byte {
+	if len(rs) == 1 {
+		return rs[0]
+	}
+	return bytes.Join(rs, nil)
 }

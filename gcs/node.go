@@ -21,6 +21,10 @@ type Node struct {
 	log      zerolog.Logger
 	memnodes []uint64 // sorted
 	allocs   map[uint64]*client.Allocator
+	// itemMax is the cluster's limit on the bytes of one read or write
+	// item (ClusterInfo.max_item_bytes; 1 MiB, the memnode default, if
+	// the cluster announced none): larger ring accesses are split.
+	itemMax uint64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -55,7 +59,10 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i] < ms[j] })
 	n := &Node{cfg: cfg, cl: cfg.Client, log: cfg.Logger.With().Str("gcs", cfg.ID).Logger(), memnodes: ms,
-		allocs: map[uint64]*client.Allocator{}}
+		allocs: map[uint64]*client.Allocator{}, itemMax: 1 << 20}
+	if l := cfg.Client.Cluster().GetMaxItemBytes(); l > 0 {
+		n.itemMax = uint64(l)
+	}
 	for _, m := range ms {
 		a, err := client.NewAllocator(cfg.Client, client.AllocatorConfig{Memnode: m, Base: AllocBase, Limit: AllocLimit})
 		if err != nil {
@@ -102,6 +109,12 @@ func (r groupRef) logBase() uint64 { return r.meta + metaHeader + r.maxMembers*m
 func (r groupRef) metaLen() uint32 { return uint32(metaHeader + r.maxMembers*memberSize) }
 func (r groupRef) slotAddr(slot int) uint64 {
 	return r.meta + metaHeader + uint64(slot)*memberSize
+}
+
+// ringItems splits [pos, pos+l) of a ring into read or write items within
+// the cluster's item limit.
+func (n *Node) ringItems(base, size, pos, l uint64) []ringItem {
+	return chunkItems(ringSplit(base, size, pos, l), n.itemMax)
 }
 
 func (n *Node) exec(ctx context.Context, tx *client.Tx) (*client.Result, error) {

@@ -163,18 +163,14 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 // readRing reads n bytes of the order log from position pos.
 func (n *Node) readRing(ctx context.Context, ref groupRef, pos uint64, l int) ([]byte, error) {
 	tx := client.NewTx()
-	items := ringSplit(ref.logBase(), ref.logSize, pos, uint64(l))
-	for _, it := range items {
+	for _, it := range n.ringItems(ref.logBase(), ref.logSize, pos, uint64(l)) {
 		tx.Read(ref.home, it.addr, uint32(it.n))
 	}
 	res, err := n.exec(ctx, tx)
 	if err != nil {
 		return nil, err
 	}
-	if len(items) == 1 {
-		return res.Reads[0], nil
-	}
-	return append(append([]byte(nil), res.Reads[0]...), res.Reads[1]...), nil
+	return joinReads(res.Reads), nil
 }
 
 // confirmedDead returns the members whose process the process table
