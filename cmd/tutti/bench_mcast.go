@@ -561,6 +561,9 @@ func (b *mcastBench) point(ctx context.Context, id uint32, rate float64, window 
 	slices.Sort(orderP50)
 	slices.Sort(orderP99)
 	p.OrderP50ms, p.OrderP99ms = orderP50[len(orderP50)/2]/1000, orderP99[len(orderP99)-1]/1000
+	if p.Errors > 0 {
+		p.Note = fmt.Sprintf("%d Multicasts failed (see the members' logs, --logs)", p.Errors)
+	}
 	p.MembersCPU /= (warmup + dur).Seconds()
 	p.ClusterCPU = clusterCPU.Seconds() / (warmup + dur).Seconds()
 	return p, nil
