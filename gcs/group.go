@@ -346,16 +346,15 @@ func (g *Group) sendLoop() {
 		ringLen  = g.self.qLen - 8
 		fence    = le.AppendUint64(nil, g.self.tag)
 		pipe     []*staged // taken batches not finished, in sequence order
-		writing  bool      // a queue write is in flight
-		wrDone   = make(chan error, 1)
+		writing  int       // queue writes in flight (at most maxWrites)
+		wrDone   = make(chan wrResult, maxWrites)
 		roomWait = n.cfg.PollMin // backoff while the queue is full
 	)
 	// end finishes every batch taken with err (and fails the group with
 	// fail, if set); the in-flight queue write is awaited first.
 	end := func(err, fail error) {
-		if writing {
+		for ; writing > 0; writing-- {
 			<-wrDone
-			writing = false
 		}
 		for _, s := range pipe {
 			g.finish(s.batch, err)
@@ -390,6 +389,7 @@ func (g *Group) sendLoop() {
 		}
 		var tx *client.Tx
 		var blobs, txBytes int
+		var wss []*staged // the batches tx writes
 		for blobs < maxWriteBlobs && len(pipe) < 4*maxLinkRecords {
 			room := int(min(ringLen-(qTail-qHead), 1<<30)) - blobHeader - 8
 			if tx != nil { // one queue write stays within maxTxWrite
@@ -433,6 +433,7 @@ func (g *Group) sendLoop() {
 			s.rec.kind = recRef
 			s.rec.body = refBody{qMemnode: g.self.qMemnode, qAddr: ringBase, qLen: ringLen, qPos: qTail, bytes: uint64(len(blob))}.encode()
 			s.q = &linked{logEnd: ^uint64(0), qStart: qTail}
+			wss = append(wss, s)
 			g.keepBlob(qTail, blob)
 			qLinks = append(qLinks, s.q)
 			qTail += uint64(len(blob))
@@ -440,7 +441,7 @@ func (g *Group) sendLoop() {
 			txBytes += len(blob)
 		}
 		if tx != nil {
-			writing = true
+			writing++
 			go func() {
 				var res *client.Result
 				err := n.retry(g.ctx, func() error {
@@ -451,15 +452,15 @@ func (g *Group) sendLoop() {
 				if err == nil && !res.Committed {
 					err = ErrEvicted // the fence is gone: we were removed
 				}
-				wrDone <- err
+				wrDone <- wrResult{err, wss}
 			}()
 		}
 		return full
 	}
 	// written marks the batches of the finished queue write ready.
-	written := func(err error) bool {
-		writing = false
-		switch {
+	written := func(r wrResult) bool {
+		writing--
+		switch err := r.err; {
 		case errors.Is(err, ErrEvicted):
 			end(ErrEvicted, ErrEvicted)
 			return false
@@ -468,7 +469,7 @@ func (g *Group) sendLoop() {
 			end(err, err)
 			return false
 		}
-		for _, s := range pipe {
+		for _, s := range r.ss {
 			s.ready = true
 		}
 		return true
@@ -603,10 +604,21 @@ func (g *Group) sendLoop() {
 				g.readLost(hdr.tail, &hdr, &haveHdr)
 				// Retry with whatever was multicast meanwhile: under
 				// contention links grow instead of queueing up.
-				if !writing && len(ready) == len(pipe) {
-					stage()
-					ready = readyPrefix()
+				// Writes that finished meanwhile join the retry.
+				for more := true; more; {
+					select {
+					case r := <-wrDone:
+						if !written(r) {
+							return false
+						}
+					default:
+						more = false
+					}
 				}
+				if writing < maxWrites {
+					stage()
+				}
+				ready = readyPrefix()
 				continue
 			}
 			g.addOwn(hdr.tail, uint64(len(buf)))
@@ -631,7 +643,7 @@ func (g *Group) sendLoop() {
 	}
 	for {
 		full := false
-		if !writing {
+		if writing < maxWrites {
 			full = stage()
 		}
 		if ready := readyPrefix(); len(ready) > 0 {
@@ -643,7 +655,7 @@ func (g *Group) sendLoop() {
 		}
 		var timer <-chan time.Time
 		var t *time.Timer
-		if full && !writing {
+		if full && writing == 0 {
 			// The queue is full: its room comes back as the log's head
 			// passes our batches (housekeeping trims the log).
 			t = time.NewTimer(roomWait)
@@ -656,8 +668,8 @@ func (g *Group) sendLoop() {
 		case <-g.done:
 			end(ErrClosed, nil)
 			return
-		case err := <-wrDone:
-			if !written(err) {
+		case r := <-wrDone:
+			if !written(r) {
 				return
 			}
 		case <-g.sendCh:
@@ -672,6 +684,16 @@ func (g *Group) sendLoop() {
 			t.Stop()
 		}
 	}
+}
+
+// maxWrites bounds the queue writes in flight: while the link of the
+// batches of one write commits, the next writes proceed.
+const maxWrites = 2
+
+// wrResult is the outcome of one queue write and the batches it wrote.
+type wrResult struct {
+	err error
+	ss  []*staged
 }
 
 // linkReadMax bounds the order log a link reads for delivery (handoff).
