@@ -36,9 +36,10 @@ type Config struct {
 	// change while groups exist (a group's home would move).
 	Memnodes []uint64
 
-	// MaxBatch bounds the messages of one batch (default 128).
+	// MaxBatch bounds the messages of one batch (default 512). Batches
+	// form only under load: a lone Multicast is sent at once, alone.
 	MaxBatch int
-	// MaxBatchBytes bounds the payload bytes of one batch (default 256 KiB;
+	// MaxBatchBytes bounds the payload bytes of one batch (default 512 KiB;
 	// at most MaxBatchBytesLimit). A single larger message is sent alone,
 	// up to the queue's half and MaxBatchBytesLimit.
 	MaxBatchBytes int
@@ -54,10 +55,13 @@ type Config struct {
 	// (default 64).
 	MaxMembers int
 	// QueueCapacity is the size in bytes of each member's queue ring
-	// (default 4 MiB; at least 2×MaxBatchBytes+64). Blobs stay in the
+	// (default 16 MiB; at least 2×MaxBatchBytes+64). Blobs stay in the
 	// queue until every member delivered them and the log was trimmed
 	// (GCInterval), so the queue bounds a sender's throughput to about
-	// QueueCapacity per trim lag.
+	// QueueCapacity per trim lag; the sender also keeps its blobs in
+	// memory until its own delivery takes them, at most QueueCapacity.
+	// Up to two queue writes of at most 2 MiB each are in flight, so
+	// less than about 8 MiB stalls a saturated sender on trimming.
 	QueueCapacity uint64
 	// ReadChunk bounds the order-log bytes one delivery read fetches
 	// (default 256 KiB).
@@ -101,12 +105,12 @@ const MaxBatchBytesLimit = maxTxWrite - blobHeader - 8
 
 // DefaultConfig holds the defaults of the tunables.
 var DefaultConfig = Config{
-	MaxBatch:        128,
-	MaxBatchBytes:   256 << 10,
+	MaxBatch:        512,
+	MaxBatchBytes:   512 << 10,
 	InlineBytes:     4 << 10,
 	LogCapacity:     1 << 20,
 	MaxMembers:      64,
-	QueueCapacity:   4 << 20,
+	QueueCapacity:   16 << 20,
 	ReadChunk:       256 << 10,
 	PollMin:         200 * time.Microsecond,
 	PollMax:         20 * time.Millisecond,

@@ -313,7 +313,7 @@ One JSON object per measured point with --json.`,
 	f.DurationVar(&duration, "duration", 5*time.Second, "measured time per rate")
 	f.DurationVar(&warmup, "warmup", time.Second, "unmeasured sending before each measured window")
 	f.IntVar(&senders, "senders", 0, "only the first N members send (0: every member)")
-	f.IntVar(&window, "window", 512, `Multicasts outstanding per member at "max" (bounds paced rates too)`)
+	f.IntVar(&window, "window", 2048, `Multicasts outstanding per member at "max" (bounds paced rates too)`)
 	f.BoolVar(&asJSON, "json", false, "print one JSON object per measured point instead of a table")
 	f.StringVar(&outFile, "out", "", "also write the JSON lines to this file")
 	f.BoolVar(&noSync, "no-fsync", false, "embedded cluster without fsync (not the durable setting)")
