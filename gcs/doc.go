@@ -71,7 +71,10 @@
 //  1. Multicast: messages queued by the application are batched (MaxBatch,
 //     MaxBatchBytes). A batch of at most InlineBytes travels inside the
 //     order record; a larger one is first written to the sender's queue
-//     ring (one one-memnode minitransaction comparing the fence). Then one
+//     ring (one one-memnode minitransaction comparing the fence; at most
+//     2 MiB of batches per write, two writes in flight while the previous
+//     batches are linked; reads and writes are split at the cluster's
+//     item limit, so no request exceeds the memnodes' limits). Then one
 //     minitransaction on the home memnode links it: compare (view, tail,
 //     msgs) with what the sender last read, write the record at tail and
 //     the new (tail, msgs). The same minitransaction reads the log between

@@ -328,8 +328,9 @@ const (
 
 // sendLoop batches pending multicasts, writes the batches to our queue and
 // links them into the order log. It pipelines: while one minitransaction
-// links the batches whose blobs are in the queue, the next queue write (of
-// everything queued meanwhile) is in flight. The links stay one at a time,
+// links the batches whose blobs are in the queue, the next queue writes
+// (of everything queued meanwhile, at most maxWrites, each at most
+// maxTxWrite bytes) are in flight. The links stay one at a time,
 // in sequence order, which keeps per-sender FIFO; one link carries every
 // batch that is ready (coalesced threading, up to maxLinkRecords).
 func (g *Group) sendLoop() {
@@ -615,7 +616,7 @@ func (g *Group) sendLoop() {
 						more = false
 					}
 				}
-				if writing < maxWrites {
+				if writing == 0 || (writing < maxWrites && g.fullBatchPending()) {
 					stage()
 				}
 				ready = readyPrefix()
@@ -643,7 +644,9 @@ func (g *Group) sendLoop() {
 	}
 	for {
 		full := false
-		if writing < maxWrites {
+		// Another write only for a full batch: smaller ones wait for the
+		// write in flight rather than fragment into tiny batches.
+		if writing == 0 || (writing < maxWrites && g.fullBatchPending()) {
 			full = stage()
 		}
 		if ready := readyPrefix(); len(ready) > 0 {
@@ -934,6 +937,23 @@ func (g *Group) takeBatch(limit int) ([]*sendReq, int) {
 		g.mu.pending = g.mu.pending[1:]
 	}
 	return out, size
+}
+
+// fullBatchPending reports that a full batch (MaxBatch messages or
+// MaxBatchBytes) is pending.
+func (g *Group) fullBatchPending() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	size := 0
+	for i, r := range g.mu.pending {
+		if i == g.n.cfg.MaxBatch {
+			return true
+		}
+		if size += 4 + len(r.payload); size >= g.n.cfg.MaxBatchBytes {
+			return true
+		}
+	}
+	return false
 }
 
 // encodeBatch appends the payloads of batch as (u32 len, bytes), the batch
