@@ -352,7 +352,7 @@ func (g *Group) sendLoop() {
 		roomWait = n.cfg.PollMin // backoff while the queue is full
 	)
 	// end finishes every batch taken with err (and fails the group with
-	// fail, if set); the in-flight queue write is awaited first.
+	// fail, if set); the queue writes in flight are awaited first.
 	end := func(err, fail error) {
 		for ; writing > 0; writing-- {
 			<-wrDone
