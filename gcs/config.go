@@ -62,6 +62,10 @@ type Config struct {
 	// memory until its own delivery takes them, at most QueueCapacity.
 	// Up to two queue writes of at most 2 MiB each are in flight, so
 	// less than about 8 MiB stalls a saturated sender on trimming.
+	// Queues are allocated in each memnode's [AllocBase, AllocLimit)
+	// (1 GiB): with 16 MiB queues at most about 60 memberships per
+	// memnode, over all groups, can exist at once; lower it for many
+	// small groups.
 	QueueCapacity uint64
 	// ReadChunk bounds the order-log bytes one delivery read fetches
 	// (default 256 KiB).
