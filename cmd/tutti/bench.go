@@ -54,8 +54,12 @@ type benchPoint struct {
 	// Share of the decisions that rode on a request sent anyway (a Prepare
 	// or Exec to the same memnode) instead of a decision request.
 	DecisionsCarried float64 `json:"decisions_carried,omitempty"`
-	GOMAXPROCS       int     `json:"gomaxprocs"`
-	Time             string  `json:"time"`
+	// LeaderHosts[i] is the host leading memnode i at the end of the point
+	// (embedded cluster only): where the leaders sit changes how requests
+	// and Raft traffic batch, so points are comparable only alike.
+	LeaderHosts []uint64 `json:"leader_hosts,omitempty"`
+	GOMAXPROCS  int      `json:"gomaxprocs"`
+	Time        string   `json:"time"`
 	// Round of --rounds (1, 2, ...) when comparing workloads; else 0.
 	Round int `json:"round,omitempty"`
 }
@@ -222,6 +226,7 @@ it drives an existing cluster.`,
 				seeds := splitSeeds(seed)
 				replicas := 0
 				leaderChanges := func() uint64 { return 0 }
+				leaderHosts := func([]uint64) []uint64 { return nil }
 				if embedded {
 					c, err := startEmbedded(cmd.Context(), cluster.Config{Memnodes: size, NoSync: noSync, Logger: log.Level(max(log.GetLevel(), zerolog.WarnLevel))})
 					if err != nil {
@@ -236,6 +241,13 @@ it drives an existing cluster.`,
 							n += h.Replication().Stats().LeaderChanges
 						}
 						return n
+					}
+					leaderHosts = func(mns []uint64) []uint64 {
+						out := make([]uint64, len(mns))
+						for i, mn := range mns {
+							out[i] = c.Hosts[0].Replication().Leader(mn)
+						}
+						return out
 					}
 				}
 				ctx := cmd.Context()
@@ -267,6 +279,7 @@ it drives an existing cluster.`,
 						return err
 					}
 					p.LeaderChanges = leaderChanges() - lc0
+					p.LeaderHosts = leaderHosts(mns)
 					if st := cl.Stats(); st.DecisionRequests > st0.DecisionRequests {
 						p.DecisionsPerRequest = float64(st.Decisions-st0.Decisions) / float64(st.DecisionRequests-st0.DecisionRequests)
 						p.DecisionsCarried = float64(st.Carried-st0.Carried) / float64(st.Decisions-st0.Decisions)
