@@ -78,7 +78,11 @@ type session struct {
 		maxDecision int // decisions one request may carry
 		timerArmed  bool
 		sending     bool
-		err         error
+		// inflight: the batch being sent (Send in progress, unlocked).
+		// A failure meanwhile leaves its requests pending: only the
+		// Send's result tells whether they left (flushLocked).
+		inflight []*tuttipb.Request
+		err      error
 	}
 	timer *time.Timer // the decisionDelay backstop; created on first use
 	done  chan struct{}
@@ -360,11 +364,21 @@ func (s *session) flushLocked() {
 	for s.mu.err == nil && (len(s.mu.queue) > 0 || (s.mu.due && s.mu.ndecided > 0)) {
 		batch := s.attachLocked(s.mu.queue)
 		s.mu.queue = nil
+		s.mu.inflight = batch
 		s.mu.Unlock()
 		err := s.stream.Send(&tuttipb.RequestBatch{Requests: batch})
 		s.mu.Lock()
-		if err != nil {
-			s.failLocked(err)
+		s.mu.inflight = nil
+		switch {
+		case err != nil:
+			// A failed Send handed nothing to the transport (gRPC's
+			// SendMsg either schedules the whole message or fails): the
+			// batch never left, so its requests were not applied.
+			s.failLocked(err, batch...)
+		case s.mu.err != nil:
+			// The session broke while the batch was being sent: it may
+			// have left.
+			s.answerLocked(batch, tuttipb.Status_STATUS_UNKNOWN_OUTCOME, s.mu.err)
 		}
 	}
 	s.mu.sending = false
@@ -377,26 +391,41 @@ func (s *session) forget(id uint64) {
 	s.mu.Unlock()
 }
 
+// answerLocked answers the requests of reqs still waiting with status st
+// (the session failed with err).
+func (s *session) answerLocked(reqs []*tuttipb.Request, st tuttipb.Status, err error) {
+	for _, r := range reqs {
+		if done, ok := s.mu.pending[r.Id]; ok {
+			delete(s.mu.pending, r.Id)
+			done(&tuttipb.Response{Id: r.Id, Status: st, FailedCompare: -1, Error: "connection to " + s.c.addr + " lost: " + err.Error()})
+		}
+	}
+}
+
 // failLocked breaks the session: every waiting request learns its outcome is
-// unknown (it may have been sent), queued ones that were never sent learn so.
-func (s *session) failLocked(err error) {
+// unknown (it may have been sent), queued ones and those of notSent (a batch
+// whose Send failed) that were never sent learn so. The requests of a batch
+// being sent meanwhile are answered when its Send returns (flushLocked).
+func (s *session) failLocked(err error, notSent ...*tuttipb.Request) {
 	if s.mu.err != nil {
+		s.answerLocked(notSent, tuttipb.Status_STATUS_UNAVAILABLE, s.mu.err)
 		return
 	}
 	s.mu.err = err
-	unsent := map[uint64]bool{}
-	for _, r := range s.mu.queue {
-		unsent[r.Id] = true
-	}
+	s.answerLocked(notSent, tuttipb.Status_STATUS_UNAVAILABLE, err)
+	s.answerLocked(s.mu.queue, tuttipb.Status_STATUS_UNAVAILABLE, err)
 	s.mu.queue = nil
-	for id, done := range s.mu.pending {
-		st := tuttipb.Status_STATUS_UNKNOWN_OUTCOME
-		if unsent[id] {
-			st = tuttipb.Status_STATUS_UNAVAILABLE
-		}
-		done(&tuttipb.Response{Id: id, Status: st, FailedCompare: -1, Error: "connection to " + s.c.addr + " lost: " + err.Error()})
+	sending := map[uint64]bool{}
+	for _, r := range s.mu.inflight {
+		sending[r.Id] = true
 	}
-	s.mu.pending = map[uint64]func(*tuttipb.Response){}
+	for id, done := range s.mu.pending {
+		if sending[id] {
+			continue
+		}
+		delete(s.mu.pending, id)
+		done(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNKNOWN_OUTCOME, FailedCompare: -1, Error: "connection to " + s.c.addr + " lost: " + err.Error()})
+	}
 	// Decisions that went out may or may not have been applied; queued ones
 	// were not. Either way they are sent again.
 	lost := "connection to " + s.c.addr + " lost: " + err.Error()
