@@ -337,8 +337,6 @@ func (d *decoder) tid() TID {
 }
 
 // tids reads a counted list of tids; nil if empty.
-func (d *decoder) tids() []TID { return d.tidsInto(nil) }
-
 // tidsInto decodes a tid list into dst's capacity (dst[:0] if empty).
 func (d *decoder) tidsInto(dst []TID) []TID {
 	n := d.count(3)
