@@ -31,6 +31,23 @@ func (s deadStream) RecvMsg(any) error            { <-s.ctx.Done(); return io.EO
 
 type deadServer struct{ tuttipb.MemnodeClient }
 
+// execOn sends one Exec request through a conn to rpc and returns the conn
+// and the answer.
+func execOn(t *testing.T, rpc tuttipb.MemnodeClient) (*conn, *tuttipb.Response) {
+	t.Helper()
+	c := &conn{addr: "test", rpc: rpc, hooks: &decisionHooks{
+		answered: func(*tuttipb.Response, uint64, []*tuttipb.Tid, []*tuttipb.Tid) {},
+		stats:    &decisionStats{},
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := c.do(ctx, &tuttipb.Request{Memnode: 0, Kind: tuttipb.Kind_KIND_EXEC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, r
+}
+
 func (deadServer) Session(ctx context.Context, _ ...grpc.CallOption) (grpc.BidiStreamingClient[tuttipb.RequestBatch, tuttipb.ResponseBatch], error) {
 	return deadStream{ctx}, nil
 }
@@ -41,16 +58,7 @@ func (deadServer) Session(ctx context.Context, _ ...grpc.CallOption) (grpc.BidiS
 // client sent before noticing (TestLeaderCrashKeepsAcknowledgedWrites
 // flaked so under load).
 func TestFailedSendIsNotAnUnknownOutcome(t *testing.T) {
-	c := &conn{addr: "dead", rpc: deadServer{}, hooks: &decisionHooks{
-		answered: func(*tuttipb.Response, uint64, []*tuttipb.Tid, []*tuttipb.Tid) {},
-		stats:    &decisionStats{},
-	}}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	r, err := c.do(ctx, &tuttipb.Request{Memnode: 0, Kind: tuttipb.Kind_KIND_EXEC})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, r := execOn(t, deadServer{})
 	if r.GetStatus() != tuttipb.Status_STATUS_UNAVAILABLE {
 		t.Fatalf("status %v (%s), want STATUS_UNAVAILABLE: the request was never sent", r.GetStatus(), r.GetError())
 	}
@@ -88,16 +96,7 @@ func (breakingServer) Session(ctx context.Context, _ ...grpc.CallOption) (grpc.B
 // its requests are answered with an unknown outcome once Send returns, not
 // left waiting and not reported as unsent.
 func TestSessionFailureDuringSendIsUnknown(t *testing.T) {
-	c := &conn{addr: "breaking", rpc: breakingServer{}, hooks: &decisionHooks{
-		answered: func(*tuttipb.Response, uint64, []*tuttipb.Tid, []*tuttipb.Tid) {},
-		stats:    &decisionStats{},
-	}}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	r, err := c.do(ctx, &tuttipb.Request{Memnode: 0, Kind: tuttipb.Kind_KIND_EXEC})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, r := execOn(t, breakingServer{})
 	if r.GetStatus() != tuttipb.Status_STATUS_UNKNOWN_OUTCOME {
 		t.Fatalf("status %v (%s), want STATUS_UNKNOWN_OUTCOME", r.GetStatus(), r.GetError())
 	}
