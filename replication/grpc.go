@@ -33,6 +33,11 @@ const (
 	// open a stream to a peer after a failure; the wait doubles per failure.
 	grpcMinBackoff = 50 * time.Millisecond
 	grpcMaxBackoff = time.Second
+	// grpcWarnAfter: a peer is reported unreachable (at warn level) once
+	// sends to it have failed for this long; shorter outages — a peer
+	// restarting, or a whole local cluster shutting down, where every
+	// host's peers see the others go — log at debug level only.
+	grpcWarnAfter = time.Second
 	// grpcConnectTimeout bounds opening a stream.
 	grpcConnectTimeout = 5 * time.Second
 	// grpcUnreachableInterval: at most one ReportUnreachable per (group, peer)
@@ -493,10 +498,11 @@ func (p *grpcPeer) openStream() (s tuttipb.Raft_StreamClient, cancel context.Can
 func (p *grpcPeer) run() {
 	defer close(p.done)
 	var (
-		stream  tuttipb.Raft_StreamClient
-		cancel  context.CancelFunc
-		wait    time.Duration // current backoff
-		healthy = true        // for logging transitions only
+		stream tuttipb.Raft_StreamClient
+		cancel context.CancelFunc
+		wait   time.Duration // current backoff
+		since  time.Time     // first failure of the current outage; zero: healthy
+		warned bool          // the outage was logged at warn level
 	)
 	defer func() {
 		if cancel != nil {
@@ -536,12 +542,15 @@ func (p *grpcPeer) run() {
 				return
 			}
 			p.failed(pending)
-			if healthy {
-				p.log.Warn().Err(err).Msg("raft peer unreachable")
-			} else {
-				p.log.Debug().Err(err).Msg("raft peer still unreachable")
+			if since.IsZero() {
+				since = time.Now()
 			}
-			healthy = false
+			if d := time.Since(since); !warned && d >= grpcWarnAfter {
+				p.log.Warn().Err(err).Dur("for", d).Msg("raft peer unreachable")
+				warned = true
+			} else {
+				p.log.Debug().Err(err).Msg("raft peer unreachable")
+			}
 			wait = min(max(2*wait, grpcMinBackoff), grpcMaxBackoff)
 			timer.Reset(wait)
 			select {
@@ -551,10 +560,10 @@ func (p *grpcPeer) run() {
 			}
 			p.wakeUp() // retry with what queued meanwhile
 		} else {
-			if !healthy {
-				p.log.Info().Msg("raft peer reachable again")
+			if warned {
+				p.log.Info().Dur("after", time.Since(since)).Msg("raft peer reachable again")
 			}
-			healthy, wait = true, 0
+			since, warned, wait = time.Time{}, false, 0
 		}
 	}
 }
@@ -654,9 +663,25 @@ type grpcRaftServer struct {
 var errNotServing = status.Error(codes.Unavailable, "replication: raft transport not started or closed")
 
 // Stream receives batches from one peer and delivers each with one
-// HandleMessages call.
+// HandleMessages call. It ends when the transport closes, even while the
+// peer is silent: a peer's stream never ends by itself, and a server's
+// GracefulStop waits for every stream to end.
 func (s *grpcRaftServer) Stream(stream tuttipb.Raft_StreamServer) error {
 	t := s.t
+	done := make(chan error, 1)
+	go func() { done <- t.receive(stream) }()
+	select {
+	case err := <-done:
+		return err
+	case <-t.ctx.Done():
+		// Returning ends the stream; the receiving goroutine's Recv then
+		// fails and it exits.
+		return errNotServing
+	}
+}
+
+// receive is Stream's loop.
+func (t *GRPCTransport) receive(stream tuttipb.Raft_StreamServer) error {
 	for {
 		b, err := stream.Recv()
 		if errors.Is(err, io.EOF) {

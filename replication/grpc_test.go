@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -304,6 +305,56 @@ func TestGRPCTransportDeadPeer(t *testing.T) {
 	case <-closed:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close hangs with a dead peer")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A peer that cannot be reached is reported at warn level once sends to it
+// have failed for grpcWarnAfter, not at the first failure: a peer that is
+// restarting, or a local cluster shutting down host by host, is not worth
+// a warning.
+func TestGRPCTransportWarnsOnlyAfterGrace(t *testing.T) {
+	var logs syncBuffer
+	a := startGRPCNode(t, 1, "127.0.0.1:0", func(c *GRPCConfig) {
+		c.Logger = zerolog.New(&logs).Level(zerolog.DebugLevel)
+	})
+	defer a.stop()
+	a.tr.SetPeer(2, deadAddr(t))
+	start := time.Now()
+	warned := func() bool { return strings.Contains(logs.String(), `"level":"warn"`) }
+	// Raft keeps sending heartbeats to an unreachable peer; so does this.
+	for i := uint64(1); !warned(); i++ {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("no warning after 10 s of failures:\n%s", logs.String())
+		}
+		a.tr.Send([]GroupMessage{trMsg(1, 1, 2, raftpb.MsgHeartbeat, i)})
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d := time.Since(start); d < grpcWarnAfter {
+		t.Fatalf("warned after %v, before the %v grace", d, grpcWarnAfter)
+	}
+	if n := strings.Count(logs.String(), `"level":"warn"`); n != 1 {
+		t.Fatalf("%d warnings for one outage:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), `"level":"debug"`) {
+		t.Fatalf("failures before the grace were not logged at debug level:\n%s", logs.String())
 	}
 }
 

@@ -291,6 +291,12 @@ func (h *Host) Close() error {
 		if h.health != nil {
 			h.health.Shutdown()
 		}
+		// So would the peers' Raft streams, which never end by
+		// themselves: closing the transport first ends them (Raft
+		// tolerates the messages lost) and stops sending to peers, which
+		// would otherwise see this host vanish and warn while their own
+		// hosts close.
+		tErr := h.transport.Close()
 		stopped := make(chan struct{})
 		go func() { h.grpc.GracefulStop(); close(stopped) }()
 		select {
@@ -303,7 +309,7 @@ func (h *Host) Close() error {
 		if h.rep != nil {
 			errs = append(errs, h.rep.Close())
 		}
-		errs = append(errs, h.transport.Close())
+		errs = append(errs, tErr)
 		h.closeErr = errors.Join(errs...)
 	})
 	return h.closeErr
