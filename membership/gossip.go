@@ -175,6 +175,11 @@ func (b logBridge) Write(p []byte) (int, error) {
 			}
 		}
 		msg = strings.TrimPrefix(msg, "memberlist: ")
+		if lvl > zerolog.DebugLevel && strings.Contains(msg, "use of closed network connection") {
+			// memberlist's own socket, closed by Shutdown while its
+			// prober or gossip still ran: shutdown, not a fault.
+			lvl = zerolog.DebugLevel
+		}
 		b.log.WithLevel(lvl).Str("component", "memberlist").Msg(msg)
 	}
 	return len(p), nil
