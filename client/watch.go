@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/internal/segs"
 )
 
 // Range is the byte range [Addr, Addr+Len) of a memnode's address space.
@@ -128,54 +129,25 @@ func (e *WatchEvent) merge(o WatchEvent) {
 // bytes where they overlap. Nil data if the result exceeds watchMaxData.
 // The inputs are not modified.
 func mergeData(er []Range, ed [][]byte, or []Range, od [][]byte) ([]Range, [][]byte) {
-	type seg struct {
-		addr uint64
-		b    []byte
-	}
-	var segs []seg // sorted by addr, disjoint
+	ss := make([]segs.Seg, len(er), len(er)+len(or))
 	for i, r := range er {
-		segs = append(segs, seg{r.Addr, ed[i]})
+		ss[i] = segs.Seg{Addr: r.Addr, B: ed[i]}
 	}
 	for i, r := range or {
-		n, end := seg{r.Addr, od[i]}, r.Addr+r.Len
-		var out []seg
-		placed := false
-		for _, g := range segs {
-			gend := g.addr + uint64(len(g.b))
-			if gend <= n.addr || g.addr >= end {
-				if !placed && g.addr >= end {
-					out, placed = append(out, n), true
-				}
-				out = append(out, g)
-				continue
-			}
-			if g.addr < n.addr {
-				out = append(out, seg{g.addr, g.b[:n.addr-g.addr]})
-			}
-			if !placed {
-				out, placed = append(out, n), true
-			}
-			if gend > end {
-				out = append(out, seg{end, g.b[end-g.addr:]})
-			}
-		}
-		if !placed {
-			out = append(out, n)
-		}
-		segs = out
+		ss, _ = segs.Overlay(ss, segs.Seg{Addr: r.Addr, B: od[i]})
 	}
 	var rs []Range
 	var ds [][]byte
 	total := 0
-	for _, g := range segs {
-		total += len(g.b)
-		if k := len(rs) - 1; k >= 0 && rs[k].Addr+rs[k].Len == g.addr {
-			rs[k].Len += uint64(len(g.b))
-			ds[k] = append(slices.Clip(ds[k]), g.b...) // a copy: never shares
+	for _, g := range ss {
+		total += len(g.B)
+		if k := len(rs) - 1; k >= 0 && rs[k].Addr+rs[k].Len == g.Addr {
+			rs[k].Len += uint64(len(g.B))
+			ds[k] = append(slices.Clip(ds[k]), g.B...) // a copy: never shares
 			continue
 		}
-		rs = append(rs, Range{g.addr, uint64(len(g.b))})
-		ds = append(ds, g.b)
+		rs = append(rs, Range{g.Addr, uint64(len(g.B))})
+		ds = append(ds, g.B)
 	}
 	if total > watchMaxData {
 		ds = nil

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/internal/segs"
 	"github.com/tutti-gcs/tutti/memnode"
 )
 
@@ -208,58 +209,10 @@ type watchSub struct {
 		dirty   bool
 		// With data: the latest bytes of the pending ranges (segs covers
 		// exactly the union of pending), unless noData.
-		segs     []wseg
+		segs     []segs.Seg
 		segBytes int
 		noData   bool
 	}
-}
-
-// wseg is the content b of the bytes [addr, addr+len(b)).
-type wseg struct {
-	addr uint64
-	b    []byte
-}
-
-func (g wseg) end() uint64 { return g.addr + uint64(len(g.b)) }
-
-// overlay puts n into segs (sorted, disjoint), replacing the bytes it
-// overlaps; it returns the segments and the change of their total bytes.
-// Segment bytes are never modified, only resliced.
-func overlay(segs []wseg, n wseg) ([]wseg, int) {
-	// The first segment that ends after n starts.
-	i, _ := slices.BinarySearchFunc(segs, n.addr, func(g wseg, a uint64) int {
-		if g.end() <= a {
-			return -1
-		}
-		return 1
-	})
-	j := i // segments [i, j) overlap n
-	for j < len(segs) && segs[j].addr < n.end() {
-		j++
-	}
-	delta := len(n.b)
-	var keep []wseg // the parts of segs[i:j] outside n
-	for _, g := range segs[i:j] {
-		delta -= len(g.b)
-		if g.addr < n.addr {
-			l := wseg{g.addr, g.b[:n.addr-g.addr]}
-			keep = append(keep, l)
-			delta += len(l.b)
-		}
-		if g.end() > n.end() {
-			r := wseg{n.end(), g.b[n.end()-g.addr:]}
-			keep = append(keep, r)
-			delta += len(r.b)
-		}
-	}
-	repl := make([]wseg, 0, len(keep)+1)
-	if len(keep) > 0 && keep[0].addr < n.addr {
-		repl = append(repl, keep[0])
-		keep = keep[1:]
-	}
-	repl = append(repl, n)
-	repl = append(repl, keep...)
-	return slices.Replace(segs, i, j, repl...), delta
 }
 
 // dropData forgets the pending data; the next event carries none. Called
@@ -305,7 +258,7 @@ func (s *watchSub) add(index uint64, written []wrange, mem memReader) {
 				b := make([]byte, p.end-p.addr)
 				mem.ReadAt(b, p.addr)
 				var d int
-				s.mu.segs, d = overlay(s.mu.segs, wseg{p.addr, b})
+				s.mu.segs, d = segs.Overlay(s.mu.segs, segs.Seg{Addr: p.addr, B: b})
 				s.mu.segBytes += d
 			}
 		}
@@ -351,26 +304,26 @@ func (s *watchSub) take() *tuttipb.WatchEvent {
 // segData returns the content of each range of rs (sorted, disjoint, not
 // adjacent) from segs (sorted, disjoint), or nil if segs does not cover
 // them exactly.
-func segData(rs []wrange, segs []wseg) [][]byte {
+func segData(rs []wrange, ss []segs.Seg) [][]byte {
 	out := make([][]byte, len(rs))
 	for i, r := range rs {
 		var b []byte
 		at := r.addr
-		for len(segs) > 0 && segs[0].addr == at && at < r.end {
-			if b == nil && segs[0].end() >= r.end {
-				b = segs[0].b // one segment: no copy
+		for len(ss) > 0 && ss[0].Addr == at && at < r.end {
+			if b == nil && ss[0].End() >= r.end {
+				b = ss[0].B // one segment: no copy
 			} else {
-				b = append(b, segs[0].b...)
+				b = append(b, ss[0].B...)
 			}
-			at = segs[0].end()
-			segs = segs[1:]
+			at = ss[0].End()
+			ss = ss[1:]
 		}
 		if at != r.end || uint64(len(b)) != r.end-r.addr {
 			return nil
 		}
 		out[i] = b
 	}
-	if len(segs) > 0 {
+	if len(ss) > 0 {
 		return nil
 	}
 	return out

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/internal/segs"
 	"github.com/tutti-gcs/tutti/memnode"
 	"github.com/tutti-gcs/tutti/replication"
 )
@@ -314,14 +315,14 @@ func TestWatchDataCapFallsBackToHint(t *testing.T) {
 	}
 }
 
-// overlay against a model: random writes into pending segments, then the
+// segs.Overlay and segData against a model: random writes into pending segments, then the
 // event data of the merged ranges equals the memory's bytes there.
 func TestWatchOverlayModel(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(1, 2))
 	for round := range 200 {
 		var mem [256]byte
 		written := make([]bool, len(mem))
-		var segs []wseg
+		var ss []segs.Seg
 		var pending []wrange
 		total := 0
 		for range 1 + rnd.IntN(20) {
@@ -334,24 +335,24 @@ func TestWatchOverlayModel(t *testing.T) {
 				written[a+uint64(i)] = true
 			}
 			var d int
-			segs, d = overlay(segs, wseg{a, b})
+			ss, d = segs.Overlay(ss, segs.Seg{Addr: a, B: b})
 			total += d
 			pending = append(pending, wrange{a, e})
 		}
 		sum := 0
-		for i, g := range segs {
-			sum += len(g.b)
-			if i > 0 && segs[i-1].end() > g.addr {
-				t.Fatalf("round %d: segments overlap: %v", round, segs)
+		for i, g := range ss {
+			sum += len(g.B)
+			if i > 0 && ss[i-1].End() > g.Addr {
+				t.Fatalf("round %d: segments overlap: %v", round, ss)
 			}
 		}
 		if sum != total {
 			t.Fatalf("round %d: %d bytes counted, %d held", round, total, sum)
 		}
 		merged := mergeRanges(pending)
-		data := segData(merged, segs)
+		data := segData(merged, ss)
 		if data == nil {
-			t.Fatalf("round %d: segments %v do not cover %v", round, segs, merged)
+			t.Fatalf("round %d: segments %v do not cover %v", round, ss, merged)
 		}
 		n := 0
 		for i, r := range merged {
