@@ -376,6 +376,12 @@ func (g *Group) sendLoop() {
 		})
 		return err == nil
 	}
+	// mayWrite reports whether stage may start a queue write: with none in
+	// flight, or for a full batch while fewer than maxWrites are (smaller
+	// batches wait for the write in flight rather than fragment).
+	mayWrite := func() bool {
+		return writing == 0 || (writing < maxWrites && g.fullBatchPending())
+	}
 	// stage takes pending batches as the queue has room and starts one
 	// queue write for those that do not travel inline. full reports that
 	// requests are pending but the queue has no room.
@@ -424,12 +430,9 @@ func (g *Group) sendLoop() {
 				tx = client.NewTx().Compare(g.self.qMemnode, g.self.qAddr, fence)
 			}
 			off := uint64(0)
-			for _, it := range ringSplit(ringBase, ringLen, qTail, uint64(len(blob))) {
-				for done := uint64(0); done < it.n; {
-					c := min(it.n-done, maxItemChunk, n.itemMax)
-					tx.Write(g.self.qMemnode, it.addr+done, blob[off:off+c])
-					done, off = done+c, off+c
-				}
+			for _, it := range chunkItems(ringSplit(ringBase, ringLen, qTail, uint64(len(blob))), min(maxItemChunk, n.itemMax)) {
+				tx.Write(g.self.qMemnode, it.addr, blob[off:off+it.n])
+				off += it.n
 			}
 			s.rec.kind = recRef
 			s.rec.body = refBody{qMemnode: g.self.qMemnode, qAddr: ringBase, qLen: ringLen, qPos: qTail, bytes: uint64(len(blob))}.encode()
@@ -616,7 +619,7 @@ func (g *Group) sendLoop() {
 						more = false
 					}
 				}
-				if writing == 0 || (writing < maxWrites && g.fullBatchPending()) {
+				if mayWrite() {
 					stage()
 				}
 				ready = readyPrefix()
@@ -644,9 +647,7 @@ func (g *Group) sendLoop() {
 	}
 	for {
 		full := false
-		// Another write only for a full batch: smaller ones wait for the
-		// write in flight rather than fragment into tiny batches.
-		if writing == 0 || (writing < maxWrites && g.fullBatchPending()) {
+		if mayWrite() {
 			full = stage()
 		}
 		if ready := readyPrefix(); len(ready) > 0 {
