@@ -1,5 +1,7 @@
 package memnode
 
+import "slices"
+
 // Locks are data: the ranges held by in-doubt transactions, indexed by
 // address so that a check looks only at locks near the requested range.
 //
@@ -262,57 +264,55 @@ func (lt *lockTable) release(t *txn) {
 	lt.ranges -= len(t.locks)
 }
 
-// removeFine drops the first of t's entries in fine bucket b and reports
-// whether there was one (see removeOwned).
-func (lt *lockTable) removeFine(b uint64, t *txn) bool {
+// removeFine drops one of t's entries in fine bucket b (see removeOwned).
+func (lt *lockTable) removeFine(b uint64, t *txn) {
 	fb, ok := lt.fine[b]
-	if !ok {
-		return false
-	}
-	if fb.h.owner == t {
-		if len(fb.more) == 0 {
-			delete(lt.fine, b)
-			return true
-		}
+	switch {
+	case !ok:
+		return
+	case fb.h.owner == t && len(fb.more) == 0:
+		delete(lt.fine, b)
+		return
+	case fb.h.owner == t:
 		last := len(fb.more) - 1
 		fb.h = fb.more[last]
-		fb.more[last] = heldLock{}
-		fb.more = fb.more[:last]
-		lt.fine[b] = fb
-		return true
-	}
-	for i := range fb.more {
-		if fb.more[i].owner == t {
-			last := len(fb.more) - 1
-			fb.more[i] = fb.more[last]
-			fb.more[last] = heldLock{}
-			fb.more = fb.more[:last]
-			lt.fine[b] = fb
-			return true
+		fb.more = removeAt(fb.more, last)
+	default:
+		i := ownedBy(fb.more, t)
+		if i < 0 {
+			return
 		}
+		fb.more = removeAt(fb.more, i)
 	}
-	return false
+	lt.fine[b] = fb
 }
 
-// removeOwned drops the first of t's entries in bucket b and reports
-// whether there was one. t lists one entry per span and bucket, so a span
-// releasing its buckets removes exactly its own entries (two spans of t in
-// one bucket remove one entry each; they are interchangeable).
-func removeOwned(m map[uint64][]heldLock, b uint64, t *txn) bool {
+// removeOwned drops one of t's entries in coarse bucket b. t lists one
+// entry per span and bucket, so a span releasing its buckets removes
+// exactly its own entries (two spans of t in one bucket remove one entry
+// each; they are interchangeable).
+func removeOwned(m map[uint64][]heldLock, b uint64, t *txn) {
 	hs := m[b]
-	for i := range hs {
-		if hs[i].owner != t {
-			continue
-		}
-		last := len(hs) - 1
-		hs[i] = hs[last]
-		hs[last] = heldLock{} // drop the owner pointer
-		if last == 0 {
-			delete(m, b)
-		} else {
-			m[b] = hs[:last]
-		}
-		return true
+	i := ownedBy(hs, t)
+	switch {
+	case i < 0:
+	case len(hs) == 1:
+		delete(m, b)
+	default:
+		m[b] = removeAt(hs, i)
 	}
-	return false
+}
+
+// ownedBy returns the index of t's first entry in hs, or -1.
+func ownedBy(hs []heldLock, t *txn) int {
+	return slices.IndexFunc(hs, func(h heldLock) bool { return h.owner == t })
+}
+
+// removeAt removes hs[i] by moving the last entry there; the vacated slot
+// drops its owner pointer.
+func removeAt(hs []heldLock, i int) []heldLock {
+	last := len(hs) - 1
+	hs[i] = hs[last]
+	hs[last] = heldLock{}
+	return hs[:last]
 }
