@@ -85,6 +85,18 @@ type Config struct {
 	// SnapshotEntries: take a snapshot and compact the log after this many
 	// applied entries since the last snapshot; default 10000.
 	SnapshotEntries uint64
+	// SnapshotBytes bounds the log by size as SnapshotEntries does by count:
+	// a snapshot is also taken once the entries applied since the last one
+	// hold this many bytes, or twice the last snapshot's size if that is
+	// larger (so snapshots of a large state machine cost at most half the
+	// bytes written to the log). The margin of entries kept behind a
+	// snapshot for slow followers holds at most a quarter of it. This bounds
+	// the log engine's size and the replay after a restart. Default 256 MiB.
+	SnapshotBytes uint64
+	// LogCacheBytes bounds the applied entries a group keeps in memory for
+	// raft (sending to followers); older ones are read back from the log
+	// engine. Default 8 MiB.
+	LogCacheBytes uint64
 	// NoSync disables fsync (tests only; acknowledged writes may be lost).
 	NoSync bool
 	// MaxProposalBytes bounds one batched entry; default 1 MiB.
@@ -99,6 +111,8 @@ func DefaultConfig() Config {
 		ElectionTicks:    20,
 		HeartbeatTicks:   2,
 		SnapshotEntries:  10000,
+		SnapshotBytes:    256 << 20,
+		LogCacheBytes:    8 << 20,
 		MaxProposalBytes: 1 << 20,
 	}
 }

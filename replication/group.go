@@ -95,7 +95,8 @@ type group struct {
 	// worker-owned
 	work      inbox // the inbox being processed (swapped with mu.in)
 	rn        *raft.RawNode
-	ms        *raft.MemoryStorage
+	ms        *raft.MemoryStorage // st's cache
+	st        *logStore           // raft's Storage
 	sm        StateMachine
 	dirty     bool   // on the worker's dirty list
 	isLeader  bool   // as of the last Ready's SoftState
@@ -103,6 +104,15 @@ type group struct {
 	lastIndex uint64 // last log index in the engine
 	applied   uint64
 	snapIndex uint64 // index of the latest snapshot (created or restored)
+	// snapBytes: size of the latest snapshot's data; logBytes: bytes of
+	// the entries applied since it; sizes: index and size of every entry
+	// applied and not yet compacted away (the compaction margin is chosen
+	// by bytes as well as by count).
+	snapBytes uint64
+	logBytes  uint64
+	sizes     []entrySize
+	// cached: bytes of the applied entries in the cache (ms).
+	cached    uint64
 	confState *pb.ConfState
 	nextID    uint64
 	inflight  map[uint64]*proposal // by proposal id; handed to raft
@@ -126,6 +136,7 @@ func newGroup(h *Host, id uint64, sm StateMachine, ms *raft.MemoryStorage, w *wo
 		w:         w,
 		sm:        sm,
 		ms:        ms,
+		st:        &logStore{MemoryStorage: ms, eng: h.eng, group: id, reads: &h.stats.logReads},
 		confState: pb.EnsureConfState(nil),
 		inflight:  make(map[uint64]*proposal),
 		readsPend: make(map[uint64]*readBatch),
@@ -342,6 +353,9 @@ func (g *group) restore(snap *pb.Snapshot) error {
 		g.h.stats.restores.Add(1)
 	}
 	g.applied, g.snapIndex = idx, idx
+	g.snapBytes, g.logBytes = uint64(len(snap.GetData())), 0
+	g.sizes = g.sizes[:0]
+	g.cached = 0
 	g.confState = proto.Clone(pb.EnsureConfState(snap.GetMetadata().GetConfState())).(*pb.ConfState)
 	return nil
 }
@@ -401,7 +415,12 @@ func (g *group) apply(w *worker, rd *raft.Ready) {
 			h.log.Debug().Uint64("group", g.id).Uint64("index", idx).Str("conf", g.confState.String()).Msg("applied configuration change")
 		}
 		g.applied = idx
+		n := uint64(len(e.GetData()))
+		g.logBytes += n
+		g.cached += n
+		g.sizes = append(g.sizes, entrySize{idx, n})
 	}
+	g.trimCache()
 	if len(cmds) > 0 {
 		results := g.sm.Apply(cmds)
 		h.stats.applies.Add(1)
@@ -507,10 +526,72 @@ func (g *group) serveReads() {
 	g.readsWait = keep
 }
 
-// wantSnapshot: SnapshotEntries entries were applied since the last
-// snapshot, or a configuration change was applied.
+// trimCache drops applied entries from the in-memory cache when they hold
+// more than LogCacheBytes, keeping the newest half of that.
+func (g *group) trimCache() {
+	limit := g.h.cfg.LogCacheBytes
+	if g.cached <= limit {
+		return
+	}
+	var keep uint64
+	c := g.applied
+	for i := len(g.sizes) - 1; i >= 0; i-- {
+		s := g.sizes[i]
+		if keep+s.bytes > limit/2 {
+			c = s.index
+			break
+		}
+		keep += s.bytes
+		c = s.index - 1
+	}
+	if first, _ := g.ms.FirstIndex(); c >= first {
+		if err := g.ms.Compact(c); err != nil {
+			g.h.log.Error().Err(err).Uint64("group", g.id).Uint64("index", c).Msg("log cache compaction")
+			return
+		}
+	}
+	g.cached = keep
+}
+
+// entrySize is the data size of one applied log entry.
+type entrySize struct{ index, bytes uint64 }
+
+// wantSnapshot: SnapshotEntries entries, or SnapshotBytes bytes (at least
+// twice the last snapshot), were applied since the last snapshot, or a
+// configuration change was applied.
 func (g *group) wantSnapshot() bool {
-	return g.applied > g.snapIndex && (g.forceSnap || g.applied-g.snapIndex >= g.h.cfg.SnapshotEntries)
+	if g.applied <= g.snapIndex {
+		return false
+	}
+	cfg := &g.h.cfg
+	return g.forceSnap || g.applied-g.snapIndex >= cfg.SnapshotEntries ||
+		g.logBytes >= max(cfg.SnapshotBytes, 2*g.snapBytes)
+}
+
+// compactTo returns the index up to which the log may be compacted after a
+// snapshot at g.applied: it keeps at most min(1000, SnapshotEntries/2)
+// entries and SnapshotBytes/4 bytes behind the snapshot, so slightly slow
+// followers catch up from the log without the margin holding much memory.
+// 0: nothing to compact.
+func (g *group) compactTo() uint64 {
+	margin := min(uint64(1000), g.h.cfg.SnapshotEntries/2)
+	budget := g.h.cfg.SnapshotBytes / 4
+	var ci uint64
+	if g.applied > margin {
+		ci = g.applied - margin
+	}
+	// Walk back from the newest applied entry while the margin allows.
+	var kept, bytes uint64
+	for i := len(g.sizes) - 1; i >= 0; i-- {
+		s := g.sizes[i]
+		if kept == margin || bytes+s.bytes > budget {
+			ci = max(ci, s.index)
+			break
+		}
+		kept++
+		bytes += s.bytes
+	}
+	return ci
 }
 
 // maybeSnapshot takes a snapshot and compacts the log if wantSnapshot.
@@ -519,12 +600,11 @@ func (g *group) maybeSnapshot(b *logBatch) {
 	if !g.wantSnapshot() {
 		return
 	}
-	every := g.h.cfg.SnapshotEntries
 	g.forceSnap = false
 	data, err := g.sm.Snapshot()
 	if err != nil {
 		g.h.log.Error().Err(err).Uint64("group", g.id).Msg("state machine snapshot failed; will retry")
-		g.snapIndex = g.applied // do not retry on every cycle
+		g.snapIndex, g.logBytes = g.applied, 0 // do not retry on every cycle
 		return
 	}
 	snap, err := g.ms.CreateSnapshot(g.applied, g.confState, data)
@@ -537,16 +617,26 @@ func (g *group) maybeSnapshot(b *logBatch) {
 		return
 	}
 	g.snapIndex = g.applied
+	g.snapBytes, g.logBytes = uint64(len(data)), 0
 	g.h.stats.snapshots.Add(1)
 	// Keep a margin of entries so slow followers catch up from the log.
-	margin := min(uint64(1000), every/2)
-	if g.applied > margin {
-		ci := g.applied - margin
-		if first, _ := g.ms.FirstIndex(); ci >= first {
-			if err := g.ms.Compact(ci); err == nil {
-				b.truncatePrefix(g.id, ci)
-			}
+	if ci := g.compactTo(); ci >= g.st.first {
+		term, err := g.st.Term(ci)
+		if err != nil {
+			g.h.log.Error().Err(err).Uint64("group", g.id).Uint64("index", ci).Msg("log compaction: term unknown")
+			return
 		}
+		if first, _ := g.ms.FirstIndex(); ci >= first {
+			_ = g.ms.Compact(ci)
+		}
+		b.truncatePrefix(g.id, ci)
+		g.st.resetFirst(ci+1, term)
+		// Forget the sizes of compacted entries (they are in index order).
+		n := 0
+		for n < len(g.sizes) && g.sizes[n].index <= ci {
+			n++
+		}
+		g.sizes = append(g.sizes[:0], g.sizes[n:]...)
 	}
 }
 
@@ -781,6 +871,7 @@ func (w *worker) cycle() {
 			if err := g.ms.ApplySnapshot(rd.Snapshot); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
 				panic(fmt.Sprintf("replication: group %d: apply snapshot: %v", g.id, err))
 			}
+			g.st.syncFirst() // the engine dropped its log too
 		}
 		if err := g.ms.Append(rd.Entries); err != nil {
 			panic(fmt.Sprintf("replication: group %d: append: %v", g.id, err))

@@ -133,6 +133,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.SnapshotEntries == 0 {
 		c.SnapshotEntries = d.SnapshotEntries
 	}
+	if c.SnapshotBytes == 0 {
+		c.SnapshotBytes = d.SnapshotBytes
+	}
+	if c.LogCacheBytes == 0 {
+		c.LogCacheBytes = d.LogCacheBytes
+	}
 	if c.MaxProposalBytes <= 0 {
 		c.MaxProposalBytes = d.MaxProposalBytes
 	}
@@ -248,6 +254,15 @@ func (h *Host) openGroup(id uint64, peers []uint64, sm StateMachine, w *worker) 
 		if err := ms.Append(pg.ents); err != nil {
 			return nil, err
 		}
+		// The margin kept behind the snapshot counts toward compaction and
+		// the cache by bytes; later entries are counted as they are
+		// applied again.
+		for _, e := range pg.ents {
+			if e.GetIndex() <= g.applied {
+				g.sizes = append(g.sizes, entrySize{e.GetIndex(), uint64(len(e.GetData()))})
+				g.cached += uint64(len(e.GetData()))
+			}
+		}
 		g.lastIndex, _ = ms.LastIndex()
 		if n := len(pg.ents); n > 0 && pg.ents[n-1].GetIndex() > g.lastIndex {
 			g.lastIndex = pg.ents[n-1].GetIndex()
@@ -302,7 +317,7 @@ func (h *Host) openGroup(id uint64, peers []uint64, sm StateMachine, w *worker) 
 		ID:                        h.cfg.ID,
 		ElectionTick:              h.cfg.ElectionTicks,
 		HeartbeatTick:             h.cfg.HeartbeatTicks,
-		Storage:                   ms,
+		Storage:                   g.st,
 		Applied:                   g.applied,
 		MaxSizePerMsg:             maxSizePerMsg,
 		MaxCommittedSizePerReady:  maxCommittedSizePerReady,
@@ -313,6 +328,7 @@ func (h *Host) openGroup(id uint64, peers []uint64, sm StateMachine, w *worker) 
 		DisableProposalForwarding: true,
 		Logger:                    raftLogger{l: h.log.With().Uint64("group", id).Logger()},
 	}
+	g.st.syncFirst()
 	rn, err := raft.NewRawNode(rc)
 	if err != nil {
 		return nil, err
@@ -604,6 +620,10 @@ type Stats struct {
 	ReadIndexes uint64 // ReadIndex requests issued (each serves a batch of reads)
 	Snapshots   uint64 // snapshots taken locally
 	Restores    uint64 // snapshots restored (received or at recovery)
+	// LogReads counts entries raft read back from the log engine because
+	// they had left the in-memory cache (LogCacheBytes): followers that
+	// lag by more than the cache.
+	LogReads uint64
 	// LeaderChanges counts, over this host's replicas, how often the
 	// known leader changed to another (non-zero) one, elections at start
 	// included. Growth under steady load means leadership churn.
@@ -612,7 +632,7 @@ type Stats struct {
 
 type stats struct {
 	proposals, entries, cycles, readies, batches, fsyncs, applies, applied, reads, readIndexes, snapshots, restores atomic.Uint64
-	leaderChanges                                                                                                   atomic.Uint64
+	leaderChanges, logReads                                                                                         atomic.Uint64
 }
 
 // Stats returns the host's counters.
@@ -623,5 +643,6 @@ func (h *Host) Stats() Stats {
 		Readies: s.readies.Load(), Batches: s.batches.Load(), Fsyncs: s.fsyncs.Load(),
 		Applies: s.applies.Load(), Applied: s.applied.Load(), Reads: s.reads.Load(),
 		ReadIndexes: s.readIndexes.Load(), Snapshots: s.snapshots.Load(), Restores: s.restores.Load(), LeaderChanges: s.leaderChanges.Load(),
+		LogReads: s.logReads.Load(),
 	}
 }

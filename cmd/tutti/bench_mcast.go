@@ -136,6 +136,7 @@ func newBenchMcast(g *globals) *cobra.Command {
 		noSync      bool
 		quiet       bool
 		cpuProfile  string
+		memProfile  string
 		memberProf  string
 		crashTrials int
 		crashMax    time.Duration
@@ -234,6 +235,14 @@ One JSON object per measured point with --json.`,
 				defer c.Close()
 				seeds = c.Seeds()
 			}
+			// Registered after the cluster's Close: written while it still
+			// holds its memory (inuse_space shows what it keeps).
+			writeAllocs := allocsProfile(memProfile)
+			defer func() {
+				if err := writeAllocs(); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "tutti: --memprofile: %v\n", err)
+				}
+			}()
 			logDir, cleanup, err := benchLogDir(logDir, "tutti-bench-mcast-")
 			if err != nil {
 				return err
@@ -319,6 +328,7 @@ One JSON object per measured point with --json.`,
 	f.BoolVar(&noSync, "no-fsync", false, "embedded cluster without fsync (not the durable setting)")
 	f.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile of this process (the embedded cluster) to this file")
+	f.StringVar(&memProfile, "memprofile", "", "write a Go allocations profile of this process (the embedded cluster) to this file at the end, before the cluster closes")
 	f.StringVar(&memberProf, "member-cpuprofile", "", "directory: each member process writes member-<i>.prof there")
 	f.IntVar(&crashTrials, "crash-trials", 0, "after the rates, crash trials: kill a member, time the new view at every survivor (0: none)")
 	f.DurationVar(&crashMax, "crash-timeout", 30*time.Second, "a crash not in a view at every survivor after this long counts as undetected")

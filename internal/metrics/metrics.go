@@ -37,6 +37,7 @@ var (
 	dReads         = desc("raft_reads_total", "Linearizable reads answered.", hostLabel)
 	dSnapshots     = desc("raft_snapshots_total", "Snapshots taken locally.", hostLabel)
 	dRestores      = desc("raft_snapshot_restores_total", "Snapshots restored (received or at recovery).", hostLabel)
+	dLogReads      = desc("raft_log_engine_reads_total", "Raft entries read back from the log engine (they had left the in-memory cache).", hostLabel)
 	dLeaderChanges = desc("raft_leader_changes_total", "Times a replica on this host saw the leader change to another host.", hostLabel)
 
 	dTerm     = desc("raft_term", "Raft term of this host's replica of the memnode.", memnodeLabel)
@@ -67,7 +68,7 @@ func NewCollector(hosts ...*service.Host) *Collector { return &Collector{hosts: 
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{dProposals, dEntries, dFsyncs, dBatches, dApplied, dReads, dSnapshots, dRestores,
+	for _, d := range []*prometheus.Desc{dProposals, dEntries, dFsyncs, dBatches, dApplied, dReads, dSnapshots, dRestores, dLogReads,
 		dLeaderChanges, dTerm, dCommit, dAppliedI, dIsLeader, dHasLead, dScans, dResolved, dRecFailed,
 		dInDoubt, dLocks, dDecided, dForced, dPages} {
 		ch <- d
@@ -99,6 +100,7 @@ func collectHost(h *service.Host, ch chan<- prometheus.Metric) {
 	counter(dReads, s.Reads)
 	counter(dSnapshots, s.Snapshots)
 	counter(dRestores, s.Restores)
+	counter(dLogReads, s.LogReads)
 	counter(dLeaderChanges, s.LeaderChanges)
 
 	r := h.RecoveryStats()
