@@ -83,7 +83,9 @@ type Config struct {
 	// Workers is the number of goroutines driving groups; default GOMAXPROCS.
 	Workers int
 	// SnapshotEntries: take a snapshot and compact the log after this many
-	// applied entries since the last snapshot; default 10000.
+	// applied entries since the last snapshot; default 100,000 (the log
+	// lives in the engine, so a longer log costs disk and replay time, not
+	// memory; a snapshot copies the whole state machine).
 	SnapshotEntries uint64
 	// SnapshotBytes bounds the log by size as SnapshotEntries does by count:
 	// a snapshot is also taken once the entries applied since the last one
@@ -110,7 +112,7 @@ func DefaultConfig() Config {
 		TickInterval:     10 * time.Millisecond,
 		ElectionTicks:    20,
 		HeartbeatTicks:   2,
-		SnapshotEntries:  10000,
+		SnapshotEntries:  100000,
 		SnapshotBytes:    256 << 20,
 		LogCacheBytes:    8 << 20,
 		MaxProposalBytes: 1 << 20,

@@ -607,11 +607,18 @@ func (g *group) maybeSnapshot(b *logBatch) {
 		g.snapIndex, g.logBytes = g.applied, 0 // do not retry on every cycle
 		return
 	}
-	snap, err := g.ms.CreateSnapshot(g.applied, g.confState, data)
+	term, err := g.st.Term(g.applied)
 	if err != nil {
-		g.h.log.Error().Err(err).Uint64("group", g.id).Msg("create snapshot")
+		g.h.log.Error().Err(err).Uint64("group", g.id).Msg("create snapshot: term of the applied index")
 		return
 	}
+	// Not MemoryStorage.CreateSnapshot: it returns a clone of the data.
+	snap := &pb.Snapshot{Data: data, Metadata: &pb.SnapshotMetadata{
+		Index:     new(g.applied),
+		Term:      new(term),
+		ConfState: proto.Clone(g.confState).(*pb.ConfState),
+	}}
+	g.st.snap = snap
 	if err := b.setSnapshot(g.id, snap, false); err != nil {
 		g.h.log.Error().Err(err).Uint64("group", g.id).Msg("persist snapshot")
 		return

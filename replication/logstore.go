@@ -36,6 +36,18 @@ type logStore struct {
 	// first is the first index the engine holds (the log's FirstIndex);
 	// firstTerm is the term of first-1, kept for raft's matching.
 	first, firstTerm uint64
+	// snap is the latest snapshot taken here (the cache's is the latest
+	// restored one): kept here to spare MemoryStorage.CreateSnapshot's copy.
+	snap *pb.Snapshot
+}
+
+// Snapshot is the newer of the one taken here and the cache's.
+func (s *logStore) Snapshot() (*pb.Snapshot, error) {
+	ms, err := s.MemoryStorage.Snapshot()
+	if s.snap != nil && (err != nil || s.snap.GetMetadata().GetIndex() > ms.GetMetadata().GetIndex()) {
+		return s.snap, nil
+	}
+	return ms, err
 }
 
 var _ raft.Storage = (*logStore)(nil)

@@ -226,14 +226,28 @@ func (b *logBatch) setHardState(g uint64, hs *pb.HardState) {
 // stored entry is deleted too (an incoming snapshot replaces the log;
 // entries that follow it in the same Ready are written after this call).
 func (b *logBatch) setSnapshot(g uint64, snap *pb.Snapshot, dropLog bool) error {
-	v, err := encodeSnapshot(snap)
+	meta, err := proto.Marshal(snap.GetMetadata())
 	if err != nil {
 		return err
 	}
 	if dropLog {
 		_ = b.b.DeleteRange(entryKey(g, 0), groupKey(g, kindEntry+1), nil)
 	}
-	return b.b.Set(groupKey(g, kindSnapshot), v, nil)
+	// Written in place: a snapshot is the state machine's whole state, so
+	// one copy fewer matters.
+	data := snap.GetData()
+	k := groupKey(g, kindSnapshot)
+	op := b.b.SetDeferred(len(k), uvarintLen(uint64(len(meta)))+len(meta)+len(data))
+	copy(op.Key, k)
+	v := binary.AppendUvarint(op.Value[:0], uint64(len(meta)))
+	v = append(v, meta...)
+	copy(op.Value[len(v):], data)
+	return op.Finish()
+}
+
+func uvarintLen(x uint64) int {
+	var buf [binary.MaxVarintLen64]byte
+	return binary.PutUvarint(buf[:], x)
 }
 
 // truncatePrefix deletes the entries with index <= upto.
@@ -289,17 +303,6 @@ func decodeEntry(index uint64, v []byte) (*pb.Entry, error) {
 		ent.Data = append([]byte(nil), d...)
 	}
 	return ent, nil
-}
-
-func encodeSnapshot(snap *pb.Snapshot) ([]byte, error) {
-	meta, err := proto.Marshal(snap.GetMetadata())
-	if err != nil {
-		return nil, err
-	}
-	v := make([]byte, 0, binary.MaxVarintLen64+len(meta)+len(snap.GetData()))
-	v = binary.AppendUvarint(v, uint64(len(meta)))
-	v = append(v, meta...)
-	return append(v, snap.GetData()...), nil
 }
 
 func decodeSnapshot(v []byte) (*pb.Snapshot, error) {

@@ -159,7 +159,7 @@ Precedence: command line, then environment, then config file, then default.`,
 	f.StringVar(&config, "config", "", "JSON config file whose keys are flag names")
 	f.BoolVar(&noSync, "no-fsync", false, "do not fsync the Raft log (loses acknowledged writes on power loss)")
 	f.Uint64Var(&memSize, "memnode-size", 0, "address-space size of each memnode in bytes (default 2^40)")
-	f.Uint64Var(&snapshotAt, "snapshot-entries", 0, "snapshot and compact the log every this many entries (default 10000)")
+	f.Uint64Var(&snapshotAt, "snapshot-entries", 0, "snapshot and compact the log every this many entries (default 100000; also every 256 MiB of log)")
 	mf.register(f, "membership process id (default host-<id>)",
 		"gossip bind address, host:port (default: the host of --listen at its port + 1000)",
 		"gossip addresses to join, comma-separated (default: every other host of --peers at its port + 1000)")
