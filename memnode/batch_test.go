@@ -204,3 +204,50 @@ func TestInvalidEntryAppliesNoCarriedDecision(t *testing.T) {
 		t.Fatal("a refused entry applied a carried decision")
 	}
 }
+
+// A resolved transaction's object is reused by the next Prepare: the reused
+// one must carry only the new transaction's items, locks and bytes, and the
+// old tid must still answer its recorded outcome.
+func TestResolvedTxnIsReused(t *testing.T) {
+	m, _ := New(Config{Size: 1 << 16})
+	tid := func(seq uint64) TID { return TID{Client: 1, Seq: seq, Time: 10} }
+	prep := func(seq, addr uint64, data string, cmp *Compare) Result {
+		op := Op{Writes: []Write{{Addr: addr, Data: []byte(data)}}}
+		if cmp != nil {
+			op.Compares = []Compare{*cmp}
+		}
+		return m.Apply(&Entry{Kind: KindPrepare, Now: 10, TID: tid(seq), Participants: []uint64{0, 1}, Op: op})
+	}
+	if r := prep(1, 0, "first!", &Compare{Addr: 100, Data: []byte{0, 0}}); r.Vote != VoteOK {
+		t.Fatalf("prepare 1: %+v", r)
+	}
+	old := m.inDoubt[tid(1)].small
+	m.Apply(&Entry{Kind: KindCommit, Now: 11, TID: tid(1)})
+	if r := prep(2, 200, "2nd", nil); r.Vote != VoteOK {
+		t.Fatalf("prepare 2: %+v", r)
+	}
+	x := m.inDoubt[tid(2)]
+	if x.small != old {
+		t.Fatalf("the resolved txn was not reused")
+	}
+	if len(x.compares) != 0 || len(x.writes) != 1 || string(x.writes[0].Data) != "2nd" || x.writes[0].Addr != 200 {
+		t.Fatalf("reused txn holds %+v", *x)
+	}
+	// tid 1's locks are gone (only tid 2's write at 200 is locked) and
+	// its outcome is still known.
+	if r := prep(3, 0, "third", &Compare{Addr: 100, Data: []byte{0, 0}}); r.Vote != VoteOK {
+		t.Fatalf("prepare 3 over tid 1's released items: %+v", r)
+	}
+	if r := prep(4, 202, "x", nil); r.Vote != VoteBadLock {
+		t.Fatalf("prepare 4 inside tid 2's write: %+v, want BAD-LOCK", r)
+	}
+	if r := m.Apply(&Entry{Kind: KindCommit, Now: 12, TID: tid(1)}); r.Outcome != OutcomeCommitted {
+		t.Fatalf("commit of tid 1 again: %+v", r)
+	}
+	m.Apply(&Entry{Kind: KindCommit, Now: 12, TID: tid(2)})
+	m.Apply(&Entry{Kind: KindAbort, Now: 12, TID: tid(3)})
+	got := m.Apply(&Entry{Kind: KindExec, Now: 12, TID: tid(5), Op: Op{Reads: []Read{{Addr: 0, Len: 6}, {Addr: 200, Len: 3}}}})
+	if string(got.Reads[0]) != "first!" || string(got.Reads[1]) != "2nd" {
+		t.Fatalf("memory: %q %q", got.Reads[0], got.Reads[1])
+	}
+}

@@ -58,7 +58,7 @@ func TestLockTableMatchesNaiveModel(t *testing.T) {
 						op.Writes = append(op.Writes, Write{Addr: a, Data: make([]byte, n)})
 					}
 				}
-				tx := newTxn(TID{Client: 1, Seq: uint64(step) + 1}, nil, 0, &op)
+				tx := (&Memnode{}).newTxn(TID{Client: 1, Seq: uint64(step) + 1}, nil, 0, &op)
 				want := false
 				for _, s := range tx.locks {
 					want = want || naive(s.start, s.end, s.excl)
@@ -105,7 +105,7 @@ func TestCompareAndSwapTakesOneLock(t *testing.T) {
 		Compares: []Compare{{Addr: 8, Data: []byte("abcd")}, {Addr: 100, Data: []byte("x")}},
 		Writes:   []Write{{Addr: 8, Data: []byte("wxyz")}},
 	}
-	tx := newTxn(TID{Client: 1, Seq: 1}, nil, 0, &op)
+	tx := (&Memnode{}).newTxn(TID{Client: 1, Seq: 1}, nil, 0, &op)
 	want := []lockSpan{{100, 101, false}, {8, 12, true}}
 	if len(tx.locks) != len(want) || tx.locks[0] != want[0] || tx.locks[1] != want[1] {
 		t.Fatalf("locks %v, want %v", tx.locks, want)

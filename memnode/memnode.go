@@ -30,7 +30,14 @@ type Memnode struct {
 	// lastSweep is the clock at the last garbage-collection sweep of
 	// forced and decided; lastSweep <= clock.
 	lastSweep int64
+	// free holds resolved transactions for newTxn to reuse (at most
+	// maxFreeTxns): a Prepare then allocates nothing, and the memory of
+	// in-doubt state stays in the same, cache-warm objects.
+	free []*txnSmall
 }
+
+// maxFreeTxns bounds Memnode.free (about 400 bytes each).
+const maxFreeTxns = 1024
 
 // span is the byte range [addr, addr+n).
 type span struct{ addr, n uint64 }
@@ -45,6 +52,7 @@ type txn struct {
 	reads        []Read // re-read for a duplicate Prepare
 	writes       []Write
 	locks        []lockSpan // what it holds in the lock table (txnLocks)
+	small        *txnSmall  // the object that holds this txn, if newTxn made it
 }
 
 func (t *txn) itemCount() int { return len(t.compares) + len(t.reads) + len(t.writes) }
@@ -205,7 +213,7 @@ func (m *Memnode) prepare(e *Entry) Result {
 		return Result{Vote: VoteBadCmp, FailedCompare: i}
 	}
 	r := Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(e.Op.Reads)}
-	t := newTxn(e.TID, e.Participants, m.clock, &e.Op)
+	t := m.newTxn(e.TID, e.Participants, m.clock, &e.Op)
 	m.locks.acquire(t)
 	m.inDoubt[t.tid] = t
 	return r
@@ -223,9 +231,15 @@ func decidedVote(o Outcome) Result {
 // newTxn copies what an in-doubt transaction keeps from a Prepare. A small
 // transaction (a few participants and items, a few dozen bytes of writes:
 // the usual compare-and-swaps) takes one allocation.
-func newTxn(tid TID, participants []uint64, preparedAt int64, op *Op) *txn {
-	x := new(txnSmall)
+func (m *Memnode) newTxn(tid TID, participants []uint64, preparedAt int64, op *Op) *txn {
+	var x *txnSmall
+	if n := len(m.free); n > 0 {
+		x, m.free = m.free[n-1], m.free[:n-1]
+	} else {
+		x = new(txnSmall)
+	}
 	t := &x.txn
+	t.small = x
 	t.tid, t.preparedAt = tid, preparedAt
 	if len(participants) > 0 {
 		t.participants = carve(x.parts[:], len(participants))
@@ -341,6 +355,13 @@ func (m *Memnode) resolve(t *txn, o Outcome) {
 	delete(m.inDoubt, t.tid)
 	if !m.expired(t.tid) {
 		m.recorded.set(t.tid, uint8(o))
+	}
+	// Nothing refers to a resolved txn any more (InDoubtWrites' slices
+	// are valid only until the next Apply, the one that resolves it):
+	// reuse it.
+	if x := t.small; x != nil && len(m.free) < maxFreeTxns {
+		*x = txnSmall{}
+		m.free = append(m.free, x)
 	}
 }
 
