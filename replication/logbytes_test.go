@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -62,24 +63,16 @@ func engineBytes(t *testing.T, h *Host, g uint64) uint64 {
 	return n
 }
 
-// Large entries are compacted by size: SnapshotEntries alone let every
-// replica keep up to 10,000 entries (20 GiB of 2 MiB gcs batches) in its
-// log. With SnapshotBytes the log stays near SnapshotBytes plus its margin
-// however many entries are written, and the replicas still agree.
-func TestLogBoundedByBytes(t *testing.T) {
-	const (
-		snapBytes = 64 << 10
-		entry     = 4 << 10
-		n         = 300 // 1.2 MiB of entries
-	)
+// writeLargeEntries starts three hosts running group 1 on shortSMs, with
+// mod applied to their Config, proposes n entries of about entry bytes and
+// waits until every replica applied them.
+func writeLargeEntries(t *testing.T, n, entry int, mod func(*Config)) (*cluster, []shortSM) {
+	t.Helper()
 	var (
 		mu  sync.Mutex
 		sms []shortSM
 	)
-	c := newClusterSM(t, 3, []uint64{1}, func(cfg *Config) {
-		cfg.SnapshotEntries = 1 << 30 // only bytes trigger snapshots
-		cfg.SnapshotBytes = snapBytes
-	}, func() StateMachine {
+	c := newClusterSM(t, 3, []uint64{1}, mod, func() StateMachine {
 		mu.Lock()
 		defer mu.Unlock()
 		s := shortSM{newTestSM()}
@@ -100,6 +93,25 @@ func TestLogBoundedByBytes(t *testing.T) {
 		}
 		return len(sms) == 3
 	})
+	mu.Lock()
+	defer mu.Unlock()
+	return c, slices.Clone(sms)
+}
+
+// Large entries are compacted by size: SnapshotEntries alone let every
+// replica keep up to 10,000 entries (20 GiB of 2 MiB gcs batches) in its
+// log. With SnapshotBytes the log stays near SnapshotBytes plus its margin
+// however many entries are written, and the replicas still agree.
+func TestLogBoundedByBytes(t *testing.T) {
+	const (
+		snapBytes = 64 << 10
+		entry     = 4 << 10
+		n         = 300 // 1.2 MiB of entries
+	)
+	c, sms := writeLargeEntries(t, n, entry, func(cfg *Config) {
+		cfg.SnapshotEntries = 1 << 30 // only bytes trigger snapshots
+		cfg.SnapshotBytes = snapBytes
+	})
 	// Bound: a snapshot is due once SnapshotBytes were applied since the
 	// last one (one entry may overshoot), and a quarter of it stays as
 	// the margin behind the snapshot.
@@ -114,8 +126,6 @@ func TestLogBoundedByBytes(t *testing.T) {
 			t.Errorf("host %d took no snapshot", id)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	ref := sms[0].entries()
 	for _, s := range sms[1:] {
 		if got := s.entries(); strings.Join(got, ",") != strings.Join(ref, ",") {
@@ -164,34 +174,10 @@ func TestLogCacheBounded(t *testing.T) {
 		entry = 4 << 10
 		n     = 300 // 1.2 MiB of entries
 	)
-	var (
-		mu  sync.Mutex
-		sms []shortSM
-	)
-	c := newClusterSM(t, 3, []uint64{1}, func(cfg *Config) {
+	c, _ := writeLargeEntries(t, n, entry, func(cfg *Config) {
 		cfg.SnapshotEntries = 1 << 30
 		cfg.SnapshotBytes = 1 << 40
 		cfg.LogCacheBytes = cache
-	}, func() StateMachine {
-		mu.Lock()
-		defer mu.Unlock()
-		s := shortSM{newTestSM()}
-		sms = append(sms, s)
-		return s
-	})
-	pad := strings.Repeat("x", entry)
-	for i := range n {
-		c.propose(1, fmt.Sprintf("%08d%s", i, pad))
-	}
-	waitFor(t, 20*time.Second, "every replica to apply every entry", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, s := range sms {
-			if s.len() < n {
-				return false
-			}
-		}
-		return len(sms) == 3
 	})
 	for _, id := range c.ids {
 		h := c.host(id)
