@@ -237,6 +237,18 @@
 // cost: about 45% of links lose the race on the tail with three
 // saturated senders (each loss a Raft entry and a read).
 //
+// Memory at saturation was not bounded until replication stopped keeping
+// every group's Raft log in memory back to the last compaction (10,000
+// entries; with 512 KiB queue writes, gigabytes per group): the embedded
+// cluster's heap grew ~75 MB/s, resident 5.3 GB after 40 s, and on a VM
+// where first touches of memory fault expensively most of its CPU went to
+// page faults. With the log in Pebble behind an 8 MiB cache per group it
+// stays at 1.9–2.3 GB, and saturation on that VM went from 22.9k, 23.9k to
+// 31.5k, 30.5k delivered/s per member (alternated runs); see "Memory" in
+// replication/doc.go. On that VM the embedded cluster then spends its CPU
+// on syscalls (~29%: WAL writes, loopback TCP, fsync), copies (~25%) and
+// Pebble flushes and compactions of the log (~17%).
+//
 // # Threading
 //
 // A Node and its Groups are safe for concurrent use. Each Group runs three

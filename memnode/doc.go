@@ -132,7 +132,14 @@
 // check, acquire and release scanned them), a compare inside the same
 // transaction's write takes no lock of its own, and an in-doubt
 // transaction is one allocation; DecodeEntryReuse decodes into a reused
-// Entry. BenchmarkApplyExec (six writes, one-phase) is about 80 ns.
+// Entry. Then resolved transactions' objects were reused for the next
+// Prepare (a free list of at most 1024): 1,234–1,252 → 814–962 ns with
+// 512 in doubt, 857–875 → 608–680 ns with one, 1 → 0 allocations. In the
+// cas2 benchmark the Prepare and Commit applies still cost about ten times
+// the base workload's Exec per minitransaction (six applies of each on two
+// memnodes' three replicas against three Execs), mostly the lock table:
+// checking, acquiring and releasing a word's lock are three map lookups.
+// BenchmarkApplyExec (six writes, one-phase) is about 70 ns.
 //
 // # What it must not do
 //
