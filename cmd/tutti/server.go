@@ -38,6 +38,8 @@ func newServer(g *globals) *cobra.Command {
 		noSync     bool
 		memSize    uint64
 		snapshotAt uint64
+		snapBytes  uint64
+		cacheBytes uint64
 		join       bool
 		mf         memberFlags
 	)
@@ -117,6 +119,12 @@ Precedence: command line, then environment, then config file, then default.`,
 			if snapshotAt != 0 {
 				rc.SnapshotEntries = snapshotAt
 			}
+			if snapBytes != 0 {
+				rc.SnapshotBytes = snapBytes
+			}
+			if cacheBytes != 0 {
+				rc.LogCacheBytes = cacheBytes
+			}
 			mcfg, explicit, rank, err := serverMembership(&mf, log, id, listen, hosts)
 			if err != nil {
 				return err
@@ -159,7 +167,9 @@ Precedence: command line, then environment, then config file, then default.`,
 	f.StringVar(&config, "config", "", "JSON config file whose keys are flag names")
 	f.BoolVar(&noSync, "no-fsync", false, "do not fsync the Raft log (loses acknowledged writes on power loss)")
 	f.Uint64Var(&memSize, "memnode-size", 0, "address-space size of each memnode in bytes (default 2^40)")
-	f.Uint64Var(&snapshotAt, "snapshot-entries", 0, "snapshot and compact the log every this many entries (default 100000; also every 256 MiB of log)")
+	f.Uint64Var(&snapshotAt, "snapshot-entries", 0, "snapshot and compact a memnode's log every this many entries (default 100000)")
+	f.Uint64Var(&snapBytes, "snapshot-bytes", 0, "also snapshot a memnode once its log grew this many bytes, or twice its last snapshot if larger (default 256 MiB)")
+	f.Uint64Var(&cacheBytes, "log-cache-bytes", 0, "applied log entries each memnode replica keeps in memory; older ones are read from disk (default 8 MiB)")
 	mf.register(f, "membership process id (default host-<id>)",
 		"gossip bind address, host:port (default: the host of --listen at its port + 1000)",
 		"gossip addresses to join, comma-separated (default: every other host of --peers at its port + 1000)")
