@@ -50,9 +50,11 @@
 //  6. Apply: restore an incoming snapshot, then call StateMachine.Apply once
 //     per Ready with the commands of all its committed entries; complete
 //     this host's futures by proposal id; serve reads whose ReadIndex has
-//     been applied (StateMachine.Query).
+//     been applied (StateMachine.Query); trim the cache's applied entries
+//     to Config.LogCacheBytes.
 //  7. Advance each RawNode; take a snapshot and compact the log when
-//     Config.SnapshotEntries entries were applied since the last one.
+//     Config.SnapshotEntries entries or Config.SnapshotBytes bytes were
+//     applied since the last one (see below).
 //
 // # Durability
 //
