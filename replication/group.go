@@ -112,14 +112,19 @@ type group struct {
 	logBytes  uint64
 	sizes     []entrySize
 	// cached: bytes of the applied entries in the cache (ms).
-	cached    uint64
-	confState *pb.ConfState
-	nextID    uint64
-	inflight  map[uint64]*proposal // by proposal id; handed to raft
-	nextRead  uint64
-	readsPend map[uint64]*readBatch // waiting for their ReadState
-	readsWait []*readBatch          // ReadState known, waiting for applied >= index
-	conf      *confRequest          // this host's outstanding ChangeReplicas
+	cached uint64
+	// snapFile names the snapshot file the engine's batches name for this
+	// group ("" if none); snapWritten: a batch of this cycle names a new
+	// one, so the older ones go once it is committed (and synced).
+	snapFile    string
+	snapWritten bool
+	confState   *pb.ConfState
+	nextID      uint64
+	inflight    map[uint64]*proposal // by proposal id; handed to raft
+	nextRead    uint64
+	readsPend   map[uint64]*readBatch // waiting for their ReadState
+	readsWait   []*readBatch          // ReadState known, waiting for applied >= index
+	conf        *confRequest          // this host's outstanding ChangeReplicas
 	// forceSnap: a configuration change was applied. The next snapshot a
 	// new replica receives must name it in its ConfState (raft refuses a
 	// snapshot that does not), so one is taken right away.
@@ -618,11 +623,22 @@ func (g *group) maybeSnapshot(b *logBatch) {
 		Term:      new(term),
 		ConfState: proto.Clone(g.confState).(*pb.ConfState),
 	}}
-	g.st.snap = snap
-	if err := b.setSnapshot(g.id, snap, false); err != nil {
+	var file string
+	if len(data) > 0 {
+		if file, err = g.h.eng.writeSnapFile(g.id, snap, !g.h.cfg.NoSync); err != nil {
+			g.h.log.Error().Err(err).Uint64("group", g.id).Msg("snapshot not written; will retry")
+			g.snapIndex, g.logBytes = g.applied, 0 // do not retry on every cycle
+			return
+		}
+	}
+	if err := b.setSnapshot(g.id, snap, false, file); err != nil {
 		g.h.log.Error().Err(err).Uint64("group", g.id).Msg("persist snapshot")
+		_ = g.h.eng.removeSnapFiles(g.id, g.snapFile)
 		return
 	}
+	g.st.snap = snap
+	g.snapFile = file
+	g.snapWritten = true
 	g.snapIndex = g.applied
 	g.snapBytes, g.logBytes = uint64(len(data)), 0
 	g.h.stats.snapshots.Add(1)
@@ -702,6 +718,20 @@ type worker struct {
 	rdGroups []*group
 	cmds     []Command
 	owners   []cmdOwner
+}
+
+// removeOldSnapFiles removes, for each of gs that named a new snapshot file
+// in a batch just committed, its older snapshot files.
+func (w *worker) removeOldSnapFiles(gs []*group) {
+	for _, g := range gs {
+		if !g.snapWritten {
+			continue
+		}
+		g.snapWritten = false
+		if err := w.h.eng.removeSnapFiles(g.id, g.snapFile); err != nil {
+			w.h.log.Warn().Err(err).Uint64("group", g.id).Msg("removing old snapshot files")
+		}
+	}
 }
 
 func newWorker(h *Host) *worker {
@@ -827,9 +857,19 @@ func (w *worker) cycle() {
 			}
 		}
 		if !raft.IsEmptySnap(rd.Snapshot) {
-			if err := b.setSnapshot(g.id, rd.Snapshot, true); err != nil {
+			var file string
+			if len(rd.Snapshot.GetData()) > 0 {
+				var err error
+				if file, err = h.eng.writeSnapFile(g.id, rd.Snapshot, !h.cfg.NoSync); err != nil {
+					h.log.Error().Err(err).Msg("cannot store an incoming snapshot")
+					panic(err)
+				}
+			}
+			if err := b.setSnapshot(g.id, rd.Snapshot, true, file); err != nil {
 				panic(fmt.Sprintf("replication: group %d: encode snapshot: %v", g.id, err))
 			}
+			g.snapFile = file
+			g.snapWritten = true
 			g.lastIndex = rd.Snapshot.GetMetadata().GetIndex()
 			sync = true
 		}
@@ -870,6 +910,7 @@ func (w *worker) cycle() {
 			h.stats.fsyncs.Add(1)
 		}
 	}
+	w.removeOldSnapFiles(gs)
 
 	// 2. Durable: update the in-memory log and let the acknowledgements go.
 	for i := range rds {
@@ -893,6 +934,7 @@ func (w *worker) cycle() {
 
 	// 3. Apply, advance, maybe snapshot.
 	var sb *logBatch
+	var snapped []*group
 	for i := range rds {
 		rd, g := &rds[i], gs[i]
 		g.apply(w, rd)
@@ -903,6 +945,7 @@ func (w *worker) cycle() {
 				defer sb.close()
 			}
 			g.maybeSnapshot(sb)
+			snapped = append(snapped, g)
 		}
 		if g.rn.HasReady() {
 			w.markDirty(g)
@@ -911,12 +954,19 @@ func (w *worker) cycle() {
 		gs[i] = nil
 	}
 	if sb != nil && !sb.empty() {
-		// No fsync needed: losing it only means replaying more entries.
-		if err := sb.commit(false); err != nil {
+		// Synced only because a new snapshot file replaces an older one,
+		// which is removed next: otherwise losing this batch would only
+		// mean replaying more entries.
+		sync := !h.cfg.NoSync && slices.ContainsFunc(snapped, func(g *group) bool { return g.snapWritten })
+		if err := sb.commit(sync); err != nil {
 			h.log.Error().Err(err).Msg("log engine commit failed (snapshot)")
 			panic(fmt.Sprintf("replication: log engine commit failed: %v", err))
 		}
 		h.stats.batches.Add(1)
+		if sync {
+			h.stats.fsyncs.Add(1)
+		}
+		w.removeOldSnapFiles(snapped)
 	}
 	w.rds, w.rdGroups = rds[:0], gs[:0]
 }

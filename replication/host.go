@@ -285,7 +285,7 @@ func (h *Host) openGroup(id uint64, peers []uint64, sm StateMachine, w *worker) 
 		hs := &pb.HardState{Term: new(uint64(1)), Vote: new(uint64(0)), Commit: new(uint64(1))}
 		b := h.eng.newBatch()
 		b.registerGroup(id, voters)
-		if err := b.setSnapshot(id, snap, true); err != nil {
+		if err := b.setSnapshot(id, snap, true, ""); err != nil {
 			b.close()
 			return nil, err
 		}
@@ -329,6 +329,14 @@ func (h *Host) openGroup(id uint64, peers []uint64, sm StateMachine, w *worker) 
 		Logger:                    raftLogger{l: h.log.With().Uint64("group", id).Logger()},
 	}
 	g.st.syncFirst()
+	if pg != nil {
+		g.snapFile = pg.snapFile
+	}
+	// Files no batch names: a crash came between writing a snapshot file
+	// and committing its name, or between that and removing the older one.
+	if err := h.eng.removeSnapFiles(id, g.snapFile); err != nil {
+		h.log.Warn().Err(err).Uint64("group", id).Msg("removing stale snapshot files")
+	}
 	rn, err := raft.NewRawNode(rc)
 	if err != nil {
 		return nil, err

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -234,4 +236,58 @@ func TestLaggingFollowerCatchesUpFromEngine(t *testing.T) {
 	if after-reads < 50 {
 		t.Fatalf("%d entries read back from the log engine, want most of the 100 the follower missed", after-reads)
 	}
+}
+
+// Each group keeps one snapshot file: a new one replaces the older once
+// the batch naming it is durable, and files no batch names (a crash between
+// the two steps) are removed when the host opens the group again.
+func TestSnapshotFilesReplaced(t *testing.T) {
+	c := newCluster(t, 3, []uint64{1, 2}, func(cfg *Config) { cfg.SnapshotEntries = 10 })
+	for i := range 45 {
+		c.propose(1, fmt.Sprintf("a%d", i))
+		c.propose(2, fmt.Sprintf("b%d", i))
+	}
+	c.waitApplied(1, 45)
+	c.waitApplied(2, 45)
+	files := func(id uint64) []string {
+		names, err := os.ReadDir(filepath.Join(c.dirs[id], snapDirName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, n := range names {
+			out = append(out, n.Name())
+		}
+		return out
+	}
+	perGroup := func(names []string) map[string]int {
+		m := map[string]int{}
+		for _, n := range names {
+			m[n[:16]]++
+		}
+		return m
+	}
+	id := c.ids[0]
+	waitFor(t, 10*time.Second, "one snapshot file per group", func() bool {
+		m := perGroup(files(id))
+		return len(m) == 2 && m[fmt.Sprintf("%016x", 1)] == 1 && m[fmt.Sprintf("%016x", 2)] == 1
+	})
+	c.stop(id)
+	dir := filepath.Join(c.dirs[id], snapDirName)
+	for _, n := range []string{snapFilePrefix(1) + "00000000000000ff-0000000000000009.snap", snapFilePrefix(2) + "x.snap.tmp"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("orphan"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := c.start(id, nil)
+	if got := perGroup(files(id)); len(got) != 2 || got[fmt.Sprintf("%016x", 1)] != 1 || got[fmt.Sprintf("%016x", 2)] != 1 {
+		t.Fatalf("after restart: snapshot files %v, want one per group", files(id))
+	}
+	if h.Stats().Restores == 0 {
+		t.Fatalf("the restarted host restored no snapshot from its files")
+	}
+	c.waitApplied(1, 45)
+	c.waitApplied(2, 45)
+	c.checkSame(1)
+	c.checkSame(2)
 }

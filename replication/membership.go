@@ -204,7 +204,13 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 	b := h.eng.newBatch()
 	defer b.close()
 	b.deleteGroup(id)
-	return b.commit(!h.cfg.NoSync)
+	if err := b.commit(!h.cfg.NoSync); err != nil {
+		return err
+	}
+	if err := h.eng.removeSnapFiles(id, ""); err != nil {
+		h.log.Warn().Err(err).Uint64("group", id).Msg("removing the group's snapshot files")
+	}
+	return nil
 }
 
 // deleteGroup deletes every key of group g.

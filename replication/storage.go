@@ -4,7 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"math"
+	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -22,6 +25,17 @@ import (
 //	[g][kindHardState]       term, vote, commit (3 × uint64 BE)
 //	[g][kindSnapshot]        latest snapshot: uvarint(len(meta)) meta data
 //	[g][kindEntry][index]    uvarint(term) type(byte) data
+//	[g][kindSnapFile]        crc32c(data) (4 bytes BE) and the name of the
+//	                         file in snap/ holding the latest snapshot's
+//	                         data (then kindSnapshot holds only its
+//	                         metadata)
+//
+// A snapshot's data is the whole state machine, so it is written to a file
+// of its own beside the engine (written, synced, renamed, directory synced)
+// rather than through Pebble's WAL, memtable, flushes and compactions; the
+// batch that names the new file is synced before the previous file is
+// removed, so the engine never names a file that is gone. Files no batch
+// names (a crash between the two) are removed when the group is opened.
 //
 // The engine only stores; the worker decides what to write. Writes go through
 // a logBatch, committed once per worker cycle.
@@ -30,13 +44,21 @@ const (
 	kindHardState byte = 0x02
 	kindSnapshot  byte = 0x03
 	kindEntry     byte = 0x04
+	kindSnapFile  byte = 0x05
 )
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// snapDirName is the directory of snapshot files inside the engine's.
+const snapDirName = "snap"
 
 // memTableSize: the default 4 MB memtable is small for a log (see notes).
 const memTableSize = 64 << 20
 
 type engine struct {
-	db *pebble.DB
+	db      *pebble.DB
+	fs      vfs.FS
+	snapDir string
 }
 
 // openEngine opens (or creates) the engine in dir, on fs (the OS if nil;
@@ -51,7 +73,23 @@ func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replication: open log engine in %s: %w", dir, err)
 	}
-	return &engine{db: db}, nil
+	if fs == nil {
+		fs = vfs.Default
+	}
+	e := &engine{db: db, fs: fs, snapDir: fs.PathJoin(dir, snapDirName)}
+	// The directory itself must survive a crash: sync its parent too.
+	err = fs.MkdirAll(e.snapDir, 0o755)
+	if err == nil {
+		var d vfs.File
+		if d, err = fs.OpenDir(dir); err == nil {
+			err = errors.Join(d.Sync(), d.Close())
+		}
+	}
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("replication: create %s: %w", e.snapDir, err)
+	}
+	return e, nil
 }
 
 func (e *engine) close() error { return e.db.Close() }
@@ -104,6 +142,8 @@ type persistedGroup struct {
 	hs    *pb.HardState // nil if none
 	snap  *pb.Snapshot  // nil if none
 	ents  []*pb.Entry   // ascending, contiguous
+	// snapFile names the file holding snap's data, "" if it is inline.
+	snapFile string
 }
 
 // loadGroup reads a group's state; ok is false if the group is not
@@ -136,6 +176,24 @@ func (e *engine) loadGroup(g uint64) (pg *persistedGroup, ok bool, err error) {
 		closer.Close()
 		if err != nil {
 			return nil, false, err
+		}
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, err
+	}
+	if v, closer, err := e.db.Get(groupKey(g, kindSnapFile)); err == nil {
+		var sum uint32
+		if len(v) > 4 {
+			sum, pg.snapFile = binary.BigEndian.Uint32(v), string(v[4:])
+		}
+		closer.Close()
+		if pg.snap == nil || pg.snapFile == "" {
+			return nil, false, fmt.Errorf("replication: group %d: corrupt snapshot file reference", g)
+		}
+		if pg.snap.Data, err = e.readSnapFile(pg.snapFile); err != nil {
+			return nil, false, err
+		}
+		if got := crc32.Checksum(pg.snap.Data, crcTable); got != sum {
+			return nil, false, fmt.Errorf("replication: group %d: snapshot file %s is corrupt (checksum %08x, want %08x)", g, pg.snapFile, got, sum)
 		}
 	} else if !errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, err
@@ -225,7 +283,9 @@ func (b *logBatch) setHardState(g uint64, hs *pb.HardState) {
 // setSnapshot stores snap as the group's latest snapshot. If dropLog, every
 // stored entry is deleted too (an incoming snapshot replaces the log;
 // entries that follow it in the same Ready are written after this call).
-func (b *logBatch) setSnapshot(g uint64, snap *pb.Snapshot, dropLog bool) error {
+// file names the snapshot file holding snap's data (writeSnapFile); with ""
+// the data is stored inline.
+func (b *logBatch) setSnapshot(g uint64, snap *pb.Snapshot, dropLog bool, file string) error {
 	meta, err := proto.Marshal(snap.GetMetadata())
 	if err != nil {
 		return err
@@ -233,9 +293,16 @@ func (b *logBatch) setSnapshot(g uint64, snap *pb.Snapshot, dropLog bool) error 
 	if dropLog {
 		_ = b.b.DeleteRange(entryKey(g, 0), groupKey(g, kindEntry+1), nil)
 	}
-	// Written in place: a snapshot is the state machine's whole state, so
-	// one copy fewer matters.
-	data := snap.GetData()
+	var data []byte
+	if file == "" {
+		data = snap.GetData()
+		_ = b.b.Delete(groupKey(g, kindSnapFile), nil)
+	} else {
+		v := binary.BigEndian.AppendUint32(nil, crc32.Checksum(snap.GetData(), crcTable))
+		_ = b.b.Set(groupKey(g, kindSnapFile), append(v, file...), nil)
+	}
+	// Written in place: an inline snapshot is the state machine's whole
+	// state, so one copy fewer matters.
 	k := groupKey(g, kindSnapshot)
 	op := b.b.SetDeferred(len(k), uvarintLen(uint64(len(meta)))+len(meta)+len(data))
 	copy(op.Key, k)
@@ -243,6 +310,89 @@ func (b *logBatch) setSnapshot(g uint64, snap *pb.Snapshot, dropLog bool) error 
 	v = append(v, meta...)
 	copy(op.Value[len(v):], data)
 	return op.Finish()
+}
+
+// snapFilePrefix starts the names of group g's snapshot files.
+func snapFilePrefix(g uint64) string { return fmt.Sprintf("%016x-", g) }
+
+// writeSnapFile writes snap's data to a new file named after the group,
+// index and term, synced (with its directory) if sync, and returns its
+// name. The data is in place only once the file is complete: it is
+// written under a temporary name and renamed.
+func (e *engine) writeSnapFile(g uint64, snap *pb.Snapshot, sync bool) (string, error) {
+	md := snap.GetMetadata()
+	name := fmt.Sprintf("%s%016x-%016x.snap", snapFilePrefix(g), md.GetIndex(), md.GetTerm())
+	path := e.fs.PathJoin(e.snapDir, name)
+	tmp := path + ".tmp"
+	f, err := e.fs.Create(tmp, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return "", fmt.Errorf("replication: group %d: create snapshot file: %w", g, err)
+	}
+	// Through a buffer of our own: vfs.File.Write may modify what it is
+	// given (pebble's MemFS does under its invariants builds), and the
+	// data is still raft's snapshot.
+	data := snap.GetData()
+	buf := make([]byte, min(len(data), 256<<10))
+	for len(data) > 0 && err == nil {
+		n := copy(buf, data)
+		data = data[n:]
+		_, err = f.Write(buf[:n])
+	}
+	if err == nil && sync {
+		err = f.Sync()
+	}
+	err = errors.Join(err, f.Close())
+	if err == nil {
+		err = e.fs.Rename(tmp, path)
+	}
+	if err == nil && sync {
+		err = e.syncSnapDir()
+	}
+	if err != nil {
+		_ = e.fs.Remove(tmp)
+		return "", fmt.Errorf("replication: group %d: write snapshot file %s: %w", g, name, err)
+	}
+	return name, nil
+}
+
+func (e *engine) syncSnapDir() error {
+	d, err := e.fs.OpenDir(e.snapDir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
+}
+
+// readSnapFile reads a snapshot file's data.
+func (e *engine) readSnapFile(name string) ([]byte, error) {
+	f, err := e.fs.Open(e.fs.PathJoin(e.snapDir, name))
+	if err != nil {
+		return nil, fmt.Errorf("replication: open snapshot file: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("replication: read snapshot file %s: %w", name, err)
+	}
+	return data, nil
+}
+
+// removeSnapFiles removes group g's snapshot files other than keep (and
+// unfinished ones). Errors are logged by the caller; a file left over is
+// only disk space.
+func (e *engine) removeSnapFiles(g uint64, keep string) error {
+	names, err := e.fs.List(e.snapDir)
+	if err != nil {
+		return err
+	}
+	prefix := snapFilePrefix(g)
+	var errs []error
+	for _, n := range names {
+		if n != keep && strings.HasPrefix(n, prefix) {
+			errs = append(errs, e.fs.Remove(e.fs.PathJoin(e.snapDir, n)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func uvarintLen(x uint64) int {

@@ -3,8 +3,10 @@ package replication
 import (
 	"bytes"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
 	pb "go.etcd.io/raft/v3/raftpb"
 )
@@ -44,7 +46,7 @@ func TestEngineRoundTrip(t *testing.T) {
 	b.registerGroup(7, []uint64{1, 2, 3})
 	snap := &pb.Snapshot{Metadata: &pb.SnapshotMetadata{Index: new(uint64(1)), Term: new(uint64(1)),
 		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1, 2, 3}})}}
-	if err := b.setSnapshot(7, snap, true); err != nil {
+	if err := b.setSnapshot(7, snap, true, ""); err != nil {
 		t.Fatal(err)
 	}
 	b.appendEntries(7, testEntries(1, 2, 10), 1)
@@ -112,7 +114,7 @@ func TestEngineRoundTrip(t *testing.T) {
 	b = e.newBatch()
 	snap5 := &pb.Snapshot{Data: []byte("state@5"), Metadata: &pb.SnapshotMetadata{Index: new(uint64(5)), Term: new(uint64(1)),
 		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1, 2, 3}})}}
-	if err := b.setSnapshot(7, snap5, false); err != nil {
+	if err := b.setSnapshot(7, snap5, false, ""); err != nil {
 		t.Fatal(err)
 	}
 	b.truncatePrefix(7, 4)
@@ -127,7 +129,12 @@ func TestEngineRoundTrip(t *testing.T) {
 	b = e.newBatch()
 	snap20 := &pb.Snapshot{Data: []byte("state@20"), Metadata: &pb.SnapshotMetadata{Index: new(uint64(20)), Term: new(uint64(3)),
 		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1, 2, 4}})}}
-	if err := b.setSnapshot(7, snap20, true); err != nil {
+	// This one's data goes to a file of its own.
+	file, err := e.writeSnapFile(7, snap20, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.setSnapshot(7, snap20, true, file); err != nil {
 		t.Fatal(err)
 	}
 	b.appendEntries(7, testEntries(3, 21, 22), 20)
@@ -140,6 +147,20 @@ func TestEngineRoundTrip(t *testing.T) {
 		!slices.Equal(pg.snap.GetMetadata().GetConfState().GetVoters(), []uint64{1, 2, 4}) {
 		t.Fatalf("after incoming snapshot: entries %v snapshot %v", idx, pg.snap)
 	}
+	if pg.snapFile != file || string(pg.snap.GetData()) != "state@20" {
+		t.Fatalf("snapshot file %q data %q, want %q and state@20", pg.snapFile, pg.snap.GetData(), file)
+	}
+	// A stale file of the group goes, the named one stays.
+	stale, err := e.writeSnapFile(7, snap5, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.removeSnapFiles(7, file); err != nil {
+		t.Fatal(err)
+	}
+	if names, _ := e.fs.List(e.snapDir); !slices.Equal(names, []string{file}) {
+		t.Fatalf("snapshot files %v, want only %s (not %s)", names, file, stale)
+	}
 	// Other groups untouched.
 	pg9, _, err := e.loadGroup(9)
 	if err != nil || pg9 != nil {
@@ -147,5 +168,66 @@ func TestEngineRoundTrip(t *testing.T) {
 	}
 	if err := e.close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// writeSnapFile must leave the snapshot's data as it was: raft still sends
+// it to followers. vfs.File.Write may modify its input (pebble's MemFS does
+// in race and invariants builds, which is how a crash test found it), so
+// the data goes through a buffer of its own.
+func TestSnapFileLeavesDataIntact(t *testing.T) {
+	e, err := openEngine("/data", vfs.NewCrashableMem(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	data := bytes.Repeat([]byte("state "), 100_000) // more than one buffer
+	snap := &pb.Snapshot{Data: slices.Clone(data), Metadata: &pb.SnapshotMetadata{Index: new(uint64(9)), Term: new(uint64(2))}}
+	name, err := e.writeSnapFile(4, snap, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(snap.GetData(), data) {
+		t.Fatalf("writeSnapFile modified the snapshot's data")
+	}
+	got, err := e.readSnapFile(name)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back %d bytes, %v; want the %d written", len(got), err, len(data))
+	}
+}
+
+// A snapshot file whose bytes are not those the engine recorded is refused
+// when the group is loaded, instead of restoring a wrong state.
+func TestCorruptSnapFileIsRefused(t *testing.T) {
+	fs := vfs.NewMem()
+	e, err := openEngine("/data", fs, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	snap := &pb.Snapshot{Data: []byte("the state"), Metadata: &pb.SnapshotMetadata{Index: new(uint64(9)), Term: new(uint64(2))}}
+	name, err := e.writeSnapFile(4, snap, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := e.newBatch()
+	b.registerGroup(4, []uint64{1})
+	if err := b.setSnapshot(4, snap, false, name); err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, b)
+	if pg, _, err := e.loadGroup(4); err != nil || string(pg.snap.GetData()) != "the state" {
+		t.Fatalf("loadGroup = %v, %v", pg, err)
+	}
+	f, err := fs.Create(fs.PathJoin(e.snapDir, name), vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("the stale")); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, _, err := e.loadGroup(4); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("loadGroup of a changed snapshot file: %v, want a corruption error", err)
 	}
 }
