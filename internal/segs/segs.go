@@ -1,7 +1,3 @@
-// Package segs keeps the content of disjoint byte ranges of an address
-// space with the newest bytes winning where writes overlap: the data of
-// watch events, accumulated by memnode/service for a subscriber and merged
-// by the client when a consumer falls behind.
 package segs
 
 import "slices"
