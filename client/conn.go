@@ -394,12 +394,21 @@ func (s *session) forget(id uint64) {
 // answerLocked answers the requests of reqs still waiting with status st
 // (the session failed with err).
 func (s *session) answerLocked(reqs []*tuttipb.Request, st tuttipb.Status, err error) {
+	var lost string
 	for _, r := range reqs {
 		if done, ok := s.mu.pending[r.Id]; ok {
+			if lost == "" {
+				lost = s.lost(err)
+			}
 			delete(s.mu.pending, r.Id)
-			done(&tuttipb.Response{Id: r.Id, Status: st, FailedCompare: -1, Error: "connection to " + s.c.addr + " lost: " + err.Error()})
+			done(&tuttipb.Response{Id: r.Id, Status: st, FailedCompare: -1, Error: lost})
 		}
 	}
+}
+
+// lost is the error text of requests the session's failure err answers.
+func (s *session) lost(err error) string {
+	return "connection to " + s.c.addr + " lost: " + err.Error()
 }
 
 // failLocked breaks the session: every waiting request learns its outcome is
@@ -419,16 +428,16 @@ func (s *session) failLocked(err error, notSent ...*tuttipb.Request) {
 	for _, r := range s.mu.inflight {
 		sending[r.Id] = true
 	}
+	lost := s.lost(err)
 	for id, done := range s.mu.pending {
 		if sending[id] {
 			continue
 		}
 		delete(s.mu.pending, id)
-		done(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNKNOWN_OUTCOME, FailedCompare: -1, Error: "connection to " + s.c.addr + " lost: " + err.Error()})
+		done(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNKNOWN_OUTCOME, FailedCompare: -1, Error: lost})
 	}
 	// Decisions that went out may or may not have been applied; queued ones
 	// were not. Either way they are sent again.
-	lost := "connection to " + s.c.addr + " lost: " + err.Error()
 	for id, rs := range s.mu.riders {
 		for _, r := range rs {
 			s.c.hooks.answered(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNKNOWN_OUTCOME, FailedCompare: -1, Error: lost},

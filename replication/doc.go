@@ -114,9 +114,8 @@
 // without more snapshots and raised it from ~23k to ~31k (alternated
 // runs; fresh heap pages cost page faults, which are expensive on the VM
 // measured). Local snapshots are kept by the logStore rather than through
-// MemoryStorage.CreateSnapshot, which cloned the data, and are written into
-// the engine batch in place. With memory no longer tied to
-// the log, SnapshotEntries went from 10,000 to 100,000: each snapshot
+// MemoryStorage.CreateSnapshot, which cloned the data. With memory no
+// longer tied to the log, SnapshotEntries went from 10,000 to 100,000: each snapshot
 // copies and writes the whole state machine, and a gcs memnode's (~18 MiB)
 // was taken every 2–3 s per group at saturation.
 //

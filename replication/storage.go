@@ -78,12 +78,8 @@ func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 	}
 	e := &engine{db: db, fs: fs, snapDir: fs.PathJoin(dir, snapDirName)}
 	// The directory itself must survive a crash: sync its parent too.
-	err = fs.MkdirAll(e.snapDir, 0o755)
-	if err == nil {
-		var d vfs.File
-		if d, err = fs.OpenDir(dir); err == nil {
-			err = errors.Join(d.Sync(), d.Close())
-		}
+	if err = fs.MkdirAll(e.snapDir, 0o755); err == nil {
+		err = syncDir(fs, dir)
 	}
 	if err != nil {
 		db.Close()
@@ -293,23 +289,16 @@ func (b *logBatch) setSnapshot(g uint64, snap *pb.Snapshot, dropLog bool, file s
 	if dropLog {
 		_ = b.b.DeleteRange(entryKey(g, 0), groupKey(g, kindEntry+1), nil)
 	}
-	var data []byte
+	v := binary.AppendUvarint(nil, uint64(len(meta)))
+	v = append(v, meta...)
 	if file == "" {
-		data = snap.GetData()
+		v = append(v, snap.GetData()...)
 		_ = b.b.Delete(groupKey(g, kindSnapFile), nil)
 	} else {
-		v := binary.BigEndian.AppendUint32(nil, crc32.Checksum(snap.GetData(), crcTable))
-		_ = b.b.Set(groupKey(g, kindSnapFile), append(v, file...), nil)
+		ref := binary.BigEndian.AppendUint32(nil, crc32.Checksum(snap.GetData(), crcTable))
+		_ = b.b.Set(groupKey(g, kindSnapFile), append(ref, file...), nil)
 	}
-	// Written in place: an inline snapshot is the state machine's whole
-	// state, so one copy fewer matters.
-	k := groupKey(g, kindSnapshot)
-	op := b.b.SetDeferred(len(k), uvarintLen(uint64(len(meta)))+len(meta)+len(data))
-	copy(op.Key, k)
-	v := binary.AppendUvarint(op.Value[:0], uint64(len(meta)))
-	v = append(v, meta...)
-	copy(op.Value[len(v):], data)
-	return op.Finish()
+	return b.b.Set(groupKey(g, kindSnapshot), v, nil)
 }
 
 // snapFilePrefix starts the names of group g's snapshot files.
@@ -346,7 +335,7 @@ func (e *engine) writeSnapFile(g uint64, snap *pb.Snapshot, sync bool) (string, 
 		err = e.fs.Rename(tmp, path)
 	}
 	if err == nil && sync {
-		err = e.syncSnapDir()
+		err = syncDir(e.fs, e.snapDir)
 	}
 	if err != nil {
 		_ = e.fs.Remove(tmp)
@@ -355,8 +344,9 @@ func (e *engine) writeSnapFile(g uint64, snap *pb.Snapshot, sync bool) (string, 
 	return name, nil
 }
 
-func (e *engine) syncSnapDir() error {
-	d, err := e.fs.OpenDir(e.snapDir)
+// syncDir makes the entries of directory dir durable.
+func syncDir(fs vfs.FS, dir string) error {
+	d, err := fs.OpenDir(dir)
 	if err != nil {
 		return err
 	}
@@ -393,11 +383,6 @@ func (e *engine) removeSnapFiles(g uint64, keep string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func uvarintLen(x uint64) int {
-	var buf [binary.MaxVarintLen64]byte
-	return binary.PutUvarint(buf[:], x)
 }
 
 // truncatePrefix deletes the entries with index <= upto.
