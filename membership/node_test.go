@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -63,7 +64,7 @@ func (e *env) client() *client.Client {
 
 func (e *env) config(id string, seeds ...*Node) Config {
 	cfg := Config{ID: id, Client: e.client(), Bind: "127.0.0.1:0", GRPCAddr: "grpc-" + id, Key: e.key,
-		Timing: testTiming, Logger: zerolog.New(zerolog.NewTestWriter(e.t)).Level(testLogLevel)}
+		Timing: testTiming, Logger: zerolog.New(testLogWriter(e.t)).Level(testLogLevel)}
 	for _, s := range seeds {
 		cfg.Seeds = append(cfg.Seeds, s.GossipAddr())
 	}
@@ -437,6 +438,35 @@ type syncWriter struct {
 func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// testLogWriter writes to t's log until t's cleanups have run. memberlist's
+// goroutines may still log once Node.Close has returned, and t.Log after
+// the test completed panics. The cleanup registered here runs after those
+// of the nodes started later (cleanups run last-in first-out).
+func testLogWriter(t *testing.T) io.Writer {
+	w := &stoppableWriter{w: zerolog.NewTestWriter(t)}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.stopped = true
+		w.mu.Unlock()
+	})
+	return w
+}
+
+type stoppableWriter struct {
+	mu      sync.Mutex
+	stopped bool
+	w       io.Writer
+}
+
+func (s *stoppableWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return len(p), nil
+	}
 	return s.w.Write(p)
 }
 
