@@ -106,6 +106,29 @@ func TestOnePhaseCompareReadWrite(t *testing.T) {
 	if got := read(t, cl, 0, 0x10, 5); string(got) != "world" {
 		t.Fatalf("after failed compare read %q, want world", got)
 	}
+	// A failed compare on one memnode answers its reads as of the failure,
+	// in the order Read was called: a compare-and-swap retries from them.
+	r = mustExec(t, cl, client.NewTx().
+		Read(0, 0x12, 3).
+		Compare(0, 0x10, []byte("stale")).
+		Write(0, 0x10, []byte("nope!")).
+		Read(0, 0x10, 5))
+	if r.Committed || r.FailedCompare != 0 || len(r.Reads) != 2 || string(r.Reads[0]) != "rld" || string(r.Reads[1]) != "world" {
+		t.Fatalf("failed compare with reads: %+v", r)
+	}
+	// Read-only (unlogged) too.
+	r = mustExec(t, cl, client.NewTx().Compare(0, 0x10, []byte("stale")).Read(0, 0x10, 5))
+	if r.Committed || len(r.Reads) != 1 || string(r.Reads[0]) != "world" {
+		t.Fatalf("failed read-only compare with reads: %+v", r)
+	}
+	// Across memnodes a failed compare answers no reads.
+	r = mustExec(t, cl, client.NewTx().
+		Compare(0, 0x10, []byte("stale")).
+		Write(1, 0x10, []byte("nope!")).
+		Read(0, 0x10, 5))
+	if r.Committed || r.FailedCompare != 0 || r.Reads != nil {
+		t.Fatalf("failed two-phase compare: %+v", r)
+	}
 }
 
 func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {

@@ -156,7 +156,13 @@ func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {
 			fillReads(res, p, r)
 			return res, nil
 		case tuttipb.Vote_VOTE_BAD_CMP:
-			return &Result{FailedCompare: mapCompare(p, r.GetFailedCompare())}, nil
+			res := &Result{FailedCompare: mapCompare(p, r.GetFailedCompare())}
+			if len(tx.reads) > 0 && len(r.GetReads()) == len(p.reads) {
+				// Servers before this answer carry no reads here.
+				res.Reads = make([][]byte, len(tx.reads))
+				fillReads(res, p, r)
+			}
+			return res, nil
 		case tuttipb.Vote_VOTE_BAD_LOCK, tuttipb.Vote_VOTE_BAD_FORCED:
 			continue
 		default:

@@ -87,6 +87,11 @@ type Result struct {
 	// compare that did not match when Committed is false, else -1.
 	FailedCompare int
 	// Reads holds the data of each read item, in the order Read was called,
-	// when Committed is true.
+	// when Committed is true. When a minitransaction on one memnode fails
+	// a compare, Reads holds the data as of that failure (read in the same
+	// atomic step as the compare), so a compare-and-swap loop can retry
+	// without reading first; it is nil for a minitransaction across
+	// memnodes (each participant would answer at a different moment) and
+	// from servers older than this field's use.
 	Reads [][]byte
 }

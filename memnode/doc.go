@@ -31,8 +31,9 @@
 //
 //  1. Exec (one-phase, one participant): lock check, then compare, then
 //     read, then write, in one step. Votes: BAD-LOCK if an item conflicts
-//     with a held lock; else BAD-CMP with the first failing compare's index;
-//     else OK with the reads, taken before the writes are applied.
+//     with a held lock; else BAD-CMP with the first failing compare's index
+//     and the reads; else OK with the reads, taken before the writes are
+//     applied.
 //  2. Prepare (phase one of two-phase commit) answers by the first rule that
 //     applies: (a) tid in doubt (a duplicate delivery): OK again, with the
 //     reads; (b) tid decided: its outcome (committed: OK, aborted:
@@ -53,8 +54,8 @@
 //     stays in doubt; a decided tid answers as in 2(b); an unknown tid is
 //     added to forced-abort and votes BAD-FORCED.
 //  6. Query (read-only, after a Raft ReadIndex; not a log entry): BAD-LOCK if
-//     a compare or read range overlaps an exclusive lock; else BAD-CMP;
-//     else OK with the reads. It changes nothing.
+//     a compare or read range overlaps an exclusive lock; else BAD-CMP with
+//     the reads; else OK with the reads. It changes nothing.
 //  7. Inspections (read-only like Query; query.go): InspectInDoubt lists the
 //     in-doubt transactions (for recovery), InspectStats returns Stats.
 //     Answer dispatches any encoded query.

@@ -177,7 +177,9 @@ func (m *Memnode) exec(op *Op) Result {
 		return Result{Vote: VoteBadLock, FailedCompare: -1}
 	}
 	if i := m.failedCompare(op.Compares); i >= 0 {
-		return Result{Vote: VoteBadCmp, FailedCompare: i}
+		// The reads as of the failure: the caller of a compare-and-swap
+		// learns the current value without another round trip.
+		return Result{Vote: VoteBadCmp, FailedCompare: i, Reads: m.read(op.Reads)}
 	}
 	r := Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(op.Reads)}
 	for _, w := range op.Writes {
@@ -462,7 +464,7 @@ func (m *Memnode) Query(now int64, op *Op) Result {
 		return Result{Vote: VoteBadLock, FailedCompare: -1}
 	}
 	if i := m.failedCompare(op.Compares); i >= 0 {
-		return Result{Vote: VoteBadCmp, FailedCompare: i}
+		return Result{Vote: VoteBadCmp, FailedCompare: i, Reads: m.read(op.Reads)}
 	}
 	return Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(op.Reads)}
 }

@@ -97,7 +97,11 @@ type Result struct {
 	// FailedCompare is the index of the first failed compare with
 	// VoteBadCmp, else -1.
 	FailedCompare int
-	// Reads holds one slice per read item, only with VoteOK.
+	// Reads holds one slice per read item with VoteOK, and with VoteBadCmp
+	// from Exec and Query (one participant: the reads are taken in the same
+	// step as the failed compare, so a caller can retry a compare-and-swap
+	// without reading first). A Prepare's BAD-CMP carries none: one
+	// participant's reads are not a view of the whole minitransaction.
 	Reads [][]byte
 	// Outcome answers Commit/Abort/AbortUnlessVoted (and Prepare of an
 	// already decided tid).
