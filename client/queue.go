@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 )
 
 // Queue errors. Test with errors.Is.
@@ -95,7 +96,10 @@ type Queue struct {
 	c                      *Client
 	cfg                    QueueConfig
 	maxItems, maxItemBytes int
-	mu                     struct {
+	// stateFromFailure counts enqueues retried from the state a failed
+	// compare answered (tests).
+	stateFromFailure atomic.Int64
+	mu               struct {
 		sync.Mutex
 		hint  QueueState
 		valid bool
@@ -257,6 +261,10 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items [][]byte) (first uint64,
 			tx.Write(mn, q.slotAddr(p), append(slot, it...))
 		}
 		tx.Write(mn, q.cfg.Base+8, words(s.Tail+n))
+		if len(items)+3 <= q.maxItems {
+			// Answered with a failed compare too: the state to retry from.
+			tx.Read(mn, q.cfg.Base, 16)
+		}
 		res, err := q.c.Exec(ctx, tx)
 		if err != nil {
 			if isUnknown(err) {
@@ -268,7 +276,15 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items [][]byte) (first uint64,
 			q.setHint(QueueState{Head: s.Head, Tail: s.Tail + n})
 			return s.Tail, nil
 		}
-		ok = false // another producer moved tail: read again
+		// Another producer moved tail: retry from the state the failed
+		// compare saw, or read it again (servers that answer no reads).
+		ok, fresh = false, false
+		if len(res.Reads) == 1 && len(res.Reads[0]) == 16 {
+			s = QueueState{Head: word(res.Reads[0], 0), Tail: word(res.Reads[0], 1)}
+			q.setHint(s)
+			ok, fresh = true, true
+			q.stateFromFailure.Add(1)
+		}
 	}
 }
 

@@ -489,3 +489,36 @@ func TestQueueCompetingDequeuers(t *testing.T) {
 		}
 	}
 }
+
+// An enqueue whose view of the tail is stale loses the compare and retries
+// from the state the failed compare answered: no read between.
+func TestQueueRetryFromFailedCompare(t *testing.T) {
+	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 1})
+	ctx := ctxT(t)
+	cfg := client.QueueConfig{Base: 0x4000, Capacity: 8, SlotSize: 32}
+	a, err := client.OpenQueue(ctx, newClient(t, c.Seeds()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := client.OpenQueue(ctx, newClient(t, c.Seeds()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pos, err := b.Enqueue(ctx, []byte("b0")); err != nil || pos != 0 {
+		t.Fatalf("b0: %d, %v", pos, err)
+	}
+	if pos, err := a.Enqueue(ctx, []byte("a0")); err != nil || pos != 1 {
+		t.Fatalf("a0: %d, %v", pos, err)
+	}
+	// b still believes the tail is 1.
+	if pos, err := b.Enqueue(ctx, []byte("b1")); err != nil || pos != 2 {
+		t.Fatalf("b1: %d, %v", pos, err)
+	}
+	if n := client.QueueRetriesFromFailure(b); n != 1 {
+		t.Fatalf("b retried %d times from a failed compare's answer, want 1", n)
+	}
+	s, err := a.State(ctx)
+	if err != nil || s.Head != 0 || s.Tail != 3 {
+		t.Fatalf("state %+v, %v", s, err)
+	}
+}
