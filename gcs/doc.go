@@ -80,8 +80,11 @@
 //     the new (tail, msgs). The same minitransaction reads the log between
 //     the sender's delivered position and the old tail (at most 64 KiB),
 //     so once it commits the sender's delivery has everything through its
-//     own records without reading (the handoff). A lost race costs one
-//     read of the header and the log (which delivery also takes), and the
+//     own records without reading (the handoff). A lost race needs the
+//     new header and the log after the old tail (which delivery also
+//     takes): a link soon after a lost race reads them too, and a memnode
+//     answers a one-phase minitransaction's reads with a failed compare,
+//     so the retry needs no read of its own (otherwise one read). The
 //     retry carries everything multicast meanwhile, so links grow instead
 //     of queueing up under contention; the payload of a queued batch is
 //     not resent. An ErrUnknownOutcome is settled by reading the record
@@ -234,8 +237,14 @@
 // (about 100 MB/s of payload into Raft, three replicas each, and 200 MB/s
 // of blob reads) needs fewer copies in replication, memnode and the
 // client (outside this package), not fewer gcs steps. Remaining gcs-side
-// cost: about 45% of links lose the race on the tail with three
-// saturated senders (each loss a Raft entry and a read).
+// cost: about 45–57% of links lose the race on the tail with three
+// saturated senders (each loss a Raft entry; `tutti bench mcast` prints
+// the share, Group.SendStats counts it). Taking the lost race's header and
+// log from the failed link's own answer instead of a read: alternated
+// 8 s saturation runs 39.5k, 40.4k, 42.4k delivered/s per member against
+// 37.4k, 42.7k, 41.9k before (inside the noise), Multicast p50 130, 125,
+// 120 ms against 141, 135, 129; at 100/s (2% of links lose) and 1000/s
+// (60%) no change outside the noise.
 //
 // Memory at saturation was not bounded until replication stopped keeping
 // every group's Raft log in memory back to the last compaction (10,000

@@ -12,3 +12,14 @@ func SetWatchData(on bool) (restore func()) {
 	old := noWatchData.Swap(!on)
 	return func() { noWatchData.Store(old) }
 }
+
+// LostRaceReads returns how often g's sender read the header and log
+// after losing a link race (instead of taking them from the link's answer).
+func LostRaceReads(g *Group) int64 { return g.lostReads.Load() }
+
+// SetAlwaysRaceReads makes every link of groups joined from now on ask for
+// the reads a lost race needs, and returns a function restoring the policy.
+func SetAlwaysRaceReads() (restore func()) {
+	old := racingLinks.Swap(-1)
+	return func() { racingLinks.Store(old) }
+}

@@ -64,6 +64,10 @@ type mcastPoint struct {
 	// Multicasts.
 	Lost   int64 `json:"lost"`
 	Errors int64 `json:"errors"`
+	// LinkLostRatio: the share of the senders' link attempts (warm-up
+	// included) that lost the race on the order log's tail and were
+	// retried (gcs.SendStats).
+	LinkLostRatio float64 `json:"link_lost_ratio"`
 	// CPU seconds per second of the members (sum) and of this process
 	// (the embedded cluster's servers).
 	MembersCPU float64 `json:"members_cpu"`
@@ -106,6 +110,10 @@ type mcastReport struct {
 	Point   uint32 `json:"point,omitempty"`
 	Sent    int64  `json:"sent,omitempty"`
 	Errors  int64  `json:"errors,omitempty"`
+	// Links and LostRaces: the sender's link attempts during the point
+	// (gcs.SendStats).
+	Links     uint64 `json:"links,omitempty"`
+	LostRaces uint64 `json:"lost_races,omitempty"`
 	// Delivered in the measured window; Missing: messages of the point
 	// not delivered by the end of the drain.
 	Delivered int64 `json:"delivered,omitempty"`
@@ -258,8 +266,8 @@ One JSON object per measured point with --json.`,
 			}
 			defer closeSinks()
 			if !asJSON {
-				fmt.Fprintf(cmd.OutOrStdout(), "%-6s %7s %9s %10s %14s %9s %9s %10s %6s\n",
-					"mode", "members", "msg bytes", "offered/s", "delivered/s/m", "p50 ms", "p99 ms", "order p50", "lost")
+				fmt.Fprintf(cmd.OutOrStdout(), "%-6s %7s %9s %10s %14s %9s %9s %10s %6s %10s\n",
+					"mode", "members", "msg bytes", "offered/s", "delivered/s/m", "p50 ms", "p99 ms", "order p50", "lost", "races lost")
 			}
 			emit := func(p mcastPoint) {
 				p.Members, p.Processes, p.MsgBytes, p.GCSFlags = members, true, msgBytes, gcsFlags
@@ -277,8 +285,8 @@ One JSON object per measured point with --json.`,
 					if p.Mode == "crash" {
 						off = "-"
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "%-6s %7d %9d %10s %14.0f %9.2f %9.2f %10.2f %6d\n",
-						p.Mode, p.Members, p.MsgBytes, off, p.DeliveredPerMember, p.P50ms, p.P99ms, p.OrderP50ms, p.Lost)
+					fmt.Fprintf(cmd.OutOrStdout(), "%-6s %7d %9d %10s %14.0f %9.2f %9.2f %10.2f %6d %9.0f%%\n",
+						p.Mode, p.Members, p.MsgBytes, off, p.DeliveredPerMember, p.P50ms, p.P99ms, p.OrderP50ms, p.Lost, 100*p.LinkLostRatio)
 					if p.Note != "" {
 						fmt.Fprintln(cmd.OutOrStdout(), "  note:", p.Note)
 					}
@@ -510,6 +518,7 @@ func (b *mcastBench) point(ctx context.Context, id uint32, rate float64, window 
 		p.Window = window
 	}
 	var orderP50, orderP99 []float64
+	var links, lost uint64
 	for i, m := range b.members {
 		r, err := m.await(ctx, "sent", warmup+dur+2*time.Minute, nil)
 		if err != nil {
@@ -517,8 +526,12 @@ func (b *mcastBench) point(ctx context.Context, id uint32, rate float64, window 
 		}
 		sent[i] = r.Sent
 		p.Errors += r.Errors
+		links, lost = links+r.Links, lost+r.LostRaces
 		p.MembersCPU += r.CPUs
 		orderP50, orderP99 = append(orderP50, r.OrderP50), append(orderP99, r.OrderP99)
+	}
+	if links+lost > 0 {
+		p.LinkLostRatio = float64(lost) / float64(links+lost)
 	}
 	clusterCPU := cpuTime() - cpu0
 	for _, m := range b.members {
@@ -859,6 +872,7 @@ func (mm *memberRun) run(ctx context.Context, c mcastCmd) mcastReport {
 	mm.mu.bySender = make([]int64, 64)
 	mm.mu.Unlock()
 	cpu0 := cpuTime()
+	stats0 := mm.grp.SendStats()
 	var seq atomic.Uint64
 	var sent, errs atomic.Int64
 	hist := hdrhistogram.New(1, 600_000_000, 3)
@@ -926,9 +940,10 @@ func (mm *memberRun) run(ctx context.Context, c mcastCmd) mcastReport {
 		}
 	}
 	wg.Wait()
+	stats := mm.grp.SendStats()
 	return mcastReport{Type: "sent", Point: c.Point, Sent: sent.Load(), Errors: errs.Load(),
 		OrderP50: float64(hist.ValueAtQuantile(50)), OrderP99: float64(hist.ValueAtQuantile(99)),
-		CPUs: (cpuTime() - cpu0).Seconds()}
+		CPUs: (cpuTime() - cpu0).Seconds(), Links: stats.Links - stats0.Links, LostRaces: stats.LostRaces - stats0.LostRaces}
 }
 
 // drain waits until every sender's messages of the point were delivered
