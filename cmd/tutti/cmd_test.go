@@ -94,6 +94,11 @@ func TestMtxCommand(t *testing.T) {
 	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "compare 0") {
 		t.Fatalf("failed compare: %q %v", out, err)
 	}
+	// With read items it shows what the compare saw.
+	out, err = run(t, "mtx", seed, "--cmp", "0:0x10=hello", "--write", "0:0x10=again", "--read", "0:0x10:5")
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, `read 0:0x10:5 = "world" (hex 776f726c64) (when the compare failed)`) {
+		t.Fatalf("failed compare with a read: %q %v", out, err)
+	}
 	// Bad input exits 2 with a clear message.
 	_, err = run(t, "mtx", seed, "--write", "7:0=x")
 	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "memnode 7") {

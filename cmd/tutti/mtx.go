@@ -31,7 +31,8 @@ func newMtx(g *globals) *cobra.Command {
 		Short: "Execute one minitransaction",
 		Long: `Execute one Sinfonia minitransaction: if every --cmp item matches, the --read
 items are returned and the --write items applied, atomically; otherwise nothing
-is written and the failed compare is named (exit status 1).
+is written and the failed compare is named (exit status 1), with the --read
+items as they were when it failed if all items are on one memnode.
 
 Items:
   --read  MEMNODE:ADDR:LEN      read LEN bytes
@@ -134,6 +135,11 @@ Exit status: 0 committed, 1 a compare failed, 2 an error.`,
 				}
 			} else {
 				fmt.Fprintf(out, "not committed: compare %d (--cmp %s) did not match; nothing was written\n", res.FailedCompare, cmps[res.FailedCompare])
+				// One memnode answers its reads with the failed compare.
+				for i, d := range res.Reads {
+					it := readItems[i]
+					fmt.Fprintf(out, "read %d:%#x:%d = %s (when the compare failed)\n", it.Memnode, it.Addr, it.Len, showBytes(d))
+				}
 			}
 			if !res.Committed {
 				return &exitError{1, fmt.Errorf("compare %d failed", res.FailedCompare)}
