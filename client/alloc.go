@@ -145,17 +145,21 @@ func (a *Allocator) Alloc(ctx context.Context, size uint64) (Region, error) {
 	if err != nil {
 		return Region{}, fmt.Errorf("alloc: %w", err)
 	}
+	var h []byte // the header as a failed attempt saw it, if known
 	for {
 		if err := ctx.Err(); err != nil {
 			return Region{}, ctxErr("alloc", err)
 		}
-		p, err := a.plan(ctx, n, tag)
+		p, err := a.plan(ctx, n, tag, h)
+		h = nil
 		if errors.Is(err, errRereadAlloc) {
 			continue
 		}
 		if err != nil {
 			return Region{}, err
 		}
+		// A failed compare answers the header: the next plan needs no read.
+		p.tx.Read(a.cfg.Memnode, a.cfg.Base, allocHeaderSize)
 		res, err := a.c.Exec(ctx, p.tx)
 		if err != nil {
 			if !isUnknown(err) {
@@ -173,6 +177,11 @@ func (a *Allocator) Alloc(ctx context.Context, size uint64) (Region, error) {
 		if res.Committed {
 			return p.region, nil
 		}
+		if len(res.Reads) == 1 {
+			if h, err = a.checkHeader(res.Reads[0], "alloc"); err != nil {
+				return Region{}, err
+			}
+		}
 	}
 }
 
@@ -182,7 +191,11 @@ func (a *Allocator) readHeader(ctx context.Context, op string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	h := r.Reads[0]
+	return a.checkHeader(r.Reads[0], op)
+}
+
+// checkHeader checks a header read from the memnode against the config.
+func (a *Allocator) checkHeader(h []byte, op string) ([]byte, error) {
 	next, free, align, limit := word(h, 0), word(h, 1), word(h, 2), word(h, 3)
 	if next == 0 {
 		if free|align|limit != 0 {
@@ -211,14 +224,16 @@ func (a *Allocator) validBlock(block, next uint64) bool {
 	return block >= a.first && block < next && (block-a.first)%a.cfg.Align == 0
 }
 
-// plan reads the allocator and decides one attempt: the first free block
-// that fits (split when the rest can hold another block), else the bump
-// pointer.
-func (a *Allocator) plan(ctx context.Context, n, tag uint64) (allocPlan, error) {
+// plan reads the allocator (the header unless h is a current one) and
+// decides one attempt: the first free block that fits (split when the rest
+// can hold another block), else the bump pointer.
+func (a *Allocator) plan(ctx context.Context, n, tag uint64, h []byte) (allocPlan, error) {
 	mn := a.cfg.Memnode
-	h, err := a.readHeader(ctx, "alloc")
-	if err != nil {
-		return allocPlan{}, err
+	if h == nil {
+		var err error
+		if h, err = a.readHeader(ctx, "alloc"); err != nil {
+			return allocPlan{}, err
+		}
 	}
 	next, free := word(h, 0), word(h, 1)
 	if next == 0 {
@@ -298,17 +313,23 @@ func (a *Allocator) Free(ctx context.Context, r Region) error {
 		return fmt.Errorf("%w: free: region %+v lies outside [%#x, %#x)", ErrInvalid, r, a.first+a.hdr, a.cfg.Limit)
 	}
 	block := r.Addr - a.hdr
+	// state reads the header and the block in one minitransaction; every
+	// attempt reads them too, and a failed compare answers them.
+	state := func(tx *Tx) *Tx { return tx.Read(mn, a.cfg.Base, allocHeaderSize).Read(mn, block, 16) }
+	var h, raw []byte
 	for {
 		if err := ctx.Err(); err != nil {
 			return ctxErr("free", err)
 		}
-		h, err := a.readHeader(ctx, "free")
-		if err != nil {
-			return err
+		if h == nil {
+			res, err := a.c.Exec(ctx, state(NewTx()))
+			if err != nil {
+				return fmt.Errorf("free: %w", err)
+			}
+			h, raw = res.Reads[0], res.Reads[1]
 		}
-		raw, err := a.readBlock(ctx, block)
-		if err != nil {
-			return fmt.Errorf("free: %w", err)
+		if _, err := a.checkHeader(h, "free"); err != nil {
+			return err
 		}
 		if word(h, 0) == 0 || !a.validBlock(block, word(h, 0)) || word(raw, 0) != r.Len|blockAllocated {
 			return fmt.Errorf("%w: free: region %+v is not allocated (freed twice, or not returned by Alloc)", ErrInvalid, r)
@@ -318,7 +339,7 @@ func (a *Allocator) Free(ctx context.Context, r Region) error {
 			Compare(mn, block, raw).
 			Write(mn, block, words(r.Len|blockFree, word(h, 1))).
 			Write(mn, a.cfg.Base+8, words(block))
-		res, err := a.c.Exec(ctx, tx)
+		res, err := a.c.Exec(ctx, state(tx))
 		if err != nil {
 			if !isUnknown(err) {
 				return fmt.Errorf("free: %w", err)
@@ -332,10 +353,15 @@ func (a *Allocator) Free(ctx context.Context, r Region) error {
 			if !bytes.Equal(now, raw) {
 				return nil
 			}
+			h = nil
 			continue
 		}
 		if res.Committed {
 			return nil
+		}
+		h = nil
+		if len(res.Reads) == 2 {
+			h, raw = res.Reads[0], res.Reads[1]
 		}
 	}
 }
