@@ -88,7 +88,13 @@
 //     retry carries everything multicast meanwhile, so links grow instead
 //     of queueing up under contention; the payload of a queued batch is
 //     not resent. An ErrUnknownOutcome is settled by reading the record
-//     back. Multicast returns once the link committed.
+//     back. Multicast returns once the link committed. With several
+//     members sending, every member links again as soon as the last link
+//     settles, all at the same tail, and one wins; so a member that wins
+//     while links race (a race lost in its last few links) yields its
+//     next turn while its batches are inline: it links once another
+//     member's link moved the tail (delivery sees it and wakes the
+//     sender) or after about one link's round trip (at most 2 ms).
 //  2. Delivery: each member reads the order log from the position of the
 //     view record that admitted it, follows references into the senders'
 //     queues (its own batches it keeps in memory until delivered) and
@@ -154,7 +160,7 @@
 // 1 KiB messages, embedded cluster with fsync, defaults; 3 runs each):
 // at 100/s per member p50 1.00–1.16 ms and p99 2.4–2.8 ms from Multicast
 // to delivery at every member; at 1000/s p50 10.7–15.8 ms (links race for
-// the tail); at saturation 48.8k–53.0k delivered/s per member (p50
+// the tail; one member sending 1000/s alone: 1.6 ms); at saturation 48.8k–53.0k delivered/s per member (p50
 // 130–144 ms, the bench's window of 2048); a member's crash to the new
 // view at the survivors p50 1.22 s, p99 1.55 s (20 trials; failure
 // detection). The paragraphs below explain each part.
@@ -244,7 +250,14 @@
 // 8 s saturation runs 39.5k, 40.4k, 42.4k delivered/s per member against
 // 37.4k, 42.7k, 41.9k before (inside the noise), Multicast p50 130, 125,
 // 120 ms against 141, 135, 129; at 100/s (2% of links lose) and 1000/s
-// (60%) no change outside the noise.
+// (60%) no change outside the noise. The winner's yielded turn (see
+// Mechanism 1), alternated on a busier machine (load 3–4; 5 s runs): at
+// 1000/s p50 19.7, 11.0, 14.2, 16.2 ms against 26.4, 28.0, 18.1, 15.3
+// without (p99 57–75 against 74–102 ms); saturation 38.2k, 35.0k, 36.2k,
+// 33.7k against 37.6k, 35.4k, 35.0k, 37.3k (8 s runs, inside the noise);
+// yielding also with queued batches cost saturation about 8%, hence
+// inline batches only. Lost races stay 55–60%: the members that lost
+// still race each other.
 //
 // Memory at saturation was not bounded until replication stopped keeping
 // every group's Raft log in memory back to the last compaction (10,000

@@ -147,3 +147,71 @@ func TestLostRaceSettledByLinkAnswer(t *testing.T) {
 		}
 	}
 }
+
+// With several members sending, a member that wins a link while links race
+// yields its next turn until another member's link moves the tail (or a
+// short timeout): the other members' links, seen through delivery, end
+// those turns. Order and delivery are unaffected.
+func TestWinnerYieldsWhileLinksRace(t *testing.T) {
+	e := newEnv(t)
+	const members = 3
+	var ms []*member
+	for i := 0; i < members; i++ {
+		ms = append(ms, e.join(e.node(fmt.Sprintf("p%d", i)), "g"))
+	}
+	waitUntil(t, 20*time.Second, "everyone in the 3-member view", func() bool {
+		for _, m := range ms {
+			if v := m.lastView(); v == nil || len(v.Members) != members {
+				return false
+			}
+		}
+		return true
+	})
+	yields := func() (all, toOther int64) {
+		for _, m := range ms {
+			y, o := gcs.Yields(m.g)
+			all, toOther = all+y, toOther+o
+		}
+		return all, toOther
+	}
+	// Every member sends small messages at once, several Multicasts in
+	// flight each, until some turns were yielded to another member's link
+	// (bounded: at most 30 rounds).
+	sent := 0
+	for round := 0; round < 30; round++ {
+		if _, o := yields(); o >= 5 {
+			break
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, members*4)
+		for i, m := range ms {
+			for k := 0; k < 4; k++ {
+				wg.Add(1)
+				go func() { defer wg.Done(); errs[i*4+k] = m.send(10, 64) }()
+			}
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		sent += members * 4 * 10
+	}
+	all, toOther := yields()
+	t.Logf("%d messages: %d turns yielded, %d ended by another member's link", sent, all, toOther)
+	if toOther == 0 {
+		t.Fatalf("no yielded turn was ended by another member's link (%d yielded)", all)
+	}
+	waitUntil(t, 30*time.Second, "all messages delivered", func() bool {
+		for _, m := range ms {
+			if m.delivered() < sent {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range ms[1:] {
+		sameOrder(t, ms[0], m)
+	}
+}

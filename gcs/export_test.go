@@ -23,3 +23,7 @@ func SetAlwaysRaceReads() (restore func()) {
 	old := racingLinks.Swap(-1)
 	return func() { racingLinks.Store(old) }
 }
+
+// Yields returns how many turns g's sender yielded after winning a link
+// while links raced, and how many of those another member's link ended.
+func Yields(g *Group) (yields, toOther int64) { return g.yields.Load(), g.yieldsToOther.Load() }

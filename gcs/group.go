@@ -122,7 +122,13 @@ type Group struct {
 	// (fromEvent), logReads delivery's reads of the log; for tests.
 	evDelivered, logReads atomic.Int64
 	links, lostRaces      atomic.Uint64 // SendStats
-	lostReads             atomic.Int64  // readLost rounds; for tests
+	// yielding: the sender waits for another member's link (see sendLoop);
+	// a newer header pokes it.
+	yielding atomic.Bool
+	// yields counts ended turns a member yielded, yieldsToOther those
+	// ended by another member's link; for tests.
+	yields, yieldsToOther atomic.Int64
+	lostReads             atomic.Int64 // readLost rounds; for tests
 	// own is the log ranges of our latest committed links (ownOnly).
 	own struct {
 		sync.Mutex
@@ -162,6 +168,13 @@ func (g *Group) Name() string { return g.self.name }
 // The channel is unbuffered: delivery waits for the application (and
 // flow control throttles the group's senders once the log is full).
 func (g *Group) Events() <-chan Event { return g.events }
+
+func (g *Group) pokeSender() {
+	select {
+	case g.sendCh <- struct{}{}:
+	default:
+	}
+}
 
 // Stability returns the last computed stability (see Stability).
 func (g *Group) Stability() Stability { return Stability{Pos: g.stability.Load()} }
@@ -237,10 +250,7 @@ func (g *Group) Multicast(ctx context.Context, payload []byte) error {
 	}
 	g.mu.pending = append(g.mu.pending, r)
 	g.mu.Unlock()
-	select {
-	case g.sendCh <- struct{}{}:
-	default:
-	}
+	g.pokeSender()
 	select {
 	case err := <-r.done:
 		return err
@@ -513,6 +523,18 @@ func (g *Group) sendLoop() {
 	// is below racingLinks, links ask for what a lost race needs (below).
 	racing := int(racingLinks.Load())
 	won := racing
+	// Contention: with several members sending, every member links again
+	// as soon as the last link settles, all with the same tail, and only
+	// one wins. A member that wins while links race yields the next turn:
+	// it links again only once another member's link moved the tail past
+	// its own (yieldTail), or after about one link's round trip (linkRTT,
+	// a moving average, at most maxYield) if nobody did; not with queued
+	// (large) batches.
+	var (
+		yieldTail  uint64
+		yieldUntil time.Time
+		linkRTT    time.Duration
+	)
 	link := func(ready []*staged) bool {
 		wait := n.cfg.PollMin
 		var buf []byte
@@ -613,7 +635,13 @@ func (g *Group) sendLoop() {
 					tx.Read(g.ref.home, it.addr, uint32(it.n))
 				}
 			}
+			t0 := time.Now()
 			res, err := n.exec(g.ctx, tx)
+			if d := time.Since(t0); linkRTT == 0 {
+				linkRTT = d
+			} else {
+				linkRTT += (d - linkRTT) / 8
+			}
 			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 				got, rerr := n.readRing(g.ctx, g.ref, hdr.tail, len(buf))
 				if rerr == nil {
@@ -671,6 +699,9 @@ func (g *Group) sendLoop() {
 			}
 			g.links.Add(1)
 			won++
+			if won < racing {
+				yieldTail, yieldUntil = nh.tail, time.Now().Add(min(linkRTT, maxYield))
+			}
 			g.addOwn(hdr.tail, uint64(len(buf)))
 			logReads := res.Reads
 			if len(logReads) < len(reads) {
@@ -699,7 +730,31 @@ func (g *Group) sendLoop() {
 		if mayWrite() {
 			full = stage()
 		}
-		if ready := readyPrefix(); len(ready) > 0 {
+		ready := readyPrefix()
+		if len(ready) > 0 && !yieldUntil.IsZero() {
+			// Only while our batches are small enough to travel inline:
+			// toward saturation links are large and waiting only idles
+			// the sender.
+			small := true
+			for _, r := range ready {
+				small = small && r.q == nil
+			}
+			s := g.seen.Load()
+			if other := s != nil && s.tail > yieldTail; other || !time.Now().Before(yieldUntil) || !small {
+				if g.yielding.Load() {
+					g.yields.Add(1)
+					if other {
+						g.yieldsToOther.Add(1)
+					}
+				}
+				yieldUntil = time.Time{}
+				g.yielding.Store(false)
+			} else {
+				g.yielding.Store(true)
+				ready = nil
+			}
+		}
+		if len(ready) > 0 {
 			if !link(ready) {
 				return
 			}
@@ -708,7 +763,11 @@ func (g *Group) sendLoop() {
 		}
 		var timer <-chan time.Time
 		var t *time.Timer
-		if full && writing == 0 {
+		switch {
+		case g.yielding.Load():
+			t = time.NewTimer(time.Until(yieldUntil))
+			timer = t.C
+		case full && writing == 0:
 			// The queue is full: its room comes back as the log's head
 			// passes our batches (housekeeping trims the log).
 			t = time.NewTimer(roomWait)
@@ -727,6 +786,9 @@ func (g *Group) sendLoop() {
 			}
 		case <-g.sendCh:
 		case <-timer:
+			if g.yielding.Load() {
+				break // the loop's top ends the turn
+			}
 			if !readHdr() {
 				end(ErrClosed, ErrClosed)
 				return
@@ -924,6 +986,9 @@ func (g *Group) ownOnly(rs []client.Range, pos uint64) bool {
 // (tests).
 var racingLinks atomic.Int32
 
+// maxYield bounds how long a member yields its turn (sendLoop).
+const maxYield = 2 * time.Millisecond
+
 func init() { racingLinks.Store(4) }
 
 // lostReadAhead is how much of the log after its tail a link reads for the
@@ -982,6 +1047,9 @@ func (g *Group) noteHeader(h header) {
 			break
 		}
 		if g.seen.CompareAndSwap(cur, &h) {
+			if g.yielding.Load() {
+				g.pokeSender()
+			}
 			break
 		}
 	}
