@@ -1,10 +1,7 @@
 package gcs_test
 
 import (
-	"fmt"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/tutti-gcs/tutti/gcs"
 )
@@ -26,18 +23,7 @@ func TestDeliveryWithoutWatchData(t *testing.T) {
 func testDeliveryWatch(t *testing.T, withData bool) {
 	e := newEnv(t)
 	const members, per = 3, 30
-	var ms []*member
-	for i := 0; i < members; i++ {
-		ms = append(ms, e.join(e.node(fmt.Sprintf("p%d", i)), "g"))
-	}
-	waitUntil(t, 20*time.Second, "everyone in the 3-member view", func() bool {
-		for _, m := range ms {
-			if v := m.lastView(); v == nil || len(v.Members) != members {
-				return false
-			}
-		}
-		return true
-	})
+	ms := e.joinAll(members, "g")
 	before, beforeRd := make([]int64, members), make([]int64, members)
 	for i, m := range ms {
 		before[i], beforeRd[i] = gcs.DeliveryCounts(m.g)
@@ -50,17 +36,7 @@ func testDeliveryWatch(t *testing.T, withData bool) {
 	if err := ms[1].send(per/2, 3000); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "all messages delivered", func() bool {
-		for _, m := range ms {
-			if m.delivered() < per {
-				return false
-			}
-		}
-		return true
-	})
-	for _, m := range ms[1:] {
-		sameOrder(t, ms[0], m)
-	}
+	deliveredInOrder(t, ms, per)
 	for i, m := range ms {
 		ev, rd := gcs.DeliveryCounts(m.g)
 		t.Logf("%s: %d deliveries from watch data, %d log reads", m.name, ev-before[i], rd-beforeRd[i])
@@ -89,18 +65,7 @@ func TestLostRaceSettledByLinkAnswer(t *testing.T) {
 	t.Cleanup(gcs.SetAlwaysRaceReads())
 	e := newEnv(t)
 	const members = 3
-	var ms []*member
-	for i := 0; i < members; i++ {
-		ms = append(ms, e.join(e.node(fmt.Sprintf("p%d", i)), "g"))
-	}
-	waitUntil(t, 20*time.Second, "everyone in the 3-member view", func() bool {
-		for _, m := range ms {
-			if v := m.lastView(); v == nil || len(v.Members) != members {
-				return false
-			}
-		}
-		return true
-	})
+	ms := e.joinAll(members, "g")
 	lost := func() (n uint64) {
 		for _, m := range ms {
 			n += m.g.SendStats().LostRaces
@@ -111,34 +76,13 @@ func TestLostRaceSettledByLinkAnswer(t *testing.T) {
 	// at most 20 rounds of 3 x 20 messages).
 	sent := 0
 	for round := 0; round < 20 && lost() < 5; round++ {
-		var wg sync.WaitGroup
-		errs := make([]error, members)
-		for i, m := range ms {
-			wg.Add(1)
-			go func() { defer wg.Done(); errs[i] = m.send(20, 64) }()
-		}
-		wg.Wait()
-		for _, err := range errs {
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
+		sendAll(t, ms, 20, 64)
 		sent += members * 20
 	}
 	if lost() == 0 {
 		t.Fatalf("no link lost a race in %d messages from %d concurrent senders", sent, members)
 	}
-	waitUntil(t, 30*time.Second, "all messages delivered", func() bool {
-		for _, m := range ms {
-			if m.delivered() < sent {
-				return false
-			}
-		}
-		return true
-	})
-	for _, m := range ms[1:] {
-		sameOrder(t, ms[0], m)
-	}
+	deliveredInOrder(t, ms, sent)
 	for _, m := range ms {
 		st := m.g.SendStats()
 		t.Logf("%s: %d links, %d lost races, %d re-reads", m.name, st.Links, st.LostRaces, gcs.LostRaceReads(m.g))
@@ -155,18 +99,7 @@ func TestLostRaceSettledByLinkAnswer(t *testing.T) {
 func TestWinnerYieldsWhileLinksRace(t *testing.T) {
 	e := newEnv(t)
 	const members = 3
-	var ms []*member
-	for i := 0; i < members; i++ {
-		ms = append(ms, e.join(e.node(fmt.Sprintf("p%d", i)), "g"))
-	}
-	waitUntil(t, 20*time.Second, "everyone in the 3-member view", func() bool {
-		for _, m := range ms {
-			if v := m.lastView(); v == nil || len(v.Members) != members {
-				return false
-			}
-		}
-		return true
-	})
+	ms := e.joinAll(members, "g")
 	yields := func() (all, toOther int64) {
 		for _, m := range ms {
 			y, o := gcs.Yields(m.g)
@@ -182,20 +115,11 @@ func TestWinnerYieldsWhileLinksRace(t *testing.T) {
 		if _, o := yields(); o >= 5 {
 			break
 		}
-		var wg sync.WaitGroup
-		errs := make([]error, members*4)
-		for i, m := range ms {
-			for k := 0; k < 4; k++ {
-				wg.Add(1)
-				go func() { defer wg.Done(); errs[i*4+k] = m.send(10, 64) }()
-			}
+		var senders []*member // four goroutines per member
+		for _, m := range ms {
+			senders = append(senders, m, m, m, m)
 		}
-		wg.Wait()
-		for _, err := range errs {
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
+		sendAll(t, senders, 10, 64)
 		sent += members * 4 * 10
 	}
 	all, toOther := yields()
@@ -203,15 +127,5 @@ func TestWinnerYieldsWhileLinksRace(t *testing.T) {
 	if toOther == 0 {
 		t.Fatalf("no yielded turn was ended by another member's link (%d yielded)", all)
 	}
-	waitUntil(t, 30*time.Second, "all messages delivered", func() bool {
-		for _, m := range ms {
-			if m.delivered() < sent {
-				return false
-			}
-		}
-		return true
-	})
-	for _, m := range ms[1:] {
-		sameOrder(t, ms[0], m)
-	}
+	deliveredInOrder(t, ms, sent)
 }

@@ -228,6 +228,27 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // sendAll runs send on every member concurrently.
+// joinAll joins n members p0..p(n-1), each on a node of its own, to group
+// and waits until each has installed the n-member view.
+func (e *env) joinAll(n int, group string) []*member {
+	e.t.Helper()
+	var ms []*member
+	for i := 0; i < n; i++ {
+		ms = append(ms, e.join(e.node(fmt.Sprintf("p%d", i)), group))
+	}
+	waitUntil(e.t, 20*time.Second, fmt.Sprintf("everyone in the %d-member view", n), func() bool {
+		for _, m := range ms {
+			if v := m.lastView(); v == nil || len(v.Members) != n {
+				return false
+			}
+		}
+		return true
+	})
+	return ms
+}
+
+// sendAll has every member of ms send count messages of size bytes, all
+// members at once (a member listed k times sends from k goroutines).
 func sendAll(t *testing.T, ms []*member, count, size int) {
 	t.Helper()
 	var wg sync.WaitGroup
@@ -244,6 +265,23 @@ func sendAll(t *testing.T, ms []*member, count, size int) {
 		if err != nil {
 			t.Fatalf("%s: multicast: %v", ms[i].name, err)
 		}
+	}
+}
+
+// deliveredInOrder waits until every member of ms delivered n messages and
+// checks that they delivered them in the same order.
+func deliveredInOrder(t *testing.T, ms []*member, n int) {
+	t.Helper()
+	waitUntil(t, 30*time.Second, "all messages delivered", func() bool {
+		for _, m := range ms {
+			if m.delivered() < n {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range ms[1:] {
+		sameOrder(t, ms[0], m)
 	}
 }
 
@@ -280,33 +318,12 @@ func sameOrder(t *testing.T, a, b *member) {
 func TestConcurrentMulticastTotalOrder(t *testing.T) {
 	e := newEnv(t)
 	const members, per = 4, 40
-	var ms []*member
-	for i := 0; i < members; i++ {
-		ms = append(ms, e.join(e.node(fmt.Sprintf("p%d", i)), "g"))
-	}
-	waitUntil(t, 20*time.Second, "everyone in the 4-member view", func() bool {
-		for _, m := range ms {
-			if v := m.lastView(); v == nil || len(v.Members) != members {
-				return false
-			}
-		}
-		return true
-	})
+	ms := e.joinAll(members, "g")
 	// Small messages go inline in the order log, large ones through the
 	// senders' queues.
 	sendAll(t, ms, per/2, 64)
 	sendAll(t, ms, per/2, 3000)
-	waitUntil(t, 30*time.Second, "all messages delivered", func() bool {
-		for _, m := range ms {
-			if m.delivered() < members*per {
-				return false
-			}
-		}
-		return true
-	})
-	for _, m := range ms[1:] {
-		sameOrder(t, ms[0], m)
-	}
+	deliveredInOrder(t, ms, members*per)
 	waitUntil(t, 10*time.Second, "stability", func() bool { return ms[0].g.Stability().Pos >= uint64(members*per) })
 	for _, m := range ms {
 		m.leave()
