@@ -257,7 +257,11 @@
 // 33.7k against 37.6k, 35.4k, 35.0k, 37.3k (8 s runs, inside the noise);
 // yielding also with queued batches cost saturation about 8%, hence
 // inline batches only. Lost races stay 55–60%: the members that lost
-// still race each other.
+// still race each other. Tried and dropped: turns for every member (the
+// next in slot order after the last linker, learnt from the records a
+// lost race returns, links; the others wait for the tail to move): 1000/s
+// p50 27.5, 16.3, 12.2 ms against 10.0, 10.3, 20.2 with the winner's yield
+// alone, lost races unchanged.
 //
 // Memory at saturation was not bounded until replication stopped keeping
 // every group's Raft log in memory back to the last compaction (10,000
