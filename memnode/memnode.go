@@ -140,7 +140,7 @@ func (m *Memnode) Apply(e *Entry) Result {
 	}
 	switch e.Kind {
 	case KindExec:
-		return m.exec(&e.Op)
+		return m.exec(&e.Op, e.NoReads)
 	case KindPrepare:
 		return m.prepare(e)
 	case KindCommit:
@@ -172,16 +172,16 @@ func (m *Memnode) checkDated(limit, now int64, tids ...TID) error {
 }
 
 // exec is the one-phase minitransaction: lock check, compare, read, write.
-func (m *Memnode) exec(op *Op) Result {
+func (m *Memnode) exec(op *Op, noReads bool) Result {
 	if m.locks.opConflicts(op) {
 		return Result{Vote: VoteBadLock, FailedCompare: -1}
 	}
 	if i := m.failedCompare(op.Compares); i >= 0 {
 		// The reads as of the failure: the caller of a compare-and-swap
 		// learns the current value without another round trip.
-		return Result{Vote: VoteBadCmp, FailedCompare: i, Reads: m.read(op.Reads)}
+		return Result{Vote: VoteBadCmp, FailedCompare: i, Reads: m.readUnless(noReads, op.Reads)}
 	}
-	r := Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(op.Reads)}
+	r := Result{Vote: VoteOK, FailedCompare: -1, Reads: m.readUnless(noReads, op.Reads)}
 	for _, w := range op.Writes {
 		m.mem.write(w.Addr, w.Data)
 	}
@@ -195,7 +195,7 @@ func (m *Memnode) prepare(e *Entry) Result {
 	if t := m.inDoubt[e.TID]; t != nil {
 		// Duplicate delivery. The shared locks kept the read items
 		// unchanged since the first delivery.
-		return Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(t.reads)}
+		return Result{Vote: VoteOK, FailedCompare: -1, Reads: m.readUnless(e.NoReads, t.reads)}
 	}
 	if m.expired(e.TID) {
 		// An expired tid's records count as absent.
@@ -214,7 +214,7 @@ func (m *Memnode) prepare(e *Entry) Result {
 	if i := m.failedCompare(e.Op.Compares); i >= 0 {
 		return Result{Vote: VoteBadCmp, FailedCompare: i}
 	}
-	r := Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(e.Op.Reads)}
+	r := Result{Vote: VoteOK, FailedCompare: -1, Reads: m.readUnless(e.NoReads, e.Op.Reads)}
 	t := m.newTxn(e.TID, e.Participants, m.clock, &e.Op)
 	m.locks.acquire(t)
 	m.inDoubt[t.tid] = t
@@ -422,6 +422,14 @@ func (m *Memnode) failedCompare(cs []Compare) int {
 		}
 	}
 	return -1
+}
+
+// readUnless returns read(rs), or nil if the caller discards the reads.
+func (m *Memnode) readUnless(discard bool, rs []Read) [][]byte {
+	if discard {
+		return nil
+	}
+	return m.read(rs)
 }
 
 // read returns fresh copies of the read items, carved from one buffer.

@@ -70,6 +70,11 @@ type Entry struct {
 	// entry's own. An invalid entry applies none of them.
 	Commits []TID
 	Aborts  []TID
+	// NoReads is not part of the encoding: the caller discards the
+	// Result's reads (a replica whose result nobody waits for), so Apply
+	// leaves Result.Reads nil instead of copying them. Everything else,
+	// state and vote included, is the same.
+	NoReads bool
 }
 
 // Vote is a participant's answer. Values are part of the wire format.

@@ -17,6 +17,11 @@ type Command struct {
 	// commands may share an index (proposals are batched into one entry).
 	Index uint64
 	Data  []byte
+	// NoResult: nobody waits for this command's result (another host
+	// proposed it, or its proposer gave up), so Apply may return nil for
+	// it and skip building it. Applying it must change the state exactly
+	// as with a result.
+	NoResult bool
 }
 
 // StateMachine is what a Raft group replicates. All methods are called from

@@ -302,7 +302,7 @@ func (g *group) decodeFrame(index uint64, data []byte, cmds []Command, owners []
 			return cmds, owners, fmt.Errorf("entry %d: corrupt command length", index)
 		}
 		off := k1 + k2
-		cmds = append(cmds, Command{Index: index, Data: rest[off : off+int(l) : off+int(l)]})
+		cmds = append(cmds, Command{Index: index, Data: rest[off : off+int(l) : off+int(l)], NoResult: !mine || g.inflight[id] == nil})
 		owners = append(owners, cmdOwner{mine: mine, id: id})
 		rest = rest[off+int(l):]
 	}

@@ -46,6 +46,7 @@ func (s *machine) Apply(cmds []replication.Command) [][]byte {
 					}
 				}
 			}
+			e.NoReads = cmds[i].NoResult
 			r = s.m.Apply(e)
 			switch {
 			case !watched || r.Err != nil:
@@ -57,7 +58,9 @@ func (s *machine) Apply(cmds []replication.Command) [][]byte {
 				index = cmds[i].Index
 			}
 		}
-		out[i] = memnode.AppendResult(nil, &r)
+		if !cmds[i].NoResult {
+			out[i] = memnode.AppendResult(nil, &r)
+		}
 	}
 	if len(written) > 0 {
 		// s.m is the memory as of index: subscribers with data copy the
