@@ -109,6 +109,7 @@ func newBenchMtx(g *globals) *cobra.Command {
 		cpuProfile  string
 		memProfile  string
 		perMemnode  bool
+		leaders     string
 	)
 	cmd := &cobra.Command{
 		Use:   "mtx",
@@ -141,7 +142,14 @@ minitransaction changes with the number of memnodes. With --per-memnode the
 --outstanding levels count per memnode, so the load grows with the cluster
 (m memnodes run m times the level): CPU per op then compares clusters each
 as busy as the other, not one busy cluster with a more idle one. With --seed
-it drives an existing cluster.`,
+it drives an existing cluster.
+
+--leaders places the embedded cluster's Raft leaders before measuring:
+"spread" (default) gives each memnode's leader to a different host where it
+can, as a deployment on several machines would; "colocated" gives them all
+to one host, so a client's requests to different memnodes share one
+connection and its batches (cas2 gains from this; base, on one memnode, does
+not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 		Example: `  tutti bench mtx
   tutti bench mtx --outstanding 1,16,64,256 --duration 10s --json --out bench-mtx.json
   tutti bench mtx --workload cas2 --memnodes 1,2,4,8 --outstanding 64 --json
@@ -170,6 +178,9 @@ it drives an existing cluster.`,
 			}
 			if words < 6 {
 				return fmt.Errorf("--words must be at least 6")
+			}
+			if leaders != "spread" && leaders != "colocated" && leaders != "any" {
+				return fmt.Errorf("--leaders %q: unknown (known: spread, colocated, any)", leaders)
 			}
 			sizes, err := parseList("--memnodes", memnodes, 1, 1024)
 			if err != nil {
@@ -248,6 +259,9 @@ it drives an existing cluster.`,
 							out[i] = c.Hosts[0].Replication().Leader(mn)
 						}
 						return out
+					}
+					if err := placeLeaders(cmd.Context(), c, leaders); err != nil {
+						return err
 					}
 				}
 				ctx := cmd.Context()
@@ -372,6 +386,7 @@ it drives an existing cluster.`,
 	f := cmd.Flags()
 	seedFlag(f, &seed)
 	f.StringVar(&workload, "workload", "base", "workload: base or cas2, or base,cas2 to print their ratio")
+	f.StringVar(&leaders, "leaders", "spread", "embedded cluster's Raft leaders: spread (one memnode per host where it can), colocated (all on one host) or any")
 	f.IntVar(&rounds, "rounds", 1, "run the listed workloads this many times, alternating, and print the median cas2/base ratio")
 	f.StringVar(&outstanding, "outstanding", "1,16,64,256", "comma-separated levels of outstanding minitransactions")
 	f.BoolVar(&perMemnode, "per-memnode", false, "--outstanding levels are per memnode: a cluster of m memnodes runs m times as many (load grows with the cluster)")
@@ -622,4 +637,41 @@ func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time
 		fmt.Fprintf(progress, "  %d errors, first: %v\n", p.Errors, errors.Unwrap(e))
 	}
 	return p, nil
+}
+
+// placeLeaders moves the Raft leaders of c's memnodes as --leaders says:
+// "spread" gives memnode i to the i-th of its replicas' hosts (mod their
+// number), "colocated" gives every memnode to the first replica host of
+// memnode 0, "any" leaves them. It waits until each move took effect.
+func placeLeaders(ctx context.Context, c *cluster.Cluster, how string) error {
+	if how == "any" {
+		return nil
+	}
+	mns := c.Memnodes()
+	for i, m := range mns {
+		reps := slices.Sorted(slices.Values(m.Replicas))
+		to := reps[i%len(reps)]
+		if how == "colocated" {
+			to = slices.Min(mns[0].Replicas)
+			if !slices.Contains(reps, to) {
+				continue // not a replica here: leave it
+			}
+		}
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err := cluster.Eventually(ctx, fmt.Sprintf("memnode %d led by host %d", m.ID, to), func() error {
+			lead := c.Hosts[0].Replication().Leader(m.ID)
+			if lead == to {
+				return nil
+			}
+			if h := c.Host(lead); h != nil {
+				_ = h.Replication().TransferLeader(ctx, m.ID, to)
+			}
+			return fmt.Errorf("led by host %d", lead)
+		})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("--leaders %s: %w", how, err)
+		}
+	}
+	return nil
 }

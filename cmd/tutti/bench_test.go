@@ -87,3 +87,31 @@ func TestBenchCommandPerMemnode(t *testing.T) {
 		t.Fatalf("--per-memnode with --seed: %v\n%s", err, out)
 	}
 }
+
+// --leaders places the embedded cluster's Raft leaders before measuring:
+// spread gives each memnode a host of its own, colocated one host to all.
+func TestBenchCommandLeaders(t *testing.T) {
+	for _, tc := range []struct {
+		how  string
+		want func([]any) bool
+	}{
+		{"spread", func(hs []any) bool { return len(hs) == 2 && hs[0] != hs[1] }},
+		{"colocated", func(hs []any) bool { return len(hs) == 2 && hs[0] == hs[1] }},
+	} {
+		out, err := run(t, "bench", "mtx", "--workload", "cas2", "--memnodes", "2", "--outstanding", "2", "--leaders", tc.how,
+			"--no-fsync", "--duration", "300ms", "--warmup", "100ms", "--json", "--quiet")
+		if err != nil {
+			t.Fatalf("--leaders %s: %v\n%s", tc.how, err, out)
+		}
+		var p map[string]any
+		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &p); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if hs, _ := p["leader_hosts"].([]any); !tc.want(hs) || p["leader_changes"].(float64) != 0 {
+			t.Fatalf("--leaders %s: leader_hosts %v, leader_changes %v", tc.how, p["leader_hosts"], p["leader_changes"])
+		}
+	}
+	if _, err := run(t, "bench", "mtx", "--leaders", "nearby"); err == nil || !strings.Contains(err.Error(), "--leaders") {
+		t.Fatalf("unknown --leaders accepted: %v", err)
+	}
+}
