@@ -516,9 +516,10 @@ func (g *Group) sendLoop() {
 	}
 	// link orders the ready batches at the front of pipe with one
 	// minitransaction on the home memnode, which also reads the log
-	// delivery lacks up to the old tail (handoff). A lost race re-reads
-	// the header with the log (readLost) and retries only this step,
-	// with the batches staged meanwhile.
+	// delivery lacks up to the old tail (handoff). A lost race learns the
+	// header and the log from the link's answer (lostFromReads) or reads
+	// them (readLost), and retries only this step, with the batches
+	// staged meanwhile.
 	// won counts the links committed since the last lost race; while it
 	// is below racingLinks, links ask for what a lost race needs (below).
 	racing := int(racingLinks.Load())
@@ -623,9 +624,10 @@ func (g *Group) sendLoop() {
 			// of the failed compare: with the header and the log after our
 			// tail (what the winners wrote) that is what readLost would
 			// read, without its round trip. Only while links race (a race
-			// lost in the last few links): the reads cost every replica a
-			// copy, and at low load almost every link wins (3% lost at
-			// 100/s per member, 56% at saturation).
+			// lost in the last few links): the reads cost the leader a
+			// copy and the answer their bytes, and at low load almost
+			// every link wins (3% lost at 100/s per member, 56% at
+			// saturation).
 			var ahead []ringItem
 			raced := won < racing || racing < 0
 			if raced {
