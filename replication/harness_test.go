@@ -274,6 +274,15 @@ func (c *cluster) leader(group uint64, among []uint64) uint64 {
 // propose retries cmd at the current leader until it succeeds. Only for
 // commands whose duplication the test tolerates or rules out (it retries
 // only on errors that say nothing was proposed).
+// follower waits for group's leader and returns a host other than it.
+func (c *cluster) follower(group uint64) uint64 {
+	c.t.Helper()
+	if lead := c.leader(group, nil); c.ids[0] != lead {
+		return c.ids[0]
+	}
+	return c.ids[1]
+}
+
 func (c *cluster) propose(group uint64, cmd string) []byte {
 	c.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)

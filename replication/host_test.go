@@ -166,11 +166,7 @@ func TestFollowerRestartRecovers(t *testing.T) {
 			c.propose(g, fmt.Sprintf("a%d", i))
 		}
 	}
-	lead := c.leader(1, nil)
-	follower := c.ids[0]
-	if follower == lead {
-		follower = c.ids[1]
-	}
+	follower := c.follower(1)
 	c.waitApplied(1, 30)
 	c.waitApplied(2, 30)
 	c.stop(follower)
@@ -202,11 +198,7 @@ func TestFollowerRestartRecovers(t *testing.T) {
 func TestPartitionedFollowerCatchesUpBySnapshot(t *testing.T) {
 	c := newCluster(t, 3, []uint64{1}, func(cfg *Config) { cfg.SnapshotEntries = 10 })
 	c.propose(1, "first")
-	lead := c.leader(1, nil)
-	victim := c.ids[0]
-	if victim == lead {
-		victim = c.ids[1]
-	}
+	victim := c.follower(1)
 	c.net.Isolate(victim)
 	rest := slices.DeleteFunc(slices.Clone(c.ids), func(id uint64) bool { return id == victim })
 	for i := range 100 {

@@ -205,11 +205,7 @@ func TestLaggingFollowerCatchesUpFromEngine(t *testing.T) {
 		cfg.LogCacheBytes = 16 << 10
 	})
 	c.propose(1, "first")
-	lead := c.leader(1, nil)
-	victim := c.ids[0]
-	if victim == lead {
-		victim = c.ids[1]
-	}
+	victim := c.follower(1)
 	c.net.Isolate(victim)
 	pad := strings.Repeat("y", entry)
 	for i := range 100 {
