@@ -152,7 +152,12 @@
 //     the queue). Senders reuse their queue ring below the oldest batch the
 //     log still references. A full log or queue blocks senders (flow
 //     control), so memory is bounded by LogCapacity and QueueCapacity.
-//     Group metadata itself is never freed.
+//     A member whose Leave empties the view does the oldest member's
+//     trimming and reclaiming for the empty view, its own slot and queue
+//     included (gc.go, "The last member out"). The group's metadata and
+//     index slot stay: a name once used keeps 64 + MaxMembers×256 bytes
+//     and LogCapacity on its home memnode. Node.Describe shows a group's
+//     view, log bounds and the removed members not yet reclaimed.
 //
 // # Performance
 //

@@ -2,6 +2,7 @@ package gcs
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/tutti-gcs/tutti/client"
@@ -126,7 +127,14 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSin
 		return
 	}
 	// Trim, also waiting for members that are leaving gracefully.
-	minLog = g.holdForLeavers(ms, minLog, leavers, now)
+	g.trimAndReclaim(ctx, ms, g.holdForLeavers(ms, minLog, leavers, now))
+}
+
+// trimAndReclaim moves head up to minLog (comparing the head ms read) and
+// reclaims the removed members whose removal record is below head. It
+// reports whether no removed member is left to reclaim.
+func (g *Group) trimAndReclaim(ctx context.Context, ms metaState, minLog uint64) bool {
+	n := g.n
 	if minLog > ms.h.head {
 		res, err := n.exec(ctx, client.NewTx().
 			Compare(g.ref.home, g.ref.meta+offHead, le.AppendUint64(nil, ms.h.head)).
@@ -136,20 +144,23 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSin
 			g.head.Store(max(g.head.Load(), minLog))
 		}
 	}
-	// Reclaim removed members.
+	done := true
 	for _, m := range ms.members {
-		if m.tag == 0 || m.retiredAt == 0 || retiredPos(m) >= ms.h.head {
+		if m.tag == 0 || m.retiredAt == 0 {
 			continue
 		}
-		g.reclaim(ctx, m)
+		if retiredPos(m) >= ms.h.head || !g.reclaim(ctx, m) {
+			done = false
+		}
 	}
+	return done
 }
 
 // reclaim frees a removed member's slot and regions: one minitransaction
 // zeroes the slot (comparing it) and the queue's fence word, so a removed
 // member still writing its queue fails its fence compare; then the regions
-// are freed.
-func (g *Group) reclaim(ctx context.Context, m member) {
+// are freed. It reports whether this call reclaimed the slot.
+func (g *Group) reclaim(ctx context.Context, m member) bool {
 	n := g.n
 	tx := client.NewTx().Compare(g.ref.home, g.ref.slotAddr(m.slot), m.encode()).
 		Write(g.ref.home, g.ref.slotAddr(m.slot), make([]byte, memberSize))
@@ -159,7 +170,7 @@ func (g *Group) reclaim(ctx context.Context, m member) {
 	}
 	res, err := n.exec(ctx, tx)
 	if err != nil || !res.Committed {
-		return
+		return false // the slot changed (published, reclaimed): next round
 	}
 	if a != nil && m.qLen >= 8 {
 		if err := a.Free(ctx, client.Region{Memnode: m.qMemnode, Addr: m.qAddr, Len: m.qLen}); err != nil {
@@ -171,6 +182,7 @@ func (g *Group) reclaim(ctx context.Context, m member) {
 			n.log.Debug().Err(err).Str("member", m.name).Msg("freeing unclaimed state")
 		}
 	}
+	return true
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -255,4 +267,82 @@ func (g *Group) publishFinal(ctx context.Context) {
 	if _, err := g.n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).Write(g.ref.home, slot+offDLog, w)); err != nil {
 		g.n.log.Debug().Err(err).Msg("publishing the final position")
 	}
+}
+
+// The last member out.
+//
+// Trimming and reclaiming are the oldest member's job (housekeepOnce), so a
+// group whose last member left had nobody to do them: the slots and queues
+// of its last members (QueueCapacity each) stayed allocated until someone
+// joined again, and for good if nobody did. A member whose Leave empties
+// the view therefore does the oldest member's work for the empty view once
+// its own delivery is done: head moves to the tail (held, as the trimmer
+// holds it, for other leavers still delivering up to their leave record)
+// and every removed member is reclaimed, itself included. It tries once
+// within Leave and, if a leaver is still delivering, goes on in the
+// background every GCInterval until nothing is left, a member joins (whose
+// housekeeping takes over), leaveGrace plus a few rounds have passed, or
+// the Node is closed. Several processes doing this at once is as safe as
+// two trimmers: head moves by compare and slots are reclaimed by compare.
+// What stays is the group's metadata (64 + MaxMembers×256 bytes and the
+// LogCapacity log on its home memnode) and its index slot: a name once
+// used keeps them, for at most IndexSlots names per memnode. A group whose
+// last member crashed keeps that member's slot and queue until someone
+// joins and, as the oldest member, removes and reclaims it.
+
+// reclaimAfterLeave runs the last leaver's work (see above).
+func (g *Group) reclaimAfterLeave(ctx context.Context) {
+	n := g.n
+	leavers := map[uint64]leaverProgress{}
+	if g.reclaimEmpty(ctx, leavers) {
+		return
+	}
+	n.mu.Lock()
+	if n.mu.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.bg.Add(1)
+	n.mu.Unlock()
+	go func() {
+		defer n.bg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, n.leaveGrace()+20*n.cfg.GCInterval)
+		defer cancel()
+		tick := time.NewTicker(n.cfg.GCInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				n.log.Debug().Str("group", g.ref.name).Msg("gave up reclaiming the empty group's members")
+				return
+			case <-tick.C:
+			}
+			rctx, rcancel := context.WithTimeout(ctx, 5*n.cfg.GCInterval+time.Second)
+			done := g.reclaimEmpty(rctx, leavers)
+			rcancel()
+			if done {
+				return
+			}
+		}
+	}()
+}
+
+// reclaimEmpty is one round of the last leaver's work; it reports whether
+// nothing is left to do.
+func (g *Group) reclaimEmpty(ctx context.Context, leavers map[uint64]leaverProgress) bool {
+	ms, err := g.n.readMeta(ctx, g.ref)
+	if err != nil {
+		return false
+	}
+	if len(ms.active()) > 0 {
+		return true
+	}
+	// Our delivery is done whatever our slot says (publishFinal may have
+	// failed): hold for the others only.
+	held := ms
+	held.members = slices.Clone(ms.members)
+	if m, ok := held.byTag(g.self.tag); ok {
+		held.members[m.slot].dLog = max(m.dLog, retiredPos(m))
+	}
+	return g.trimAndReclaim(ctx, ms, g.holdForLeavers(held, ms.h.tail, leavers, g.n.cfg.Now()))
 }

@@ -279,10 +279,13 @@ func (g *Group) Leave(ctx context.Context) error {
 		return err
 	}
 	g.leaving.Store(true)
+	emptied := false // our leave left nobody in the view
 	err := g.n.viewChange(ctx, g.ref, func(ms metaState) (*change, error) {
 		if m := ms.members[g.self.slot]; m.tag == g.self.tag && m.active() {
+			emptied = len(ms.active()) == 1
 			return &change{remove: []member{m}, reason: "left", graceful: true}, nil
 		}
+		emptied = false
 		return nil, nil
 	}, nil)
 	if err != nil {
@@ -299,6 +302,9 @@ func (g *Group) Leave(ctx context.Context) error {
 	g.stop(ErrNotMember)
 	if err := g.termErr(); errors.Is(err, ErrEvicted) {
 		return err
+	}
+	if emptied {
+		g.reclaimAfterLeave(ctx) // nobody else will (gc.go, The last member out)
 	}
 	return nil
 }

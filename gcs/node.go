@@ -28,6 +28,9 @@ type Node struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
+	// bg counts background work that outlives a Group (reclaimAfterLeave);
+	// Close waits for it.
+	bg sync.WaitGroup
 
 	mu struct {
 		sync.Mutex
@@ -95,6 +98,7 @@ func (n *Node) Close() error {
 	for _, g := range gs {
 		g.stop(ErrClosed)
 	}
+	n.bg.Wait()
 	return nil
 }
 
@@ -146,12 +150,12 @@ func (n *Node) readHeader(ctx context.Context, ref groupRef) (header, error) {
 	return decodeHeader(b)
 }
 
-// lookup finds group in its home memnode's index, creating it when absent.
-// The index is an open-addressing hash table: linear probing from
-// hash(name) mod IndexSlots; a free slot is claimed by a minitransaction
-// that compares it to zeros. Slots are never freed, so probing stops at
-// the first free slot.
-func (n *Node) lookup(ctx context.Context, name string) (groupRef, error) {
+// lookup finds group in its home memnode's index, creating it when absent
+// if create is set (else ErrNoGroup). The index is an open-addressing hash
+// table: linear probing from hash(name) mod IndexSlots; a free slot is
+// claimed by a minitransaction that compares it to zeros. Slots are never
+// freed, so probing stops at the first free slot.
+func (n *Node) lookup(ctx context.Context, name string, create bool) (groupRef, error) {
 	home := homeOf(name, n.memnodes)
 	start := hashName(name) % IndexSlots
 	var created *client.Region // our metadata region, if we made one
@@ -179,6 +183,9 @@ func (n *Node) lookup(ctx context.Context, name string) (groupRef, error) {
 				continue
 			}
 			// Free slot: the group does not exist. Create and claim.
+			if !create {
+				return groupRef{}, fmt.Errorf("%w: %s", ErrNoGroup, name)
+			}
 			if created == nil {
 				r, err := n.createMeta(ctx, home)
 				if err != nil {
@@ -258,7 +265,7 @@ func (n *Node) Join(ctx context.Context, group string, opts JoinOptions) (*Group
 	if n.isClosed() {
 		return nil, ErrClosed
 	}
-	ref, err := n.lookup(ctx, group)
+	ref, err := n.lookup(ctx, group, true)
 	if err != nil {
 		return nil, fmt.Errorf("gcs: join %s: %w", group, err)
 	}

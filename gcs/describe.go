@@ -1,0 +1,89 @@
+package gcs
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/tutti-gcs/tutti/client"
+)
+
+// GroupInfo is a group's metadata as one read of its home memnode found it
+// (Node.Describe): the view, the order log's bounds and every member slot in
+// use. It is what operators need to see why a group's log is not trimmed
+// (a member that does not deliver) or whether a group's memory was
+// reclaimed (no Retired slots).
+type GroupInfo struct {
+	Name string
+	// Home is the memnode that holds the metadata and the order log.
+	Home uint64
+	// View is the current view id (0: never joined).
+	View uint64
+	// Msgs is the number of messages ordered so far (the Message.Pos of
+	// the last one).
+	Msgs uint64
+	// Head and Tail bound the order log in bytes: [Head, Tail) is kept,
+	// positions below Head were reclaimed.
+	Head, Tail uint64
+	// LogCapacity is the size of the order log ring in bytes.
+	LogCapacity uint64
+	// Members is the current view, oldest first.
+	Members []MemberInfo
+	// Retired are members removed from the view whose slot and queue are
+	// not reclaimed yet: reclaimed once the log is trimmed past their
+	// removal (see the package doc, Garbage collection).
+	Retired []MemberInfo
+}
+
+// MemberInfo is one member slot of a group.
+type MemberInfo struct {
+	Name string
+	// JoinedView is the view that admitted the member.
+	JoinedView uint64
+	// Delivered is the Message.Pos the member last published as delivered,
+	// DeliveredLog the order-log position (published every GCInterval).
+	Delivered, DeliveredLog uint64
+	// Queue is the member's queue ring.
+	Queue client.Region
+	// RemovedAt is the order-log position of the view record that removed
+	// the member (Retired only), Left whether its own Leave did.
+	RemovedAt uint64
+	Left      bool
+}
+
+// Describe reads group's metadata. It changes nothing and does not create
+// the group: ErrNoGroup if it does not exist.
+func (n *Node) Describe(ctx context.Context, group string) (GroupInfo, error) {
+	if group == "" || len(group) > MaxGroupName {
+		return GroupInfo{}, fmt.Errorf("%w: group name must be 1..%d bytes", ErrInvalid, MaxGroupName)
+	}
+	ref, err := n.lookup(ctx, group, false)
+	if err != nil {
+		return GroupInfo{}, fmt.Errorf("gcs: describe %s: %w", group, err)
+	}
+	ms, err := n.readMeta(ctx, ref)
+	if err != nil {
+		return GroupInfo{}, fmt.Errorf("gcs: describe %s: %w", group, err)
+	}
+	gi := GroupInfo{Name: group, Home: ref.home, View: ms.h.view, Msgs: ms.h.msgs, Head: ms.h.head, Tail: ms.h.tail,
+		LogCapacity: ms.h.logSize}
+	for _, m := range ms.active() {
+		gi.Members = append(gi.Members, memberInfo(m))
+	}
+	for _, m := range ms.members {
+		if m.tag != 0 && !m.active() {
+			gi.Retired = append(gi.Retired, memberInfo(m))
+		}
+	}
+	sort.Slice(gi.Retired, func(i, j int) bool { return gi.Retired[i].RemovedAt < gi.Retired[j].RemovedAt })
+	return gi, nil
+}
+
+func memberInfo(m member) MemberInfo {
+	mi := MemberInfo{Name: m.name, JoinedView: m.joinedView, Delivered: m.dMsg, DeliveredLog: m.dLog,
+		Queue: client.Region{Memnode: m.qMemnode, Addr: m.qAddr, Len: m.qLen}}
+	if m.retiredAt != 0 {
+		mi.RemovedAt, mi.Left = retiredPos(m), m.retiredAt&retiredLeft != 0
+	}
+	return mi
+}

@@ -1,0 +1,198 @@
+package gcs_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/gcs"
+)
+
+// describe waits for what cond wants of group's metadata, read by n.
+func describe(t *testing.T, n *gcs.Node, group, what string, cond func(gcs.GroupInfo) bool) gcs.GroupInfo {
+	t.Helper()
+	var gi gcs.GroupInfo
+	waitUntil(t, 20*time.Second, what, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var err error
+		if gi, err = n.Describe(ctx, group); err != nil {
+			t.Fatalf("describe %s: %v", group, err)
+		}
+		return cond(gi)
+	})
+	return gi
+}
+
+// blockFree reports whether r is a free block of client.Allocator: the
+// allocator's block header (len|state, 16 bytes before the region with
+// gcs's 8-byte alignment) says free (2).
+func blockFree(t *testing.T, cl *client.Client, r client.Region) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := cl.Exec(ctx, client.NewTx().Read(r.Memnode, r.Addr-16, 8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return binary.LittleEndian.Uint64(res.Reads[0])&7 == 2
+}
+
+// TestLastLeaverReclaimsTheGroup: removed members' slots and queues are
+// reclaimed by the oldest member once the log is trimmed past their
+// removal; when the last member leaves there is no oldest member, so the
+// last leaver trims the log and reclaims every slot, its own included.
+// Before, the queues of a group's last members (16 MiB each by default)
+// stayed allocated for good.
+func TestLastLeaverReclaimsTheGroup(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAll(3, "g")
+	sendAll(t, ms, 10, 3000) // queued batches as well as inline ones
+	deliveredInOrder(t, ms, 30)
+	obs := e.node("observer")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := obs.Describe(ctx, "nope"); !errors.Is(err, gcs.ErrNoGroup) {
+		t.Fatalf("describe of a group never joined: %v, want ErrNoGroup", err)
+	}
+	if _, err := obs.Describe(ctx, "nope"); !errors.Is(err, gcs.ErrNoGroup) {
+		t.Fatalf("describe created the group: %v", err)
+	}
+	before := describe(t, obs, "g", "three members", func(gi gcs.GroupInfo) bool { return len(gi.Members) == 3 })
+	if before.Msgs != 30 || before.Tail <= before.Head {
+		t.Fatalf("before leaving: msgs %d, log [%d, %d)", before.Msgs, before.Head, before.Tail)
+	}
+	for _, m := range ms {
+		m.leave()
+	}
+	after := describe(t, obs, "g", "every slot reclaimed", func(gi gcs.GroupInfo) bool {
+		return len(gi.Members) == 0 && len(gi.Retired) == 0
+	})
+	if after.Head != after.Tail {
+		t.Errorf("log not trimmed after the last leave: [%d, %d)", after.Head, after.Tail)
+	}
+	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for _, m := range before.Members {
+		if !blockFree(t, cl, m.Queue) {
+			t.Errorf("queue of %s %+v is still allocated", m.Name, m.Queue)
+		}
+	}
+	// The group lives on: a new member joins, sends and delivers.
+	m := e.join(e.node("late"), "g")
+	sendAll(t, []*member{m}, 3, 100)
+	waitUntil(t, 10*time.Second, "the late member delivered", func() bool { return m.delivered() == 3 })
+	m.leave()
+	e.check()
+}
+
+// TestLastLeaverWaitsForSlowerLeaver: the last leaver must not reclaim the
+// log under a member that left before it but is still delivering up to
+// its leave record (that member would be evicted and lose messages of its
+// last view); it reclaims once that member is done.
+func TestLastLeaverWaitsForSlowerLeaver(t *testing.T) {
+	e := newEnv(t)
+	mk := func(id string) *gcs.Node {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: id, GCInterval: 5 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close(); cl.Close() })
+		return n
+	}
+	a := e.join(mk("a"), "g")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	gb, err := mk("b").Join(ctx, "g", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "a sees b", func() bool { return len(a.lastView().Members) == 2 })
+	// b's application stalls: nothing is read from its Events for now.
+	if err := a.send(30, 200); err != nil {
+		t.Fatal(err)
+	}
+	left := make(chan error, 1)
+	go func() { left <- gb.Leave(ctx) }()
+	waitUntil(t, 20*time.Second, "the view without b at a", func() bool { return len(a.lastView().Members) == 1 })
+	a.leave() // the last member out, while b still has 30 messages to deliver
+	obs := mk("observer")
+	gi := describe(t, obs, "g", "an empty view", func(gi gcs.GroupInfo) bool { return len(gi.Members) == 0 })
+	var bInfo *gcs.MemberInfo
+	for i, m := range gi.Retired {
+		if m.Name == gb.Name() {
+			bInfo = &gi.Retired[i]
+		}
+	}
+	if bInfo == nil {
+		t.Fatalf("b's slot was reclaimed while b was still delivering: %+v", gi)
+	}
+	if gi.Head > bInfo.RemovedAt {
+		t.Fatalf("log trimmed to %d, past b's leave record at %d, while b was still delivering", gi.Head, bInfo.RemovedAt)
+	}
+	n := 0
+	var evicted *gcs.Evicted
+	for ev := range gb.Events() {
+		switch ev := ev.(type) {
+		case *gcs.Message:
+			n++
+		case *gcs.Evicted:
+			evicted = ev
+		}
+	}
+	if err := <-left; err != nil {
+		t.Errorf("b's leave: %v", err)
+	}
+	if evicted != nil || n != 30 {
+		t.Errorf("b delivered %d messages (evicted: %v), want the 30 ordered before its leave", n, evicted)
+	}
+	describe(t, obs, "g", "every slot reclaimed once b is done", func(gi gcs.GroupInfo) bool {
+		return len(gi.Retired) == 0 && gi.Head == gi.Tail
+	})
+}
+
+// TestJoinLeaveOfEmptyGroupDoesNotExhaust: one process at a time joining,
+// sending and leaving (what `tutti send` does) used to leave its slot and
+// queue allocated whenever nobody else was in the group, so the 65th such
+// join failed with ErrGroupFull (64 slots, all held by departed members,
+// with 1 GiB of queues: the whole gcs range of a memnode).
+func TestJoinLeaveOfEmptyGroupDoesNotExhaust(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("sender")
+	const rounds = 80 // > MaxMembers (64), and > 1 GiB of 16 MiB queues
+	for i := range rounds {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		g, err := n.Join(ctx, "g", gcs.JoinOptions{})
+		if err != nil {
+			cancel()
+			t.Fatalf("join %d: %v", i, err)
+		}
+		go func() {
+			for range g.Events() {
+			}
+		}()
+		if err := g.Multicast(ctx, []byte("hello")); err != nil {
+			t.Fatalf("multicast %d: %v", i, err)
+		}
+		if err := g.Leave(ctx); err != nil {
+			t.Fatalf("leave %d: %v", i, err)
+		}
+		cancel()
+	}
+	gi := describe(t, n, "g", "the group's memory reclaimed", func(gi gcs.GroupInfo) bool { return len(gi.Retired) == 0 })
+	if gi.Msgs != rounds {
+		t.Errorf("%d messages ordered, want %d", gi.Msgs, rounds)
+	}
+}
