@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
 	"github.com/tutti-gcs/tutti/internal/cluster"
 )
@@ -140,5 +142,71 @@ func TestPrintEventText(t *testing.T) {
 		`{"type":"message","view":2,"pos":8,"sender":"b#2","seq":2,"payload_base64":"/w=="}` + "\n"
 	if b.String() != want {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+// TestGroupCommand: `tutti group` reports a missing group with exit status
+// 1 and without creating it, and shows a group's members, messages and log
+// (after `tutti send` left an otherwise empty group, nothing is left to
+// reclaim).
+func TestGroupCommand(t *testing.T) {
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	seed := "--seed=" + c.Seeds()[0]
+	for range 2 { // the first run must not have created it
+		out, err := run(t, "group", "lobby", seed, "--log-level", "warn")
+		var ee *exitError
+		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(err.Error(), `no group "lobby"`) {
+			t.Fatalf("group of a missing group: %q %v", out, err)
+		}
+	}
+	if out, err := run(t, "send", "lobby", "one", "two", seed, "--log-level", "warn"); err != nil {
+		t.Fatalf("send: %q %v", out, err)
+	}
+	out, err := run(t, "group", "lobby", seed, "--json", "--log-level", "warn")
+	if err != nil {
+		t.Fatalf("group --json: %q %v", out, err)
+	}
+	var gi groupInfoJSON
+	if err := json.Unmarshal([]byte(out), &gi); err != nil {
+		t.Fatalf("group --json output %q: %v", out, err)
+	}
+	if gi.Name != "lobby" || gi.Msgs != 2 || gi.View == 0 || len(gi.Members) != 0 || len(gi.Retired) != 0 || gi.Head != gi.Tail {
+		t.Fatalf("group --json after a send left: %+v", gi)
+	}
+
+	// With a member in the view: the text form lists it.
+	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: "watcher"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	g, err := n.Join(ctx, "lobby", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for range g.Events() {
+		}
+	}()
+	out, err = run(t, "group", "lobby", seed, "--log-level", "warn")
+	if err != nil || !strings.Contains(out, "view 3, 2 messages ordered") || !strings.Contains(out, g.Name()) || !strings.Contains(out, "members, oldest first:") {
+		t.Fatalf("group with a member: %q %v", out, err)
+	}
+	if err := g.Leave(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/gcs"
+)
+
+func newGroupInfo(g *globals) *cobra.Command {
+	var (
+		seed    string
+		asJSON  bool
+		timeout time.Duration
+		tf      tlsFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "group GROUP",
+		Short: "Show a group's view, order log and members",
+		Long: `Read GROUP's metadata from its home memnode and print it: the current view,
+the messages ordered so far, the part of the order log still kept (head to
+tail, in bytes), every member of the view with the position it last
+published as delivered (every GCInterval), and the members removed from the
+view whose slot and queue are not reclaimed yet. It does not join the group
+and changes nothing.
+
+A member whose delivered position stays behind holds the log's head (and,
+once the log is full, every sender). Removed members are reclaimed by the
+oldest member once the log is trimmed past their removal, or by the last
+member to leave.
+
+Exit status: 0, 1 if the group does not exist, 2 on other errors.`,
+		Example: `  tutti group lobby
+  tutti group lobby --json | jq '.members[].name'`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			dial, err := tf.loadDial()
+			if err != nil {
+				return &exitError{2, err}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			cl, err := client.New(ctx, client.Config{Seeds: splitSeeds(seed), Logger: log, DialOptions: dial})
+			if err != nil {
+				return &exitError{2, explainConnErr(err, dial != nil)}
+			}
+			defer cl.Close()
+			n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: defaultID("group"), Logger: log})
+			if err != nil {
+				return &exitError{2, err}
+			}
+			defer n.Close()
+			gi, err := n.Describe(ctx, args[0])
+			switch {
+			case errors.Is(err, gcs.ErrNoGroup):
+				return &exitError{1, fmt.Errorf("no group %q", args[0])}
+			case err != nil:
+				return &exitError{2, err}
+			}
+			if asJSON {
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(groupJSON(gi))
+			}
+			printGroupInfo(cmd, gi)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	seedFlag(f, &seed)
+	tf.register(f)
+	f.BoolVar(&asJSON, "json", false, "print one JSON object")
+	f.DurationVar(&timeout, "timeout", 10*time.Second, "give up after this long")
+	return cmd
+}
+
+type groupMemberJSON struct {
+	Name         string `json:"name"`
+	JoinedView   uint64 `json:"joined_view"`
+	Delivered    uint64 `json:"delivered"`
+	DeliveredLog uint64 `json:"delivered_log"`
+	QueueMemnode uint64 `json:"queue_memnode"`
+	QueueAddr    uint64 `json:"queue_addr"`
+	QueueBytes   uint64 `json:"queue_bytes"`
+	RemovedAt    uint64 `json:"removed_at,omitempty"`
+	Left         bool   `json:"left,omitempty"`
+}
+
+type groupInfoJSON struct {
+	Name        string            `json:"name"`
+	Home        uint64            `json:"home_memnode"`
+	View        uint64            `json:"view"`
+	Msgs        uint64            `json:"messages"`
+	Head        uint64            `json:"log_head"`
+	Tail        uint64            `json:"log_tail"`
+	LogCapacity uint64            `json:"log_capacity"`
+	Members     []groupMemberJSON `json:"members"`
+	Retired     []groupMemberJSON `json:"removed_not_reclaimed"`
+}
+
+func groupJSON(gi gcs.GroupInfo) groupInfoJSON {
+	conv := func(ms []gcs.MemberInfo) []groupMemberJSON {
+		out := []groupMemberJSON{}
+		for _, m := range ms {
+			out = append(out, groupMemberJSON{Name: m.Name, JoinedView: m.JoinedView, Delivered: m.Delivered, DeliveredLog: m.DeliveredLog,
+				QueueMemnode: m.Queue.Memnode, QueueAddr: m.Queue.Addr, QueueBytes: m.Queue.Len, RemovedAt: m.RemovedAt, Left: m.Left})
+		}
+		return out
+	}
+	return groupInfoJSON{Name: gi.Name, Home: gi.Home, View: gi.View, Msgs: gi.Msgs, Head: gi.Head, Tail: gi.Tail,
+		LogCapacity: gi.LogCapacity, Members: conv(gi.Members), Retired: conv(gi.Retired)}
+}
+
+func printGroupInfo(cmd *cobra.Command, gi gcs.GroupInfo) {
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "group %s on memnode %d: view %d, %d messages ordered\n", gi.Name, gi.Home, gi.View, gi.Msgs)
+	fmt.Fprintf(out, "order log: positions %d to %d kept (%d of %d bytes)\n", gi.Head, gi.Tail, gi.Tail-gi.Head, gi.LogCapacity)
+	if len(gi.Members) == 0 {
+		fmt.Fprintln(out, "members: none")
+	} else {
+		fmt.Fprintln(out, "members, oldest first:")
+		w := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
+		fmt.Fprintln(w, "  NAME\tJOINED VIEW\tDELIVERED\tDELIVERED LOG\tQUEUE")
+		for _, m := range gi.Members {
+			fmt.Fprintf(w, "  %s\t%d\t%d\t%d\tmemnode %d, %d bytes\n", m.Name, m.JoinedView, m.Delivered, m.DeliveredLog, m.Queue.Memnode, m.Queue.Len)
+		}
+		w.Flush()
+	}
+	if len(gi.Retired) > 0 {
+		fmt.Fprintln(out, "removed, not reclaimed yet:")
+		w := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
+		fmt.Fprintln(w, "  NAME\tREMOVED AT\tBY\tDELIVERED LOG")
+		for _, m := range gi.Retired {
+			by := "removal"
+			if m.Left {
+				by = "leave"
+			}
+			fmt.Fprintf(w, "  %s\t%d\t%s\t%d\n", m.Name, m.RemovedAt, by, m.DeliveredLog)
+		}
+		w.Flush()
+	}
+}
