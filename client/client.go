@@ -16,9 +16,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/internal/bufpool"
 )
 
 // Connection health. A host that stops answering while its connection stays
@@ -127,7 +129,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{cfg: cfg, log: cfg.Logger}
 	c.hooks = decisionHooks{answered: c.decisionAnswered, stats: &c.stats}
 	c.dial = []grpc.DialOption{
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20), grpc.ForceCodecV2(bufpool.Codec)),
+		experimental.WithBufferPool(bufpool.Pool),
 		// A host that stops answering (paused, cut off) must not hold
 		// requests until their deadlines: pings detect it, and reconnecting
 		// gives up quickly, so requests move to other replicas.

@@ -15,11 +15,13 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/internal/bufpool"
 )
 
 // Tuning of the gRPC transport that is not worth a config field.
@@ -178,6 +180,8 @@ func NewGRPCTransport(cfg GRPCConfig) (*GRPCTransport, error) {
 	}
 	t.dialOpts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		experimental.WithBufferPool(bufpool.Pool),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(bufpool.Codec)),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff: backoff.Config{
 				BaseDelay:  grpcMinBackoff,

@@ -13,12 +13,14 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
 	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/internal/bufpool"
 	"github.com/tutti-gcs/tutti/memnode"
 	"github.com/tutti-gcs/tutti/replication"
 )
@@ -161,6 +163,8 @@ func StartHost(cfg HostConfig) (*Host, error) {
 		}
 	}
 	opts := append([]grpc.ServerOption{
+		experimental.BufferPool(bufpool.Pool),
+		grpc.ForceServerCodecV2(bufpool.Codec),
 		grpc.MaxRecvMsgSize(64 << 20),
 		grpc.MaxSendMsgSize(64 << 20),
 		// Clients ping every client.KeepaliveTime to find hosts that stopped
