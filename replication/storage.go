@@ -257,11 +257,15 @@ func (b *logBatch) appendEntries(g uint64, ents []*pb.Entry, prevLast uint64) {
 		return
 	}
 	for _, e := range ents {
+		// Encoded in place in the batch: the data (up to megabytes) is
+		// copied once, not into a scratch value and then into the batch.
 		b.key = appendEntryKey(b.key[:0], g, e.GetIndex())
 		b.val = binary.AppendUvarint(b.val[:0], e.GetTerm())
 		b.val = append(b.val, byte(e.GetType()))
-		b.val = append(b.val, e.GetData()...)
-		_ = b.b.Set(b.key, b.val, nil)
+		op := b.b.SetDeferred(len(b.key), len(b.val)+len(e.GetData()))
+		copy(op.Key, b.key)
+		copy(op.Value[copy(op.Value, b.val):], e.GetData())
+		_ = op.Finish()
 	}
 	if last := ents[len(ents)-1].GetIndex(); last < prevLast {
 		_ = b.b.DeleteRange(entryKey(g, last+1), entryKey(g, prevLast+1), nil)
