@@ -87,3 +87,33 @@ func memberInfo(m member) MemberInfo {
 	}
 	return mi
 }
+
+// Groups returns the names of every group in the index of every memnode
+// (Config.Memnodes), sorted. It reads each memnode's index once and
+// changes nothing; Describe tells more of one.
+func (n *Node) Groups(ctx context.Context) ([]string, error) {
+	var names []string
+	const chunk = 256 // slots per read: 32 KiB, within any item limit
+	for _, mn := range n.memnodes {
+		for first := uint64(0); first < IndexSlots; first += chunk {
+			cnt := min(chunk, IndexSlots-first)
+			raw, err := n.read(ctx, mn, IndexBase+first*IndexSlotSize, uint32(cnt*IndexSlotSize))
+			if err != nil {
+				return nil, fmt.Errorf("gcs: list groups: memnode %d: %w", mn, err)
+			}
+			for i := uint64(0); i < cnt; i++ {
+				s := raw[i*IndexSlotSize : (i+1)*IndexSlotSize]
+				if u64(s, 0) == 0 {
+					continue
+				}
+				nl := u64(s, 8)
+				if nl == 0 || nl > MaxGroupName {
+					return nil, fmt.Errorf("%w: memnode %d index slot %d: name length %d", ErrCorrupt, mn, first+i, nl)
+				}
+				names = append(names, string(s[16:16+nl]))
+			}
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}

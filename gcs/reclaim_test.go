@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -194,5 +195,48 @@ func TestJoinLeaveOfEmptyGroupDoesNotExhaust(t *testing.T) {
 	gi := describe(t, n, "g", "the group's memory reclaimed", func(gi gcs.GroupInfo) bool { return len(gi.Retired) == 0 })
 	if gi.Msgs != rounds {
 		t.Errorf("%d messages ordered, want %d", gi.Msgs, rounds)
+	}
+}
+
+// TestGroupsListsEveryGroup: Groups finds every group, whatever its home
+// memnode, and nothing else.
+func TestGroupsListsEveryGroup(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("lister")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if gs, err := n.Groups(ctx); err != nil || len(gs) != 0 {
+		t.Fatalf("groups of an empty cluster: %q %v", gs, err)
+	}
+	want := []string{"alpha", "beta", "gamma", "delta", "epsilon", "zeta"}
+	homes := map[uint64]bool{}
+	for _, name := range want {
+		g, err := n.Join(ctx, name, gcs.JoinOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for range g.Events() {
+			}
+		}()
+		if err := g.Leave(ctx); err != nil {
+			t.Fatal(err)
+		}
+		gi, err := n.Describe(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		homes[gi.Home] = true
+	}
+	if len(homes) < 2 {
+		t.Fatalf("the groups all live on one memnode (%v): pick names that spread", homes)
+	}
+	got, err := n.Groups(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("groups: %q, want %q", got, want)
 	}
 }

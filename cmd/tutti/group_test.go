@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -183,7 +184,13 @@ func TestGroupCommand(t *testing.T) {
 		t.Fatalf("group --json after a send left: %+v", gi)
 	}
 
-	// With a member in the view: the text form lists it.
+	out, err = run(t, "groups", seed, "--json", "--log-level", "warn")
+	var all []groupInfoJSON
+	if err != nil || json.Unmarshal([]byte(out), &all) != nil || len(all) != 1 || all[0].Name != "lobby" || all[0].Msgs != 2 {
+		t.Fatalf("groups --json: %q %v", out, err)
+	}
+
+	// With a member in the view: the text forms list it.
 	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
 	if err != nil {
 		t.Fatal(err)
@@ -205,6 +212,10 @@ func TestGroupCommand(t *testing.T) {
 	out, err = run(t, "group", "lobby", seed, "--log-level", "warn")
 	if err != nil || !strings.Contains(out, "view 3, 2 messages ordered") || !strings.Contains(out, g.Name()) || !strings.Contains(out, "members, oldest first:") {
 		t.Fatalf("group with a member: %q %v", out, err)
+	}
+	out, err = run(t, "groups", seed, "--log-level", "warn")
+	if err != nil || !regexp.MustCompile(`(?m)^lobby +\d+ +3 +1 +2 `).MatchString(out) {
+		t.Fatalf("groups: %q %v", out, err)
 	}
 	if err := g.Leave(ctx); err != nil {
 		t.Fatal(err)

@@ -5,22 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
 )
 
 func newGroupInfo(g *globals) *cobra.Command {
-	var (
-		seed    string
-		asJSON  bool
-		timeout time.Duration
-		tf      tlsFlags
-	)
+	var o adminOpts
 	cmd := &cobra.Command{
 		Use:   "group GROUP",
 		Short: "Show a group's view, order log and members",
@@ -41,22 +35,14 @@ Exit status: 0, 1 if the group does not exist, 2 on other errors.`,
   tutti group lobby --json | jq '.members[].name'`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := g.logger()
+			c, ctx, cancel, err := o.connect(cmd, g)
 			if err != nil {
 				return err
 			}
-			dial, err := tf.loadDial()
-			if err != nil {
-				return &exitError{2, err}
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			cl, err := client.New(ctx, client.Config{Seeds: splitSeeds(seed), Logger: log, DialOptions: dial})
-			if err != nil {
-				return &exitError{2, explainConnErr(err, dial != nil)}
-			}
-			defer cl.Close()
-			n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: defaultID("group"), Logger: log})
+			defer c.Close()
+			log, _ := g.logger()
+			n, err := gcs.Open(ctx, gcs.Config{Client: c, ID: defaultID("group"), Logger: log})
 			if err != nil {
 				return &exitError{2, err}
 			}
@@ -68,18 +54,14 @@ Exit status: 0, 1 if the group does not exist, 2 on other errors.`,
 			case err != nil:
 				return &exitError{2, err}
 			}
-			if asJSON {
+			if o.asJSON {
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(groupJSON(gi))
 			}
-			printGroupInfo(cmd, gi)
+			printGroupInfo(cmd.OutOrStdout(), gi)
 			return nil
 		},
 	}
-	f := cmd.Flags()
-	seedFlag(f, &seed)
-	tf.register(f)
-	f.BoolVar(&asJSON, "json", false, "print one JSON object")
-	f.DurationVar(&timeout, "timeout", 10*time.Second, "give up after this long")
+	o.register(cmd, false)
 	return cmd
 }
 
@@ -120,8 +102,7 @@ func groupJSON(gi gcs.GroupInfo) groupInfoJSON {
 		LogCapacity: gi.LogCapacity, Members: conv(gi.Members), Retired: conv(gi.Retired)}
 }
 
-func printGroupInfo(cmd *cobra.Command, gi gcs.GroupInfo) {
-	out := cmd.OutOrStdout()
+func printGroupInfo(out io.Writer, gi gcs.GroupInfo) {
 	fmt.Fprintf(out, "group %s on memnode %d: view %d, %d messages ordered\n", gi.Name, gi.Home, gi.View, gi.Msgs)
 	fmt.Fprintf(out, "order log: positions %d to %d kept (%d of %d bytes)\n", gi.Head, gi.Tail, gi.Tail-gi.Head, gi.LogCapacity)
 	if len(gi.Members) == 0 {
@@ -148,4 +129,80 @@ func printGroupInfo(cmd *cobra.Command, gi gcs.GroupInfo) {
 		}
 		w.Flush()
 	}
+}
+
+// describeAll describes every group (gcs.Node.Groups): a group deleted
+// between the listing and its description is left out.
+func describeAll(ctx context.Context, n *gcs.Node) ([]gcs.GroupInfo, error) {
+	names, err := n.Groups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []gcs.GroupInfo{}
+	for _, name := range names {
+		gi, err := n.Describe(ctx, name)
+		if errors.Is(err, gcs.ErrNoGroup) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, gi)
+	}
+	return out, nil
+}
+
+// printGroups prints one line per group.
+func printGroups(out io.Writer, gis []gcs.GroupInfo) error {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GROUP\tHOME\tVIEW\tMEMBERS\tMESSAGES\tLOG KEPT\tREMOVED, NOT RECLAIMED")
+	for _, gi := range gis {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d of %d B\t%d\n", gi.Name, gi.Home, gi.View, len(gi.Members), gi.Msgs,
+			gi.Tail-gi.Head, gi.LogCapacity, len(gi.Retired))
+	}
+	return tw.Flush()
+}
+
+func newGroups(g *globals) *cobra.Command {
+	var o adminOpts
+	cmd := &cobra.Command{
+		Use:   "groups",
+		Short: "List the groups with their views, members and order logs",
+		Long: `List every group in the memnodes' group indexes with its home memnode,
+current view, number of members, messages ordered so far, the bytes of
+order log still kept and the removed members whose slot and queue are not
+reclaimed yet. tutti group GROUP shows one group in full. Nothing is
+joined or changed.`,
+		Example: `  tutti groups
+  tutti groups --json | jq -r '.[] | select(.members | length == 0) | .name'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, ctx, cancel, err := o.connect(cmd, g)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			log, _ := g.logger()
+			n, err := gcs.Open(ctx, gcs.Config{Client: c, ID: defaultID("groups"), Logger: log})
+			if err != nil {
+				return &exitError{2, err}
+			}
+			defer n.Close()
+			gis, err := describeAll(ctx, n)
+			if err != nil {
+				return &exitError{2, err}
+			}
+			if o.asJSON {
+				out := []groupInfoJSON{}
+				for _, gi := range gis {
+					out = append(out, groupJSON(gi))
+				}
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(out)
+			}
+			return printGroups(cmd.OutOrStdout(), gis)
+		},
+	}
+	o.register(cmd, false)
+	return cmd
 }

@@ -68,7 +68,7 @@ run minitransactions against it with 'tutti mtx' or measure it with
 	root.AddCommand(newUp(g), newServer(g), newMtx(g), newBench(g))
 	root.AddCommand(newMemnodes(g), newMemnodeCmd(g), newReplicaCmd(g))
 	root.AddCommand(newMembers(g), newAgent(g))
-	root.AddCommand(newSend(g), newTail(g), newGroupInfo(g))
+	root.AddCommand(newSend(g), newTail(g), newGroupInfo(g), newGroups(g))
 	return root
 }
 
