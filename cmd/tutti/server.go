@@ -143,13 +143,13 @@ Precedence: command line, then environment, then config file, then default.`,
 			}
 			agent := startServerAgent(log, mcfg, explicit, hosts[id], hosts, time.Duration(rank)*5*time.Second, tm.dialOptions())
 			if metrics != "" {
-				ms, err := metricsServe(metrics, log, h)
+				ms, err := metricsServe(metrics, log, []string{hosts[id]}, tm.dialOptions(), h)
 				if err != nil {
 					h.Close()
 					return err
 				}
 				defer ms.Close()
-				log.Info().Str("addr", ms.Addr()).Msg("serving Prometheus metrics at /metrics")
+				log.Info().Str("addr", ms.Addr()).Msg("serving Prometheus metrics at /metrics and the cluster's status at /status")
 			}
 			sig := waitSignal()
 			log.Info().Str("signal", sig.String()).Msg("stopping")
@@ -174,7 +174,7 @@ Precedence: command line, then environment, then config file, then default.`,
 		"gossip bind address, host:port (default: the host of --listen at its port + 1000)",
 		"gossip addresses to join, comma-separated (default: every other host of --peers at its port + 1000)")
 	tf.register(f)
-	f.StringVar(&metrics, "metrics-addr", "", "serve Prometheus metrics (Raft, recovery, memnodes this host leads) at http://<addr>/metrics, e.g. :9400; off if empty")
+	f.StringVar(&metrics, "metrics-addr", "", "serve Prometheus metrics (Raft, recovery, memnodes this host leads) at http://<addr>/metrics and the cluster's status (memnodes, leaders, groups, views) at /status, e.g. :9400; off if empty")
 	f.BoolVar(&join, "join", false, "join a running cluster as an empty host (no replicas until 'tutti replica add' or 'tutti memnode add' places some here)")
 	return cmd
 }

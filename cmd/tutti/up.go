@@ -86,12 +86,12 @@ Runs until interrupted (Ctrl-C).`,
 			cancel()
 			metricsLine := ""
 			if metrics != "" {
-				ms, err := metricsServe(metrics, log, c.Hosts...)
+				ms, err := metricsServe(metrics, log, c.Seeds(), nil, c.Hosts...)
 				if err != nil {
 					return err
 				}
 				defer ms.Close()
-				metricsLine = "\n  metrics:  http://" + ms.Addr() + "/metrics"
+				metricsLine = "\n  metrics:  http://" + ms.Addr() + "/metrics\n  status:   http://" + ms.Addr() + "/status"
 			}
 			out := cmd.OutOrStdout()
 			var hs []string
@@ -136,7 +136,7 @@ Press Ctrl-C to stop.
 	f.StringVar(&keys.keyFile, "gossip-key-file", "", "read the gossip key (base64) from this file")
 	f.StringVar(&dataDir, "data-dir", "", "keep data here and recover it on restart (default: a temporary directory)")
 	f.BoolVar(&noSync, "no-fsync", false, "do not fsync the Raft log (faster; loses acknowledged writes on power loss)")
-	f.StringVar(&metrics, "metrics-addr", "", "serve Prometheus metrics of every host at http://<addr>/metrics (e.g. 127.0.0.1:9400; off if empty)")
+	f.StringVar(&metrics, "metrics-addr", "", "serve Prometheus metrics of every host at http://<addr>/metrics and the cluster's status at /status (e.g. 127.0.0.1:9400; off if empty)")
 	return cmd
 }
 

@@ -159,14 +159,24 @@ type Server struct {
 	lis net.Listener
 }
 
-// Serve listens on addr and serves reg at /metrics until Close.
-func Serve(addr string, reg *prometheus.Registry, log zerolog.Logger) (*Server, error) {
+// Route is one more page a Server serves beside /metrics.
+type Route struct {
+	Pattern string // http.ServeMux pattern, e.g. "/status"
+	Handler http.Handler
+}
+
+// Serve listens on addr and serves reg at /metrics, and routes, until
+// Close.
+func Serve(addr string, reg *prometheus.Registry, log zerolog.Logger, routes ...Route) (*Server, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	for _, r := range routes {
+		mux.Handle(r.Pattern, r.Handler)
+	}
 	s := &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, lis: lis}
 	go func() {
 		if err := s.srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
