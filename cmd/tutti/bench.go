@@ -285,7 +285,15 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 					case "base":
 						gen = func(int) txGen { return baseGen(words) }
 					case "cas2":
-						gen = func(w int) txGen { return newCAS2(cl, mns, words, w, n) }
+						// Start from the words' current values: an earlier
+						// level or run left them non-zero, and compares of
+						// stale values would fail (not committed) until
+						// every word was re-read.
+						cur, err := readWords(ctx, cl, mns, words)
+						if err != nil {
+							return err
+						}
+						gen = func(w int) txGen { return newCAS2(cl, mns, words, w, n, cur) }
 					}
 					st0, lc0 := cl.Stats(), leaderChanges()
 					p, err := runMtxPoint(ctx, cl, n, warmup, duration, gen, quiet, cmd.ErrOrStderr())
@@ -487,8 +495,36 @@ type cas2 struct {
 
 type cas2Word struct{ m, j int } // index into mns, word index
 
-func newCAS2(cl *client.Client, mns []uint64, words, w, n int) *cas2 {
-	return &cas2{cl: cl, mns: mns, owned: words / n, w: w, n: n, vals: make([]uint32, len(mns)*(words/n))}
+// newCAS2 returns worker w of n; cur[m][i] is the value of word i of
+// memnode mns[m] (readWords).
+func newCAS2(cl *client.Client, mns []uint64, words, w, n int, cur [][]uint32) *cas2 {
+	g := &cas2{cl: cl, mns: mns, owned: words / n, w: w, n: n, vals: make([]uint32, len(mns)*(words/n))}
+	for m := range mns {
+		for j := range g.owned {
+			g.vals[m*g.owned+j] = cur[m][w+n*j]
+		}
+	}
+	return g
+}
+
+// readWords reads the first words 4-byte words of every memnode of mns.
+func readWords(ctx context.Context, cl *client.Client, mns []uint64, words int) ([][]uint32, error) {
+	const chunk = 64 << 10 // words per read item: 256 KiB
+	out := make([][]uint32, len(mns))
+	for m, mn := range mns {
+		out[m] = make([]uint32, 0, words)
+		for first := 0; first < words; first += chunk {
+			cnt := min(chunk, words-first)
+			res, err := cl.Exec(ctx, client.NewTx().Read(mn, uint64(first)*4, uint32(cnt)*4))
+			if err != nil {
+				return nil, fmt.Errorf("reading the cas2 words of memnode %d: %w", mn, err)
+			}
+			for i := range cnt {
+				out[m] = append(out[m], binary.LittleEndian.Uint32(res.Reads[0][4*i:]))
+			}
+		}
+	}
+	return out, nil
 }
 
 func (g *cas2) addr(k cas2Word) (mn, addr uint64) {

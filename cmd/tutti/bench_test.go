@@ -115,3 +115,28 @@ func TestBenchCommandLeaders(t *testing.T) {
 		t.Fatalf("unknown --leaders accepted: %v", err)
 	}
 }
+
+// Every cas2 level starts from the words' current values: the second level
+// runs on the cluster the first one wrote, with other workers owning each
+// word. Before, its workers assumed zeros and their first compare of every
+// word the first level had swapped failed (not committed).
+func TestBenchCAS2LevelsStartFromCurrentValues(t *testing.T) {
+	out, err := run(t, "bench", "mtx", "--workload", "cas2", "--memnodes", "2", "--outstanding", "4,8", "--words", "600",
+		"--no-fsync", "--duration", "500ms", "--warmup", "100ms", "--json", "--quiet")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want two points:\n%s", out)
+	}
+	for _, l := range lines {
+		var p map[string]any
+		if err := json.Unmarshal([]byte(l), &p); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		if p["ops"].(float64) <= 0 || p["not_committed"].(float64) != 0 || p["errors"].(float64) != 0 {
+			t.Fatalf("outstanding %v: ops %v, not committed %v, errors %v", p["outstanding"], p["ops"], p["not_committed"], p["errors"])
+		}
+	}
+}
