@@ -12,10 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
-	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
 	"github.com/tutti-gcs/tutti/internal/cluster"
 	"github.com/tutti-gcs/tutti/internal/vscheck"
@@ -46,21 +44,7 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) node(id string) *gcs.Node {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: id, Logger: zerolog.New(zerolog.NewTestWriter(e.t)).Level(zerolog.WarnLevel)})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() {
-		n.Close()
-		cl.Close()
-	})
-	return n
+	return e.nodeWith(id, gcs.Config{})
 }
 
 func (e *env) check() {
@@ -427,19 +411,8 @@ func TestEvictionAndRejoin(t *testing.T) {
 func TestLogWrapsAndIsTrimmed(t *testing.T) {
 	e := newEnv(t)
 	mk := func(id string) *gcs.Node {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: id, LogCapacity: 8192, QueueCapacity: 16 << 10, MaxBatchBytes: 4 << 10,
+		return e.nodeWith(id, gcs.Config{LogCapacity: 8192, QueueCapacity: 16 << 10, MaxBatchBytes: 4 << 10,
 			GCInterval: 5 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close(); cl.Close() })
-		return n
 	}
 	a, b := e.join(mk("a"), "small"), e.join(mk("b"), "small")
 	sendAll(t, []*member{a, b}, 80, 700)

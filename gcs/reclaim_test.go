@@ -99,20 +99,7 @@ func TestLastLeaverReclaimsTheGroup(t *testing.T) {
 // last view); it reclaims once that member is done.
 func TestLastLeaverWaitsForSlowerLeaver(t *testing.T) {
 	e := newEnv(t)
-	mk := func(id string) *gcs.Node {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: id, GCInterval: 5 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close(); cl.Close() })
-		return n
-	}
+	mk := func(id string) *gcs.Node { return e.nodeWith(id, gcs.Config{GCInterval: 5 * time.Millisecond}) }
 	a := e.join(mk("a"), "g")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

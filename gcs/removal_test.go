@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
 	"github.com/tutti-gcs/tutti/internal/vscheck"
 )
@@ -395,19 +394,8 @@ func TestLeaveWhileBehindDeliversEverything(t *testing.T) {
 	t.Parallel() // mostly waiting for gossip and timeouts
 	e := newEnv(t)
 	mk := func(id string) *gcs.Node {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: id, LogCapacity: 8192, QueueCapacity: 16 << 10,
-			MaxBatchBytes: 4 << 10, GCInterval: 5 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close(); cl.Close() })
-		return n
+		return e.nodeWith(id, gcs.Config{LogCapacity: 8192, QueueCapacity: 16 << 10, MaxBatchBytes: 4 << 10,
+			GCInterval: 5 * time.Millisecond})
 	}
 	a := e.join(mk("a"), "small")
 	nb := mk("b")

@@ -46,6 +46,23 @@ func TestParseValue(t *testing.T) {
 	}
 }
 
+// testCluster starts an embedded cluster without fsync for one test, closed
+// when the test ends, and waits until every memnode has a leader.
+func testCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func run(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	root := newRoot()
@@ -58,16 +75,7 @@ func run(t *testing.T, args ...string) (string, error) {
 }
 
 func TestMtxCommand(t *testing.T) {
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c := testCluster(t)
 	seed := "--seed=" + c.Seeds()[0]
 
 	out, err := run(t, "mtx", seed, "--write", "0:0x10=hello")

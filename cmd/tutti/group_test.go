@@ -13,7 +13,6 @@ import (
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
-	"github.com/tutti-gcs/tutti/internal/cluster"
 )
 
 // lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.
@@ -37,16 +36,9 @@ func (s *lockedBuffer) String() string {
 // TestSendTail: `tail --json --count` receives, in order, what two `send`
 // runs sent (arguments, then stdin lines), after its own join view.
 func TestSendTail(t *testing.T) {
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := testCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	seed := "--seed=" + c.Seeds()[0]
 
 	var tailOut lockedBuffer
@@ -151,16 +143,9 @@ func TestPrintEventText(t *testing.T) {
 // (after `tutti send` left an otherwise empty group, nothing is left to
 // reclaim).
 func TestGroupCommand(t *testing.T) {
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := testCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	seed := "--seed=" + c.Seeds()[0]
 	for range 2 { // the first run must not have created it
 		out, err := run(t, "group", "lobby", seed, "--log-level", "warn")

@@ -35,18 +35,11 @@ Exit status: 0, 1 if the group does not exist, 2 on other errors.`,
   tutti group lobby --json | jq '.members[].name'`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, ctx, cancel, err := o.connect(cmd, g)
+			n, ctx, done, err := o.openGCS(cmd, g, "group")
 			if err != nil {
 				return err
 			}
-			defer cancel()
-			defer c.Close()
-			log, _ := g.logger()
-			n, err := gcs.Open(ctx, gcs.Config{Client: c, ID: defaultID("group"), Logger: log})
-			if err != nil {
-				return &exitError{2, err}
-			}
-			defer n.Close()
+			defer done()
 			gi, err := n.Describe(ctx, args[0])
 			switch {
 			case errors.Is(err, gcs.ErrNoGroup):
@@ -177,18 +170,11 @@ joined or changed.`,
   tutti groups --json | jq -r '.[] | select(.members | length == 0) | .name'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, ctx, cancel, err := o.connect(cmd, g)
+			n, ctx, done, err := o.openGCS(cmd, g, "groups")
 			if err != nil {
 				return err
 			}
-			defer cancel()
-			defer c.Close()
-			log, _ := g.logger()
-			n, err := gcs.Open(ctx, gcs.Config{Client: c, ID: defaultID("groups"), Logger: log})
-			if err != nil {
-				return &exitError{2, err}
-			}
-			defer n.Close()
+			defer done()
 			gis, err := describeAll(ctx, n)
 			if err != nil {
 				return &exitError{2, err}
@@ -205,4 +191,20 @@ joined or changed.`,
 	}
 	o.register(cmd, false)
 	return cmd
+}
+
+// openGCS connects as the directory commands do and opens a gcs Node that
+// only reads group metadata (it joins nothing); done closes both.
+func (o *adminOpts) openGCS(cmd *cobra.Command, g *globals, idPrefix string) (n *gcs.Node, ctx context.Context, done func(), err error) {
+	c, ctx, cancel, err := o.connect(cmd, g)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	log, _ := g.logger()
+	if n, err = gcs.Open(ctx, gcs.Config{Client: c, ID: defaultID(idPrefix), Logger: log}); err != nil {
+		c.Close()
+		cancel()
+		return nil, nil, nil, &exitError{2, err}
+	}
+	return n, ctx, func() { n.Close(); c.Close(); cancel() }, nil
 }

@@ -11,23 +11,14 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-
-	"github.com/tutti-gcs/tutti/internal/cluster"
 )
 
 // TestStatusPage: /status shows the memnodes with their leaders and the
 // groups with their views, as text and as JSON.
 func TestStatusPage(t *testing.T) {
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := testCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if err := c.WaitDirectory(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
