@@ -247,7 +247,9 @@
 // limit on this machine. 100k/s per member
 // (about 100 MB/s of payload into Raft, three replicas each, and 200 MB/s
 // of blob reads) needs fewer copies in replication, memnode and the
-// client (outside this package), not fewer gcs steps. Remaining gcs-side
+// client (outside this package), not fewer gcs steps (gRPC's buffers no
+// longer zeroed before use, internal/bufpool, gave about 6%: 49–51k to
+// 51–56k in alternated runs). Remaining gcs-side
 // cost: about 45–57% of links lose the race on the tail with three
 // saturated senders (each loss a Raft entry; `tutti bench mcast` prints
 // the share, Group.SendStats counts it). Taking the lost race's header and
