@@ -172,13 +172,19 @@ func (g *Group) reclaim(ctx context.Context, m member) bool {
 	if err != nil || !res.Committed {
 		return false // the slot changed (published, reclaimed): next round
 	}
+	// We zeroed the slot, so nobody else will free its regions: retry
+	// transient failures (one that still fails leaks the region).
 	if a != nil && m.qLen >= 8 {
-		if err := a.Free(ctx, client.Region{Memnode: m.qMemnode, Addr: m.qAddr, Len: m.qLen}); err != nil {
+		if err := n.retry(ctx, func() error {
+			return a.Free(ctx, client.Region{Memnode: m.qMemnode, Addr: m.qAddr, Len: m.qLen})
+		}); err != nil {
 			n.log.Debug().Err(err).Str("member", m.name).Msg("freeing a removed member's queue")
 		}
 	}
 	if a := n.allocs[m.stMemnode]; a != nil && m.stStatus == stReady {
-		if err := a.Free(ctx, client.Region{Memnode: m.stMemnode, Addr: m.stAddr, Len: m.stLn}); err != nil {
+		if err := n.retry(ctx, func() error {
+			return a.Free(ctx, client.Region{Memnode: m.stMemnode, Addr: m.stAddr, Len: m.stLn})
+		}); err != nil {
 			n.log.Debug().Err(err).Str("member", m.name).Msg("freeing unclaimed state")
 		}
 	}
