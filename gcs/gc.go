@@ -172,8 +172,12 @@ func (g *Group) reclaim(ctx context.Context, m member) bool {
 	if err != nil || !res.Committed {
 		return false // the slot changed (published, reclaimed): next round
 	}
-	// We zeroed the slot, so nobody else will free its regions: retry
-	// transient failures (one that still fails leaks the region).
+	// We zeroed the slot, so nobody else will free its regions: neither
+	// this member stopping (Leave, Close cancel ctx) nor a transient
+	// failure may cut the frees short; a Free that still fails leaks its
+	// region.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reclaimFreeTimeout)
+	defer cancel()
 	if a != nil && m.qLen >= 8 {
 		if err := n.retry(ctx, func() error {
 			return a.Free(ctx, client.Region{Memnode: m.qMemnode, Addr: m.qAddr, Len: m.qLen})
@@ -190,6 +194,10 @@ func (g *Group) reclaim(ctx context.Context, m member) bool {
 	}
 	return true
 }
+
+// reclaimFreeTimeout bounds the frees of a reclaimed slot's regions, which
+// outlive the member's own context (and so may delay its Leave or Close).
+const reclaimFreeTimeout = 2 * time.Second
 
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {
