@@ -162,3 +162,21 @@ func TestOwnBlob(t *testing.T) {
 		t.Fatal("a blob was taken twice")
 	}
 }
+
+// The provider frees a state region only when its publication is known
+// not to have committed. It used to free it on any error, including an
+// unknown outcome whose read-back failed (the provider stopping), after
+// which a joiner could read a freed, reused region as its state.
+func TestMayFreeUnpublished(t *testing.T) {
+	for _, tc := range []struct {
+		committed, unknown, want bool
+	}{
+		{false, false, true}, // compare failed, or the request was not applied
+		{true, false, false}, // published: the joiner frees it
+		{false, true, false}, // unsettled: may be published
+	} {
+		if got := mayFreeUnpublished(tc.committed, tc.unknown); got != tc.want {
+			t.Errorf("committed %v, unknown %v: free %v, want %v", tc.committed, tc.unknown, got, tc.want)
+		}
+	}
+}

@@ -245,23 +245,24 @@ func (g *Group) provide(joiner viewMember) {
 	} else {
 		putU64s(w, status)
 	}
-	var committed bool
+	var committed, unknown bool
 	err := n.retry(ctx, func() error {
 		res, err := n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, joiner.tag)).Write(g.ref.home, slot+offStState, w))
 		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
+			unknown = true
 			b, rerr := n.read(ctx, g.ref.home, slot+offStState, 32)
 			if rerr != nil {
 				return rerr
 			}
-			committed = bytes.Equal(b, w)
+			unknown, committed = false, bytes.Equal(b, w)
 			return nil
 		}
 		if err == nil {
-			committed = res.Committed
+			unknown, committed = false, res.Committed
 		}
 		return err
 	})
-	if (err != nil || !committed) && region.Len != 0 {
+	if region.Len != 0 && mayFreeUnpublished(committed, unknown) {
 		if ferr := n.allocs[region.Memnode].Free(context.WithoutCancel(ctx), region); ferr != nil {
 			n.log.Debug().Err(ferr).Msg("freeing unclaimed state")
 		}
@@ -270,6 +271,15 @@ func (g *Group) provide(joiner viewMember) {
 		n.log.Warn().Err(err).Str("joiner", joiner.name).Msg("publishing the state")
 	}
 }
+
+// mayFreeUnpublished reports whether the provider may free a state region
+// after publishing it: only if the publication is known not to have
+// committed. An unsettled outcome (the read-back failed too, e.g. because
+// the provider is stopping) may have published it; the joiner would then
+// read a freed, perhaps reused, region. So it is kept: if the publication
+// did commit, the joiner frees it after Restore (or the reclaim of the
+// joiner's slot does); if it did not, the region leaks.
+func mayFreeUnpublished(committed, unknown bool) bool { return !committed && !unknown }
 
 // errProviderGone wraps ErrStateTransfer: after the last of Join's
 // attempts it is what Join returns, and callers test for ErrStateTransfer.
@@ -307,8 +317,10 @@ func (g *Group) receiveState(ctx context.Context, provider uint64) (retry bool, 
 			res, err := n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).
 				Write(g.ref.home, slot+offStState, le.AppendUint64(nil, stConsumed)))
 			if err == nil && res.Committed {
+				// Marked consumed: nobody else frees it, so Join's ctx
+				// ending now must not cut the Free short.
 				r := client.Region{Memnode: me.stMemnode, Addr: me.stAddr, Len: me.stLn}
-				if ferr := n.allocs[r.Memnode].Free(ctx, r); ferr != nil {
+				if ferr := n.allocs[r.Memnode].Free(context.WithoutCancel(ctx), r); ferr != nil {
 					n.log.Debug().Err(ferr).Msg("freeing the state region")
 				}
 			}
