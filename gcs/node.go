@@ -201,6 +201,9 @@ func (n *Node) lookup(ctx context.Context, name string, create bool) (groupRef, 
 			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 				b, rerr := n.read(ctx, home, addr, IndexSlotSize)
 				if rerr != nil {
+					// The claim may have committed: the index may name
+					// our region, which must then not be freed.
+					created = nil
 					return groupRef{}, errors.Join(err, rerr)
 				}
 				res = &client.Result{Committed: bytes.Equal(b, slot)}
@@ -233,13 +236,20 @@ func (n *Node) createMeta(ctx context.Context, home uint64) (client.Region, erro
 	}
 	init := make([]byte, metaHeader+h.maxMembers*memberSize)
 	copy(init, h.encode())
-	if _, err := n.exec(ctx, client.NewTx().Write(home, r.Addr, init)); err != nil && !errors.Is(err, client.ErrUnknownOutcome) {
+	// Nothing names r until the index claim: free it if it is not used.
+	fail := func(err error) (client.Region, error) {
+		if ferr := n.allocs[home].Free(context.WithoutCancel(ctx), r); ferr != nil {
+			n.log.Debug().Err(ferr).Msg("freeing group metadata that was not initialised")
+		}
 		return client.Region{}, err
+	}
+	if _, err := n.exec(ctx, client.NewTx().Write(home, r.Addr, init)); err != nil && !errors.Is(err, client.ErrUnknownOutcome) {
+		return fail(err)
 	}
 	// An unknown outcome is settled by openRef's magic check after the
 	// claim; write once more to be sure.
 	if _, err := n.exec(ctx, client.NewTx().Write(home, r.Addr, init)); err != nil {
-		return client.Region{}, err
+		return fail(err)
 	}
 	return r, nil
 }
