@@ -300,6 +300,15 @@
 //   - Multicast after its ctx ended may or may not have ordered the message.
 //   - A member that falls behind the trimmed log (possible only once it is
 //     no longer in the view) is evicted.
+//   - Groups are never deleted: a name once used keeps its index slot and
+//     metadata (64 + MaxMembers×256 bytes and the LogCapacity log) on its
+//     home memnode, even when nobody is in it (its members' queues are
+//     reclaimed). Each memnode's index holds IndexSlots (1024) names, so a
+//     program that makes up a new group name per session runs into
+//     ErrIndexFull; reuse names instead. Deleting a group safely needs its
+//     metadata region kept for group metadata only, with its view, tail and
+//     message counters never going back, so that a process still holding
+//     the old group's address cannot mistake a new group for it; not built.
 //
 // This package must not import memnode, memnode/service, replication or
 // cmd: it speaks to memnodes only through client.
