@@ -148,6 +148,18 @@ func (r *recorder) has(pred func(Change) bool) bool {
 	return false
 }
 
+// waitRecorded waits until r has received the table changes up to version
+// v. A node publishes a change once its watcher polled it, and the
+// recorder receives it after that: the waits that read the table directly
+// (row) or the node's cache (Known) can be ahead of r.
+func waitRecorded(t *testing.T, r *recorder, v uint64) {
+	t.Helper()
+	waitFor(t, 10*time.Second, fmt.Sprintf("the recorder reaching version %d", v), func() bool {
+		cs := tableChanges(r.changes())
+		return len(cs) > 0 && cs[len(cs)-1].Version >= v
+	})
+}
+
 // tableChanges drops local notices.
 func tableChanges(cs []Change) []Change {
 	var out []Change
@@ -301,6 +313,15 @@ func TestFalseSuspicionRejoinsWithNewIncarnation(t *testing.T) {
 		o := a.del.view()["c"]
 		return o.Seen == SeenAlive && o.Incarnation == 4
 	})
+	// a's recorder may lag the table the waits above read: "a never saw c
+	// die" failed under load when it had not yet received c's death.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tb, err := a.Table(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRecorded(t, ra, tb.Version)
 	// The old incarnation never came back. No incarnation of any process
 	// reappears after it died: a bystander starved by a loaded machine may
 	// itself be suspected and rejoin, but only under a new incarnation.
@@ -366,6 +387,7 @@ func TestPartitionedProcessIsEvictedNotTheMajority(t *testing.T) {
 	if c.Incarnation() <= 3 {
 		t.Fatalf("c rejoined with incarnation %d", c.Incarnation())
 	}
+	waitRecorded(t, ra, a.Known().Version)
 	// The cut-off c (incarnation 3) must never have changed the majority's
 	// rows, and nothing about a or b may happen before c was evicted. After
 	// the heal a starved machine may falsely suspect a bystander; it then
