@@ -2,6 +2,7 @@ package gcs_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -56,4 +57,61 @@ func Example() {
 	// view 1 [alice#1] join
 	// message #1 from alice#1: hello
 	// message #2 from alice#1: world
+}
+
+// Describe reads a group's metadata without joining: the view, the
+// members and what the order log keeps. When the last member leaves, it
+// reclaims every removed member's slot and queue, so nothing is left.
+func ExampleNode_Describe() {
+	c, err := cluster.Start(cluster.Config{NoSync: true})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		panic(err)
+	}
+	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
+	if err != nil {
+		panic(err)
+	}
+	defer cl.Close()
+	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: "alice"})
+	if err != nil {
+		panic(err)
+	}
+	defer n.Close()
+
+	g, err := n.Join(ctx, "jobs", gcs.JoinOptions{})
+	if err != nil {
+		panic(err)
+	}
+	go func() {
+		for range g.Events() {
+		}
+	}()
+	if err := g.Multicast(ctx, []byte("job 1")); err != nil {
+		panic(err)
+	}
+	gi, err := n.Describe(ctx, "jobs")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("view", gi.View, "members", len(gi.Members), gi.Members[0].Name, "messages", gi.Msgs)
+	if err := g.Leave(ctx); err != nil {
+		panic(err)
+	}
+	gi, err = n.Describe(ctx, "jobs")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("view", gi.View, "members", len(gi.Members), "removed, not reclaimed", len(gi.Retired))
+	_, err = n.Describe(ctx, "no such group")
+	fmt.Println(errors.Is(err, gcs.ErrNoGroup))
+	// Output:
+	// view 1 members 1 alice#1 messages 1
+	// view 2 members 0 removed, not reclaimed 0
+	// true
 }
