@@ -21,7 +21,8 @@ func newGroupInfo(g *globals) *cobra.Command {
 		Long: `Read GROUP's metadata from its home memnode and print it: the current view,
 the messages ordered so far, the part of the order log still kept (head to
 tail, in bytes), every member of the view with the position it last
-published as delivered (every GCInterval), and the members removed from the
+published as delivered (every GCInterval) and how many bytes of the log
+that position is behind the tail, and the members removed from the
 view whose slot and queue are not reclaimed yet. It does not join the group
 and changes nothing.
 
@@ -103,9 +104,10 @@ func printGroupInfo(out io.Writer, gi gcs.GroupInfo) {
 	} else {
 		fmt.Fprintln(out, "members, oldest first:")
 		w := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
-		fmt.Fprintln(w, "  NAME\tJOINED VIEW\tDELIVERED\tDELIVERED LOG\tQUEUE")
+		fmt.Fprintln(w, "  NAME\tJOINED VIEW\tDELIVERED\tDELIVERED LOG\tBEHIND (LOG BYTES)\tQUEUE")
 		for _, m := range gi.Members {
-			fmt.Fprintf(w, "  %s\t%d\t%d\t%d\tmemnode %d, %d bytes\n", m.Name, m.JoinedView, m.Delivered, m.DeliveredLog, m.Queue.Memnode, m.Queue.Len)
+			fmt.Fprintf(w, "  %s\t%d\t%d\t%d\t%d\tmemnode %d, %d bytes\n", m.Name, m.JoinedView, m.Delivered, m.DeliveredLog,
+				gi.Tail-min(gi.Tail, m.DeliveredLog), m.Queue.Memnode, m.Queue.Len)
 		}
 		w.Flush()
 	}
