@@ -135,6 +135,20 @@
 // stay inline until the next one); a directory written with the files
 // cannot be read by an older binary, which would find no snapshot data.
 //
+// # Transport encoding
+//
+// Between hosts Raft messages travel in RaftBatch frames, each message as the
+// bytes of its encoding. Hosts send and decode the wire-identical
+// RaftBatchMessages, which embeds the messages, so a message's entries are
+// copied once into the frame and once out of it (before: encoded into bytes,
+// the bytes copied into the frame, copied out of it, then decoded). Hosts of
+// either kind interoperate (TestRaftBatchMessagesIsRaftBatchOnTheWire). A
+// frame holding an undecodable message is now refused by gRPC (Internal,
+// "failed to unmarshal") rather than by the transport (InvalidArgument).
+// Alternated 8 s runs of `tutti bench mcast --rates max`: 52.3k, 55.6k,
+// 56.4k delivered/s per member before, 56.3k, 59.7k, 60.3k after (CPU per
+// delivered message 34.5, 32.2, 32.4 against 32.7, 30.3, 29.8 µs).
+//
 // # Engine settings tried
 //
 // Each entry is encoded straight into the engine batch (SetDeferred), so its

@@ -282,12 +282,8 @@ func (t *GRPCTransport) Send(msgs []GroupMessage) {
 			t.reports.unreachable(m.Group, to)
 			continue
 		}
-		b, err := proto.Marshal(m.Msg)
-		if err != nil {
-			t.log.Error().Err(err).Uint64("group", m.Group).Msg("cannot encode raft message; dropped")
-			continue
-		}
-		if !p.enqueue(&tuttipb.GroupMessage{Group: m.Group, Message: b}) {
+		// Encoded by the peer's sender, into the frame itself (sendFrame).
+		if !p.enqueue(&tuttipb.GroupRaftMessage{Group: m.Group, Message: m.Msg}) {
 			t.reports.unreachable(m.Group, to)
 			continue
 		}
@@ -406,7 +402,7 @@ type grpcPeer struct {
 
 	mu struct {
 		sync.Mutex
-		q []*tuttipb.GroupMessage // bounded by QueueSize
+		q []*tuttipb.GroupRaftMessage // bounded by QueueSize
 	}
 	connMu struct {
 		sync.Mutex
@@ -429,7 +425,7 @@ func newGRPCPeer(t *GRPCTransport, id uint64, addr string) *grpcPeer {
 }
 
 // enqueue adds m to the queue unless it is full.
-func (p *grpcPeer) enqueue(m *tuttipb.GroupMessage) bool {
+func (p *grpcPeer) enqueue(m *tuttipb.GroupRaftMessage) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.mu.q) >= p.t.cfg.QueueSize {
@@ -573,10 +569,10 @@ func (p *grpcPeer) run() {
 }
 
 // sendBatches sends pending as frames of about grpcMaxBatchBytes.
-func (p *grpcPeer) sendBatches(s tuttipb.Raft_StreamClient, pending []*tuttipb.GroupMessage) error {
+func (p *grpcPeer) sendBatches(s tuttipb.Raft_StreamClient, pending []*tuttipb.GroupRaftMessage) error {
 	start, size := 0, 0
 	for i, m := range pending {
-		n := len(m.GetMessage()) + 16
+		n := proto.Size(m.GetMessage()) + 16
 		if i > start && size+n > grpcMaxBatchBytes {
 			if err := p.sendFrame(s, pending[start:i]); err != nil {
 				return err
@@ -588,8 +584,11 @@ func (p *grpcPeer) sendBatches(s tuttipb.Raft_StreamClient, pending []*tuttipb.G
 	return p.sendFrame(s, pending[start:])
 }
 
-func (p *grpcPeer) sendFrame(s tuttipb.Raft_StreamClient, msgs []*tuttipb.GroupMessage) error {
-	err := s.Send(&tuttipb.RaftBatch{From: p.t.cfg.ID, To: p.id, Messages: msgs})
+// sendFrame sends msgs as one RaftBatch. It sends the wire-identical
+// RaftBatchMessages, so each Raft message is encoded once, straight into the
+// frame (as bytes in a GroupMessage it was encoded, then copied).
+func (p *grpcPeer) sendFrame(s tuttipb.Raft_StreamClient, msgs []*tuttipb.GroupRaftMessage) error {
+	err := s.SendMsg(&tuttipb.RaftBatchMessages{From: p.t.cfg.ID, To: p.id, Messages: msgs})
 	if errors.Is(err, io.EOF) {
 		// The server ended the stream; its status says why.
 		_, err = s.CloseAndRecv()
@@ -601,7 +600,7 @@ func (p *grpcPeer) sendFrame(s tuttipb.Raft_StreamClient, msgs []*tuttipb.GroupM
 }
 
 // failed reports the groups of a lost batch unreachable.
-func (p *grpcPeer) failed(pending []*tuttipb.GroupMessage) {
+func (p *grpcPeer) failed(pending []*tuttipb.GroupRaftMessage) {
 	for _, m := range pending {
 		p.t.reports.unreachable(m.GetGroup(), p.id)
 	}
@@ -684,14 +683,23 @@ func (s *grpcRaftServer) Stream(stream tuttipb.Raft_StreamServer) error {
 	}
 }
 
-// receive is Stream's loop.
+// receive is Stream's loop. Batches are RaftBatch on the wire and decoded as
+// the wire-identical RaftBatchMessages: each Raft message is decoded once,
+// from the frame itself.
 func (t *GRPCTransport) receive(stream tuttipb.Raft_StreamServer) error {
 	for {
-		b, err := stream.Recv()
+		b := &tuttipb.RaftBatchMessages{}
+		err := stream.RecvMsg(b)
 		if errors.Is(err, io.EOF) {
 			return stream.SendAndClose(&tuttipb.RaftAck{})
 		}
 		if err != nil {
+			// A batch that does not decode has already been answered by
+			// gRPC (Internal, "failed to unmarshal"); nothing of it is
+			// delivered.
+			if status.Code(err) == codes.Internal {
+				t.log.Warn().Err(err).Msg("refused raft batch")
+			}
 			return err
 		}
 		msgs, err := t.decodeBatch(b)
@@ -709,17 +717,17 @@ func (t *GRPCTransport) receive(stream tuttipb.Raft_StreamServer) error {
 }
 
 // decodeBatch checks and decodes b; errors are gRPC statuses.
-func (t *GRPCTransport) decodeBatch(b *tuttipb.RaftBatch) ([]GroupMessage, error) {
+func (t *GRPCTransport) decodeBatch(b *tuttipb.RaftBatchMessages) ([]GroupMessage, error) {
 	if b.GetTo() != t.cfg.ID {
 		return nil, status.Errorf(codes.InvalidArgument,
 			"replication: batch from host %d is addressed to host %d but this is host %d", b.GetFrom(), b.GetTo(), t.cfg.ID)
 	}
 	msgs := make([]GroupMessage, len(b.GetMessages()))
 	for i, gm := range b.GetMessages() {
-		m := &raftpb.Message{}
-		if err := proto.Unmarshal(gm.GetMessage(), m); err != nil {
+		m := gm.GetMessage()
+		if m == nil {
 			return nil, status.Errorf(codes.InvalidArgument,
-				"replication: undecodable message %d of group %d from host %d: %v", i, gm.GetGroup(), b.GetFrom(), err)
+				"replication: message %d of group %d from host %d is empty", i, gm.GetGroup(), b.GetFrom())
 		}
 		if m.GetTo() != t.cfg.ID || m.GetFrom() != b.GetFrom() {
 			return nil, status.Errorf(codes.InvalidArgument,

@@ -448,12 +448,19 @@ func TestGRPCTransportRefusesBadBatches(t *testing.T) {
 	cases := []struct {
 		name  string
 		batch *tuttipb.RaftBatch
+		code  codes.Code
 		sub   string
 	}{
-		{"wrong host", &tuttipb.RaftBatch{From: 1, To: 3, Messages: []*tuttipb.GroupMessage{{Group: 1, Message: good}}}, "addressed to host 3 but this is host 2"},
-		{"undecodable", &tuttipb.RaftBatch{From: 1, To: 2, Messages: []*tuttipb.GroupMessage{{Group: 1, Message: []byte{0xff, 0xff, 0xff}}}}, "undecodable"},
+		{"wrong host", &tuttipb.RaftBatch{From: 1, To: 3, Messages: []*tuttipb.GroupMessage{{Group: 1, Message: good}}},
+			codes.InvalidArgument, "addressed to host 3 but this is host 2"},
+		// Messages are decoded with the batch (RaftBatchMessages): gRPC
+		// refuses the frame.
+		{"undecodable", &tuttipb.RaftBatch{From: 1, To: 2, Messages: []*tuttipb.GroupMessage{{Group: 1, Message: []byte{0xff, 0xff, 0xff}}}},
+			codes.Internal, "failed to unmarshal"},
+		{"empty message", &tuttipb.RaftBatch{From: 1, To: 2, Messages: []*tuttipb.GroupMessage{{Group: 1}}},
+			codes.InvalidArgument, "is empty"},
 		{"message for another host", &tuttipb.RaftBatch{From: 1, To: 2, Messages: []*tuttipb.GroupMessage{
-			{Group: 1, Message: mustMarshal(t, trMsg(1, 1, 3, raftpb.MsgApp, 1).Msg)}}}, "from host 1 to host 3"},
+			{Group: 1, Message: mustMarshal(t, trMsg(1, 1, 3, raftpb.MsgApp, 1).Msg)}}}, codes.InvalidArgument, "from host 1 to host 3"},
 	}
 	for _, tc := range cases {
 		s, err := c.Stream(ctx)
@@ -464,7 +471,7 @@ func TestGRPCTransportRefusesBadBatches(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err = s.CloseAndRecv()
-		wantCode(t, tc.name, err, codes.InvalidArgument, tc.sub)
+		wantCode(t, tc.name, err, tc.code, tc.sub)
 	}
 	if n := b.h.count(); n != 0 {
 		t.Fatalf("refused batches delivered %d messages", n)
@@ -652,5 +659,35 @@ func BenchmarkGRPCTransport(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 		})
+	}
+}
+
+// RaftBatchMessages, which hosts send and decode, is RaftBatch on the wire:
+// hosts running a build that still sends and expects RaftBatch (each
+// message as bytes) interoperate.
+func TestRaftBatchMessagesIsRaftBatchOnTheWire(t *testing.T) {
+	msgs := []GroupMessage{trMsg(1, 1, 2, raftpb.MsgApp, 7), trMsg(9, 1, 2, raftpb.MsgHeartbeat, 3)}
+	msgs[0].Msg.Entries = []*raftpb.Entry{{Term: proto.Uint64(2), Index: proto.Uint64(7), Data: []byte("payload")}}
+	old := &tuttipb.RaftBatch{From: 1, To: 2}
+	now := &tuttipb.RaftBatchMessages{From: 1, To: 2}
+	for _, m := range msgs {
+		old.Messages = append(old.Messages, &tuttipb.GroupMessage{Group: m.Group, Message: mustMarshal(t, m.Msg)})
+		now.Messages = append(now.Messages, &tuttipb.GroupRaftMessage{Group: m.Group, Message: m.Msg})
+	}
+	det := proto.MarshalOptions{Deterministic: true}
+	a, err := det.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := det.Marshal(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Fatalf("RaftBatch %x\nRaftBatchMessages %x", a, b)
+	}
+	back := &tuttipb.RaftBatchMessages{}
+	if err := proto.Unmarshal(a, back); err != nil || !proto.Equal(back, now) {
+		t.Fatalf("RaftBatch decoded as RaftBatchMessages: %v %v", back, err)
 	}
 }

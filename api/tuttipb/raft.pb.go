@@ -9,6 +9,7 @@
 package tuttipb
 
 import (
+	raftpb "go.etcd.io/raft/v3/raftpb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -137,6 +138,124 @@ func (x *RaftBatch) GetMessages() []*GroupMessage {
 	return nil
 }
 
+// RaftBatchMessages is RaftBatch with each message embedded instead of
+// carried as bytes: the same bytes on the wire (an embedded message and a
+// bytes field holding its encoding are encoded alike), so hosts send and
+// receive it in place of RaftBatch and encode and decode each Raft message
+// once, without a copy of its entries in between.
+type RaftBatchMessages struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          uint64                 `protobuf:"varint,1,opt,name=from,proto3" json:"from,omitempty"`
+	To            uint64                 `protobuf:"varint,2,opt,name=to,proto3" json:"to,omitempty"`
+	Messages      []*GroupRaftMessage    `protobuf:"bytes,3,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftBatchMessages) Reset() {
+	*x = RaftBatchMessages{}
+	mi := &file_tutti_v1_raft_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftBatchMessages) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftBatchMessages) ProtoMessage() {}
+
+func (x *RaftBatchMessages) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_raft_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftBatchMessages.ProtoReflect.Descriptor instead.
+func (*RaftBatchMessages) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_raft_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RaftBatchMessages) GetFrom() uint64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *RaftBatchMessages) GetTo() uint64 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+func (x *RaftBatchMessages) GetMessages() []*GroupRaftMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+// GroupRaftMessage is GroupMessage with the message embedded.
+type GroupRaftMessage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Message       *raftpb.Message        `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupRaftMessage) Reset() {
+	*x = GroupRaftMessage{}
+	mi := &file_tutti_v1_raft_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupRaftMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupRaftMessage) ProtoMessage() {}
+
+func (x *GroupRaftMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_raft_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupRaftMessage.ProtoReflect.Descriptor instead.
+func (*GroupRaftMessage) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_raft_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GroupRaftMessage) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *GroupRaftMessage) GetMessage() *raftpb.Message {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
 type RaftAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -145,7 +264,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_tutti_v1_raft_proto_msgTypes[2]
+	mi := &file_tutti_v1_raft_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -157,7 +276,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_raft_proto_msgTypes[2]
+	mi := &file_tutti_v1_raft_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -170,7 +289,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_raft_proto_rawDescGZIP(), []int{2}
+	return file_tutti_v1_raft_proto_rawDescGZIP(), []int{4}
 }
 
 // SnapshotChunk is one piece of a MsgSnap. The first chunk carries the
@@ -190,7 +309,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_tutti_v1_raft_proto_msgTypes[3]
+	mi := &file_tutti_v1_raft_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +321,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_raft_proto_msgTypes[3]
+	mi := &file_tutti_v1_raft_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +334,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_raft_proto_rawDescGZIP(), []int{3}
+	return file_tutti_v1_raft_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SnapshotChunk) GetFrom() uint64 {
@@ -268,7 +387,7 @@ type SnapshotAck struct {
 
 func (x *SnapshotAck) Reset() {
 	*x = SnapshotAck{}
-	mi := &file_tutti_v1_raft_proto_msgTypes[4]
+	mi := &file_tutti_v1_raft_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +399,7 @@ func (x *SnapshotAck) String() string {
 func (*SnapshotAck) ProtoMessage() {}
 
 func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_raft_proto_msgTypes[4]
+	mi := &file_tutti_v1_raft_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,21 +412,29 @@ func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
 func (*SnapshotAck) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_raft_proto_rawDescGZIP(), []int{4}
+	return file_tutti_v1_raft_proto_rawDescGZIP(), []int{6}
 }
 
 var File_tutti_v1_raft_proto protoreflect.FileDescriptor
 
 const file_tutti_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x13tutti/v1/raft.proto\x12\btutti.v1\">\n" +
+	"\x13tutti/v1/raft.proto\x12\btutti.v1\x1a\n" +
+	"raft.proto\">\n" +
 	"\fGroupMessage\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\"c\n" +
 	"\tRaftBatch\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\x04R\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\x04R\x02to\x122\n" +
-	"\bmessages\x18\x03 \x03(\v2\x16.tutti.v1.GroupMessageR\bmessages\"\t\n" +
+	"\bmessages\x18\x03 \x03(\v2\x16.tutti.v1.GroupMessageR\bmessages\"o\n" +
+	"\x11RaftBatchMessages\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\x04R\x04from\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\x04R\x02to\x126\n" +
+	"\bmessages\x18\x03 \x03(\v2\x1a.tutti.v1.GroupRaftMessageR\bmessages\"S\n" +
+	"\x10GroupRaftMessage\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x12)\n" +
+	"\amessage\x18\x02 \x01(\v2\x0f.raftpb.MessageR\amessage\"\t\n" +
 	"\aRaftAck\"\x8b\x01\n" +
 	"\rSnapshotChunk\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\x04R\x04from\x12\x0e\n" +
@@ -333,25 +460,30 @@ func file_tutti_v1_raft_proto_rawDescGZIP() []byte {
 	return file_tutti_v1_raft_proto_rawDescData
 }
 
-var file_tutti_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_tutti_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_tutti_v1_raft_proto_goTypes = []any{
-	(*GroupMessage)(nil),  // 0: tutti.v1.GroupMessage
-	(*RaftBatch)(nil),     // 1: tutti.v1.RaftBatch
-	(*RaftAck)(nil),       // 2: tutti.v1.RaftAck
-	(*SnapshotChunk)(nil), // 3: tutti.v1.SnapshotChunk
-	(*SnapshotAck)(nil),   // 4: tutti.v1.SnapshotAck
+	(*GroupMessage)(nil),      // 0: tutti.v1.GroupMessage
+	(*RaftBatch)(nil),         // 1: tutti.v1.RaftBatch
+	(*RaftBatchMessages)(nil), // 2: tutti.v1.RaftBatchMessages
+	(*GroupRaftMessage)(nil),  // 3: tutti.v1.GroupRaftMessage
+	(*RaftAck)(nil),           // 4: tutti.v1.RaftAck
+	(*SnapshotChunk)(nil),     // 5: tutti.v1.SnapshotChunk
+	(*SnapshotAck)(nil),       // 6: tutti.v1.SnapshotAck
+	(*raftpb.Message)(nil),    // 7: raftpb.Message
 }
 var file_tutti_v1_raft_proto_depIdxs = []int32{
 	0, // 0: tutti.v1.RaftBatch.messages:type_name -> tutti.v1.GroupMessage
-	1, // 1: tutti.v1.Raft.Stream:input_type -> tutti.v1.RaftBatch
-	3, // 2: tutti.v1.Raft.Snapshot:input_type -> tutti.v1.SnapshotChunk
-	2, // 3: tutti.v1.Raft.Stream:output_type -> tutti.v1.RaftAck
-	4, // 4: tutti.v1.Raft.Snapshot:output_type -> tutti.v1.SnapshotAck
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	3, // 1: tutti.v1.RaftBatchMessages.messages:type_name -> tutti.v1.GroupRaftMessage
+	7, // 2: tutti.v1.GroupRaftMessage.message:type_name -> raftpb.Message
+	1, // 3: tutti.v1.Raft.Stream:input_type -> tutti.v1.RaftBatch
+	5, // 4: tutti.v1.Raft.Snapshot:input_type -> tutti.v1.SnapshotChunk
+	4, // 5: tutti.v1.Raft.Stream:output_type -> tutti.v1.RaftAck
+	6, // 6: tutti.v1.Raft.Snapshot:output_type -> tutti.v1.SnapshotAck
+	5, // [5:7] is the sub-list for method output_type
+	3, // [3:5] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_tutti_v1_raft_proto_init() }
@@ -365,7 +497,7 @@ func file_tutti_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tutti_v1_raft_proto_rawDesc), len(file_tutti_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
