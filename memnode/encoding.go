@@ -158,6 +158,16 @@ func AppendResult(dst []byte, r *Result) []byte {
 		n += len(rd)
 	}
 	dst = slices.Grow(dst, n)
+	dst = appendResultHead(dst, r)
+	dst = binary.AppendUvarint(dst, uint64(len(r.Reads)))
+	for _, rd := range r.Reads {
+		dst = appendBytes(dst, rd)
+	}
+	return dst
+}
+
+// appendResultHead appends what AppendResult writes before the reads.
+func appendResultHead(dst []byte, r *Result) []byte {
 	dst = append(dst, resultVersion, byte(r.Vote))
 	dst = binary.AppendVarint(dst, int64(r.FailedCompare))
 	dst = append(dst, byte(r.Outcome))
@@ -166,10 +176,6 @@ func AppendResult(dst []byte, r *Result) []byte {
 		dst = appendBytes(dst, []byte(r.Err.Error()))
 	} else {
 		dst = append(dst, 0)
-	}
-	dst = binary.AppendUvarint(dst, uint64(len(r.Reads)))
-	for _, rd := range r.Reads {
-		dst = appendBytes(dst, rd)
 	}
 	return dst
 }

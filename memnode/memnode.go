@@ -458,6 +458,15 @@ func (m *Memnode) read(rs []Read) [][]byte {
 // to change); a failed compare votes BAD-CMP. Query changes nothing; now is
 // the reader's clock and does not advance the memnode's.
 func (m *Memnode) Query(now int64, op *Op) Result {
+	r := m.queryVote(now, op)
+	if queryReads(&r) {
+		r.Reads = m.read(op.Reads)
+	}
+	return r
+}
+
+// queryVote is Query without the reads.
+func (m *Memnode) queryVote(now int64, op *Op) Result {
 	_ = now
 	if op == nil {
 		return invalid(fmt.Errorf("%w: nil query", ErrInvalid))
@@ -472,9 +481,15 @@ func (m *Memnode) Query(now int64, op *Op) Result {
 		return Result{Vote: VoteBadLock, FailedCompare: -1}
 	}
 	if i := m.failedCompare(op.Compares); i >= 0 {
-		return Result{Vote: VoteBadCmp, FailedCompare: i, Reads: m.read(op.Reads)}
+		return Result{Vote: VoteBadCmp, FailedCompare: i}
 	}
-	return Result{Vote: VoteOK, FailedCompare: -1, Reads: m.read(op.Reads)}
+	return Result{Vote: VoteOK, FailedCompare: -1}
+}
+
+// queryReads reports whether a query with result r answers its reads: when
+// it committed, and with a failed compare (the values as of the failure).
+func queryReads(r *Result) bool {
+	return r.Err == nil && (r.Vote == VoteOK || r.Vote == VoteBadCmp)
 }
 
 // InDoubt lists the in-doubt transactions sorted by TID. The caller owns

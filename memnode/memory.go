@@ -17,14 +17,16 @@ type memory struct {
 	pages map[uint64]*page
 }
 
-// readInto copies the bytes at [addr, addr+len(dst)) into dst, which must be
-// zeroed (bytes of absent pages are left alone).
+// readInto copies the bytes at [addr, addr+len(dst)) into dst (zeros for
+// absent pages).
 func (m *memory) readInto(dst []byte, addr uint64) {
 	for len(dst) > 0 {
 		off := addr & (pageSize - 1)
 		n := min(uint64(len(dst)), pageSize-off)
 		if p := m.pages[addr>>pageShift]; p != nil {
 			copy(dst[:n], p[off:off+n])
+		} else {
+			clear(dst[:n])
 		}
 		dst = dst[n:]
 		addr += n

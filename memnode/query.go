@@ -62,13 +62,35 @@ func (m *Memnode) Answer(q []byte) []byte {
 		return AppendResult(nil, &r)
 	}
 	now, op, err := DecodeQuery(q)
-	var r Result
 	if err != nil {
-		r = invalid(fmt.Errorf("%w: %v", ErrInvalid, err))
-	} else {
-		r = m.Query(now, &op)
+		r := invalid(fmt.Errorf("%w: %v", ErrInvalid, err))
+		return AppendResult(nil, &r)
 	}
-	return AppendResult(nil, &r)
+	return m.appendQuery(nil, now, &op)
+}
+
+// appendQuery appends AppendResult(Query(now, op)), reading the read items
+// from memory straight into the encoding: a read (a gcs blob, up to
+// megabytes) is copied once here, not into Result.Reads and then again.
+func (m *Memnode) appendQuery(dst []byte, now int64, op *Op) []byte {
+	r := m.queryVote(now, op)
+	if !queryReads(&r) || len(op.Reads) == 0 {
+		return AppendResult(dst, &r)
+	}
+	n := 4 + binary.MaxVarintLen64*(2+len(op.Reads))
+	for _, rd := range op.Reads {
+		n += int(rd.Len)
+	}
+	dst = slices.Grow(dst, n)
+	dst = appendResultHead(dst, &r)
+	dst = binary.AppendUvarint(dst, uint64(len(op.Reads)))
+	for _, rd := range op.Reads {
+		dst = binary.AppendUvarint(dst, uint64(rd.Len))
+		at := len(dst)
+		dst = dst[:at+int(rd.Len)] // within the capacity grown above
+		m.mem.readInto(dst[at:], rd.Addr)
+	}
+	return dst
 }
 
 // AppendInDoubt appends the answer to InspectInDoubt.

@@ -107,3 +107,53 @@ func FuzzDecodeInspection(f *testing.F) {
 		m.Answer(b)
 	})
 }
+
+// Answer reads a query's read items straight into the encoded result; it
+// must encode exactly what AppendResult(Query) does, for every vote, reads
+// across pages and of absent pages included, whatever the spare capacity
+// of the destination holds.
+func TestAnswerEncodesWhatQueryReturns(t *testing.T) {
+	m, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply := func(e Entry) {
+		t.Helper()
+		if r := m.Apply(&e); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	apply(Entry{Kind: KindExec, Now: 1, Op: Op{Writes: []Write{
+		{Addr: pageSize - 3, Data: []byte("across")}, // spans pages 0 and 1
+		{Addr: 5 * pageSize, Data: []byte("far")},
+	}}})
+	// An in-doubt transaction holds an exclusive lock on [100, 104).
+	apply(Entry{Kind: KindPrepare, Now: 2, TID: TID{Client: 1, Seq: 1, Time: 2}, Participants: []uint64{0, 1},
+		Op: Op{Writes: []Write{{Addr: 100, Data: []byte{1, 2, 3, 4}}}}})
+	reads := []Read{{Addr: pageSize - 5, Len: 10}, {Addr: 3 * pageSize, Len: 7}, {Addr: 5*pageSize - 1, Len: pageSize + 2}}
+	cases := []struct {
+		name string
+		op   Op
+		vote Vote
+	}{
+		{"ok", Op{Compares: []Compare{{Addr: pageSize - 3, Data: []byte("acr")}}, Reads: reads}, VoteOK},
+		{"failed compare answers the reads", Op{Compares: []Compare{{Addr: 5 * pageSize, Data: []byte("fat")}}, Reads: reads}, VoteBadCmp},
+		{"locked", Op{Reads: []Read{{Addr: 98, Len: 4}}}, VoteBadLock},
+		{"compares only", Op{Compares: []Compare{{Addr: 7, Data: []byte{0}}}}, VoteOK},
+		{"invalid: a write", Op{Writes: []Write{{Addr: 1, Data: []byte{1}}}}, VoteOK},
+	}
+	for _, tc := range cases {
+		want := m.Query(3, &tc.op)
+		if want.Err == nil && want.Vote != tc.vote {
+			t.Fatalf("%s: Query voted %v, want %v", tc.name, want.Vote, tc.vote)
+		}
+		enc := AppendResult(nil, &want)
+		if got := m.Answer(AppendQuery(nil, 3, &tc.op)); !bytes.Equal(got, enc) {
+			t.Errorf("%s: Answer %x\nwant (AppendResult of Query) %x", tc.name, got, enc)
+		}
+		dirty := bytes.Repeat([]byte{0xff}, len(enc)+64)[:3]
+		if got := m.appendQuery(dirty, 3, &tc.op); !bytes.Equal(got[3:], enc) {
+			t.Errorf("%s: appendQuery into a dirty buffer %x\nwant %x", tc.name, got[3:], enc)
+		}
+	}
+}
