@@ -256,6 +256,9 @@ func TestCrashLeaveRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if len(wc) > 0 {
+		waitRecorded(t, ra, wc[len(wc)-1].Version)
+	}
 	rw := &recorder{all: wc}
 	agreed(t, ra, rb, rw)
 	if len(wc) != len(tableChanges(ra.changes())) {
