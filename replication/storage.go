@@ -68,6 +68,18 @@ func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 		MemTableSize: memTableSize,
 		Logger:       pebbleLogger{l: log},
 		FS:           fs,
+		// What the engine holds is mostly Raft log on its way to being
+		// truncated (a range deletion) after the next snapshot. With the
+		// default thresholds (4 L0 read-amplification to compact, 64 MiB
+		// in the base level) every flushed table was compacted, rewritten
+		// and compressed again, often just before its entries were
+		// deleted: Pebble flushes and compactions were ~15% of the
+		// embedded cluster's CPU at multicast saturation. Letting L0 hold
+		// more lets truncation delete most flushed tables whole
+		// (delete-only compactions). See doc.go, "Engine settings".
+		L0CompactionThreshold: 32,
+		L0StopWritesThreshold: 128,
+		LBaseMaxBytes:         1 << 30,
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
