@@ -250,7 +250,9 @@
 // client (outside this package), not fewer gcs steps (gRPC's buffers no
 // longer zeroed before use, internal/bufpool, gave about 6%: 49–51k to
 // 51–56k in alternated runs; Raft messages encoded once between hosts
-// about 7% more: 52–56k to 56–60k). Remaining gcs-side
+// about 7% more: 52–56k to 56–60k; Pebble keeping the log's flushed
+// tables in L0 until truncation deletes them about 15% more: to
+// 61–67k). Remaining gcs-side
 // cost: about 45–57% of links lose the race on the tail with three
 // saturated senders (each loss a Raft entry; `tutti bench mcast` prints
 // the share, Group.SendStats counts it). Taking the lost race's header and
