@@ -172,5 +172,9 @@
 // 54.3k delivered/s per member, the larger tables costing more in writes
 // than snappy did in CPU; a 256 MiB memtable with 64 MiB snapshots, so the
 // log is truncated before it is flushed, saved the flushes but paid as much
-// in snapshots (43.8k, 50.6k against 40.9k, 51.1k).
+// in snapshots (43.8k, 50.6k against 40.9k, 51.1k). With the L0 settings
+// above, 20 s runs: no compression still lost (48.1k, 51.6k, 51.0k against
+// 62.7k, 61.8k, 63.5k); a 128 MiB memtable (66.1k, 58.2k, 61.4k against
+// 61.0k, 64.0k, 62.7k) and SnapshotBytes 512 MiB (62.6k, 68.7k, 70.8k
+// against 60.5k, 71.1k, 69.6k) made no difference.
 package replication
