@@ -61,11 +61,16 @@ func (n *Node) Describe(ctx context.Context, group string) (GroupInfo, error) {
 	if err != nil {
 		return GroupInfo{}, fmt.Errorf("gcs: describe %s: %w", group, err)
 	}
+	return n.describeRef(ctx, ref)
+}
+
+// describeRef reads the metadata ref locates.
+func (n *Node) describeRef(ctx context.Context, ref groupRef) (GroupInfo, error) {
 	ms, err := n.readMeta(ctx, ref)
 	if err != nil {
-		return GroupInfo{}, fmt.Errorf("gcs: describe %s: %w", group, err)
+		return GroupInfo{}, fmt.Errorf("gcs: describe %s: %w", ref.name, err)
 	}
-	gi := GroupInfo{Name: group, Home: ref.home, View: ms.h.view, Msgs: ms.h.msgs, Head: ms.h.head, Tail: ms.h.tail,
+	gi := GroupInfo{Name: ref.name, Home: ref.home, View: ms.h.view, Msgs: ms.h.msgs, Head: ms.h.head, Tail: ms.h.tail,
 		LogCapacity: ms.h.logSize}
 	for _, m := range ms.active() {
 		gi.Members = append(gi.Members, memberInfo(m))
@@ -88,11 +93,11 @@ func memberInfo(m member) MemberInfo {
 	return mi
 }
 
-// Groups returns the names of every group in the index of every memnode
-// (Config.Memnodes), sorted. It reads each memnode's index once and
-// changes nothing; Describe tells more of one.
-func (n *Node) Groups(ctx context.Context) ([]string, error) {
-	var names []string
+// Groups describes every group in the index of every memnode
+// (Config.Memnodes), sorted by name: each memnode's index is read once, then
+// each group's metadata as Describe reads it. It changes nothing.
+func (n *Node) Groups(ctx context.Context) ([]GroupInfo, error) {
+	var out []GroupInfo
 	const chunk = 256 // slots per read: 32 KiB, within any item limit
 	for _, mn := range n.memnodes {
 		for first := uint64(0); first < IndexSlots; first += chunk {
@@ -110,10 +115,18 @@ func (n *Node) Groups(ctx context.Context) ([]string, error) {
 				if nl == 0 || nl > MaxGroupName {
 					return nil, fmt.Errorf("%w: memnode %d index slot %d: name length %d", ErrCorrupt, mn, first+i, nl)
 				}
-				names = append(names, string(s[16:16+nl]))
+				ref, err := n.openRef(ctx, string(s[16:16+nl]), mn, u64(s, 0))
+				if err != nil {
+					return nil, fmt.Errorf("gcs: list groups: %w", err)
+				}
+				gi, err := n.describeRef(ctx, ref)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, gi)
 			}
 		}
 	}
-	sort.Strings(names)
-	return names, nil
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
 }

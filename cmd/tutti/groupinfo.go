@@ -126,27 +126,6 @@ func printGroupInfo(out io.Writer, gi gcs.GroupInfo) {
 	}
 }
 
-// describeAll describes every group (gcs.Node.Groups): a group deleted
-// between the listing and its description is left out.
-func describeAll(ctx context.Context, n *gcs.Node) ([]gcs.GroupInfo, error) {
-	names, err := n.Groups(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := []gcs.GroupInfo{}
-	for _, name := range names {
-		gi, err := n.Describe(ctx, name)
-		if errors.Is(err, gcs.ErrNoGroup) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, gi)
-	}
-	return out, nil
-}
-
 // printGroups prints one line per group.
 func printGroups(out io.Writer, gis []gcs.GroupInfo) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
@@ -177,7 +156,7 @@ joined or changed.`,
 				return err
 			}
 			defer done()
-			gis, err := describeAll(ctx, n)
+			gis, err := n.Groups(ctx)
 			if err != nil {
 				return &exitError{2, err}
 			}

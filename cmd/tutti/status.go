@@ -95,7 +95,7 @@ func (s *statusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// memnodes added since the last request.
 		var n *gcs.Node
 		if n, err = gcs.Open(ctx, gcs.Config{Client: cl, ID: defaultID("status"), Logger: s.log}); err == nil {
-			gis, err = describeAll(ctx, n)
+			gis, err = n.Groups(ctx)
 			n.Close()
 		}
 		if err != nil {
