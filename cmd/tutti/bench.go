@@ -24,6 +24,7 @@ import (
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/replication"
 )
 
 // benchPoint is one measured point; field names are the JSON contract.
@@ -54,6 +55,12 @@ type benchPoint struct {
 	// Share of the decisions that rode on a request sent anyway (a Prepare
 	// or Exec to the same memnode) instead of a decision request.
 	DecisionsCarried float64 `json:"decisions_carried,omitempty"`
+	// Embedded cluster only, summed over its hosts, per committed op: log
+	// engine commits with fsync, and Raft entries proposed (each carries a
+	// batch of requests). Durable group commit shows in the first: it falls
+	// as requests share fsyncs.
+	FsyncsPerOp      float64 `json:"fsyncs_per_op,omitempty"`
+	RaftEntriesPerOp float64 `json:"raft_entries_per_op,omitempty"`
 	// LeaderHosts[i] is the host leading memnode i at the end of the point
 	// (embedded cluster only): where the leaders sit changes how requests
 	// and Raft traffic batch, so points are comparable only alike.
@@ -149,6 +156,11 @@ minitransaction changes with the number of memnodes. With --per-memnode the
 as busy as the other, not one busy cluster with a more idle one. With --seed
 it drives an existing cluster.
 
+The embedded cluster also counts, over its hosts, the log engine's fsyncs and
+the Raft entries proposed per committed minitransaction (JSON:
+"fsyncs_per_op", "raft_entries_per_op"): how well requests share entries and
+fsyncs (group commit), which bounds throughput at low concurrency.
+
 --leaders places the embedded cluster's Raft leaders before measuring:
 "spread" (default) gives each memnode's leader to a different host where it
 can, as a deployment on several machines would; "colocated" gives them all
@@ -241,7 +253,7 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 			run := func(size int, workload string, round int) error {
 				seeds := splitSeeds(seed)
 				replicas := 0
-				leaderChanges := func() uint64 { return 0 }
+				var replStats func() replication.Stats
 				leaderHosts := func([]uint64) []uint64 { return nil }
 				if embedded {
 					c, err := startEmbedded(cmd.Context(), cluster.Config{Memnodes: size, NoSync: noSync, Logger: log.Level(max(log.GetLevel(), zerolog.WarnLevel))})
@@ -251,12 +263,15 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 					defer c.Close()
 					seeds = c.Seeds()
 					replicas = len(c.Memnodes()[0].Replicas)
-					leaderChanges = func() uint64 {
-						var n uint64
+					replStats = func() replication.Stats {
+						var sum replication.Stats
 						for _, h := range c.Hosts {
-							n += h.Replication().Stats().LeaderChanges
+							st := h.Replication().Stats()
+							sum.LeaderChanges += st.LeaderChanges
+							sum.Fsyncs += st.Fsyncs
+							sum.Entries += st.Entries
 						}
-						return n
+						return sum
 					}
 					leaderHosts = func(mns []uint64) []uint64 {
 						out := make([]uint64, len(mns))
@@ -300,12 +315,18 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 						}
 						gen = func(w int) txGen { return newCAS2(cl, mns, words, w, n, cur) }
 					}
-					st0, lc0 := cl.Stats(), leaderChanges()
-					p, err := runMtxPoint(ctx, cl, n, warmup, duration, gen, quiet, cmd.ErrOrStderr())
+					st0 := cl.Stats()
+					var lc0 uint64
+					if replStats != nil {
+						lc0 = replStats().LeaderChanges
+					}
+					p, err := runMtxPoint(ctx, cl, n, warmup, duration, gen, replStats, quiet, cmd.ErrOrStderr())
 					if err != nil {
 						return err
 					}
-					p.LeaderChanges = leaderChanges() - lc0
+					if replStats != nil {
+						p.LeaderChanges = replStats().LeaderChanges - lc0
+					}
 					p.LeaderHosts = leaderHosts(mns)
 					if st := cl.Stats(); st.DecisionRequests > st0.DecisionRequests {
 						p.DecisionsPerRequest = float64(st.Decisions-st0.Decisions) / float64(st.DecisionRequests-st0.DecisionRequests)
@@ -585,7 +606,10 @@ func (g *cas2) after(ctx context.Context, res *client.Result, err error) {
 }
 
 // runMtxPoint runs n workers issuing minitransactions back to back.
-func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time.Duration, gen func(w int) txGen, quiet bool, progress io.Writer) (benchPoint, error) {
+// runMtxPoint runs one level: n workers, measured for dur after warmup.
+// replStats, if not nil, sums the embedded cluster's replication counters;
+// the point reports their change over the measured window.
+func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time.Duration, gen func(w int) txGen, replStats func() replication.Stats, quiet bool, progress io.Writer) (benchPoint, error) {
 	start := time.Now().Add(warmup)
 	end := start.Add(dur)
 	var ops, errs, notCommitted atomic.Int64
@@ -593,6 +617,7 @@ func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time
 	hists := make([]*hdrhistogram.Histogram, n)
 	var wg sync.WaitGroup
 	var cpuStart time.Duration
+	var replStart replication.Stats
 	var cpuOnce sync.Once
 	for w := 0; w < n; w++ {
 		hists[w] = hdrhistogram.New(1, 60_000_000, 3) // µs
@@ -617,7 +642,12 @@ func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time
 				if t0.After(end) {
 					return
 				}
-				cpuOnce.Do(func() { cpuStart = cpuTime() })
+				cpuOnce.Do(func() {
+					cpuStart = cpuTime()
+					if replStats != nil {
+						replStart = replStats()
+					}
+				})
 				switch {
 				case err != nil:
 					errs.Add(1)
@@ -654,6 +684,11 @@ func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time
 	wg.Wait()
 	close(stop)
 	cpu := cpuTime() - cpuStart
+	var repl replication.Stats
+	if replStats != nil {
+		end := replStats()
+		repl = replication.Stats{Fsyncs: end.Fsyncs - replStart.Fsyncs, Entries: end.Entries - replStart.Entries}
+	}
 	if ctx.Err() != nil {
 		return benchPoint{}, ctx.Err()
 	}
@@ -670,6 +705,8 @@ func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time
 	}
 	if p.Ops > 0 {
 		p.CPUusPerOp = float64(cpu.Microseconds()) / float64(p.Ops)
+		p.FsyncsPerOp = float64(repl.Fsyncs) / float64(p.Ops)
+		p.RaftEntriesPerOp = float64(repl.Entries) / float64(p.Ops)
 	}
 	if p.Ops == 0 && p.Errors > 0 {
 		return p, fmt.Errorf("every minitransaction failed: %v", firstErr.Load())

@@ -78,6 +78,11 @@ func TestBenchCommandPerMemnode(t *testing.T) {
 		if p["ops"].(float64) <= 0 {
 			t.Fatalf("no op committed: %s", l)
 		}
+		// Without fsync the log engine never syncs; Raft entries are
+		// still counted.
+		if e, _ := p["raft_entries_per_op"].(float64); e <= 0 || p["fsyncs_per_op"] != nil {
+			t.Fatalf("raft_entries_per_op %v, fsyncs_per_op %v with --no-fsync: %s", p["raft_entries_per_op"], p["fsyncs_per_op"], l)
+		}
 		got = append(got, fmt.Sprintf("%v memnodes, %v outstanding", p["memnodes"], p["outstanding"]))
 	}
 	if want := []string{"1 memnodes, 3 outstanding", "2 memnodes, 6 outstanding"}; !slices.Equal(got, want) {
@@ -85,6 +90,46 @@ func TestBenchCommandPerMemnode(t *testing.T) {
 	}
 	if out, err := run(t, "bench", "mtx", "--seed=127.0.0.1:1", "--per-memnode"); err == nil || !strings.Contains(err.Error(), "--per-memnode") {
 		t.Fatalf("--per-memnode with --seed: %v\n%s", err, out)
+	}
+}
+
+// With fsync on (the default), the embedded cluster's fsyncs and Raft
+// entries per committed op are reported; an external cluster's are not
+// this process's to count.
+func TestBenchCommandRaftCounters(t *testing.T) {
+	out, err := run(t, "bench", "mtx", "--memnodes", "1", "--outstanding", "4",
+		"--duration", "300ms", "--warmup", "100ms", "--json", "--quiet")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	var p map[string]any
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &p); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	f, _ := p["fsyncs_per_op"].(float64)
+	e, _ := p["raft_entries_per_op"].(float64)
+	// Every op is one request in one entry at most, fsynced by the leader
+	// and a follower at least, unless entries share fsyncs.
+	if f <= 0 || e <= 0 || e > 1 {
+		t.Fatalf("fsyncs_per_op %v, raft_entries_per_op %v: %s", p["fsyncs_per_op"], p["raft_entries_per_op"], out)
+	}
+
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir(), Memnodes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, "bench", "mtx", "--seed="+c.Seeds()[0], "--outstanding", "2", "--duration", "200ms", "--warmup", "50ms", "--json", "--quiet")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "fsyncs_per_op") || strings.Contains(out, "raft_entries_per_op") {
+		t.Fatalf("Raft counters reported for an external cluster: %s", out)
 	}
 }
 
