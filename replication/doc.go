@@ -177,4 +177,29 @@
 // 62.7k, 61.8k, 63.5k); a 128 MiB memtable (66.1k, 58.2k, 61.4k against
 // 61.0k, 64.0k, 62.7k) and SnapshotBytes 512 MiB (62.6k, 68.7k, 70.8k
 // against 60.5k, 71.1k, 69.6k) made no difference.
+//
+// # Cycles and fsyncs (measured, not changed)
+//
+// At low concurrency fsyncs bound two-phase minitransactions, not CPU. With
+// each memnode's leader on another host (bench mtx's default), every host
+// holds a replica of both memnodes a cas2 minitransaction touches and syncs
+// once for each of its two Prepares, which reach it at different times (as
+// a leader of one, a follower of the other), and again for decisions that
+// could not ride on a Prepare. bench mtx's fsyncs_per_op: cas2 at 4
+// outstanding 3.9 fsyncs per minitransaction over the three hosts, ~1,750
+// fsyncs/s per host (each about 0.45 ms of wall time, so each host's log
+// was syncing ~80% of the time), p50 2.8 ms against base's 0.7 ms; with
+// the leaders on one host (--leaders colocated) both Prepares share a
+// cycle and p50 is 1.8 ms. Tried and dropped: applying the committed
+// entries already in the log while the cycle's batch is synced (the commit
+// on its own goroutine, the apply on the worker): cas2 and base unchanged
+// at 4 to 2048 outstanding in two alternated runs, and bench mcast at
+// 1,000/s per member worse (p50 15.6 and 17.9 ms against 13.0 and 12.3),
+// the goroutine hand-off costing more than the overlap gained. One worker
+// per host instead of GOMAXPROCS (so one host's groups share every cycle
+// and fsync): cas2 with colocated leaders at 4 outstanding 1.0 ms against
+// 1.8 ms, at 16 +60% throughput, but no change with spread leaders, none
+// at saturation, and bench mcast inconclusive (1,000/s p50 9.5 and 9.7 ms
+// against 17.3 and 12.1; saturation 56k and 58k against 67k and 56k); it
+// would also serialize every group's apply on one core of a many-core host.
 package replication
