@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/tutti-gcs/tutti/internal/cluster"
 )
@@ -15,16 +13,7 @@ import (
 // --workload base,cas2 --rounds N prints every point with its round, a
 // ratio line per round and the median ratio.
 func TestBenchCommandRatio(t *testing.T) {
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir(), Memnodes: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c := testClusterWith(t, cluster.Config{Memnodes: 2})
 	out, err := run(t, "bench", "mtx", "--seed="+c.Seeds()[0], "--workload", "base,cas2", "--rounds", "2",
 		"--outstanding", "2", "--duration", "300ms", "--warmup", "100ms", "--json", "--quiet")
 	if err != nil {
@@ -114,16 +103,7 @@ func TestBenchCommandRaftCounters(t *testing.T) {
 		t.Fatalf("fsyncs_per_op %v, raft_entries_per_op %v: %s", p["fsyncs_per_op"], p["raft_entries_per_op"], out)
 	}
 
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir(), Memnodes: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c := testClusterWith(t, cluster.Config{Memnodes: 1})
 	out, err = run(t, "bench", "mtx", "--seed="+c.Seeds()[0], "--outstanding", "2", "--duration", "200ms", "--warmup", "50ms", "--json", "--quiet")
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out)

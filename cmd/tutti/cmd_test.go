@@ -50,7 +50,15 @@ func TestParseValue(t *testing.T) {
 // when the test ends, and waits until every memnode has a leader.
 func testCluster(t *testing.T) *cluster.Cluster {
 	t.Helper()
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
+	return testClusterWith(t, cluster.Config{})
+}
+
+// testClusterWith is testCluster with cfg (NoSync and a temporary DataDir
+// are set here).
+func testClusterWith(t *testing.T, cfg cluster.Config) *cluster.Cluster {
+	t.Helper()
+	cfg.NoSync, cfg.DataDir = true, t.TempDir()
+	c, err := cluster.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,16 +127,7 @@ func TestMtxCommand(t *testing.T) {
 }
 
 func TestBenchCommandJSON(t *testing.T) {
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir(), Memnodes: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c := testClusterWith(t, cluster.Config{Memnodes: 1})
 	file := filepath.Join(t.TempDir(), "bench.json")
 	out, err := run(t, "bench", "mtx", "--seed="+c.Seeds()[0], "--outstanding", "1,4", "--duration", "300ms",
 		"--warmup", "100ms", "--json", "--quiet", "--out", file)
