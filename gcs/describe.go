@@ -2,6 +2,7 @@ package gcs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -108,25 +109,112 @@ func (n *Node) Groups(ctx context.Context) ([]GroupInfo, error) {
 			}
 			for i := uint64(0); i < cnt; i++ {
 				s := raw[i*IndexSlotSize : (i+1)*IndexSlotSize]
-				if u64(s, 0) == 0 {
+				if meta := u64(s, 0); meta == 0 || meta == indexDeleted {
 					continue
 				}
 				nl := u64(s, 8)
 				if nl == 0 || nl > MaxGroupName {
 					return nil, fmt.Errorf("%w: memnode %d index slot %d: name length %d", ErrCorrupt, mn, first+i, nl)
 				}
-				ref, err := n.openRef(ctx, string(s[16:16+nl]), mn, u64(s, 0))
-				if err != nil {
-					return nil, fmt.Errorf("gcs: list groups: %w", err)
+				ref, err := n.openRef(ctx, string(s[16:16+nl]), mn, u64(s, 0), int(first+i))
+				if err == nil {
+					var gi GroupInfo
+					if gi, err = n.describeRef(ctx, ref); err == nil {
+						out = append(out, gi)
+						continue
+					}
 				}
-				gi, err := n.describeRef(ctx, ref)
-				if err != nil {
-					return nil, err
+				if errors.Is(err, ErrNoGroup) {
+					continue // deleted since the index was read
 				}
-				out = append(out, gi)
+				return nil, fmt.Errorf("gcs: list groups: %w", err)
 			}
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// Delete deletes group, which must be empty: no member and no removed
+// member whose slot and queue are not reclaimed yet (ErrNotEmpty; a Leave
+// that empties the group reclaims them, possibly finishing in the
+// background, and a crashed last member stays until a new member removes
+// it). ErrNoGroup if it does not exist.
+//
+// The name's index slot becomes free for any name and the metadata region
+// (with its order log) goes to the home memnode's free list, taken by the
+// next group created there: a process that makes up group names can create
+// and delete groups for ever (without Delete, each memnode's index holds
+// IndexSlots names). A Join racing the Delete either made the group
+// non-empty first (Delete then fails) or joins the group of that name
+// created after it. A group created again under the same name starts a new
+// history: its view ids and Message.Pos go on from the numbers the region
+// had reached, never from 0.
+func (n *Node) Delete(ctx context.Context, group string) error {
+	if group == "" || len(group) > MaxGroupName {
+		return fmt.Errorf("%w: group name must be 1..%d bytes", ErrInvalid, MaxGroupName)
+	}
+	unknown := false
+	for attempt := 0; ; attempt++ {
+		if attempt == 50 {
+			return fmt.Errorf("gcs: delete %s: the group keeps changing", group)
+		}
+		ref, err := n.lookup(ctx, group, false)
+		if errors.Is(err, ErrNoGroup) && unknown {
+			return nil // our delete went through
+		}
+		if err != nil {
+			return fmt.Errorf("gcs: delete %s: %w", group, err)
+		}
+		ms, err := n.readMeta(ctx, ref)
+		if errors.Is(err, ErrNoGroup) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("gcs: delete %s: %w", group, err)
+		}
+		var in, retired []string
+		for _, m := range ms.members {
+			switch {
+			case m.tag == 0:
+			case m.active():
+				in = append(in, m.name)
+			default:
+				retired = append(retired, m.name)
+			}
+		}
+		if len(in) > 0 || len(retired) > 0 {
+			return fmt.Errorf("gcs: delete %s: %w: members %v, removed members not yet reclaimed %v", group, ErrNotEmpty, in, retired)
+		}
+		fb, err := n.read(ctx, ref.home, FreeMetaAddr, 8)
+		if err != nil {
+			return fmt.Errorf("gcs: delete %s: %w", group, err)
+		}
+		// Every member slot is free and stays free unless a view change
+		// commits, which the view compare rules out.
+		res, err := n.exec(ctx, client.NewTx().
+			Compare(ref.home, ref.slot, indexEntry(ref.meta, ref.name)).
+			Compare(ref.home, ref.meta, ms.h.encode()).
+			Compare(ref.home, FreeMetaAddr, fb).
+			Write(ref.home, ref.slot, tombstone()).
+			Write(ref.home, ref.meta, deletedHeader(ms.h)).
+			Write(ref.home, ref.meta+offFreeNext, fb).
+			Write(ref.home, FreeMetaAddr, le.AppendUint64(nil, ref.meta)))
+		switch {
+		case err != nil && errors.Is(err, client.ErrUnknownOutcome):
+			unknown = true
+		case err != nil:
+			return fmt.Errorf("gcs: delete %s: %w", group, err)
+		case res.Committed:
+			n.log.Debug().Str("group", group).Uint64("memnode", ref.home).Msg("deleted group")
+			return nil
+		}
+	}
+}
+
+// tombstone is the index slot of a deleted group.
+func tombstone() []byte {
+	b := make([]byte, IndexSlotSize)
+	putU64s(b, indexDeleted)
+	return b
 }

@@ -53,10 +53,12 @@
 //
 // Home memnode: hash(group) over Config.Memnodes. Index at IndexBase on the
 // home memnode (layout.go): IndexSlots slots of IndexSlotSize bytes, (meta
-// address, name); open addressing with linear probing; a free slot is
-// claimed by a minitransaction that compares it to zeros. Metadata region
-// (allocated by client.Allocator in [AllocBase, AllocLimit) of the home
-// memnode): header (view, tail, msgs, head, nextTag, logSize, maxMembers),
+// address, name); open addressing with linear probing; a deleted group's
+// slot is a tombstone that probing passes; a new name takes the first
+// tombstone or free slot of its chain by a minitransaction that compares
+// the chain as read. Metadata region (allocated by client.Allocator in
+// [AllocBase, AllocLimit) of the home memnode, or a deleted group's taken
+// from the home memnode's free list at FreeMetaAddr): header (view, tail, msgs, head, nextTag, logSize, maxMembers),
 // member slots (tag, incarnation, join view, queue region, delivered
 // positions, state-transfer cell, retiredAt, name) and the order log, a
 // byte ring of 8-aligned records: inline batches, references to a batch in
@@ -303,15 +305,22 @@
 //   - Multicast after its ctx ended may or may not have ordered the message.
 //   - A member that falls behind the trimmed log (possible only once it is
 //     no longer in the view) is evicted.
-//   - Groups are never deleted: a name once used keeps its index slot and
-//     metadata (64 + MaxMembers×256 bytes and the LogCapacity log) on its
-//     home memnode, even when nobody is in it (its members' queues are
-//     reclaimed). Each memnode's index holds IndexSlots (1024) names, so a
-//     program that makes up a new group name per session runs into
-//     ErrIndexFull; reuse names instead. Deleting a group safely needs its
-//     metadata region kept for group metadata only, with its view, tail and
-//     message counters never going back, so that a process still holding
-//     the old group's address cannot mistake a new group for it; not built.
+//   - A group keeps its index slot and metadata (64 + MaxMembers×256 bytes
+//     and the LogCapacity log) on its home memnode until Node.Delete, even
+//     when nobody is in it (its members' queues are reclaimed). Each
+//     memnode's index holds IndexSlots (1024) names (ErrIndexFull): a
+//     program that makes up a group name per session deletes its groups.
+//     Delete takes an empty group only (ErrNotEmpty otherwise): its index
+//     slot becomes a tombstone, its metadata region goes to the home
+//     memnode's free list and is only ever reused for another group's
+//     metadata, whose view, tail, message and tag counters go on from the
+//     deleted group's (never back), so a process still holding the old
+//     group's address cannot commit a compare of old values against the
+//     new group; readMeta also reads the index slot and answers ErrNoGroup
+//     once it no longer names the region (a Join under way then looks the
+//     name up again). Free-listed regions are never returned to the
+//     allocator: the metadata space of a memnode is bounded by the most
+//     groups that existed there at once.
 //
 // This package must not import memnode, memnode/service, replication or
 // cmd: it speaks to memnodes only through client.

@@ -20,9 +20,12 @@ var (
 	// ErrIndexFull: the home memnode's group index has no free slot near
 	// the name's hash.
 	ErrIndexFull = errors.New("gcs: group index full")
-	// ErrNoGroup: no group of that name exists (Describe; Join creates
-	// groups).
+	// ErrNoGroup: no group of that name exists (Describe, Delete; Join
+	// creates groups).
 	ErrNoGroup = errors.New("gcs: no such group")
+	// ErrNotEmpty: Delete of a group that has members, or members whose
+	// slot and queue are not reclaimed yet.
+	ErrNotEmpty = errors.New("gcs: group not empty")
 	// ErrTooLarge: a message does not fit a batch or the member's queue.
 	ErrTooLarge = errors.New("gcs: message too large")
 	// ErrStateTransfer: the provider could not produce, or the joiner

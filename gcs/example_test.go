@@ -108,7 +108,11 @@ func ExampleNode_Describe() {
 		panic(err)
 	}
 	fmt.Println("view", gi.View, "members", len(gi.Members), "removed, not reclaimed", len(gi.Retired))
-	_, err = n.Describe(ctx, "no such group")
+	// Empty now: delete it, freeing its name and metadata for new groups.
+	if err := n.Delete(ctx, "jobs"); err != nil {
+		panic(err)
+	}
+	_, err = n.Describe(ctx, "jobs")
 	fmt.Println(errors.Is(err, gcs.ErrNoGroup))
 	// Output:
 	// view 1 members 1 alice#1 messages 1

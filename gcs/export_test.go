@@ -1,5 +1,7 @@
 package gcs
 
+import "context"
+
 // DeliveryCounts returns how often g's delivery took order-log records
 // from watch event data (without a read) and how often it read the log.
 func DeliveryCounts(g *Group) (fromEvents, logReads int64) {
@@ -27,3 +29,24 @@ func SetAlwaysRaceReads() (restore func()) {
 // Yields returns how many turns g's sender yielded after winning a link
 // while links raced, and how many of those another member's link ended.
 func Yields(g *Group) (yields, toOther int64) { return g.yields.Load(), g.yieldsToOther.Load() }
+
+// CreateGroup creates group (as Join's lookup does) without joining it and
+// returns its metadata address.
+func CreateGroup(ctx context.Context, n *Node, group string) (uint64, error) {
+	ref, err := n.lookup(ctx, group, true)
+	return ref.meta, err
+}
+
+// StaleRef looks group up and returns a function that reads its metadata
+// through that reference later, as a process that looked the group up
+// before a Delete would.
+func StaleRef(ctx context.Context, n *Node, group string) (read func(context.Context) error, err error) {
+	ref, err := n.lookup(ctx, group, false)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) error {
+		_, err := n.readMeta(ctx, ref)
+		return err
+	}, nil
+}

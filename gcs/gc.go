@@ -2,6 +2,7 @@ package gcs
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -299,8 +300,8 @@ func (g *Group) publishFinal(ctx context.Context) {
 // the Node is closed. Several processes doing this at once is as safe as
 // two trimmers: head moves by compare and slots are reclaimed by compare.
 // What stays is the group's metadata (64 + MaxMembers×256 bytes and the
-// LogCapacity log on its home memnode) and its index slot: a name once
-// used keeps them, for at most IndexSlots names per memnode. A group whose
+// LogCapacity log on its home memnode) and its index slot, until
+// Node.Delete (which needs this reclaiming done). A group whose
 // last member crashed keeps that member's slot and queue until someone
 // joins and, as the oldest member, removes and reclaims it.
 
@@ -345,6 +346,9 @@ func (g *Group) reclaimAfterLeave(ctx context.Context) {
 // nothing is left to do.
 func (g *Group) reclaimEmpty(ctx context.Context, leavers map[uint64]leaverProgress) bool {
 	ms, err := g.n.readMeta(ctx, g.ref)
+	if errors.Is(err, ErrNoGroup) {
+		return true // deleted: nothing of it is left to reclaim
+	}
 	if err != nil {
 		return false
 	}

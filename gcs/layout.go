@@ -26,6 +26,17 @@ const (
 	MaxGroupName = IndexSlotSize - 16
 	// indexProbe is how many slots one index read covers.
 	indexProbe = 8
+	// indexDeleted in an index slot's meta word marks a deleted group's
+	// slot (a tombstone, name zeroed): lookups probe past it, a new name
+	// may take it (see Node.lookup).
+	indexDeleted = 1
+	// FreeMetaAddr, right after the index, heads the home memnode's list
+	// of deleted groups' metadata regions (0: empty), reused for new
+	// groups (Node.Delete). A listed region's magic is metaDeleted and the
+	// word at +offFreeNext (member slot 0's inc; every slot is free) names
+	// the next.
+	FreeMetaAddr = IndexBase + IndexSlots*IndexSlotSize
+	offFreeNext  = metaHeader + 8
 
 	// AllocBase and AllocLimit bound the allocator (client.Allocator) that
 	// gcs uses on every memnode for group metadata, member queues and state
@@ -45,7 +56,14 @@ const (
 	//	+56   maxMembers
 	//	+64   members[maxMembers], memberSize bytes each
 	//	then  order log, logSize bytes: position p at (p mod logSize)
-	metaMagic     = "tuttiGV1"
+	metaMagic = "tuttiGV1"
+	// metaDeleted is the magic of a deleted group's metadata region,
+	// listed at FreeMetaAddr until a new group takes it. Its view, tail,
+	// msgs, head and nextTag stay as they were (the view one higher) and
+	// the new group goes on from them: they never go back, so a process
+	// still holding the address under the old name cannot commit a
+	// compare of old values against the new group.
+	metaDeleted   = "tuttiGVD"
 	metaHeader    = 64
 	offView       = 8
 	offHead       = 32
@@ -149,6 +167,9 @@ type header struct {
 }
 
 func decodeHeader(b []byte) (header, error) {
+	if string(b[:8]) == metaDeleted {
+		return header{}, fmt.Errorf("%w: deleted", ErrNoGroup)
+	}
 	if string(b[:8]) != metaMagic {
 		return header{}, fmt.Errorf("%w: bad group metadata magic %q", ErrCorrupt, b[:8])
 	}

@@ -107,6 +107,10 @@ type groupRef struct {
 	name                string
 	home, meta          uint64
 	logSize, maxMembers uint64
+	// slot is the address of the group's index slot: readMeta checks it
+	// still names meta, so a deleted group is not mistaken for the group
+	// that took over its metadata region.
+	slot uint64
 }
 
 func (r groupRef) logBase() uint64 { return r.meta + metaHeader + r.maxMembers*memberSize }
@@ -133,13 +137,17 @@ func (n *Node) read(ctx context.Context, mn, addr uint64, l uint32) ([]byte, err
 	return res.Reads[0], nil
 }
 
-// readMeta reads the header and member slots in one read.
+// readMeta reads the header and member slots, and the index slot that
+// names them, in one minitransaction: ErrNoGroup if the group was deleted.
 func (n *Node) readMeta(ctx context.Context, ref groupRef) (metaState, error) {
-	b, err := n.read(ctx, ref.home, ref.meta, ref.metaLen())
+	res, err := n.cl.Exec(ctx, client.NewTx().Read(ref.home, ref.meta, ref.metaLen()).Read(ref.home, ref.slot, IndexSlotSize))
 	if err != nil {
 		return metaState{}, err
 	}
-	return decodeMeta(b)
+	if !bytes.Equal(res.Reads[1], indexEntry(ref.meta, ref.name)) {
+		return metaState{}, fmt.Errorf("%w: %s was deleted", ErrNoGroup, ref.name)
+	}
+	return decodeMeta(res.Reads[0])
 }
 
 func (n *Node) readHeader(ctx context.Context, ref groupRef) (header, error) {
@@ -152,78 +160,273 @@ func (n *Node) readHeader(ctx context.Context, ref groupRef) (header, error) {
 
 // lookup finds group in its home memnode's index, creating it when absent
 // if create is set (else ErrNoGroup). The index is an open-addressing hash
-// table: linear probing from hash(name) mod IndexSlots; a free slot is
-// claimed by a minitransaction that compares it to zeros. Slots are never
-// freed, so probing stops at the first free slot.
+// table: linear probing from hash(name) mod IndexSlots up to the first
+// free slot; a deleted group's slot is a tombstone (indexDeleted) that
+// probing passes. A new name takes the chain's first tombstone, else its
+// free slot, by a minitransaction that compares the whole chain as read
+// (so two processes cannot place one name in two slots) and writes the
+// slot.
 func (n *Node) lookup(ctx context.Context, name string, create bool) (groupRef, error) {
 	home := homeOf(name, n.memnodes)
 	start := hashName(name) % IndexSlots
-	var created *client.Region // our metadata region, if we made one
+	var created *client.Region // a metadata region we hold, not yet in the index
 	defer func() {
 		if created != nil {
-			if err := n.allocs[home].Free(context.WithoutCancel(ctx), *created); err != nil {
-				n.log.Debug().Err(err).Msg("freeing unused group metadata")
-			}
+			n.releaseMeta(context.WithoutCancel(ctx), *created)
 		}
 	}()
-	for probed := uint64(0); probed < IndexSlots; {
-		first := (start + probed) % IndexSlots
-		cnt := min(uint64(indexProbe), IndexSlots-first)
-		raw, err := n.read(ctx, home, IndexBase+first*IndexSlotSize, uint32(cnt*IndexSlotSize))
+	for attempt := 0; ; attempt++ {
+		if attempt == 100 {
+			return groupRef{}, fmt.Errorf("gcs: %s: index of memnode %d keeps changing", name, home)
+		}
+		c, err := n.probe(ctx, home, start, name)
 		if err != nil {
 			return groupRef{}, err
 		}
-		for i := uint64(0); i < cnt; i++ {
-			s := raw[i*IndexSlotSize : (i+1)*IndexSlotSize]
-			meta, nl := u64(s, 0), u64(s, 8)
-			if meta != 0 {
-				if nl == uint64(len(name)) && string(s[16:16+nl]) == name {
-					return n.openRef(ctx, name, home, meta)
-				}
-				continue
+		if c.found >= 0 {
+			ref, err := n.openRef(ctx, name, home, c.meta, c.found)
+			if errors.Is(err, ErrNoGroup) {
+				continue // deleted since the probe: probe again
 			}
-			// Free slot: the group does not exist. Create and claim.
-			if !create {
-				return groupRef{}, fmt.Errorf("%w: %s", ErrNoGroup, name)
-			}
-			if created == nil {
-				r, err := n.createMeta(ctx, home)
-				if err != nil {
-					return groupRef{}, err
-				}
-				created = &r
-			}
-			slot := make([]byte, IndexSlotSize)
-			putU64s(slot, created.Addr, uint64(len(name)))
-			copy(slot[16:], name)
-			addr := IndexBase + (first+i)*IndexSlotSize
-			res, err := n.exec(ctx, client.NewTx().Compare(home, addr, make([]byte, IndexSlotSize)).Write(home, addr, slot))
-			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
-				b, rerr := n.read(ctx, home, addr, IndexSlotSize)
-				if rerr != nil {
-					// The claim may have committed: the index may name
-					// our region, which must then not be freed.
-					created = nil
-					return groupRef{}, errors.Join(err, rerr)
-				}
-				res = &client.Result{Committed: bytes.Equal(b, slot)}
-				err = nil
-			}
+			return ref, err
+		}
+		if !create {
+			return groupRef{}, fmt.Errorf("%w: %s", ErrNoGroup, name)
+		}
+		target := c.tomb
+		if target < 0 {
+			target = c.free
+		}
+		if target < 0 {
+			return groupRef{}, fmt.Errorf("%w: memnode %d", ErrIndexFull, home)
+		}
+		if created == nil {
+			r, err := n.newMeta(ctx, home)
 			if err != nil {
 				return groupRef{}, err
 			}
-			if res.Committed {
-				meta := created.Addr
+			created = &r
+		}
+		entry := indexEntry(created.Addr, name)
+		addr := IndexBase + uint64(target)*IndexSlotSize
+		tx := client.NewTx()
+		for _, it := range c.items(n.itemMax) {
+			tx.Compare(home, it.addr, it.data)
+		}
+		tx.Write(home, addr, entry)
+		res, err := n.exec(ctx, tx)
+		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
+			b, rerr := n.read(ctx, home, addr, IndexSlotSize)
+			if rerr != nil {
+				// The claim may have committed: the index may name
+				// our region, which must then not be released.
 				created = nil
-				return n.openRef(ctx, name, home, meta)
+				return groupRef{}, errors.Join(err, rerr)
 			}
-			goto reread // lost the race for this slot: read the window again
+			res = &client.Result{Committed: bytes.Equal(b, entry)}
+			err = nil
+		}
+		if err != nil {
+			return groupRef{}, err
+		}
+		if res.Committed {
+			meta := created.Addr
+			created = nil
+			ref, err := n.openRef(ctx, name, home, meta, target)
+			if errors.Is(err, ErrNoGroup) {
+				continue // deleted at once by another process
+			}
+			return ref, err
+		}
+		// The chain changed (another name or a deletion): probe again.
+	}
+}
+
+// indexEntry is the index slot naming group name's metadata at meta.
+func indexEntry(meta uint64, name string) []byte {
+	b := make([]byte, IndexSlotSize)
+	putU64s(b, meta, uint64(len(name)))
+	copy(b[16:], name)
+	return b
+}
+
+// chain is the probe sequence of a name as one read found it: raw holds
+// the slots from start on (wrapping at IndexSlots), found is the name's
+// slot (meta its metadata) or -1; else tomb is the first tombstone and free
+// the first free slot, where the chain ends (-1: none).
+type chain struct {
+	start             uint64
+	raw               []byte
+	found, tomb, free int
+	meta              uint64
+}
+
+// probe reads name's chain from slot start, indexProbe slots per read.
+func (n *Node) probe(ctx context.Context, home, start uint64, name string) (chain, error) {
+	c := chain{start: start, found: -1, tomb: -1, free: -1}
+	for probed := uint64(0); probed < IndexSlots; {
+		first := (start + probed) % IndexSlots
+		cnt := min(uint64(indexProbe), IndexSlots-first, IndexSlots-probed)
+		raw, err := n.read(ctx, home, IndexBase+first*IndexSlotSize, uint32(cnt*IndexSlotSize))
+		if err != nil {
+			return chain{}, err
+		}
+		for i := uint64(0); i < cnt; i++ {
+			s := raw[i*IndexSlotSize : (i+1)*IndexSlotSize]
+			c.raw = append(c.raw, s...)
+			slot := int(first + i)
+			switch meta, nl := u64(s, 0), u64(s, 8); {
+			case meta == 0:
+				c.free = slot
+				return c, nil
+			case meta == indexDeleted:
+				if c.tomb < 0 {
+					c.tomb = slot
+				}
+			case nl == uint64(len(name)) && string(s[16:16+nl]) == name:
+				c.found, c.meta = slot, meta
+				return c, nil
+			}
 		}
 		probed += cnt
-		continue
-	reread:
 	}
-	return groupRef{}, fmt.Errorf("%w: memnode %d", ErrIndexFull, home)
+	return c, nil // every slot probed: no free slot
+}
+
+// items returns compare items covering the chain's bytes, split where the
+// ring of slots wraps and at max bytes.
+func (c chain) items(limit uint64) []ringItemData {
+	var out []ringItemData
+	slots := uint64(len(c.raw) / IndexSlotSize)
+	for done := uint64(0); done < slots; {
+		first := (c.start + done) % IndexSlots
+		cnt := min(slots-done, IndexSlots-first, max(1, limit/IndexSlotSize))
+		out = append(out, ringItemData{addr: IndexBase + first*IndexSlotSize, data: c.raw[done*IndexSlotSize : (done+cnt)*IndexSlotSize]})
+		done += cnt
+	}
+	return out
+}
+
+// ringItemData is one compare or write item: data at addr.
+type ringItemData struct {
+	addr uint64
+	data []byte
+}
+
+// newMeta returns a metadata region on home for a new group: a deleted
+// group's from the free list (FreeMetaAddr), its counters going on, if the
+// first listed is of this Node's LogCapacity and MaxMembers, or a newly
+// allocated and initialised one.
+func (n *Node) newMeta(ctx context.Context, home uint64) (client.Region, error) {
+	for attempt := 0; attempt < 20; attempt++ {
+		r, ok, err := n.popMeta(ctx, home)
+		if err != nil || !ok {
+			if err != nil {
+				n.log.Debug().Err(err).Uint64("memnode", home).Msg("reusing deleted group metadata")
+			}
+			break
+		}
+		if r.Len != 0 {
+			return r, nil
+		}
+	}
+	return n.createMeta(ctx, home)
+}
+
+// popMeta takes the first region of home's free list: ok is false when the
+// list is empty; a zero Region with ok means the list changed meanwhile.
+func (n *Node) popMeta(ctx context.Context, home uint64) (r client.Region, ok bool, err error) {
+	b, err := n.read(ctx, home, FreeMetaAddr, 8)
+	if err != nil {
+		return client.Region{}, false, err
+	}
+	meta := u64(b, 0)
+	if meta == 0 {
+		return client.Region{}, false, nil
+	}
+	hb, err := n.read(ctx, home, meta, offFreeNext+8)
+	if err != nil {
+		return client.Region{}, false, err
+	}
+	if string(hb[:8]) != metaDeleted {
+		return client.Region{}, true, nil // popped and reused meanwhile
+	}
+	h := header{logSize: u64(hb, 48), maxMembers: u64(hb, 56)}
+	if h.logSize != n.cfg.LogCapacity || h.maxMembers != uint64(n.cfg.MaxMembers) {
+		// Made for another configuration: a group of ours gets the log
+		// and member slots we are configured for.
+		return client.Region{}, false, nil
+	}
+	next := u64(hb, offFreeNext)
+	res, err := n.exec(ctx, client.NewTx().
+		Compare(home, FreeMetaAddr, le.AppendUint64(nil, meta)).
+		Compare(home, meta, []byte(metaDeleted)).
+		Compare(home, meta+offFreeNext, le.AppendUint64(nil, next)).
+		Write(home, FreeMetaAddr, le.AppendUint64(nil, next)).
+		Write(home, meta+offFreeNext, make([]byte, 8)).
+		Write(home, meta, []byte(metaMagic)))
+	if err != nil {
+		// With an unknown outcome the region may be ours and is then
+		// lost to the list; a new one is allocated instead.
+		return client.Region{}, false, err
+	}
+	if !res.Committed {
+		return client.Region{}, true, nil
+	}
+	return client.Region{Memnode: home, Addr: meta, Len: metaHeader + h.maxMembers*memberSize + h.logSize}, true, nil
+}
+
+// releaseMeta puts a metadata region that no index slot names (newMeta's,
+// when the claim failed) on home's free list; if that fails it is lost.
+func (n *Node) releaseMeta(ctx context.Context, r client.Region) {
+	ctx, cancel := context.WithTimeout(ctx, reclaimFreeTimeout)
+	defer cancel()
+	err := n.retry(ctx, func() error {
+		hb, err := n.read(ctx, r.Memnode, r.Addr, metaHeader)
+		if err != nil {
+			return err
+		}
+		h, err := decodeHeader(hb)
+		if err != nil {
+			return err
+		}
+		b, err := n.read(ctx, r.Memnode, FreeMetaAddr, 8)
+		if err != nil {
+			return err
+		}
+		head := u64(b, 0)
+		res, err := n.exec(ctx, client.NewTx().
+			Compare(r.Memnode, FreeMetaAddr, b).
+			Compare(r.Memnode, r.Addr, hb).
+			Write(r.Memnode, r.Addr, deletedHeader(h)).
+			Write(r.Memnode, r.Addr+offFreeNext, le.AppendUint64(nil, head)).
+			Write(r.Memnode, FreeMetaAddr, le.AppendUint64(nil, r.Addr)))
+		if err != nil {
+			return err
+		}
+		if !res.Committed {
+			return errRetry
+		}
+		return nil
+	})
+	if err != nil {
+		n.log.Debug().Err(err).Uint64("memnode", r.Memnode).Uint64("addr", r.Addr).Msg("returning unused group metadata to the free list")
+	}
+}
+
+// errRetry: a compare failed because another process changed what was
+// read; read again.
+var errRetry = errors.New("gcs: changed meanwhile")
+
+// deletedHeader is h as a listed (deleted) region keeps it: magic
+// metaDeleted, the view one higher (a view change, join or delete of the
+// old group in flight fails its compare) and head at the tail.
+func deletedHeader(h header) []byte {
+	h.view++
+	h.head = h.tail
+	b := h.encode()
+	copy(b, metaDeleted)
+	return b
 }
 
 // createMeta allocates and initialises a metadata region on home.
@@ -254,8 +457,8 @@ func (n *Node) createMeta(ctx context.Context, home uint64) (client.Region, erro
 	return r, nil
 }
 
-func (n *Node) openRef(ctx context.Context, name string, home, meta uint64) (groupRef, error) {
-	ref := groupRef{name: name, home: home, meta: meta}
+func (n *Node) openRef(ctx context.Context, name string, home, meta uint64, slot int) (groupRef, error) {
+	ref := groupRef{name: name, home: home, meta: meta, slot: IndexBase + uint64(slot)*IndexSlotSize}
 	h, err := n.readHeader(ctx, ref)
 	if err != nil {
 		return groupRef{}, err
@@ -302,6 +505,14 @@ func (n *Node) Join(ctx context.Context, group string, opts JoinOptions) (*Group
 			if ferr := n.allocs[qmn].Free(context.WithoutCancel(ctx), q); ferr != nil {
 				n.log.Debug().Err(ferr).Msg("freeing queue after failed join")
 			}
+		}
+		if errors.Is(err, ErrNoGroup) && ctx.Err() == nil {
+			// Deleted while we joined: join the group of that name
+			// now (created anew if nobody did).
+			if ref, err = n.lookup(ctx, group, true); err != nil {
+				return nil, fmt.Errorf("gcs: join %s: %w", group, err)
+			}
+			continue
 		}
 		if !retry {
 			break

@@ -95,7 +95,7 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 		}
 		ms, err := n.readMeta(ctx, ref)
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, ErrCorrupt) || attempt > 20 {
+			if ctx.Err() != nil || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNoGroup) || attempt > 20 {
 				return err
 			}
 			if err := sleepCtx(ctx, wait); err != nil {

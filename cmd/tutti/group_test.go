@@ -202,7 +202,23 @@ func TestGroupCommand(t *testing.T) {
 	if err != nil || !regexp.MustCompile(`(?m)^lobby +\d+ +3 +1 +2 `).MatchString(out) {
 		t.Fatalf("groups: %q %v", out, err)
 	}
+	out, err = run(t, "group", "lobby", "--delete", seed, "--log-level", "warn")
+	if ee := (*exitError)(nil); !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "not empty") || !strings.Contains(err.Error(), g.Name()) {
+		t.Fatalf("group --delete with a member: %q %v", out, err)
+	}
 	if err := g.Leave(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if out, err = run(t, "group", "lobby", "--delete", seed, "--log-level", "warn"); err != nil || out != "deleted group lobby\n" {
+		t.Fatalf("group --delete: %q %v", out, err)
+	}
+	for _, args := range [][]string{{"group", "lobby"}, {"group", "lobby", "--delete"}} {
+		out, err = run(t, append(args, seed, "--log-level", "warn")...)
+		if ee := (*exitError)(nil); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(err.Error(), `no group "lobby"`) {
+			t.Fatalf("%v after the delete: %q %v", args, out, err)
+		}
+	}
+	if out, err = run(t, "groups", seed, "--json", "--log-level", "warn"); err != nil || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("groups after the delete: %q %v", out, err)
 	}
 }

@@ -15,9 +15,10 @@ import (
 
 func newGroupInfo(g *globals) *cobra.Command {
 	var o adminOpts
+	var del bool
 	cmd := &cobra.Command{
 		Use:   "group GROUP",
-		Short: "Show a group's view, order log and members",
+		Short: "Show a group's view, order log and members, or delete an empty group",
 		Long: `Read GROUP's metadata from its home memnode and print it: the current view,
 the messages ordered so far, the part of the order log still kept (head to
 tail, in bytes), every member of the view with the position it last
@@ -31,9 +32,20 @@ once the log is full, every sender). Removed members are reclaimed by the
 oldest member once the log is trimmed past their removal, or by the last
 member to leave.
 
-Exit status: 0, 1 if the group does not exist, 2 on other errors.`,
+--delete deletes GROUP instead. It must be empty: no member, and no removed
+member whose slot and queue are not reclaimed yet (the last member's Leave
+reclaims them, in the background for a moment when other leavers were
+still delivering). Its name and its metadata (the order log included) are
+then free for new groups; a group created again under that name starts a
+new history, its view ids and positions going on from the old numbers.
+Each memnode's index holds 1024 group names: programs that make up names
+(one group per session, say) delete their groups when done.
+
+Exit status: 0, 1 if the group does not exist, 2 on other errors (with
+--delete, a group that is not empty).`,
 		Example: `  tutti group lobby
-  tutti group lobby --json | jq '.members[].name'`,
+  tutti group lobby --json | jq '.members[].name'
+  tutti group session-4711 --delete`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, ctx, done, err := o.openGCS(cmd, g, "group")
@@ -41,6 +53,17 @@ Exit status: 0, 1 if the group does not exist, 2 on other errors.`,
 				return err
 			}
 			defer done()
+			if del {
+				err := n.Delete(ctx, args[0])
+				switch {
+				case errors.Is(err, gcs.ErrNoGroup):
+					return &exitError{1, fmt.Errorf("no group %q", args[0])}
+				case err != nil:
+					return &exitError{2, err}
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "deleted group %s\n", args[0])
+				return nil
+			}
 			gi, err := n.Describe(ctx, args[0])
 			switch {
 			case errors.Is(err, gcs.ErrNoGroup):
@@ -56,6 +79,7 @@ Exit status: 0, 1 if the group does not exist, 2 on other errors.`,
 		},
 	}
 	o.register(cmd, false)
+	cmd.Flags().BoolVar(&del, "delete", false, "delete the group (it must be empty) instead of showing it")
 	return cmd
 }
 
