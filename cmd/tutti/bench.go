@@ -263,16 +263,7 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 					defer c.Close()
 					seeds = c.Seeds()
 					replicas = len(c.Memnodes()[0].Replicas)
-					replStats = func() replication.Stats {
-						var sum replication.Stats
-						for _, h := range c.Hosts {
-							st := h.Replication().Stats()
-							sum.LeaderChanges += st.LeaderChanges
-							sum.Fsyncs += st.Fsyncs
-							sum.Entries += st.Entries
-						}
-						return sum
-					}
+					replStats = func() replication.Stats { return sumReplStats(c) }
 					leaderHosts = func(mns []uint64) []uint64 {
 						out := make([]uint64, len(mns))
 						for i, mn := range mns {

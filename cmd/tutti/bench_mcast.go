@@ -28,6 +28,7 @@ import (
 
 	"github.com/tutti-gcs/tutti/gcs"
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/replication"
 )
 
 // mcastPoint is one measured point of `tutti bench mcast`; field names are
@@ -72,6 +73,11 @@ type mcastPoint struct {
 	// (the embedded cluster's servers).
 	MembersCPU float64 `json:"members_cpu"`
 	ClusterCPU float64 `json:"cluster_cpu"`
+	// Embedded cluster only, summed over its hosts, per message multicast
+	// (warm-up included, as the CPU figures): log engine commits with
+	// fsync and Raft entries proposed.
+	FsyncsPerMsg      float64 `json:"fsyncs_per_msg,omitempty"`
+	RaftEntriesPerMsg float64 `json:"raft_entries_per_msg,omitempty"`
 	// Crash mode: trials, the views seen, and crash-to-new-view-at-every-
 	// survivor percentiles (P50ms/P99ms/MaxMs).
 	Trials     int      `json:"trials,omitempty"`
@@ -177,7 +183,10 @@ N times SIGKILLs one member, measuring the time until every survivor
 delivered the view without it (membership-driven removal), restarting the
 victim in between.
 
-One JSON object per measured point with --json.`,
+One JSON object per measured point with --json. With the embedded cluster
+it also counts, over its hosts, the log engine's fsyncs and the Raft
+entries proposed per message multicast ("fsyncs_per_msg",
+"raft_entries_per_msg"), warm-up included as for the CPU figures.`,
 		Example: `  tutti bench mcast
   tutti bench mcast --rates 100,1000,max --duration 5s --json --out bench-mcast.json
   tutti bench mcast --rates max --cpuprofile cluster.prof --member-cpuprofile /tmp/mprof
@@ -235,6 +244,7 @@ One JSON object per measured point with --json.`,
 			defer stopProfile()
 			embedded := !cmd.Flags().Changed("seed") && os.Getenv("TUTTI_SEED") == ""
 			seeds := splitSeeds(seed)
+			var replStats func() replication.Stats
 			if embedded {
 				c, err := startEmbedded(ctx, cluster.Config{NoSync: noSync, Logger: log.Level(max(log.GetLevel(), zerolog.WarnLevel))})
 				if err != nil {
@@ -242,6 +252,7 @@ One JSON object per measured point with --json.`,
 				}
 				defer c.Close()
 				seeds = c.Seeds()
+				replStats = func() replication.Stats { return sumReplStats(c) }
 			}
 			// Registered after the cluster's Close: written while it still
 			// holds its memory (inuse_space shows what it keeps).
@@ -293,7 +304,7 @@ One JSON object per measured point with --json.`,
 				}
 			}
 			b := &mcastBench{exe: exe, seeds: seeds, logDir: logDir, progress: progress, msgBytes: msgBytes,
-				group: fmt.Sprintf("bench-mcast-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6), gcsFlags: gcsFlags, memberProf: memberProf, memberLog: memberLog, senders: senders}
+				group: fmt.Sprintf("bench-mcast-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6), gcsFlags: gcsFlags, memberProf: memberProf, memberLog: memberLog, senders: senders, replStats: replStats}
 			defer b.stopAll()
 			if len(levels) > 0 {
 				if err := b.start(ctx, members, false); err != nil {
@@ -369,6 +380,9 @@ type mcastBench struct {
 	senders    int
 	members    []*mcastMember
 	spawns     int
+	// replStats sums the embedded cluster's replication counters (nil
+	// for an external cluster).
+	replStats func() replication.Stats
 }
 
 // spawn starts member index and waits for its ready line.
@@ -507,6 +521,10 @@ func (b *mcastBench) point(ctx context.Context, id uint32, rate float64, window 
 	}
 	fmt.Fprintf(b.progress, "bench mcast: point %d: %s per member, %v + %v warmup\n", id, label, dur, warmup)
 	cpu0 := cpuTime()
+	var repl0 replication.Stats
+	if b.replStats != nil {
+		repl0 = b.replStats()
+	}
 	for _, m := range b.members {
 		if err := m.enc.Encode(c); err != nil {
 			return mcastPoint{}, err
@@ -534,6 +552,10 @@ func (b *mcastBench) point(ctx context.Context, id uint32, rate float64, window 
 		p.LinkLostRatio = float64(lost) / float64(links+lost)
 	}
 	clusterCPU := cpuTime() - cpu0
+	var repl replication.Stats
+	if b.replStats != nil {
+		repl = b.replStats()
+	}
 	for _, m := range b.members {
 		if err := m.enc.Encode(mcastCmd{Cmd: "drain", Point: id, Sent: sent}); err != nil {
 			return p, err
@@ -576,6 +598,10 @@ func (b *mcastBench) point(ctx context.Context, id uint32, rate float64, window 
 	}
 	p.Samples = int(h.TotalCount())
 	p.SentPerMember = float64(total) / float64(n) / (warmup + dur).Seconds()
+	if b.replStats != nil && total > 0 {
+		p.FsyncsPerMsg = float64(repl.Fsyncs-repl0.Fsyncs) / float64(total)
+		p.RaftEntriesPerMsg = float64(repl.Entries-repl0.Entries) / float64(total)
+	}
 	for _, d := range delivered {
 		p.DeliveredPerMember += d / float64(n)
 	}

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tutti-gcs/tutti/internal/cluster"
 )
@@ -163,5 +167,53 @@ func TestBenchCAS2LevelsStartFromCurrentValues(t *testing.T) {
 		if p["ops"].(float64) <= 0 || p["not_committed"].(float64) != 0 || p["errors"].(float64) != 0 {
 			t.Fatalf("outstanding %v: ops %v, not committed %v, errors %v", p["outstanding"], p["ops"], p["not_committed"], p["errors"])
 		}
+	}
+}
+
+// bench mcast runs its members as processes of its own binary, so the test
+// builds tutti and runs it: a paced and a saturated point with two members
+// on its embedded cluster. Every point must carry the JSON contract of the
+// benchmark, deliver what was sent, and lose nothing.
+func TestBenchMcastCommand(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "tutti")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "bench", "mcast", "--members", "2", "--rates", "200,max", "--window", "64",
+		"--duration", "1s", "--warmup", "300ms", "--no-fsync", "--json", "--quiet").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench mcast: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want 2 points, got:\n%s", out)
+	}
+	var points []map[string]any
+	for i, l := range lines {
+		var p map[string]any
+		if err := json.Unmarshal([]byte(l), &p); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		points = append(points, p)
+		for _, k := range []string{"members", "msg_bytes", "offered_per_sec", "delivered_per_member_per_sec", "p50_ms", "p99_ms", "lost"} {
+			if _, ok := p[k]; !ok {
+				t.Fatalf("point %d lacks %q: %s", i, k, l)
+			}
+		}
+		if p["members"].(float64) != 2 || p["msg_bytes"].(float64) != 1024 || p["lost"].(float64) != 0 || p["errors"].(float64) != 0 {
+			t.Fatalf("point %d: %s", i, l)
+		}
+		if d := p["delivered_per_member_per_sec"].(float64); d <= 0 || p["p50_ms"].(float64) <= 0 || p["p99_ms"].(float64) < p["p50_ms"].(float64) {
+			t.Fatalf("point %d: nothing delivered or no latency: %s", i, l)
+		}
+		// Without fsync the engine never syncs; Raft entries are counted.
+		if e, _ := p["raft_entries_per_msg"].(float64); e <= 0 || p["fsyncs_per_msg"] != nil {
+			t.Fatalf("point %d: raft_entries_per_msg %v, fsyncs_per_msg %v with --no-fsync", i, p["raft_entries_per_msg"], p["fsyncs_per_msg"])
+		}
+	}
+	if points[0]["offered_per_sec"] != 200.0 || points[0]["saturation"] != false || points[1]["saturation"] != true {
+		t.Fatalf("points: offered %v (saturation %v), then saturation %v; want 200/s, then max", points[0]["offered_per_sec"], points[0]["saturation"], points[1]["saturation"])
 	}
 }

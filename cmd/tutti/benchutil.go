@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/replication"
 )
 
 // startCPUProfile writes a Go CPU profile to path until the returned stop is
@@ -94,4 +95,17 @@ func jsonSinks(stdout io.Writer, asJSON bool, outFile string) (sinks []io.Writer
 		return nil, nil, err
 	}
 	return append(sinks, f), func() { f.Close() }, nil
+}
+
+// sumReplStats sums the counters of the embedded cluster's hosts that the
+// benchmarks report (leader changes, fsyncs, Raft entries).
+func sumReplStats(c *cluster.Cluster) replication.Stats {
+	var sum replication.Stats
+	for _, h := range c.Hosts {
+		st := h.Replication().Stats()
+		sum.LeaderChanges += st.LeaderChanges
+		sum.Fsyncs += st.Fsyncs
+		sum.Entries += st.Entries
+	}
+	return sum
 }
