@@ -154,15 +154,11 @@ func (n *Node) Delete(ctx context.Context, group string) error {
 	if group == "" || len(group) > MaxGroupName {
 		return fmt.Errorf("%w: group name must be 1..%d bytes", ErrInvalid, MaxGroupName)
 	}
-	unknown := false
 	for attempt := 0; ; attempt++ {
 		if attempt == 50 {
 			return fmt.Errorf("gcs: delete %s: the group keeps changing", group)
 		}
 		ref, err := n.lookup(ctx, group, false)
-		if errors.Is(err, ErrNoGroup) && unknown {
-			return nil // our delete went through
-		}
 		if err != nil {
 			return fmt.Errorf("gcs: delete %s: %w", group, err)
 		}
@@ -202,7 +198,24 @@ func (n *Node) Delete(ctx context.Context, group string) error {
 			Write(ref.home, FreeMetaAddr, le.AppendUint64(nil, ref.meta)))
 		switch {
 		case err != nil && errors.Is(err, client.ErrUnknownOutcome):
-			unknown = true
+			// Settle it on this group, not on one created under the
+			// name since: if its index slot no longer names it, it is
+			// deleted (by us or a concurrent Delete).
+			gone := false
+			rerr := n.retry(ctx, func() error {
+				_, err := n.readMeta(ctx, ref)
+				if errors.Is(err, ErrNoGroup) {
+					gone, err = true, nil
+				}
+				return err
+			})
+			switch {
+			case gone:
+				return nil
+			case rerr != nil:
+				return fmt.Errorf("gcs: delete %s: %w", group, errors.Join(err, rerr))
+			}
+			// Still there: the delete did not commit; again.
 		case err != nil:
 			return fmt.Errorf("gcs: delete %s: %w", group, err)
 		case res.Committed:
