@@ -217,13 +217,17 @@ func (n *Node) lookup(ctx context.Context, name string, create bool) (groupRef, 
 		res, err := n.exec(ctx, tx)
 		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 			b, rerr := n.read(ctx, home, addr, IndexSlotSize)
-			if rerr != nil {
-				// The claim may have committed: the index may name
-				// our region, which must then not be released.
+			if rerr != nil || !bytes.Equal(b, entry) {
+				// The claim may have committed (and the group been
+				// deleted since, its region listed or even taken by
+				// another group): the region must never be released.
+				// At worst it is lost.
 				created = nil
-				return groupRef{}, errors.Join(err, rerr)
+				if rerr != nil {
+					return groupRef{}, errors.Join(err, rerr)
+				}
 			}
-			res = &client.Result{Committed: bytes.Equal(b, entry)}
+			res = &client.Result{Committed: rerr == nil && bytes.Equal(b, entry)}
 			err = nil
 		}
 		if err != nil {
