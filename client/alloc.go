@@ -302,7 +302,27 @@ func (a *Allocator) plan(ctx context.Context, n, tag uint64, h []byte) (allocPla
 // out-of-range region, and one that is not currently allocated with that
 // length (freed twice, or never returned by Alloc). If a minitransaction's
 // outcome is unknown, Free reads the block back to find out.
-func (a *Allocator) Free(ctx context.Context, r Region) error {
+func (a *Allocator) Free(ctx context.Context, r Region) error { return a.free(ctx, r, nil) }
+
+// ErrGuardFailed: a compare of FreeWith's guard did not match; nothing was
+// freed or written.
+var ErrGuardFailed = errors.New("tutti: free: guard compare failed")
+
+// FreeWith frees r as Free does, in the same minitransaction as guard's
+// compares and writes (on any memnodes): r is freed exactly when they all
+// match, and then guard's writes are applied with it. A guard lets the
+// record that names r (an owner's slot, say) be cleared atomically with
+// the free, so that whoever retries after a failure or a crash can tell
+// whether r is still to be freed, and r is never freed twice. guard must
+// not have reads (ErrInvalid). ErrGuardFailed when a guard compare fails.
+func (a *Allocator) FreeWith(ctx context.Context, r Region, guard *Tx) error {
+	if guard == nil || len(guard.reads) > 0 {
+		return fmt.Errorf("%w: free: the guard must be a minitransaction without reads", ErrInvalid)
+	}
+	return a.free(ctx, r, guard)
+}
+
+func (a *Allocator) free(ctx context.Context, r Region, guard *Tx) error {
 	mn := a.cfg.Memnode
 	switch {
 	case r.Memnode != mn:
@@ -339,6 +359,10 @@ func (a *Allocator) Free(ctx context.Context, r Region) error {
 			Compare(mn, block, raw).
 			Write(mn, block, words(r.Len|blockFree, word(h, 1))).
 			Write(mn, a.cfg.Base+8, words(block))
+		if guard != nil {
+			tx.compares = append(tx.compares, guard.compares...)
+			tx.writes = append(tx.writes, guard.writes...)
+		}
 		res, err := a.c.Exec(ctx, state(tx))
 		if err != nil {
 			if !isUnknown(err) {
@@ -358,6 +382,9 @@ func (a *Allocator) Free(ctx context.Context, r Region) error {
 		}
 		if res.Committed {
 			return nil
+		}
+		if res.FailedCompare >= 2 {
+			return ErrGuardFailed // compares 0 and 1 are the allocator's
 		}
 		h = nil
 		if len(res.Reads) == 2 {

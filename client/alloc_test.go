@@ -335,3 +335,54 @@ func allocWorker(ctx context.Context, cl *client.Client, a *client.Allocator, wo
 	}
 	return nil
 }
+
+// FreeWith frees a region in one minitransaction with a guard: here the
+// owner's record on another memnode, which the free clears. A failed guard
+// compare frees and writes nothing; a matching one frees the region and
+// applies the guard's writes together, so the region is freed exactly once
+// however often the owner's cleanup is retried.
+func TestFreeWithGuard(t *testing.T) {
+	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2})
+	cl := newClient(t, c.Seeds())
+	ctx := ctxT(t)
+	a, err := client.NewAllocator(cl, client.AllocatorConfig{Memnode: 0, Base: 0x1000, Limit: 0x100000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.Alloc(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const owner = 0x2000 // on memnode 1: the guard makes it two-phase
+	if _, err := cl.Exec(ctx, client.NewTx().Write(1, owner, []byte("owner-01"))); err != nil {
+		t.Fatal(err)
+	}
+	record := func() string {
+		res, err := cl.Exec(ctx, client.NewTx().Read(1, owner, 8))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(res.Reads[0])
+	}
+
+	err = a.FreeWith(ctx, r, client.NewTx().Compare(1, owner, []byte("owner-02")).Write(1, owner, make([]byte, 8)))
+	if !errors.Is(err, client.ErrGuardFailed) || record() != "owner-01" {
+		t.Fatalf("FreeWith with a failing guard: %v, record %q", err, record())
+	}
+	if err := a.FreeWith(ctx, r, client.NewTx().Read(1, owner, 8)); !errors.Is(err, client.ErrInvalid) {
+		t.Fatalf("FreeWith with a read in the guard: %v, want ErrInvalid", err)
+	}
+	// Still allocated: nothing above freed it. Now the guard matches.
+	if err := a.FreeWith(ctx, r, client.NewTx().Compare(1, owner, []byte("owner-01")).Write(1, owner, make([]byte, 8))); err != nil {
+		t.Fatalf("FreeWith: %v", err)
+	}
+	if got := record(); got != string(make([]byte, 8)) {
+		t.Fatalf("record after FreeWith: %q, want zeros", got)
+	}
+	if err := a.Free(ctx, r); !errors.Is(err, client.ErrInvalid) {
+		t.Fatalf("second free: %v, want ErrInvalid (freed once, by FreeWith)", err)
+	}
+	if again, err := a.Alloc(ctx, 100); err != nil || again != r {
+		t.Fatalf("Alloc after FreeWith: %+v %v, want the freed region %+v", again, err, r)
+	}
+}

@@ -50,3 +50,10 @@ func StaleRef(ctx context.Context, n *Node, group string) (read func(context.Con
 		return err
 	}, nil
 }
+
+// FailReclaimFrees makes the next n reclaim rounds' frees fail; restore
+// clears what is left.
+func FailReclaimFrees(n int32) (restore func()) {
+	failReclaimFrees.Store(n)
+	return func() { failReclaimFrees.Store(0) }
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/tutti-gcs/tutti/client"
@@ -157,48 +158,52 @@ func (g *Group) trimAndReclaim(ctx context.Context, ms metaState, minLog uint64)
 	return done
 }
 
-// reclaim frees a removed member's slot and regions: one minitransaction
-// zeroes the slot (comparing it) and the queue's fence word, so a removed
-// member still writing its queue fails its fence compare; then the regions
-// are freed. It reports whether this call reclaimed the slot.
+// failReclaimFrees is a failpoint for tests: while positive, a reclaim
+// round decrements it and its frees fail (their context is cancelled).
+var failReclaimFrees atomic.Int32
+
+// reclaim frees a removed member's slot and regions. Each region is freed
+// in the minitransaction that removes the slot's reference to it
+// (client.Allocator.FreeWith, guarded by the slot as read): first an
+// unconsumed state region, marking it consumed; then the queue, zeroing
+// the slot and the queue's fence word, so a removed member still writing
+// its queue fails its fence compare. A free that fails or is cut short
+// leaves the slot naming what is left, for the next round (or the next
+// oldest member) to free: nothing is freed twice, nothing is lost. It
+// reports whether this call reclaimed the slot.
 func (g *Group) reclaim(ctx context.Context, m member) bool {
 	n := g.n
-	tx := client.NewTx().Compare(g.ref.home, g.ref.slotAddr(m.slot), m.encode()).
-		Write(g.ref.home, g.ref.slotAddr(m.slot), make([]byte, memberSize))
-	a := n.allocs[m.qMemnode]
-	if a != nil && m.qLen >= 8 {
-		tx.Write(m.qMemnode, m.qAddr, make([]byte, 8))
-	}
-	res, err := n.exec(ctx, tx)
-	if err != nil || !res.Committed {
-		return false // the slot changed (published, reclaimed): next round
-	}
-	// We zeroed the slot, so nobody else will free its regions: neither
-	// this member stopping (Leave, Close cancel ctx) nor a transient
-	// failure may cut the frees short; a Free that still fails leaks its
-	// region.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reclaimFreeTimeout)
-	defer cancel()
-	if a != nil && m.qLen >= 8 {
-		if err := n.retry(ctx, func() error {
-			return a.Free(ctx, client.Region{Memnode: m.qMemnode, Addr: m.qAddr, Len: m.qLen})
-		}); err != nil {
-			n.log.Debug().Err(err).Str("member", m.name).Msg("freeing a removed member's queue")
-		}
+	home, slot := g.ref.home, g.ref.slotAddr(m.slot)
+	if failReclaimFrees.Load() > 0 && failReclaimFrees.Add(-1) >= 0 {
+		c, cancel := context.WithCancel(ctx)
+		cancel()
+		ctx = c // a test's failpoint: this round's frees fail
 	}
 	if a := n.allocs[m.stMemnode]; a != nil && m.stStatus == stReady {
-		if err := n.retry(ctx, func() error {
-			return a.Free(ctx, client.Region{Memnode: m.stMemnode, Addr: m.stAddr, Len: m.stLn})
-		}); err != nil {
-			n.log.Debug().Err(err).Str("member", m.name).Msg("freeing unclaimed state")
+		next := m
+		next.stStatus = stConsumed
+		r := client.Region{Memnode: m.stMemnode, Addr: m.stAddr, Len: m.stLn}
+		if err := a.FreeWith(ctx, r, client.NewTx().Compare(home, slot, m.encode()).Write(home, slot, next.encode())); err != nil {
+			n.log.Debug().Err(err).Str("member", m.name).Msg("freeing unclaimed state (next round)")
+			return false
 		}
+		m = next
+	}
+	zero := client.NewTx().Compare(home, slot, m.encode()).Write(home, slot, make([]byte, memberSize))
+	a := n.allocs[m.qMemnode]
+	if a == nil || m.qLen < 8 {
+		res, err := n.exec(ctx, zero)
+		return err == nil && res.Committed
+	}
+	zero.Write(m.qMemnode, m.qAddr, make([]byte, 8))
+	if err := a.FreeWith(ctx, client.Region{Memnode: m.qMemnode, Addr: m.qAddr, Len: m.qLen}, zero); err != nil {
+		// The slot changed (published, reclaimed) or the free did not
+		// finish: next round.
+		n.log.Debug().Err(err).Str("member", m.name).Msg("reclaiming a removed member's queue (next round)")
+		return false
 	}
 	return true
 }
-
-// reclaimFreeTimeout bounds the frees of a reclaimed slot's regions, which
-// outlive the member's own context (and so may delay its Leave or Close).
-const reclaimFreeTimeout = 2 * time.Second
 
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {

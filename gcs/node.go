@@ -383,7 +383,7 @@ func (n *Node) popMeta(ctx context.Context, home uint64) (r client.Region, ok bo
 // releaseMeta puts a metadata region that no index slot names (newMeta's,
 // when the claim failed) on home's free list; if that fails it is lost.
 func (n *Node) releaseMeta(ctx context.Context, r client.Region) {
-	ctx, cancel := context.WithTimeout(ctx, reclaimFreeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
 	defer cancel()
 	err := n.retry(ctx, func() error {
 		hb, err := n.read(ctx, r.Memnode, r.Addr, metaHeader)
@@ -417,6 +417,9 @@ func (n *Node) releaseMeta(ctx context.Context, r client.Region) {
 		n.log.Debug().Err(err).Uint64("memnode", r.Memnode).Uint64("addr", r.Addr).Msg("returning unused group metadata to the free list")
 	}
 }
+
+// releaseTimeout bounds releaseMeta, which outlives its caller's context.
+const releaseTimeout = 2 * time.Second
 
 // errRetry: a compare failed because another process changed what was
 // read; read again.

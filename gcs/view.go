@@ -313,15 +313,17 @@ func (g *Group) receiveState(ctx context.Context, provider uint64) (retry bool, 
 			if err := g.opts.Restore(data); err != nil {
 				return false, fmt.Errorf("%w: restore: %w", ErrStateTransfer, err)
 			}
+			// Marked consumed in the minitransaction that frees the
+			// region: if it fails, the slot still names the region and
+			// the slot's reclaim frees it (reclaim).
 			slot := g.ref.slotAddr(g.self.slot)
-			res, err := n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).
-				Write(g.ref.home, slot+offStState, le.AppendUint64(nil, stConsumed)))
-			if err == nil && res.Committed {
-				// Marked consumed: nobody else frees it, so Join's ctx
-				// ending now must not cut the Free short.
-				r := client.Region{Memnode: me.stMemnode, Addr: me.stAddr, Len: me.stLn}
-				if ferr := n.allocs[r.Memnode].Free(context.WithoutCancel(ctx), r); ferr != nil {
-					n.log.Debug().Err(ferr).Msg("freeing the state region")
+			r := client.Region{Memnode: me.stMemnode, Addr: me.stAddr, Len: me.stLn}
+			if a := n.allocs[r.Memnode]; a != nil {
+				guard := client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).
+					Compare(g.ref.home, slot+offStState, le.AppendUint64(nil, stReady)).
+					Write(g.ref.home, slot+offStState, le.AppendUint64(nil, stConsumed))
+				if ferr := a.FreeWith(ctx, r, guard); ferr != nil {
+					n.log.Debug().Err(ferr).Msg("freeing the state region (left to the slot's reclaim)")
 				}
 			}
 			return false, nil
