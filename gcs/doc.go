@@ -150,15 +150,16 @@
 //     confirmed dead or without progress for max(5×TakeoverTimeout,
 //     100×GCInterval)), and
 //     reclaims the slots of removed members once head passed their removal
-//     (zeroing slot and queue fence in one minitransaction, then freeing
-//     the queue). Senders reuse their queue ring below the oldest batch the
+//     (freeing the queue in the minitransaction that zeroes the slot and
+//     the queue's fence, client.Allocator.FreeWith: a free that fails
+//     leaves the slot for the next round, so no queue is lost). Senders reuse their queue ring below the oldest batch the
 //     log still references. A full log or queue blocks senders (flow
 //     control), so memory is bounded by LogCapacity and QueueCapacity.
 //     A member whose Leave empties the view does the oldest member's
 //     trimming and reclaiming for the empty view, its own slot and queue
 //     included (gc.go, "The last member out"). The group's metadata and
-//     index slot stay: a name once used keeps 64 + MaxMembers×256 bytes
-//     and LogCapacity on its home memnode. Node.Describe shows a group's
+//     index slot stay (64 + MaxMembers×256 bytes and LogCapacity on its
+//     home memnode) until Node.Delete. Node.Describe shows a group's
 //     view, log bounds and the removed members not yet reclaimed.
 //
 // # Performance
