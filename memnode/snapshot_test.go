@@ -47,4 +47,11 @@ func TestSnapshotBufferSizedOnce(t *testing.T) {
 	if !bytes.Equal(m2.Snapshot(), b) {
 		t.Fatal("the restored memnode's snapshot differs")
 	}
+	// AppendSnapshot into the previous snapshot's buffer: the same bytes,
+	// in the same memory (what the memnode service does between
+	// snapshots).
+	again := m.AppendSnapshot(b[:0])
+	if !bytes.Equal(again, m2.Snapshot()) || &again[0] != &b[0] {
+		t.Fatalf("AppendSnapshot into the old buffer: equal %v, same memory %v", bytes.Equal(again, m2.Snapshot()), &again[0] == &b[0])
+	}
 }

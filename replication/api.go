@@ -34,7 +34,11 @@ type StateMachine interface {
 	// changing it. The host calls it only after the group has applied at least
 	// the ReadIndex of the read.
 	Query(q []byte) []byte
-	// Snapshot returns the full state as of the last applied command.
+	// Snapshot returns the full state as of the last applied command. The
+	// host does not keep the returned slice: it is stored (in a snapshot
+	// file, or in the log engine if empty) before the host's call returns,
+	// and read back from there to send it. So a state machine may reuse
+	// its buffer at its next Snapshot.
 	Snapshot() ([]byte, error)
 	// Restore replaces the whole state with a snapshot.
 	Restore(data []byte) error

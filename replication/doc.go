@@ -93,6 +93,13 @@
 // entries and SnapshotBytes/4 bytes behind the snapshot so slightly slow
 // followers catch up from the log; others receive the snapshot (MsgSnap),
 // which the transport reports back through Handler.ReportSnapshot.
+// A snapshot's data is written to its file (synced) and not kept in
+// memory: it is the whole state machine, which a replica would otherwise
+// hold twice, and the state machine may reuse its buffer for the next one
+// (StateMachine.Snapshot). raft asks for it (Storage.Snapshot) only to send
+// it to a follower behind the log; the log store then reads the engine's
+// latest snapshot back from its file, checksum verified, or tells raft to
+// try later if it cannot.
 // ChangeReplicas proposes one ConfChangeV2 (joint consensus with automatic
 // leave when more than one voter changes). A new replica is started with
 // StartGroup(group, nil, sm) and waits, empty, for the leader's snapshot.

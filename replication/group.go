@@ -136,12 +136,14 @@ type group struct {
 
 func newGroup(h *Host, id uint64, sm StateMachine, ms *raft.MemoryStorage, w *worker) *group {
 	return &group{
-		id:        id,
-		h:         h,
-		w:         w,
-		sm:        sm,
-		ms:        ms,
-		st:        &logStore{MemoryStorage: ms, eng: h.eng, group: id, reads: &h.stats.logReads},
+		id: id,
+		h:  h,
+		w:  w,
+		sm: sm,
+		ms: ms,
+		st: &logStore{MemoryStorage: ms, eng: h.eng, group: id, reads: &h.stats.logReads, onLoadError: func(err error) {
+			h.log.Error().Err(err).Uint64("group", id).Msg("cannot read the snapshot back to send it; raft retries later")
+		}},
 		confState: pb.EnsureConfState(nil),
 		inflight:  make(map[uint64]*proposal),
 		readsPend: make(map[uint64]*readBatch),
@@ -636,7 +638,7 @@ func (g *group) maybeSnapshot(b *logBatch) {
 		_ = g.h.eng.removeSnapFiles(g.id, g.snapFile)
 		return
 	}
-	g.st.snap = snap
+	g.st.snap = withoutData(snap)
 	g.snapFile = file
 	g.snapWritten = true
 	g.snapIndex = g.applied
@@ -916,7 +918,7 @@ func (w *worker) cycle() {
 	for i := range rds {
 		rd, g := &rds[i], gs[i]
 		if !raft.IsEmptySnap(rd.Snapshot) {
-			if err := g.ms.ApplySnapshot(rd.Snapshot); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
+			if err := g.ms.ApplySnapshot(withoutData(rd.Snapshot)); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
 				panic(fmt.Sprintf("replication: group %d: apply snapshot: %v", g.id, err))
 			}
 			g.st.syncFirst() // the engine dropped its log too

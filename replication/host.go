@@ -238,7 +238,7 @@ func (h *Host) openGroup(id uint64, peers []uint64, sm StateMachine, w *worker) 
 	switch {
 	case found:
 		if pg.snap != nil && !raft.IsEmptySnap(pg.snap) {
-			if err := ms.ApplySnapshot(pg.snap); err != nil {
+			if err := ms.ApplySnapshot(withoutData(pg.snap)); err != nil {
 				return nil, err
 			}
 			if err := g.restore(pg.snap); err != nil {

@@ -216,6 +216,13 @@ func TestPartitionedFollowerCatchesUpBySnapshot(t *testing.T) {
 	if c.host(victim).Stats().Restores == restoresBefore {
 		t.Fatalf("victim caught up without a snapshot")
 	}
+	// Neither replica keeps a snapshot's data in memory (it is the whole
+	// state machine): the leader read it back from its engine to send it
+	// (the victim could not have caught up otherwise), and the victim's
+	// log store keeps only the restored snapshot's metadata.
+	if s, _ := c.host(victim).mustGroup(t, 1).ms.Snapshot(); s.GetMetadata().GetIndex() <= 1 || len(s.GetData()) != 0 {
+		t.Fatalf("victim's log store snapshot: index %d, %d bytes of data kept", s.GetMetadata().GetIndex(), len(s.GetData()))
+	}
 }
 
 // mustGroup is for tests that look inside (only read fields safe to read

@@ -36,18 +36,44 @@ type logStore struct {
 	// first is the first index the engine holds (the log's FirstIndex);
 	// firstTerm is the term of first-1, kept for raft's matching.
 	first, firstTerm uint64
-	// snap is the latest snapshot taken here (the cache's is the latest
-	// restored one): kept here to spare MemoryStorage.CreateSnapshot's copy.
+	// snap is the metadata of the latest snapshot taken here (the cache's
+	// is the latest restored one's, also without data). Neither keeps the
+	// data: a snapshot is the whole state machine, which would be held
+	// twice. Snapshot reads it back from the engine.
 	snap *pb.Snapshot
+	// onLoadError reports a snapshot the engine could not give back.
+	onLoadError func(error)
 }
 
-// Snapshot is the newer of the one taken here and the cache's.
+// Snapshot returns the latest snapshot (the newer of the one taken here and
+// the cache's) with its data, read back from the engine (its file, checksum
+// verified): raft asks only to send it to a follower that fell behind the
+// log. If the engine cannot give it back, raft is told to try later.
 func (s *logStore) Snapshot() (*pb.Snapshot, error) {
 	ms, err := s.MemoryStorage.Snapshot()
-	if s.snap != nil && (err != nil || s.snap.GetMetadata().GetIndex() > ms.GetMetadata().GetIndex()) {
-		return s.snap, nil
+	if err != nil {
+		return ms, err
 	}
-	return ms, err
+	idx := ms.GetMetadata().GetIndex()
+	if s.snap != nil {
+		idx = max(idx, s.snap.GetMetadata().GetIndex())
+	}
+	snap, _, err := s.eng.loadSnapshot(s.group)
+	if err == nil && (snap == nil || snap.GetMetadata().GetIndex() != idx) {
+		err = fmt.Errorf("replication: group %d: the engine's snapshot is not the latest (index %d)", s.group, idx)
+	}
+	if err != nil {
+		if s.onLoadError != nil {
+			s.onLoadError(err)
+		}
+		return nil, raft.ErrSnapshotTemporarilyUnavailable
+	}
+	return snap, nil
+}
+
+// withoutData is snap without its data, as the log store keeps snapshots.
+func withoutData(snap *pb.Snapshot) *pb.Snapshot {
+	return &pb.Snapshot{Metadata: snap.GetMetadata()}
 }
 
 var _ raft.Storage = (*logStore)(nil)

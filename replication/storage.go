@@ -179,31 +179,7 @@ func (e *engine) loadGroup(g uint64) (pg *persistedGroup, ok bool, err error) {
 	} else if !errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, err
 	}
-	if v, closer, err := e.db.Get(groupKey(g, kindSnapshot)); err == nil {
-		pg.snap, err = decodeSnapshot(v)
-		closer.Close()
-		if err != nil {
-			return nil, false, err
-		}
-	} else if !errors.Is(err, pebble.ErrNotFound) {
-		return nil, false, err
-	}
-	if v, closer, err := e.db.Get(groupKey(g, kindSnapFile)); err == nil {
-		var sum uint32
-		if len(v) > 4 {
-			sum, pg.snapFile = binary.BigEndian.Uint32(v), string(v[4:])
-		}
-		closer.Close()
-		if pg.snap == nil || pg.snapFile == "" {
-			return nil, false, fmt.Errorf("replication: group %d: corrupt snapshot file reference", g)
-		}
-		if pg.snap.Data, err = e.readSnapFile(pg.snapFile); err != nil {
-			return nil, false, err
-		}
-		if got := crc32.Checksum(pg.snap.Data, crcTable); got != sum {
-			return nil, false, fmt.Errorf("replication: group %d: snapshot file %s is corrupt (checksum %08x, want %08x)", g, pg.snapFile, got, sum)
-		}
-	} else if !errors.Is(err, pebble.ErrNotFound) {
+	if pg.snap, pg.snapFile, err = e.loadSnapshot(g); err != nil {
 		return nil, false, err
 	}
 	it, err := e.db.NewIter(&pebble.IterOptions{
@@ -290,6 +266,40 @@ func (b *logBatch) setHardState(g uint64, hs *pb.HardState) {
 	binary.BigEndian.PutUint64(v[8:], hs.GetVote())
 	binary.BigEndian.PutUint64(v[16:], hs.GetCommit())
 	_ = b.b.Set(groupKey(g, kindHardState), v, nil)
+}
+
+// loadSnapshot reads group g's latest snapshot, its data included (from
+// its file, checksum verified), and the file's name ("" if inline); nil if
+// there is none.
+func (e *engine) loadSnapshot(g uint64) (snap *pb.Snapshot, file string, err error) {
+	if v, closer, err := e.db.Get(groupKey(g, kindSnapshot)); err == nil {
+		snap, err = decodeSnapshot(v)
+		closer.Close()
+		if err != nil {
+			return nil, "", err
+		}
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return nil, "", err
+	}
+	if v, closer, err := e.db.Get(groupKey(g, kindSnapFile)); err == nil {
+		var sum uint32
+		if len(v) > 4 {
+			sum, file = binary.BigEndian.Uint32(v), string(v[4:])
+		}
+		closer.Close()
+		if snap == nil || file == "" {
+			return nil, "", fmt.Errorf("replication: group %d: corrupt snapshot file reference", g)
+		}
+		if snap.Data, err = e.readSnapFile(file); err != nil {
+			return nil, "", err
+		}
+		if got := crc32.Checksum(snap.Data, crcTable); got != sum {
+			return nil, "", fmt.Errorf("replication: group %d: snapshot file %s is corrupt (checksum %08x, want %08x)", g, file, got, sum)
+		}
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return nil, "", err
+	}
+	return snap, file, nil
 }
 
 // setSnapshot stores snap as the group's latest snapshot. If dropLog, every

@@ -16,6 +16,7 @@ type machine struct {
 	w       *watchTarget
 	written []wrange      // scratch, reused across Apply calls
 	entry   memnode.Entry // scratch: every command decodes into it
+	snapBuf []byte        // the last snapshot's buffer, reused by the next
 }
 
 var _ replication.StateMachine = (*machine)(nil)
@@ -81,7 +82,12 @@ func (s *machine) appendInDoubtWrites(written []wrange, tid memnode.TID) []wrang
 // Query answers a read-only minitransaction or an inspection (memnode.Answer).
 func (s *machine) Query(q []byte) []byte { return s.m.Answer(q) }
 
-func (s *machine) Snapshot() ([]byte, error) { return s.m.Snapshot(), nil }
+// Snapshot encodes the memnode into the buffer of the previous snapshot:
+// the host keeps no reference to it (replication.StateMachine).
+func (s *machine) Snapshot() ([]byte, error) {
+	s.snapBuf = s.m.AppendSnapshot(s.snapBuf[:0])
+	return s.snapBuf, nil
+}
 
 func (s *machine) Restore(data []byte) error {
 	err := s.m.Restore(data)
