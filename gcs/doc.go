@@ -150,9 +150,11 @@
 //     confirmed dead or without progress for max(5×TakeoverTimeout,
 //     100×GCInterval)), and
 //     reclaims the slots of removed members once head passed their removal
-//     (freeing the queue in the minitransaction that zeroes the slot and
-//     the queue's fence, client.Allocator.FreeWith: a free that fails
-//     leaves the slot for the next round, so no queue is lost). Senders reuse their queue ring below the oldest batch the
+//     (in three steps: mark the slot and write a marker into the queue's
+//     fence; free the queue on its own memnode, guarded by the marker;
+//     zero the slot. A step that fails leaves the slot saying what is
+//     left, so no queue is lost or freed twice, and the allocator's header
+//     never waits on another memnode; gc.go, reclaim). Senders reuse their queue ring below the oldest batch the
 //     log still references. A full log or queue blocks senders (flow
 //     control), so memory is bounded by LogCapacity and QueueCapacity.
 //     A member whose Leave empties the view does the oldest member's

@@ -1,6 +1,10 @@
 package gcs
 
-import "context"
+import (
+	"context"
+
+	"github.com/tutti-gcs/tutti/client"
+)
 
 // DeliveryCounts returns how often g's delivery took order-log records
 // from watch event data (without a read) and how often it read the log.
@@ -56,4 +60,27 @@ func StaleRef(ctx context.Context, n *Node, group string) (read func(context.Con
 func FailReclaimFrees(n int32) (restore func()) {
 	failReclaimFrees.Store(n)
 	return func() { failReclaimFrees.Store(0) }
+}
+
+// StateConsumed is a member slot's state-transfer status once the joiner
+// restored the state and freed its region.
+const StateConsumed = stConsumed
+
+// StateOf returns the state-transfer status and region in the slot of
+// group's member named name.
+func StateOf(ctx context.Context, n *Node, group, name string) (status uint64, r client.Region, err error) {
+	ref, err := n.lookup(ctx, group, false)
+	if err != nil {
+		return 0, client.Region{}, err
+	}
+	ms, err := n.readMeta(ctx, ref)
+	if err != nil {
+		return 0, client.Region{}, err
+	}
+	for _, m := range ms.members {
+		if m.tag != 0 && m.name == name {
+			return m.stStatus, client.Region{Memnode: m.stMemnode, Addr: m.stAddr, Len: m.stLn}, nil
+		}
+	}
+	return 0, client.Region{}, ErrNotMember
 }

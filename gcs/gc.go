@@ -159,50 +159,85 @@ func (g *Group) trimAndReclaim(ctx context.Context, ms metaState, minLog uint64)
 }
 
 // failReclaimFrees is a failpoint for tests: while positive, a reclaim
-// round decrements it and its frees fail (their context is cancelled).
+// round decrements it and its frees fail (their context is cancelled)
+// after the slot was marked.
 var failReclaimFrees atomic.Int32
 
 // reclaim frees a removed member's slot and regions. Each region is freed
-// in the minitransaction that removes the slot's reference to it
-// (client.Allocator.FreeWith, guarded by the slot as read): first an
-// unconsumed state region, marking it consumed; then the queue, zeroing
-// the slot and the queue's fence word, so a removed member still writing
-// its queue fails its fence compare. A free that fails or is cut short
-// leaves the slot naming what is left, for the next round (or the next
-// oldest member) to free: nothing is freed twice, nothing is lost. It
-// reports whether this call reclaimed the slot.
+// in three steps, so that a step that fails or is cut short leaves the slot
+// saying what is left for the next round (or the next oldest member), and
+// nothing is freed twice or lost: (1) one minitransaction marks the slot
+// (state: stFreeing; queue: retiredFreeing) and writes freeMarker into the
+// region's first word (for the queue, its fence: a removed member still
+// writing its queue fails its fence compare); (2) the region is freed by a
+// minitransaction on its own memnode guarded by that marker, which it
+// zeroes (client.Allocator.FreeWith: the allocator's header never waits on
+// another memnode's vote); a guard that fails means an earlier round freed
+// it; (3) the slot is updated (state: stConsumed) or, after the queue,
+// zeroed. It reports whether this call reclaimed the slot.
 func (g *Group) reclaim(ctx context.Context, m member) bool {
 	n := g.n
 	home, slot := g.ref.home, g.ref.slotAddr(m.slot)
+	freeCtx := ctx
 	if failReclaimFrees.Load() > 0 && failReclaimFrees.Add(-1) >= 0 {
 		c, cancel := context.WithCancel(ctx)
 		cancel()
-		ctx = c // a test's failpoint: this round's frees fail
+		freeCtx = c // a test's failpoint: this round's frees (step 2) fail
 	}
-	if a := n.allocs[m.stMemnode]; a != nil && m.stStatus == stReady {
-		next := m
-		next.stStatus = stConsumed
-		r := client.Region{Memnode: m.stMemnode, Addr: m.stAddr, Len: m.stLn}
-		if err := a.FreeWith(ctx, r, client.NewTx().Compare(home, slot, m.encode()).Write(home, slot, next.encode())); err != nil {
+	cur := m.encode() // the slot as the memnode holds it
+	mark := func(next member, mn, addr uint64) bool {
+		res, err := n.exec(ctx, client.NewTx().Compare(home, slot, cur).Write(home, slot, next.encode()).Write(mn, addr, freeMarker(m.tag)))
+		if err != nil || !res.Committed {
+			return false // the slot changed (published, reclaimed): next round
+		}
+		cur = next.encode()
+		return true
+	}
+	if sa := n.allocs[m.stMemnode]; sa != nil && (m.stStatus == stReady || m.stStatus == stFreeing) {
+		if m.stStatus == stReady {
+			next := m
+			next.stStatus = stFreeing
+			if !mark(next, m.stMemnode, m.stAddr) {
+				return false
+			}
+			m = next
+		}
+		if err := n.freeMarked(freeCtx, sa, client.Region{Memnode: m.stMemnode, Addr: m.stAddr, Len: m.stLn}, m.tag); err != nil {
 			n.log.Debug().Err(err).Str("member", m.name).Msg("freeing unclaimed state (next round)")
 			return false
 		}
-		m = next
+		m.stStatus = stConsumed // written with the slot below
 	}
-	zero := client.NewTx().Compare(home, slot, m.encode()).Write(home, slot, make([]byte, memberSize))
-	a := n.allocs[m.qMemnode]
-	if a == nil || m.qLen < 8 {
-		res, err := n.exec(ctx, zero)
-		return err == nil && res.Committed
+	qa := n.allocs[m.qMemnode]
+	if qa != nil && m.qLen >= 8 {
+		if m.retiredAt&retiredFreeing == 0 {
+			next := m
+			next.retiredAt |= retiredFreeing
+			if !mark(next, m.qMemnode, m.qAddr) {
+				return false
+			}
+			m = next
+		}
+		if err := n.freeMarked(freeCtx, qa, client.Region{Memnode: m.qMemnode, Addr: m.qAddr, Len: m.qLen}, m.tag); err != nil {
+			n.log.Debug().Err(err).Str("member", m.name).Msg("freeing a removed member's queue (next round)")
+			return false
+		}
 	}
-	zero.Write(m.qMemnode, m.qAddr, make([]byte, 8))
-	if err := a.FreeWith(ctx, client.Region{Memnode: m.qMemnode, Addr: m.qAddr, Len: m.qLen}, zero); err != nil {
-		// The slot changed (published, reclaimed) or the free did not
-		// finish: next round.
-		n.log.Debug().Err(err).Str("member", m.name).Msg("reclaiming a removed member's queue (next round)")
-		return false
+	res, err := n.exec(ctx, client.NewTx().Compare(home, slot, cur).Write(home, slot, make([]byte, memberSize)))
+	return err == nil && res.Committed
+}
+
+// freeMarked frees r if its first word still holds tag's freeMarker (step
+// 2 of reclaim), zeroing the word in the same minitransaction, on r's
+// memnode alone. A marker no longer there means r was freed already: done.
+func (n *Node) freeMarked(ctx context.Context, a *client.Allocator, r client.Region, tag uint64) error {
+	guard := client.NewTx().Compare(r.Memnode, r.Addr, freeMarker(tag)).Write(r.Memnode, r.Addr, make([]byte, 8))
+	err := a.FreeWith(ctx, r, guard)
+	if errors.Is(err, client.ErrGuardFailed) || errors.Is(err, client.ErrInvalid) {
+		// ErrInvalid: not allocated any more (freed, not reallocated).
+		return nil
 	}
-	return true
+	return err
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -228,8 +263,12 @@ func minTime(a, b time.Time) time.Time {
 // final position (publishFinal), so trimming resumes at once.
 
 // retiredLeft is the low bit of a slot's retiredAt (positions are
-// 8-aligned): the member was removed by its own Leave.
-const retiredLeft = 1
+// 8-aligned): the member was removed by its own Leave. retiredFreeing, the
+// next: its queue is being freed (reclaim).
+const (
+	retiredLeft    = 1
+	retiredFreeing = 2
+)
 
 // retiredPos is the log position of the view record that removed m.
 func retiredPos(m member) uint64 { return m.retiredAt &^ 7 }

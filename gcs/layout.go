@@ -82,7 +82,7 @@ const (
 	//	+40   qLen
 	//	+48   dLog       delivered order-log position (published for GC)
 	//	+56   dMsg       delivered message position (published for Stability)
-	//	+64   stStatus   state transfer to this member: stPending..stConsumed
+	//	+64   stStatus   state transfer to this member: stPending..stFreeing
 	//	+72   stMemnode  state region
 	//	+80   stAddr
 	//	+88   stLen      state bytes (region length is rounded up)
@@ -90,7 +90,8 @@ const (
 	//	                 record that removed it (the slot is freed, and the
 	//	                 queue reclaimed, once head passes it); positions
 	//	                 are 8-aligned and the low bit, retiredLeft, marks
-	//	                 a graceful Leave (see gc.go)
+	//	                 a graceful Leave (see gc.go); bit 1,
+	//	                 retiredFreeing, that the queue is being freed
 	//	+104  nameLen
 	//	+112  name       [144]byte "ID#incarnation"
 	offDLog    = 48
@@ -133,7 +134,16 @@ const (
 	stNone     = 2 // the provider has no Snapshot: nothing to restore
 	stFailed   = 3 // the provider's Snapshot failed
 	stConsumed = 4 // the joiner restored and freed the region
+	stFreeing  = 5 // the region is being freed: its first word is freeMarker
 )
+
+// freeMarker is what the first word of a member's queue (its fence) or
+// state region (its length) holds while the region is being freed, between
+// the minitransaction that marks the slot and the one that frees the region
+// (reclaim). The top bit set, it is neither a tag, a state length nor a
+// metadata magic, so once the region is freed (the free zeroes the word)
+// and allocated again, a late retry of the free cannot match it.
+func freeMarker(tag uint64) []byte { return le.AppendUint64(nil, 1<<63|tag) }
 
 var le = binary.LittleEndian
 

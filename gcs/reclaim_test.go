@@ -233,12 +233,13 @@ func TestGroupsListsEveryGroup(t *testing.T) {
 	}
 }
 
-// TestReclaimSurvivesFailedFrees: a removed member's queue is freed in the
-// minitransaction that zeroes its slot, so a free that fails (here the
-// first rounds' frees, by a failpoint) leaves the slot for the next round.
-// Before, the slot was zeroed first and the queue freed next: a free that
-// failed or took longer than its 2 s bound (CI under load) lost the queue
-// for good, 16 MiB each.
+// TestReclaimSurvivesFailedFrees: a removed member's queue is freed after
+// its slot was marked (retiredFreeing, the marker in the fence) and before
+// the slot is zeroed, so a free that fails (here the first rounds' frees,
+// by a failpoint) leaves the marked slot for the next round, which frees
+// the queue and zeroes the slot. Before, the slot was zeroed first and the
+// queue freed next: a free that failed or took longer than its 2 s bound
+// (CI under load) lost the queue for good, 16 MiB each.
 func TestReclaimSurvivesFailedFrees(t *testing.T) {
 	e := newEnv(t)
 	ms := e.joinAll(2, "g")
@@ -260,5 +261,34 @@ func TestReclaimSurvivesFailedFrees(t *testing.T) {
 	defer cl.Close()
 	for _, m := range before.Members {
 		waitUntil(t, 10*time.Second, fmt.Sprintf("the queue of %s freed", m.Name), func() bool { return blockFree(t, cl, m.Queue) })
+	}
+}
+
+// TestJoinerFreesItsStateRegion: a joiner that restored the state frees
+// the region the provider wrote it to, marking its slot consumed; the
+// free runs on the region's memnode alone, after the slot was marked, so a
+// joiner that stops half-way leaves the slot for its reclaim.
+func TestJoinerFreesItsStateRegion(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAll(2, "g")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	obs := e.node("observer")
+	var r client.Region
+	waitUntil(t, 10*time.Second, "the joiner's state consumed", func() bool {
+		st, reg, err := gcs.StateOf(ctx, obs, "g", ms[1].name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = reg
+		return st == gcs.StateConsumed
+	})
+	if r.Len < 8 || !blockFree(t, cl, r) {
+		t.Fatalf("state region %+v not freed after the joiner consumed it", r)
 	}
 }

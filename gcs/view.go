@@ -313,17 +313,28 @@ func (g *Group) receiveState(ctx context.Context, provider uint64) (retry bool, 
 			if err := g.opts.Restore(data); err != nil {
 				return false, fmt.Errorf("%w: restore: %w", ErrStateTransfer, err)
 			}
-			// Marked consumed in the minitransaction that frees the
-			// region: if it fails, the slot still names the region and
-			// the slot's reclaim frees it (reclaim).
+			// Freed as reclaim frees regions: mark (stFreeing, the
+			// marker in the region's length word), free on the region's
+			// memnode, mark consumed. A step that fails leaves the slot
+			// saying so, and the slot's reclaim finishes the free.
 			slot := g.ref.slotAddr(g.self.slot)
 			r := client.Region{Memnode: me.stMemnode, Addr: me.stAddr, Len: me.stLn}
+			status := func(st uint64) []byte { return le.AppendUint64(nil, st) }
 			if a := n.allocs[r.Memnode]; a != nil {
-				guard := client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).
-					Compare(g.ref.home, slot+offStState, le.AppendUint64(nil, stReady)).
-					Write(g.ref.home, slot+offStState, le.AppendUint64(nil, stConsumed))
-				if ferr := a.FreeWith(ctx, r, guard); ferr != nil {
-					n.log.Debug().Err(ferr).Msg("freeing the state region (left to the slot's reclaim)")
+				res, err := n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).
+					Compare(g.ref.home, slot+offStState, status(stReady)).
+					Write(g.ref.home, slot+offStState, status(stFreeing)).
+					Write(r.Memnode, r.Addr, freeMarker(g.self.tag)))
+				if err == nil && res.Committed {
+					err = n.freeMarked(ctx, a, r, g.self.tag)
+				}
+				if err == nil && res.Committed {
+					_, err = n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).
+						Compare(g.ref.home, slot+offStState, status(stFreeing)).
+						Write(g.ref.home, slot+offStState, status(stConsumed)))
+				}
+				if err != nil {
+					n.log.Debug().Err(err).Msg("freeing the state region (left to the slot's reclaim)")
 				}
 			}
 			return false, nil
