@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
 	"github.com/tutti-gcs/tutti/internal/cluster"
 	"github.com/tutti-gcs/tutti/internal/vscheck"
@@ -40,6 +41,19 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	return &env{t: t, c: c}
+}
+
+// client returns a client of the test cluster, closed with the test.
+func (e *env) client() *client.Client {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cl.Close() })
+	return cl
 }
 
 func (e *env) node(id string) *gcs.Node {

@@ -76,13 +76,8 @@ func TestLastLeaverReclaimsTheGroup(t *testing.T) {
 	if after.Head != after.Tail {
 		t.Errorf("log not trimmed after the last leave: [%d, %d)", after.Head, after.Tail)
 	}
-	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	// A slot is zeroed first and its queue freed next (reclaim): wait for
-	// the frees.
+	cl := e.client()
+	// reclaim frees a queue before it zeroes the slot: every queue is free.
 	for _, m := range before.Members {
 		waitUntil(t, 10*time.Second, fmt.Sprintf("the queue of %s freed", m.Name), func() bool { return blockFree(t, cl, m.Queue) })
 	}
@@ -252,13 +247,7 @@ func TestReclaimSurvivesFailedFrees(t *testing.T) {
 		m.leave()
 	}
 	describe(t, obs, "g", "every slot reclaimed", func(gi gcs.GroupInfo) bool { return len(gi.Members)+len(gi.Retired) == 0 })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := e.client()
 	for _, m := range before.Members {
 		waitUntil(t, 10*time.Second, fmt.Sprintf("the queue of %s freed", m.Name), func() bool { return blockFree(t, cl, m.Queue) })
 	}
@@ -273,11 +262,7 @@ func TestJoinerFreesItsStateRegion(t *testing.T) {
 	ms := e.joinAll(2, "g")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := e.client()
 	obs := e.node("observer")
 	var r client.Region
 	waitUntil(t, 10*time.Second, "the joiner's state consumed", func() bool {
