@@ -209,9 +209,11 @@ func (n *Node) lookup(ctx context.Context, name string, create bool) (groupRef, 
 		}
 		entry := indexEntry(created.Addr, name)
 		addr := IndexBase + uint64(target)*IndexSlotSize
-		tx := client.NewTx()
-		for _, it := range c.items(n.itemMax) {
-			tx.Compare(home, it.addr, it.data)
+		// The index is a ring of slots: the chain may wrap.
+		tx, off := client.NewTx(), uint64(0)
+		for _, it := range n.ringItems(IndexBase, IndexSlots*IndexSlotSize, c.start*IndexSlotSize, uint64(len(c.raw))) {
+			tx.Compare(home, it.addr, c.raw[off:off+it.n])
+			off += it.n
 		}
 		tx.Write(home, addr, entry)
 		res, err := n.exec(ctx, tx)
@@ -295,26 +297,6 @@ func (n *Node) probe(ctx context.Context, home, start uint64, name string) (chai
 		probed += cnt
 	}
 	return c, nil // every slot probed: no free slot
-}
-
-// items returns compare items covering the chain's bytes, split where the
-// ring of slots wraps and at max bytes.
-func (c chain) items(limit uint64) []ringItemData {
-	var out []ringItemData
-	slots := uint64(len(c.raw) / IndexSlotSize)
-	for done := uint64(0); done < slots; {
-		first := (c.start + done) % IndexSlots
-		cnt := min(slots-done, IndexSlots-first, max(1, limit/IndexSlotSize))
-		out = append(out, ringItemData{addr: IndexBase + first*IndexSlotSize, data: c.raw[done*IndexSlotSize : (done+cnt)*IndexSlotSize]})
-		done += cnt
-	}
-	return out
-}
-
-// ringItemData is one compare or write item: data at addr.
-type ringItemData struct {
-	addr uint64
-	data []byte
 }
 
 // newMeta returns a metadata region on home for a new group: a deleted
