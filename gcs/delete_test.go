@@ -172,3 +172,93 @@ func TestStaleReferenceSeesDeletion(t *testing.T) {
 		t.Fatalf("read through a's old reference: %v, want ErrNoGroup", err)
 	}
 }
+
+// TestDeleteUnknownOutcomeSettlesOnItsGroup: Delete's minitransaction
+// commits but its caller hears ErrUnknownOutcome, and before it settles
+// another process creates a new group under the name. Delete settles on
+// the group it deleted (its index slot no longer names its region): it
+// reports success and leaves the new group alone. Settling by looking the
+// name up again found the new group and deleted it instead.
+func TestDeleteUnknownOutcomeSettlesOnItsGroup(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := e.nodeWith("a", gcs.Config{Memnodes: []uint64{0}})
+	// Another configuration, so the new group does not take the deleted
+	// one's metadata region from the free list (its own region tells the
+	// two apart).
+	b := e.nodeWith("b", gcs.Config{Memnodes: []uint64{0}, LogCapacity: 1 << 19})
+	old, err := gcs.CreateGroup(ctx, a, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recreated uint64
+	fired, restore := gcs.UnknownAfterCommit(t, "delete", func() {
+		if recreated, err = gcs.CreateGroup(ctx, b, "g"); err != nil {
+			t.Errorf("create again: %v", err)
+		}
+	})
+	defer restore()
+	if err := a.Delete(ctx, "g"); err != nil {
+		t.Fatalf("delete with an unknown outcome: %v", err)
+	}
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	if recreated == old {
+		t.Fatalf("the new group took the deleted one's region %#x", old)
+	}
+	if _, err := b.Describe(ctx, "g"); err != nil {
+		t.Fatalf("the group created under the name meanwhile: %v", err)
+	}
+	if meta, err := gcs.CreateGroup(ctx, a, "g"); err != nil || meta != recreated {
+		t.Fatalf("lookup of g: region %#x, %v; want the new group's %#x", meta, err, recreated)
+	}
+}
+
+// TestClaimUnknownOutcomeKeepsItsRegion: a new group's index claim
+// commits but its creator hears ErrUnknownOutcome; before it reads the
+// slot back, another process deletes the group (its metadata region goes
+// to the free list) and a third creates another group, which takes that
+// region. The creator must not use or release the region again: it makes
+// the group anew with a region of its own, and both groups work. Keeping
+// the region for the next claim put two groups in one region.
+func TestClaimUnknownOutcomeKeepsItsRegion(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := gcs.Config{Memnodes: []uint64{0}}
+	a, b, c := e.nodeWith("a", cfg), e.nodeWith("b", cfg), e.nodeWith("c", cfg)
+	var other uint64
+	fired, restore := gcs.UnknownAfterCommit(t, "claim", func() {
+		if err := b.Delete(ctx, "g"); err != nil {
+			t.Errorf("delete g meanwhile: %v", err)
+		}
+		var err error
+		if other, err = gcs.CreateGroup(ctx, c, "h"); err != nil {
+			t.Errorf("create h meanwhile: %v", err)
+		}
+	})
+	defer restore()
+	g, err := gcs.CreateGroup(ctx, a, "g")
+	if err != nil {
+		t.Fatalf("create g with an unknown outcome: %v", err)
+	}
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	if g == other {
+		t.Fatalf("g and h share the metadata region %#x", g)
+	}
+	for _, name := range []string{"g", "h"} {
+		if _, err := a.Describe(ctx, name); err != nil {
+			t.Fatalf("describe %s: %v", name, err)
+		}
+	}
+	// Both work as groups: a member joins each and delivers its message.
+	for _, name := range []string{"g", "h"} {
+		m := e.join(e.node("m-"+name), name)
+		sendAll(t, []*member{m}, 1, 10)
+		deliveredInOrder(t, []*member{m}, 1)
+	}
+}

@@ -188,7 +188,7 @@ func (n *Node) Delete(ctx context.Context, group string) error {
 		}
 		// Every member slot is free and stays free unless a view change
 		// commits, which the view compare rules out.
-		res, err := n.exec(ctx, client.NewTx().
+		res, err := n.execAt(ctx, siteDelete, client.NewTx().
 			Compare(ref.home, ref.slot, indexEntry(ref.meta, ref.name)).
 			Compare(ref.home, ref.meta, ms.h.encode()).
 			Compare(ref.home, FreeMetaAddr, fb).

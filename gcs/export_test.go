@@ -2,6 +2,8 @@ package gcs
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 
 	"github.com/tutti-gcs/tutti/client"
 )
@@ -83,4 +85,27 @@ func StateOf(ctx context.Context, n *Node, group, name string) (status uint64, r
 		}
 	}
 	return 0, client.Region{}, ErrNotMember
+}
+
+// UnknownAfterCommit makes the next minitransaction at site ("delete":
+// Delete's; "claim": a new group's index claim) commit, then runs between
+// (other processes' steps), then report client.ErrUnknownOutcome to its
+// caller, as a connection lost after the commit would. fired tells
+// whether it happened; restore removes the failpoint.
+func UnknownAfterCommit(t interface{ Errorf(string, ...any) }, site string, between func()) (fired func() bool, restore func()) {
+	var done atomic.Bool
+	f := func(s string, do func() (*client.Result, error)) (*client.Result, error) {
+		if s != site || !done.CompareAndSwap(false, true) {
+			return do()
+		}
+		res, err := do()
+		if err != nil || !res.Committed {
+			t.Errorf("failpoint at %s: the minitransaction did not commit: %+v %v", site, res, err)
+			return res, err
+		}
+		between()
+		return nil, fmt.Errorf("failpoint at %s: %w", site, client.ErrUnknownOutcome)
+	}
+	execFault.Store(&f)
+	return done.Load, func() { execFault.Store(nil) }
 }

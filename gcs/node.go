@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -129,6 +130,27 @@ func (n *Node) exec(ctx context.Context, tx *client.Tx) (*client.Result, error) 
 	return n.cl.Exec(ctx, tx)
 }
 
+// Sites of execAt: the minitransactions whose unknown outcomes tests
+// inject (execFault).
+const (
+	siteDelete = "delete" // Delete's tombstone and free-list push
+	siteClaim  = "claim"  // a new group's index claim in lookup
+)
+
+// execFault is a failpoint for tests: when set, execAt's minitransactions
+// go through it with their site; it runs them with do (or not) and returns
+// what the caller sees, e.g. ErrUnknownOutcome after a commit, with other
+// processes' steps in between.
+var execFault atomic.Pointer[func(site string, do func() (*client.Result, error)) (*client.Result, error)]
+
+// execAt is exec at a named site (execFault).
+func (n *Node) execAt(ctx context.Context, site string, tx *client.Tx) (*client.Result, error) {
+	if f := execFault.Load(); f != nil {
+		return (*f)(site, func() (*client.Result, error) { return n.exec(ctx, tx) })
+	}
+	return n.exec(ctx, tx)
+}
+
 func (n *Node) read(ctx context.Context, mn, addr uint64, l uint32) ([]byte, error) {
 	res, err := n.cl.Exec(ctx, client.NewTx().Read(mn, addr, l))
 	if err != nil {
@@ -216,7 +238,7 @@ func (n *Node) lookup(ctx context.Context, name string, create bool) (groupRef, 
 			off += it.n
 		}
 		tx.Write(home, addr, entry)
-		res, err := n.exec(ctx, tx)
+		res, err := n.execAt(ctx, siteClaim, tx)
 		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 			b, rerr := n.read(ctx, home, addr, IndexSlotSize)
 			if rerr != nil || !bytes.Equal(b, entry) {
