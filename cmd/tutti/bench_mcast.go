@@ -38,6 +38,9 @@ type mcastPoint struct {
 	Members   int    `json:"members"`
 	Processes bool   `json:"processes"` // members are separate OS processes
 	MsgBytes  int    `json:"msg_bytes"`
+	// Payload: what fills a message after the benchmark's header,
+	// "random" (incompressible) or "zeros".
+	Payload string `json:"payload"`
 	// Offered: msgs/s per member asked for (0 with "max": Window
 	// Multicasts outstanding per member, back to back).
 	Offered    float64 `json:"offered_per_sec"`
@@ -132,6 +135,35 @@ type mcastReport struct {
 	Err      string  `json:"err,omitempty"`
 }
 
+// Values of --payload.
+const (
+	payloadRandom = "random"
+	payloadZeros  = "zeros"
+)
+
+// randomBytes is 4 MiB of pseudo-random bytes (xorshift64, fixed seed).
+var randomBytes = sync.OnceValue(func() []byte {
+	b := make([]byte, 4<<20)
+	x := uint64(0x9e3779b97f4a7c15)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		b[i] = byte(x >> 32)
+	}
+	return b
+})
+
+// randomFill returns n bytes of randomBytes at an offset that depends on
+// the sender and the sequence number, so messages that meet in a
+// compression window (Pebble's table blocks, snappy's 64 KiB) do not
+// repeat each other and nothing compresses them. n must be at most 1 MiB.
+func randomFill(sender int, seq uint64, n int) []byte {
+	b := randomBytes()
+	off := (seq*0x9e3779b1 + uint64(sender)*0x85ebca77) % uint64(len(b)-n)
+	return b[off : off+uint64(n)]
+}
+
 // mcastHeader is the benchmark's header at the start of every payload:
 // point u32, sender index u32, seq u64, send time (unix ns) i64.
 const mcastHeader = 24
@@ -141,6 +173,7 @@ func newBenchMcast(g *globals) *cobra.Command {
 		seed        string
 		members     int
 		msgBytes    int
+		payload     string
 		rates       string
 		duration    time.Duration
 		warmup      time.Duration
@@ -170,7 +203,10 @@ replicas each, fsync on) runs inside this process, as 'tutti up' does.
 
 For each --rates entry (messages/s offered per member; "max" keeps --window
 Multicasts outstanding per member back to back, i.e. saturation) the members
-send --msg-bytes messages for --warmup + --duration. Reported: messages
+send --msg-bytes messages for --warmup + --duration (after a 24-byte header,
+--payload: pseudo-random bytes by default, which no layer can compress;
+"zeros" lets the log engine's compression of flushed tables shrink them,
+which flatters saturation). Reported: messages
 delivered per member per second in the measured window, and the time from
 the Multicast call at the sender to delivery at every member (the last of
 them), p50/p99 over sampled messages. Send and delivery times are wall-clock
@@ -198,6 +234,9 @@ entries proposed per message multicast ("fsyncs_per_msg",
 			}
 			if msgBytes < mcastHeader || msgBytes > 1<<20 {
 				return fmt.Errorf("--msg-bytes must be %d..%d", mcastHeader, 1<<20)
+			}
+			if payload != payloadRandom && payload != payloadZeros {
+				return fmt.Errorf("--payload must be %q or %q, not %q", payloadRandom, payloadZeros, payload)
 			}
 			if duration <= 0 || duration > 10*time.Minute || warmup < 0 || warmup > time.Minute {
 				return fmt.Errorf("--duration must be in (0, 10m], --warmup in [0, 1m]")
@@ -281,7 +320,7 @@ entries proposed per message multicast ("fsyncs_per_msg",
 					"mode", "members", "msg bytes", "offered/s", "delivered/s/m", "p50 ms", "p99 ms", "order p50", "lost", "races lost")
 			}
 			emit := func(p mcastPoint) {
-				p.Members, p.Processes, p.MsgBytes, p.GCSFlags = members, true, msgBytes, gcsFlags
+				p.Members, p.Processes, p.MsgBytes, p.Payload, p.GCSFlags = members, true, msgBytes, payload, gcsFlags
 				p.Embedded, p.Fsync = embedded, !noSync
 				p.GOMAXPROCS, p.Time = runtime.GOMAXPROCS(0), time.Now().UTC().Format(time.RFC3339)
 				b, _ := json.Marshal(p)
@@ -303,7 +342,7 @@ entries proposed per message multicast ("fsyncs_per_msg",
 					}
 				}
 			}
-			b := &mcastBench{exe: exe, seeds: seeds, logDir: logDir, progress: progress, msgBytes: msgBytes,
+			b := &mcastBench{exe: exe, seeds: seeds, logDir: logDir, progress: progress, msgBytes: msgBytes, payload: payload,
 				group: fmt.Sprintf("bench-mcast-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6), gcsFlags: gcsFlags, memberProf: memberProf, memberLog: memberLog, senders: senders, replStats: replStats}
 			defer b.stopAll()
 			if len(levels) > 0 {
@@ -337,6 +376,7 @@ entries proposed per message multicast ("fsyncs_per_msg",
 	seedFlag(f, &seed)
 	f.IntVar(&members, "members", 3, "group members, each a separate OS process")
 	f.IntVar(&msgBytes, "msg-bytes", 1024, "bytes per message (at least 24: the benchmark's header)")
+	f.StringVar(&payload, "payload", payloadRandom, `message bytes after the header: "random" (incompressible) or "zeros"`)
 	f.StringVar(&rates, "rates", "100,max", `offered messages/s per member, comma-separated; "max" is saturation`)
 	f.DurationVar(&duration, "duration", 5*time.Second, "measured time per rate")
 	f.DurationVar(&warmup, "warmup", time.Second, "unmeasured sending before each measured window")
@@ -374,6 +414,7 @@ type mcastBench struct {
 	group      string
 	progress   io.Writer
 	msgBytes   int
+	payload    string
 	gcsFlags   []string
 	memberProf string
 	memberLog  string
@@ -389,7 +430,7 @@ type mcastBench struct {
 func (b *mcastBench) spawn(ctx context.Context, index int, withMembership bool) (*mcastMember, error) {
 	b.spawns++
 	args := []string{"bench", "mcast-member", "--seed", strings.Join(b.seeds, ","), "--group", b.group,
-		"--index", strconv.Itoa(index), "--msg-bytes", strconv.Itoa(b.msgBytes), "--log-format", "json", "--log-level", b.memberLog}
+		"--index", strconv.Itoa(index), "--msg-bytes", strconv.Itoa(b.msgBytes), "--payload", b.payload, "--log-format", "json", "--log-level", b.memberLog}
 	if withMembership {
 		gp, err := freeGossipPort()
 		if err != nil {
@@ -711,6 +752,7 @@ func newBenchMcastMember(g *globals) *cobra.Command {
 		group          string
 		index          int
 		msgBytes       int
+		payload        string
 		withMembership bool
 		gossipAddr     string
 		cpuProfile     string
@@ -778,7 +820,10 @@ func newBenchMcastMember(g *globals) *cobra.Command {
 			if err != nil {
 				return fail(err)
 			}
-			mm := &memberRun{index: index, msgBytes: msgBytes, grp: grp, ended: make(chan struct{})}
+			if payload != payloadRandom && payload != payloadZeros {
+				return fail(fmt.Errorf("--payload must be %q or %q, not %q", payloadRandom, payloadZeros, payload))
+			}
+			mm := &memberRun{index: index, msgBytes: msgBytes, random: payload == payloadRandom, grp: grp, ended: make(chan struct{})}
 			go mm.consume(report)
 			report(mcastReport{Type: "ready", Name: grp.Name()})
 			cmds := make(chan mcastCmd)
@@ -821,6 +866,7 @@ func newBenchMcastMember(g *globals) *cobra.Command {
 	f.StringVar(&group, "group", "bench-mcast", "group name")
 	f.IntVar(&index, "index", 0, "this member's index")
 	f.IntVar(&msgBytes, "msg-bytes", 1024, "bytes per message")
+	f.StringVar(&payload, "payload", payloadRandom, `"random" or "zeros" after the header`)
 	f.BoolVar(&withMembership, "membership", false, "run a membership agent (needed for removal after a crash)")
 	f.StringVar(&gossipAddr, "gossip-addr", "127.0.0.1:0", "gossip address with --membership")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this member to this file")
@@ -836,6 +882,7 @@ func newBenchMcastMember(g *globals) *cobra.Command {
 type memberRun struct {
 	index    int
 	msgBytes int
+	random   bool // fill payloads from randomFill
 	grp      *gcs.Group
 	ended    chan struct{}
 
@@ -906,6 +953,9 @@ func (mm *memberRun) run(ctx context.Context, c mcastCmd) mcastReport {
 	send := func() {
 		s := seq.Add(1)
 		p := make([]byte, mm.msgBytes)
+		if mm.random {
+			copy(p, randomFill(mm.index, s, len(p)))
+		}
 		binary.LittleEndian.PutUint32(p, c.Point)
 		binary.LittleEndian.PutUint32(p[4:], uint32(mm.index))
 		binary.LittleEndian.PutUint64(p[8:], s)
