@@ -185,6 +185,25 @@
 // 61.0k, 64.0k, 62.7k) and SnapshotBytes 512 MiB (62.6k, 68.7k, 70.8k
 // against 60.5k, 71.1k, 69.6k) made no difference.
 //
+// Those runs multicast zero-filled payloads, which block compression
+// shrinks to almost nothing in the flushed tables. With incompressible
+// payloads (bench mcast's default since 2026-12-01; 0.69–0.81 of the
+// zero-payload throughput) flushes are the largest item of the cluster's
+// CPU profile at saturation: 29%, of which 17% the write syscalls of the
+// new table files (the WAL's writes to recycled files, the same bytes,
+// 7%) and snappy 4%. Again with such payloads, 30–40 s runs: tables
+// without compression 49.5k, 52.1k, 54.2k, 51.9k against snappy's 42.3k,
+// 49.7k, 49.4k, 50.3k (alternated pairs, +3 to +17%), but 48.2k against
+// 58.3k with zeros; an adaptive profile (snappy only where a sampled block
+// shrinks by a quarter) 48.7k and 52.7k, between the two; a 256 MiB
+// memtable with 64 MiB snapshots 44.3k against 42.3k (one pair). Kept:
+// snappy, which loses a little on incompressible data and gains a lot on
+// compressible data. Avoiding the flushes (the log truncated before its
+// memtable is flushed) needs snapshots as often as the memtable fills,
+// and a gcs memnode's snapshot is about as large as the log written
+// between two of them (its queues are rings rewritten every second or
+// so at saturation): it moves the bytes rather than removing them.
+//
 // # Cycles and fsyncs (measured, not changed)
 //
 // At low concurrency fsyncs bound two-phase minitransactions, not CPU. With
