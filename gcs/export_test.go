@@ -109,3 +109,10 @@ func UnknownAfterCommit(t interface{ Errorf(string, ...any) }, site string, betw
 	execFault.Store(&f)
 	return done.Load, func() { execFault.Store(nil) }
 }
+
+// FailSettleReads makes the next n reads that settle a link of unknown
+// outcome fail as if the home memnode were unavailable.
+func FailSettleReads(n int32) (restore func()) {
+	failSettleReads.Store(n)
+	return func() { failSettleReads.Store(0) }
+}

@@ -438,3 +438,31 @@ func TestLogWrapsAndIsTrimmed(t *testing.T) {
 }
 
 var _ = binary.LittleEndian
+
+// TestLinkOfUnknownOutcomeOrderedOnce: a link commits but its sender hears
+// ErrUnknownOutcome, and its first reads to settle it fail too (the home
+// memnode unavailable to it for a moment). The sender must settle before
+// linking anything again: every message is delivered once, in one order.
+// Before, a failed read-back sent the sender round again, and it linked
+// the committed batch a second time (delivered twice by every member).
+func TestLinkOfUnknownOutcomeOrderedOnce(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAll(2, "g")
+	restoreReads := gcs.FailSettleReads(3)
+	defer restoreReads()
+	fired, restore := gcs.UnknownAfterCommit(t, "link", func() {})
+	defer restore()
+	if err := ms[0].send(1, 10); err != nil {
+		t.Fatalf("multicast with an unknown outcome: %v", err)
+	}
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	restore()
+	sendAll(t, ms, 3, 10)
+	deliveredInOrder(t, ms, 7)
+	for _, m := range ms {
+		m.leave()
+	}
+	e.check() // no duplicates, same order, everything sent delivered
+}

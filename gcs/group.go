@@ -1,7 +1,6 @@
 package gcs
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -644,17 +643,26 @@ func (g *Group) sendLoop() {
 				}
 			}
 			t0 := time.Now()
-			res, err := n.exec(g.ctx, tx)
+			res, err := n.execAt(g.ctx, siteLink, tx)
 			if d := time.Since(t0); linkRTT == 0 {
 				linkRTT = d
 			} else {
 				linkRTT += (d - linkRTT) / 8
 			}
 			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
-				got, rerr := n.readRing(g.ctx, g.ref, hdr.tail, len(buf))
-				if rerr == nil {
-					res, err = &client.Result{Committed: bytes.Equal(got, buf)}, nil
+				// Never link again before knowing: a link that committed
+				// and is linked again orders its messages twice.
+				committed, serr := n.settleLink(g.ctx, g.ref, hdr.tail, buf)
+				if serr != nil {
+					if g.ctx.Err() != nil {
+						end(ErrClosed, nil)
+						return false
+					}
+					serr = g.sendErr("link of unknown outcome", serr)
+					end(serr, serr)
+					return false
 				}
+				res, err = &client.Result{Committed: committed}, nil
 			}
 			if err != nil {
 				if g.ctx.Err() != nil {

@@ -135,6 +135,7 @@ func (n *Node) exec(ctx context.Context, tx *client.Tx) (*client.Result, error) 
 const (
 	siteDelete = "delete" // Delete's tombstone and free-list push
 	siteClaim  = "claim"  // a new group's index claim in lookup
+	siteLink   = "link"   // a sender's link into the order log
 )
 
 // execFault is a failpoint for tests: when set, execAt's minitransactions

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tutti-gcs/tutti/client"
@@ -172,6 +173,63 @@ func (n *Node) readRing(ctx context.Context, ref groupRef, pos uint64, l int) ([
 	}
 	return joinReads(res.Reads), nil
 }
+
+// errUnsettled: an unknown outcome that reading back can no longer settle.
+var errUnsettled = errors.New("gcs: the outcome of a write is unknown and can no longer be read back")
+
+// settleLink settles a link whose outcome is unknown: are records (one
+// link's records, encoded for position pos) in the order log? It reads the
+// header and the ring at pos in one minitransaction, retrying until that
+// succeeds (about a minute at most). Records carry their position, so our
+// bytes at pos are ours: committed. Other bytes at a position the log still
+// holds (head <= pos) mean it did not commit, as a committed record stays
+// until head passes it (the ring's slot for pos is reused only once tail
+// passed pos+logSize, hence head passed pos). Once head passed pos the
+// answer is gone: errUnsettled, and the caller must not link the records
+// again (they would be ordered twice).
+func (n *Node) settleLink(ctx context.Context, ref groupRef, pos uint64, records []byte) (bool, error) {
+	var err error
+	for range 16 {
+		var committed, settled bool
+		err = n.retry(ctx, func() error {
+			if failSettleReads.Load() > 0 && failSettleReads.Add(-1) >= 0 {
+				return fmt.Errorf("failpoint: settle read: %w", client.ErrUnavailable)
+			}
+			tx := client.NewTx().Read(ref.home, ref.meta, metaHeader)
+			for _, it := range n.ringItems(ref.logBase(), ref.logSize, pos, uint64(len(records))) {
+				tx.Read(ref.home, it.addr, uint32(it.n))
+			}
+			res, err := n.exec(ctx, tx)
+			if err != nil {
+				return err
+			}
+			h, err := decodeHeader(res.Reads[0])
+			if err != nil {
+				return fmt.Errorf("%w: %w", client.ErrInvalid, err) // not retried
+			}
+			switch {
+			case bytes.Equal(joinReads(res.Reads[1:]), records):
+				committed, settled = true, true
+			case h.head <= pos:
+				settled = true
+			}
+			return nil
+		})
+		switch {
+		case err == nil && settled:
+			return committed, nil
+		case err == nil:
+			return false, fmt.Errorf("%w (position %d was trimmed)", errUnsettled, pos)
+		case ctx.Err() != nil || errors.Is(err, client.ErrInvalid) || errors.Is(err, client.ErrClosed):
+			return false, err
+		}
+	}
+	return false, fmt.Errorf("%w: %w", errUnsettled, err)
+}
+
+// failSettleReads is a failpoint for tests: while positive, settleLink's
+// reads fail as if the memnode were unavailable.
+var failSettleReads atomic.Int32
 
 // confirmedDead returns the members whose process the process table
 // declares gone: its row is dead or left at the member's incarnation, or
