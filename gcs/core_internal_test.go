@@ -169,14 +169,15 @@ func TestOwnBlob(t *testing.T) {
 // which a joiner could read a freed, reused region as its state.
 func TestMayFreeUnpublished(t *testing.T) {
 	for _, tc := range []struct {
-		committed, unknown, want bool
+		published, maybe, want bool
 	}{
 		{false, false, true}, // compare failed, or the request was not applied
 		{true, false, false}, // published: the joiner frees it
+		{true, true, false},  // an unknown outcome settled as published
 		{false, true, false}, // unsettled: may be published
 	} {
-		if got := mayFreeUnpublished(tc.committed, tc.unknown); got != tc.want {
-			t.Errorf("committed %v, unknown %v: free %v, want %v", tc.committed, tc.unknown, got, tc.want)
+		if got := mayFreeUnpublished(tc.published, tc.maybe); got != tc.want {
+			t.Errorf("published %v, maybe %v: free %v, want %v", tc.published, tc.maybe, got, tc.want)
 		}
 	}
 }

@@ -116,3 +116,6 @@ func FailSettleReads(n int32) (restore func()) {
 	failSettleReads.Store(n)
 	return func() { failSettleReads.Store(0) }
 }
+
+// Provided returns how many state transfers g provided and settled.
+func Provided(g *Group) int64 { return g.provided.Load() }

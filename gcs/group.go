@@ -82,6 +82,7 @@ type Group struct {
 	start0 uint64        // log position of the view record that admitted us
 
 	leaving   atomic.Bool
+	provided  atomic.Int64           // state transfers this member provided (settled)
 	dLog      atomic.Uint64          // delivered order-log position
 	dMsg      atomic.Uint64          // delivered message position
 	head      atomic.Uint64          // last head seen

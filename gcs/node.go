@@ -133,9 +133,10 @@ func (n *Node) exec(ctx context.Context, tx *client.Tx) (*client.Result, error) 
 // Sites of execAt: the minitransactions whose unknown outcomes tests
 // inject (execFault).
 const (
-	siteDelete = "delete" // Delete's tombstone and free-list push
-	siteClaim  = "claim"  // a new group's index claim in lookup
-	siteLink   = "link"   // a sender's link into the order log
+	siteDelete  = "delete"  // Delete's tombstone and free-list push
+	siteClaim   = "claim"   // a new group's index claim in lookup
+	siteLink    = "link"    // a sender's link into the order log
+	sitePublish = "publish" // a state provider's publication in the joiner's slot
 )
 
 // execFault is a failpoint for tests: when set, execAt's minitransactions

@@ -277,3 +277,71 @@ func TestJoinerFreesItsStateRegion(t *testing.T) {
 		t.Fatalf("state region %+v not freed after the joiner consumed it", r)
 	}
 }
+
+// TestPublishOfUnknownOutcomeKeepsTheRegion: a state provider's
+// publication commits but answers ErrUnknownOutcome; before the provider
+// settles it, the joiner restores and frees the region, and another
+// process allocates the same block. The provider must see the publication
+// in the slot (consumed) and keep its hands off the region. Before, it
+// compared the slot with what it had written, concluded "not published"
+// and freed the block, now another owner's (whose own Free then failed).
+func TestPublishOfUnknownOutcomeKeepsTheRegion(t *testing.T) {
+	e := newEnv(t)
+	a := e.join(e.node("a"), "g")
+	if err := a.send(5, 32); err != nil {
+		t.Fatal(err)
+	}
+	obs := e.node("obs")
+	var (
+		stolen client.Region
+		alloc  *client.Allocator
+	)
+	fired, restore := gcs.UnknownAfterCommit(t, "publish", func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		var r client.Region
+		for {
+			st, rr, err := gcs.StateOf(ctx, obs, "g", "b#2")
+			if err == nil && st == gcs.StateConsumed {
+				r = rr
+				break
+			}
+			if ctx.Err() != nil {
+				t.Errorf("the joiner never consumed its state: %v", err)
+				return
+			}
+			time.Sleep(5 * time.Millisecond) // polling a condition, bounded by ctx
+		}
+		var err error
+		alloc, err = client.NewAllocator(e.client(), client.AllocatorConfig{Memnode: r.Memnode, Base: gcs.AllocBase, Limit: gcs.AllocLimit})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if stolen, err = alloc.Alloc(ctx, r.Len); err != nil {
+			t.Error(err)
+			return
+		}
+		if stolen.Addr != r.Addr {
+			t.Errorf("the freed block %#x was not handed out again (got %#x): the test needs first fit", r.Addr, stolen.Addr)
+		}
+	})
+	defer restore()
+	b := e.join(e.node("b"), "g")
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	waitUntil(t, 20*time.Second, "the provider settled its publication", func() bool { return gcs.Provided(a.g) >= 1 })
+	if alloc == nil {
+		t.FailNow()
+	}
+	if err := alloc.Free(context.Background(), stolen); err != nil {
+		t.Fatalf("the block's new owner cannot free it (the provider freed it): %v", err)
+	}
+	b.mu.Lock()
+	got := len(b.state)
+	b.mu.Unlock()
+	if got != 5 {
+		t.Fatalf("joiner restored %d messages of state, want 5", got)
+	}
+}

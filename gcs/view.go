@@ -303,28 +303,50 @@ func (g *Group) provide(joiner viewMember) {
 	} else {
 		putU64s(w, status)
 	}
-	var committed, unknown bool
+	// Publish only over stPending: once the joiner consumed the state
+	// (stConsumed, stFreeing) a retried publication must not put stReady
+	// back over a region that is freed. An outcome that is unknown, now or
+	// in an earlier attempt, is settled by the slot: stPending under the
+	// joiner's tag means not published (publish again); stReady, stConsumed
+	// or stFreeing mean published (the joiner, or the reclaim of its slot,
+	// frees the region); a slot no longer the joiner's leaves it unsettled.
+	var published, maybe bool // maybe: some attempt's outcome was unknown
 	err := n.retry(ctx, func() error {
-		res, err := n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, joiner.tag)).Write(g.ref.home, slot+offStState, w))
-		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
-			unknown = true
-			b, rerr := n.read(ctx, g.ref.home, slot+offStState, 32)
-			if rerr != nil {
-				return rerr
-			}
-			unknown, committed = false, bytes.Equal(b, w)
+		res, err := n.execAt(ctx, sitePublish, client.NewTx().
+			Compare(g.ref.home, slot, le.AppendUint64(nil, joiner.tag)).
+			Compare(g.ref.home, slot+offStState, le.AppendUint64(nil, stPending)).
+			Write(g.ref.home, slot+offStState, w))
+		switch {
+		case err == nil && res.Committed:
+			published = true
 			return nil
+		case err == nil && !maybe:
+			return nil // the joiner's slot changed before we published
+		case err != nil && !errors.Is(err, client.ErrUnknownOutcome):
+			return err
 		}
-		if err == nil {
-			unknown, committed = false, res.Committed
+		maybe = true
+		b, rerr := n.read(ctx, g.ref.home, slot, offStState+8)
+		if rerr != nil {
+			return rerr
 		}
-		return err
+		if u64(b, 0) != joiner.tag {
+			return nil // the joiner is gone: unsettled
+		}
+		switch u64(b, offStState) {
+		case stPending:
+			return errRetry // not published: again
+		case stReady, stConsumed, stFreeing:
+			published = true
+		}
+		return nil
 	})
-	if region.Len != 0 && mayFreeUnpublished(committed, unknown) {
+	if region.Len != 0 && mayFreeUnpublished(published, maybe) {
 		if ferr := n.allocs[region.Memnode].Free(context.WithoutCancel(ctx), region); ferr != nil {
 			n.log.Debug().Err(ferr).Msg("freeing unclaimed state")
 		}
 	}
+	g.provided.Add(1)
 	if err != nil {
 		n.log.Warn().Err(err).Str("joiner", joiner.name).Msg("publishing the state")
 	}
@@ -332,12 +354,12 @@ func (g *Group) provide(joiner viewMember) {
 
 // mayFreeUnpublished reports whether the provider may free a state region
 // after publishing it: only if the publication is known not to have
-// committed. An unsettled outcome (the read-back failed too, e.g. because
-// the provider is stopping) may have published it; the joiner would then
-// read a freed, perhaps reused, region. So it is kept: if the publication
-// did commit, the joiner frees it after Restore (or the reclaim of the
-// joiner's slot does); if it did not, the region leaks.
-func mayFreeUnpublished(committed, unknown bool) bool { return !committed && !unknown }
+// committed, i.e. no attempt's outcome was unknown (maybe). An unsettled
+// outcome may have published it; the joiner would then read a freed,
+// perhaps reused, region, or free it a second time. So it is kept: if the
+// publication did commit, the joiner frees it after Restore (or the reclaim
+// of the joiner's slot does); if it did not, the region leaks.
+func mayFreeUnpublished(published, maybe bool) bool { return !published && !maybe }
 
 // errProviderGone wraps ErrStateTransfer: after the last of Join's
 // attempts it is what Join returns, and callers test for ErrStateTransfer.
