@@ -119,3 +119,10 @@ func FailSettleReads(n int32) (restore func()) {
 
 // Provided returns how many state transfers g provided and settled.
 func Provided(g *Group) int64 { return g.provided.Load() }
+
+// SettleGivesUp makes every settling of an unknown outcome of a link or
+// view change give up at once (as after a minute of failed reads).
+func SettleGivesUp() (restore func()) {
+	settleGivesUp.Store(true)
+	return func() { settleGivesUp.Store(false) }
+}

@@ -466,3 +466,68 @@ func TestLinkOfUnknownOutcomeOrderedOnce(t *testing.T) {
 	}
 	e.check() // no duplicates, same order, everything sent delivered
 }
+
+// TestJoinOfUnsettledOutcomeLeavesNoGhost: a join's view change commits
+// but answers ErrUnknownOutcome and cannot be settled. Join fails, and the
+// slot it may have placed must not stay in the view: a member nobody runs
+// pins the log (senders block once it is full) and may be named state
+// provider. Before, the ghost stayed in every later view; now Join leaves
+// it, and the next Join from the same node takes another name.
+func TestJoinOfUnsettledOutcomeLeavesNoGhost(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAll(1, "g")
+	n := e.node("ghost")
+	restoreSettle := gcs.SettleGivesUp()
+	defer restoreSettle()
+	fired, restore := gcs.UnknownAfterCommit(t, "view", func() {})
+	defer restore()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := n.Join(ctx, "g", gcs.JoinOptions{}); !errors.Is(err, client.ErrUnknownOutcome) {
+		t.Fatalf("join with an unsettled outcome: %v, want ErrUnknownOutcome", err)
+	}
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	restore()
+	restoreSettle()
+	waitUntil(t, 10*time.Second, "the ghost left the view", func() bool {
+		v := ms[0].lastView()
+		return v != nil && len(v.Members) == 1
+	})
+	gi, err := n.Describe(ctx, "g")
+	if err != nil || len(gi.Members) != 1 {
+		t.Fatalf("describe: %+v %v", gi.Members, err)
+	}
+	again := e.join(n, "g")
+	if again.name == "ghost#2" {
+		t.Fatalf("the second join reused the unsettled one's name %s", again.name)
+	}
+	sendAll(t, []*member{ms[0], again}, 2, 10)
+	deliveredInOrder(t, []*member{ms[0], again}, 4)
+	ms[0].leave()
+	again.leave()
+	e.check()
+}
+
+// TestJoinOfUnknownOutcomeSettles: a join's view change commits but
+// answers ErrUnknownOutcome and the first reads to settle it fail; the
+// joiner keeps reading until it knows, and the join succeeds.
+func TestJoinOfUnknownOutcomeSettles(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAll(1, "g")
+	restoreReads := gcs.FailSettleReads(3)
+	defer restoreReads()
+	fired, restore := gcs.UnknownAfterCommit(t, "view", func() {})
+	defer restore()
+	m := e.join(e.node("late"), "g")
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	restore()
+	sendAll(t, []*member{ms[0], m}, 2, 10)
+	deliveredInOrder(t, []*member{ms[0], m}, 4)
+	ms[0].leave()
+	m.leave()
+	e.check()
+}

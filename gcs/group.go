@@ -653,7 +653,7 @@ func (g *Group) sendLoop() {
 			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 				// Never link again before knowing: a link that committed
 				// and is linked again orders its messages twice.
-				committed, serr := n.settleLink(g.ctx, g.ref, hdr.tail, buf)
+				committed, serr := n.settleRecords(g.ctx, g.ref, hdr.tail, buf)
 				if serr != nil {
 					if g.ctx.Err() != nil {
 						end(ErrClosed, nil)

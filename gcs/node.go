@@ -137,6 +137,7 @@ const (
 	siteClaim   = "claim"   // a new group's index claim in lookup
 	siteLink    = "link"    // a sender's link into the order log
 	sitePublish = "publish" // a state provider's publication in the joiner's slot
+	siteView    = "view"    // a view change (join, leave, removal)
 )
 
 // execFault is a failpoint for tests: when set, execAt's minitransactions
@@ -587,9 +588,20 @@ func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts
 		return ch, nil
 	}, &out)
 	if err != nil {
-		// An unsettled outcome may have placed the slot: leak the queue
-		// rather than free one a slot may reference.
-		return nil, false, errors.Is(err, client.ErrUnknownOutcome), err
+		if !errors.Is(err, client.ErrUnknownOutcome) {
+			return nil, false, false, err
+		}
+		// An unsettled outcome may have placed the slot. Left there, it
+		// would be a member nobody runs: its delivered position pins the
+		// log until senders block, and it may be named state provider.
+		// Leave it if it is there (it then holds the queue, which its
+		// reclaim frees); else the queue leaks rather than be freed
+		// while a slot may reference it. The name is not used again.
+		n.mu.Lock()
+		n.mu.used[ref.name+"/"+self.name] = true
+		n.mu.Unlock()
+		n.abandon(ref, self)
+		return nil, false, true, err
 	}
 	n.mu.Lock()
 	n.mu.used[ref.name+"/"+self.name] = true
@@ -621,12 +633,14 @@ func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts
 	return g, false, true, nil
 }
 
-// abandon leaves a membership that never became a Group.
+// abandon leaves a membership that never became a Group. The slot must be
+// ours: tag, name and queue (a join whose outcome is unknown may not have
+// placed it, and another joiner may have taken the same tag).
 func (n *Node) abandon(ref groupRef, self member) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
-		if m, ok := ms.byTag(self.tag); ok && m.active() {
+		if m, ok := ms.byTag(self.tag); ok && m.active() && m.name == self.name && m.qMemnode == self.qMemnode && m.qAddr == self.qAddr {
 			return &change{remove: []member{m}, reason: "left"}, nil
 		}
 		return nil, nil

@@ -128,13 +128,14 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 			wait = min(2*wait, 20*time.Millisecond)
 			continue
 		}
-		res, err := n.exec(ctx, tx)
+		res, err := n.execAt(ctx, siteView, tx)
 		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
-			got, rerr := n.readRing(ctx, ref, rec.pos, len(b))
-			if rerr != nil {
-				return errors.Join(err, rerr)
+			// Never decide again before knowing: the change may be in.
+			committed, serr := n.settleRecords(ctx, ref, rec.pos, b)
+			if serr != nil {
+				return errors.Join(err, serr) // still ErrUnknownOutcome
 			}
-			res, err = &client.Result{Committed: bytes.Equal(got, b)}, nil
+			res, err = &client.Result{Committed: committed}, nil
 		}
 		if err != nil {
 			if ctx.Err() != nil || attempt > 20 {
@@ -177,17 +178,20 @@ func (n *Node) readRing(ctx context.Context, ref groupRef, pos uint64, l int) ([
 // errUnsettled: an unknown outcome that reading back can no longer settle.
 var errUnsettled = errors.New("gcs: the outcome of a write is unknown and can no longer be read back")
 
-// settleLink settles a link whose outcome is unknown: are records (one
-// link's records, encoded for position pos) in the order log? It reads the
+// settleRecords settles a link or view change whose outcome is unknown:
+// are records (encoded for position pos) in the order log? It reads the
 // header and the ring at pos in one minitransaction, retrying until that
 // succeeds (about a minute at most). Records carry their position, so our
 // bytes at pos are ours: committed. Other bytes at a position the log still
 // holds (head <= pos) mean it did not commit, as a committed record stays
 // until head passes it (the ring's slot for pos is reused only once tail
 // passed pos+logSize, hence head passed pos). Once head passed pos the
-// answer is gone: errUnsettled, and the caller must not link the records
+// answer is gone: errUnsettled, and the caller must not write the records
 // again (they would be ordered twice).
-func (n *Node) settleLink(ctx context.Context, ref groupRef, pos uint64, records []byte) (bool, error) {
+func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, records []byte) (bool, error) {
+	if settleGivesUp.Load() {
+		return false, fmt.Errorf("failpoint: %w", errUnsettled)
+	}
 	var err error
 	for range 16 {
 		var committed, settled bool
@@ -227,9 +231,13 @@ func (n *Node) settleLink(ctx context.Context, ref groupRef, pos uint64, records
 	return false, fmt.Errorf("%w: %w", errUnsettled, err)
 }
 
-// failSettleReads is a failpoint for tests: while positive, settleLink's
-// reads fail as if the memnode were unavailable.
-var failSettleReads atomic.Int32
+// failSettleReads and settleGivesUp are failpoints for tests: while
+// positive, settleRecords's reads fail as if the memnode were unavailable;
+// while set, it gives up at once.
+var (
+	failSettleReads atomic.Int32
+	settleGivesUp   atomic.Bool
+)
 
 // confirmedDead returns the members whose process the process table
 // declares gone: its row is dead or left at the member's incarnation, or
