@@ -82,6 +82,10 @@ type Group struct {
 	start0 uint64        // log position of the view record that admitted us
 
 	leaving   atomic.Bool
+	leftView  atomic.Bool            // our Leave's view change committed
+	emptied   atomic.Bool            // delivery saw the view our removal left empty
+	finishing sync.Once              // Leave's work after delivery (finishLeave)
+	later     sync.Once              // finishLater started
 	provided  atomic.Int64           // state transfers this member provided (settled)
 	dLog      atomic.Uint64          // delivered order-log position
 	dMsg      atomic.Uint64          // delivered message position
@@ -271,42 +275,85 @@ func (g *Group) Multicast(ctx context.Context, payload []byte) error {
 // "left"), delivers everything ordered before that view and closes Events
 // without delivering the new view. Pending and later Multicasts fail with
 // ErrNotMember. The Events channel must be drained for Leave to finish.
+// If ctx ends first, Leave returns its error after the view change; what
+// is left (publishing the final position, and reclaiming the group's
+// members if ours was the last membership) is done once delivery ends,
+// whether the application drains Events later or calls Leave again.
 func (g *Group) Leave(ctx context.Context) error {
-	if err := g.termErr(); err != nil {
-		if errors.Is(err, ErrNotMember) {
-			return nil
+	if !g.leftView.Load() {
+		if err := g.termErr(); err != nil {
+			if errors.Is(err, ErrNotMember) {
+				return nil
+			}
+			return err
 		}
-		return err
-	}
-	g.leaving.Store(true)
-	emptied := false // our leave left nobody in the view
-	err := g.n.viewChange(ctx, g.ref, func(ms metaState) (*change, error) {
-		if m := ms.members[g.self.slot]; m.tag == g.self.tag && m.active() {
-			emptied = len(ms.active()) == 1
-			return &change{remove: []member{m}, reason: "left", graceful: true}, nil
+		g.leaving.Store(true)
+		err := g.n.viewChange(ctx, g.ref, func(ms metaState) (*change, error) {
+			if m := ms.members[g.self.slot]; m.tag == g.self.tag && m.active() {
+				return &change{remove: []member{m}, reason: "left", graceful: true}, nil
+			}
+			return nil, nil
+		}, nil)
+		if err != nil {
+			g.leaving.Store(false)
+			// An unsettled outcome may have removed us: delivery then
+			// ends at our leave record, and its work must follow.
+			g.finishLater()
+			return fmt.Errorf("gcs: leave %s: %w", g.ref.name, err)
 		}
-		emptied = false
-		return nil, nil
-	}, nil)
-	if err != nil {
-		g.leaving.Store(false)
-		return fmt.Errorf("gcs: leave %s: %w", g.ref.name, err)
+		g.leftView.Store(true)
 	}
 	g.poke()
 	select {
 	case <-g.done:
 	case <-ctx.Done():
+		g.finishLater()
 		return fmt.Errorf("gcs: leave %s: left the view, delivery not finished: %w", g.ref.name, ctx.Err())
 	}
-	g.publishFinal(ctx) // trimming no longer waits for us (retiredLeft)
-	g.stop(ErrNotMember)
+	g.finishing.Do(func() { g.finishLeave(ctx) })
 	if err := g.termErr(); errors.Is(err, ErrEvicted) {
 		return err
 	}
-	if emptied {
-		g.reclaimAfterLeave(ctx) // nobody else will (gc.go, The last member out)
-	}
 	return nil
+}
+
+// finishLeave is what follows the end of a leaver's delivery: publish the
+// final position (trimming no longer waits for us: retiredLeft), stop, and
+// if our removal left the view empty do the last member's work (gc.go,
+// The last member out): nobody else will.
+func (g *Group) finishLeave(ctx context.Context) {
+	g.publishFinal(ctx)
+	g.stop(ErrNotMember)
+	if g.emptied.Load() {
+		g.reclaimAfterLeave(ctx)
+	}
+}
+
+// finishLater runs finishLeave once delivery ends, on the Node's context,
+// for a Leave that could not wait for it.
+func (g *Group) finishLater() {
+	g.later.Do(func() {
+		n := g.n
+		n.mu.Lock()
+		if n.mu.closed {
+			n.mu.Unlock()
+			return
+		}
+		n.bg.Add(1)
+		n.mu.Unlock()
+		go func() {
+			defer n.bg.Done()
+			select {
+			case <-g.done:
+			case <-n.ctx.Done():
+				return
+			}
+			if n.ctx.Err() != nil {
+				return
+			}
+			g.finishing.Do(func() { g.finishLeave(n.ctx) })
+		}()
+	})
 }
 
 // Remove takes member (a name from a View) out of the view, as an

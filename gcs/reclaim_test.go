@@ -345,3 +345,51 @@ func TestPublishOfUnknownOutcomeKeepsTheRegion(t *testing.T) {
 		t.Fatalf("joiner restored %d messages of state, want 5", got)
 	}
 }
+
+// TestLeaveThatTimesOutStillReclaims: the last member's Leave times out
+// before the application drained its Events (its view change committed,
+// delivery not finished). What Leave leaves undone — the final position,
+// and reclaiming the emptied group's members, its own slot and queue
+// included — must happen once delivery ends: when the application drains
+// Events later, or calls Leave again. Before, nobody did it: the slot and
+// its 16 MiB queue stayed, and Delete said "removed members not yet
+// reclaimed" for good.
+func TestLeaveThatTimesOutStillReclaims(t *testing.T) {
+	for _, how := range []string{"drain", "leave again"} {
+		t.Run(how, func(t *testing.T) {
+			e := newEnv(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			g, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Nobody reads Events yet: delivery waits on the first view.
+			lctx, lcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			err = g.Leave(lctx)
+			lcancel()
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("leave without draining: %v, want the deadline", err)
+			}
+			drained := make(chan struct{})
+			go func() {
+				defer close(drained)
+				for range g.Events() {
+				}
+			}()
+			if how == "leave again" {
+				if err := g.Leave(ctx); err != nil {
+					t.Fatalf("second leave: %v", err)
+				}
+			}
+			<-drained
+			obs := e.node("obs")
+			describe(t, obs, "g", "the emptied group's members reclaimed", func(gi gcs.GroupInfo) bool {
+				return len(gi.Members)+len(gi.Retired) == 0
+			})
+			if err := obs.Delete(ctx, "g"); err != nil {
+				t.Fatalf("delete: %v", err)
+			}
+		})
+	}
+}
