@@ -2,6 +2,7 @@ package gcs
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 	"time"
 
@@ -178,6 +179,36 @@ func TestMayFreeUnpublished(t *testing.T) {
 	} {
 		if got := mayFreeUnpublished(tc.published, tc.maybe); got != tc.want {
 			t.Errorf("published %v, maybe %v: free %v, want %v", tc.published, tc.maybe, got, tc.want)
+		}
+	}
+}
+
+// TestQueueFenceIsPerGroup: the fence of a member's queue must differ
+// between groups for the same tag (every group counts tags from 1, and a
+// freed queue block goes to the next member of any group that allocates
+// its size on that memnode: a removed member retrying a queue write must
+// not pass the new owner's fence), never look like a freeMarker (top bit)
+// and never be zero (a freed, zeroed word).
+func TestQueueFenceIsPerGroup(t *testing.T) {
+	seen := map[string]string{}
+	for home := uint64(0); home < 4; home++ {
+		for i := uint64(0); i < 64; i++ {
+			ref := groupRef{home: home, meta: IndexBase + IndexSlots*IndexSlotSize + 8 + i*4096}
+			for tag := uint64(1); tag <= 64; tag++ {
+				f := queueFence(ref, tag)
+				v := le.Uint64(f)
+				if v == 0 || v&(1<<63) != 0 {
+					t.Fatalf("home %d meta %#x tag %d: fence %#x is zero or has the marker's bit", home, ref.meta, tag, v)
+				}
+				who := fmt.Sprintf("home %d meta %#x tag %d", home, ref.meta, tag)
+				if other, ok := seen[string(f)]; ok {
+					t.Fatalf("%s and %s have the same fence %#x", who, other, v)
+				}
+				seen[string(f)] = who
+				if !bytes.Equal(f, queueFence(ref, tag)) {
+					t.Fatalf("%s: fence not stable", who)
+				}
+			}
 		}
 	}
 }

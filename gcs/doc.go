@@ -65,8 +65,11 @@
 // a member's queue (memnode, ring, position, size), and view records (full
 // member list, joined, left, reason, state provider). Each member owns a
 // queue ring (allocated on a memnode chosen by hash, so members spread)
-// whose first word is a fence holding the member's tag. All byte layouts
-// are documented in layout.go.
+// whose first word is a fence: the member's tag mixed with the group's
+// identity (queueFence), so that a removed member still retrying a queue
+// write fails once the queue is reclaimed, even if another group's member
+// with the same tag got the block. All byte layouts are documented in
+// layout.go.
 //
 // # Protocol
 //

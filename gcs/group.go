@@ -425,7 +425,7 @@ func (g *Group) sendLoop() {
 		qLinks   []*linked
 		ringBase = g.self.qAddr + 8
 		ringLen  = g.self.qLen - 8
-		fence    = le.AppendUint64(nil, g.self.tag)
+		fence    = queueFence(g.ref, g.self.tag)
 		pipe     []*staged // taken batches not finished, in sequence order
 		writing  int       // queue writes in flight (at most maxWrites)
 		wrDone   = make(chan wrResult, maxWrites)

@@ -96,6 +96,7 @@ const (
 	//	+112  name       [144]byte "ID#incarnation"
 	offDLog    = 48
 	offStState = 64
+	offRetired = 96
 
 	// Order records (8-byte aligned, at position p of the log):
 	//
@@ -144,6 +145,28 @@ const (
 // metadata magic, so once the region is freed (the free zeroes the word)
 // and allocated again, a late retry of the free cannot match it.
 func freeMarker(tag uint64) []byte { return le.AppendUint64(nil, 1<<63|tag) }
+
+// queueFence is the first word of a member's queue while the member owns
+// it, compared by each of its queue writes: its tag mixed with the group's
+// identity (home memnode and metadata address, which a group never shares
+// with another, and whose counters a reused metadata region continues),
+// with the top bit clear (never a freeMarker) and never zero. Tags alone
+// repeat across groups (each counts from 1) and a freed queue block soon
+// goes to the next Alloc of its size on that memnode, often another
+// group's member with the same small tag: a removed member still retrying
+// a queue write then passed the fence compare and wrote into the new
+// owner's ring.
+func queueFence(ref groupRef, tag uint64) []byte {
+	x := ref.home*0x9e3779b97f4a7c15 ^ ref.meta*0xbf58476d1ce4e5b9
+	x ^= x >> 31
+	x *= 0x94d049bb133111eb
+	x ^= x >> 29
+	f := (x ^ tag) &^ (1 << 63)
+	if f == 0 {
+		f = 1
+	}
+	return le.AppendUint64(nil, f)
+}
 
 var le = binary.LittleEndian
 

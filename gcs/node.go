@@ -606,13 +606,25 @@ func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts
 	n.mu.Lock()
 	n.mu.used[ref.name+"/"+self.name] = true
 	n.mu.Unlock()
-	// Fence the queue with our tag, while our slot still holds it: blob
-	// writes compare the fence, and reclaim zeroes slot and fence at once.
+	// Fence the queue (queueFence) while our slot still holds us as a
+	// member: blob writes compare the fence. A slot already retired (we
+	// were removed, perhaps being reclaimed: its marker in the fence word)
+	// fails the compare, so a late retry never overwrites the marker (the
+	// queue would then never be freed).
 	tagB := le.AppendUint64(nil, self.tag)
-	if err := n.retry(ctx, func() error {
-		_, err := n.exec(ctx, client.NewTx().Compare(ref.home, ref.slotAddr(self.slot), tagB).Write(q.Memnode, q.Addr, tagB))
+	fenced := false
+	err = n.retry(ctx, func() error {
+		res, err := n.exec(ctx, client.NewTx().
+			Compare(ref.home, ref.slotAddr(self.slot), tagB).
+			Compare(ref.home, ref.slotAddr(self.slot)+offRetired, make([]byte, 8)).
+			Write(q.Memnode, q.Addr, queueFence(ref, self.tag)))
+		fenced = err == nil && res.Committed
 		return err
-	}); err != nil {
+	})
+	if err == nil && !fenced {
+		err = fmt.Errorf("%w: removed before its queue was fenced", ErrEvicted)
+	}
+	if err != nil {
 		n.abandon(ref, self)
 		return nil, false, true, err
 	}

@@ -74,7 +74,7 @@ func planView(ref groupRef, ms metaState, ch *change) (*client.Tx, record, []byt
 		retired |= retiredLeft
 	}
 	for _, m := range ch.remove {
-		tx.Write(ref.home, ref.slotAddr(m.slot)+96, le.AppendUint64(nil, retired))
+		tx.Write(ref.home, ref.slotAddr(m.slot)+offRetired, le.AppendUint64(nil, retired))
 	}
 	off := uint64(0)
 	for _, it := range ringSplit(ref.logBase(), ref.logSize, pos, uint64(len(b))) {
