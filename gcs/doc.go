@@ -92,8 +92,14 @@
 //     so the retry needs no read of its own (otherwise one read). The
 //     retry carries everything multicast meanwhile, so links grow instead
 //     of queueing up under contention; the payload of a queued batch is
-//     not resent. An ErrUnknownOutcome is settled by reading the record
-//     back. Multicast returns once the link committed. With several
+//     not resent. An ErrUnknownOutcome is settled before anything is
+//     linked again, by reading the header and the records' position
+//     together until that succeeds: our bytes there are ours (records
+//     carry their position); other bytes while head has not passed the
+//     position mean no commit; if head passed it the group ends
+//     (ErrClosed) rather than risk ordering the batch twice. View changes
+//     settle the same way; a join that cannot be settled leaves its slot
+//     if it was placed. Multicast returns once the link committed. With several
 //     members sending, every member links again as soon as the last link
 //     settles, all at the same tail, and one wins; so a member that wins
 //     while links race (a race lost in its last few links) yields its
