@@ -44,6 +44,14 @@
 // concurrently with the original coordinator and other recoverers; all reach
 // the same outcome as long as they finish within the memnodes' horizon.
 //
+// Recovery of a tid must happen within the horizon of its TID.Time. Past
+// it, a participant that is not holding the tid in doubt has forgotten
+// whether it voted and how the tid was decided, and says so
+// (OUTCOME_EXPIRED) instead of voting; unless another participant's answer
+// settles the outcome, Recover decides nothing and returns ErrExpired. The
+// tid then stays in doubt, its locks held, rather than risk an outcome
+// that differs between participants; an operator must decide it.
+//
 // Exec never aborts an attempt whose votes it could not all see (a lost
 // response, a context that ended): it learns the missing votes with
 // AbortUnlessVoted and decides by the same rule, because every vote may

@@ -25,6 +25,14 @@ var (
 	ErrContention = errors.New("tutti: too much contention")
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("tutti: client closed")
+	// ErrExpired: Recover cannot decide the tid because a participant no
+	// longer knows it (the tid is older than that memnode's horizon, so
+	// its vote and outcome there were forgotten) and no other
+	// participant's answer settles the outcome. Nothing was decided: the
+	// tid stays in doubt, its locks held, at the participants that hold
+	// it, and calling again gives the same answer; an operator must decide
+	// it (see Recover).
+	ErrExpired = errors.New("tutti: tid past the memnode horizon, outcome forgotten")
 )
 
 // Error says which memnode a failure concerns and why.

@@ -322,7 +322,12 @@ func (c *Client) settle(tx *Tx, tid *tuttipb.Tid, participants []uint64, parts [
 	for j, i := range missing {
 		rs[i] = auv[j]
 	}
-	committed, err := outcomeOf(rs)
+	committed, err := outcomeOf(participants, rs)
+	if errors.Is(err, ErrExpired) {
+		// Only with a clock far behind the memnodes': recovery will not
+		// decide it either.
+		return nil, &Error{Memnode: parts[0].memnode, Err: ErrUnknownOutcome, Detail: fmt.Sprintf("tid %v: %v", tidFromWire(tid), err)}
+	}
 	if err != nil {
 		return nil, unknownErr(err.Error())
 	}

@@ -74,18 +74,30 @@ func crashed(mn uint64, p CrashPoint, tid *tuttipb.Tid) error {
 //
 //  1. AbortUnlessVoted goes to every participant: one that voted keeps its
 //     vote; one that did not is fenced (forced abort) and will refuse the
-//     Prepare.
-//  2. A decided outcome reported by any participant wins; otherwise the
-//     minitransaction is committed exactly when every vote is OK.
+//     Prepare; one to which the tid is older than its horizon, and not in
+//     doubt, answers that it has forgotten it (OUTCOME_EXPIRED, no vote).
+//  2. A decided outcome reported by any participant wins; otherwise a
+//     participant that did not vote OK (and remembers) means aborted;
+//     otherwise, if a participant has forgotten the tid, nothing is decided
+//     (ErrExpired); otherwise every vote is OK: committed.
 //  3. The decision goes to every participant, and Recover returns once
 //     each has applied it (all locks of the tid are then released).
 //
 // Every step is idempotent, so Recover may run several times, concurrently
 // with other recovery coordinators and with the original coordinator; all
-// reach the same outcome. It must finish within the memnodes' horizon of
-// tid.Time: after it, participants forget decided tids. An error means no
-// decision could be made or delivered before ctx ended; calling again is
-// safe.
+// reach the same outcome. An error means no decision could be made or
+// delivered before ctx ended; calling again is safe.
+//
+// Recover must run within the memnodes' horizon of tid.Time: after it,
+// participants forget decided tids. A participant that forgot the tid may
+// have voted OK and committed it, or may never have voted, and cannot
+// tell; so when no other answer settles the outcome Recover returns an
+// error wrapping ErrExpired and decides nothing, rather than risk
+// aborting at one participant what committed at another. The tid then
+// stays in doubt, its locks held, until an operator decides it: learns the
+// outcome out of band (the application's own records) and sends that
+// decision, a KIND_COMMIT or KIND_ABORT request of the tid, to every
+// participant that still holds it in doubt.
 func (c *Client) Recover(ctx context.Context, tid TID, participants []uint64) (committed bool, err error) {
 	if len(participants) == 0 {
 		return false, fmt.Errorf("%w: recovery of %v without participants", ErrInvalid, tid)
@@ -95,7 +107,10 @@ func (c *Client) Recover(ctx context.Context, tid TID, participants []uint64) (c
 	if err != nil {
 		return false, err
 	}
-	committed, err = outcomeOf(votes)
+	committed, err = outcomeOf(participants, votes)
+	if e := (*Error)(nil); errors.As(err, &e) && errors.Is(err, ErrExpired) {
+		return false, &Error{Memnode: e.Memnode, Err: ErrExpired, Detail: fmt.Sprintf("tid %v left in doubt: %s", tid, e.Detail)}
+	}
 	if err != nil {
 		return false, &Error{Memnode: participants[0], Err: ErrUnavailable, Detail: fmt.Sprintf("tid %v: %v", tid, err)}
 	}
@@ -112,7 +127,10 @@ func (c *Client) Recover(ctx context.Context, tid TID, participants []uint64) (c
 		want = tuttipb.Outcome_OUTCOME_COMMITTED
 	}
 	for i, r := range acks {
-		if r.GetOutcome() != want {
+		// A participant that has forgotten the tid by now does not hold
+		// it in doubt (that is never forgotten), so it has nothing left
+		// to apply: the answers that decided already settle its outcome.
+		if o := r.GetOutcome(); o != want && o != tuttipb.Outcome_OUTCOME_EXPIRED {
 			// Never expected: the participant decided otherwise.
 			return committed, &Error{Memnode: participants[i], Err: ErrUnavailable,
 				Detail: fmt.Sprintf("tid %v: decided %v but the participant reports %v", tid, want, r.GetOutcome())}
@@ -121,20 +139,30 @@ func (c *Client) Recover(ctx context.Context, tid TID, participants []uint64) (c
 	return committed, nil
 }
 
-// outcomeOf applies recovery's rule to answers to Prepare or
-// AbortUnlessVoted: a decided outcome wins; else commit iff all voted OK.
-func outcomeOf(rs []*tuttipb.Response) (bool, error) {
-	var sawCommit, sawAbort bool
-	allOK := true
-	for _, r := range rs {
+// outcomeOf applies recovery's rule to the answers rs of memnodes mns to
+// Prepare or AbortUnlessVoted. A decided outcome wins (a tid is decided the
+// same way everywhere). Else a participant that remembers the tid and did
+// not vote OK (refused the Prepare, or was fenced) proves the tid never
+// committed: aborted. Else, if a participant has forgotten the tid, it may
+// have voted OK and seen the commit, or never have voted: undecidable, an
+// error wrapping ErrExpired. Else every vote is OK: committed.
+func outcomeOf(mns []uint64, rs []*tuttipb.Response) (bool, error) {
+	var sawCommit, sawAbort, sawNo bool
+	expired := -1
+	for i, r := range rs {
 		switch r.GetOutcome() {
 		case tuttipb.Outcome_OUTCOME_COMMITTED:
 			sawCommit = true
 		case tuttipb.Outcome_OUTCOME_ABORTED:
 			sawAbort = true
+		case tuttipb.Outcome_OUTCOME_EXPIRED:
+			if expired < 0 {
+				expired = i
+			}
+			continue // no vote
 		}
 		if r.GetVote() != tuttipb.Vote_VOTE_OK {
-			allOK = false
+			sawNo = true
 		}
 	}
 	switch {
@@ -142,10 +170,13 @@ func outcomeOf(rs []*tuttipb.Response) (bool, error) {
 		return false, errors.New("participants report different outcomes")
 	case sawCommit:
 		return true, nil
-	case sawAbort:
+	case sawAbort, sawNo:
 		return false, nil
+	case expired >= 0:
+		return false, &Error{Memnode: mns[expired], Err: ErrExpired,
+			Detail: "the memnode no longer knows whether it voted or how the tid was decided (past its horizon), and no other participant's answer settles it"}
 	}
-	return allOK, nil
+	return true, nil
 }
 
 // askAll sends an idempotent request (AbortUnlessVoted, Commit, Abort,

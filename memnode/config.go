@@ -156,6 +156,8 @@ func (o Outcome) String() string {
 		return "committed"
 	case OutcomeAborted:
 		return "aborted"
+	case OutcomeExpired:
+		return "expired"
 	}
 	return fmt.Sprintf("Outcome(%d)", uint8(o))
 }

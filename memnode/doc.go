@@ -44,15 +44,18 @@
 //     participants and PreparedAt = clock) and the reads are returned. A vote
 //     other than OK leaves no trace.
 //  3. Commit: an in-doubt tid's writes are applied, its locks released, and
-//     it is decided committed. Otherwise nothing changes and Outcome is the
-//     decided outcome, or OutcomeUnknown.
+//     it is decided committed. Otherwise nothing changes and Outcome is
+//     OutcomeExpired for a tid older than clock-Horizon, else the decided
+//     outcome, else OutcomeUnknown.
 //  4. Abort: an in-doubt tid's locks are released and it is decided aborted.
 //     A decided tid keeps its outcome (an Abort never undoes a Commit; the
-//     answer is the real outcome). An unknown tid is added to forced-abort,
-//     so a late Prepare is refused. Outcome is OutcomeAborted.
+//     answer is the real outcome). An expired tid changes nothing and
+//     answers OutcomeExpired. An unknown tid is added to forced-abort, so a
+//     late Prepare is refused; Outcome is OutcomeAborted.
 //  5. AbortUnlessVoted (recovery's phase one): an in-doubt tid votes OK and
-//     stays in doubt; a decided tid answers as in 2(b); an unknown tid is
-//     added to forced-abort and votes BAD-FORCED.
+//     stays in doubt; an expired tid changes nothing and answers
+//     OutcomeExpired with no vote; a decided tid answers as in 2(b); an
+//     unknown tid is added to forced-abort and votes BAD-FORCED.
 //  6. Query (read-only, after a Raft ReadIndex; not a log entry): BAD-LOCK if
 //     a compare or read range overlaps an exclusive lock; else BAD-CMP with
 //     the reads; else OK with the reads. It changes nothing.
@@ -90,6 +93,18 @@
 // force-aborted within about two horizons. A coordinator must finish a
 // transaction within the horizon: after it, a duplicate Prepare of a
 // committed tid is refused.
+//
+// Forgetting is why an expired tid that is not in doubt answers
+// OutcomeExpired to Commit, Abort and AbortUnlessVoted rather than a vote
+// or an outcome: this memnode may have voted OK and committed it, or been
+// fenced, and no longer knows which. Answering BAD-FORCED ("I did not vote
+// and never will") would let recovery abort, at a participant that still
+// holds the tid in doubt, a tid committed here: a divergent outcome.
+// Recovery (client.Recover) therefore refuses to decide a tid that some
+// participant has forgotten unless another participant's answer settles
+// it, and the tid stays in doubt, its locks held, until an operator
+// decides it. Recovery of an in-doubt tid must happen within the horizon
+// of its TID.Time; past it, the tid may stay in doubt for good.
 //
 // # Invariants
 //

@@ -123,6 +123,7 @@ func TestResultRoundTrip(t *testing.T) {
 		{Vote: VoteBadCmp, FailedCompare: 1023},
 		{Vote: VoteBadForced, FailedCompare: -1, Outcome: OutcomeAborted},
 		{FailedCompare: -1, Outcome: OutcomeCommitted},
+		{FailedCompare: -1, Outcome: OutcomeExpired}, // same layout: version 1 carries any outcome byte
 		{FailedCompare: -1, Err: invalidErr},
 	} {
 		b := AppendResult(nil, &r)

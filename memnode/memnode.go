@@ -310,7 +310,8 @@ func cloneWrites(ws []Write) []Write {
 	return out
 }
 
-// commit applies an in-doubt tid's writes and releases its locks.
+// commit applies an in-doubt tid's writes and releases its locks. For any
+// other tid it changes nothing and answers what it knows (outcome).
 func (m *Memnode) commit(tid TID) Result {
 	t := m.inDoubt[tid]
 	if t == nil {
@@ -331,7 +332,9 @@ func (m *Memnode) abort(tid TID) Result {
 		return Result{FailedCompare: -1, Outcome: OutcomeAborted}
 	}
 	if o := m.outcome(tid); o != OutcomeUnknown {
-		// Already decided; an Abort of a committed tid does not undo it.
+		// Already decided: an Abort of a committed tid does not undo it.
+		// Or expired: it may have committed here, so the answer must not
+		// claim it aborted (and a late Prepare is refused anyway).
 		return Result{FailedCompare: -1, Outcome: o}
 	}
 	m.force(tid)
@@ -340,11 +343,18 @@ func (m *Memnode) abort(tid TID) Result {
 
 // abortUnlessVoted is recovery's phase one: a participant that voted keeps
 // its vote; one that did not votes BAD-FORCED and will refuse the Prepare.
+// One that no longer knows (an expired tid not in doubt) casts no vote and
+// answers OutcomeExpired: it may have voted OK and committed, and its
+// records were dropped; a BAD-FORCED would let recovery abort a committed
+// tid at the other participants.
 func (m *Memnode) abortUnlessVoted(tid TID) Result {
 	if m.inDoubt[tid] != nil {
 		return Result{Vote: VoteOK, FailedCompare: -1}
 	}
-	if o := m.outcome(tid); o != OutcomeUnknown {
+	switch o := m.outcome(tid); o {
+	case OutcomeExpired:
+		return Result{FailedCompare: -1, Outcome: o}
+	case OutcomeCommitted, OutcomeAborted:
 		return decidedVote(o)
 	}
 	m.force(tid)
@@ -367,12 +377,10 @@ func (m *Memnode) resolve(t *txn, o Outcome) {
 	}
 }
 
-// force records tid as forced-abort. An expired tid need not be recorded:
-// Prepare refuses it anyway.
+// force records tid, neither in doubt, recorded nor expired, as
+// forced-abort. (An expired tid need not be: Prepare refuses it anyway.)
 func (m *Memnode) force(tid TID) {
-	if !m.expired(tid) {
-		m.recorded.set(tid, recForced)
-	}
+	m.recorded.set(tid, recForced)
 }
 
 // Values of Memnode.recorded.
@@ -382,12 +390,13 @@ const (
 	recForced    = 3
 )
 
-// outcome returns tid's decided outcome, OutcomeUnknown if it is not
-// decided or expired. Treating expired entries as absent makes results
-// independent of when the sweep runs.
+// outcome returns what the memnode knows of a tid that is not in doubt:
+// OutcomeExpired if it is older than the horizon (its records, if any,
+// count as absent, which makes results independent of when the sweep
+// runs), else its decided outcome, else OutcomeUnknown.
 func (m *Memnode) outcome(tid TID) Outcome {
 	if m.expired(tid) {
-		return OutcomeUnknown
+		return OutcomeExpired
 	}
 	if v := m.recorded.get(tid); v == recCommitted || v == recAborted {
 		return Outcome(v)

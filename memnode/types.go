@@ -94,6 +94,13 @@ const (
 	OutcomeUnknown   Outcome = 0
 	OutcomeCommitted Outcome = 1
 	OutcomeAborted   Outcome = 2
+	// OutcomeExpired: the tid is older than the horizon (TID.Time <
+	// clock-Horizon) and not in doubt here, so whatever this participant
+	// knew of it (its vote, its outcome, a forced abort) may have been
+	// forgotten. It answers Commit, Abort and AbortUnlessVoted of such a
+	// tid, with no vote: the participant cannot tell whether it voted OK or
+	// how the tid was decided, and must not be counted as a vote either way.
+	OutcomeExpired Outcome = 3
 )
 
 // Result is what applying (or querying) an entry returns.
@@ -109,7 +116,8 @@ type Result struct {
 	// participant's reads are not a view of the whole minitransaction.
 	Reads [][]byte
 	// Outcome answers Commit/Abort/AbortUnlessVoted (and Prepare of an
-	// already decided tid).
+	// already decided tid); OutcomeExpired when the tid is past the horizon
+	// and not in doubt.
 	Outcome Outcome
 	// Err is non-nil when the entry was invalid; nothing was applied.
 	Err error

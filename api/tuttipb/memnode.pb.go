@@ -153,6 +153,13 @@ const (
 	Outcome_OUTCOME_UNKNOWN   Outcome = 0
 	Outcome_OUTCOME_COMMITTED Outcome = 1
 	Outcome_OUTCOME_ABORTED   Outcome = 2
+	// Answers KIND_COMMIT, KIND_ABORT and KIND_ABORT_UNLESS_VOTED (vote
+	// VOTE_UNSPECIFIED) for a tid that is not in doubt and older than the
+	// memnode's horizon: the memnode has forgotten whether it voted and how
+	// the tid was decided. It is no vote: recovery must not count it as
+	// BAD-FORCED (the tid may have committed here), and leaves the tid in
+	// doubt unless another participant's answer decides it.
+	Outcome_OUTCOME_EXPIRED Outcome = 3
 )
 
 // Enum value maps for Outcome.
@@ -161,11 +168,13 @@ var (
 		0: "OUTCOME_UNKNOWN",
 		1: "OUTCOME_COMMITTED",
 		2: "OUTCOME_ABORTED",
+		3: "OUTCOME_EXPIRED",
 	}
 	Outcome_value = map[string]int32{
 		"OUTCOME_UNKNOWN":   0,
 		"OUTCOME_COMMITTED": 1,
 		"OUTCOME_ABORTED":   2,
+		"OUTCOME_EXPIRED":   3,
 	}
 )
 
@@ -634,7 +643,7 @@ type Response struct {
 	// Human-readable detail for STATUS_INVALID and errors.
 	Error string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
 	// Answers Commit, Abort and AbortUnlessVoted, and a Prepare of a tid that
-	// is already decided.
+	// is already decided. OUTCOME_EXPIRED comes with STATUS_OK.
 	Outcome       Outcome `protobuf:"varint,9,opt,name=outcome,proto3,enum=tutti.v1.Outcome" json:"outcome,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1776,11 +1785,12 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\aVOTE_OK\x10\x01\x12\x11\n" +
 	"\rVOTE_BAD_LOCK\x10\x02\x12\x13\n" +
 	"\x0fVOTE_BAD_FORCED\x10\x03\x12\x10\n" +
-	"\fVOTE_BAD_CMP\x10\x04*J\n" +
+	"\fVOTE_BAD_CMP\x10\x04*_\n" +
 	"\aOutcome\x12\x13\n" +
 	"\x0fOUTCOME_UNKNOWN\x10\x00\x12\x15\n" +
 	"\x11OUTCOME_COMMITTED\x10\x01\x12\x13\n" +
-	"\x0fOUTCOME_ABORTED\x10\x02*\xaa\x01\n" +
+	"\x0fOUTCOME_ABORTED\x10\x02\x12\x13\n" +
+	"\x0fOUTCOME_EXPIRED\x10\x03*\xaa\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tSTATUS_OK\x10\x01\x12\x15\n" +

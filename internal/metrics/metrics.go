@@ -49,6 +49,8 @@ var (
 	dScans     = desc("recovery_scans_total", "In-doubt scans of memnodes this host led.", hostLabel)
 	dResolved  = desc("recovery_resolved_total", "In-doubt transactions this host decided, by outcome.", []string{"host", "outcome"})
 	dRecFailed = desc("recovery_failed_total", "Resolutions that ended in an error (retried at the next scan).", hostLabel)
+	dExpired   = desc("recovery_expired_total", "In-doubt transactions recovery refused to decide because a participant had forgotten them (past the memnode horizon); an operator must decide them.", hostLabel)
+	dStuck     = desc("recovery_stuck", "In-doubt transactions past the horizon, undecidable by recovery, still in doubt at the last scan.", hostLabel)
 
 	dInDoubt = desc("memnode_in_doubt", "Prepared, undecided minitransactions (memnodes this host leads).", memnodeLabel)
 	dLocks   = desc("memnode_locks", "Locked ranges held by in-doubt minitransactions (memnodes this host leads).", memnodeLabel)
@@ -69,7 +71,7 @@ func NewCollector(hosts ...*service.Host) *Collector { return &Collector{hosts: 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dProposals, dEntries, dFsyncs, dBatches, dApplied, dReads, dSnapshots, dRestores, dLogReads,
-		dLeaderChanges, dTerm, dCommit, dAppliedI, dIsLeader, dHasLead, dScans, dResolved, dRecFailed,
+		dLeaderChanges, dTerm, dCommit, dAppliedI, dIsLeader, dHasLead, dScans, dResolved, dRecFailed, dExpired, dStuck,
 		dInDoubt, dLocks, dDecided, dForced, dPages} {
 		ch <- d
 	}
@@ -108,6 +110,8 @@ func collectHost(h *service.Host, ch chan<- prometheus.Metric) {
 	counter(dResolved, r.Committed, "commit")
 	counter(dResolved, r.Aborted, "abort")
 	counter(dRecFailed, r.Failed)
+	counter(dExpired, r.Expired)
+	gauge(dStuck, float64(r.Stuck))
 
 	for _, g := range rep.Groups() {
 		st, err := rep.Status(g)

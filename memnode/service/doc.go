@@ -63,6 +63,22 @@
 // memnode this host leads. Timeout is capped at a quarter of the memnode
 // horizon: recovery must finish while participants remember decided tids.
 //
+// A tid recovered later than that (its memnode partitioned or without a
+// leader for longer than the horizon, or stamped by a client whose clock
+// lags the memnodes' by almost the horizon) may be forgotten by a
+// participant, which then cannot say whether it voted or committed
+// (memnode.OutcomeExpired). client.Recover refuses to decide such a tid
+// unless another participant's answer settles it (client.ErrExpired): the
+// tid stays in doubt, its locks held, instead of risking a commit at one
+// participant and an abort at another. The recovery coordinator logs it
+// once at error level, counts it (RecoveryStats.Expired, Stuck; metrics
+// tutti_recovery_expired_total, tutti_recovery_stuck) and does not retry
+// it while it stays in doubt. An operator must decide it: learn the
+// outcome out of band (the application's own records; the committed
+// participants' memory) and send that decision, a KIND_COMMIT or
+// KIND_ABORT request of the tid (idempotent), to every participant still
+// holding it in doubt. There is no command for it yet.
+//
 // Place computes the initial placement of memnode replicas on hosts from the
 // host list; every host computes the same one.
 //

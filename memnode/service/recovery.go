@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,14 @@ type RecoveryStats struct {
 	Committed uint64
 	Aborted   uint64
 	Failed    uint64 // resolutions that ended in an error (retried next scan)
+	// Expired counts in-doubt tids that recovery refused to decide because
+	// a participant had forgotten them (client.ErrExpired: recovered too
+	// late, past the memnode horizon), once per tid. They are not retried:
+	// the answers cannot change. An operator must decide them.
+	Expired uint64
+	// Stuck is a gauge: how many of those were still in doubt at their
+	// memnode's last scan by this host.
+	Stuck uint64
 }
 
 // recoverer is the recovery coordinator of one host.
@@ -75,7 +84,18 @@ type recoverer struct {
 		sync.Mutex
 		cl *client.Client
 	}
-	scans, committed, aborted, failed atomic.Uint64
+	// stuck holds the in-doubt tids that recovery found past the horizon
+	// (client.ErrExpired) and still in doubt at the last scan; only the
+	// run goroutine touches it. nstuck is its size, for stats.
+	stuck                                      map[stuckTID]struct{}
+	scans, committed, aborted, failed, expired atomic.Uint64
+	nstuck                                     atomic.Uint64
+}
+
+// stuckTID names an in-doubt tid of memnode mn.
+type stuckTID struct {
+	mn  uint64
+	tid memnode.TID
 }
 
 func newRecoverer(h *Host, log zerolog.Logger) *recoverer {
@@ -135,7 +155,10 @@ func (r *recoverer) run(ctx context.Context) {
 }
 
 // scan resolves the old in-doubt tids of every memnode this host leads.
+// A tid found past the horizon is logged and counted once, then left alone
+// while it stays in doubt.
 func (r *recoverer) scan(ctx context.Context) {
+	stuck := make(map[stuckTID]struct{}, len(r.stuck))
 	for _, mn := range r.rep.Groups() {
 		if r.rep.Leader(mn) != r.id || ctx.Err() != nil {
 			continue
@@ -145,35 +168,59 @@ func (r *recoverer) scan(ctx context.Context) {
 		cancel()
 		if err != nil {
 			r.log.Debug().Err(err).Uint64("memnode", mn).Msg("in-doubt listing failed")
+			for k := range r.stuck {
+				if k.mn == mn {
+					stuck[k] = struct{}{} // not known to be decided
+				}
+			}
 			continue
 		}
 		r.scans.Add(1)
 		now := r.clock.Now().UnixNano()
 		for _, t := range txs {
+			k := stuckTID{mn, t.TID}
+			if _, ok := r.stuck[k]; ok {
+				stuck[k] = struct{}{}
+				continue
+			}
 			if now-t.PreparedAt < int64(r.cfg.Timeout) || ctx.Err() != nil {
 				continue
 			}
-			r.resolve(ctx, mn, t)
+			if r.resolve(ctx, mn, t) {
+				stuck[k] = struct{}{}
+			}
 		}
 	}
+	r.stuck = stuck
+	r.nstuck.Store(uint64(len(stuck)))
 }
 
-func (r *recoverer) resolve(ctx context.Context, mn uint64, t memnode.InDoubtTx) {
+// resolve runs client.Recover for one in-doubt tid. It reports whether the
+// tid is past the horizon (client.ErrExpired): undecidable by recovery.
+func (r *recoverer) resolve(ctx context.Context, mn uint64, t memnode.InDoubtTx) (expired bool) {
 	tid := client.TID{Client: t.TID.Client, Seq: t.TID.Seq, Time: t.TID.Time}
 	ev := r.log.With().Uint64("memnode", mn).Stringer("tid", tid).Uints64("participants", t.Participants).Logger()
 	cl, err := r.client(ctx)
 	if err != nil {
 		r.failed.Add(1)
 		ev.Warn().Err(err).Msg("recovery: no client")
-		return
+		return false
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*r.cfg.Timeout)
 	defer cancel()
 	committed, err := cl.Recover(rctx, tid, t.Participants)
+	if errors.Is(err, client.ErrExpired) {
+		r.expired.Add(1)
+		ev.Error().Err(err).Dur("in_doubt_for", time.Duration(r.clock.Now().UnixNano()-t.PreparedAt)).
+			Msg("in-doubt minitransaction past the memnode horizon: a participant has forgotten it, so recovery " +
+				"cannot decide it without risking different outcomes at different participants; it stays in doubt, " +
+				"its locks held, until an operator decides it")
+		return true
+	}
 	if err != nil {
 		r.failed.Add(1)
 		ev.Warn().Err(err).Msg("recovery of in-doubt minitransaction failed; retrying at the next scan")
-		return
+		return false
 	}
 	if committed {
 		r.committed.Add(1)
@@ -182,6 +229,7 @@ func (r *recoverer) resolve(ctx context.Context, mn uint64, t memnode.InDoubtTx)
 	}
 	ev.Info().Bool("committed", committed).Dur("in_doubt_for", time.Duration(r.clock.Now().UnixNano()-t.PreparedAt)).
 		Msg("recovered in-doubt minitransaction")
+	return false
 }
 
 // client returns the recovery client, connecting it on first use.
@@ -203,7 +251,8 @@ func (r *recoverer) client(ctx context.Context) (*client.Client, error) {
 
 func (r *recoverer) stats() RecoveryStats {
 	c, a := r.committed.Load(), r.aborted.Load()
-	return RecoveryStats{Scans: r.scans.Load(), Resolved: c + a, Committed: c, Aborted: a, Failed: r.failed.Load()}
+	return RecoveryStats{Scans: r.scans.Load(), Resolved: c + a, Committed: c, Aborted: a, Failed: r.failed.Load(),
+		Expired: r.expired.Load(), Stuck: r.nstuck.Load()}
 }
 
 // inDoubt lists memnode mn's in-doubt transactions with a linearizable read

@@ -46,14 +46,23 @@ func TestResponseMapsReplicationErrors(t *testing.T) {
 }
 
 // The outcome a participant reports for Commit/Abort/AbortUnlessVoted reaches
-// the wire; recovery depends on it.
+// the wire; recovery depends on it. An expired tid's answer carries no vote.
 func TestResponseCarriesOutcome(t *testing.T) {
 	s := testServer()
-	for _, o := range []memnode.Outcome{memnode.OutcomeUnknown, memnode.OutcomeCommitted, memnode.OutcomeAborted} {
-		res := memnode.AppendResult(nil, &memnode.Result{Vote: memnode.VoteBadForced, FailedCompare: -1, Outcome: o})
+	for _, c := range []struct {
+		vote memnode.Vote
+		o    memnode.Outcome
+		want tuttipb.Outcome
+	}{
+		{memnode.VoteBadForced, memnode.OutcomeUnknown, tuttipb.Outcome_OUTCOME_UNKNOWN},
+		{memnode.VoteOK, memnode.OutcomeCommitted, tuttipb.Outcome_OUTCOME_COMMITTED},
+		{memnode.VoteBadForced, memnode.OutcomeAborted, tuttipb.Outcome_OUTCOME_ABORTED},
+		{0, memnode.OutcomeExpired, tuttipb.Outcome_OUTCOME_EXPIRED},
+	} {
+		res := memnode.AppendResult(nil, &memnode.Result{Vote: c.vote, FailedCompare: -1, Outcome: c.o})
 		r := s.response(1, 0, res, nil)
-		if r.GetStatus() != tuttipb.Status_STATUS_OK || r.GetOutcome() != tuttipb.Outcome(o) {
-			t.Errorf("outcome %v: got status %v outcome %v", o, r.GetStatus(), r.GetOutcome())
+		if r.GetStatus() != tuttipb.Status_STATUS_OK || r.GetOutcome() != c.want || r.GetVote() != tuttipb.Vote(c.vote) {
+			t.Errorf("outcome %v: got status %v vote %v outcome %v, want %v", c.o, r.GetStatus(), r.GetVote(), r.GetOutcome(), c.want)
 		}
 	}
 }
