@@ -52,7 +52,7 @@ func TestMoreTidsRefusedOutsideDecisions(t *testing.T) {
 	m, _ := New(Config{Size: 1 << 16, MaxItems: 2})
 	before := m.Snapshot()
 	for _, e := range []Entry{
-		{Kind: KindPrepare, Now: 1, TID: TID{Client: 1, Seq: 1, Time: 1}, More: []TID{{Client: 1, Seq: 2, Time: 1}}, Op: Op{Writes: []Write{{Addr: 0, Data: []byte("x")}}}},
+		{Kind: KindPrepare, Now: 1, TID: TID{Client: 1, Seq: 1, Time: 1}, Participants: []uint64{1}, More: []TID{{Client: 1, Seq: 2, Time: 1}}, Op: Op{Writes: []Write{{Addr: 0, Data: []byte("x")}}}},
 		{Kind: KindAbortUnlessVoted, Now: 1, TID: TID{Client: 1, Seq: 1, Time: 1}, More: []TID{{Client: 1, Seq: 2, Time: 1}}},
 		{Kind: KindAbort, Now: 1, TID: TID{Client: 1, Seq: 1, Time: 1}, More: []TID{{Seq: 2}, {Seq: 3}, {Seq: 4}}},
 		{Kind: KindAbort, Now: 1, TID: TID{Client: 1, Seq: 1, Time: 1}, More: []TID{{Seq: 2, Time: 1 << 62}}},
@@ -163,10 +163,10 @@ func TestCarriedDecisionsEqualSequential(t *testing.T) {
 func TestCarriedCommitReleasesLocksFirst(t *testing.T) {
 	m, _ := New(Config{Size: 1 << 16})
 	t1, t2 := TID{Client: 1, Seq: 1, Time: 5}, TID{Client: 1, Seq: 2, Time: 5}
-	if r := m.Apply(&Entry{Kind: KindPrepare, Now: 5, TID: t1, Op: Op{Writes: []Write{{Addr: 0, Data: []byte("new")}}}}); r.Vote != VoteOK {
+	if r := m.Apply(&Entry{Kind: KindPrepare, Now: 5, TID: t1, Participants: []uint64{1}, Op: Op{Writes: []Write{{Addr: 0, Data: []byte("new")}}}}); r.Vote != VoteOK {
 		t.Fatalf("prepare t1: %+v", r)
 	}
-	p2 := Entry{Kind: KindPrepare, Now: 6, TID: t2, Op: Op{Compares: []Compare{{Addr: 0, Data: []byte("new")}}, Writes: []Write{{Addr: 0, Data: []byte("2nd")}}}}
+	p2 := Entry{Kind: KindPrepare, Now: 6, TID: t2, Participants: []uint64{1}, Op: Op{Compares: []Compare{{Addr: 0, Data: []byte("new")}}, Writes: []Write{{Addr: 0, Data: []byte("2nd")}}}}
 	if r := m.Apply(&p2); r.Vote != VoteBadLock {
 		t.Fatalf("prepare t2 without the commit: %+v, want BAD-LOCK", r)
 	}
@@ -186,7 +186,7 @@ func TestCarriedCommitReleasesLocksFirst(t *testing.T) {
 func TestInvalidEntryAppliesNoCarriedDecision(t *testing.T) {
 	m, _ := New(Config{Size: 1 << 16, MaxItems: 2})
 	t1 := TID{Client: 1, Seq: 1, Time: 5}
-	if r := m.Apply(&Entry{Kind: KindPrepare, Now: 5, TID: t1, Op: Op{Writes: []Write{{Addr: 0, Data: []byte("x")}}}}); r.Vote != VoteOK {
+	if r := m.Apply(&Entry{Kind: KindPrepare, Now: 5, TID: t1, Participants: []uint64{1}, Op: Op{Writes: []Write{{Addr: 0, Data: []byte("x")}}}}); r.Vote != VoteOK {
 		t.Fatalf("prepare: %+v", r)
 	}
 	before := m.Snapshot()

@@ -24,7 +24,7 @@ func BenchmarkApplyExec(b *testing.B) {
 				b.Fatal(err)
 			}
 			for i := range locked {
-				r := m.Apply(&Entry{Kind: KindPrepare, Now: 1, TID: TID{Client: 1, Seq: uint64(i), Time: 1},
+				r := m.Apply(&Entry{Kind: KindPrepare, Now: 1, TID: TID{Client: 1, Seq: uint64(i), Time: 1}, Participants: []uint64{0, 1},
 					Op: Op{Writes: []Write{{Addr: uint64(i)*40_000 + 8, Data: []byte("lock")}}}})
 				if r.Vote != VoteOK {
 					b.Fatalf("prepare: %+v", r)

@@ -72,7 +72,10 @@
 // state equals applying the carried decisions as entries of their own just
 // before the entry. An invalid entry applies none of them.
 //
-// Exec ignores TID and Participants; only Prepare keeps Participants.
+// Exec ignores TID and Participants; only Prepare keeps Participants, the
+// memnodes recovery will ask and send the decision to: a non-empty list
+// without repeats, which must name the memnode itself (a Memnode does not
+// know its id: memnode/service checks that before proposing).
 // Commit, Abort and AbortUnlessVoted are idempotent. Lock conflicts: a
 // shared request conflicts with an overlapping exclusive lock; an exclusive
 // request with any overlapping lock; a transaction's own items never
@@ -110,7 +113,8 @@
 //
 //   - An invalid entry (bad kind, items on Commit/Abort/AbortUnlessVoted, too
 //     many items, an empty, oversized or out-of-range item, a tid from too
-//     far in the future) changes nothing, not even the clock, and returns
+//     far in the future, a Prepare with no participants or one named twice:
+//     CheckParticipants) changes nothing, not even the clock, and returns
 //     Result{Err: wraps ErrInvalid, FailedCompare: -1}. Apply and the
 //     decoders never panic on any input.
 //   - Time comes only from entries; state depends only on the sequence of

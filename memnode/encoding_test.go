@@ -237,9 +237,9 @@ var populateEntries = []Entry{
 	{Kind: KindExec, Now: 10, Op: Op{Writes: []Write{{Addr: 0xffe, Data: []byte("span")}, {Addr: 1 << 30, Data: []byte("far")}}}},
 	{Kind: KindPrepare, Now: 11, TID: TID{1, 1, 11}, Participants: []uint64{4, 5},
 		Op: Op{Compares: []Compare{{Addr: 0xffe, Data: []byte("sp")}}, Reads: []Read{{Addr: 0, Len: 8}}, Writes: []Write{{Addr: 0x2000, Data: []byte("indoubt")}}}},
-	{Kind: KindPrepare, Now: 12, TID: TID{2, 1, 12}, Op: Op{Reads: []Read{{Addr: 0, Len: 4}}}},
+	{Kind: KindPrepare, Now: 12, TID: TID{2, 1, 12}, Participants: []uint64{4}, Op: Op{Reads: []Read{{Addr: 0, Len: 4}}}},
 	{Kind: KindAbort, Now: 13, TID: TID{3, 1, 13}},
-	{Kind: KindPrepare, Now: 14, TID: TID{4, 1, 14}, Op: Op{Writes: []Write{{Addr: 0x3000, Data: []byte("c")}}}},
+	{Kind: KindPrepare, Now: 14, TID: TID{4, 1, 14}, Participants: []uint64{4, 6}, Op: Op{Writes: []Write{{Addr: 0x3000, Data: []byte("c")}}}},
 	{Kind: KindCommit, Now: 15, TID: TID{4, 1, 14}},
 }
 

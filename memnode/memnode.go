@@ -103,6 +103,11 @@ func (m *Memnode) Apply(e *Entry) Result {
 	if err := m.cfg.ValidateOp(e.Kind, &e.Op); err != nil {
 		return invalid(err)
 	}
+	if e.Kind == KindPrepare {
+		if err := CheckParticipants(e.Participants); err != nil {
+			return invalid(err)
+		}
+	}
 	if len(e.More) > 0 {
 		if e.Kind != KindCommit && e.Kind != KindAbort {
 			return invalid(fmt.Errorf("%w: only Commit and Abort carry more tids, not %v", ErrInvalid, e.Kind))
@@ -158,6 +163,33 @@ func (m *Memnode) Apply(e *Entry) Result {
 	default: // KindAbortUnlessVoted; ValidateOp rejected the rest
 		return m.abortUnlessVoted(e.TID)
 	}
+}
+
+// CheckParticipants checks a Prepare's participant list: recovery asks
+// exactly these memnodes and sends them the decision, so an empty list, or
+// one naming a memnode twice, would leave the tid in doubt for good. The
+// error wraps ErrInvalid. Whether the list names the memnode that applies
+// the Prepare is for the caller to check: a Memnode does not know its id.
+// It allocates nothing for a list of up to 16.
+func CheckParticipants(ps []uint64) error {
+	if len(ps) == 0 {
+		return fmt.Errorf("%w: Prepare without participants", ErrInvalid)
+	}
+	if len(ps) <= 16 {
+		for i, p := range ps {
+			if slices.Contains(ps[:i], p) {
+				return fmt.Errorf("%w: Prepare names participant %d twice", ErrInvalid, p)
+			}
+		}
+		return nil
+	}
+	sorted := slices.Sorted(slices.Values(ps))
+	for i := 1; i < len(sorted); i++ {
+		if sorted[i] == sorted[i-1] {
+			return fmt.Errorf("%w: Prepare names participant %d twice", ErrInvalid, sorted[i])
+		}
+	}
+	return nil
 }
 
 // checkDated returns an error if a tid is dated after limit.

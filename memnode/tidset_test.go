@@ -175,11 +175,11 @@ func TestRecordedSnapshotRoundTrip(t *testing.T) {
 		switch rng.IntN(3) {
 		case 0:
 			m.Apply(&Entry{Kind: KindAbort, Now: now, TID: tid})
-			if m.Apply(&Entry{Kind: KindPrepare, Now: now, TID: tid}).Vote == VoteBadForced {
+			if m.Apply(&Entry{Kind: KindPrepare, Now: now, TID: tid, Participants: []uint64{1}}).Vote == VoteBadForced {
 				recs = append(recs, rec{tid, OutcomeUnknown})
 			}
 		default:
-			if r := m.Apply(&Entry{Kind: KindPrepare, Now: now, TID: tid, Op: Op{Reads: []Read{{Addr: 8, Len: 1}}}}); r.Vote != VoteOK || r.Outcome != OutcomeUnknown {
+			if r := m.Apply(&Entry{Kind: KindPrepare, Now: now, TID: tid, Participants: []uint64{1}, Op: Op{Reads: []Read{{Addr: 8, Len: 1}}}}); r.Vote != VoteOK || r.Outcome != OutcomeUnknown {
 				continue
 			}
 			k, o := KindCommit, OutcomeCommitted

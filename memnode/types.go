@@ -56,7 +56,8 @@ type Entry struct {
 	Now int64
 	TID TID
 	// Participants lists the memnode ids of a two-phase minitransaction
-	// (Prepare only), so recovery can find the others.
+	// (Prepare only), so recovery can find the others: at least one, none
+	// twice, this memnode among them (CheckParticipants).
 	Participants []uint64
 	Op           Op
 	// More (Commit and Abort only) lists further tids decided the same

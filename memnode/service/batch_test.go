@@ -72,7 +72,7 @@ func TestCommitWithMoreTidsDecidesAll(t *testing.T) {
 		}
 		// Bad input first: more tids on a Prepare is refused.
 		r := rawCall(t, ctx, addr, &tuttipb.Request{Id: 1, Memnode: mn, Kind: tuttipb.Kind_KIND_PREPARE, Tid: wire(tids[0]),
-			MoreTids: []*tuttipb.Tid{wire(tids[1])}, Writes: []*tuttipb.Write{{Addr: 0, Data: []byte("x")}}})
+			Participants: []uint64{mn}, MoreTids: []*tuttipb.Tid{wire(tids[1])}, Writes: []*tuttipb.Write{{Addr: 0, Data: []byte("x")}}})
 		if r.GetStatus() != tuttipb.Status_STATUS_INVALID {
 			t.Fatalf("prepare with more tids: %v %s", r.GetStatus(), r.GetError())
 		}

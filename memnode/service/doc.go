@@ -8,7 +8,9 @@
 //
 //  1. Session streams carry batches of requests. Each request is checked
 //     (known memnode, replica here, size, items within the memnode's bounds:
-//     memnode.Config.ValidateOp); a bad one gets STATUS_INVALID or
+//     memnode.Config.ValidateOp; a Prepare's participants: at least one,
+//     none twice, this memnode among them, since recovery asks exactly
+//     those memnodes); a bad one gets STATUS_INVALID or
 //     STATUS_UNKNOWN_MEMNODE and changes nothing.
 //  2. Writes and two-phase steps become memnode entries stamped with this
 //     host's clock (the leader's clock: the only time a memnode ever sees)

@@ -176,6 +176,20 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 		ob.push(invalid(id, err.Error()))
 		return
 	}
+	if kind == memnode.KindPrepare {
+		// Recovery asks exactly these memnodes and sends them the
+		// decision: a list without this memnode would leave the tid in
+		// doubt here for good. The memnode checks the rest again.
+		ps := req.GetParticipants()
+		if err := memnode.CheckParticipants(ps); err != nil {
+			ob.push(invalid(id, err.Error()))
+			return
+		}
+		if !slices.Contains(ps, mn) {
+			ob.push(invalid(id, fmt.Sprintf("Prepare at memnode %d names participants %v, not including it", mn, ps)))
+			return
+		}
+	}
 	var more []memnode.TID
 	if mt := req.GetMoreTids(); len(mt) > 0 {
 		if kind != memnode.KindCommit && kind != memnode.KindAbort {

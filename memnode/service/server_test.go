@@ -66,3 +66,47 @@ func TestResponseCarriesOutcome(t *testing.T) {
 		}
 	}
 }
+
+// fakeProposer answers every proposal with an OK vote and counts them.
+type fakeProposer struct{ proposed int }
+
+func (f *fakeProposer) ProposeAsync(_ uint64, _ []byte, done func([]byte, error)) {
+	f.proposed++
+	done(memnode.AppendResult(nil, &memnode.Result{Vote: memnode.VoteOK, FailedCompare: -1}), nil)
+}
+func (f *fakeProposer) ReadAsync(uint64, []byte, func([]byte, error)) {}
+func (f *fakeProposer) Leader(uint64) uint64                          { return 1 }
+
+// A Prepare whose participants are missing, repeated or leave out the
+// memnode it is sent to would wedge the tid in doubt (recovery asks exactly
+// those memnodes): refused as invalid before anything is proposed.
+func TestPrepareParticipantsValidated(t *testing.T) {
+	for _, c := range []struct {
+		parts []uint64
+		ok    bool
+	}{
+		{nil, false},
+		{[]uint64{1, 2}, false}, // without memnode 0
+		{[]uint64{0, 1, 0}, false},
+		{[]uint64{1, 0}, true},
+		{[]uint64{0}, true},
+	} {
+		fp := &fakeProposer{}
+		s := newServer(1, map[uint64]string{1: "a:1"}, []MemnodeSpec{{ID: 0, Replicas: []uint64{1}}},
+			memnode.DefaultConfig(), WallClock, zerolog.Nop(), fp)
+		ob := newOutbox()
+		s.handle(&tuttipb.Request{Id: 9, Memnode: 0, Kind: tuttipb.Kind_KIND_PREPARE, Tid: &tuttipb.Tid{Client: 1, Seq: 1, Time: 1},
+			Participants: c.parts, Writes: []*tuttipb.Write{{Addr: 8, Data: []byte("x")}}}, ob)
+		if len(ob.mu.pending) != 1 {
+			t.Fatalf("participants %v: %d responses", c.parts, len(ob.mu.pending))
+		}
+		r := ob.mu.pending[0]
+		want, proposed := tuttipb.Status_STATUS_INVALID, 0
+		if c.ok {
+			want, proposed = tuttipb.Status_STATUS_OK, 1
+		}
+		if r.GetStatus() != want || r.GetId() != 9 || fp.proposed != proposed {
+			t.Errorf("participants %v: status %v (%s), %d proposed; want %v, %d", c.parts, r.GetStatus(), r.GetError(), fp.proposed, want, proposed)
+		}
+	}
+}
