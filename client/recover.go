@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
@@ -95,9 +96,8 @@ func crashed(mn uint64, p CrashPoint, tid *tuttipb.Tid) error {
 // error wrapping ErrExpired and decides nothing, rather than risk
 // aborting at one participant what committed at another. The tid then
 // stays in doubt, its locks held, until an operator decides it: learns the
-// outcome out of band (the application's own records) and sends that
-// decision, a KIND_COMMIT or KIND_ABORT request of the tid, to every
-// participant that still holds it in doubt.
+// outcome out of band (the application's own records) and applies it with
+// Decide (the CLI: tutti decide).
 func (c *Client) Recover(ctx context.Context, tid TID, participants []uint64) (committed bool, err error) {
 	if len(participants) == 0 {
 		return false, fmt.Errorf("%w: recovery of %v without participants", ErrInvalid, tid)
@@ -114,13 +114,78 @@ func (c *Client) Recover(ctx context.Context, tid TID, participants []uint64) (c
 	if err != nil {
 		return false, &Error{Memnode: participants[0], Err: ErrUnavailable, Detail: fmt.Sprintf("tid %v: %v", tid, err)}
 	}
+	return committed, c.applyDecision(ctx, tid, participants, committed)
+}
+
+// Decide is the operator's decision of a tid that Recover leaves in doubt
+// (ErrExpired: a participant has forgotten it, past its horizon): commit
+// applies its writes and releases its locks at every participant that
+// still holds it in doubt, abort releases them. Only someone who knows the
+// outcome (from the application's own records) may decide: the wrong one
+// makes participants disagree. Decide first asks every participant what
+// it knows, as Recover does, and refuses (ErrInvalid, nothing decided) a
+// decision that contradicts a participant: one that reports the tid
+// decided the other way, or, for commit, one that never voted OK (it was
+// fenced, so the tid cannot have committed anywhere). A tid whose outcome
+// the participants settle is decided as Recover would; Decide then only
+// checks that it agrees. Asking is recovery's first phase: a participant
+// that has not voted is fenced (it will refuse the Prepare), so decide only
+// tids that are stuck, never one whose coordinator may still be running.
+func (c *Client) Decide(ctx context.Context, tid TID, participants []uint64, commit bool) error {
+	if len(participants) == 0 {
+		return fmt.Errorf("%w: decision of %v without participants", ErrInvalid, tid)
+	}
+	votes, err := c.askAll(ctx, tid.wire(), participants, tuttipb.Kind_KIND_ABORT_UNLESS_VOTED)
+	if err != nil {
+		return err
+	}
+	known, err := outcomeOf(participants, votes)
+	switch {
+	case err == nil && known != commit:
+		what := "aborted"
+		if known {
+			what = "committed"
+		}
+		return &Error{Memnode: participants[0], Err: ErrInvalid,
+			Detail: fmt.Sprintf("tid %v is %s according to its participants (%s): refusing the opposite decision", tid, what, describeVotes(participants, votes))}
+	case err != nil && !errors.Is(err, ErrExpired):
+		return &Error{Memnode: participants[0], Err: ErrUnavailable, Detail: fmt.Sprintf("tid %v: %v", tid, err)}
+	}
+	return c.applyDecision(ctx, tid, participants, commit)
+}
+
+// describeVotes lists what each participant answered to AbortUnlessVoted.
+func describeVotes(mns []uint64, rs []*tuttipb.Response) string {
+	var b strings.Builder
+	for i, r := range rs {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "memnode %d: ", mns[i])
+		switch o := r.GetOutcome(); {
+		case o == tuttipb.Outcome_OUTCOME_COMMITTED, o == tuttipb.Outcome_OUTCOME_ABORTED:
+			fmt.Fprintf(&b, "decided %s", strings.ToLower(strings.TrimPrefix(o.String(), "OUTCOME_")))
+		case o == tuttipb.Outcome_OUTCOME_EXPIRED:
+			b.WriteString("forgotten (past its horizon)")
+		case r.GetVote() == tuttipb.Vote_VOTE_OK:
+			b.WriteString("voted OK, in doubt")
+		default:
+			b.WriteString("never voted OK")
+		}
+	}
+	return b.String()
+}
+
+// applyDecision sends the decision to every participant and checks that
+// each applied it (or has forgotten the tid, so holds nothing of it).
+func (c *Client) applyDecision(ctx context.Context, tid TID, participants []uint64, committed bool) error {
 	kind := tuttipb.Kind_KIND_ABORT
 	if committed {
 		kind = tuttipb.Kind_KIND_COMMIT
 	}
-	acks, err := c.askAll(ctx, wt, participants, kind)
+	acks, err := c.askAll(ctx, tid.wire(), participants, kind)
 	if err != nil {
-		return committed, err
+		return err
 	}
 	want := tuttipb.Outcome_OUTCOME_ABORTED
 	if committed {
@@ -132,11 +197,11 @@ func (c *Client) Recover(ctx context.Context, tid TID, participants []uint64) (c
 		// to apply: the answers that decided already settle its outcome.
 		if o := r.GetOutcome(); o != want && o != tuttipb.Outcome_OUTCOME_EXPIRED {
 			// Never expected: the participant decided otherwise.
-			return committed, &Error{Memnode: participants[i], Err: ErrUnavailable,
+			return &Error{Memnode: participants[i], Err: ErrUnavailable,
 				Detail: fmt.Sprintf("tid %v: decided %v but the participant reports %v", tid, want, r.GetOutcome())}
 		}
 	}
-	return committed, nil
+	return nil
 }
 
 // outcomeOf applies recovery's rule to the answers rs of memnodes mns to

@@ -111,3 +111,51 @@ func TestMemnodesAndReplicaCommands(t *testing.T) {
 		t.Fatal("replica move with two arguments accepted")
 	}
 }
+
+// TestDecideCommand: tutti decide applies an operator's decision and
+// refuses one that a participant contradicts. Tids no participant has seen
+// stand in for stuck ones here (the stuck case itself is
+// memnode/service's TestRecoverRefusesTidPastHorizon): aborting one fences
+// every participant; committing one is refused, since a participant that
+// never voted OK proves it cannot have committed; and once aborted, a
+// commit of the same tid is refused too.
+func TestDecideCommand(t *testing.T) {
+	c := testCluster(t)
+	seed := "--seed=" + c.Seeds()[0]
+	now := time.Now().UnixNano()
+	code := func(err error) int {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		if err != nil {
+			return -1
+		}
+		return 0
+	}
+	for _, args := range [][]string{
+		{"decide", seed, "1.2", "--participants", "0,1", "--abort"},                                  // tid format
+		{"decide", seed, fmt.Sprintf("7.1@%d", now), "--abort"},                                      // no participants
+		{"decide", seed, fmt.Sprintf("7.1@%d", now), "--participants", "0,0", "--abort"},             // twice
+		{"decide", seed, fmt.Sprintf("7.1@%d", now), "--participants", "0,1"},                        // neither
+		{"decide", seed, fmt.Sprintf("7.1@%d", now), "--participants", "0,1", "--commit", "--abort"}, // both
+	} {
+		if out, err := run(t, args...); code(err) != 2 {
+			t.Fatalf("%v: exit %d (%v), want 2\n%s", args[1:], code(err), err, out)
+		}
+	}
+	tid := fmt.Sprintf("7.1@%d", now)
+	out, err := run(t, "decide", seed, tid, "--participants", "0,1", "--abort")
+	if err != nil || !strings.Contains(out, "aborted 7.1@") {
+		t.Fatalf("abort: %q %v", out, err)
+	}
+	out, err = run(t, "decide", seed, tid, "--participants", "0,1", "--commit")
+	if code(err) != 1 || !strings.Contains(err.Error(), "aborted according to its participants") {
+		t.Fatalf("commit of an aborted tid: exit %d, %v\n%s", code(err), err, out)
+	}
+	fresh := fmt.Sprintf("7.2@%d", now)
+	out, err = run(t, "decide", seed, fresh, "--participants", "1,2", "--commit", "--json")
+	if code(err) != 1 || !strings.Contains(err.Error(), "never voted OK") {
+		t.Fatalf("commit of a tid nobody prepared: exit %d, %v\n%s", code(err), err, out)
+	}
+}

@@ -66,7 +66,7 @@ run minitransactions against it with 'tutti mtx' or measure it with
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
 	root.AddCommand(newUp(g), newServer(g), newMtx(g), newBench(g))
-	root.AddCommand(newMemnodes(g), newMemnodeCmd(g), newReplicaCmd(g))
+	root.AddCommand(newMemnodes(g), newMemnodeCmd(g), newReplicaCmd(g), newDecide(g))
 	root.AddCommand(newMembers(g), newAgent(g))
 	root.AddCommand(newSend(g), newTail(g), newGroupInfo(g), newGroups(g))
 	return root

@@ -77,9 +77,10 @@
 // tutti_recovery_expired_total, tutti_recovery_stuck) and does not retry
 // it while it stays in doubt. An operator must decide it: learn the
 // outcome out of band (the application's own records; the committed
-// participants' memory) and send that decision, a KIND_COMMIT or
-// KIND_ABORT request of the tid (idempotent), to every participant still
-// holding it in doubt. There is no command for it yet.
+// participants' memory) and apply it with `tutti decide TID
+// --participants LIST --commit|--abort` (client.Decide), which refuses a
+// decision that contradicts what a participant still knows. The log line
+// names the tid and its participants.
 //
 // Place computes the initial placement of memnode replicas on hosts from the
 // host list; every host computes the same one.

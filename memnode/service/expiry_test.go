@@ -128,6 +128,18 @@ func TestRecoverRefusesTidPastHorizon(t *testing.T) {
 		}
 	}
 	checkStillInDoubt(t, ctx, c, plain, tx)
+
+	// The operator, who knows it committed (memnode 1 holds "x"), decides.
+	if err := plain.Decide(ctx, client.TID(tx.TID), tx.Participants, true); err != nil {
+		t.Fatalf("decide commit: %v", err)
+	}
+	if txs, err := inDoubt(ctx, c, 2); err != nil || len(txs) != 0 {
+		t.Fatalf("in doubt at memnode 2 after the decision: %+v %v", txs, err)
+	}
+	r, err := plain.Exec(ctx, client.NewTx().Read(1, 8, 1).Read(2, 8, 1))
+	if err != nil || string(r.Reads[0]) != "x" || string(r.Reads[1]) != "y" {
+		t.Fatalf("after the decision: reads %q, %v; want the whole minitransaction", r.Reads, err)
+	}
 }
 
 // The hosts' own recovery, with a client clock lagging by almost the

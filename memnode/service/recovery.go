@@ -214,7 +214,7 @@ func (r *recoverer) resolve(ctx context.Context, mn uint64, t memnode.InDoubtTx)
 		ev.Error().Err(err).Dur("in_doubt_for", time.Duration(r.clock.Now().UnixNano()-t.PreparedAt)).
 			Msg("in-doubt minitransaction past the memnode horizon: a participant has forgotten it, so recovery " +
 				"cannot decide it without risking different outcomes at different participants; it stays in doubt, " +
-				"its locks held, until an operator decides it")
+				"its locks held, until an operator decides it (tutti decide TID --participants LIST --commit|--abort)")
 		return true
 	}
 	if err != nil {
