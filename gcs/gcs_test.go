@@ -531,3 +531,32 @@ func TestJoinOfUnknownOutcomeSettles(t *testing.T) {
 	m.leave()
 	e.check()
 }
+
+// TestLeaveAfterTheSenderFailed: a member whose sender ended on its own (a
+// link whose outcome could not be settled: it must not link again) can no
+// longer multicast, but it is still in the view and must be able to leave.
+// Before, Leave returned the sender's error and the member stayed, pinning
+// the log.
+func TestLeaveAfterTheSenderFailed(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAll(2, "g")
+	restoreSettle := gcs.SettleGivesUp()
+	defer restoreSettle()
+	fired, restore := gcs.UnknownAfterCommit(t, "link", func() {})
+	defer restore()
+	err := ms[0].send(1, 10)
+	if !errors.Is(err, gcs.ErrClosed) || !fired() {
+		t.Fatalf("multicast whose link cannot be settled: %v (failpoint fired: %v), want ErrClosed", err, fired())
+	}
+	restore()
+	restoreSettle()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := ms[0].g.Leave(ctx); err != nil {
+		t.Fatalf("leave after the sender failed: %v", err)
+	}
+	waitUntil(t, 10*time.Second, "p1 alone in the view", func() bool {
+		v := ms[1].lastView()
+		return v != nil && len(v.Members) == 1
+	})
+}

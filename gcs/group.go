@@ -281,7 +281,7 @@ func (g *Group) Multicast(ctx context.Context, payload []byte) error {
 // whether the application drains Events later or calls Leave again.
 func (g *Group) Leave(ctx context.Context) error {
 	if !g.leftView.Load() {
-		if err := g.termErr(); err != nil {
+		if err := g.termErr(); err != nil && !errors.As(err, new(senderDead)) {
 			if errors.Is(err, ErrNotMember) {
 				return nil
 			}
@@ -1196,8 +1196,15 @@ func (g *Group) sendErr(op string, err error) error {
 		err = fmt.Errorf("%w: group %s: %s: %w", ErrClosed, g.ref.name, op, err)
 	}
 	g.n.log.Error().Err(err).Msg("sender failed: the group is dead")
-	return err
+	return senderDead{err}
 }
+
+// senderDead marks the error of a sender that ended on its own (sendErr):
+// this member can no longer multicast, but it is still in the view, its
+// delivery runs, and Leave must still take it out.
+type senderDead struct{ error }
+
+func (e senderDead) Unwrap() error { return e.error }
 
 func (g *Group) finish(batch []*sendReq, err error) {
 	for _, r := range batch {
