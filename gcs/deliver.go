@@ -380,8 +380,10 @@ func (g *Group) deliverRecord(cur *viewState, rec record, fetch *blobFetch) (*vi
 				g.evict(rec.view, fmt.Sprintf("%s: not in the view that should admit it", ErrCorrupt))
 				return cur, true
 			}
-			// Only our own leave can empty the view (a removal is made by
-			// a member, who stays): its work falls to us (finishLeave).
+			// Only our own leave can empty the view of a running member
+			// (a removal is made by a member, who stays; abandon takes
+			// only its own, never-started slot): its work falls to us
+			// (finishLeave).
 			g.emptied.Store(len(vb.members) == 0)
 			if g.leaving.Load() {
 				g.fail(ErrNotMember)

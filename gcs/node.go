@@ -647,20 +647,68 @@ func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts
 
 // abandon leaves a membership that never became a Group. The slot must be
 // ours: tag, name and queue (a join whose outcome is unknown may not have
-// placed it, and another joiner may have taken the same tag).
+// placed it, and another joiner may have taken the same tag). If it fails
+// within 10 s it goes on in the background (every few seconds, for up to
+// abandonFor, or until the Node closes): a slot left behind is a member
+// nobody runs, which pins the log and may be named state provider. If
+// leaving empties the view, the last member's work (gc.go, The last member
+// out) is ours too.
 func (n *Node) abandon(ref groupRef, self member) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err := n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
-		if m, ok := ms.byTag(self.tag); ok && m.active() && m.name == self.name && m.qMemnode == self.qMemnode && m.qAddr == self.qAddr {
-			return &change{remove: []member{m}, reason: "left"}, nil
-		}
-		return nil, nil
-	}, nil)
-	if err != nil {
-		n.log.Warn().Err(err).Str("member", self.name).Msg("leaving after a failed join")
+	emptied := false
+	leave := func(ctx context.Context) error {
+		return n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
+			if m, ok := ms.byTag(self.tag); ok && m.active() && m.name == self.name && m.qMemnode == self.qMemnode && m.qAddr == self.qAddr {
+				emptied = len(ms.active()) == 1
+				return &change{remove: []member{m}, reason: "left"}, nil
+			}
+			emptied = false
+			return nil, nil
+		}, nil)
 	}
+	done := func(ctx context.Context) {
+		if emptied {
+			g := newGroup(n, ref, self, JoinOptions{}, 0)
+			defer g.cancel()
+			g.reclaimAfterLeave(ctx)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := leave(ctx)
+	cancel()
+	if err == nil {
+		done(n.ctx)
+		return
+	}
+	n.log.Warn().Err(err).Str("member", self.name).Msg("leaving after a failed join: retrying in the background")
+	n.mu.Lock()
+	if n.mu.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.bg.Add(1)
+	n.mu.Unlock()
+	go func() {
+		defer n.bg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, abandonFor)
+		defer cancel()
+		for {
+			if err := sleepCtx(ctx, 2*time.Second); err != nil {
+				n.log.Error().Str("member", self.name).Msg("gave up leaving after a failed join: the slot stays until removed (Group.Remove, or Membership once this process is gone)")
+				return
+			}
+			rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+			err := leave(rctx)
+			rcancel()
+			if err == nil {
+				done(ctx)
+				return
+			}
+		}
+	}()
 }
+
+// abandonFor bounds abandon's background retries.
+const abandonFor = 5 * time.Minute
 
 func (n *Node) register(g *Group) bool {
 	n.mu.Lock()

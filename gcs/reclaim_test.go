@@ -393,3 +393,31 @@ func TestLeaveThatTimesOutStillReclaims(t *testing.T) {
 		})
 	}
 }
+
+// TestAbandonedJoinThatEmptiesTheGroupIsReclaimed: the first joiner of a
+// group cannot settle its join (unknown outcome) and abandons the slot it
+// may have placed; that leaves the view empty, so the last member's work
+// (trim, reclaim its slot and queue) is the abandoner's. Before, nobody did
+// it: the slot and queue stayed and Delete refused the group.
+func TestAbandonedJoinThatEmptiesTheGroupIsReclaimed(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("solo")
+	restoreSettle := gcs.SettleGivesUp()
+	defer restoreSettle()
+	fired, restore := gcs.UnknownAfterCommit(t, "view", func() {})
+	defer restore()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := n.Join(ctx, "g", gcs.JoinOptions{}); !errors.Is(err, client.ErrUnknownOutcome) || !fired() {
+		t.Fatalf("join with an unsettled outcome: %v (failpoint fired: %v)", err, fired())
+	}
+	restore()
+	restoreSettle()
+	obs := e.node("obs")
+	describe(t, obs, "g", "the abandoned slot reclaimed", func(gi gcs.GroupInfo) bool {
+		return len(gi.Members)+len(gi.Retired) == 0
+	})
+	if err := obs.Delete(ctx, "g"); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+}
