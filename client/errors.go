@@ -33,6 +33,9 @@ var (
 	// it, and calling again gives the same answer; an operator must decide
 	// it (see Recover).
 	ErrExpired = errors.New("tutti: tid past the memnode horizon, outcome forgotten")
+	// ErrRefused: Decide refused the decision: a participant contradicts
+	// it, or none holds the tid in doubt any more. Nothing was decided.
+	ErrRefused = errors.New("tutti: decision refused")
 )
 
 // Error says which memnode a failure concerns and why.

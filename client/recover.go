@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -122,13 +123,15 @@ func (c *Client) Recover(ctx context.Context, tid TID, participants []uint64) (c
 // applies its writes and releases its locks at every participant that
 // still holds it in doubt, abort releases them. Only someone who knows the
 // outcome (from the application's own records) may decide: the wrong one
-// makes participants disagree. Decide first asks every participant what
-// it knows, as Recover does, and refuses (ErrInvalid, nothing decided) a
-// decision that contradicts a participant: one that reports the tid
-// decided the other way, or, for commit, one that never voted OK (it was
-// fenced, so the tid cannot have committed anywhere). A tid whose outcome
-// the participants settle is decided as Recover would; Decide then only
-// checks that it agrees. Asking is recovery's first phase: a participant
+// makes participants disagree. participants must be the tid's whole list,
+// as logged with it. Decide first asks every participant what it knows, as
+// Recover does, and refuses (ErrRefused, nothing decided) a decision that
+// contradicts a participant: one that reports the tid decided the other
+// way, or, for commit, one that never voted OK (it was fenced, so the tid
+// cannot have committed anywhere); it also refuses when no participant
+// holds the tid in doubt any more (there is nothing to decide). A tid
+// whose outcome the participants settle is decided as Recover would;
+// Decide then only checks that it agrees. Asking is recovery's first phase: a participant
 // that has not voted is fenced (it will refuse the Prepare), so decide only
 // tids that are stuck, never one whose coordinator may still be running.
 func (c *Client) Decide(ctx context.Context, tid TID, participants []uint64, commit bool) error {
@@ -146,12 +149,21 @@ func (c *Client) Decide(ctx context.Context, tid TID, participants []uint64, com
 		if known {
 			what = "committed"
 		}
-		return &Error{Memnode: participants[0], Err: ErrInvalid,
+		return &Error{Memnode: participants[0], Err: ErrRefused,
 			Detail: fmt.Sprintf("tid %v is %s according to its participants (%s): refusing the opposite decision", tid, what, describeVotes(participants, votes))}
 	case err != nil && !errors.Is(err, ErrExpired):
 		return &Error{Memnode: participants[0], Err: ErrUnavailable, Detail: fmt.Sprintf("tid %v: %v", tid, err)}
+	case err != nil && !slices.ContainsFunc(votes, inDoubt):
+		return &Error{Memnode: participants[0], Err: ErrRefused,
+			Detail: fmt.Sprintf("no participant holds tid %v in doubt (%s): nothing to decide", tid, describeVotes(participants, votes))}
 	}
 	return c.applyDecision(ctx, tid, participants, commit)
+}
+
+// inDoubt reports whether an answer to AbortUnlessVoted comes from a
+// participant that holds the tid in doubt (voted OK, undecided).
+func inDoubt(r *tuttipb.Response) bool {
+	return r.GetVote() == tuttipb.Vote_VOTE_OK && r.GetOutcome() == tuttipb.Outcome_OUTCOME_UNKNOWN
 }
 
 // describeVotes lists what each participant answered to AbortUnlessVoted.
@@ -167,7 +179,7 @@ func describeVotes(mns []uint64, rs []*tuttipb.Response) string {
 			fmt.Fprintf(&b, "decided %s", strings.ToLower(strings.TrimPrefix(o.String(), "OUTCOME_")))
 		case o == tuttipb.Outcome_OUTCOME_EXPIRED:
 			b.WriteString("forgotten (past its horizon)")
-		case r.GetVote() == tuttipb.Vote_VOTE_OK:
+		case inDoubt(r):
 			b.WriteString("voted OK, in doubt")
 		default:
 			b.WriteString("never voted OK")

@@ -153,9 +153,24 @@ func TestDecideCommand(t *testing.T) {
 	if code(err) != 1 || !strings.Contains(err.Error(), "aborted according to its participants") {
 		t.Fatalf("commit of an aborted tid: exit %d, %v\n%s", code(err), err, out)
 	}
+	if out, err = run(t, "decide", seed, tid, "--participants", "0,1", "--abort"); err != nil {
+		t.Fatalf("abort again (it agrees): %q %v", out, err)
+	}
 	fresh := fmt.Sprintf("7.2@%d", now)
 	out, err = run(t, "decide", seed, fresh, "--participants", "1,2", "--commit", "--json")
 	if code(err) != 1 || !strings.Contains(err.Error(), "never voted OK") {
 		t.Fatalf("commit of a tid nobody prepared: exit %d, %v\n%s", code(err), err, out)
+	}
+	// Older than the horizon everywhere: nobody holds it, nothing to decide.
+	old := fmt.Sprintf("7.3@%d", now-int64(10*time.Minute))
+	out, err = run(t, "decide", seed, old, "--participants", "0,2", "--commit")
+	if code(err) != 1 || !strings.Contains(err.Error(), "nothing to decide") {
+		t.Fatalf("decide a forgotten tid: exit %d, %v\n%s", code(err), err, out)
+	}
+	// Dated far in the future: the memnodes reject the request itself.
+	future := fmt.Sprintf("7.4@%d", now+int64(time.Hour))
+	out, err = run(t, "decide", seed, future, "--participants", "0,2", "--abort")
+	if code(err) != 2 {
+		t.Fatalf("decide a tid from the future: exit %d, %v\n%s", code(err), err, out)
 	}
 }

@@ -42,8 +42,10 @@ one that never voted OK); then every participant still holding the tid in
 doubt applies the decision. Asking is recovery's first phase, which fences a
 participant that has not voted yet: decide only tids that are stuck.
 
-TID is as logged: CLIENT.SEQ@TIME. Exit status 0 when decided, 1 when
-refused, 2 on bad arguments or an unreachable cluster.`,
+TID and the participants are as logged (TID is CLIENT.SEQ@TIME). Exit
+status 0 when decided; 1 when refused (a participant contradicts the
+decision, or none holds the tid in doubt any more); 2 on bad arguments,
+requests the memnodes reject, or an unreachable cluster.`,
 		Example: `  tutti decide 4711.42@1764553200123456789 --participants 1,2 --commit
   tutti decide 4711.43@1764553200223456789 --participants 0,2,3 --abort --seed 10.0.0.1:7400`,
 		Args: cobra.ExactArgs(1),
@@ -66,7 +68,7 @@ refused, 2 on bad arguments or an unreachable cluster.`,
 			defer cancel()
 			defer cl.Close()
 			if err := cl.Decide(ctx, tid, mns, commit); err != nil {
-				if errors.Is(err, client.ErrInvalid) {
+				if errors.Is(err, client.ErrRefused) {
 					return &exitError{1, err}
 				}
 				return &exitError{2, err}
