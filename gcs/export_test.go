@@ -126,3 +126,19 @@ func SettleGivesUp() (restore func()) {
 	settleGivesUp.Store(true)
 	return func() { settleGivesUp.Store(false) }
 }
+
+// UnknownWithoutCommit makes the next minitransaction at site not run at
+// all: between runs instead (other steps, e.g. a competing join), then the
+// caller hears client.ErrUnknownOutcome, as if the request were lost.
+func UnknownWithoutCommit(site string, between func()) (fired func() bool, restore func()) {
+	var done atomic.Bool
+	f := func(s string, do func() (*client.Result, error)) (*client.Result, error) {
+		if s != site || !done.CompareAndSwap(false, true) {
+			return do()
+		}
+		between()
+		return nil, fmt.Errorf("failpoint at %s: %w", site, client.ErrUnknownOutcome)
+	}
+	execFault.Store(&f)
+	return done.Load, func() { execFault.Store(nil) }
+}

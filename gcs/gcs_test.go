@@ -560,3 +560,40 @@ func TestLeaveAfterTheSenderFailed(t *testing.T) {
 		return v != nil && len(v.Members) == 1
 	})
 }
+
+// TestJoinsFromOneNodeSettleApart: two joins of one group from one Node
+// decide on the same header, so they write the same view record (slot,
+// tag, name; the record does not name the queue). One commits; the other's
+// request is lost (ErrUnknownOutcome) and settling finds the identical
+// record. Reading it back alone, the loser took the winner's membership as
+// its own: two Groups on one slot and tag. The slot's queue tells them
+// apart; the loser joins again and both are members.
+func TestJoinsFromOneNodeSettleApart(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAll(1, "g")
+	n := e.node("twice")
+	var second *member
+	fired, restore := gcs.UnknownWithoutCommit("view", func() {
+		second = e.join(n, "g")
+	})
+	defer restore()
+	first := e.join(n, "g")
+	if !fired() || second == nil {
+		t.Fatal("the failpoint did not fire")
+	}
+	restore()
+	if first.name == second.name {
+		t.Fatalf("both joins are %s", first.name)
+	}
+	all := []*member{ms[0], first, second}
+	waitUntil(t, 10*time.Second, "three members in the view", func() bool {
+		v := ms[0].lastView()
+		return v != nil && len(v.Members) == 3
+	})
+	sendAll(t, all, 2, 10)
+	deliveredInOrder(t, all, 6)
+	for _, m := range all {
+		m.leave()
+	}
+	e.check()
+}

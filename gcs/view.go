@@ -132,6 +132,12 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 			// Never decide again before knowing: the change may be in.
 			committed, serr := n.settleRecords(ctx, ref, rec.pos, b)
+			if serr == nil && committed && ch.add != nil {
+				// A view record does not name the joiner's queue: two
+				// joins from one Node deciding on one header write the
+				// same bytes. The slot tells whose commit it was.
+				committed, serr = n.slotHolds(ctx, ref, *ch.add)
+			}
 			if serr != nil {
 				return errors.Join(err, serr) // still ErrUnknownOutcome
 			}
@@ -173,6 +179,21 @@ func (n *Node) readRing(ctx context.Context, ref groupRef, pos uint64, l int) ([
 		return nil, err
 	}
 	return joinReads(res.Reads), nil
+}
+
+// slotHolds reports whether m's slot holds m: its tag and its queue.
+func (n *Node) slotHolds(ctx context.Context, ref groupRef, m member) (bool, error) {
+	var b []byte
+	err := n.retry(ctx, func() error {
+		var err error
+		b, err = n.read(ctx, ref.home, ref.slotAddr(m.slot), memberSize)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	got := decodeMember(m.slot, b)
+	return got.tag == m.tag && got.qMemnode == m.qMemnode && got.qAddr == m.qAddr, nil
 }
 
 // errUnsettled: an unknown outcome that reading back can no longer settle.
