@@ -321,6 +321,12 @@
 //   - Without Membership a crashed member stays in the view (blocking log
 //     trimming and, once the log is full, senders) until Group.Remove.
 //   - Multicast after its ctx ended may or may not have ordered the message.
+//   - A sender that cannot settle a link's unknown outcome (about a minute
+//     of failed reads, or the log trimmed past it) stops multicasting for
+//     good (ErrClosed) rather than risk ordering a batch twice; the member
+//     still delivers and can Leave. A join that cannot be settled leaves
+//     the slot it may have placed (retrying in the background for up to
+//     five minutes).
 //   - A member that falls behind the trimmed log (possible only once it is
 //     no longer in the view) is evicted.
 //   - A group keeps its index slot and metadata (64 + MaxMembers×256 bytes
