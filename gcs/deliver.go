@@ -438,6 +438,9 @@ func (g *Group) deliverRecord(cur *viewState, rec record, fetch *blobFetch) (*vi
 			}
 			g.dMsg.Store(m.Pos)
 		}
+		if rec.tag == g.self.tag && len(payloads) > 0 {
+			g.ownSeq.Store(rec.firstSeq + uint64(len(payloads)) - 1) // before dLog moves past rec
+		}
 		return cur, false
 	}
 	n.log.Warn().Uint8("kind", rec.kind).Msg("unknown order record")

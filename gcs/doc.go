@@ -96,8 +96,12 @@
 //     linked again, by reading the header and the records' position
 //     together until that succeeds: our bytes there are ours (records
 //     carry their position); other bytes while head has not passed the
-//     position mean no commit; if head passed it the group ends
-//     (ErrClosed) rather than risk ordering the batch twice. View changes
+//     position mean no commit; once head passed it, the sender's own
+//     delivery tells (head passes a position only after every member's
+//     delivery did: ours handed over the link's first message iff it
+//     committed); a sender that cannot tell (no longer in the view, or a
+//     minute of failed reads) stops (ErrClosed) rather than risk ordering
+//     the batch twice. View changes
 //     settle the same way; a join that cannot be settled leaves its slot
 //     if it was placed. Multicast returns once the link committed. With several
 //     members sending, every member links again as soon as the last link
@@ -322,7 +326,7 @@
 //     trimming and, once the log is full, senders) until Group.Remove.
 //   - Multicast after its ctx ended may or may not have ordered the message.
 //   - A sender that cannot settle a link's unknown outcome (about a minute
-//     of failed reads, or the log trimmed past it) stops multicasting for
+//     of failed reads, or removed from the view) stops multicasting for
 //     good (ErrClosed) rather than risk ordering a batch twice; the member
 //     still delivers and can Leave. A join that cannot be settled leaves
 //     the slot it may have placed (retrying in the background for up to

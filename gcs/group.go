@@ -87,6 +87,7 @@ type Group struct {
 	finishing sync.Once              // Leave's work after delivery (finishLeave)
 	later     sync.Once              // finishLater started
 	provided  atomic.Int64           // state transfers this member provided (settled)
+	ownSeq    atomic.Uint64          // the last of its own messages delivery handed over
 	dLog      atomic.Uint64          // delivered order-log position
 	dMsg      atomic.Uint64          // delivered message position
 	head      atomic.Uint64          // last head seen
@@ -701,6 +702,13 @@ func (g *Group) sendLoop() {
 				// Never link again before knowing: a link that committed
 				// and is linked again orders its messages twice.
 				committed, serr := n.settleRecords(g.ctx, g.ref, hdr.tail, buf)
+				if errors.Is(serr, errTrimmed) && g.dLog.Load() > hdr.tail {
+					// Head passes a position only after every member's
+					// delivery did, ours included: it delivered this
+					// link's first message if and only if it committed
+					// (later batches wait for this link).
+					committed, serr = g.ownSeq.Load() >= ready[0].rec.firstSeq, nil
+				}
 				if serr != nil {
 					if g.ctx.Err() != nil {
 						end(ErrClosed, nil)

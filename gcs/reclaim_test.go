@@ -421,3 +421,38 @@ func TestAbandonedJoinThatEmptiesTheGroupIsReclaimed(t *testing.T) {
 		t.Fatalf("delete: %v", err)
 	}
 }
+
+// TestLinkSettledByOwnDeliveryAfterTrim: a sender's link is lost
+// (ErrUnknownOutcome; it did not commit), and before the sender reads back,
+// another member links at the same position and every member (the sender
+// too: delivery runs apart from it) delivers past it, so head passes the
+// position and the ring no longer tells. The sender's own delivery does:
+// it never handed over the link's first message, so the link did not
+// commit and the sender links again. Before, it gave up (ErrClosed) — seen
+// in the randomized test, where chaos delays the read-back while the
+// others deliver and trim.
+func TestLinkSettledByOwnDeliveryAfterTrim(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAll(2, "g")
+	obs := e.node("obs")
+	fired, restore := gcs.UnknownWithoutCommit("link", func() {
+		if err := ms[1].send(1, 10); err != nil {
+			t.Errorf("the other member's multicast: %v", err)
+		}
+		describe(t, obs, "g", "head past the lost link's position", func(gi gcs.GroupInfo) bool { return gi.Msgs >= 1 && gi.Head == gi.Tail })
+	})
+	defer restore()
+	if err := ms[0].send(1, 10); err != nil {
+		t.Fatalf("multicast settled after the trim: %v", err)
+	}
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	restore()
+	sendAll(t, ms, 2, 10)
+	deliveredInOrder(t, ms, 6)
+	for _, m := range ms {
+		m.leave()
+	}
+	e.check()
+}

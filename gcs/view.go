@@ -196,8 +196,12 @@ func (n *Node) slotHolds(ctx context.Context, ref groupRef, m member) (bool, err
 	return got.tag == m.tag && got.qMemnode == m.qMemnode && got.qAddr == m.qAddr, nil
 }
 
-// errUnsettled: an unknown outcome that reading back can no longer settle.
-var errUnsettled = errors.New("gcs: the outcome of a write is unknown and can no longer be read back")
+// errUnsettled: an unknown outcome that reading back can no longer settle;
+// errTrimmed when that is because head passed the position.
+var (
+	errUnsettled = errors.New("gcs: the outcome of a write is unknown and can no longer be read back")
+	errTrimmed   = errors.New("the log was trimmed past it")
+)
 
 // settleRecords settles a link or view change whose outcome is unknown:
 // are records (encoded for position pos) in the order log? It reads the
@@ -207,8 +211,9 @@ var errUnsettled = errors.New("gcs: the outcome of a write is unknown and can no
 // holds (head <= pos) mean it did not commit, as a committed record stays
 // until head passes it (the ring's slot for pos is reused only once tail
 // passed pos+logSize, hence head passed pos). Once head passed pos the
-// answer is gone: errUnsettled, and the caller must not write the records
-// again (they would be ordered twice).
+// ring no longer tells: errUnsettled wrapping errTrimmed (a sender can
+// still tell by its own delivery), and the caller must not write the
+// records again (they would be ordered twice).
 func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, records []byte) (bool, error) {
 	if settleGivesUp.Load() {
 		return false, fmt.Errorf("failpoint: %w", errUnsettled)
@@ -244,7 +249,7 @@ func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, reco
 		case err == nil && settled:
 			return committed, nil
 		case err == nil:
-			return false, fmt.Errorf("%w (position %d was trimmed)", errUnsettled, pos)
+			return false, fmt.Errorf("%w: %w (position %d)", errUnsettled, errTrimmed, pos)
 		case ctx.Err() != nil || errors.Is(err, client.ErrInvalid) || errors.Is(err, client.ErrClosed):
 			return false, err
 		}
