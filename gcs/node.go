@@ -588,6 +588,12 @@ func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts
 		return ch, nil
 	}, &out)
 	if err != nil {
+		if errors.Is(err, errJoinLost) {
+			// Join again, with a queue of its own (this one may be
+			// referenced by a slot that was placed and removed since:
+			// leaked, never freed by us).
+			return nil, true, true, err
+		}
 		if !errors.Is(err, client.ErrUnknownOutcome) {
 			return nil, false, false, err
 		}

@@ -456,3 +456,33 @@ func TestLinkSettledByOwnDeliveryAfterTrim(t *testing.T) {
 	}
 	e.check()
 }
+
+// TestJoinSettledBySlotAfterTrim: a join's request is lost (it did not
+// commit); before the joiner reads back, another process joins at the same
+// position and the members deliver past it and trim, so the ring no longer
+// tells. A placed joiner's slot would have held head at its record, so the
+// slot tells: not placed, and the joiner joins again (with a new queue).
+// Before, Join failed with ErrUnknownOutcome — seen in the randomized test.
+func TestJoinSettledBySlotAfterTrim(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAll(1, "g")
+	obs := e.node("obs")
+	var other *member
+	fired, restore := gcs.UnknownWithoutCommit("view", func() {
+		other = e.join(e.node("other"), "g")
+		describe(t, obs, "g", "head past the lost join's position", func(gi gcs.GroupInfo) bool { return len(gi.Members) == 2 && gi.Head == gi.Tail })
+	})
+	defer restore()
+	late := e.join(e.node("late"), "g")
+	if !fired() || other == nil {
+		t.Fatal("the failpoint did not fire")
+	}
+	restore()
+	all := []*member{ms[0], other, late}
+	sendAll(t, all, 2, 10)
+	deliveredInOrder(t, all, 6)
+	for _, m := range all {
+		m.leave()
+	}
+	e.check()
+}

@@ -132,11 +132,20 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 			// Never decide again before knowing: the change may be in.
 			committed, serr := n.settleRecords(ctx, ref, rec.pos, b)
-			if serr == nil && committed && ch.add != nil {
+			if ch.add != nil && (serr == nil && committed || errors.Is(serr, errTrimmed)) {
 				// A view record does not name the joiner's queue: two
 				// joins from one Node deciding on one header write the
-				// same bytes. The slot tells whose commit it was.
+				// same bytes. The slot tells whose commit it was. It
+				// also tells once head passed the record: a joiner's
+				// slot holds head at its record until it is removed.
+				trimmed := serr != nil
 				committed, serr = n.slotHolds(ctx, ref, *ch.add)
+				if serr == nil && !committed && trimmed {
+					// Not placed, unless placed and removed since: the
+					// queue may be reclaimed, so this attempt must not
+					// go on with it.
+					serr = errJoinLost
+				}
 			}
 			if serr != nil {
 				return errors.Join(err, serr) // still ErrUnknownOutcome
@@ -201,6 +210,9 @@ func (n *Node) slotHolds(ctx context.Context, ref groupRef, m member) (bool, err
 var (
 	errUnsettled = errors.New("gcs: the outcome of a write is unknown and can no longer be read back")
 	errTrimmed   = errors.New("the log was trimmed past it")
+	// errJoinLost: a join of unknown outcome that did not place its slot
+	// (or whose slot is gone): join again, with another queue.
+	errJoinLost = errors.New("gcs: join lost: its outcome was unknown and its slot does not hold it")
 )
 
 // settleRecords settles a link or view change whose outcome is unknown:
