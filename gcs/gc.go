@@ -356,15 +356,7 @@ func (g *Group) reclaimAfterLeave(ctx context.Context) {
 	if g.reclaimEmpty(ctx, leavers) {
 		return
 	}
-	n.mu.Lock()
-	if n.mu.closed {
-		n.mu.Unlock()
-		return
-	}
-	n.bg.Add(1)
-	n.mu.Unlock()
-	go func() {
-		defer n.bg.Done()
+	n.background(func() {
 		ctx, cancel := context.WithTimeout(n.ctx, n.leaveGrace()+20*n.cfg.GCInterval)
 		defer cancel()
 		tick := time.NewTicker(n.cfg.GCInterval)
@@ -383,7 +375,7 @@ func (g *Group) reclaimAfterLeave(ctx context.Context) {
 				return
 			}
 		}
-	}()
+	})
 }
 
 // reclaimEmpty is one round of the last leaver's work; it reports whether

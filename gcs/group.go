@@ -335,15 +335,7 @@ func (g *Group) finishLeave(ctx context.Context) {
 func (g *Group) finishLater() {
 	g.later.Do(func() {
 		n := g.n
-		n.mu.Lock()
-		if n.mu.closed {
-			n.mu.Unlock()
-			return
-		}
-		n.bg.Add(1)
-		n.mu.Unlock()
-		go func() {
-			defer n.bg.Done()
+		n.background(func() {
 			select {
 			case <-g.done:
 			case <-n.ctx.Done():
@@ -353,7 +345,7 @@ func (g *Group) finishLater() {
 				return
 			}
 			g.finishing.Do(func() { g.finishLeave(n.ctx) })
-		}()
+		})
 	})
 }
 

@@ -686,15 +686,7 @@ func (n *Node) abandon(ref groupRef, self member) {
 		return
 	}
 	n.log.Warn().Err(err).Str("member", self.name).Msg("leaving after a failed join: retrying in the background")
-	n.mu.Lock()
-	if n.mu.closed {
-		n.mu.Unlock()
-		return
-	}
-	n.bg.Add(1)
-	n.mu.Unlock()
-	go func() {
-		defer n.bg.Done()
+	n.background(func() {
 		ctx, cancel := context.WithTimeout(n.ctx, abandonFor)
 		defer cancel()
 		for {
@@ -710,7 +702,23 @@ func (n *Node) abandon(ref groupRef, self member) {
 				return
 			}
 		}
+	})
+}
+
+// background runs f on a goroutine that Close waits for; not once the Node
+// is closed (it reports whether f was started).
+func (n *Node) background(f func()) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.mu.closed {
+		return false
+	}
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		f()
 	}()
+	return true
 }
 
 // abandonFor bounds abandon's background retries.
