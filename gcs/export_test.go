@@ -142,3 +142,6 @@ func UnknownWithoutCommit(site string, between func()) (fired func() bool, resto
 	execFault.Store(&f)
 	return done.Load, func() { execFault.Store(nil) }
 }
+
+// LeftView reports whether g's Leave has its view change committed.
+func LeftView(g *Group) bool { return g.leftView.Load() }
