@@ -138,13 +138,22 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 				// same bytes. The slot tells whose commit it was. It
 				// also tells once head passed the record: a joiner's
 				// slot holds head at its record until it is removed.
-				trimmed := serr != nil
-				committed, serr = n.slotHolds(ctx, ref, *ch.add)
-				if serr == nil && !committed && trimmed {
-					// Not placed, unless placed and removed since: the
-					// queue may be reclaimed, so this attempt must not
-					// go on with it.
-					serr = errJoinLost
+				var got member
+				if got, serr = n.readSlot(ctx, ref, ch.add.slot); serr == nil {
+					switch {
+					case got.tag == ch.add.tag && got.qMemnode == ch.add.qMemnode && got.qAddr == ch.add.qAddr:
+						committed = true
+					case got.tag == ch.add.tag:
+						// Another join that decided on the same header
+						// (same slot and tag, another queue) was placed:
+						// ours was not, and its queue is unreferenced.
+						committed = false
+					default:
+						// Not placed, or placed, removed and reclaimed
+						// since (its queue then freed): this attempt
+						// must not go on with that queue.
+						serr = errJoinLost
+					}
 				}
 			}
 			if serr != nil {
@@ -190,19 +199,18 @@ func (n *Node) readRing(ctx context.Context, ref groupRef, pos uint64, l int) ([
 	return joinReads(res.Reads), nil
 }
 
-// slotHolds reports whether m's slot holds m: its tag and its queue.
-func (n *Node) slotHolds(ctx context.Context, ref groupRef, m member) (bool, error) {
+// readSlot reads member slot i (retrying transient failures).
+func (n *Node) readSlot(ctx context.Context, ref groupRef, i int) (member, error) {
 	var b []byte
 	err := n.retry(ctx, func() error {
 		var err error
-		b, err = n.read(ctx, ref.home, ref.slotAddr(m.slot), memberSize)
+		b, err = n.read(ctx, ref.home, ref.slotAddr(i), memberSize)
 		return err
 	})
 	if err != nil {
-		return false, err
+		return member{}, err
 	}
-	got := decodeMember(m.slot, b)
-	return got.tag == m.tag && got.qMemnode == m.qMemnode && got.qAddr == m.qAddr, nil
+	return decodeMember(i, b), nil
 }
 
 // errUnsettled: an unknown outcome that reading back can no longer settle;
