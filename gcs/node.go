@@ -685,8 +685,7 @@ func (n *Node) abandon(ref groupRef, self member) {
 		done(n.ctx)
 		return
 	}
-	n.log.Warn().Err(err).Str("member", self.name).Msg("leaving after a failed join: retrying in the background")
-	n.background(func() {
+	started := n.background(func() {
 		ctx, cancel := context.WithTimeout(n.ctx, abandonFor)
 		defer cancel()
 		for {
@@ -703,6 +702,11 @@ func (n *Node) abandon(ref groupRef, self member) {
 			}
 		}
 	})
+	if started {
+		n.log.Warn().Err(err).Str("member", self.name).Msg("leaving after a failed join: retrying in the background")
+	} else {
+		n.log.Warn().Err(err).Str("member", self.name).Msg("leaving after a failed join failed; the node is closed")
+	}
 }
 
 // background runs f on a goroutine that Close waits for; not once the Node
