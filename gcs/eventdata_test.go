@@ -50,10 +50,7 @@ func testDeliveryWatch(t *testing.T, withData bool) {
 	case !withData && (ev != 0 || rd-beforeRd[2] == 0):
 		t.Fatalf("%s without data: %d deliveries from watch data, %d reads", ms[2].name, ev, rd-beforeRd[2])
 	}
-	for _, m := range ms {
-		m.leave()
-	}
-	e.check()
+	e.leaveAll(ms)
 }
 
 // A link that loses the race on the tail learns the new header and the

@@ -174,6 +174,15 @@ func (m *member) send(count, size int) error {
 	return nil
 }
 
+// leaveAll has every member of ms leave, then checks the whole history.
+func (e *env) leaveAll(ms []*member) {
+	e.t.Helper()
+	for _, m := range ms {
+		m.leave()
+	}
+	e.check()
+}
+
 func (m *member) leave() {
 	m.e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -323,10 +332,7 @@ func TestConcurrentMulticastTotalOrder(t *testing.T) {
 	sendAll(t, ms, per/2, 3000)
 	deliveredInOrder(t, ms, members*per)
 	waitUntil(t, 10*time.Second, "stability", func() bool { return ms[0].g.Stability().Pos >= uint64(members*per) })
-	for _, m := range ms {
-		m.leave()
-	}
-	e.check()
+	e.leaveAll(ms)
 }
 
 func TestJoinMidStreamWithStateTransfer(t *testing.T) {
@@ -461,10 +467,7 @@ func TestLinkOfUnknownOutcomeOrderedOnce(t *testing.T) {
 	restore()
 	sendAll(t, ms, 3, 10)
 	deliveredInOrder(t, ms, 7)
-	for _, m := range ms {
-		m.leave()
-	}
-	e.check() // no duplicates, same order, everything sent delivered
+	e.leaveAll(ms) // no duplicates, same order, everything sent delivered
 }
 
 // TestJoinOfUnsettledOutcomeLeavesNoGhost: a join's view change commits
@@ -505,9 +508,7 @@ func TestJoinOfUnsettledOutcomeLeavesNoGhost(t *testing.T) {
 	}
 	sendAll(t, []*member{ms[0], again}, 2, 10)
 	deliveredInOrder(t, []*member{ms[0], again}, 4)
-	ms[0].leave()
-	again.leave()
-	e.check()
+	e.leaveAll([]*member{ms[0], again})
 }
 
 // TestJoinOfUnknownOutcomeSettles: a join's view change commits but
@@ -527,9 +528,7 @@ func TestJoinOfUnknownOutcomeSettles(t *testing.T) {
 	restore()
 	sendAll(t, []*member{ms[0], m}, 2, 10)
 	deliveredInOrder(t, []*member{ms[0], m}, 4)
-	ms[0].leave()
-	m.leave()
-	e.check()
+	e.leaveAll([]*member{ms[0], m})
 }
 
 // TestLeaveAfterTheSenderFailed: a member whose sender ended on its own (a
@@ -592,8 +591,5 @@ func TestJoinsFromOneNodeSettleApart(t *testing.T) {
 	})
 	sendAll(t, all, 2, 10)
 	deliveredInOrder(t, all, 6)
-	for _, m := range all {
-		m.leave()
-	}
-	e.check()
+	e.leaveAll(all)
 }

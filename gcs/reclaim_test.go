@@ -460,10 +460,7 @@ func TestLinkSettledByOwnDeliveryAfterTrim(t *testing.T) {
 	restore()
 	sendAll(t, ms, 2, 10)
 	deliveredInOrder(t, ms, 6)
-	for _, m := range ms {
-		m.leave()
-	}
-	e.check()
+	e.leaveAll(ms)
 }
 
 // TestJoinSettledBySlotAfterTrim: a join's request is lost (it did not
@@ -490,8 +487,5 @@ func TestJoinSettledBySlotAfterTrim(t *testing.T) {
 	all := []*member{ms[0], other, late}
 	sendAll(t, all, 2, 10)
 	deliveredInOrder(t, all, 6)
-	for _, m := range all {
-		m.leave()
-	}
-	e.check()
+	e.leaveAll(all)
 }

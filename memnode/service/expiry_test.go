@@ -55,18 +55,7 @@ func (b *lockedBuffer) lines(subs ...string) int {
 
 func horizonCluster(t *testing.T, horizon time.Duration, rc service.RecoveryConfig, log zerolog.Logger) *cluster.Cluster {
 	t.Helper()
-	c, err := cluster.Start(cluster.Config{NoSync: true, Memnodes: 3, DataDir: t.TempDir(), Logger: log,
-		Memnode: memnode.Config{Horizon: int64(horizon)}, Recovery: rc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return startClusterWith(t, cluster.Config{Logger: log, Memnode: memnode.Config{Horizon: int64(horizon)}, Recovery: rc})
 }
 
 // crashAfterCommitAt1 runs a two-phase write of "x" at memnode 1 and "y" at

@@ -17,7 +17,15 @@ import (
 
 func startCluster(t *testing.T, rc service.RecoveryConfig) *cluster.Cluster {
 	t.Helper()
-	c, err := cluster.Start(cluster.Config{NoSync: true, Memnodes: 3, DataDir: t.TempDir(), Recovery: rc})
+	return startClusterWith(t, cluster.Config{Recovery: rc})
+}
+
+// startClusterWith starts a 3-memnode cluster from cfg (NoSync and a
+// temporary DataDir are set here), closed with the test, and waits for it.
+func startClusterWith(t *testing.T, cfg cluster.Config) *cluster.Cluster {
+	t.Helper()
+	cfg.NoSync, cfg.Memnodes, cfg.DataDir = true, 3, t.TempDir()
+	c, err := cluster.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
