@@ -239,6 +239,12 @@ type member struct {
 
 func (m member) active() bool { return m.tag != 0 && m.retiredAt == 0 }
 
+// holds reports whether slot content m is member o's: its tag and queue
+// (a tag is placed once, with its queue).
+func (m member) holds(o member) bool {
+	return m.tag == o.tag && m.qMemnode == o.qMemnode && m.qAddr == o.qAddr
+}
+
 func decodeMember(slot int, b []byte) member {
 	m := member{slot: slot, tag: u64(b, 0), inc: u64(b, 8), joinedView: u64(b, 16),
 		qMemnode: u64(b, 24), qAddr: u64(b, 32), qLen: u64(b, 40), dLog: u64(b, 48), dMsg: u64(b, 56),

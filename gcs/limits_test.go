@@ -21,21 +21,13 @@ func (e *env) nodeWith(id string, cfg gcs.Config) *gcs.Node {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cfg.Client, cfg.ID = cl, id
+	cfg.Client, cfg.ID = e.client(), id // closed after the Node (cleanups run last first)
 	cfg.Logger = zerolog.New(zerolog.NewTestWriter(e.t)).Level(zerolog.WarnLevel)
 	n, err := gcs.Open(ctx, cfg)
 	if err != nil {
-		cl.Close()
 		e.t.Fatal(err)
 	}
-	e.t.Cleanup(func() {
-		n.Close()
-		cl.Close()
-	})
+	e.t.Cleanup(func() { n.Close() })
 	return n
 }
 

@@ -663,7 +663,7 @@ func (n *Node) abandon(ref groupRef, self member) {
 	emptied := false
 	leave := func(ctx context.Context) error {
 		return n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
-			if m, ok := ms.byTag(self.tag); ok && m.active() && m.name == self.name && m.qMemnode == self.qMemnode && m.qAddr == self.qAddr {
+			if m, ok := ms.byTag(self.tag); ok && m.active() && m.name == self.name && m.holds(self) {
 				emptied = len(ms.active()) == 1
 				return &change{remove: []member{m}, reason: "left"}, nil
 			}

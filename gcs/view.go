@@ -141,7 +141,7 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 				var got member
 				if got, serr = n.readSlot(ctx, ref, ch.add.slot); serr == nil {
 					switch {
-					case got.tag == ch.add.tag && got.qMemnode == ch.add.qMemnode && got.qAddr == ch.add.qAddr:
+					case got.holds(*ch.add):
 						committed = true
 					case got.tag == ch.add.tag:
 						// Another join that decided on the same header

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -56,7 +58,7 @@ requests the memnodes reject, or an unreachable cluster.`,
 			}
 			mns, err := parseIDList(participants)
 			if err != nil {
-				return &exitError{2, fmt.Errorf("--participants: %w", err)}
+				return &exitError{2, err}
 			}
 			if commit == abort {
 				return &exitError{2, errors.New("give exactly one of --commit and --abort")}
@@ -119,20 +121,18 @@ func parseTID(s string) (client.TID, error) {
 // parseIDList parses comma-separated memnode ids, none twice.
 func parseIDList(s string) ([]uint64, error) {
 	if strings.TrimSpace(s) == "" {
-		return nil, errors.New("required (comma-separated memnode ids)")
+		return nil, errors.New("--participants: required (comma-separated memnode ids)")
 	}
-	var out []uint64
-	for _, p := range strings.Split(s, ",") {
-		v, err := strconv.ParseUint(strings.TrimSpace(p), 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not a memnode id", p)
+	ns, err := parseList("--participants", s, 0, math.MaxInt)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uint64, len(ns))
+	for i, v := range ns {
+		if slices.Contains(ns[:i], v) {
+			return nil, fmt.Errorf("--participants: memnode %d named twice", v)
 		}
-		for _, w := range out {
-			if w == v {
-				return nil, fmt.Errorf("memnode %d named twice", v)
-			}
-		}
-		out = append(out, v)
+		out[i] = uint64(v)
 	}
 	return out, nil
 }
