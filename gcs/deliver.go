@@ -385,7 +385,10 @@ func (g *Group) deliverRecord(cur *viewState, rec record, fetch *blobFetch) (*vi
 			// only its own, never-started slot): its work falls to us
 			// (finishLeave).
 			g.emptied.Store(len(vb.members) == 0)
-			if g.leaving.Load() {
+			// Our Leave, even one whose outcome it could not settle
+			// (leaving is then false again): only a member's own Leave
+			// removes a running member for reasonLeft.
+			if g.leaving.Load() || vb.reason == reasonLeft {
 				g.fail(ErrNotMember)
 				return cur, true
 			}

@@ -328,7 +328,10 @@
 //   - A sender that cannot settle a link's unknown outcome (about a minute
 //     of failed reads, or removed from the view) stops multicasting for
 //     good (ErrClosed) rather than risk ordering a batch twice; the member
-//     still delivers and can Leave. A join that cannot be settled leaves
+//     still delivers and can Leave (then Multicast says ErrNotMember). A
+//     Leave that cannot be settled returns its error, but if it committed
+//     the member's delivery ends at its leave record as after any Leave
+//     (no *Evicted). A join that cannot be settled leaves
 //     the slot it may have placed (retrying in the background for up to
 //     five minutes).
 //   - A member that falls behind the trimmed log (possible only once it is

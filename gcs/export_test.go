@@ -87,8 +87,9 @@ func StateOf(ctx context.Context, n *Node, group, name string) (status uint64, r
 	return 0, client.Region{}, ErrNotMember
 }
 
-// UnknownAfterCommit makes the next minitransaction at site ("delete":
-// Delete's; "claim": a new group's index claim) commit, then runs between
+// UnknownAfterCommit makes the next minitransaction at site (one of the
+// execAt sites of node.go: "delete", "claim", "link", "publish", "view",
+// "final") commit, then runs between
 // (other processes' steps), then report client.ErrUnknownOutcome to its
 // caller, as a connection lost after the commit would. fired tells
 // whether it happened; restore removes the failpoint.

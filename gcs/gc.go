@@ -323,7 +323,7 @@ func (g *Group) publishFinal(ctx context.Context) {
 	w := make([]byte, 16)
 	putU64s(w, g.dLog.Load(), g.dMsg.Load())
 	slot := g.ref.slotAddr(g.self.slot)
-	if _, err := g.n.exec(ctx, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).Write(g.ref.home, slot+offDLog, w)); err != nil {
+	if _, err := g.n.execAt(ctx, siteFinal, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).Write(g.ref.home, slot+offDLog, w)); err != nil {
 		g.n.log.Debug().Err(err).Msg("publishing the final position")
 	}
 }

@@ -554,6 +554,11 @@ func TestLeaveAfterTheSenderFailed(t *testing.T) {
 	if err := ms[0].g.Leave(ctx); err != nil {
 		t.Fatalf("leave after the sender failed: %v", err)
 	}
+	// Out of the view, it is no longer a member: its sender's error gave
+	// way to ErrNotMember.
+	if err := ms[0].g.Multicast(ctx, []byte("x")); !errors.Is(err, gcs.ErrNotMember) {
+		t.Fatalf("multicast after leaving: %v, want ErrNotMember", err)
+	}
 	waitUntil(t, 10*time.Second, "p1 alone in the view", func() bool {
 		v := ms[1].lastView()
 		return v != nil && len(v.Members) == 1

@@ -84,7 +84,8 @@ type Group struct {
 	leaving   atomic.Bool
 	leftView  atomic.Bool            // our Leave's view change committed
 	emptied   atomic.Bool            // delivery saw the view our removal left empty
-	finishing sync.Once              // Leave's work after delivery (finishLeave)
+	finishing atomic.Bool            // finishLeave started (finishOnce)
+	finished  chan struct{}          // closed when finishLeave returned
 	later     sync.Once              // finishLater started
 	provided  atomic.Int64           // state transfers this member provided (settled)
 	ownSeq    atomic.Uint64          // the last of its own messages delivery handed over
@@ -149,7 +150,7 @@ type sendReq struct {
 
 func newGroup(n *Node, ref groupRef, self member, opts JoinOptions, pos uint64) *Group {
 	g := &Group{n: n, ref: ref, self: self, opts: opts, events: make(chan Event), wake: make(chan struct{}, 1),
-		sendCh: make(chan struct{}, 1), done: make(chan struct{}), start0: pos}
+		sendCh: make(chan struct{}, 1), done: make(chan struct{}), finished: make(chan struct{}), start0: pos}
 	g.ctx, g.cancel = context.WithCancel(n.ctx)
 	g.dLog.Store(pos)
 	g.dMsg.Store(self.dMsg)
@@ -208,7 +209,9 @@ func (g *Group) poke() {
 
 func (g *Group) fail(err error) {
 	g.mu.Lock()
-	if g.mu.err == nil {
+	// The first error stays, except that a sender's failure (the member
+	// is still in the view) gives way to the end of the membership.
+	if g.mu.err == nil || errors.As(g.mu.err, new(senderDead)) && (errors.Is(err, ErrNotMember) || errors.Is(err, ErrEvicted)) {
 		g.mu.err = err
 	}
 	pend := g.mu.pending
@@ -279,7 +282,8 @@ func (g *Group) Multicast(ctx context.Context, payload []byte) error {
 // If ctx ends first, Leave returns its error after the view change; what
 // is left (publishing the final position, and reclaiming the group's
 // members if ours was the last membership) is done once delivery ends,
-// whether the application drains Events later or calls Leave again.
+// whether the application drains Events later or calls Leave again (which
+// waits for that work only as long as its own ctx allows).
 func (g *Group) Leave(ctx context.Context) error {
 	if !g.leftView.Load() {
 		if err := g.termErr(); err != nil && !errors.As(err, new(senderDead)) {
@@ -291,7 +295,7 @@ func (g *Group) Leave(ctx context.Context) error {
 		g.leaving.Store(true)
 		err := g.n.viewChange(ctx, g.ref, func(ms metaState) (*change, error) {
 			if m := ms.members[g.self.slot]; m.tag == g.self.tag && m.active() {
-				return &change{remove: []member{m}, reason: "left", graceful: true}, nil
+				return &change{remove: []member{m}, reason: reasonLeft, graceful: true}, nil
 			}
 			return nil, nil
 		}, nil)
@@ -311,11 +315,30 @@ func (g *Group) Leave(ctx context.Context) error {
 		g.finishLater()
 		return fmt.Errorf("gcs: leave %s: left the view, delivery not finished: %w", g.ref.name, ctx.Err())
 	}
-	g.finishing.Do(func() { g.finishLeave(ctx) })
+	if err := g.finishOnce(ctx); err != nil {
+		return fmt.Errorf("gcs: leave %s: left the view, still finishing: %w", g.ref.name, err)
+	}
 	if err := g.termErr(); errors.Is(err, ErrEvicted) {
 		return err
 	}
 	return nil
+}
+
+// finishOnce runs finishLeave unless it already ran or runs: then it waits
+// for it, but not past ctx (the background finisher of finishLater may be
+// the one running, on the Node's context).
+func (g *Group) finishOnce(ctx context.Context) error {
+	if g.finishing.CompareAndSwap(false, true) {
+		defer close(g.finished)
+		g.finishLeave(ctx)
+		return nil
+	}
+	select {
+	case <-g.finished:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // finishLeave is what follows the end of a leaver's delivery: publish the
@@ -344,7 +367,7 @@ func (g *Group) finishLater() {
 			if n.ctx.Err() != nil {
 				return
 			}
-			g.finishing.Do(func() { g.finishLeave(n.ctx) })
+			_ = g.finishOnce(n.ctx)
 		})
 	})
 }

@@ -138,6 +138,7 @@ const (
 	siteLink    = "link"    // a sender's link into the order log
 	sitePublish = "publish" // a state provider's publication in the joiner's slot
 	siteView    = "view"    // a view change (join, leave, removal)
+	siteFinal   = "final"   // a leaver's final position (publishFinal)
 )
 
 // execFault is a failpoint for tests: when set, execAt's minitransactions
@@ -665,7 +666,7 @@ func (n *Node) abandon(ref groupRef, self member) {
 		return n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
 			if m, ok := ms.byTag(self.tag); ok && m.active() && m.name == self.name && m.holds(self) {
 				emptied = len(ms.active()) == 1
-				return &change{remove: []member{m}, reason: "left"}, nil
+				return &change{remove: []member{m}, reason: reasonLeft}, nil
 			}
 			emptied = false
 			return nil, nil

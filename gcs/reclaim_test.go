@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -365,22 +366,8 @@ func TestLeaveThatTimesOutStillReclaims(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// Nobody reads Events yet: delivery waits on the first view.
-			// Leave's ctx ends once its view change is in (whatever the
-			// machine's load), before delivery can finish.
 			obs := e.node("obs")
-			lctx, lcancel := context.WithCancel(ctx)
-			go func() {
-				defer lcancel()
-				for ctx.Err() == nil && !gcs.LeftView(g) {
-					time.Sleep(time.Millisecond) // polling a condition, bounded by ctx
-				}
-			}()
-			err = g.Leave(lctx)
-			lcancel()
-			if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "delivery not finished") {
-				t.Fatalf("leave without draining: %v, want it cut short after its view change", err)
-			}
+			leaveCutShort(t, ctx, g)
 			drained := make(chan struct{})
 			go func() {
 				defer close(drained)
@@ -401,6 +388,136 @@ func TestLeaveThatTimesOutStillReclaims(t *testing.T) {
 			}
 		})
 	}
+}
+
+// leaveCutShort calls g.Leave with a ctx that ends once its view change is
+// in (whatever the machine's load), before delivery can finish: nobody
+// reads g's Events yet, so delivery waits on the first view.
+func leaveCutShort(t *testing.T, ctx context.Context, g *gcs.Group) {
+	t.Helper()
+	lctx, lcancel := context.WithCancel(ctx)
+	go func() {
+		defer lcancel()
+		for ctx.Err() == nil && !gcs.LeftView(g) {
+			time.Sleep(time.Millisecond) // polling a condition, bounded by ctx
+		}
+	}()
+	err := g.Leave(lctx)
+	lcancel()
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "delivery not finished") {
+		t.Fatalf("leave without draining: %v, want it cut short after its view change", err)
+	}
+}
+
+// TestSecondLeaveKeepsToItsContext: a Leave cut short after its view change
+// leaves the rest (final position, reclaiming the emptied group) to a
+// finisher that runs on the Node's context once the application drains
+// Events. A second Leave that finds the finisher running waits for it only
+// as long as its own ctx allows. Before, it waited for the finisher
+// whatever its ctx said.
+func TestSecondLeaveKeepsToItsContext(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	g, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs := e.node("obs")
+	leaveCutShort(t, ctx, g)
+	// The finisher's first step (publishing the final position) commits,
+	// then stalls until released.
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock()
+	fired, restore := gcs.UnknownAfterCommit(t, "final", func() {
+		close(entered)
+		<-release
+	})
+	defer restore()
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for range g.Events() {
+		}
+	}()
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("the finisher did not start once Events were drained")
+	}
+	sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer scancel()
+	res := make(chan error, 1)
+	go func() { res <- g.Leave(sctx) }()
+	select {
+	case err := <-res:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("second leave while the finisher runs: %v, want its ctx's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		unblock()
+		t.Fatal("second leave still waits for the finisher 10 s after its ctx ended")
+	}
+	unblock()
+	<-drained
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	if err := g.Leave(ctx); err != nil {
+		t.Fatalf("leave once the finisher is done: %v", err)
+	}
+	describe(t, obs, "g", "the emptied group's members reclaimed", func(gi gcs.GroupInfo) bool {
+		return len(gi.Members)+len(gi.Retired) == 0
+	})
+	if err := obs.Delete(ctx, "g"); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+}
+
+// TestLeaveOfUnsettledOutcomeEndsWithoutEviction: a Leave whose view change
+// committed but whose outcome it could not settle returns that error; the
+// member is out nonetheless, and its delivery, reaching the leave record
+// after Leave returned, ends there as after any Leave: Events closes
+// without *Evicted and Multicast says ErrNotMember. Before, delivery took
+// its own removal for an eviction (*Evicted, reason "left").
+func TestLeaveOfUnsettledOutcomeEndsWithoutEviction(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stay := e.joinAll(1, "g")
+	// Nobody reads g's Events until Leave returned: delivery waits on
+	// the first view, before the leave record.
+	g, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restoreSettle := gcs.SettleGivesUp()
+	defer restoreSettle()
+	fired, restore := gcs.UnknownAfterCommit(t, "view", func() {})
+	defer restore()
+	if err := g.Leave(ctx); !errors.Is(err, client.ErrUnknownOutcome) || !fired() {
+		t.Fatalf("leave with an unsettled outcome: %v (failpoint fired: %v)", err, fired())
+	}
+	restore()
+	restoreSettle()
+	for ev := range g.Events() {
+		if ev, ok := ev.(*gcs.Evicted); ok {
+			t.Fatalf("the leaver was told it was evicted: %+v", ev)
+		}
+	}
+	if err := g.Multicast(ctx, []byte("x")); !errors.Is(err, gcs.ErrNotMember) {
+		t.Fatalf("multicast after leaving: %v, want ErrNotMember", err)
+	}
+	if err := g.Leave(ctx); err != nil {
+		t.Fatalf("leave again: %v", err)
+	}
+	waitUntil(t, 10*time.Second, "the leaver out of the view", func() bool {
+		v := stay[0].lastView()
+		return v != nil && len(v.Members) == 1
+	})
+	e.leaveAll(stay)
 }
 
 // TestAbandonedJoinThatEmptiesTheGroupIsReclaimed: the first joiner of a

@@ -13,6 +13,11 @@ import (
 	"github.com/tutti-gcs/tutti/client"
 )
 
+// reasonLeft is the reason of a member's own removal: its Leave, or the
+// abandoning of a slot its failed Join may have placed. Nobody else removes
+// a member for it, so a running member removed for it is leaving.
+const reasonLeft = "left"
+
 // change is one view change decided from the metadata: at most one joiner,
 // any number of removals.
 type change struct {
