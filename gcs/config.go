@@ -105,7 +105,7 @@ const maxTxWrite = 2 << 20
 // bytes of a batch: a 4-byte length and the payload per message), so the
 // largest message Multicast accepts is MaxBatchBytesLimit-4 bytes: one
 // blob written by one minitransaction.
-const MaxBatchBytesLimit = maxTxWrite - blobHeader - 8
+const MaxBatchBytesLimit = maxTxWrite - blobHeader - blobTrailer - 8
 
 // DefaultConfig holds the defaults of the tunables.
 var DefaultConfig = Config{

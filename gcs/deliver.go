@@ -470,11 +470,7 @@ func (g *Group) readBlob(ctx context.Context, rec record) ([]byte, error) {
 	}); err != nil {
 		return nil, err
 	}
-	b := joinReads(res.Reads)
-	if len(b) < blobHeader || u64(b, 0) != ref.qPos || u64(b, 16) != rec.tag || u64(b, 24) != rec.firstSeq {
-		return nil, fmt.Errorf("%w: queue position %d no longer holds the batch (reclaimed)", ErrCorrupt, ref.qPos)
-	}
-	return b[blobHeader:], nil
+	return checkBlob(joinReads(res.Reads), ref.qPos, rec.tag, rec.firstSeq)
 }
 
 // send hands ev to the application; false if the group stopped.

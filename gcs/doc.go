@@ -68,8 +68,14 @@
 // whose first word is a fence: the member's tag mixed with the group's
 // identity (queueFence), so that a removed member still retrying a queue
 // write fails once the queue is reclaimed, even if another group's member
-// with the same tag got the block. All byte layouts are documented in
-// layout.go.
+// with the same tag got the block. A batch blob in a queue starts with its
+// queue position, sender tag and first sequence number and ends with a
+// CRC-32C of the rest, which readers check: a reader that fell behind the
+// trimmed log without knowing it yet could otherwise take a blob whose
+// header survived while a newer blob, written out of order by a retried
+// queue write, covered its tail (blobs written before the checksum, with
+// no blobSealed bit in their size, are checked by their header alone). All
+// byte layouts are documented in layout.go.
 //
 // # Protocol
 //

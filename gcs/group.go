@@ -247,7 +247,7 @@ func (g *Group) stop(err error) {
 // message may or may not be ordered, like any request whose answer was
 // lost.
 func (g *Group) Multicast(ctx context.Context, payload []byte) error {
-	if len(payload)+4 > g.n.cfg.MaxBatchBytes && (len(payload)+4 > MaxBatchBytesLimit || uint64(len(payload)+blobHeader+4) > g.self.qLen/2) {
+	if len(payload)+4 > g.n.cfg.MaxBatchBytes && (len(payload)+4 > MaxBatchBytesLimit || uint64(len(payload)+blobHeader+blobTrailer+4) > g.self.qLen/2) {
 		return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(payload))
 	}
 	r := &sendReq{payload: payload, done: make(chan error, 1)}
@@ -494,9 +494,9 @@ func (g *Group) sendLoop() {
 		var blobs, txBytes int
 		var wss []*staged // the batches tx writes
 		for blobs < maxWriteBlobs && len(pipe) < 4*maxLinkRecords {
-			room := int(min(ringLen-(qTail-qHead), 1<<30)) - blobHeader - 8
+			room := int(min(ringLen-(qTail-qHead), 1<<30)) - blobHeader - blobTrailer - 8
 			if tx != nil { // one queue write stays within maxTxWrite
-				room = min(room, maxTxWrite-txBytes-blobHeader-8)
+				room = min(room, maxTxWrite-txBytes-blobHeader-blobTrailer-8)
 			}
 			inline := 0
 			if n.cfg.InlineBytes > 0 {
@@ -516,12 +516,7 @@ func (g *Group) sendLoop() {
 				s.ready = true
 				continue
 			}
-			blob := make([]byte, align8(blobHeader+size))
-			putU64s(blob, qTail)
-			le.PutUint32(blob[8:], uint32(len(blob)))
-			le.PutUint32(blob[12:], uint32(len(batch)))
-			putU64s(blob[16:], g.self.tag, first)
-			encodeBatch(blob[blobHeader:blobHeader], batch)
+			blob := newBlob(qTail, g.self.tag, first, batch, size)
 			if tx == nil {
 				tx = client.NewTx().Compare(g.self.qMemnode, g.self.qAddr, fence)
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"hash/fnv"
 	"sort"
 )
@@ -121,11 +122,18 @@ const (
 	// A batch blob in a member's queue ring (at queue position q):
 	//
 	//	+0   q        u64 (checked by readers)
-	//	+8   size     u32 blob bytes (multiple of 8); +12 count u32
+	//	+8   size     u32 blob bytes (a multiple of 8, ORed with
+	//	              blobSealed); +12 count u32
 	//	+16  tag      sender's member tag
 	//	+24  firstSeq
-	//	+32  messages (u32 len, payload)...
-	blobHeader = 32
+	//	+32  messages (u32 len, payload)..., zeros to a multiple of 8
+	//	size-8       sealed: CRC-32C of the bytes before it (u32), 0 (u32)
+	blobHeader  = 32
+	blobTrailer = 8
+	// blobSealed marks a blob that ends in its checksum (blobTrailer).
+	// Writers before it wrote a size with the low bits clear and no
+	// trailer; their blobs are checked by their header alone.
+	blobSealed = 1
 )
 
 // State transfer status of a member slot.
@@ -179,6 +187,42 @@ func putU64s(b []byte, vs ...uint64) {
 func u64(b []byte, off int) uint64 { return le.Uint64(b[off:]) }
 
 func align8(n int) int { return (n + 7) &^ 7 }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// newBlob returns a sealed blob for batch (count messages, size encoded
+// bytes) at queue position q: header, messages, checksum.
+func newBlob(q, tag, firstSeq uint64, batch []*sendReq, size int) []byte {
+	blob := make([]byte, align8(blobHeader+size)+blobTrailer)
+	putU64s(blob, q)
+	le.PutUint32(blob[8:], uint32(len(blob))|blobSealed)
+	le.PutUint32(blob[12:], uint32(len(batch)))
+	putU64s(blob[16:], tag, firstSeq)
+	encodeBatch(blob[blobHeader:blobHeader], batch)
+	end := len(blob) - blobTrailer
+	le.PutUint32(blob[end:], crc32.Checksum(blob[:end], castagnoli))
+	return blob
+}
+
+// checkBlob returns the batch body of blob b read at queue position q for
+// the record of (tag, firstSeq), or an error if the queue no longer holds
+// that blob whole. The header alone does not tell: queue writes overwrite
+// a trimmed region from its start, but two queue writes in flight may
+// commit out of order (the first retried), so a reader that fell behind
+// the trimmed log without knowing it yet could find the old header before
+// a newer blob's tail over the rest. The checksum tells.
+func checkBlob(b []byte, q, tag, firstSeq uint64) ([]byte, error) {
+	if len(b) < blobHeader || u64(b, 0) != q || u64(b, 16) != tag || u64(b, 24) != firstSeq {
+		return nil, fmt.Errorf("%w: queue position %d no longer holds the batch (reclaimed)", ErrCorrupt, q)
+	}
+	if size := le.Uint32(b[8:]); size&blobSealed != 0 {
+		end := len(b) - blobTrailer
+		if int(size&^7) != len(b) || end < blobHeader || le.Uint32(b[end:]) != crc32.Checksum(b[:end], castagnoli) {
+			return nil, fmt.Errorf("%w: queue position %d no longer holds the batch whole (overwritten)", ErrCorrupt, q)
+		}
+	}
+	return b[blobHeader:], nil
+}
 
 // hashName is FNV-1a of s.
 func hashName(s string) uint64 {
