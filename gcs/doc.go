@@ -186,11 +186,13 @@
 // # Performance
 //
 // With incompressible 1 KiB payloads (`tutti bench mcast`'s default since
-// 2026-12-01) saturation is 37–50k delivered/s per member on the 2-core
-// machine, 0.69–0.81 of what zero-filled payloads give (the log engine
-// compresses its flushed tables); low-load latency is the same (100/s p50
-// 1.28–1.47 ms). Every other figure in this section used zero-filled
-// payloads. On a quiet 2-core machine (`tutti bench mcast`, 3 member
+// 2026-12-01) saturation is 64–86k delivered/s per member on the 2-core
+// machine when nothing else runs on it (100/s p50 0.75–0.88 ms, 1000/s
+// 3.3–3.9 ms), and 37–50k when it is shared with other test runs (100/s
+// p50 1.28–1.47 ms), 0.69–0.81 of what zero-filled payloads give (the log
+// engine compresses its flushed tables). At saturation the two cores are
+// 85–90% busy and the cluster writes 520–590 MB/s to the disk. Every other
+// figure in this section used zero-filled payloads on a shared machine. On a quiet 2-core machine (`tutti bench mcast`, 3 member
 // processes, 1 KiB messages, embedded cluster with fsync, defaults; 3 runs
 // each):
 // at 100/s per member p50 1.00–1.16 ms and p99 2.4–2.8 ms from Multicast
