@@ -31,7 +31,7 @@ func TestDeleteGroup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	describe(t, obs, "g", "the group's members reclaimed", func(gi gcs.GroupInfo) bool { return len(gi.Members)+len(gi.Retired) == 0 })
+	describe(t, obs, "g", "the group's members reclaimed", emptied)
 	if err := obs.Delete(ctx, "g"); err != nil {
 		t.Fatalf("delete of an empty group: %v", err)
 	}
@@ -131,7 +131,7 @@ func TestDeleteRacesJoin(t *testing.T) {
 		if err := m.g.Leave(ctx); err != nil {
 			t.Fatal(err)
 		}
-		describe(t, deleter, name, "the group emptied", func(gi gcs.GroupInfo) bool { return len(gi.Members)+len(gi.Retired) == 0 })
+		describe(t, deleter, name, "the group emptied", emptied)
 		if err := deleter.Delete(ctx, name); err != nil {
 			t.Fatalf("round %d: delete after leave: %v", round, err)
 		}

@@ -31,6 +31,19 @@ func describe(t *testing.T, n *gcs.Node, group, what string, cond func(gcs.Group
 	return gi
 }
 
+// emptied reports a group with no member slot left, active or retired.
+func emptied(gi gcs.GroupInfo) bool { return len(gi.Members)+len(gi.Retired) == 0 }
+
+// reclaimedThenDeleted waits until every member slot of group is reclaimed
+// (what: why it should be), then deletes the group through n.
+func reclaimedThenDeleted(t *testing.T, ctx context.Context, n *gcs.Node, group, what string) {
+	t.Helper()
+	describe(t, n, group, what, emptied)
+	if err := n.Delete(ctx, group); err != nil {
+		t.Fatalf("delete %s: %v", group, err)
+	}
+}
+
 // blockFree reports whether r is a free block of client.Allocator: the
 // allocator's block header (len|state, 16 bytes before the region with
 // gcs's 8-byte alignment) says free (2).
@@ -248,7 +261,7 @@ func TestReclaimSurvivesFailedFrees(t *testing.T) {
 	for _, m := range ms {
 		m.leave()
 	}
-	describe(t, obs, "g", "every slot reclaimed", func(gi gcs.GroupInfo) bool { return len(gi.Members)+len(gi.Retired) == 0 })
+	describe(t, obs, "g", "every slot reclaimed", emptied)
 	cl := e.client()
 	for _, m := range before.Members {
 		waitUntil(t, 10*time.Second, fmt.Sprintf("the queue of %s freed", m.Name), func() bool { return blockFree(t, cl, m.Queue) })
@@ -380,12 +393,7 @@ func TestLeaveThatTimesOutStillReclaims(t *testing.T) {
 				}
 			}
 			<-drained
-			describe(t, obs, "g", "the emptied group's members reclaimed", func(gi gcs.GroupInfo) bool {
-				return len(gi.Members)+len(gi.Retired) == 0
-			})
-			if err := obs.Delete(ctx, "g"); err != nil {
-				t.Fatalf("delete: %v", err)
-			}
+			reclaimedThenDeleted(t, ctx, obs, "g", "the emptied group's members reclaimed")
 		})
 	}
 }
@@ -468,12 +476,7 @@ func TestSecondLeaveKeepsToItsContext(t *testing.T) {
 	if err := g.Leave(ctx); err != nil {
 		t.Fatalf("leave once the finisher is done: %v", err)
 	}
-	describe(t, obs, "g", "the emptied group's members reclaimed", func(gi gcs.GroupInfo) bool {
-		return len(gi.Members)+len(gi.Retired) == 0
-	})
-	if err := obs.Delete(ctx, "g"); err != nil {
-		t.Fatalf("delete: %v", err)
-	}
+	reclaimedThenDeleted(t, ctx, obs, "g", "the emptied group's members reclaimed")
 }
 
 // TestLeaveOfUnsettledOutcomeEndsWithoutEviction: a Leave whose view change
@@ -540,12 +543,7 @@ func TestAbandonedJoinThatEmptiesTheGroupIsReclaimed(t *testing.T) {
 	restore()
 	restoreSettle()
 	obs := e.node("obs")
-	describe(t, obs, "g", "the abandoned slot reclaimed", func(gi gcs.GroupInfo) bool {
-		return len(gi.Members)+len(gi.Retired) == 0
-	})
-	if err := obs.Delete(ctx, "g"); err != nil {
-		t.Fatalf("delete: %v", err)
-	}
+	reclaimedThenDeleted(t, ctx, obs, "g", "the abandoned slot reclaimed")
 }
 
 // TestLinkSettledByOwnDeliveryAfterTrim: a sender's link is lost
