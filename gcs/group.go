@@ -631,8 +631,11 @@ func (g *Group) sendLoop() {
 					continue
 				}
 				if m := ms.members[g.self.slot]; m.tag != g.self.tag || !m.active() {
+					// Our own Leave marks the slot graceful (retiredLeft),
+					// also one whose outcome it could not settle ('leaving'
+					// is then false again): not an eviction.
 					err := ErrEvicted
-					if g.leaving.Load() {
+					if g.leaving.Load() || m.tag == g.self.tag && m.retiredAt&retiredLeft != 0 {
 						err = ErrNotMember
 					}
 					end(err, err)

@@ -604,3 +604,51 @@ func TestJoinSettledBySlotAfterTrim(t *testing.T) {
 	deliveredInOrder(t, all, 6)
 	e.leaveAll(all)
 }
+
+// TestMulticastAfterUnsettledLeaveIsNotEvicted: a Leave whose view change
+// committed but could not be settled resets 'leaving'; a Multicast made
+// before delivery reaches the leave record makes the sender find its slot
+// retired. That is its own Leave (a graceful removal), not an eviction:
+// Multicast, and a later Leave, must not say ErrEvicted.
+func TestMulticastAfterUnsettledLeaveIsNotEvicted(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stay := e.joinAll(1, "g")
+	// Nobody reads g's Events yet: delivery waits on the first view.
+	g, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restoreSettle := gcs.SettleGivesUp()
+	defer restoreSettle()
+	fired, restore := gcs.UnknownAfterCommit(t, "view", func() {})
+	defer restore()
+	if err := g.Leave(ctx); !errors.Is(err, client.ErrUnknownOutcome) || !fired() {
+		t.Fatalf("leave with an unsettled outcome: %v (failpoint fired: %v)", err, fired())
+	}
+	restore()
+	restoreSettle()
+	mctx, mcancel := context.WithTimeout(ctx, 5*time.Second)
+	err = g.Multicast(mctx, []byte("x"))
+	mcancel()
+	if errors.Is(err, gcs.ErrEvicted) {
+		t.Errorf("multicast after a committed, unsettled leave: %v, want ErrNotMember", err)
+	}
+	for ev := range g.Events() {
+		if ev, ok := ev.(*gcs.Evicted); ok {
+			t.Fatalf("the leaver was told it was evicted: %+v", ev)
+		}
+	}
+	if err := g.Multicast(ctx, []byte("y")); !errors.Is(err, gcs.ErrNotMember) {
+		t.Errorf("multicast after leaving: %v, want ErrNotMember", err)
+	}
+	if err := g.Leave(ctx); err != nil {
+		t.Errorf("leave again: %v", err)
+	}
+	waitUntil(t, 10*time.Second, "the leaver out of the view", func() bool {
+		v := stay[0].lastView()
+		return v != nil && len(v.Members) == 1
+	})
+	e.leaveAll(stay)
+}
