@@ -387,8 +387,10 @@ func (g *Group) deliverRecord(cur *viewState, rec record, fetch *blobFetch) (*vi
 			g.emptied.Store(len(vb.members) == 0)
 			// Our Leave, even one whose outcome it could not settle
 			// (leaving is then false again): only a member's own Leave
-			// removes a running member for reasonLeft.
-			if g.leaving.Load() || vb.reason == reasonLeft {
+			// removes a running member for reasonLeft. Any other reason
+			// is an eviction, even while we are leaving: our Leave then
+			// found us removed already and removed nothing.
+			if vb.reason == reasonLeft {
 				g.fail(ErrNotMember)
 				return cur, true
 			}

@@ -633,9 +633,11 @@ func (g *Group) sendLoop() {
 				if m := ms.members[g.self.slot]; m.tag != g.self.tag || !m.active() {
 					// Our own Leave marks the slot graceful (retiredLeft),
 					// also one whose outcome it could not settle ('leaving'
-					// is then false again): not an eviction.
+					// is then false again): not an eviction. A removal by
+					// another is one, even while we are leaving. A slot
+					// reclaimed since does not tell: then 'leaving' does.
 					err := ErrEvicted
-					if g.leaving.Load() || m.tag == g.self.tag && m.retiredAt&retiredLeft != 0 {
+					if m.tag == g.self.tag && m.retiredAt&retiredLeft != 0 || m.tag != g.self.tag && g.leaving.Load() {
 						err = ErrNotMember
 					}
 					end(err, err)

@@ -652,3 +652,40 @@ func TestMulticastAfterUnsettledLeaveIsNotEvicted(t *testing.T) {
 	})
 	e.leaveAll(stay)
 }
+
+// TestLeaveAfterRemovalReportsEviction: a member removed by another
+// (Group.Remove) calls Leave before its delivery reached the removal. Its
+// Leave removes nothing (it is out already), yet 'leaving' made delivery
+// take the removal for the member's own leave: no *Evicted, Leave nil.
+func TestLeaveAfterRemovalReportsEviction(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stay := e.joinAll(1, "g")
+	// Nobody reads g's Events yet: delivery waits on the first view.
+	g, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stay[0].g.Remove(ctx, g.Name()); err != nil {
+		t.Fatal(err)
+	}
+	evicted := make(chan bool, 1)
+	go func() {
+		ev := false
+		for e := range g.Events() {
+			if _, ok := e.(*gcs.Evicted); ok {
+				ev = true
+			}
+		}
+		evicted <- ev
+	}()
+	lerr := g.Leave(ctx)
+	if !<-evicted {
+		t.Errorf("a member removed by another was not told it was evicted (Leave: %v)", lerr)
+	}
+	if !errors.Is(lerr, gcs.ErrEvicted) {
+		t.Errorf("leave of a removed member: %v, want ErrEvicted", lerr)
+	}
+	e.leaveAll(stay)
+}
