@@ -278,7 +278,10 @@ func (g *Group) Multicast(ctx context.Context, payload []byte) error {
 // Leave removes this member from the view (a view change with reason
 // "left"), delivers everything ordered before that view and closes Events
 // without delivering the new view. Pending and later Multicasts fail with
-// ErrNotMember. The Events channel must be drained for Leave to finish.
+// ErrNotMember. A member that another removed first (Remove, or a
+// removal Membership caused) is evicted instead: *Evicted, and Leave
+// returns ErrEvicted. The Events channel must be drained for Leave to
+// finish.
 // If ctx ends first, Leave returns its error after the view change; what
 // is left (publishing the final position, and reclaiming the group's
 // members if ours was the last membership) is done once delivery ends,
