@@ -479,50 +479,6 @@ func TestSecondLeaveKeepsToItsContext(t *testing.T) {
 	reclaimedThenDeleted(t, ctx, obs, "g", "the emptied group's members reclaimed")
 }
 
-// TestLeaveOfUnsettledOutcomeEndsWithoutEviction: a Leave whose view change
-// committed but whose outcome it could not settle returns that error; the
-// member is out nonetheless, and its delivery, reaching the leave record
-// after Leave returned, ends there as after any Leave: Events closes
-// without *Evicted and Multicast says ErrNotMember. Before, delivery took
-// its own removal for an eviction (*Evicted, reason "left").
-func TestLeaveOfUnsettledOutcomeEndsWithoutEviction(t *testing.T) {
-	e := newEnv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stay := e.joinAll(1, "g")
-	// Nobody reads g's Events until Leave returned: delivery waits on
-	// the first view, before the leave record.
-	g, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	restoreSettle := gcs.SettleGivesUp()
-	defer restoreSettle()
-	fired, restore := gcs.UnknownAfterCommit(t, "view", func() {})
-	defer restore()
-	if err := g.Leave(ctx); !errors.Is(err, client.ErrUnknownOutcome) || !fired() {
-		t.Fatalf("leave with an unsettled outcome: %v (failpoint fired: %v)", err, fired())
-	}
-	restore()
-	restoreSettle()
-	for ev := range g.Events() {
-		if ev, ok := ev.(*gcs.Evicted); ok {
-			t.Fatalf("the leaver was told it was evicted: %+v", ev)
-		}
-	}
-	if err := g.Multicast(ctx, []byte("x")); !errors.Is(err, gcs.ErrNotMember) {
-		t.Fatalf("multicast after leaving: %v, want ErrNotMember", err)
-	}
-	if err := g.Leave(ctx); err != nil {
-		t.Fatalf("leave again: %v", err)
-	}
-	waitUntil(t, 10*time.Second, "the leaver out of the view", func() bool {
-		v := stay[0].lastView()
-		return v != nil && len(v.Members) == 1
-	})
-	e.leaveAll(stay)
-}
-
 // TestAbandonedJoinThatEmptiesTheGroupIsReclaimed: the first joiner of a
 // group cannot settle its join (unknown outcome) and abandons the slot it
 // may have placed; that leaves the view empty, so the last member's work
@@ -605,12 +561,16 @@ func TestJoinSettledBySlotAfterTrim(t *testing.T) {
 	e.leaveAll(all)
 }
 
-// TestMulticastAfterUnsettledLeaveIsNotEvicted: a Leave whose view change
-// committed but could not be settled resets 'leaving'; a Multicast made
-// before delivery reaches the leave record makes the sender find its slot
-// retired. That is its own Leave (a graceful removal), not an eviction:
-// Multicast, and a later Leave, must not say ErrEvicted.
-func TestMulticastAfterUnsettledLeaveIsNotEvicted(t *testing.T) {
+// TestLeaveOfUnsettledOutcomeEndsWithoutEviction: a Leave whose view change
+// committed but whose outcome it could not settle returns that error (and
+// resets 'leaving'); the member is out nonetheless. A Multicast made
+// before delivery reaches the leave record finds the slot retired by the
+// member's own Leave (retiredLeft), and delivery, reaching the record
+// after Leave returned, ends there as after any Leave: nothing says
+// ErrEvicted or *Evicted, later Multicasts say ErrNotMember, and Leave
+// again returns nil. Before, delivery took the member's own removal for an
+// eviction (*Evicted, reason "left"), and so did the sender (ErrEvicted).
+func TestLeaveOfUnsettledOutcomeEndsWithoutEviction(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
