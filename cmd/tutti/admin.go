@@ -144,7 +144,6 @@ func newMemnodeCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "memnode",
 		Short: "Change the set of memnodes (see also: tutti memnodes, tutti replica)",
-		Args:  cobra.NoArgs,
 	}
 	var (
 		o        adminOpts
@@ -193,7 +192,7 @@ replica count). The change is one minitransaction on the directory in memnode
 	o.register(add, true)
 	add.Flags().StringVar(&replicas, "replicas", "", "comma-separated host ids for the replicas (default: least-loaded hosts)")
 	cmd.AddCommand(add)
-	return cmd
+	return commandGroup(cmd)
 }
 
 func newReplicaCmd(g *globals) *cobra.Command {
@@ -205,7 +204,6 @@ is one minitransaction on the directory (memnode 0); the leader of the
 memnode's Raft group then changes the group one step at a time (a new replica
 joins as a learner, catches up from a snapshot, and becomes a voter before any
 old replica leaves), never leaving fewer than a healthy majority.`,
-		Args: cobra.NoArgs,
 	}
 	var o adminOpts
 	parse := func(args []string) ([]uint64, error) {
@@ -260,7 +258,7 @@ old replica leaves), never leaving fewer than a healthy majority.`,
 				return fmt.Sprintf("replica of memnode %d moving from host %d to host %d", a[0], a[1], a[2])
 			}),
 	)
-	return cmd
+	return commandGroup(cmd)
 }
 
 func adminErr(err error) error {

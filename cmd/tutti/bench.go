@@ -96,7 +96,7 @@ func newBench(g *globals) *cobra.Command {
 	}
 	cmd.AddCommand(newBenchMtx(g), newBenchMembers(g))
 	cmd.AddCommand(newBenchMcast(g), newBenchMcastMember(g))
-	return cmd
+	return commandGroup(cmd)
 }
 
 func newBenchMtx(g *globals) *cobra.Command {

@@ -89,6 +89,33 @@ func (g *globals) logger() (zerolog.Logger, error) {
 	return l.Level(lvl).With().Timestamp().Logger(), nil
 }
 
+// commandGroup makes cmd, a command that only holds subcommands, refuse
+// anything that is not one of them: without a Run, cobra prints the help
+// and exits 0 for 'tutti memnode remove 1', which a script would take for
+// success. With no argument it still prints the help.
+func commandGroup(cmd *cobra.Command) *cobra.Command {
+	cmd.Args = func(c *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return fmt.Errorf("unknown command %q for %q; its commands: %s (see '%s --help')",
+				args[0], c.CommandPath(), strings.Join(subcommandNames(c), ", "), c.CommandPath())
+		}
+		return nil
+	}
+	cmd.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+	return cmd
+}
+
+// subcommandNames lists cmd's visible subcommands.
+func subcommandNames(cmd *cobra.Command) []string {
+	var out []string
+	for _, c := range cmd.Commands() {
+		if c.IsAvailableCommand() {
+			out = append(out, c.Name())
+		}
+	}
+	return out
+}
+
 // seedFlag registers --seed with TUTTI_SEED and DefaultSeed as fallbacks.
 func seedFlag(fs *pflag.FlagSet, p *string) {
 	def := DefaultSeed
