@@ -43,3 +43,12 @@ func TestCommandGroupsRefuseUnknownSubcommands(t *testing.T) {
 		}
 	}
 }
+
+// 'tutti members --watch --interval 0' panicked in time.NewTicker after
+// printing the table.
+func TestMembersRefusesNonPositiveInterval(t *testing.T) {
+	for _, iv := range []string{"0", "-1s"} {
+		_, err := run(t, "members", "--seed=127.0.0.1:1", "--watch", "--interval", iv)
+		wantExit2(t, "--interval "+iv, err, "--interval", "positive")
+	}
+}

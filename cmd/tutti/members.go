@@ -75,6 +75,9 @@ confirmed change as it happens (one line, or one JSON object per line with
   tutti members --watch`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if interval <= 0 {
+				return &exitError{2, fmt.Errorf("--interval %v: must be positive (e.g. 250ms)", interval)}
+			}
 			log, err := g.logger()
 			if err != nil {
 				return err
