@@ -52,3 +52,24 @@ func TestMembersRefusesNonPositiveInterval(t *testing.T) {
 		wantExit2(t, "--interval "+iv, err, "--interval", "positive")
 	}
 }
+
+// A --timeout of 0 or less expired at once and was reported as "no seed
+// answered ... context deadline exceeded", blaming a healthy cluster.
+func TestNonPositiveTimeoutIsAUsageError(t *testing.T) {
+	for _, args := range [][]string{
+		{"mtx", "--read", "0:0:1"},
+		{"memnodes"},
+		{"members"},
+		{"groups"},
+		{"group", "lobby"},
+		{"send", "lobby", "hi"},
+		{"tail", "lobby"},
+		{"replica", "add", "1", "2"},
+		{"decide", "1.1@1", "--participants", "1,2", "--abort"},
+	} {
+		for _, tm := range []string{"0", "-1s"} {
+			_, err := run(t, append(args, "--seed=127.0.0.1:1", "--timeout", tm)...)
+			wantExit2(t, strings.Join(args, " ")+" --timeout "+tm, err, "--timeout", "positive")
+		}
+	}
+}

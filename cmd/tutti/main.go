@@ -62,6 +62,16 @@ run minitransactions against it with 'tutti mtx' or measure it with
 'tutti bench mtx' and 'tutti bench members'.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// A --timeout of 0 or less expired before the first request, and the
+		// command then blamed the cluster ("no seed answered").
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if f := cmd.Flags().Lookup("timeout"); f != nil && f.Value.Type() == "duration" {
+				if d, err := time.ParseDuration(f.Value.String()); err == nil && d <= 0 {
+					return &exitError{2, fmt.Errorf("--timeout %v: must be positive (e.g. --timeout 10s)", d)}
+				}
+			}
+			return nil
+		},
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
