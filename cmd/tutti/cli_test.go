@@ -73,3 +73,36 @@ func TestNonPositiveTimeoutIsAUsageError(t *testing.T) {
 		}
 	}
 }
+
+// Zero or negative failure-detection settings were silently replaced by
+// membership's defaults; the probe timeout check named Go fields.
+func TestMembershipFlagsRefuseNonPositive(t *testing.T) {
+	dir := t.TempDir()
+	for _, bad := range [][]string{
+		{"--probe-interval", "-1s"}, {"--probe-timeout", "0"}, {"--gossip-interval", "-1s"},
+		{"--table-poll", "0"}, {"--takeover-timeout", "-1s"}, {"--absent-timeout", "0"},
+		{"--suspicion-mult", "-1"}, {"--suspicion-max-mult", "0"}, {"--indirect-checks", "-1"}, {"--retransmit-mult", "0"},
+	} {
+		_, err := run(t, append([]string{"agent", "--seed=127.0.0.1:1"}, bad...)...)
+		wantExit2(t, "agent "+strings.Join(bad, " "), err, bad[0])
+		_, err = run(t, append([]string{"server", "--id=1", "--peers=1=127.0.0.1:1", "--replicas=1", "--data-dir=" + dir}, bad...)...)
+		wantExit2(t, "server "+strings.Join(bad, " "), err, bad[0])
+	}
+	_, err := run(t, "agent", "--seed=127.0.0.1:1", "--probe-timeout=1s")
+	wantExit2(t, "--probe-timeout 1s", err, "--probe-timeout 1s must be below --probe-interval 200ms")
+}
+
+// The gossip key's usage quoted a shell command in backquotes, which pflag
+// takes for the flag's value name: the help showed
+// '--gossip-key head -c 32 /dev/urandom | base64'.
+func TestGossipKeyHelpValueName(t *testing.T) {
+	for _, args := range [][]string{{"server", "--help"}, {"agent", "--help"}} {
+		out, err := run(t, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "--gossip-key string") {
+			t.Fatalf("%v: --gossip-key is not shown as a string flag:\n%s", args, out)
+		}
+	}
+}

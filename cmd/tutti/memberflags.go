@@ -47,7 +47,7 @@ func (m *memberFlags) register(fs *pflag.FlagSet, nameHelp, addrHelp, seedsHelp 
 	fs.StringVar(&m.gossipAddr, "gossip-addr", "", addrHelp)
 	fs.StringVar(&m.advertise, "gossip-advertise", "", "gossip address other processes use to reach this one, ip:port (default: derived from --gossip-addr)")
 	fs.StringVar(&m.seeds, "gossip-seeds", "", seedsHelp)
-	fs.StringVar(&m.key, "gossip-key", "", "encrypt and authenticate gossip with this AES key, base64 of 16, 24 or 32 bytes (e.g. `head -c 32 /dev/urandom | base64`); every process must use the same key")
+	fs.StringVar(&m.key, "gossip-key", "", "encrypt and authenticate gossip with this AES key, base64 of 16, 24 or 32 bytes (e.g. the output of: head -c 32 /dev/urandom | base64); every process must use the same key")
 	fs.StringVar(&m.keyFile, "gossip-key-file", "", "read the gossip key (base64) from this file instead of --gossip-key")
 
 	fs.DurationVar(&m.probeInterval, "probe-interval", g.ProbeInterval, "failure detection: how often gossip probes a random process")
@@ -96,6 +96,29 @@ func (m *memberFlags) config(log zerolog.Logger) (membership.Config, error) {
 	key, err := m.gossipKey()
 	if err != nil {
 		return membership.Config{}, err
+	}
+	// membership replaces a zero or negative setting by its default, so
+	// without this '--probe-interval -1s' would silently run with 200ms.
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--probe-interval", m.probeInterval}, {"--probe-timeout", m.probeTimeout}, {"--gossip-interval", m.gossipInterval},
+		{"--table-poll", m.pollInterval}, {"--takeover-timeout", m.takeover}, {"--absent-timeout", m.absent}} {
+		if d.v <= 0 {
+			return membership.Config{}, fmt.Errorf("%s %v: must be positive", d.name, d.v)
+		}
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"--suspicion-mult", m.suspicionMult}, {"--suspicion-max-mult", m.suspicionMaxMult},
+		{"--indirect-checks", m.indirectChecks}, {"--retransmit-mult", m.retransmitMult}} {
+		if n.v <= 0 {
+			return membership.Config{}, fmt.Errorf("%s %d: must be at least 1", n.name, n.v)
+		}
+	}
+	if m.probeTimeout >= m.probeInterval {
+		return membership.Config{}, fmt.Errorf("--probe-timeout %v must be below --probe-interval %v", m.probeTimeout, m.probeInterval)
 	}
 	cfg := membership.Config{
 		ID: m.name, Bind: m.gossipAddr, Advertise: m.advertise, Key: key, Logger: log, Table: membership.DefaultTable,
