@@ -106,3 +106,22 @@ func TestGossipKeyHelpValueName(t *testing.T) {
 		}
 	}
 }
+
+// A read item without its length was told "want MEMNODE:ADDR", and a length
+// too large for an item "want a positive number".
+func TestParseReadSaysWhatIsWrong(t *testing.T) {
+	for in, want := range map[string]string{
+		"0:0x10":             "want MEMNODE:ADDR:LEN",
+		"0x10:5":             "want MEMNODE:ADDR:LEN",
+		"0:0x10:99999999999": "too large",
+		"0:0x10:0":           "want a positive number",
+	} {
+		_, _, _, err := parseRead(in)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("parseRead(%q) = %v, want %q", in, err, want)
+		}
+	}
+	if _, _, _, err := parseAssign("0=x"); err == nil || !strings.Contains(err.Error(), "want MEMNODE:ADDR=VALUE") {
+		t.Errorf("parseAssign(0=x) = %v", err)
+	}
+}

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -182,14 +184,17 @@ func parseLoc(s string) (mn, addr uint64, err error) {
 
 func parseRead(s string) (mn, addr uint64, n uint32, err error) {
 	i := strings.LastIndex(s, ":")
-	if i < 0 {
+	if strings.Count(s, ":") != 2 {
 		return 0, 0, 0, fmt.Errorf("want MEMNODE:ADDR:LEN")
 	}
 	if mn, addr, err = parseLoc(s[:i]); err != nil {
 		return 0, 0, 0, err
 	}
 	l, err := parseUint(s[i+1:])
-	if err != nil || l == 0 || l > 1<<31 {
+	switch {
+	case err != nil && errors.Is(err, strconv.ErrRange), err == nil && l > math.MaxUint32:
+		return 0, 0, 0, fmt.Errorf("length %s: too large for one item (the memnodes take at most 1 MiB per item by default)", s[i+1:])
+	case err != nil || l == 0:
 		return 0, 0, 0, fmt.Errorf("length %q: want a positive number", s[i+1:])
 	}
 	return mn, addr, uint32(l), nil
@@ -197,7 +202,7 @@ func parseRead(s string) (mn, addr uint64, n uint32, err error) {
 
 func parseAssign(s string) (mn, addr uint64, v []byte, err error) {
 	loc, val, ok := strings.Cut(s, "=")
-	if !ok {
+	if !ok || strings.Count(loc, ":") != 1 {
 		return 0, 0, nil, fmt.Errorf("want MEMNODE:ADDR=VALUE")
 	}
 	if mn, addr, err = parseLoc(loc); err != nil {
