@@ -125,3 +125,18 @@ func TestParseReadSaysWhatIsWrong(t *testing.T) {
 		t.Errorf("parseAssign(0=x) = %v", err)
 	}
 }
+
+// A peer address without a port was blamed on --gossip-addr, a flag the
+// user had not given.
+func TestParsePeersChecksAddresses(t *testing.T) {
+	for _, in := range []string{"1=bogus", "1=:7400", "1=10.0.0.1:x", "1=10.0.0.1:0", "1=10.0.0.1:70000"} {
+		if _, err := parsePeers(in); err == nil || !strings.Contains(err.Error(), "--peers") {
+			t.Errorf("parsePeers(%q) = %v", in, err)
+		}
+	}
+	if h, err := parsePeers("1=10.0.0.1:7400, 2=host-b:7400,3=[::1]:7400"); err != nil || len(h) != 3 {
+		t.Errorf("valid peers: %v %v", h, err)
+	}
+	_, err := run(t, "server", "--id=1", "--peers=1=bogus", "--replicas=1", "--data-dir="+t.TempDir())
+	wantExit2(t, "server --peers 1=bogus", err, "--peers", "host:port")
+}

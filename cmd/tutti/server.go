@@ -198,6 +198,11 @@ func parsePeers(s string) (map[uint64]string, error) {
 		if _, dup := out[id]; dup {
 			return nil, fmt.Errorf("--peers: host %d listed twice", id)
 		}
+		if h, port, err := net.SplitHostPort(v); err != nil || h == "" {
+			return nil, fmt.Errorf("--peers: %q: the address must be host:port, e.g. %d=10.0.0.1:7400", p, id)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("--peers: %q: port %q is not a number in 1..65535", p, port)
+		}
 		out[id] = v
 	}
 	return out, nil
