@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -139,4 +141,25 @@ func TestParsePeersChecksAddresses(t *testing.T) {
 	}
 	_, err := run(t, "server", "--id=1", "--peers=1=bogus", "--replicas=1", "--data-dir="+t.TempDir())
 	wantExit2(t, "server --peers 1=bogus", err, "--peers", "host:port")
+}
+
+// 'tutti send' read standard input with a 1 MiB line limit, below the
+// largest message a group takes, and reported a longer line as
+// "bufio.Scanner: token too long".
+func TestSendLongStdinLines(t *testing.T) {
+	c := testCluster(t)
+	send := func(in string) error {
+		root := newRoot()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetIn(strings.NewReader(in))
+		root.SetArgs([]string{"send", "big", "--seed=" + c.Seeds()[0], "--log-level=warn"})
+		return root.ExecuteContext(context.Background())
+	}
+	if err := send("small\n" + strings.Repeat("x", 1<<20+100) + "\n"); err != nil {
+		t.Fatalf("a 1 MiB + 100 B line: %v", err)
+	}
+	err := send("a\nb\n" + strings.Repeat("y", maxSendLine+1) + "\n")
+	wantExit2(t, "a line over the limit", err, "line 3 of standard input", "the 2 lines before it were sent")
 }

@@ -71,6 +71,10 @@ func (c *groupConn) leave(timeout time.Duration) error {
 	return errors.Join(c.g.Leave(ctx), c.n.Close(), c.cl.Close())
 }
 
+// maxSendLine is the longest line 'tutti send' reads from standard input:
+// the largest message Multicast accepts.
+const maxSendLine = gcs.MaxBatchBytesLimit - 4
+
 func newSend(g *globals) *cobra.Command {
 	var (
 		seed    string
@@ -129,13 +133,19 @@ it in views as ID#N. The group is created if it does not exist.`,
 					}
 				}
 			} else {
+				// A line may be as long as the largest message gcs takes.
 				sc := bufio.NewScanner(cmd.InOrStdin())
-				sc.Buffer(make([]byte, 64<<10), 1<<20)
+				sc.Buffer(make([]byte, 64<<10), maxSendLine+1)
+				lines := 0
 				for err == nil && sc.Scan() {
+					lines++
 					err = send(sc.Text())
 				}
 				if err == nil {
-					err = sc.Err()
+					if err = sc.Err(); errors.Is(err, bufio.ErrTooLong) {
+						err = fmt.Errorf("line %d of standard input is longer than %d bytes, the largest message a group takes; the %d lines before it were sent",
+							lines+1, maxSendLine, lines)
+					}
 				}
 			}
 			err = errors.Join(err, c.leave(timeout))
