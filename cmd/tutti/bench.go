@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -154,7 +153,9 @@ minitransaction changes with the number of memnodes. With --per-memnode the
 --outstanding levels count per memnode, so the load grows with the cluster
 (m memnodes run m times the level): CPU per op then compares clusters each
 as busy as the other, not one busy cluster with a more idle one. With --seed
-it drives an existing cluster.
+(or TUTTI_SEED) it drives an existing cluster instead, and overwrites the
+words it draws from: the first 4 x --words bytes of memnode 0 (base) or of
+every memnode (cas2).
 
 The embedded cluster also counts, over its hosts, the log engine's fsyncs and
 the Raft entries proposed per committed minitransaction (JSON:
@@ -193,6 +194,9 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 			if rounds < 1 {
 				return fmt.Errorf("--rounds must be at least 1")
 			}
+			if duration <= 0 || warmup < 0 {
+				return fmt.Errorf("--duration must be positive and --warmup not negative (got %v, %v)", duration, warmup)
+			}
 			if words < 6 {
 				return fmt.Errorf("--words must be at least 6")
 			}
@@ -203,7 +207,7 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 			if err != nil {
 				return err
 			}
-			embedded := !cmd.Flags().Changed("seed") && os.Getenv("TUTTI_SEED") == ""
+			embedded := seed == ""
 			// total is the outstanding minitransactions of a level on a
 			// cluster of size memnodes.
 			total := func(level, size int) int {
@@ -214,6 +218,11 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 			}
 			if perMemnode && !embedded {
 				return fmt.Errorf("--per-memnode sizes the load of embedded clusters; it cannot be used with --seed")
+			}
+			for _, fl := range []string{"no-fsync", "leaders"} {
+				if !embedded && cmd.Flags().Changed(fl) {
+					return fmt.Errorf("--%s sets up the embedded cluster; it cannot be used with --seed (%s)", fl, seed)
+				}
 			}
 			if most := total(slices.Max(levels), slices.Max(sizes)); slices.Contains(workloads, "cas2") && words < 3*most {
 				return fmt.Errorf("--words %d: cas2 needs at least 3 words per worker (%d)", words, 3*most)
@@ -409,7 +418,7 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 		},
 	}
 	f := cmd.Flags()
-	seedFlag(f, &seed)
+	benchSeedFlag(f, &seed, "it overwrites the first 4 x --words bytes of memnode 0 (base) or of every memnode (cas2)")
 	f.StringVar(&workload, "workload", "base", "workload: base or cas2, or base,cas2 to print their ratio")
 	f.StringVar(&leaders, "leaders", "spread", "embedded cluster's Raft leaders: spread (one memnode per host where it can), colocated (all on one host) or any")
 	f.IntVar(&rounds, "rounds", 1, "run the listed workloads this many times, alternating, and print the median cas2/base ratio")

@@ -247,6 +247,15 @@ entries proposed per message multicast ("fsyncs_per_msg",
 			if crashTrials < 0 || crashTrials > 1000 {
 				return fmt.Errorf("--crash-trials must be 0..1000")
 			}
+			if crashMax <= 0 {
+				return fmt.Errorf("--crash-timeout must be positive")
+			}
+			if senders < 0 || senders > members {
+				return fmt.Errorf("--senders %d: must be 0 (every member) to --members (%d)", senders, members)
+			}
+			if seed != "" && cmd.Flags().Changed("no-fsync") {
+				return fmt.Errorf("--no-fsync sets up the embedded cluster; it cannot be used with --seed (%s)", seed)
+			}
 			var levels []float64
 			for _, p := range strings.Split(rates, ",") {
 				p = strings.TrimSpace(p)
@@ -281,7 +290,7 @@ entries proposed per message multicast ("fsyncs_per_msg",
 				return err
 			}
 			defer stopProfile()
-			embedded := !cmd.Flags().Changed("seed") && os.Getenv("TUTTI_SEED") == ""
+			embedded := seed == ""
 			seeds := splitSeeds(seed)
 			var replStats func() replication.Stats
 			if embedded {
@@ -373,7 +382,7 @@ entries proposed per message multicast ("fsyncs_per_msg",
 		},
 	}
 	f := cmd.Flags()
-	seedFlag(f, &seed)
+	benchSeedFlag(f, &seed, "the members join new groups named bench-mcast-<pid>-<n> there")
 	f.IntVar(&members, "members", 3, "group members, each a separate OS process")
 	f.IntVar(&msgBytes, "msg-bytes", 1024, "bytes per message (at least 24: the benchmark's header)")
 	f.StringVar(&payload, "payload", payloadRandom, `message bytes after the header: "random" (incompressible) or "zeros"`)

@@ -163,3 +163,55 @@ func TestSendLongStdinLines(t *testing.T) {
 	err := send("a\nb\n" + strings.Repeat("y", maxSendLine+1) + "\n")
 	wantExit2(t, "a line over the limit", err, "line 3 of standard input", "the 2 lines before it were sent")
 }
+
+// bench mtx ran with --duration 0 or negative and printed NaN ops/s with
+// exit 0; flags of the embedded cluster were silently ignored with --seed;
+// bench mcast took --senders beyond --members and --crash-timeout 0.
+func TestBenchRefusesBadAndConflictingFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"mtx", "--duration", "0", "--outstanding", "1", "--warmup", "0s"}, "--duration"},
+		{[]string{"mtx", "--duration", "-1s", "--outstanding", "1", "--warmup", "0s"}, "--duration"},
+		{[]string{"mtx", "--warmup", "-1s", "--outstanding", "1", "--duration", "1ms"}, "--warmup"},
+		{[]string{"mtx", "--seed", "127.0.0.1:1", "--no-fsync"}, "--no-fsync"},
+		{[]string{"mtx", "--seed", "127.0.0.1:1", "--leaders", "colocated"}, "--leaders"},
+		{[]string{"mcast", "--seed", "127.0.0.1:1", "--senders", "4"}, "--senders"},
+		{[]string{"mcast", "--seed", "127.0.0.1:1", "--senders", "-1"}, "--senders"},
+		{[]string{"mcast", "--seed", "127.0.0.1:1", "--crash-timeout", "0"}, "--crash-timeout"},
+		{[]string{"mcast", "--seed", "127.0.0.1:1", "--no-fsync"}, "--no-fsync"},
+	} {
+		_, err := run(t, append(append([]string{"bench"}, c.args...), "--quiet")...)
+		wantExit2(t, "bench "+strings.Join(c.args, " "), err, c.want)
+	}
+	// TUTTI_SEED counts as --seed.
+	t.Setenv("TUTTI_SEED", "127.0.0.1:1")
+	_, err := run(t, "bench", "mtx", "--no-fsync", "--quiet")
+	wantExit2(t, "TUTTI_SEED with --no-fsync", err, "--no-fsync")
+}
+
+// The benchmarks' --help showed --seed defaulting to 127.0.0.1:7400, while
+// without --seed they start a cluster of their own; and did not say that
+// driving an existing cluster overwrites data in it.
+func TestBenchSeedHelp(t *testing.T) {
+	for _, sub := range []string{"mtx", "mcast"} {
+		out, err := run(t, "bench", sub, "--help")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var line string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "--seed string") {
+				line = l
+			}
+		}
+		if strings.Contains(line, DefaultSeed) || !strings.Contains(line, "a cluster of its own") {
+			t.Errorf("bench %s --seed: %q", sub, line)
+		}
+	}
+	out, _ := run(t, "bench", "mtx", "--help")
+	if !strings.Contains(out, "overwrites") {
+		t.Errorf("bench mtx --help does not say that --seed overwrites words of the cluster")
+	}
+}

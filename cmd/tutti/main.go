@@ -135,6 +135,13 @@ func seedFlag(fs *pflag.FlagSet, p *string) {
 	fs.StringVar(p, "seed", def, "address of any host of the cluster (env TUTTI_SEED)")
 }
 
+// benchSeedFlag registers --seed for the benchmarks, whose default is not
+// DefaultSeed but a cluster of their own: empty unless TUTTI_SEED is set.
+func benchSeedFlag(fs *pflag.FlagSet, p *string, writes string) {
+	fs.StringVar(p, "seed", os.Getenv("TUTTI_SEED"),
+		"drive the cluster at this address (env TUTTI_SEED) instead of starting one in this process; "+writes+" (default: a cluster of its own)")
+}
+
 func splitSeeds(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
