@@ -215,3 +215,10 @@ func TestBenchSeedHelp(t *testing.T) {
 		t.Errorf("bench mtx --help does not say that --seed overwrites words of the cluster")
 	}
 }
+
+// 'tutti tail --count -1' joined and printed until interrupted, as if
+// --count had not been given.
+func TestTailRefusesNegativeCount(t *testing.T) {
+	_, err := run(t, "tail", "lobby", "--seed=127.0.0.1:1", "--count", "-1")
+	wantExit2(t, "--count -1", err, "--count -1")
+}

@@ -248,7 +248,8 @@ group's total order, until interrupted (then it leaves gracefully) or, with
 
 A member delivers from the view that admits it on: messages ordered before
 tail joined are not shown (--from-now, the only mode: gcs offers no replay
-of the order log). The first line is that view.
+of the order log). The first line is that view. The group is created if
+it does not exist.
 
 Text: '[view V #POS] SENDER: PAYLOAD' and '* view V: MEMBERS (REASON: +joined
 -left)'. --json prints one object per line:
@@ -265,6 +266,9 @@ given as payload_base64 instead.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !fromNow {
 				return &exitError{2, errors.New("--from-now=false: replay of messages ordered before joining is not supported")}
+			}
+			if count < 0 {
+				return &exitError{2, fmt.Errorf("--count %d: want a number of messages, or 0 to print until interrupted", count)}
 			}
 			log, err := g.logger()
 			if err != nil {
