@@ -222,3 +222,25 @@ func TestTailRefusesNegativeCount(t *testing.T) {
 	_, err := run(t, "tail", "lobby", "--seed=127.0.0.1:1", "--count", "-1")
 	wantExit2(t, "--count -1", err, "--count -1")
 }
+
+// 'tutti up --hosts -1' panicked in the cluster's start; --memnodes 0 and
+// --hosts 0 started the defaults under a banner saying "memnodes: 0 (ids
+// 0--1)" or "0 replicas each"; a --port whose gossip ports (+1000) leave
+// the port range was blamed on a Bind address.
+func TestUpRefusesBadSizesAndPorts(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--hosts", "-1"}, "--hosts -1"},
+		{[]string{"--hosts", "0"}, "--hosts 0"},
+		{[]string{"--memnodes", "0"}, "--memnodes 0"},
+		{[]string{"--port", "-1"}, "--port -1"},
+		{[]string{"--port", "65534"}, "--port 65534"},
+		{[]string{"--port", "65000"}, "--gossip-port"},
+		{[]string{"--gossip-port", "70000"}, "--gossip-port 70000"},
+	} {
+		_, err := run(t, append([]string{"up", "--no-fsync", "--data-dir", t.TempDir()}, c.args...)...)
+		wantExit2(t, "up "+strings.Join(c.args, " "), err, c.want)
+	}
+}

@@ -55,11 +55,27 @@ Runs until interrupted (Ctrl-C).`,
 			if err != nil {
 				return err
 			}
+			if memnodes < 1 {
+				return &exitError{2, fmt.Errorf("--memnodes %d: must be at least 1", memnodes)}
+			}
+			if hosts < 1 {
+				return &exitError{2, fmt.Errorf("--hosts %d: must be at least 1", hosts)}
+			}
+			if port < 0 || port+hosts-1 > 65535 {
+				return &exitError{2, fmt.Errorf("--port %d: the %d hosts listen on ports %d..%d, which must lie in 1..65535 (or --port 0: free ports)", port, hosts, port, port+hosts-1)}
+			}
 			if !cmd.Flags().Changed("gossip-port") {
 				gossip = 0
 				if port != 0 {
 					gossip = port + 1000
 				}
+			}
+			if gossip < 0 || gossip+hosts-1 > 65535 {
+				what := "--gossip-port"
+				if !cmd.Flags().Changed("gossip-port") {
+					what = "--gossip-port (default --port + 1000)"
+				}
+				return &exitError{2, fmt.Errorf("%s %d: the agents gossip on ports %d..%d, which must lie in 1..65535 (give --gossip-port; 0: free ports)", what, gossip, gossip, gossip+hosts-1)}
 			}
 			if dataDir != "" {
 				if err := os.MkdirAll(dataDir, 0o755); err != nil {
