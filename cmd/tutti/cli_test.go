@@ -244,3 +244,14 @@ func TestUpRefusesBadSizesAndPorts(t *testing.T) {
 		wantExit2(t, "up "+strings.Join(c.args, " "), err, c.want)
 	}
 }
+
+// Errors of the client library begin with "tutti: ", and main printed
+// "tutti: tutti: directory change refused: ...".
+func TestErrorLinePrefixOnce(t *testing.T) {
+	if got := errorLine(errors.New("tutti: directory change refused: memnode 9 does not exist")); got != "tutti: directory change refused: memnode 9 does not exist" {
+		t.Fatalf("%q", got)
+	}
+	if got := errorLine(errors.New("--count -1: bad")); got != "tutti: --count -1: bad" {
+		t.Fatalf("%q", got)
+	}
+}

@@ -38,9 +38,15 @@ func main() {
 		if errors.As(err, &ee) {
 			code = ee.code
 		}
-		fmt.Fprintln(os.Stderr, "tutti:", err)
+		fmt.Fprintln(os.Stderr, errorLine(err))
 		os.Exit(code)
 	}
+}
+
+// errorLine is how main reports err: prefixed "tutti: " once, though the
+// client's errors begin with "tutti: " themselves.
+func errorLine(err error) string {
+	return "tutti: " + strings.TrimPrefix(err.Error(), "tutti: ")
 }
 
 type globals struct {
