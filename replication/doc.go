@@ -131,7 +131,8 @@
 // holds only its metadata, the file's name and a CRC-32C of the data,
 // which recovery checks; the previous file is removed once the batch
 // naming the new one is synced, and files no batch names are removed when
-// the group is opened. Before, the data went through Pebble's WAL and
+// the group is opened (those of a removed group when the host opens).
+// Before, the data went through Pebble's WAL and
 // memtable and was then flushed and compacted: with SnapshotBytes at
 // 64 MiB gcs saturation fell from ~31k to ~16–19k messages/s per member,
 // and with the files it stays at ~30k (alternated 8 s runs); a 40 s

@@ -81,6 +81,11 @@ func newHost(cfg Config, fs vfs.FS) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Snapshot files of groups removed just before a stop (see
+	// removeUnregisteredSnapFiles).
+	if err := eng.removeUnregisteredSnapFiles(); err != nil {
+		log.Warn().Err(err).Msg("removing snapshot files of removed groups")
+	}
 	var b [8]byte
 	_, _ = crand.Read(b[:])
 	h := &Host{

@@ -7,6 +7,8 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -35,7 +37,9 @@ import (
 // rather than through Pebble's WAL, memtable, flushes and compactions; the
 // batch that names the new file is synced before the previous file is
 // removed, so the engine never names a file that is gone. Files no batch
-// names (a crash between the two) are removed when the group is opened.
+// names (a crash between the two) are removed when the group is opened,
+// and those of groups no longer registered (a crash inside RemoveGroup)
+// when the host opens the engine.
 //
 // The engine only stores; the worker decides what to write. Writes go through
 // a logBatch, committed once per worker cycle.
@@ -407,6 +411,34 @@ func (e *engine) removeSnapFiles(g uint64, keep string) error {
 		if n != keep && strings.HasPrefix(n, prefix) {
 			errs = append(errs, e.fs.Remove(e.fs.PathJoin(e.snapDir, n)))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeUnregisteredSnapFiles removes the snapshot files of groups the
+// engine does not register: RemoveGroup deletes a group's keys before its
+// files, and no later StartGroup opens the group to remove them if the
+// host stops in between. Called before any group is started.
+func (e *engine) removeUnregisteredSnapFiles() error {
+	groups, err := e.storedGroups()
+	if err != nil {
+		return err
+	}
+	names, err := e.fs.List(e.snapDir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range names {
+		prefix, _, ok := strings.Cut(n, "-")
+		if !ok || len(prefix) != 16 {
+			continue
+		}
+		g, err := strconv.ParseUint(prefix, 16, 64)
+		if err != nil || slices.Contains(groups, g) {
+			continue
+		}
+		errs = append(errs, e.fs.Remove(e.fs.PathJoin(e.snapDir, n)))
 	}
 	return errors.Join(errs...)
 }
