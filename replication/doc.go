@@ -103,6 +103,12 @@
 // ChangeReplicas proposes one ConfChangeV2 (joint consensus with automatic
 // leave when more than one voter changes). A new replica is started with
 // StartGroup(group, nil, sm) and waits, empty, for the leader's snapshot.
+// A replica's Raft id is its host's, so a replica moved off a host and back
+// is the same voter to the others: RemoveGroup keeps the removed replica's
+// term and vote (a tombstone key) and a replica started again on that host
+// begins from them, so it never votes twice in one term (with no hard
+// state it would grant a delayed vote request of a term its predecessor
+// voted in, and a term could get two leaders).
 //
 // # Memory
 //

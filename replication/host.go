@@ -240,6 +240,12 @@ func (h *Host) openGroup(id uint64, peers []uint64, sm StateMachine, w *worker) 
 	}
 	ms := raft.NewMemoryStorage()
 	g := newGroup(h, id, sm, ms, w)
+	var tomb *pb.HardState // a removed predecessor's term and vote
+	if !found {
+		if tomb, err = h.eng.loadTombstone(id); err != nil {
+			return nil, err
+		}
+	}
 	switch {
 	case found:
 		if pg.snap != nil && !raft.IsEmptySnap(pg.snap) {
@@ -288,6 +294,9 @@ func (h *Host) openGroup(id uint64, peers []uint64, sm StateMachine, w *worker) 
 			ConfState: pb.EnsureConfState(&pb.ConfState{Voters: voters}),
 		}}
 		hs := &pb.HardState{Term: new(uint64(1)), Vote: new(uint64(0)), Commit: new(uint64(1))}
+		if tomb != nil && tomb.GetTerm() > 1 {
+			hs.Term, hs.Vote = new(tomb.GetTerm()), new(tomb.GetVote())
+		}
 		b := h.eng.newBatch()
 		b.registerGroup(id, voters)
 		if err := b.setSnapshot(id, snap, true, ""); err != nil {
@@ -306,16 +315,28 @@ func (h *Host) openGroup(id uint64, peers []uint64, sm StateMachine, w *worker) 
 		if err := ms.SetHardState(hs); err != nil {
 			return nil, err
 		}
-		g.term = 1
+		g.term = hs.GetTerm()
 		g.applied, g.snapIndex, g.lastIndex = 1, 1, 1
 		g.confState = snap.GetMetadata().GetConfState()
 	default:
+		// An empty replica waiting for the leader's snapshot; if this host
+		// had a replica of the group before, it starts from that one's
+		// term and vote (loadTombstone).
 		b := h.eng.newBatch()
 		b.registerGroup(id, nil)
+		if tomb != nil {
+			b.setHardState(id, tomb)
+		}
 		err := b.commit(!h.cfg.NoSync)
 		b.close()
 		if err != nil {
 			return nil, err
+		}
+		if tomb != nil {
+			if err := ms.SetHardState(tomb); err != nil {
+				return nil, err
+			}
+			g.term = tomb.GetTerm()
 		}
 	}
 	rc := &raft.Config{

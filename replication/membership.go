@@ -201,9 +201,18 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 			return ErrStopped
 		}
 	}
+	// Keep the replica's term and vote past its removal: the host may
+	// receive a replica of the group again (loadTombstone).
+	hs, err := h.eng.loadHardState(id)
+	if err != nil {
+		return err
+	}
 	b := h.eng.newBatch()
 	defer b.close()
 	b.deleteGroup(id)
+	if hs != nil {
+		b.setTombstone(id, hs)
+	}
 	if err := b.commit(!h.cfg.NoSync); err != nil {
 		return err
 	}

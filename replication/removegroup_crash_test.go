@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"go.etcd.io/raft/v3/raftpb"
 )
 
 // removeHookFS calls onRemove after each file removal.
@@ -120,5 +121,69 @@ func TestRemoveGroupCrashLeavesNoSnapshotFiles(t *testing.T) {
 	}
 	if len(groupFiles(crashed, 1)) != 1 {
 		t.Fatalf("group 1's snapshot files: %v, want one", groupFiles(crashed, 1))
+	}
+}
+
+// A replica added back to a host that removed one of the group before is
+// the same Raft voter to the others (replica id = host id). Started with no
+// hard state it would vote a second time in a term its predecessor voted
+// in: a delayed vote request of that term from a candidate still counting
+// could then make a second leader of the term. It starts from its
+// predecessor's term and vote instead, kept by RemoveGroup.
+func TestReaddedReplicaDoesNotVoteTwice(t *testing.T) {
+	net := NewFaultNetwork(1)
+	cfg := testConfig()
+	cfg.ID = 1
+	cfg.DataDir = "/data"
+	cfg.Transport = net.Transport(1)
+	h, err := newHost(cfg, vfs.NewMem())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	const group = 7
+	if err := h.StartGroup(group, []uint64{1}, newTestSM()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "leadership", func() bool { return h.Leader(group) == 1 })
+	var before *raftpb.HardState
+	waitFor(t, 10*time.Second, "the self-vote persisted", func() bool {
+		hs, err := h.eng.loadHardState(group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = hs
+		return hs != nil && hs.GetVote() == 1 && hs.GetTerm() >= 2
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := h.RemoveGroup(ctx, group); err != nil {
+		t.Fatal(err)
+	}
+	trs, peers := faultHosts(t, net, 2)
+	// Added back as an empty replica waiting for a snapshot.
+	if err := h.StartGroup(group, nil, newTestSM()); err != nil {
+		t.Fatal(err)
+	}
+	if hs, err := h.eng.loadHardState(group); err != nil || hs.GetTerm() != before.GetTerm() || hs.GetVote() != 1 {
+		t.Fatalf("re-added replica's hard state %v (%v), want term %d vote 1", hs, err, before.GetTerm())
+	}
+	// Host 2's vote request of the term the removed replica voted in.
+	trs[2].Send([]GroupMessage{{Group: group, Msg: &raftpb.Message{
+		Type: raftpb.MessageType_MsgVote.Enum(), From: new(uint64(2)), To: new(uint64(1)),
+		Term: new(before.GetTerm()), LogTerm: new(before.GetTerm()), Index: new(uint64(1000)),
+	}}})
+	var resp *raftpb.Message
+	waitFor(t, 10*time.Second, "the vote response", func() bool {
+		for _, m := range peers[2].received() {
+			if m.Group == group && m.Msg.GetType() == raftpb.MessageType_MsgVoteResp {
+				resp = m.Msg
+				return true
+			}
+		}
+		return false
+	})
+	if !resp.GetReject() {
+		t.Fatalf("the re-added replica voted for host 2 in term %d, where its predecessor voted for host 1", before.GetTerm())
 	}
 }

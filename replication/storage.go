@@ -31,6 +31,9 @@ import (
 //	                         file in snap/ holding the latest snapshot's
 //	                         data (then kindSnapshot holds only its
 //	                         metadata)
+//	[g][kindTombstone]       a removed replica's last term and vote
+//	                         (2 × uint64 BE), the group itself gone
+//	                         (RemoveGroup): see loadTombstone
 //
 // A snapshot's data is the whole state machine, so it is written to a file
 // of its own beside the engine (written, synced, renamed, directory synced)
@@ -49,6 +52,7 @@ const (
 	kindSnapshot  byte = 0x03
 	kindEntry     byte = 0x04
 	kindSnapFile  byte = 0x05
+	kindTombstone byte = 0x06
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -174,13 +178,7 @@ func (e *engine) loadGroup(g uint64) (pg *persistedGroup, ok bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if v, closer, err := e.db.Get(groupKey(g, kindHardState)); err == nil {
-		pg.hs, err = decodeHardState(v)
-		closer.Close()
-		if err != nil {
-			return nil, false, err
-		}
-	} else if !errors.Is(err, pebble.ErrNotFound) {
+	if pg.hs, err = e.loadHardState(g); err != nil {
 		return nil, false, err
 	}
 	if pg.snap, pg.snapFile, err = e.loadSnapshot(g); err != nil {
@@ -270,6 +268,55 @@ func (b *logBatch) setHardState(g uint64, hs *pb.HardState) {
 	binary.BigEndian.PutUint64(v[8:], hs.GetVote())
 	binary.BigEndian.PutUint64(v[16:], hs.GetCommit())
 	_ = b.b.Set(groupKey(g, kindHardState), v, nil)
+}
+
+// loadHardState returns group g's hard state, nil if it has none.
+func (e *engine) loadHardState(g uint64) (*pb.HardState, error) {
+	v, closer, err := e.db.Get(groupKey(g, kindHardState))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	return decodeHardState(v)
+}
+
+// setTombstone records, for a group this host removes, the term and vote of
+// its last hard state (see loadTombstone).
+func (b *logBatch) setTombstone(g uint64, hs *pb.HardState) {
+	v := make([]byte, 16)
+	binary.BigEndian.PutUint64(v, hs.GetTerm())
+	binary.BigEndian.PutUint64(v[8:], hs.GetVote())
+	_ = b.b.Set(groupKey(g, kindTombstone), v, nil)
+}
+
+// loadTombstone returns the term and vote a removed replica of group g on
+// this host last persisted, as a hard state with no commit; nil if the
+// host never removed one. Raft identifies a replica by its host id, so a
+// replica added back to the host (a move there and back) is the same voter
+// to the others: starting it with no hard state would let it vote a second
+// time in a term its removed predecessor voted in (a vote request of that
+// term, delayed, from a candidate still counting), and two leaders of one
+// term could be elected.
+func (e *engine) loadTombstone(g uint64) (*pb.HardState, error) {
+	v, closer, err := e.db.Get(groupKey(g, kindTombstone))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	if len(v) != 16 {
+		return nil, errors.New("replication: corrupt replica tombstone")
+	}
+	return &pb.HardState{
+		Term:   new(binary.BigEndian.Uint64(v)),
+		Vote:   new(binary.BigEndian.Uint64(v[8:])),
+		Commit: new(uint64(0)),
+	}, nil
 }
 
 // loadSnapshot reads group g's latest snapshot, its data included (from
