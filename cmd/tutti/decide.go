@@ -45,9 +45,12 @@ doubt applies the decision. Asking is recovery's first phase, which fences a
 participant that has not voted yet: decide only tids that are stuck.
 
 TID and the participants are as logged (TID is CLIENT.SEQ@TIME). Exit
-status 0 when decided; 1 when refused (a participant contradicts the
-decision, or none holds the tid in doubt any more); 2 on bad arguments,
-requests the memnodes reject, or an unreachable cluster.`,
+status 0 when every participant ends with the decision, including when
+their answers already settle it that way (--abort of a tid no participant
+voted OK for: asking fenced it, and it is aborted); 1 when refused (a
+participant contradicts the decision, or the tid is forgotten everywhere
+and none holds it in doubt); 2 on bad arguments, requests the memnodes
+reject, or an unreachable cluster.`,
 		Example: `  tutti decide 4711.42@1764553200123456789 --participants 1,2 --commit
   tutti decide 4711.43@1764553200223456789 --participants 0,2,3 --abort --seed 10.0.0.1:7400`,
 		Args: cobra.ExactArgs(1),
