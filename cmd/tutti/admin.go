@@ -155,7 +155,11 @@ func newMemnodeCmd(g *globals) *cobra.Command {
 		Long: `Add a memnode with the next free id. Its replicas go on the hosts given with
 --replicas, or on the least-loaded hosts (as many as the directory's default
 replica count). The change is one minitransaction on the directory in memnode
-0; the hosts start the new Raft group within their poll interval.`,
+0; the hosts start the new Raft group within their poll interval.
+
+Exit status 0 when the directory changed; 1 when it refused the change (a
+host id it does not list, a host given twice); 2 on bad arguments or an
+unreachable cluster.`,
 		Example: `  tutti memnode add
   tutti memnode add --replicas 2,3,4 --wait
   tutti memnode add --json`,
@@ -203,7 +207,12 @@ func newReplicaCmd(g *globals) *cobra.Command {
 is one minitransaction on the directory (memnode 0); the leader of the
 memnode's Raft group then changes the group one step at a time (a new replica
 joins as a learner, catches up from a snapshot, and becomes a voter before any
-old replica leaves), never leaving fewer than a healthy majority.`,
+old replica leaves), never leaving fewer than a healthy majority.
+
+Exit status 0 when the directory changed; 1 when it refused the change (a
+memnode or host id it does not list, a host that already holds or does not
+hold the replica, the last replica); 2 on bad arguments or an unreachable
+cluster.`,
 	}
 	var o adminOpts
 	parse := func(args []string) ([]uint64, error) {
