@@ -267,6 +267,27 @@ func carries(k tuttipb.Kind) bool {
 	return false
 }
 
+// maxRequestBytes is memnode/service.DefaultMaxRequestBytes: a host refuses
+// a larger request, carried decisions included, as invalid. ClusterInfo
+// does not announce it.
+const maxRequestBytes = 4 << 20
+
+// roomFor reports whether req surely stays within maxRequestBytes encoded
+// with n tids more: memnode/service's bound (sizeBound), at most 32 bytes
+// per element besides byte strings and 128 in all. A decision must not make
+// a request that is valid on its own fail.
+func roomFor(req *tuttipb.Request, n int) bool {
+	size := 128 + 32*(len(req.GetParticipants())+len(req.GetReads())+len(req.GetMoreTids())+
+		len(req.GetCommitTids())+len(req.GetAbortTids())+n)
+	for _, c := range req.GetCompares() {
+		size += 32 + len(c.GetData())
+	}
+	for _, w := range req.GetWrites() {
+		size += 32 + len(w.GetData())
+	}
+	return size <= maxRequestBytes
+}
+
 // attachLocked hands the queued decisions to batch: each rides on a logged
 // request of the batch for its memnode; the others, if they are due, go in
 // new decision requests appended to the batch, and else keep waiting. It
@@ -288,7 +309,7 @@ func (s *session) attachLocked(batch []*tuttipb.Request) []*tuttipb.Request {
 			break
 		}
 		b := s.mu.decided[req.GetMemnode()]
-		if b == nil || len(b.commits)+len(b.aborts) == 0 || !carries(req.GetKind()) {
+		if b == nil || len(b.commits)+len(b.aborts) == 0 || !carries(req.GetKind()) || !roomFor(req, s.mu.maxDecision) {
 			continue
 		}
 		r := s.takeLocked(req.GetMemnode(), b)

@@ -35,7 +35,7 @@ func startFakeHost(t *testing.T) *fakeHost {
 		t.Fatal(err)
 	}
 	f := &fakeHost{addr: lis.Addr().String(), seen: make(chan struct{}, 1)}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20)) // as memnode/service's hosts
 	tuttipb.RegisterMemnodeServer(srv, f)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
@@ -372,6 +372,61 @@ func TestDecisionResentWhenSessionBreaks(t *testing.T) {
 		f.waitFor(t, "resent commit", func(r *tuttipb.Request) bool {
 			return r.GetMemnode() == mn && r.GetKind() == tuttipb.Kind_KIND_COMMIT && proto.Equal(r.GetTid(), tid1)
 		})
+	}
+	closeWithin(t, cl)
+}
+
+// A decision must not ride on a request that it pushes past the memnodes'
+// request size limit: memnode/service refuses a request of more than
+// DefaultMaxRequestBytes (4 MiB) encoded, carried tids included, as INVALID
+// (Server.handle), so a write that is valid on its own failed with
+// ErrInvalid because another minitransaction's commit rode on it.
+func TestDecisionDoesNotOverfillCarrier(t *testing.T) {
+	defer func(d time.Duration) { decisionDelay = d }(decisionDelay)
+	decisionDelay = time.Hour
+	const limit = 4 << 20 // memnode/service.DefaultMaxRequestBytes
+	f := startFakeHost(t)
+	f.setAnswer(func(r *tuttipb.Request) *tuttipb.Response {
+		switch {
+		case isBlocker(r):
+			return nil
+		case proto.Size(r) > limit: // as memnode/service's Server.handle
+			return &tuttipb.Response{Id: r.GetId(), Status: tuttipb.Status_STATUS_INVALID, FailedCompare: -1, Error: "request exceeds the limit"}
+		}
+		return ok(r)
+	})
+	cl := newFakeClient(t, f)
+	blocked := startBlocker(t, cl, f)
+	twoPhase(t, cl, 8) // its commit at memnode 0 waits for a carrier
+
+	// A one-phase write to memnode 0 whose request is just under the limit
+	// (ids and seqs sized generously).
+	const item = 1<<20 - 16
+	tx := NewTx().Write(0, 0x100000, make([]byte, item)).Write(0, 0x200000, make([]byte, item)).
+		Write(0, 0x300000, make([]byte, item))
+	var last []byte
+	est := func() int {
+		tid := cl.newTid()
+		tid.Seq += 1 << 14
+		req := NewTx().Write(0, 0x100000, make([]byte, item)).Write(0, 0x200000, make([]byte, item)).
+			Write(0, 0x300000, make([]byte, item)).Write(0, 0x400000, last).split()[0].request(tuttipb.Kind_KIND_EXEC, tid, nil)
+		req.Id = 1 << 20
+		return proto.Size(req)
+	}
+	last = make([]byte, limit-16-est())
+	last = last[:len(last)-max(0, est()-(limit-16))] // its length's varint grew
+	if n := est(); n > limit-16 || n < limit-64 || len(last) > 1<<20 {
+		t.Fatalf("request of %d bytes, want just under %d", n, limit)
+	}
+	tx.Write(0, 0x400000, last)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if res, err := cl.Exec(ctx, tx); err != nil || !res.Committed {
+		t.Fatalf("a write valid on its own failed: %+v, %v", res, err)
+	}
+	f.release()
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
 	}
 	closeWithin(t, cl)
 }

@@ -88,7 +88,8 @@
 //
 // A decision (Commit or Abort at one participant) waits on the session to
 // the participant's leader for the next batch that leaves it, and rides on a
-// logged request of that batch for the same memnode (Request.commit_tids,
+// logged request of that batch for the same memnode, unless the request is
+// too close to the hosts' 4 MiB request limit (Request.commit_tids,
 // abort_tids: a Prepare or Exec that is sent anyway applies the decision
 // first, in the same Raft entry), or else shares one decision request with
 // the other decisions for that memnode. If the session has no request in
