@@ -292,10 +292,22 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items [][]byte) (first uint64,
 // pos whose outcome is unknown, true means it was applied (if items are
 // unique; see the type's documentation) and false that it was not and may be
 // retried. It fails with ErrTrimmed if pos's slot has been reused.
+//
+// It is a logged step, not a read: a read (a Raft ReadIndex) does not wait
+// for an enqueue that the leader has proposed but not yet committed, so it
+// could answer false for an attempt that applies a moment later. Rewriting
+// the header's constant words puts this step in the log after the attempt.
 func (q *Queue) Enqueued(ctx context.Context, pos uint64, item []byte) (bool, error) {
-	r, err := q.c.Exec(ctx, NewTx().Read(q.cfg.Memnode, q.cfg.Base, 16).Read(q.cfg.Memnode, q.slotAddr(pos), uint32(q.cfg.SlotSize)))
+	mn, consts := q.cfg.Memnode, words(q.cfg.Capacity, q.cfg.SlotSize)
+	r, err := q.c.Exec(ctx, NewTx().
+		Compare(mn, q.cfg.Base+16, consts).
+		Write(mn, q.cfg.Base+16, consts).
+		Read(mn, q.cfg.Base, 16).Read(mn, q.slotAddr(pos), uint32(q.cfg.SlotSize)))
 	if err != nil {
 		return false, fmt.Errorf("enqueued: %w", err)
+	}
+	if !r.Committed {
+		return false, fmt.Errorf("%w: enqueued: memnode %d address %#x no longer holds this queue", ErrInvalid, mn, q.cfg.Base)
 	}
 	s := QueueState{Head: word(r.Reads[0], 0), Tail: word(r.Reads[0], 1)}
 	q.setHint(s)
