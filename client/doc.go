@@ -19,7 +19,9 @@
 //     counter, wall time for garbage collection at memnodes).
 //  2. One memnode with writes: one Exec request, applied as one Raft entry
 //     (one-phase commit). One memnode without writes: a ReadIndex read with a
-//     lock check; nothing is logged.
+//     lock check; nothing is logged (unless Tx.Logged: then it is an entry
+//     like a write, ordered after every request the leader accepted before
+//     it, which is what settling an ErrUnknownOutcome by reading needs).
 //  3. Several memnodes: Prepare to every participant in parallel; committed
 //     exactly when every vote is OK; Commit or Abort is then sent to all in
 //     the background (the caller does not wait; a later reader of a written

@@ -134,7 +134,7 @@ func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 
 func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {
 	kind := tuttipb.Kind_KIND_EXEC
-	if len(p.writes) == 0 {
+	if len(p.writes) == 0 && !tx.logged {
 		kind = tuttipb.Kind_KIND_READ
 	}
 	for attempt := 0; attempt < c.cfg.Retry.MaxAttempts; attempt++ {

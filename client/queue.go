@@ -293,16 +293,17 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items [][]byte) (first uint64,
 // unique; see the type's documentation) and false that it was not and may be
 // retried. It fails with ErrTrimmed if pos's slot has been reused.
 //
-// It is a logged step, not a read: a read (a Raft ReadIndex) does not wait
-// for an enqueue that the leader has proposed but not yet committed, so it
-// could answer false for an attempt that applies a moment later. Rewriting
-// the header's constant words puts this step in the log after the attempt.
+// It is a logged step (Tx.Logged), not a read: a read (a Raft ReadIndex)
+// does not wait for an enqueue that the leader has proposed but not yet
+// committed, so it could answer false for an attempt that applies a moment
+// later. It also compares the header's constant words, so that a queue no
+// longer there is an error.
 func (q *Queue) Enqueued(ctx context.Context, pos uint64, item []byte) (bool, error) {
 	mn, consts := q.cfg.Memnode, words(q.cfg.Capacity, q.cfg.SlotSize)
 	r, err := q.c.Exec(ctx, NewTx().
 		Compare(mn, q.cfg.Base+16, consts).
-		Write(mn, q.cfg.Base+16, consts).
-		Read(mn, q.cfg.Base, 16).Read(mn, q.slotAddr(pos), uint32(q.cfg.SlotSize)))
+		Read(mn, q.cfg.Base, 16).Read(mn, q.slotAddr(pos), uint32(q.cfg.SlotSize)).
+		Logged())
 	if err != nil {
 		return false, fmt.Errorf("enqueued: %w", err)
 	}

@@ -10,6 +10,7 @@ type Tx struct {
 	compares []txCompare
 	reads    []txRead
 	writes   []txWrite
+	logged   bool
 }
 
 type txCompare struct {
@@ -48,6 +49,21 @@ func (t *Tx) Read(memnode, addr uint64, n uint32) *Tx {
 // compare matches.
 func (t *Tx) Write(memnode, addr uint64, data []byte) *Tx {
 	t.writes = append(t.writes, txWrite{memnode, addr, data})
+	return t
+}
+
+// Logged makes a minitransaction without writes on one memnode go through
+// the memnode's log like one with writes, instead of being served as a
+// read (ReadIndex). A read is linearizable, but it does not wait for a
+// request the leader has accepted and not yet committed, which may commit
+// a moment later; a logged minitransaction is ordered after it. So the
+// reads of a logged minitransaction settle an earlier request whose answer
+// was lost (ErrUnknownOutcome) as far as the memnode's leader had it: if
+// they do not show it, it did not commit before them, and it can commit
+// later only if it was still on its way to the leader. It costs a Raft
+// entry. Minitransactions over several memnodes are logged anyway.
+func (t *Tx) Logged() *Tx {
+	t.logged = true
 	return t
 }
 
