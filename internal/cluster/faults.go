@@ -36,6 +36,65 @@ type Faults struct {
 		partition map[uint64]int
 		isolated  map[uint64]bool
 	}
+	// hold: the appends of one group held back (HoldAppends).
+	hold struct {
+		sync.Mutex
+		on    bool
+		group uint64
+		sends []func() // the held appends, in order
+	}
+}
+
+// HoldAppends holds back the log appends (MsgApp) of Raft group (a memnode
+// id) sent from now on, letting every other message through, heartbeats
+// included: a leader whose followers are slow to persist, so what it
+// appends stays uncommitted while it still confirms its leadership (and
+// serves ReadIndex reads). ReleaseAppends sends what was held, in order,
+// and stops holding.
+func (f *Faults) HoldAppends(group uint64) {
+	f.hold.Lock()
+	defer f.hold.Unlock()
+	f.hold.on, f.hold.group = true, group
+}
+
+// ReleaseAppends sends the appends HoldAppends held and stops holding.
+func (f *Faults) ReleaseAppends() {
+	f.hold.Lock()
+	sends := f.hold.sends
+	f.hold.on, f.hold.sends = false, nil
+	f.hold.Unlock()
+	for _, send := range sends {
+		send()
+	}
+}
+
+// HeldAppends returns how many sends of appends are held.
+func (f *Faults) HeldAppends() int {
+	f.hold.Lock()
+	defer f.hold.Unlock()
+	return len(f.hold.sends)
+}
+
+// held takes the appends of the held group out of msgs, to be sent by
+// send on release, and returns the rest.
+func (f *Faults) held(msgs []replication.GroupMessage, send func([]replication.GroupMessage)) []replication.GroupMessage {
+	f.hold.Lock()
+	defer f.hold.Unlock()
+	if !f.hold.on {
+		return msgs
+	}
+	var pass, keep []replication.GroupMessage
+	for _, m := range msgs {
+		if m.Group == f.hold.group && m.Msg != nil && m.Msg.GetType() == raftpb.MsgApp {
+			keep = append(keep, m)
+		} else {
+			pass = append(pass, m)
+		}
+	}
+	if len(keep) > 0 {
+		f.hold.sends = append(f.hold.sends, func() { send(keep) })
+	}
+	return pass
 }
 
 // NewFaults returns a filter that lets every message through until told
@@ -141,7 +200,7 @@ func (t *faultTransport) Send(msgs []replication.GroupMessage) {
 	if pass == nil {
 		pass = msgs
 	}
-	if len(pass) > 0 {
+	if pass = t.f.held(pass, t.inner.Send); len(pass) > 0 {
 		t.inner.Send(pass)
 	}
 }
