@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/tutti-gcs/tutti/client"
 )
@@ -146,3 +147,27 @@ func UnknownWithoutCommit(site string, between func()) (fired func() bool, resto
 
 // LeftView reports whether g's Leave has its view change committed.
 func LeftView(g *Group) bool { return g.leftView.Load() }
+
+// SettleReads returns how many settling reads of links and view changes
+// have returned.
+func SettleReads() int64 { return settleReads.Load() }
+
+// UnknownWhilePending makes the next minitransaction at site start and,
+// once pending reports true (say, its request reached the memnode's
+// leader), report client.ErrUnknownOutcome to its caller while it goes on:
+// it may still commit, as a request whose connection broke may.
+func UnknownWhilePending(site string, pending func() bool) (fired func() bool, restore func()) {
+	var done atomic.Bool
+	f := func(s string, do func() (*client.Result, error)) (*client.Result, error) {
+		if s != site || !done.CompareAndSwap(false, true) {
+			return do()
+		}
+		go func() { _, _ = do() }() // its answer is lost
+		for deadline := time.Now().Add(10 * time.Second); !pending() && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond) // polling a condition, bounded
+		}
+		return nil, fmt.Errorf("failpoint at %s: %w", site, client.ErrUnknownOutcome)
+	}
+	execFault.Store(&f)
+	return done.Load, func() { execFault.Store(nil) }
+}

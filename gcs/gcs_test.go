@@ -30,7 +30,15 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
+	return newEnvWith(t, cluster.Config{})
+}
+
+// newEnvWith is newEnv on a cluster configured by cfg (NoSync and DataDir
+// are set here).
+func newEnvWith(t *testing.T, cfg cluster.Config) *env {
+	t.Helper()
+	cfg.NoSync, cfg.DataDir = true, t.TempDir()
+	c, err := cluster.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,6 +468,43 @@ func TestLinkOfUnknownOutcomeOrderedOnce(t *testing.T) {
 	defer restore()
 	if err := ms[0].send(1, 10); err != nil {
 		t.Fatalf("multicast with an unknown outcome: %v", err)
+	}
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	restore()
+	sendAll(t, ms, 3, 10)
+	deliveredInOrder(t, ms, 7)
+	e.leaveAll(ms) // no duplicates, same order, everything sent delivered
+}
+
+// TestLinkPendingWhenSettledIsOrderedOnce: a link's answer is lost while
+// the home memnode's leader has it appended, not yet committed (its
+// followers slow to persist). A read (ReadIndex) does not wait for it:
+// settled by a read, the sender took the link for not committed, and
+// linked the batch again once it had committed: every member delivered it
+// twice. The settling read is now a logged step, ordered after the link.
+func TestLinkPendingWhenSettledIsOrderedOnce(t *testing.T) {
+	faults := cluster.NewFaults()
+	e := newEnvWith(t, cluster.Config{WrapTransport: faults.Wrap})
+	ms := e.joinAll(2, "g")
+	gi := describe(t, e.node("obs"), "g", "the group", func(gcs.GroupInfo) bool { return true })
+	reads := gcs.SettleReads()
+	fired, restore := gcs.UnknownWhilePending("link", func() bool { return faults.HeldAppends() > 0 })
+	defer restore()
+	faults.HoldAppends(gi.Home)
+	defer faults.ReleaseAppends()
+	// Release the appends once the sender's settling read returned (a
+	// read does not wait for them) or, as a logged one waits for them,
+	// after a second.
+	go func() {
+		for deadline := time.Now().Add(time.Second); gcs.SettleReads() == reads && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond) // polling a condition, bounded
+		}
+		faults.ReleaseAppends()
+	}()
+	if err := ms[0].send(1, 10); err != nil {
+		t.Fatalf("multicast whose link is pending when its answer is lost: %v", err)
 	}
 	if !fired() {
 		t.Fatal("the failpoint did not fire")

@@ -238,7 +238,12 @@ var (
 // passed pos+logSize, hence head passed pos). Once head passed pos the
 // ring no longer tells: errUnsettled wrapping errTrimmed (a sender can
 // still tell by its own delivery), and the caller must not write the
-// records again (they would be ordered twice).
+// records again (they would be ordered twice). The read is a logged step
+// (client.Tx.Logged), ordered after the attempt if the home memnode's
+// leader has it: a plain read does not wait for an attempt appended and
+// not yet committed, which commits a moment after "not committed" (the
+// sender then linked the batch again: delivered twice). What stays open
+// is an attempt still on its way to the leader when the read is logged.
 func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, records []byte) (bool, error) {
 	if settleGivesUp.Load() {
 		return false, fmt.Errorf("failpoint: %w", errUnsettled)
@@ -250,7 +255,10 @@ func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, reco
 			if failSettleReads.Load() > 0 && failSettleReads.Add(-1) >= 0 {
 				return fmt.Errorf("failpoint: settle read: %w", client.ErrUnavailable)
 			}
-			tx := client.NewTx().Read(ref.home, ref.meta, metaHeader)
+			// Logged: a read (ReadIndex) does not wait for a link the
+			// leader has appended and not yet committed, and would call
+			// it not committed just before it commits.
+			tx := client.NewTx().Read(ref.home, ref.meta, metaHeader).Logged()
 			for _, it := range n.ringItems(ref.logBase(), ref.logSize, pos, uint64(len(records))) {
 				tx.Read(ref.home, it.addr, uint32(it.n))
 			}
@@ -258,6 +266,7 @@ func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, reco
 			if err != nil {
 				return err
 			}
+			settleReads.Add(1)
 			h, err := decodeHeader(res.Reads[0])
 			if err != nil {
 				return fmt.Errorf("%w: %w", client.ErrInvalid, err) // not retried
@@ -288,6 +297,7 @@ func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, reco
 var (
 	failSettleReads atomic.Int32
 	settleGivesUp   atomic.Bool
+	settleReads     atomic.Int64 // settling reads that returned (tests)
 )
 
 // confirmedDead returns the members whose process the process table
