@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // ErrExhausted: the allocator's address range has no free block large enough
@@ -130,9 +131,10 @@ var errRereadAlloc = errors.New("allocator state changed while reading")
 // or a header written by a differently configured allocator, and otherwise
 // with the minitransaction's error; in every such case nothing was
 // allocated. If a minitransaction's outcome is unknown, Alloc reads the
-// block back and recognises its own tag; an attempt that applies after that
-// read (which the client's ErrUnknownOutcome contract rules out) could only
-// leak a block, never hand it out twice.
+// block back (a logged step, ordered after the attempt if the memnode's
+// leader has it; on a context of its own if ctx has ended) and recognises
+// its own tag; an attempt still on its way to the leader that applies after
+// that read could only leak a block, never hand it out twice.
 func (a *Allocator) Alloc(ctx context.Context, size uint64) (Region, error) {
 	if size == 0 {
 		return Region{}, fmt.Errorf("%w: alloc: size must be > 0", ErrInvalid)
@@ -165,7 +167,7 @@ func (a *Allocator) Alloc(ctx context.Context, size uint64) (Region, error) {
 			if !isUnknown(err) {
 				return Region{}, fmt.Errorf("alloc: %w", err)
 			}
-			raw, rerr := a.readBlock(ctx, p.block)
+			raw, rerr := a.settleBlock(ctx, p.block)
 			if rerr != nil {
 				return Region{}, fmt.Errorf("alloc: %w; reading the block back failed too: %v", err, rerr)
 			}
@@ -212,6 +214,28 @@ func (a *Allocator) checkHeader(h []byte, op string) ([]byte, error) {
 
 func (a *Allocator) readBlock(ctx context.Context, block uint64) ([]byte, error) {
 	r, err := a.c.Exec(ctx, NewTx().Read(a.cfg.Memnode, block, 16))
+	if err != nil {
+		return nil, err
+	}
+	return r.Reads[0], nil
+}
+
+// settleTimeout bounds settleBlock's read once the caller's ctx has ended.
+const settleTimeout = 5 * time.Second
+
+// settleBlock reads block back after a minitransaction on it whose outcome
+// is unknown: a logged step (Tx.Logged), so ordered after the attempt if
+// the memnode's leader has it, and on a context of its own (at most
+// settleTimeout) when ctx has ended, which is often why the outcome is
+// unknown: with ctx the read could only fail, and Alloc could not tell
+// whether it allocated.
+func (a *Allocator) settleBlock(ctx context.Context, block uint64) ([]byte, error) {
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		defer cancel()
+	}
+	r, err := a.c.Exec(ctx, NewTx().Read(a.cfg.Memnode, block, 16).Logged())
 	if err != nil {
 		return nil, err
 	}
@@ -301,7 +325,7 @@ func (a *Allocator) plan(ctx context.Context, n, tag uint64, h []byte) (allocPla
 // ErrInvalid, changing nothing, a region of another memnode, a misaligned or
 // out-of-range region, and one that is not currently allocated with that
 // length (freed twice, or never returned by Alloc). If a minitransaction's
-// outcome is unknown, Free reads the block back to find out.
+// outcome is unknown, Free reads the block back to find out (as Alloc does).
 func (a *Allocator) Free(ctx context.Context, r Region) error { return a.free(ctx, r, nil) }
 
 // ErrGuardFailed: a compare of FreeWith's guard did not match; nothing was
@@ -370,7 +394,7 @@ func (a *Allocator) free(ctx context.Context, r Region, guard *Tx) error {
 			}
 			// Applied unless the block still carries the allocation tag
 			// we saw: only our Free could have freed it.
-			now, rerr := a.readBlock(ctx, block)
+			now, rerr := a.settleBlock(ctx, block)
 			if rerr != nil {
 				return fmt.Errorf("free: %w; reading the block back failed too: %v", err, rerr)
 			}

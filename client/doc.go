@@ -73,7 +73,9 @@
 // with backoff while an election runs. Requests are retried only when it is
 // certain they were not applied (NOT_LEADER, never sent, reads). A one-phase
 // write whose leader changed after the proposal, or whose connection broke
-// after sending, returns ErrUnknownOutcome: read the items to find out. A
+// after sending, returns ErrUnknownOutcome: read the items to find out,
+// with a logged minitransaction (Tx.Logged; a plain read can come before
+// an attempt the leader has appended and not yet committed). A
 // two-phase attempt whose votes are unknown is settled as recovery would
 // (see below): committed if every vote turns out OK, else aborted at every
 // participant and retried.

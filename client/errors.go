@@ -15,7 +15,9 @@ var (
 	ErrInvalid = errors.New("tutti: invalid minitransaction")
 	// ErrUnknownOutcome: a one-phase minitransaction was handed to a memnode
 	// whose leader then changed or whose connection broke; it may or may
-	// not have been applied. Read to find out before retrying.
+	// not have been applied. Read to find out before retrying, with
+	// Tx.Logged: a plain read may come before an attempt the leader has
+	// appended and not yet committed.
 	ErrUnknownOutcome = errors.New("tutti: outcome unknown")
 	// ErrUnavailable: no leader could be reached before the deadline or the
 	// retry budget ran out. Nothing was applied.

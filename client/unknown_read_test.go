@@ -59,3 +59,38 @@ func TestEnqueuedFalseMeansNeverApplied(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // polling a condition, bounded by deadline
 	}
 }
+
+// An Alloc whose ctx ends while its minitransaction is appended and not yet
+// committed does not know whether it allocated. Settling that with the
+// ended ctx could only fail: Alloc returned an unknown outcome and the
+// block, allocated a moment later, leaked. It now reads back on a context of
+// its own, logged after the attempt, and returns the region it got.
+func TestAllocSettlesAfterItsContextEnded(t *testing.T) {
+	const mn = 1
+	f := cluster.NewFaults()
+	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2, WrapTransport: f.Wrap})
+	cl := newClient(t, c.Seeds())
+	ctx := ctxT(t)
+	a, err := client.NewAllocator(cl, client.AllocatorConfig{Memnode: mn, Base: 0x1000, Limit: 0x10000, Align: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Alloc(ctx, 64); err != nil { // the header is initialised
+		t.Fatal(err)
+	}
+	f.HoldAppends(mn)
+	defer f.ReleaseAppends()
+	go func() {
+		time.Sleep(500 * time.Millisecond) // past the Alloc's ctx
+		f.ReleaseAppends()
+	}()
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	r, err := a.Alloc(short, 64)
+	cancel()
+	if err != nil {
+		t.Fatalf("alloc whose ctx ended with its minitransaction pending: %v", err)
+	}
+	if err := a.Free(ctx, r); err != nil {
+		t.Fatalf("free of the region alloc returned: %v", err)
+	}
+}
