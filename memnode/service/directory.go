@@ -317,18 +317,21 @@ func (d *dirIO) do(ctx context.Context, req *tuttipb.Request) (*tuttipb.Response
 			next = r.GetLeaderHost()
 			continue
 		}
-		// No hint: try memnode 0's replicas in turn, least tried first (any
-		// host if this one does not know them, e.g. it joined empty).
+		// No hint: try memnode 0's replicas in turn, least tried first, then
+		// the other hosts: the replicas this host knows may be stale (it
+		// joined empty, or restarted with its configured placement after
+		// memnode 0 moved to hosts that placement does not name), and any
+		// host that read the directory points at memnode 0's leader.
 		lay := d.h.server.layout()
-		reps := lay.memnodes[client.DirectoryMemnodeID].Replicas
-		if len(reps) == 0 {
-			for id := range lay.hosts {
-				if id != self {
-					reps = append(reps, id)
-				}
+		reps := slices.Clone(lay.memnodes[client.DirectoryMemnodeID].Replicas)
+		var others []uint64
+		for id := range lay.hosts {
+			if id != self && !slices.Contains(reps, id) {
+				others = append(others, id)
 			}
-			slices.Sort(reps)
 		}
+		slices.Sort(others)
+		reps = append(reps, others...)
 		if len(reps) == 0 {
 			break
 		}
