@@ -383,6 +383,20 @@ func (h *Host) StoredGroups() ([]uint64, error) {
 	return h.eng.storedGroups()
 }
 
+// RemovedGroups lists the groups whose replica RemoveGroup removed from
+// this host and that it does not hold again. A host whose engine holds no
+// group is not new if it lists any: it must not bootstrap groups as at its
+// first start (StartGroup with peers), which would create a second group of
+// the same id.
+func (h *Host) RemovedGroups() ([]uint64, error) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.mu.closed {
+		return nil, ErrStopped
+	}
+	return h.eng.removedGroups()
+}
+
 // Groups lists the groups started on this host, ascending.
 func (h *Host) Groups() []uint64 {
 	h.mu.RLock()

@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -160,10 +161,20 @@ func TestReaddedReplicaDoesNotVoteTwice(t *testing.T) {
 	if err := h.RemoveGroup(ctx, group); err != nil {
 		t.Fatal(err)
 	}
+	// The engine holds no group but is not new (see RemovedGroups).
+	if stored, err := h.StoredGroups(); err != nil || len(stored) != 0 {
+		t.Fatalf("StoredGroups after RemoveGroup = %v, %v", stored, err)
+	}
+	if removed, err := h.RemovedGroups(); err != nil || !slices.Equal(removed, []uint64{group}) {
+		t.Fatalf("RemovedGroups after RemoveGroup = %v, %v", removed, err)
+	}
 	trs, peers := faultHosts(t, net, 2)
 	// Added back as an empty replica waiting for a snapshot.
 	if err := h.StartGroup(group, nil, newTestSM()); err != nil {
 		t.Fatal(err)
+	}
+	if removed, err := h.RemovedGroups(); err != nil || len(removed) != 0 {
+		t.Fatalf("RemovedGroups with the group started again = %v, %v", removed, err)
 	}
 	if hs, err := h.eng.loadHardState(group); err != nil || hs.GetTerm() != before.GetTerm() || hs.GetVote() != 1 {
 		t.Fatalf("re-added replica's hard state %v (%v), want term %d vote 1", hs, err, before.GetTerm())

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -146,6 +147,35 @@ func (e *engine) storedGroups() ([]uint64, error) {
 			break
 		}
 		// Skip the rest of this group's keys.
+		valid = it.SeekGE(groupKey(g+1, 0))
+	}
+	err = errors.Join(it.Error(), it.Close())
+	return out, err
+}
+
+// removedGroups lists the groups whose replica this host removed
+// (RemoveGroup left a tombstone) and does not hold again, ascending.
+func (e *engine) removedGroups() ([]uint64, error) {
+	it, err := e.db.NewIter(nil)
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for valid := it.First(); valid; {
+		k := it.Key()
+		if len(k) < 9 {
+			valid = it.Next()
+			continue
+		}
+		g := binary.BigEndian.Uint64(k)
+		registered := k[8] == kindRegistry // the smallest kind
+		tomb := groupKey(g, kindTombstone)
+		if !registered && it.SeekGE(tomb) && bytes.Equal(it.Key(), tomb) {
+			out = append(out, g)
+		}
+		if g == math.MaxUint64 {
+			break
+		}
 		valid = it.SeekGE(groupKey(g+1, 0))
 	}
 	err = errors.Join(it.Error(), it.Close())

@@ -140,7 +140,9 @@
 //     leader reports a configuration without it.
 //
 // Restarted hosts recover the groups their log engine holds; only a host
-// with an empty engine bootstraps from HostConfig.Memnodes.
+// with an empty engine bootstraps from HostConfig.Memnodes (a host whose
+// replicas were all removed is not empty: it keeps their tombstones,
+// replication.Host.RemovedGroups).
 //
 // # Why administration goes through the client, not an Admin RPC
 //

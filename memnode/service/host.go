@@ -216,7 +216,15 @@ func StartHost(cfg HostConfig) (*Host, error) {
 	// First boot (an empty log engine): bootstrap the configured replicas.
 	// Later boots recover the groups the engine holds: since the first
 	// boot, the directory decides the placement, not the configuration.
+	// A host whose every replica was moved away holds no group but their
+	// tombstones: it is not new, and bootstrapping the configured placement
+	// again would create second, empty groups of those memnodes (memnode 0
+	// among them, which it would then fill with a fresh directory).
 	stored, err := rh.StoredGroups()
+	var removed []uint64
+	if err == nil {
+		removed, err = rh.RemovedGroups()
+	}
 	if err != nil {
 		rh.Close()
 		gs.Stop()
@@ -228,7 +236,7 @@ func StartHost(cfg HostConfig) (*Host, error) {
 		peers []uint64
 	}
 	var starts []start
-	if len(stored) == 0 {
+	if len(stored) == 0 && len(removed) == 0 {
 		for _, m := range specs {
 			if slices.Contains(m.Replicas, cfg.ID) {
 				starts = append(starts, start{m.ID, m.Replicas})
