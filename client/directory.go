@@ -92,10 +92,14 @@ type DirectoryMemnode struct {
 	// Replicas are the hosts that must hold a replica; hosts reconcile
 	// the memnode's Raft configuration toward this set.
 	Replicas []uint64 `json:"replicas"`
-	// Bootstrap, for a memnode created online and not changed since, is
-	// its initial voter set: those hosts create the Raft group with it.
-	// Empty once the group exists (any replica change clears it); hosts
-	// added later join the existing group and catch up by snapshot.
+	// Bootstrap, for a memnode created online, is its initial voter set:
+	// those hosts create the Raft group with it (even if a replica change
+	// since took them out of Replicas). The group's leader clears it once
+	// the group exists, before any configuration change; hosts that start
+	// a replica afterwards join the existing group and catch up by
+	// snapshot. Replica changes keep it: clearing it before any host had
+	// read it would leave the memnode with no group, only empty replicas
+	// waiting for a leader.
 	Bootstrap []uint64 `json:"bootstrap,omitempty"`
 }
 
@@ -437,7 +441,6 @@ func (d *Directory) AddReplica(mn, host uint64) error {
 	}
 	m.Replicas = append(m.Replicas, host)
 	slices.Sort(m.Replicas)
-	m.Bootstrap = nil
 	return nil
 }
 
@@ -459,7 +462,6 @@ func (d *Directory) RemoveReplica(mn, host uint64) error {
 		return refuse("host %d holds the last replica of memnode %d; add another one first", host, mn)
 	}
 	m.Replicas = slices.Delete(m.Replicas, i, i+1)
-	m.Bootstrap = nil
 	return nil
 }
 

@@ -59,8 +59,9 @@ func TestDirectoryChangesValidate(t *testing.T) {
 	if err := d.MoveReplica(1, 1, 4); err != nil || !reflect.DeepEqual(d.Memnode(1).Replicas, []uint64{2, 3, 4}) {
 		t.Fatalf("MoveReplica: %v %+v", err, d.Memnode(1))
 	}
-	if err := d.AddReplica(2, 3); err != nil || d.Memnode(2).Bootstrap != nil {
-		t.Fatalf("AddReplica clears Bootstrap: %v %+v", err, d.Memnode(2))
+	// The initial voters stay until the group's leader clears them.
+	if err := d.AddReplica(2, 3); err != nil || !reflect.DeepEqual(d.Memnode(2).Bootstrap, []uint64{1, 2, 4}) {
+		t.Fatalf("AddReplica keeps Bootstrap: %v %+v", err, d.Memnode(2))
 	}
 	if err := d.Validate(); err != nil {
 		t.Fatal(err)

@@ -125,8 +125,12 @@
 //
 //   - a replica the directory assigns to this host and that does not run
 //     here is started: as a new group with the memnode's Bootstrap voters
-//     if this host is one of them (a memnode just created), otherwise by
-//     joining with no peers and waiting for the leader's snapshot;
+//     if this host is one of them (a memnode just created; such a host
+//     starts it even if a change since took it out of the replicas),
+//     otherwise by joining with no peers and waiting for the leader's
+//     snapshot;
+//   - the leader of a memnode created online first clears its Bootstrap
+//     voters in the directory (the group exists), before any change;
 //   - the leader of each group drives replication.ChangeReplicas, one
 //     ConfChangeV2 per pass, until the voters equal the directory's
 //     replicas: wanted hosts join as learners and are promoted once caught up

@@ -134,13 +134,17 @@ func (h *Host) reconcileOnce(ctx context.Context) {
 	for _, g := range h.rep.Groups() {
 		running[g] = true
 	}
-	// Newly assigned replicas.
+	// Newly assigned replicas. A memnode's Bootstrap hosts create its group
+	// even if a later change took them out of Replicas: the initial voters
+	// are Bootstrap, and the group needs a majority of them to exist; its
+	// leader then removes them.
 	for _, m := range d.Memnodes {
-		if !slices.Contains(m.Replicas, me) || running[m.ID] {
+		boot := slices.Contains(m.Bootstrap, me)
+		if !(slices.Contains(m.Replicas, me) || boot) || running[m.ID] {
 			continue
 		}
 		var peers []uint64
-		if slices.Contains(m.Bootstrap, me) {
+		if boot {
 			peers = m.Bootstrap // a new memnode: create the group
 		}
 		mn, err := memnode.New(h.cfg.Memnode)
@@ -175,9 +179,29 @@ func (h *Host) reconcileOnce(ctx context.Context) {
 			}
 		}
 		if h.rep.Leader(g) == me {
+			if len(m.Bootstrap) > 0 {
+				h.clearBootstrap(ctx, d, header, g)
+				return // next pass works on the newer directory
+			}
 			h.driveGroup(ctx, g, m.Replicas)
 		}
 	}
+}
+
+// clearBootstrap runs on the leader of a memnode created online: its group
+// exists, so hosts that start a replica of it from now on join it (see
+// client.DirectoryMemnode.Bootstrap). The leader clears Bootstrap before it
+// changes the group's configuration, so no host it removes can start the
+// group afresh with the initial voters.
+func (h *Host) clearBootstrap(ctx context.Context, d *client.Directory, header []byte, g uint64) {
+	nd := d.Clone()
+	nd.Memnode(g).Bootstrap = nil
+	nd.Version++
+	if ok, err := h.dir.write(ctx, header, nd); err != nil || !ok {
+		h.log.Debug().Err(err).Uint64("memnode", g).Msg("clearing the memnode's bootstrap voters in the directory failed; retrying")
+		return
+	}
+	h.server.installDirectory(nd)
 }
 
 // removalCommitted reports whether this host's replica of g is out of the
