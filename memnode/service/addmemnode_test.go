@@ -16,20 +16,9 @@ import (
 func TestChangeRightAfterAddMemnode(t *testing.T) {
 	// A slow poll, so the hosts read the directory only after both
 	// changes (the client's refresh wakes only its seed, host 1).
-	c, err := cluster.Start(cluster.Config{Hosts: 4, Spares: 1, Memnodes: 2, NoSync: true, DataDir: t.TempDir(),
-		DirectoryPoll: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := startOnline(t, cluster.Config{Hosts: 4, Spares: 1, Memnodes: 2, DirectoryPoll: 3 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.WaitDirectory(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
 	cl := oneSeedClient(t, c)
 	id, err := cl.AddMemnode(ctx, []uint64{2, 3, 4})
 	if err != nil {

@@ -13,20 +13,9 @@ import (
 // directory. When memnode 0 has moved to a host that placement does not
 // name, the host must still find it (through the other hosts).
 func TestRestartFindsMovedDirectory(t *testing.T) {
-	c, err := cluster.Start(cluster.Config{Hosts: 3, Spares: 1, Replicas: 1, Memnodes: 3, NoSync: true,
-		DataDir: t.TempDir(), DirectoryPoll: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := startOnline(t, cluster.Config{Hosts: 3, Spares: 1, Replicas: 1, Memnodes: 3, DirectoryPoll: 50 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.WaitDirectory(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
 	cl := oneSeedClient(t, c)
 	if err := cl.MoveReplica(ctx, 0, 1, 3); err != nil { // memnode 0: host 1 -> the spare
 		t.Fatal(err)

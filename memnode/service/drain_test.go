@@ -15,20 +15,9 @@ import (
 // again: that would create a second, empty memnode 0 whose directory it
 // then writes afresh (a fork of the cluster).
 func TestDrainedHostRestartDoesNotBootstrapAgain(t *testing.T) {
-	c, err := cluster.Start(cluster.Config{Hosts: 2, Spares: 1, Replicas: 1, Memnodes: 1, NoSync: true,
-		DataDir: t.TempDir(), DirectoryPoll: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := startOnline(t, cluster.Config{Hosts: 2, Spares: 1, Replicas: 1, Memnodes: 1, DirectoryPoll: 50 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.WaitDirectory(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
 	cl := oneSeedClient(t, c)
 	if _, err := cl.Exec(ctx, client.NewTx().Write(0, 8, []byte("before"))); err != nil {
 		t.Fatal(err)

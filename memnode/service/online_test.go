@@ -18,13 +18,21 @@ import (
 // startSpare starts 4 hosts: memnodes on hosts 1-3, host 4 a spare.
 func startSpare(t *testing.T, rc replication.Config) *cluster.Cluster {
 	t.Helper()
-	c, err := cluster.Start(cluster.Config{Hosts: 4, Spares: 1, Memnodes: 2, NoSync: true, DataDir: t.TempDir(),
-		DirectoryPoll: 50 * time.Millisecond, Replication: rc})
+	return startOnline(t, cluster.Config{Hosts: 4, Spares: 1, Memnodes: 2, DirectoryPoll: 50 * time.Millisecond, Replication: rc})
+}
+
+// startOnline starts a cluster from cfg (NoSync and a temporary DataDir
+// are set here), closed with the test, and waits until it serves and every
+// host has read the first directory.
+func startOnline(t *testing.T, cfg cluster.Config) *cluster.Cluster {
+	t.Helper()
+	cfg.NoSync, cfg.DataDir = true, t.TempDir()
+	c, err := cluster.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	if err := c.WaitReady(ctx); err != nil {
 		t.Fatal(err)
