@@ -351,7 +351,7 @@ func (g *Group) provide(joiner viewMember) {
 		} else {
 			buf := le.AppendUint64(make([]byte, 0, 8+len(data)), uint64(len(data)))
 			buf = append(buf, data...)
-			const chunk = 512 << 10
+			chunk := n.stateChunk()
 			for off := 0; off < len(buf) && status == stReady; off += chunk {
 				part := buf[off:min(off+chunk, len(buf))]
 				addr := region.Addr + uint64(off)
@@ -511,6 +511,10 @@ func (g *Group) receiveState(ctx context.Context, provider uint64) (retry bool, 
 	}
 }
 
+// stateChunk is the bytes of the state one write or read of state
+// transfer moves: 512 KiB, within the cluster's item limit.
+func (n *Node) stateChunk() int { return int(min(512<<10, n.itemMax)) }
+
 func (g *Group) readState(ctx context.Context, me member) ([]byte, error) {
 	n := g.n
 	if me.stLn < 8 || n.allocs[me.stMemnode] == nil {
@@ -525,7 +529,7 @@ func (g *Group) readState(ctx context.Context, me member) ([]byte, error) {
 		return nil, fmt.Errorf("%w: state length %d exceeds its region", ErrCorrupt, l)
 	}
 	out := make([]byte, 0, l)
-	const chunk = 512 << 10
+	chunk := uint64(n.stateChunk())
 	for off := uint64(0); off < l; off += chunk {
 		k := min(chunk, l-off)
 		b, err := n.read(ctx, me.stMemnode, me.stAddr+8+off, uint32(k))
