@@ -171,3 +171,10 @@ func UnknownWhilePending(site string, pending func() bool) (fired func() bool, r
 	execFault.Store(&f)
 	return done.Load, func() { execFault.Store(nil) }
 }
+
+// FailStateWrites makes the next n writes of a state provider's snapshot
+// fail as if the memnode rejected them; restore clears what is left.
+func FailStateWrites(n int32) (restore func()) {
+	failStateWrites.Store(n)
+	return func() { failStateWrites.Store(0) }
+}

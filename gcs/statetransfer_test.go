@@ -3,9 +3,12 @@ package gcs_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
 	"testing"
 	"time"
 
+	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
 	"github.com/tutti-gcs/tutti/internal/cluster"
 	"github.com/tutti-gcs/tutti/memnode"
@@ -55,5 +58,66 @@ func TestStateTransferAboveItemLimit(t *testing.T) {
 		if err := g.Leave(ctx); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// allocatedOfLen counts the allocated blocks of client.Allocator on every
+// memnode of e's cluster (gcs's range, AllocBase) whose region is l bytes,
+// walking the blocks from the first to the allocator's bump pointer.
+func allocatedOfLen(t *testing.T, e *env, l uint64) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := e.client()
+	read := func(mn, addr uint64) uint64 {
+		res, err := cl.Exec(ctx, client.NewTx().Read(mn, addr, 8))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return binary.LittleEndian.Uint64(res.Reads[0])
+	}
+	count := 0
+	for _, spec := range e.c.Memnodes() {
+		next := read(spec.ID, gcs.AllocBase)
+		for b := uint64(gcs.AllocBase + 32); next != 0 && b < next; {
+			w := read(spec.ID, b)
+			if w&7 == 1 && w&^7 == l {
+				count++
+			}
+			b += 16 + w&^7
+		}
+	}
+	return count
+}
+
+// TestFailedStateWriteFreesTheRegion: a provider that allocated the state
+// region and then failed to write the state publishes a failed transfer,
+// which names no region: the region must be freed. Before, the committed
+// publication counted as "published" and the region was kept, for a
+// joiner or a reclaim to free that never would: leaked for good.
+func TestFailedStateWriteFreesTheRegion(t *testing.T) {
+	e := newEnv(t)
+	state := bytes.Repeat([]byte{7}, 100_000)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	a, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{
+		Snapshot: func() ([]byte, error) { return state, nil },
+		Restore:  func([]byte) error { return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(a)
+	defer gcs.FailStateWrites(1)()
+	_, err = e.node("b").Join(ctx, "g", gcs.JoinOptions{Restore: func([]byte) error { return nil }})
+	if !errors.Is(err, gcs.ErrStateTransfer) {
+		t.Fatalf("join after the provider's state write failed: %v, want ErrStateTransfer", err)
+	}
+	waitUntil(t, 10*time.Second, "the provider settled its publication", func() bool { return gcs.Provided(a) >= 1 })
+	if n := allocatedOfLen(t, e, uint64(8+len(state))); n != 0 {
+		t.Fatalf("%d state regions still allocated after a failed transfer", n)
+	}
+	if err := a.Leave(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -291,6 +291,10 @@ func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, reco
 	return false, fmt.Errorf("%w: %w", errUnsettled, err)
 }
 
+// failStateWrites is a failpoint for tests: while positive, a provider's
+// write of the state fails as if the memnode rejected it.
+var failStateWrites atomic.Int32
+
 // failSettleReads and settleGivesUp are failpoints for tests: while
 // positive, settleRecords's reads fail as if the memnode were unavailable;
 // while set, it gives up at once.
@@ -356,6 +360,9 @@ func (g *Group) provide(joiner viewMember) {
 				part := buf[off:min(off+chunk, len(buf))]
 				addr := region.Addr + uint64(off)
 				if err := n.retry(ctx, func() error {
+					if failStateWrites.Load() > 0 && failStateWrites.Add(-1) >= 0 {
+						return fmt.Errorf("failpoint: state write: %w", client.ErrInvalid)
+					}
 					_, err := n.exec(ctx, client.NewTx().Write(mn, addr, part))
 					return err
 				}); err != nil {
@@ -410,7 +417,9 @@ func (g *Group) provide(joiner viewMember) {
 		}
 		return nil
 	})
-	if region.Len != 0 && mayFreeUnpublished(published, maybe) {
+	// A failed transfer publishes no region (stFailed alone): the region
+	// is nobody's but ours, whatever the publication's outcome.
+	if region.Len != 0 && (status != stReady || mayFreeUnpublished(published, maybe)) {
 		if ferr := n.allocs[region.Memnode].Free(context.WithoutCancel(ctx), region); ferr != nil {
 			n.log.Debug().Err(ferr).Msg("freeing unclaimed state")
 		}
