@@ -178,3 +178,10 @@ func FailStateWrites(n int32) (restore func()) {
 	failStateWrites.Store(n)
 	return func() { failStateWrites.Store(0) }
 }
+
+// BeforeStateRead makes joiners call f after they found their state
+// published and before they read it; restore removes it.
+func BeforeStateRead(f func()) (restore func()) {
+	beforeStateRead.Store(&f)
+	return func() { beforeStateRead.Store(nil) }
+}

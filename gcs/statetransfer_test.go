@@ -121,3 +121,53 @@ func TestFailedStateWriteFreesTheRegion(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestJoinerRemovedWhileReadingItsState: the joiner found its state
+// published, and before it read it the joiner was removed and its slot
+// reclaimed, which frees the state region. Join must then fail, not call
+// Restore with what the freed region holds now. Before, the joiner read
+// the region without checking that its slot still held it (the free zeroes
+// the length word: Restore got an empty state), and Join returned a group
+// whose first event was *Evicted.
+func TestJoinerRemovedWhileReadingItsState(t *testing.T) {
+	e := newEnv(t)
+	state := bytes.Repeat([]byte("s"), 4096)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{
+		Snapshot: func() ([]byte, error) { return state, nil },
+		Restore:  func([]byte) error { return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(a)
+	obs := e.node("obs")
+	defer gcs.BeforeStateRead(func() {
+		if err := a.Remove(ctx, "b#2"); err != nil {
+			t.Errorf("remove the joiner: %v", err)
+			return
+		}
+		describe(t, obs, "g", "the joiner's slot reclaimed", func(gi gcs.GroupInfo) bool {
+			return len(gi.Members) == 1 && len(gi.Retired) == 0
+		})
+	})()
+	var got []byte
+	restored := false
+	b, err := e.node("b").Join(ctx, "g", gcs.JoinOptions{Restore: func(s []byte) error {
+		got, restored = s, true
+		return nil
+	}})
+	if err == nil {
+		drain(b)
+	}
+	if restored && !bytes.Equal(got, state) {
+		t.Fatalf("Restore got %d bytes after the state region was freed (Join: %v), want the provider's %d or no Restore", len(got), err, len(state))
+	}
+	if err == nil {
+		t.Fatal("Join of a member removed before it read its state succeeded")
+	}
+	if err := a.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -291,6 +291,10 @@ func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, reco
 	return false, fmt.Errorf("%w: %w", errUnsettled, err)
 }
 
+// beforeStateRead is a failpoint for tests: the joiner calls it after it
+// found the state published, before it reads it.
+var beforeStateRead atomic.Pointer[func()]
+
 // failStateWrites is a failpoint for tests: while positive, a provider's
 // write of the state fails as if the memnode rejected it.
 var failStateWrites atomic.Int32
@@ -464,9 +468,24 @@ func (g *Group) receiveState(ctx context.Context, provider uint64) (retry bool, 
 		case stFailed:
 			return false, fmt.Errorf("%w: the provider's snapshot failed", ErrStateTransfer)
 		case stReady:
+			if f := beforeStateRead.Load(); f != nil {
+				(*f)()
+			}
 			data, err := g.readState(ctx, me)
 			if err != nil {
 				return false, err
+			}
+			// The region is freed only after the slot left stReady (the
+			// reclaim of a removed joiner marks it stFreeing first), so
+			// the slot still holding it now means the bytes read are the
+			// state; otherwise they may be a freed region's.
+			ms, err := n.readMeta(ctx, g.ref)
+			if err != nil {
+				return false, err
+			}
+			if now := ms.members[g.self.slot]; now.tag != g.self.tag || !now.active() ||
+				now.stStatus != stReady || now.stMemnode != me.stMemnode || now.stAddr != me.stAddr || now.stLn != me.stLn {
+				return false, ErrEvicted
 			}
 			if err := g.opts.Restore(data); err != nil {
 				return false, fmt.Errorf("%w: restore: %w", ErrStateTransfer, err)
