@@ -57,6 +57,9 @@ type Config struct {
 
 	// wrapTransport, tests only: wraps the memberlist transport (partitions).
 	wrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
+	// execFault, tests only: runs in place of a plan's minitransaction;
+	// do runs the real one.
+	execFault func(p Plan, do func() (*client.Result, error)) (*client.Result, error)
 }
 
 // GossipTiming is memberlist's failure detection (all on top of

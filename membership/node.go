@@ -481,11 +481,18 @@ func (n *Node) input(now time.Time) Input {
 }
 
 // execute runs p; committed reports whether it applied. An unknown outcome
-// is resolved by reading the log entry the plan would have written.
+// is resolved by reading the log entry the plan would have written (resolve).
 func (n *Node) execute(ctx context.Context, p Plan) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	res, err := n.cfg.Client.Exec(ctx, p.Tx())
+	do := func() (*client.Result, error) { return n.cfg.Client.Exec(ctx, p.Tx()) }
+	var res *client.Result
+	var err error
+	if n.cfg.execFault != nil {
+		res, err = n.cfg.execFault(p, do)
+	} else {
+		res, err = do()
+	}
 	if errors.Is(err, client.ErrUnknownOutcome) {
 		return n.resolve(ctx, p)
 	}
@@ -495,12 +502,25 @@ func (n *Node) execute(ctx context.Context, p Plan) (bool, error) {
 	return res.Committed, nil
 }
 
+// The settling read is a logged step (client.Tx.Logged): a plain read
+// (ReadIndex) does not wait for an attempt the memnode's leader appended
+// and not yet committed, so it called such an attempt not committed a
+// moment before it committed (a rejoin then looked like a newer copy of
+// this process, which stopped as superseded). It runs on a context of its
+// own when ctx ended, often why the outcome is unknown, unless the node is
+// closing.
 func (n *Node) resolve(ctx context.Context, p Plan) (bool, error) {
 	c := n.cfg.Table
+	if ctx.Err() != nil && n.ctxOr().Err() == nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(n.ctxOr(), opTimeout)
+		defer cancel()
+	}
 	for {
 		res, err := n.cfg.Client.Exec(ctx, client.NewTx().
 			Read(c.Memnode, c.Base, headerSize).
-			Read(c.Memnode, c.entryAddr(p.Version()), entrySize))
+			Read(c.Memnode, c.entryAddr(p.Version()), entrySize).
+			Logged())
 		if err != nil {
 			if errors.Is(err, client.ErrUnavailable) && ctx.Err() == nil {
 				continue

@@ -37,7 +37,15 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	c, err := cluster.Start(cluster.Config{NoSync: true, Memnodes: 1, DataDir: t.TempDir()})
+	return newEnvWith(t, cluster.Config{})
+}
+
+// newEnvWith is newEnv on a cluster configured by cfg (NoSync, Memnodes and
+// DataDir are set here).
+func newEnvWith(t *testing.T, cfg cluster.Config) *env {
+	t.Helper()
+	cfg.NoSync, cfg.Memnodes, cfg.DataDir = true, 1, t.TempDir()
+	c, err := cluster.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,71 @@
+package membership
+
+import (
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/internal/cluster"
+)
+
+// unknownWhilePending arms a fault for the next plan that match accepts: it
+// runs the real minitransaction in the background and, once pending reports
+// true (the table memnode's leader appended it), answers
+// client.ErrUnknownOutcome while the attempt goes on and may still commit.
+func unknownWhilePending(armed *atomic.Bool, match func(Plan) bool, pending func() bool) func(Plan, func() (*client.Result, error)) (*client.Result, error) {
+	return func(p Plan, do func() (*client.Result, error)) (*client.Result, error) {
+		if !match(p) || !armed.CompareAndSwap(true, false) {
+			return do()
+		}
+		go func() { _, _ = do() }() // its answer is lost
+		for deadline := time.Now().Add(10 * time.Second); !pending() && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond) // polling a condition, bounded
+		}
+		return nil, fmt.Errorf("test fault: %w", client.ErrUnknownOutcome)
+	}
+}
+
+// TestRejoinPendingWhenSettledIsAdopted: an evicted process's rejoin loses
+// its answer while the table memnode's leader has it appended, not yet
+// committed. Settled by a plain read (ReadIndex, which does not wait for
+// it), the rejoin looked not committed; it committed a moment later, and
+// the process, finding its own new incarnation in the table, took it for a
+// newer copy of itself and stopped (Superseded). The settling read must be
+// ordered after the attempt (Tx.Logged).
+func TestRejoinPendingWhenSettledIsAdopted(t *testing.T) {
+	faults := cluster.NewFaults()
+	e := newEnvWith(t, cluster.Config{WrapTransport: faults.Wrap})
+	a := e.start(e.config("a"))
+	e.start(e.config("b", a))
+	var armed atomic.Bool
+	cfg := e.config("c", a)
+	cfg.execFault = unknownWhilePending(&armed, func(p Plan) bool {
+		return p.New.ID == "c" && p.New.State == StateAlive && p.Old.State == StateDead
+	}, func() bool { return faults.HeldAppends() > 0 })
+	c := e.start(cfg)
+	rc, stopC := record(c)
+	defer stopC()
+
+	e.pause(c, true)
+	waitFor(t, 10*time.Second, "paused c declared dead", func() bool { return row(t, a, "c").State == StateDead })
+	armed.Store(true)
+	faults.HoldAppends(DefaultTable.Memnode)
+	defer faults.ReleaseAppends()
+	go func() {
+		time.Sleep(time.Second)
+		faults.ReleaseAppends()
+	}()
+	e.resume(c)
+	waitFor(t, 15*time.Second, "c alive again under its new incarnation", func() bool {
+		if rc.has(func(ch Change) bool { return ch.Kind == Superseded }) {
+			t.Fatalf("c stopped as superseded by its own rejoin: table row %+v, c's incarnation %d", row(t, a, "c"), c.Incarnation())
+		}
+		r := row(t, a, "c")
+		return r.State == StateAlive && r.Incarnation > 3 && c.Incarnation() == r.Incarnation
+	})
+	if armed.Load() {
+		t.Fatal("the fault did not fire")
+	}
+}
