@@ -55,6 +55,7 @@ type Node struct {
 	w          *Watcher
 	rowSeen    map[string]seenRow
 	evictedInc uint64 // incarnation for which Evicted was emitted
+	unsettled  *Plan  // a rejoin whose outcome could not be settled
 
 	mu struct {
 		sync.Mutex
@@ -370,6 +371,7 @@ func (n *Node) step() time.Time {
 			}
 			return time.Time{}
 		}
+		n.adoptUnsettled()
 		now := n.cfg.Now()
 		in := n.input(now)
 		n.noticeEviction(in)
@@ -387,6 +389,9 @@ func (n *Node) step() time.Time {
 		}
 		ok, err := n.execute(n.ctx, d.Plan)
 		if err != nil {
+			if d.Action == ActRejoin {
+				n.unsettled = &d.Plan // it may still commit: adoptUnsettled
+			}
 			if n.ctx.Err() == nil {
 				n.log.Warn().Err(err).Stringer("action", d.Action).Str("target", d.Plan.New.ID).Msg("table change failed")
 			}
@@ -405,6 +410,32 @@ func (n *Node) step() time.Time {
 		}
 	}
 	return time.Time{}
+}
+
+// adoptUnsettled installs a rejoin whose outcome execute could not settle
+// once the table shows it committed. Without it the process, still holding
+// its old incarnation, would take its own new row for a newer copy of
+// itself and stop (Superseded). Incarnations are unique, so a row of this
+// id with the plan's incarnation and gossip address is the plan's; once the
+// table's maximum incarnation reached the plan's without it, the plan did
+// not commit, or its row was replaced since.
+func (n *Node) adoptUnsettled() {
+	p := n.unsettled
+	if p == nil {
+		return
+	}
+	n.mu.Lock()
+	t := n.mu.table
+	n.mu.Unlock()
+	if r, ok := t.Lookup(p.New.ID); ok && r.Incarnation == p.New.Incarnation && r.GossipAddr == p.New.GossipAddr {
+		n.unsettled = nil
+		n.log.Info().Uint64("incarnation", r.Incarnation).Msg("a rejoin of unknown outcome committed")
+		n.registered(*p)
+		return
+	}
+	if t.MaxIncarnation >= p.New.Incarnation {
+		n.unsettled = nil
+	}
 }
 
 // noticeEviction emits Evicted once per incarnation found declared dead.
@@ -449,6 +480,7 @@ func (n *Node) doLeave() error {
 		if err := n.refresh(n.ctx); err != nil {
 			return err
 		}
+		n.adoptUnsettled() // a committed rejoin is left, not left behind alive
 		n.mu.Lock()
 		t, self := n.mu.table, n.mu.self
 		n.mu.Unlock()
