@@ -194,6 +194,11 @@ func (c Config) Validate() error {
 	if len(c.GRPCAddr) > MaxAddrLen || len(c.Advertise) > MaxAddrLen {
 		errs = append(errs, fmt.Errorf("addresses must be at most %d bytes", MaxAddrLen))
 	}
+	if c.Keyring != nil && len(c.Keyring.GetKeys()) == 0 {
+		// memberlist encrypts only with a key in the keyring: an empty one
+		// would gossip in plaintext and let a process without a key join.
+		errs = append(errs, errors.New("Keyring holds no key: gossip would not be encrypted (add and use a key, or set neither Key nor Keyring)"))
+	}
 	if c.Keyring == nil && len(c.Key) > 0 {
 		if err := memberlist.ValidateKey(c.Key); err != nil {
 			errs = append(errs, fmt.Errorf("Key: %w", err))
