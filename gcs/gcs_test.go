@@ -466,8 +466,18 @@ func TestLinkOfUnknownOutcomeOrderedOnce(t *testing.T) {
 	defer restoreReads()
 	fired, restore := gcs.UnknownAfterCommit(t, "link", func() {})
 	defer restore()
+	e.linkOnceThrough(ms, fired, restore)
+}
+
+// linkOnceThrough multicasts one message from ms[0] (two members) through
+// a failpoint on its link, which must fire, then more from every member
+// without it, and checks that each member delivered everything once, in
+// one order.
+func (e *env) linkOnceThrough(ms []*member, fired func() bool, restore func()) {
+	t := e.t
+	t.Helper()
 	if err := ms[0].send(1, 10); err != nil {
-		t.Fatalf("multicast with an unknown outcome: %v", err)
+		t.Fatalf("multicast whose link's outcome was unknown: %v", err)
 	}
 	if !fired() {
 		t.Fatal("the failpoint did not fire")
@@ -503,16 +513,7 @@ func TestLinkPendingWhenSettledIsOrderedOnce(t *testing.T) {
 		}
 		faults.ReleaseAppends()
 	}()
-	if err := ms[0].send(1, 10); err != nil {
-		t.Fatalf("multicast whose link is pending when its answer is lost: %v", err)
-	}
-	if !fired() {
-		t.Fatal("the failpoint did not fire")
-	}
-	restore()
-	sendAll(t, ms, 3, 10)
-	deliveredInOrder(t, ms, 7)
-	e.leaveAll(ms) // no duplicates, same order, everything sent delivered
+	e.linkOnceThrough(ms, fired, restore)
 }
 
 // TestJoinOfUnsettledOutcomeLeavesNoGhost: a join's view change commits

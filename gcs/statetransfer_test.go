@@ -34,14 +34,7 @@ func TestStateTransferAboveItemLimit(t *testing.T) {
 	state := bytes.Repeat([]byte("0123456789abcdef"), (300<<10)/16)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	a, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{
-		Snapshot: func() ([]byte, error) { return state, nil },
-		Restore:  func([]byte) error { return nil },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	drain(a)
+	a := e.provider(ctx, state)
 	var got []byte
 	b, err := e.node("b").Join(ctx, "g", gcs.JoinOptions{
 		Snapshot: func() ([]byte, error) { return nil, nil },
@@ -100,16 +93,9 @@ func TestFailedStateWriteFreesTheRegion(t *testing.T) {
 	state := bytes.Repeat([]byte{7}, 100_000)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	a, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{
-		Snapshot: func() ([]byte, error) { return state, nil },
-		Restore:  func([]byte) error { return nil },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	drain(a)
+	a := e.provider(ctx, state)
 	defer gcs.FailStateWrites(1)()
-	_, err = e.node("b").Join(ctx, "g", gcs.JoinOptions{Restore: func([]byte) error { return nil }})
+	_, err := e.node("b").Join(ctx, "g", gcs.JoinOptions{Restore: func([]byte) error { return nil }})
 	if !errors.Is(err, gcs.ErrStateTransfer) {
 		t.Fatalf("join after the provider's state write failed: %v, want ErrStateTransfer", err)
 	}
@@ -134,14 +120,7 @@ func TestJoinerRemovedWhileReadingItsState(t *testing.T) {
 	state := bytes.Repeat([]byte("s"), 4096)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	a, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{
-		Snapshot: func() ([]byte, error) { return state, nil },
-		Restore:  func([]byte) error { return nil },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	drain(a)
+	a := e.provider(ctx, state)
 	obs := e.node("obs")
 	defer gcs.BeforeStateRead(func() {
 		if err := a.Remove(ctx, "b#2"); err != nil {
@@ -170,4 +149,19 @@ func TestJoinerRemovedWhileReadingItsState(t *testing.T) {
 	if err := a.Leave(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// provider joins group g from node "a" as the member whose Snapshot gives
+// state, and drains its Events.
+func (e *env) provider(ctx context.Context, state []byte) *gcs.Group {
+	e.t.Helper()
+	a, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{
+		Snapshot: func() ([]byte, error) { return state, nil },
+		Restore:  func([]byte) error { return nil },
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	drain(a)
+	return a
 }

@@ -35,6 +35,15 @@ func unknownWhilePending(armed *atomic.Bool, match func(Plan) bool, pending func
 // newer copy of itself and stopped (Superseded). The settling read must be
 // ordered after the attempt (Tx.Logged).
 func TestRejoinPendingWhenSettledIsAdopted(t *testing.T) {
+	rejoinWithAppendsHeld(t, time.Second, 15*time.Second)
+}
+
+// rejoinWithAppendsHeld has process c declared dead, then holds the table
+// memnode's appends for hold while c rejoins, its rejoin's answer lost
+// while pending, and waits (at most wait) for c to be alive under its new
+// incarnation, never superseded by its own rejoin.
+func rejoinWithAppendsHeld(t *testing.T, hold, wait time.Duration) {
+	t.Helper()
 	faults := cluster.NewFaults()
 	e := newEnvWith(t, cluster.Config{WrapTransport: faults.Wrap})
 	a := e.start(e.config("a"))
@@ -54,11 +63,11 @@ func TestRejoinPendingWhenSettledIsAdopted(t *testing.T) {
 	faults.HoldAppends(DefaultTable.Memnode)
 	defer faults.ReleaseAppends()
 	go func() {
-		time.Sleep(time.Second)
+		time.Sleep(hold)
 		faults.ReleaseAppends()
 	}()
 	e.resume(c)
-	waitFor(t, 15*time.Second, "c alive again under its new incarnation", func() bool {
+	waitFor(t, wait, "c alive again under its new incarnation", func() bool {
 		if rc.has(func(ch Change) bool { return ch.Kind == Superseded }) {
 			t.Fatalf("c stopped as superseded by its own rejoin: table row %+v, c's incarnation %d", row(t, a, "c"), c.Incarnation())
 		}
@@ -76,37 +85,5 @@ func TestRejoinPendingWhenSettledIsAdopted(t *testing.T) {
 // the committed row as its own rejoin, not as a newer copy of itself
 // (Superseded, which stops it for good).
 func TestUnsettledRejoinIsAdopted(t *testing.T) {
-	faults := cluster.NewFaults()
-	e := newEnvWith(t, cluster.Config{WrapTransport: faults.Wrap})
-	a := e.start(e.config("a"))
-	e.start(e.config("b", a))
-	var armed atomic.Bool
-	cfg := e.config("c", a)
-	cfg.execFault = unknownWhilePending(&armed, func(p Plan) bool {
-		return p.New.ID == "c" && p.New.State == StateAlive && p.Old.State == StateDead
-	}, func() bool { return faults.HeldAppends() > 0 })
-	c := e.start(cfg)
-	rc, stopC := record(c)
-	defer stopC()
-
-	e.pause(c, true)
-	waitFor(t, 10*time.Second, "paused c declared dead", func() bool { return row(t, a, "c").State == StateDead })
-	armed.Store(true)
-	faults.HoldAppends(DefaultTable.Memnode)
-	defer faults.ReleaseAppends()
-	go func() {
-		time.Sleep(opTimeout + 1500*time.Millisecond) // past the settling read's deadline
-		faults.ReleaseAppends()
-	}()
-	e.resume(c)
-	waitFor(t, 25*time.Second, "c alive again under its new incarnation", func() bool {
-		if rc.has(func(ch Change) bool { return ch.Kind == Superseded }) {
-			t.Fatalf("c stopped as superseded by its own rejoin: table row %+v, c's incarnation %d", row(t, a, "c"), c.Incarnation())
-		}
-		r := row(t, a, "c")
-		return r.State == StateAlive && r.Incarnation > 3 && c.Incarnation() == r.Incarnation
-	})
-	if armed.Load() {
-		t.Fatal("the fault did not fire")
-	}
+	rejoinWithAppendsHeld(t, opTimeout+1500*time.Millisecond, 25*time.Second) // past the settling read's deadline
 }

@@ -32,8 +32,8 @@ import (
 //	                         file in snap/ holding the latest snapshot's
 //	                         data (then kindSnapshot holds only its
 //	                         metadata)
-//	[g][kindTombstone]       a removed replica's last term and vote
-//	                         (2 × uint64 BE), the group itself gone
+//	[g][kindTombstone]       a removed replica's last term and vote, as
+//	                         kindHardState with commit 0, the group gone
 //	                         (RemoveGroup): see loadTombstone
 //
 // A snapshot's data is the whole state machine, so it is written to a file
@@ -293,33 +293,18 @@ func (b *logBatch) appendEntries(g uint64, ents []*pb.Entry, prevLast uint64) {
 }
 
 func (b *logBatch) setHardState(g uint64, hs *pb.HardState) {
-	v := make([]byte, 24)
-	binary.BigEndian.PutUint64(v, hs.GetTerm())
-	binary.BigEndian.PutUint64(v[8:], hs.GetVote())
-	binary.BigEndian.PutUint64(v[16:], hs.GetCommit())
-	_ = b.b.Set(groupKey(g, kindHardState), v, nil)
+	_ = b.b.Set(groupKey(g, kindHardState), encodeHardState(hs.GetTerm(), hs.GetVote(), hs.GetCommit()), nil)
 }
 
 // loadHardState returns group g's hard state, nil if it has none.
 func (e *engine) loadHardState(g uint64) (*pb.HardState, error) {
-	v, closer, err := e.db.Get(groupKey(g, kindHardState))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer closer.Close()
-	return decodeHardState(v)
+	return e.getHardState(groupKey(g, kindHardState))
 }
 
 // setTombstone records, for a group this host removes, the term and vote of
 // its last hard state (see loadTombstone).
 func (b *logBatch) setTombstone(g uint64, hs *pb.HardState) {
-	v := make([]byte, 16)
-	binary.BigEndian.PutUint64(v, hs.GetTerm())
-	binary.BigEndian.PutUint64(v[8:], hs.GetVote())
-	_ = b.b.Set(groupKey(g, kindTombstone), v, nil)
+	_ = b.b.Set(groupKey(g, kindTombstone), encodeHardState(hs.GetTerm(), hs.GetVote(), 0), nil)
 }
 
 // loadTombstone returns the term and vote a removed replica of group g on
@@ -331,7 +316,12 @@ func (b *logBatch) setTombstone(g uint64, hs *pb.HardState) {
 // term, delayed, from a candidate still counting), and two leaders of one
 // term could be elected.
 func (e *engine) loadTombstone(g uint64) (*pb.HardState, error) {
-	v, closer, err := e.db.Get(groupKey(g, kindTombstone))
+	return e.getHardState(groupKey(g, kindTombstone))
+}
+
+// getHardState decodes the hard state stored at key, nil if there is none.
+func (e *engine) getHardState(key []byte) (*pb.HardState, error) {
+	v, closer, err := e.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, nil
 	}
@@ -339,14 +329,7 @@ func (e *engine) loadTombstone(g uint64) (*pb.HardState, error) {
 		return nil, err
 	}
 	defer closer.Close()
-	if len(v) != 16 {
-		return nil, errors.New("replication: corrupt replica tombstone")
-	}
-	return &pb.HardState{
-		Term:   new(binary.BigEndian.Uint64(v)),
-		Vote:   new(binary.BigEndian.Uint64(v[8:])),
-		Commit: new(uint64(0)),
-	}, nil
+	return decodeHardState(v)
 }
 
 // loadSnapshot reads group g's latest snapshot, its data included (from
@@ -549,6 +532,14 @@ func decodePeers(v []byte) ([]uint64, error) {
 		v = v[k:]
 	}
 	return out, nil
+}
+
+func encodeHardState(term, vote, commit uint64) []byte {
+	v := make([]byte, 24)
+	binary.BigEndian.PutUint64(v, term)
+	binary.BigEndian.PutUint64(v[8:], vote)
+	binary.BigEndian.PutUint64(v[16:], commit)
+	return v
 }
 
 func decodeHardState(v []byte) (*pb.HardState, error) {
