@@ -283,6 +283,30 @@ func invalid(id uint64, msg string) *tuttipb.Response {
 	return &tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_INVALID, FailedCompare: -1, Error: msg}
 }
 
+// maxResponseBatchBytes is a soft bound on one ResponseBatch: responses that
+// complete together (reads of up to MaxItemBytes each) are sent in batches
+// of about this size, so that one batch stays well under the 64 MiB message
+// limit of hosts and clients (a batch over it breaks the session and loses
+// every response in flight on it). A larger response goes alone.
+const maxResponseBatchBytes = 4 << 20
+
+// responseBatchLen returns how many of rs, at least one, go in the next
+// batch. Sizes are estimated from the variable-length fields.
+func responseBatchLen(rs []*tuttipb.Response) int {
+	size := 0
+	for i, r := range rs {
+		n := 64 + len(r.GetError()) + len(r.GetLeaderAddr())
+		for _, b := range r.GetReads() {
+			n += len(b) + 8
+		}
+		if i > 0 && size+n > maxResponseBatchBytes {
+			return i
+		}
+		size += n
+	}
+	return len(rs)
+}
+
 // outbox collects responses from Raft callbacks (which must not block) for
 // the stream's one sender goroutine, which sends whatever has accumulated as
 // one batch.
@@ -373,10 +397,12 @@ func (o *outbox) run(stream tuttipb.Memnode_SessionServer) error {
 		o.mu.pending = nil
 		closed := o.mu.closed
 		o.mu.Unlock()
-		if len(batch) > 0 {
-			if err := stream.Send(&tuttipb.ResponseBatch{Responses: batch}); err != nil {
+		for len(batch) > 0 {
+			n := responseBatchLen(batch)
+			if err := stream.Send(&tuttipb.ResponseBatch{Responses: batch[:n]}); err != nil {
 				return err
 			}
+			batch = batch[n:]
 		}
 		if closed {
 			return nil
