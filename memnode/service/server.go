@@ -176,6 +176,14 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 		ob.push(invalid(id, err.Error()))
 		return
 	}
+	var readBytes uint64
+	for _, r := range op.Reads {
+		readBytes += uint64(r.Len)
+	}
+	if readBytes > maxResponseReadBytes {
+		ob.push(invalid(id, fmt.Sprintf("reads of %d bytes exceed the limit of %d bytes per request", readBytes, maxResponseReadBytes)))
+		return
+	}
 	if kind == memnode.KindPrepare {
 		// Recovery asks exactly these memnodes and sends them the
 		// decision: a list without this memnode would leave the tid in
@@ -289,6 +297,11 @@ func invalid(id uint64, msg string) *tuttipb.Response {
 // limit of hosts and clients (a batch over it breaks the session and loses
 // every response in flight on it). A larger response goes alone.
 const maxResponseBatchBytes = 4 << 20
+
+// maxResponseReadBytes bounds the data one request reads: its response
+// must fit in one message under that limit (MaxItems reads of MaxItemBytes
+// each would be 1 GiB), with room for the rest of the response.
+const maxResponseReadBytes = 60 << 20
 
 // responseBatchLen returns how many of rs, at least one, go in the next
 // batch. Sizes are estimated from the variable-length fields.

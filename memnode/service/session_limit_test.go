@@ -88,3 +88,30 @@ func TestSessionResponseBatchesFitMessageLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A request whose reads could not come back in one message (each read is
+// within MaxItemBytes, but together they exceed the 64 MiB message limit)
+// is refused as invalid before it reaches Raft: its response would break
+// the session and lose every other response on it.
+func TestReadLargerThanAResponseRefused(t *testing.T) {
+	fp := &fakeProposer{}
+	s := newServer(1, map[uint64]string{1: "a:1"}, []MemnodeSpec{{ID: 0, Replicas: []uint64{1}}},
+		memnode.DefaultConfig(), WallClock, zerolog.Nop(), fp)
+	for _, kind := range []tuttipb.Kind{tuttipb.Kind_KIND_READ, tuttipb.Kind_KIND_EXEC} {
+		req := &tuttipb.Request{Id: 5, Memnode: 0, Kind: kind}
+		for i := range 100 {
+			req.Reads = append(req.Reads, &tuttipb.Read{Addr: uint64(i) << 20, Len: 1 << 20})
+		}
+		ob := newOutbox()
+		s.handle(req, ob)
+		if len(ob.mu.pending) != 1 {
+			t.Fatalf("%v: %d responses, want the refusal", kind, len(ob.mu.pending))
+		}
+		if r := ob.mu.pending[0]; r.GetStatus() != tuttipb.Status_STATUS_INVALID {
+			t.Fatalf("%v: status %v (%s), want invalid", kind, r.GetStatus(), r.GetError())
+		}
+	}
+	if fp.proposed != 0 {
+		t.Fatalf("%d proposed", fp.proposed)
+	}
+}
