@@ -64,10 +64,12 @@ func protoSize(m proto.Message) int { return proto.Size(m) }
 
 // sizeBound is an upper bound of protoSize(req), much cheaper to compute: a
 // request's fields other than byte strings take at most 32 bytes per
-// repeated element (tags, lengths and varints) and 128 in all.
+// repeated element (tags, lengths and varints) but 40 per tid (three
+// varints of up to 10 bytes, their tags, the element's tag and length: 35),
+// and 128 in all.
 func sizeBound(req *tuttipb.Request) int {
-	n := 128 + 32*(len(req.GetParticipants())+len(req.GetReads())+len(req.GetMoreTids())+
-		len(req.GetCommitTids())+len(req.GetAbortTids()))
+	n := 128 + 32*(len(req.GetParticipants())+len(req.GetReads())) +
+		40*(len(req.GetMoreTids())+len(req.GetCommitTids())+len(req.GetAbortTids()))
 	for _, c := range req.GetCompares() {
 		n += 32 + len(c.GetData())
 	}

@@ -32,3 +32,19 @@ func TestSizeBoundIsAnUpperBound(t *testing.T) {
 		}
 	}
 }
+
+// Many tids with 64-bit fields take 35 bytes each on the wire (three
+// 10-byte varints, their tags, the element's tag and length): more than
+// the 32 the bound used to allow per repeated element.
+func TestSizeBoundManyLargeTids(t *testing.T) {
+	tid := &tuttipb.Tid{Client: math.MaxUint64, Seq: math.MaxUint64, Time: math.MinInt64}
+	req := &tuttipb.Request{Kind: tuttipb.Kind_KIND_COMMIT, Tid: tid}
+	for range 1024 {
+		req.MoreTids = append(req.MoreTids, tid)
+		req.CommitTids = append(req.CommitTids, tid)
+		req.AbortTids = append(req.AbortTids, tid)
+	}
+	if b, s := sizeBound(req), protoSize(req); b < s {
+		t.Fatalf("bound %d < size %d", b, s)
+	}
+}
