@@ -84,10 +84,17 @@ type recoverer struct {
 		sync.Mutex
 		cl *client.Client
 	}
-	// stuck holds the in-doubt tids that recovery found past the horizon
-	// (client.ErrExpired) and still in doubt at the last scan; only the
-	// run goroutine touches it. nstuck is its size, for stats.
-	stuck                                      map[stuckTID]struct{}
+	// tids holds, under its lock, the in-doubt tids being resolved
+	// (resolving: a later scan neither waits for them nor starts them
+	// again) and those recovery found past the horizon (client.ErrExpired)
+	// and still in doubt at the last scan (stuck). nstuck is the size of
+	// stuck, for stats.
+	tids struct {
+		sync.Mutex
+		resolving map[stuckTID]struct{}
+		stuck     map[stuckTID]struct{}
+	}
+	resolvers                                  sync.WaitGroup // resolutions running
 	scans, committed, aborted, failed, expired atomic.Uint64
 	nstuck                                     atomic.Uint64
 }
@@ -108,6 +115,8 @@ func newRecoverer(h *Host, log zerolog.Logger) *recoverer {
 		rep:   h.rep,
 		done:  make(chan struct{}),
 	}
+	r.tids.resolving = make(map[stuckTID]struct{})
+	r.tids.stuck = make(map[stuckTID]struct{})
 	// This host first: its own server is the cheapest seed.
 	r.seeds = append(r.seeds, h.cfg.Hosts[h.cfg.ID])
 	for id, a := range h.cfg.Hosts {
@@ -142,6 +151,7 @@ func (r *recoverer) stop() {
 
 func (r *recoverer) run(ctx context.Context) {
 	defer close(r.done)
+	defer r.resolvers.Wait()
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -154,13 +164,29 @@ func (r *recoverer) run(ctx context.Context) {
 	}
 }
 
-// scan resolves the old in-doubt tids of every memnode this host leads.
-// A tid found past the horizon is logged and counted once, then left alone
-// while it stays in doubt.
+// scan starts resolving the old in-doubt tids of every memnode this host
+// leads, up to maxResolving at once, each on a goroutine of its own, and
+// returns without waiting for them: a tid whose participant has no quorum
+// takes up to 10 × Timeout, and other tids, older or found by later scans,
+// must not wait behind it (they could pass the horizon, after which
+// recovery cannot decide them). A tid found past the horizon is logged and
+// counted once, then left alone while it stays in doubt.
 func (r *recoverer) scan(ctx context.Context) {
-	stuck := make(map[stuckTID]struct{}, len(r.stuck))
-	for _, mn := range r.rep.Groups() {
-		if r.rep.Leader(mn) != r.id || ctx.Err() != nil {
+	groups := r.rep.Groups()
+	led := make(map[uint64]bool, len(groups))
+	for _, mn := range groups {
+		led[mn] = r.rep.Leader(mn) == r.id
+	}
+	r.tids.Lock()
+	for k := range r.tids.stuck {
+		if !led[k.mn] {
+			delete(r.tids.stuck, k) // another host's to report now
+		}
+	}
+	r.nstuck.Store(uint64(len(r.tids.stuck)))
+	r.tids.Unlock()
+	for _, mn := range groups {
+		if !led[mn] || ctx.Err() != nil {
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
@@ -168,32 +194,49 @@ func (r *recoverer) scan(ctx context.Context) {
 		cancel()
 		if err != nil {
 			r.log.Debug().Err(err).Uint64("memnode", mn).Msg("in-doubt listing failed")
-			for k := range r.stuck {
-				if k.mn == mn {
-					stuck[k] = struct{}{} // not known to be decided
-				}
-			}
-			continue
+			continue // what is stuck here stays so: not known to be decided
 		}
 		r.scans.Add(1)
 		now := r.clock.Now().UnixNano()
+		current := make(map[stuckTID]struct{}, len(txs))
+		var start []memnode.InDoubtTx
+		r.tids.Lock()
 		for _, t := range txs {
 			k := stuckTID{mn, t.TID}
-			if _, ok := r.stuck[k]; ok {
-				stuck[k] = struct{}{}
+			current[k] = struct{}{}
+			_, stuck := r.tids.stuck[k]
+			_, busy := r.tids.resolving[k]
+			if stuck || busy || now-t.PreparedAt < int64(r.cfg.Timeout) || len(r.tids.resolving) >= maxResolving {
 				continue
 			}
-			if now-t.PreparedAt < int64(r.cfg.Timeout) || ctx.Err() != nil {
-				continue
-			}
-			if r.resolve(ctx, mn, t) {
-				stuck[k] = struct{}{}
+			r.tids.resolving[k] = struct{}{}
+			start = append(start, t)
+		}
+		for k := range r.tids.stuck {
+			if _, ok := current[k]; k.mn == mn && !ok {
+				delete(r.tids.stuck, k) // decided since (by an operator)
 			}
 		}
+		r.nstuck.Store(uint64(len(r.tids.stuck)))
+		r.tids.Unlock()
+		for _, t := range start {
+			r.resolvers.Go(func() {
+				k := stuckTID{mn, t.TID}
+				expired := r.resolve(ctx, mn, t)
+				r.tids.Lock()
+				delete(r.tids.resolving, k)
+				if expired {
+					r.tids.stuck[k] = struct{}{}
+					r.nstuck.Store(uint64(len(r.tids.stuck)))
+				}
+				r.tids.Unlock()
+			})
+		}
 	}
-	r.stuck = stuck
-	r.nstuck.Store(uint64(len(stuck)))
 }
+
+// maxResolving bounds the tids being resolved at once.
+const maxResolving = 32
 
 // resolve runs client.Recover for one in-doubt tid. It reports whether the
 // tid is past the horizon (client.ErrExpired): undecidable by recovery.
