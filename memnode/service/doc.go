@@ -59,7 +59,10 @@
 // and, for each prepared longer than Timeout ago (default 2s; host clock
 // against the memnode's PreparedAt, itself a leader clock), runs
 // client.Recover through a client.Client of its own: abort-unless-voted at
-// every participant, commit iff all voted OK, decision to all. Resolutions
+// every participant, commit iff all voted OK, decision to all. Each tid is
+// resolved on a goroutine of its own (at most 32 at once, never one tid
+// twice), so a tid whose participant has no quorum, which takes up to
+// 10 × Timeout, holds up no other. Resolutions
 // are logged at info level and counted (Host.RecoveryStats). Host.InDoubt
 // and Host.MemnodeStats expose the in-doubt list and memnode.Stats of a
 // memnode this host leads. Timeout is capped at a quarter of the memnode
