@@ -128,6 +128,23 @@ func entryKey(g, index uint64) []byte { return appendEntryKey(make([]byte, 0, 17
 
 // storedGroups lists the groups registered in the engine, ascending.
 func (e *engine) storedGroups() ([]uint64, error) {
+	return e.groupsWhere(func(g uint64, registered bool, _ *pebble.Iterator) bool { return registered })
+}
+
+// removedGroups lists the groups whose replica this host removed
+// (RemoveGroup left a tombstone) and does not hold again, ascending.
+func (e *engine) removedGroups() ([]uint64, error) {
+	return e.groupsWhere(func(g uint64, registered bool, it *pebble.Iterator) bool {
+		tomb := groupKey(g, kindTombstone)
+		return !registered && it.SeekGE(tomb) && bytes.Equal(it.Key(), tomb)
+	})
+}
+
+// groupsWhere lists, ascending, the groups with keys in the engine for which
+// keep says yes; registered tells whether the group's first key is its
+// registration (the smallest kind). keep may move the iterator within the
+// group's keys.
+func (e *engine) groupsWhere(keep func(g uint64, registered bool, it *pebble.Iterator) bool) ([]uint64, error) {
 	it, err := e.db.NewIter(nil)
 	if err != nil {
 		return nil, err
@@ -140,42 +157,13 @@ func (e *engine) storedGroups() ([]uint64, error) {
 			continue
 		}
 		g := binary.BigEndian.Uint64(k)
-		if k[8] == kindRegistry {
+		if keep(g, k[8] == kindRegistry, it) {
 			out = append(out, g)
 		}
 		if g == math.MaxUint64 {
 			break
 		}
 		// Skip the rest of this group's keys.
-		valid = it.SeekGE(groupKey(g+1, 0))
-	}
-	err = errors.Join(it.Error(), it.Close())
-	return out, err
-}
-
-// removedGroups lists the groups whose replica this host removed
-// (RemoveGroup left a tombstone) and does not hold again, ascending.
-func (e *engine) removedGroups() ([]uint64, error) {
-	it, err := e.db.NewIter(nil)
-	if err != nil {
-		return nil, err
-	}
-	var out []uint64
-	for valid := it.First(); valid; {
-		k := it.Key()
-		if len(k) < 9 {
-			valid = it.Next()
-			continue
-		}
-		g := binary.BigEndian.Uint64(k)
-		registered := k[8] == kindRegistry // the smallest kind
-		tomb := groupKey(g, kindTombstone)
-		if !registered && it.SeekGE(tomb) && bytes.Equal(it.Key(), tomb) {
-			out = append(out, g)
-		}
-		if g == math.MaxUint64 {
-			break
-		}
 		valid = it.SeekGE(groupKey(g+1, 0))
 	}
 	err = errors.Join(it.Error(), it.Close())
