@@ -383,8 +383,11 @@ func (s *session) flushLocked() {
 	}
 	s.mu.sending = true
 	for s.mu.err == nil && (len(s.mu.queue) > 0 || (s.mu.due && s.mu.ndecided > 0)) {
-		batch := s.attachLocked(s.mu.queue)
-		s.mu.queue = nil
+		n := requestBatchLen(s.mu.queue)
+		batch := s.attachLocked(s.mu.queue[:n:n])
+		if s.mu.queue = s.mu.queue[n:]; len(s.mu.queue) == 0 {
+			s.mu.queue = nil
+		}
 		s.mu.inflight = batch
 		s.mu.Unlock()
 		err := s.stream.Send(&tuttipb.RequestBatch{Requests: batch})
@@ -403,6 +406,33 @@ func (s *session) flushLocked() {
 		}
 	}
 	s.mu.sending = false
+}
+
+// maxRequestBatchBytes is a soft bound on one RequestBatch: requests queued
+// while a batch was being sent (up to the hosts' 4 MiB each) go out in
+// batches of about this size, well under the 64 MiB message limit of
+// clients and hosts (a batch over it fails to send, and every request in
+// it with it).
+const maxRequestBatchBytes = 16 << 20
+
+// requestBatchLen returns how many of reqs, at least one, go in the next
+// batch; sizes are estimated from the items' data.
+func requestBatchLen(reqs []*tuttipb.Request) int {
+	size := 0
+	for i, r := range reqs {
+		n := 64 + 16*len(r.GetReads())
+		for _, w := range r.GetWrites() {
+			n += len(w.GetData()) + 16
+		}
+		for _, c := range r.GetCompares() {
+			n += len(c.GetData()) + 16
+		}
+		if i > 0 && size+n > maxRequestBatchBytes {
+			return i
+		}
+		size += n
+	}
+	return len(reqs)
 }
 
 // forget drops interest in a request's response.
