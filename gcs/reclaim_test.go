@@ -561,6 +561,18 @@ func TestJoinSettledBySlotAfterTrim(t *testing.T) {
 	e.leaveAll(all)
 }
 
+// withUndrained joins group g with one member that delivers (stay) and one,
+// g, whose Events nobody reads yet: its delivery waits on the first view.
+func (e *env) withUndrained(ctx context.Context) (stay []*member, g *gcs.Group) {
+	e.t.Helper()
+	stay = e.joinAll(1, "g")
+	g, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return stay, g
+}
+
 // TestLeaveOfUnsettledOutcomeEndsWithoutEviction: a Leave whose view change
 // committed but whose outcome it could not settle returns that error (and
 // resets 'leaving'); the member is out nonetheless. A Multicast made
@@ -574,12 +586,7 @@ func TestLeaveOfUnsettledOutcomeEndsWithoutEviction(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stay := e.joinAll(1, "g")
-	// Nobody reads g's Events yet: delivery waits on the first view.
-	g, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	stay, g := e.withUndrained(ctx)
 	restoreSettle := gcs.SettleGivesUp()
 	defer restoreSettle()
 	fired, restore := gcs.UnknownAfterCommit(t, "view", func() {})
@@ -590,7 +597,7 @@ func TestLeaveOfUnsettledOutcomeEndsWithoutEviction(t *testing.T) {
 	restore()
 	restoreSettle()
 	mctx, mcancel := context.WithTimeout(ctx, 5*time.Second)
-	err = g.Multicast(mctx, []byte("x"))
+	err := g.Multicast(mctx, []byte("x"))
 	mcancel()
 	if errors.Is(err, gcs.ErrEvicted) {
 		t.Errorf("multicast after a committed, unsettled leave: %v, want ErrNotMember", err)
@@ -621,12 +628,7 @@ func TestLeaveAfterRemovalReportsEviction(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stay := e.joinAll(1, "g")
-	// Nobody reads g's Events yet: delivery waits on the first view.
-	g, err := e.node("a").Join(ctx, "g", gcs.JoinOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	stay, g := e.withUndrained(ctx)
 	if err := stay[0].g.Remove(ctx, g.Name()); err != nil {
 		t.Fatal(err)
 	}
