@@ -132,9 +132,9 @@ var errRereadAlloc = errors.New("allocator state changed while reading")
 // with the minitransaction's error; in every such case nothing was
 // allocated. If a minitransaction's outcome is unknown, Alloc reads the
 // block back (a logged step, ordered after the attempt if the memnode's
-// leader has it; on a context of its own if ctx has ended) and recognises
-// its own tag; an attempt still on its way to the leader that applies after
-// that read could only leak a block, never hand it out twice.
+// leader has it and fencing the attempt, so one still on its way to the
+// leader never applies after it; on a context of its own if ctx has ended)
+// and recognises its own tag.
 func (a *Allocator) Alloc(ctx context.Context, size uint64) (Region, error) {
 	if size == 0 {
 		return Region{}, fmt.Errorf("%w: alloc: size must be > 0", ErrInvalid)
@@ -167,7 +167,7 @@ func (a *Allocator) Alloc(ctx context.Context, size uint64) (Region, error) {
 			if !isUnknown(err) {
 				return Region{}, fmt.Errorf("alloc: %w", err)
 			}
-			raw, rerr := a.settleBlock(ctx, p.block)
+			raw, rerr := a.settleBlock(ctx, p.block, err)
 			if rerr != nil {
 				return Region{}, fmt.Errorf("alloc: %w; reading the block back failed too: %v", err, rerr)
 			}
@@ -224,18 +224,19 @@ func (a *Allocator) readBlock(ctx context.Context, block uint64) ([]byte, error)
 const settleTimeout = 5 * time.Second
 
 // settleBlock reads block back after a minitransaction on it whose outcome
-// is unknown: a logged step (Tx.Logged), so ordered after the attempt if
-// the memnode's leader has it, and on a context of its own (at most
+// is unknown (err): a logged step that fences the attempt (Tx.Fence), so
+// ordered after it if the memnode's leader has it and refusing it if it
+// arrives later, and on a context of its own (at most
 // settleTimeout) when ctx has ended, which is often why the outcome is
 // unknown: with ctx the read could only fail, and Alloc could not tell
 // whether it allocated.
-func (a *Allocator) settleBlock(ctx context.Context, block uint64) ([]byte, error) {
+func (a *Allocator) settleBlock(ctx context.Context, block uint64, err error) ([]byte, error) {
 	if ctx.Err() != nil {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 		defer cancel()
 	}
-	r, err := a.c.Exec(ctx, NewTx().Read(a.cfg.Memnode, block, 16).Logged())
+	r, err := a.c.Exec(ctx, NewTx().Read(a.cfg.Memnode, block, 16).Fence(UnknownAttempt(err)))
 	if err != nil {
 		return nil, err
 	}
@@ -394,7 +395,7 @@ func (a *Allocator) free(ctx context.Context, r Region, guard *Tx) error {
 			}
 			// Applied unless the block still carries the allocation tag
 			// we saw: only our Free could have freed it.
-			now, rerr := a.settleBlock(ctx, block)
+			now, rerr := a.settleBlock(ctx, block, err)
 			if rerr != nil {
 				return fmt.Errorf("free: %w; reading the block back failed too: %v", err, rerr)
 			}

@@ -16,9 +16,15 @@ var (
 	// ErrUnknownOutcome: a one-phase minitransaction was handed to a memnode
 	// whose leader then changed or whose connection broke; it may or may
 	// not have been applied. Read to find out before retrying, with
-	// Tx.Logged: a plain read may come before an attempt the leader has
-	// appended and not yet committed.
+	// Tx.Fence(err.TID) (*Error.TID names the attempt): a plain read may
+	// come before an attempt the leader has appended and not yet committed,
+	// and even a logged one before an attempt still on its way.
 	ErrUnknownOutcome = errors.New("tutti: outcome unknown")
+	// ErrFenced: the memnode refused a one-phase attempt because its tid
+	// was fenced (Tx.Fence) or is older than the memnode's horizon (this
+	// client's clock is behind the cluster's by more than the horizon).
+	// Nothing was applied.
+	ErrFenced = errors.New("tutti: attempt fenced")
 	// ErrUnavailable: no leader could be reached before the deadline or the
 	// retry budget ran out. Nothing was applied.
 	ErrUnavailable = errors.New("tutti: memnode unavailable")
@@ -45,6 +51,9 @@ type Error struct {
 	Memnode uint64
 	Err     error  // one of the sentinel errors above, or a context error
 	Detail  string // the server's or transport's words
+	// TID names the attempt of a one-phase minitransaction whose outcome
+	// is unknown (ErrUnknownOutcome), for Tx.Fence; zero otherwise.
+	TID TID
 }
 
 func (e *Error) Error() string {
@@ -55,3 +64,14 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// UnknownAttempt returns the one-phase attempt an ErrUnknownOutcome names
+// (Error.TID anywhere in err's chain), for Tx.Fence; the zero TID, which
+// Fence skips, if err names none.
+func UnknownAttempt(err error) TID {
+	var e *Error
+	if errors.As(err, &e) && errors.Is(e.Err, ErrUnknownOutcome) {
+		return e.TID
+	}
+	return TID{}
+}

@@ -126,6 +126,14 @@ func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 		return nil, fmt.Errorf("%w: no items", ErrInvalid)
 	}
 	parts := tx.split()
+	if len(tx.fences) > 0 {
+		if len(parts) != 1 {
+			return nil, fmt.Errorf("%w: fences need a minitransaction on one memnode, not %d", ErrInvalid, len(parts))
+		}
+		if maxItems, _ := c.limits(); len(tx.fences) > maxItems {
+			return nil, fmt.Errorf("%w: %d fences exceed the limit of %d", ErrInvalid, len(tx.fences), maxItems)
+		}
+	}
 	if len(parts) == 1 {
 		return c.exec1(ctx, tx, parts[0])
 	}
@@ -143,12 +151,20 @@ func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {
 				return nil, &Error{Memnode: p.memnode, Err: err, Detail: "retrying after BAD-LOCK"}
 			}
 		}
-		r, err := c.call(ctx, p.request(kind, c.newTid(), nil))
+		tid := c.newTid()
+		req := p.request(kind, tid, nil)
+		for _, f := range tx.fences {
+			req.FenceTids = append(req.FenceTids, f.wire())
+		}
+		r, err := c.call(ctx, req)
 		if err != nil {
+			if e := (*Error)(nil); errors.As(err, &e) && errors.Is(e.Err, ErrUnknownOutcome) {
+				e.TID = tidFromWire(tid)
+			}
 			return nil, err
 		}
 		if r.GetStatus() == tuttipb.Status_STATUS_UNKNOWN_OUTCOME {
-			return nil, &Error{Memnode: p.memnode, Err: ErrUnknownOutcome, Detail: r.GetError()}
+			return nil, &Error{Memnode: p.memnode, Err: ErrUnknownOutcome, Detail: r.GetError(), TID: tidFromWire(tid)}
 		}
 		switch r.GetVote() {
 		case tuttipb.Vote_VOTE_OK:
@@ -163,8 +179,12 @@ func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {
 				fillReads(res, p, r)
 			}
 			return res, nil
-		case tuttipb.Vote_VOTE_BAD_LOCK, tuttipb.Vote_VOTE_BAD_FORCED:
+		case tuttipb.Vote_VOTE_BAD_LOCK:
 			continue
+		case tuttipb.Vote_VOTE_BAD_FORCED:
+			// Only a fenced or too old tid: retrying with a new tid of
+			// the same clock would not help.
+			return nil, &Error{Memnode: p.memnode, Err: ErrFenced, Detail: fmt.Sprintf("tid %v", tidFromWire(tid))}
 		default:
 			return nil, &Error{Memnode: p.memnode, Err: ErrUnavailable, Detail: fmt.Sprintf("unexpected vote %v", r.GetVote())}
 		}

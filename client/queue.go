@@ -84,8 +84,8 @@ type QueueState struct {
 // An Enqueue whose minitransaction's outcome is unknown returns an error
 // wrapping ErrUnknownOutcome together with the position the attempt would
 // have taken. Retrying blindly may enqueue the item twice. Instead call
-// Enqueued(ctx, pos, item): false means the attempt did not take pos and it
-// is safe to retry. The answer is exact only if no other producer can
+// Enqueued(ctx, pos, item, err) with that error: false means the attempt did
+// not take pos and never will (the call fences it), so it is safe to retry. The answer is exact only if no other producer can
 // enqueue an identical item, so make items unique, e.g. by starting each
 // with a producer ID and sequence number (which also lets consumers drop
 // duplicates).
@@ -217,7 +217,7 @@ func (q *Queue) Enqueue(ctx context.Context, item []byte) (pos uint64, err error
 // an item larger than MaxItemSize, or a batch larger than the capacity or
 // than one minitransaction may carry (the cluster's item limit minus 2);
 // nothing is enqueued then. With ErrUnknownOutcome, first is the position
-// the attempt would have taken; Enqueued(ctx, first, items[0]) tells
+// the attempt would have taken; Enqueued(ctx, first, items[0], err) tells
 // whether the whole batch was applied.
 func (q *Queue) EnqueueBatch(ctx context.Context, items [][]byte) (first uint64, err error) {
 	n := uint64(len(items))
@@ -296,14 +296,22 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items [][]byte) (first uint64,
 // It is a logged step (Tx.Logged), not a read: a read (a Raft ReadIndex)
 // does not wait for an enqueue that the leader has proposed but not yet
 // committed, so it could answer false for an attempt that applies a moment
-// later. It also compares the header's constant words, so that a queue no
-// longer there is an error.
-func (q *Queue) Enqueued(ctx context.Context, pos uint64, item []byte) (bool, error) {
+// later. Pass the enqueue's error as attempts (any number, any errors:
+// UnknownAttempt picks the attempt each names) and the step also fences
+// those attempts (Tx.Fence), so that one still on its way to the leader
+// is refused when it arrives: false is then final. Without them false
+// holds only for what the leader had received. It also compares the
+// header's constant words, so that a queue no longer there is an error.
+func (q *Queue) Enqueued(ctx context.Context, pos uint64, item []byte, attempts ...error) (bool, error) {
 	mn, consts := q.cfg.Memnode, words(q.cfg.Capacity, q.cfg.SlotSize)
-	r, err := q.c.Exec(ctx, NewTx().
+	tx := NewTx().
 		Compare(mn, q.cfg.Base+16, consts).
 		Read(mn, q.cfg.Base, 16).Read(mn, q.slotAddr(pos), uint32(q.cfg.SlotSize)).
-		Logged())
+		Logged()
+	for _, a := range attempts {
+		tx.Fence(UnknownAttempt(a))
+	}
+	r, err := q.c.Exec(ctx, tx)
 	if err != nil {
 		return false, fmt.Errorf("enqueued: %w", err)
 	}

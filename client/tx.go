@@ -11,6 +11,7 @@ type Tx struct {
 	reads    []txRead
 	writes   []txWrite
 	logged   bool
+	fences   []TID
 }
 
 type txCompare struct {
@@ -60,9 +61,31 @@ func (t *Tx) Write(memnode, addr uint64, data []byte) *Tx {
 // reads of a logged minitransaction settle an earlier request whose answer
 // was lost (ErrUnknownOutcome) as far as the memnode's leader had it: if
 // they do not show it, it did not commit before them, and it can commit
-// later only if it was still on its way to the leader. It costs a Raft
-// entry. Minitransactions over several memnodes are logged anyway.
+// later only if it was still on its way to the leader (Fence closes that).
+// It costs a Raft entry. Minitransactions over several memnodes are logged
+// anyway.
 func (t *Tx) Logged() *Tx {
+	t.logged = true
+	return t
+}
+
+// Fence makes the minitransaction settle earlier one-phase attempts for
+// good: tids are those of attempts whose answer was lost (Error.TID of an
+// ErrUnknownOutcome), on the memnode this minitransaction runs on. It
+// implies Logged. In the same log entry as its own step, the memnode
+// records every one of them that has not applied there as never to apply:
+// an attempt still on its way to the leader that arrives later is refused
+// (it changes nothing). So once this minitransaction commits, its reads
+// show every fenced attempt that will ever have applied. Zero TIDs are
+// skipped. A fence needs a minitransaction on exactly one memnode (Exec
+// fails with ErrInvalid otherwise) and counts against the cluster's item
+// limit. It does nothing to a two-phase tid that is in doubt or decided.
+func (t *Tx) Fence(tids ...TID) *Tx {
+	for _, tid := range tids {
+		if tid != (TID{}) {
+			t.fences = append(t.fences, tid)
+		}
+	}
 	t.logged = true
 	return t
 }

@@ -36,12 +36,13 @@ func TestEnqueuedFalseMeansNeverApplied(t *testing.T) {
 	if !errors.Is(err, client.ErrUnknownOutcome) {
 		t.Fatalf("enqueue with appends held: pos %d, err %v; want an unknown outcome", pos, err)
 	}
+	attempt := err
 	// A logged Enqueued waits for the appends: release them meanwhile.
 	go func() {
 		time.Sleep(300 * time.Millisecond)
 		f.ReleaseAppends()
 	}()
-	landed, err := q.Enqueued(ctx, pos, item("once"))
+	landed, err := q.Enqueued(ctx, pos, item("once"), attempt)
 	if err != nil {
 		t.Fatal(err)
 	}

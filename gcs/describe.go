@@ -202,8 +202,9 @@ func (n *Node) Delete(ctx context.Context, group string) error {
 			// name since: if its index slot no longer names it, it is
 			// deleted (by us or a concurrent Delete).
 			gone := false
+			attempt := err
 			rerr := n.retry(ctx, func() error {
-				_, err := n.readMeta(ctx, ref)
+				_, err := n.readMetaIn(ctx, ref, settling(attempt))
 				if errors.Is(err, ErrNoGroup) {
 					gone, err = true, nil
 				}

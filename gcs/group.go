@@ -719,7 +719,7 @@ func (g *Group) sendLoop() {
 			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 				// Never link again before knowing: a link that committed
 				// and is linked again orders its messages twice.
-				committed, serr := n.settleRecords(g.ctx, g.ref, hdr.tail, buf)
+				committed, serr := n.settleRecords(g.ctx, g.ref, hdr.tail, buf, err)
 				if errors.Is(serr, errTrimmed) && g.dLog.Load() > hdr.tail {
 					// Head passes a position only after every member's
 					// delivery did, ours included: it delivered this

@@ -155,6 +155,29 @@ func (n *Node) execAt(ctx context.Context, site string, tx *client.Tx) (*client.
 	return n.exec(ctx, tx)
 }
 
+// settling returns an empty minitransaction that settles the one-phase
+// attempts whose errors are attempts (those that name none are skipped):
+// logged, so ordered after an attempt the memnode's leader has, and fencing
+// them (client.Tx.Fence), so an attempt still on its way is refused when
+// it arrives. Its reads then show an attempt's effect if and only if it
+// ever applies.
+func settling(attempts ...error) *client.Tx {
+	tx := client.NewTx().Logged()
+	for _, a := range attempts {
+		tx.Fence(client.UnknownAttempt(a))
+	}
+	return tx
+}
+
+// settleRead reads like read in a settling step (settling).
+func (n *Node) settleRead(ctx context.Context, mn, addr uint64, l uint32, attempts ...error) ([]byte, error) {
+	res, err := n.cl.Exec(ctx, settling(attempts...).Read(mn, addr, l))
+	if err != nil {
+		return nil, err
+	}
+	return res.Reads[0], nil
+}
+
 func (n *Node) read(ctx context.Context, mn, addr uint64, l uint32) ([]byte, error) {
 	res, err := n.cl.Exec(ctx, client.NewTx().Read(mn, addr, l))
 	if err != nil {
@@ -166,7 +189,12 @@ func (n *Node) read(ctx context.Context, mn, addr uint64, l uint32) ([]byte, err
 // readMeta reads the header and member slots, and the index slot that
 // names them, in one minitransaction: ErrNoGroup if the group was deleted.
 func (n *Node) readMeta(ctx context.Context, ref groupRef) (metaState, error) {
-	res, err := n.cl.Exec(ctx, client.NewTx().Read(ref.home, ref.meta, ref.metaLen()).Read(ref.home, ref.slot, IndexSlotSize))
+	return n.readMetaIn(ctx, ref, client.NewTx())
+}
+
+// readMetaIn is readMeta with the reads added to tx (a settling step).
+func (n *Node) readMetaIn(ctx context.Context, ref groupRef, tx *client.Tx) (metaState, error) {
+	res, err := n.cl.Exec(ctx, tx.Read(ref.home, ref.meta, ref.metaLen()).Read(ref.home, ref.slot, IndexSlotSize))
 	if err != nil {
 		return metaState{}, err
 	}
@@ -244,7 +272,7 @@ func (n *Node) lookup(ctx context.Context, name string, create bool) (groupRef, 
 		tx.Write(home, addr, entry)
 		res, err := n.execAt(ctx, siteClaim, tx)
 		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
-			b, rerr := n.read(ctx, home, addr, IndexSlotSize)
+			b, rerr := n.settleRead(ctx, home, addr, IndexSlotSize, err)
 			if rerr != nil || !bytes.Equal(b, entry) {
 				// The claim may have committed (and the group been
 				// deleted since, its region listed or even taken by

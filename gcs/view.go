@@ -136,7 +136,7 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 		res, err := n.execAt(ctx, siteView, tx)
 		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 			// Never decide again before knowing: the change may be in.
-			committed, serr := n.settleRecords(ctx, ref, rec.pos, b)
+			committed, serr := n.settleRecords(ctx, ref, rec.pos, b, err)
 			if ch.add != nil && (serr == nil && committed || errors.Is(serr, errTrimmed)) {
 				// A view record does not name the joiner's queue: two
 				// joins from one Node deciding on one header write the
@@ -242,9 +242,11 @@ var (
 // (client.Tx.Logged), ordered after the attempt if the home memnode's
 // leader has it: a plain read does not wait for an attempt appended and
 // not yet committed, which commits a moment after "not committed" (the
-// sender then linked the batch again: delivered twice). What stays open
-// is an attempt still on its way to the leader when the read is logged.
-func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, records []byte) (bool, error) {
+// sender then linked the batch again: delivered twice). It also fences the
+// attempt (attempt is its error; client.Tx.Fence): one still on its way to
+// the leader when the read is logged is refused when it arrives, so "not
+// committed" stays true.
+func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, records []byte, attempt error) (bool, error) {
 	if settleGivesUp.Load() {
 		return false, fmt.Errorf("failpoint: %w", errUnsettled)
 	}
@@ -258,7 +260,7 @@ func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, reco
 			// Logged: a read (ReadIndex) does not wait for a link the
 			// leader has appended and not yet committed, and would call
 			// it not committed just before it commits.
-			tx := client.NewTx().Read(ref.home, ref.meta, metaHeader).Logged()
+			tx := settling(attempt).Read(ref.home, ref.meta, metaHeader)
 			for _, it := range n.ringItems(ref.logBase(), ref.logSize, pos, uint64(len(records))) {
 				tx.Read(ref.home, it.addr, uint32(it.n))
 			}
@@ -391,6 +393,7 @@ func (g *Group) provide(joiner viewMember) {
 	// or stFreeing mean published (the joiner, or the reclaim of its slot,
 	// frees the region); a slot no longer the joiner's leaves it unsettled.
 	var published, maybe bool // maybe: some attempt's outcome was unknown
+	var unknown []error       // the attempts whose outcome was unknown
 	err := n.retry(ctx, func() error {
 		res, err := n.execAt(ctx, sitePublish, client.NewTx().
 			Compare(g.ref.home, slot, le.AppendUint64(nil, joiner.tag)).
@@ -406,7 +409,10 @@ func (g *Group) provide(joiner viewMember) {
 			return err
 		}
 		maybe = true
-		b, rerr := n.read(ctx, g.ref.home, slot, offStState+8)
+		if err != nil {
+			unknown = append(unknown, err)
+		}
+		b, rerr := n.settleRead(ctx, g.ref.home, slot, offStState+8, unknown...)
 		if rerr != nil {
 			return rerr
 		}

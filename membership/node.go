@@ -526,7 +526,7 @@ func (n *Node) execute(ctx context.Context, p Plan) (bool, error) {
 		res, err = do()
 	}
 	if errors.Is(err, client.ErrUnknownOutcome) {
-		return n.resolve(ctx, p)
+		return n.resolve(ctx, p, err)
 	}
 	if err != nil {
 		return false, err
@@ -534,14 +534,16 @@ func (n *Node) execute(ctx context.Context, p Plan) (bool, error) {
 	return res.Committed, nil
 }
 
-// The settling read is a logged step (client.Tx.Logged): a plain read
-// (ReadIndex) does not wait for an attempt the memnode's leader appended
-// and not yet committed, so it called such an attempt not committed a
-// moment before it committed (a rejoin then looked like a newer copy of
-// this process, which stopped as superseded). It runs on a context of its
+// The settling read is a logged step that fences the attempt (attempt is
+// its error; client.Tx.Fence): a plain read (ReadIndex) does not wait for
+// an attempt the memnode's leader appended and not yet committed, so it
+// called such an attempt not committed a moment before it committed (a
+// rejoin then looked like a newer copy of this process, which stopped as
+// superseded), and an unfenced logged read can still come before an
+// attempt on its way to the leader. It runs on a context of its
 // own when ctx ended, often why the outcome is unknown, unless the node is
 // closing.
-func (n *Node) resolve(ctx context.Context, p Plan) (bool, error) {
+func (n *Node) resolve(ctx context.Context, p Plan, attempt error) (bool, error) {
 	c := n.cfg.Table
 	if ctx.Err() != nil && n.ctxOr().Err() == nil {
 		var cancel context.CancelFunc
@@ -552,7 +554,7 @@ func (n *Node) resolve(ctx context.Context, p Plan) (bool, error) {
 		res, err := n.cfg.Client.Exec(ctx, client.NewTx().
 			Read(c.Memnode, c.Base, headerSize).
 			Read(c.Memnode, c.entryAddr(p.Version()), entrySize).
-			Logged())
+			Fence(client.UnknownAttempt(attempt)))
 		if err != nil {
 			if errors.Is(err, client.ErrUnavailable) && ctx.Err() == nil {
 				continue

@@ -28,6 +28,7 @@ const (
 	entryVersion  = 1
 	entryVersion2 = 2 // entryVersion with Entry.More
 	entryVersion3 = 3 // entryVersion2 with Entry.Commits and Entry.Aborts
+	entryVersion4 = 4 // entryVersion3 with Entry.Fences
 	queryVersion  = 1
 	resultVersion = 1
 )
@@ -35,9 +36,11 @@ const (
 // AppendEntry appends the encoding of e to dst.
 func AppendEntry(dst []byte, e *Entry) []byte {
 	dst = slices.Grow(dst, 3+3*binary.MaxVarintLen64+len(e.Participants)*binary.MaxVarintLen64+opSize(&e.Op)+
-		(3+(len(e.More)+len(e.Commits)+len(e.Aborts))*3)*binary.MaxVarintLen64)
+		(4+(len(e.More)+len(e.Commits)+len(e.Aborts)+len(e.Fences))*3)*binary.MaxVarintLen64)
 	v := byte(entryVersion)
 	switch {
+	case len(e.Fences) > 0:
+		v = entryVersion4
 	case len(e.Commits) > 0 || len(e.Aborts) > 0:
 		v = entryVersion3
 	case len(e.More) > 0:
@@ -57,6 +60,9 @@ func AppendEntry(dst []byte, e *Entry) []byte {
 	if v >= entryVersion3 {
 		dst = appendTIDs(dst, e.Commits)
 		dst = appendTIDs(dst, e.Aborts)
+	}
+	if v >= entryVersion4 {
+		dst = appendTIDs(dst, e.Fences)
 	}
 	return dst
 }
@@ -86,9 +92,10 @@ func DecodeEntry(b []byte) (Entry, error) {
 func DecodeEntryReuse(e *Entry, b []byte) error {
 	d := decoder{b: b, what: "entry"}
 	*e = Entry{Participants: e.Participants[:0], Op: Op{Compares: e.Op.Compares[:0], Reads: e.Op.Reads[:0],
-		Writes: e.Op.Writes[:0]}, More: e.More[:0], Commits: e.Commits[:0], Aborts: e.Aborts[:0]}
+		Writes: e.Op.Writes[:0]}, More: e.More[:0], Commits: e.Commits[:0], Aborts: e.Aborts[:0],
+		Fences: e.Fences[:0]}
 	v := byte(entryVersion)
-	if len(b) > 0 && (b[0] == entryVersion2 || b[0] == entryVersion3) {
+	if len(b) > 0 && (b[0] == entryVersion2 || b[0] == entryVersion3 || b[0] == entryVersion4) {
 		v = b[0]
 	}
 	if d.version(v) {
@@ -111,8 +118,14 @@ func DecodeEntryReuse(e *Entry, b []byte) error {
 		if v >= entryVersion3 {
 			e.Commits = d.tidsInto(e.Commits)
 			e.Aborts = d.tidsInto(e.Aborts)
-			if len(e.Commits) == 0 && len(e.Aborts) == 0 && d.err == nil {
+			if v == entryVersion3 && len(e.Commits) == 0 && len(e.Aborts) == 0 && d.err == nil {
 				d.fail("version 3 without commits or aborts")
+			}
+		}
+		if v >= entryVersion4 {
+			e.Fences = d.tidsInto(e.Fences)
+			if len(e.Fences) == 0 && d.err == nil {
+				d.fail("version 4 without fences")
 			}
 		}
 	}

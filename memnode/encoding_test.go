@@ -35,6 +35,10 @@ func sampleEntries() []Entry {
 		{Kind: KindExec, Now: 4, Op: Op{Writes: []Write{{Addr: 3, Data: []byte("w")}}}, Aborts: []TID{{Client: 2, Seq: 1, Time: 1}}},
 		{Kind: KindCommit, Now: 5, TID: TID{Client: 1, Seq: 2, Time: 3}, More: []TID{{Client: 1, Seq: 4, Time: 3}},
 			Commits: []TID{{Client: 1, Seq: 5, Time: 3}}, Aborts: []TID{{Client: 1, Seq: 6, Time: 3}}},
+		{Kind: KindExec, Now: 6, TID: TID{Client: 3, Seq: 1, Time: 6}, Op: Op{Reads: []Read{{Addr: 8, Len: 4}}},
+			Fences: []TID{{Client: 3, Seq: 0, Time: 5}, {Client: math.MaxUint64, Seq: 2, Time: math.MinInt64}}},
+		{Kind: KindExec, Now: 7, Op: Op{Reads: []Read{{Addr: 8, Len: 4}}}, Aborts: []TID{{Client: 2, Seq: 1, Time: 1}},
+			Fences: []TID{{Client: 3, Seq: 0, Time: 5}}},
 		{Kind: 200},
 	}
 }
@@ -69,7 +73,7 @@ func TestDecodeEntryReuse(t *testing.T) {
 		encs = append(encs, AppendEntry(nil, &es[i]))
 	}
 	var e Entry
-	for _, order := range [][]int{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, {9, 8, 2, 7, 6, 5, 4, 3, 1, 0, 2}} {
+	for _, order := range [][]int{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {11, 9, 10, 8, 2, 7, 6, 5, 4, 3, 1, 0, 2}} {
 		for _, i := range order {
 			if err := DecodeEntryReuse(&e, encs[i]); err != nil {
 				t.Fatalf("%d: %v", i, err)
@@ -96,7 +100,7 @@ func TestDecodeEntryReuse(t *testing.T) {
 func entriesEqual(a, b *Entry) bool {
 	return bytes.Equal(AppendEntry(nil, a), AppendEntry(nil, b)) &&
 		a.Kind == b.Kind && a.Now == b.Now && a.TID == b.TID && slices.Equal(a.More, b.More) &&
-		slices.Equal(a.Commits, b.Commits) && slices.Equal(a.Aborts, b.Aborts) &&
+		slices.Equal(a.Commits, b.Commits) && slices.Equal(a.Aborts, b.Aborts) && slices.Equal(a.Fences, b.Fences) &&
 		len(a.Participants) == len(b.Participants) &&
 		len(a.Op.Compares) == len(b.Op.Compares) && len(a.Op.Reads) == len(b.Op.Reads) && len(a.Op.Writes) == len(b.Op.Writes)
 }
@@ -148,13 +152,19 @@ func TestResultRoundTrip(t *testing.T) {
 
 func TestDecodeRejects(t *testing.T) {
 	good := AppendEntry(nil, &sampleEntries()[2])
+	// Version 4 must carry fences (else it is version 3 or older): a
+	// version-3 encoding relabelled 4, with an empty fence list.
+	v4NoFences := AppendEntry(nil, &Entry{Kind: KindExec, Aborts: []TID{{Client: 1}}})
+	v4NoFences[0] = 4
+	v4NoFences = append(v4NoFences, 0)
 	for _, tc := range []struct {
 		name string
 		b    []byte
 		want error
 	}{
 		{"empty", nil, ErrCorrupt},
-		{"version", append([]byte{4}, good[1:]...), ErrVersion},
+		{"version", append([]byte{5}, good[1:]...), ErrVersion},
+		{"version 4 without fences", v4NoFences, ErrCorrupt},
 		{"trailing", append(bytes.Clone(good), 0), ErrCorrupt},
 		{"non-minimal varint", []byte{1, 1, 0x80, 0x00, 0, 0, 0, 0, 0, 0, 0}, ErrCorrupt},
 		{"huge count", []byte{1, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f}, ErrCorrupt},

@@ -119,6 +119,14 @@ func (m *Memnode) Apply(e *Entry) Result {
 	if n := len(e.Commits) + len(e.Aborts); n > m.cfg.MaxItems {
 		return invalid(fmt.Errorf("%w: %d carried decisions exceed the limit of %d", ErrInvalid, n, m.cfg.MaxItems))
 	}
+	if len(e.Fences) > 0 {
+		if e.Kind != KindExec {
+			return invalid(fmt.Errorf("%w: only Exec carries fences, not %v", ErrInvalid, e.Kind))
+		}
+		if len(e.Fences) > m.cfg.MaxItems {
+			return invalid(fmt.Errorf("%w: %d fences exceed the limit of %d", ErrInvalid, len(e.Fences), m.cfg.MaxItems))
+		}
+	}
 	now := max(m.clock, e.Now)
 	// Prepare, Abort and AbortUnlessVoted may record their tid; one dated
 	// beyond the horizon would never expire.
@@ -134,6 +142,9 @@ func (m *Memnode) Apply(e *Entry) Result {
 	if err := m.checkDated(limit, now, e.Aborts...); err != nil {
 		return invalid(err)
 	}
+	if err := m.checkDated(limit, now, e.Fences...); err != nil {
+		return invalid(err)
+	}
 	m.advance(now)
 	// Carried decisions first, so that the entry's own step sees the locks
 	// they release.
@@ -143,8 +154,14 @@ func (m *Memnode) Apply(e *Entry) Result {
 	for _, tid := range e.Aborts {
 		m.abort(tid)
 	}
+	for _, tid := range e.Fences {
+		m.fence(tid)
+	}
 	switch e.Kind {
 	case KindExec:
+		if m.fenced(e.TID) {
+			return Result{Vote: VoteBadForced, FailedCompare: -1}
+		}
 		return m.exec(&e.Op, e.NoReads)
 	case KindPrepare:
 		return m.prepare(e)
@@ -413,6 +430,25 @@ func (m *Memnode) resolve(t *txn, o Outcome) {
 // forced-abort. (An expired tid need not be: Prepare refuses it anyway.)
 func (m *Memnode) force(tid TID) {
 	m.recorded.set(tid, recForced)
+}
+
+// fence records a one-phase attempt's tid as forced-abort unless it is in
+// doubt, decided or expired here (Entry.Fences).
+func (m *Memnode) fence(tid TID) {
+	if m.inDoubt[tid] == nil && !m.expired(tid) && m.recorded.get(tid) == 0 {
+		m.force(tid)
+	}
+}
+
+// fenced reports whether a one-phase attempt must not apply: its tid was
+// fenced, or it is older than the horizon (its fence, if any, may have been
+// swept; Prepare refuses such tids too). An Exec without a tid (the zero
+// TID, from callers that never fence) is never fenced.
+func (m *Memnode) fenced(tid TID) bool {
+	if tid == (TID{}) {
+		return false
+	}
+	return m.expired(tid) || m.recorded.get(tid) == recForced
 }
 
 // Values of Memnode.recorded.

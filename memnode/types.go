@@ -71,6 +71,16 @@ type Entry struct {
 	// entry's own. An invalid entry applies none of them.
 	Commits []TID
 	Aborts  []TID
+	// Fences (Exec only) names one-phase attempts that must not apply on
+	// this memnode from now on if they have not already: Apply records
+	// each tid that is neither in doubt nor decided here (and not past the
+	// horizon) as forced-abort, after the carried decisions and before the
+	// entry's own step, and an Exec of a forced tid votes BAD-FORCED and
+	// changes nothing. A logged read carrying the tid of an attempt whose
+	// answer was lost thus settles it for good: what the read does not
+	// show can no longer commit, even if the attempt was still on its way
+	// to the leader. Fencing an in-doubt or decided tid changes nothing.
+	Fences []TID
 	// NoReads is not part of the encoding: the caller discards the
 	// Result's reads (a replica whose result nobody waits for), so Apply
 	// leaves Result.Reads nil instead of copying them. Everything else,

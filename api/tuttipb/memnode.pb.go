@@ -516,8 +516,18 @@ type Request struct {
 	// anyway. STATUS_OK means they were applied; any other status means none
 	// of them was (STATUS_UNKNOWN_OUTCOME: perhaps all were). At most
 	// max_items (ClusterInfo) tids in both lists together.
-	CommitTids    []*Tid `protobuf:"bytes,10,rep,name=commit_tids,json=commitTids,proto3" json:"commit_tids,omitempty"`
-	AbortTids     []*Tid `protobuf:"bytes,11,rep,name=abort_tids,json=abortTids,proto3" json:"abort_tids,omitempty"`
+	CommitTids []*Tid `protobuf:"bytes,10,rep,name=commit_tids,json=commitTids,proto3" json:"commit_tids,omitempty"`
+	AbortTids  []*Tid `protobuf:"bytes,11,rep,name=abort_tids,json=abortTids,proto3" json:"abort_tids,omitempty"`
+	// KIND_EXEC only: one-phase attempts (their tids) that must never apply
+	// at this memnode if they have not already. In the same log entry, after
+	// the carried decisions, the memnode records each tid that is neither in
+	// doubt nor decided there as forced-abort; a KIND_EXEC with such a tid
+	// arriving later answers VOTE_BAD_FORCED and changes nothing (as does one
+	// whose tid is older than the memnode's horizon). A logged read carrying
+	// the tid of an attempt whose answer was lost settles it for good. At
+	// most max_items tids. Servers older than this field ignore it: there
+	// the read settles the attempt only as far as the leader had it.
+	FenceTids     []*Tid `protobuf:"bytes,12,rep,name=fence_tids,json=fenceTids,proto3" json:"fence_tids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -625,6 +635,13 @@ func (x *Request) GetCommitTids() []*Tid {
 func (x *Request) GetAbortTids() []*Tid {
 	if x != nil {
 		return x.AbortTids
+	}
+	return nil
+}
+
+func (x *Request) GetFenceTids() []*Tid {
+	if x != nil {
+		return x.FenceTids
 	}
 	return nil
 }
@@ -1678,7 +1695,7 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\x03len\x18\x02 \x01(\rR\x03len\"/\n" +
 	"\x05Write\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xa4\x03\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xd2\x03\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\amemnode\x18\x02 \x01(\x04R\amemnode\x12\"\n" +
@@ -1693,7 +1710,9 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	" \x03(\v2\r.tutti.v1.TidR\n" +
 	"commitTids\x12,\n" +
 	"\n" +
-	"abort_tids\x18\v \x03(\v2\r.tutti.v1.TidR\tabortTids\"\xaa\x02\n" +
+	"abort_tids\x18\v \x03(\v2\r.tutti.v1.TidR\tabortTids\x12,\n" +
+	"\n" +
+	"fence_tids\x18\f \x03(\v2\r.tutti.v1.TidR\tfenceTids\"\xaa\x02\n" +
 	"\bResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.tutti.v1.StatusR\x06status\x12\"\n" +
@@ -1854,31 +1873,32 @@ var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	4,  // 5: tutti.v1.Request.more_tids:type_name -> tutti.v1.Tid
 	4,  // 6: tutti.v1.Request.commit_tids:type_name -> tutti.v1.Tid
 	4,  // 7: tutti.v1.Request.abort_tids:type_name -> tutti.v1.Tid
-	3,  // 8: tutti.v1.Response.status:type_name -> tutti.v1.Status
-	1,  // 9: tutti.v1.Response.vote:type_name -> tutti.v1.Vote
-	2,  // 10: tutti.v1.Response.outcome:type_name -> tutti.v1.Outcome
-	8,  // 11: tutti.v1.RequestBatch.requests:type_name -> tutti.v1.Request
-	9,  // 12: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
-	13, // 13: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
-	14, // 14: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
-	17, // 15: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
-	18, // 16: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
-	20, // 17: tutti.v1.WatchRequest.ranges:type_name -> tutti.v1.Range
-	20, // 18: tutti.v1.WatchEvent.ranges:type_name -> tutti.v1.Range
-	3,  // 19: tutti.v1.WatchError.status:type_name -> tutti.v1.Status
-	10, // 20: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
-	12, // 21: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
-	16, // 22: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
-	21, // 23: tutti.v1.Memnode.Watch:input_type -> tutti.v1.WatchRequest
-	11, // 24: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
-	15, // 25: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
-	19, // 26: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
-	22, // 27: tutti.v1.Memnode.Watch:output_type -> tutti.v1.WatchEvent
-	24, // [24:28] is the sub-list for method output_type
-	20, // [20:24] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	4,  // 8: tutti.v1.Request.fence_tids:type_name -> tutti.v1.Tid
+	3,  // 9: tutti.v1.Response.status:type_name -> tutti.v1.Status
+	1,  // 10: tutti.v1.Response.vote:type_name -> tutti.v1.Vote
+	2,  // 11: tutti.v1.Response.outcome:type_name -> tutti.v1.Outcome
+	8,  // 12: tutti.v1.RequestBatch.requests:type_name -> tutti.v1.Request
+	9,  // 13: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
+	13, // 14: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
+	14, // 15: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
+	17, // 16: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
+	18, // 17: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
+	20, // 18: tutti.v1.WatchRequest.ranges:type_name -> tutti.v1.Range
+	20, // 19: tutti.v1.WatchEvent.ranges:type_name -> tutti.v1.Range
+	3,  // 20: tutti.v1.WatchError.status:type_name -> tutti.v1.Status
+	10, // 21: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
+	12, // 22: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
+	16, // 23: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
+	21, // 24: tutti.v1.Memnode.Watch:input_type -> tutti.v1.WatchRequest
+	11, // 25: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
+	15, // 26: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
+	19, // 27: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
+	22, // 28: tutti.v1.Memnode.Watch:output_type -> tutti.v1.WatchEvent
+	25, // [25:29] is the sub-list for method output_type
+	21, // [21:25] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_tutti_v1_memnode_proto_init() }

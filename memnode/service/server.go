@@ -221,6 +221,17 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 			return
 		}
 	}
+	fences := req.GetFenceTids()
+	if len(fences) > 0 {
+		if req.GetKind() != tuttipb.Kind_KIND_EXEC {
+			ob.push(invalid(id, fmt.Sprintf("only exec requests carry fences, not %v", req.GetKind())))
+			return
+		}
+		if len(fences) > s.mcfg.MaxItems {
+			ob.push(invalid(id, fmt.Sprintf("%d fences exceed the limit of %d", len(fences), s.mcfg.MaxItems)))
+			return
+		}
+	}
 	now := s.clock.Now().UnixNano()
 	ob.begin()
 	done := func(res []byte, err error) {
@@ -241,6 +252,7 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 		More:         more,
 		Commits:      tidsFromWire(commits),
 		Aborts:       tidsFromWire(aborts),
+		Fences:       tidsFromWire(fences),
 	}
 	s.rep.ProposeAsync(mn, memnode.AppendEntry(nil, &e), done)
 }

@@ -69,7 +69,7 @@ func protoSize(m proto.Message) int { return proto.Size(m) }
 // and 128 in all.
 func sizeBound(req *tuttipb.Request) int {
 	n := 128 + 32*(len(req.GetParticipants())+len(req.GetReads())) +
-		40*(len(req.GetMoreTids())+len(req.GetCommitTids())+len(req.GetAbortTids()))
+		40*(len(req.GetMoreTids())+len(req.GetCommitTids())+len(req.GetAbortTids())+len(req.GetFenceTids()))
 	for _, c := range req.GetCompares() {
 		n += 32 + len(c.GetData())
 	}

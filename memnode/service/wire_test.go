@@ -43,6 +43,7 @@ func TestSizeBoundManyLargeTids(t *testing.T) {
 		req.MoreTids = append(req.MoreTids, tid)
 		req.CommitTids = append(req.CommitTids, tid)
 		req.AbortTids = append(req.AbortTids, tid)
+		req.FenceTids = append(req.FenceTids, tid)
 	}
 	if b, s := sizeBound(req), protoSize(req); b < s {
 		t.Fatalf("bound %d < size %d", b, s)
