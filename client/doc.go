@@ -74,8 +74,13 @@
 // certain they were not applied (NOT_LEADER, never sent, reads). A one-phase
 // write whose leader changed after the proposal, or whose connection broke
 // after sending, returns ErrUnknownOutcome: read the items to find out,
-// with a logged minitransaction (Tx.Logged; a plain read can come before
-// an attempt the leader has appended and not yet committed). A
+// with a logged minitransaction that fences the attempt
+// (Tx.Fence(UnknownAttempt(err))): a plain read can come before an attempt
+// the leader has appended and not yet committed, and an unfenced logged
+// one before an attempt still on its way to the leader, which may then
+// apply after the read said it had not. A fenced attempt arriving later is
+// refused (Entry.Fences in package memnode), so what the read shows is
+// final. A
 // two-phase attempt whose votes are unknown is settled as recovery would
 // (see below): committed if every vote turns out OK, else aborted at every
 // participant and retried.

@@ -100,7 +100,9 @@
 //     of queueing up under contention; the payload of a queued batch is
 //     not resent. An ErrUnknownOutcome is settled before anything is
 //     linked again, by reading the header and the records' position
-//     together until that succeeds: our bytes there are ours (records
+//     together until that succeeds, in a logged step that fences the
+//     attempt (client.Tx.Fence: a link still on its way to the leader is
+//     refused when it arrives, so the read's answer is final): our bytes there are ours (records
 //     carry their position); other bytes while head has not passed the
 //     position mean no commit; once head passed it, the sender's own
 //     delivery tells (head passes a position only after every member's

@@ -185,3 +185,34 @@ func BeforeStateRead(f func()) (restore func()) {
 	beforeStateRead.Store(&f)
 	return func() { beforeStateRead.Store(nil) }
 }
+
+// UnknownWhen makes the next minitransaction at site start in the
+// background (its answer is lost) and, once ready returns an error
+// (polled for at most 10 s), report that error to its caller: say an
+// ErrUnknownOutcome naming the attempt (client.Error.TID) once a test's
+// transport has taken the request aside.
+func UnknownWhen(site string, ready func() error) (fired func() bool, restore func()) {
+	var done atomic.Bool
+	f := func(s string, do func() (*client.Result, error)) (*client.Result, error) {
+		if s != site || !done.CompareAndSwap(false, true) {
+			return do()
+		}
+		go func() { _, _ = do() }() // its answer is lost
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+			if err := ready(); err != nil {
+				return nil, err
+			}
+			time.Sleep(time.Millisecond) // polling a condition, bounded
+		}
+		return nil, fmt.Errorf("failpoint at %s: nothing ready: %w", site, client.ErrUnknownOutcome)
+	}
+	execFault.Store(&f)
+	return done.Load, func() { execFault.Store(nil) }
+}
+
+// AfterSettleRead makes every settling read of a link or view change call
+// f once it returned, before the outcome is decided; restore removes it.
+func AfterSettleRead(f func()) (restore func()) {
+	afterSettleRead.Store(&f)
+	return func() { afterSettleRead.Store(nil) }
+}

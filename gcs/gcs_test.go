@@ -506,8 +506,8 @@ func TestLinkPendingWhenSettledIsOrderedOnce(t *testing.T) {
 	// No housekeeping meanwhile (it writes to the home memnode too): the
 	// first append held is the link's, so the failpoint reports the
 	// outcome unknown only once the leader has the link in its log. (A
-	// link still on its way to the leader when the settling read is
-	// logged stays open: see settleRecords.)
+	// link still on its way to the leader: TestLinkInTransitWhenSettled-
+	// IsOrderedOnce.)
 	ms := e.joinAllWith(2, "g", gcs.Config{GCInterval: time.Hour})
 	gi := describe(t, e.node("obs"), "g", "the group", func(gcs.GroupInfo) bool { return true })
 	reads := gcs.SettleReads()

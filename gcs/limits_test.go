@@ -16,12 +16,16 @@ import (
 	"github.com/tutti-gcs/tutti/gcs"
 )
 
-// nodeWith opens a Node on e's cluster with cfg's tunables.
+// nodeWith opens a Node on e's cluster with cfg's tunables, and with
+// cfg.Client if set (else a client of its own).
 func (e *env) nodeWith(id string, cfg gcs.Config) *gcs.Node {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cfg.Client, cfg.ID = e.client(), id // closed after the Node (cleanups run last first)
+	if cfg.Client == nil {
+		cfg.Client = e.client() // closed after the Node (cleanups run last first)
+	}
+	cfg.ID = id
 	cfg.Logger = zerolog.New(zerolog.NewTestWriter(e.t)).Level(zerolog.WarnLevel)
 	n, err := gcs.Open(ctx, cfg)
 	if err != nil {

@@ -269,6 +269,9 @@ func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, reco
 				return err
 			}
 			settleReads.Add(1)
+			if f := afterSettleRead.Load(); f != nil {
+				(*f)()
+			}
 			h, err := decodeHeader(res.Reads[0])
 			if err != nil {
 				return fmt.Errorf("%w: %w", client.ErrInvalid, err) // not retried
@@ -308,6 +311,7 @@ var (
 	failSettleReads atomic.Int32
 	settleGivesUp   atomic.Bool
 	settleReads     atomic.Int64 // settling reads that returned (tests)
+	afterSettleRead atomic.Pointer[func()]
 )
 
 // confirmedDead returns the members whose process the process table
