@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
@@ -36,11 +37,13 @@ func startCluster(t *testing.T, cfg cluster.Config) *cluster.Cluster {
 	return c
 }
 
-func newClient(t *testing.T, seeds []string) *client.Client {
+// newClient returns a client of seeds, closed with the test; dial options
+// replace the default (insecure credentials), so they must name some.
+func newClient(t *testing.T, seeds []string, dial ...grpc.DialOption) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cl, err := client.New(ctx, client.Config{Seeds: seeds})
+	cl, err := client.New(ctx, client.Config{Seeds: seeds, DialOptions: dial})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
 )
@@ -61,6 +64,42 @@ func TestEnqueuedFalseMeansNeverApplied(t *testing.T) {
 	}
 }
 
+// An Enqueue whose request is still on its way to the leader when
+// Enqueued settles it: a logged read alone is ordered before it and says
+// "not enqueued", then the attempt lands and a retry would enqueue the item
+// twice. Enqueued with the attempt's error fences it: it never lands.
+func TestEnqueuedFalseIsFinalForAnAttemptInTransit(t *testing.T) {
+	const mn = 1
+	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2})
+	transit := cluster.NewTransit()
+	cl := newClient(t, c.Seeds(), grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption())
+	ctx := ctxT(t)
+	q, err := client.OpenQueue(ctx, cl, client.QueueConfig{Memnode: mn, Base: 0x1000, Capacity: 8, SlotSize: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Enqueue(ctx, item("warm")); err != nil {
+		t.Fatal(err)
+	}
+	transit.Arm(mn)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	pos, attempt := q.Enqueue(short, item("once"))
+	cancel()
+	if _, held := transit.Held(); !held || !errors.Is(attempt, client.ErrUnknownOutcome) {
+		t.Fatalf("enqueue taken aside in transit: held %v, err %v; want an unknown outcome", held, attempt)
+	}
+	landed, err := q.Enqueued(ctx, pos, item("once"), attempt)
+	if err != nil || landed {
+		t.Fatalf("Enqueued before the attempt arrived: %v, %v; want false", landed, err)
+	}
+	if err := transit.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if landed, err := q.Enqueued(ctx, pos, item("once")); err != nil || landed {
+		t.Fatalf("Enqueued(%d) said false, then the attempt in transit landed (%v, %v): a retry would enqueue the item twice", pos, landed, err)
+	}
+}
+
 // An Alloc whose ctx ends while its minitransaction is appended and not yet
 // committed does not know whether it allocated. Settling that with the
 // ended ctx could only fail: Alloc returned an unknown outcome and the
@@ -93,5 +132,46 @@ func TestAllocSettlesAfterItsContextEnded(t *testing.T) {
 	}
 	if err := a.Free(ctx, r); err != nil {
 		t.Fatalf("free of the region alloc returned: %v", err)
+	}
+}
+
+// An Alloc whose request is still on its way to the leader when Alloc
+// settles it: the read back says "not allocated", Alloc tries again, and
+// the attempt that lands later allocates a block nobody holds (leaked for
+// good). The settling read fences it: it never lands.
+func TestAllocAttemptInTransitDoesNotLeak(t *testing.T) {
+	const mn = 1
+	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2})
+	transit := cluster.NewTransit()
+	cl := newClient(t, c.Seeds(), grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption())
+	ctx := ctxT(t)
+	a, err := client.NewAllocator(cl, client.AllocatorConfig{Memnode: mn, Base: 0x1000, Limit: 0x10000, Align: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := a.Alloc(ctx, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := a.Alloc(ctx, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	transit.Arm(mn)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	r, err := a.Alloc(short, 64)
+	cancel()
+	if _, held := transit.Held(); !held || err == nil {
+		t.Fatalf("alloc taken aside in transit: held %v, region %+v, err %v; want an error", held, r, err)
+	}
+	if err := transit.Release(); err != nil {
+		t.Fatal(err)
+	}
+	next, err := a.Alloc(ctx, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 2*second.Addr - first.Addr; next.Addr != want {
+		t.Fatalf("after an alloc that failed: got block %#x, want %#x (the failed attempt's block, leaked if it landed)", next.Addr, want)
 	}
 }

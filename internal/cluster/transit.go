@@ -1,0 +1,138 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/client"
+)
+
+// Transit is a client transport for tests that takes one request aside on
+// its way to the memnodes (as a socket buffer or a slow server would hold
+// it) and sends it when told: an attempt still in transit when its caller
+// gave up on it. Pass DialOption in client.Config.DialOptions (with the
+// transport credentials, which a non-empty list must then name), Arm it,
+// and Release what it took.
+type Transit struct {
+	mu       sync.Mutex
+	armed    bool
+	memnode  uint64
+	held     *tuttipb.Request
+	stream   *transitStream
+	answered chan struct{} // closed when the held request was answered
+}
+
+// NewTransit returns a Transit that holds nothing until armed.
+func NewTransit() *Transit {
+	return &Transit{answered: make(chan struct{})}
+}
+
+// DialOption installs t on a client's connections.
+func (t *Transit) DialOption() grpc.DialOption { return grpc.WithStreamInterceptor(t.intercept) }
+
+// Arm takes the next one-phase request with writes on memnode aside (once).
+func (t *Transit) Arm(memnode uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.armed, t.memnode = true, memnode
+}
+
+// Held returns the held request's tid, once a request was taken aside.
+func (t *Transit) Held() (client.TID, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.held == nil {
+		return client.TID{}, false
+	}
+	w := t.held.GetTid()
+	return client.TID{Client: w.GetClient(), Seq: w.GetSeq(), Time: w.GetTime()}, true
+}
+
+// Release sends the held request and waits (at most 10 s) for the
+// memnode's answer to it, which goes to the request's caller, if it still
+// waits.
+func (t *Transit) Release() error {
+	t.mu.Lock()
+	held, s := t.held, t.stream
+	t.mu.Unlock()
+	if held == nil {
+		return errors.New("transit: nothing held")
+	}
+	s.send.Lock()
+	err := s.ClientStream.SendMsg(&tuttipb.RequestBatch{Requests: []*tuttipb.Request{held}})
+	s.send.Unlock()
+	if err != nil {
+		return fmt.Errorf("transit: sending the held request: %w", err)
+	}
+	select {
+	case <-t.answered:
+		return nil
+	case <-time.After(10 * time.Second):
+		return errors.New("transit: the held request was not answered within 10 s")
+	}
+}
+
+func (t *Transit) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+	streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &transitStream{ClientStream: s, t: t}, nil
+}
+
+type transitStream struct {
+	grpc.ClientStream
+	t    *Transit
+	send sync.Mutex // SendMsg is not safe for concurrent use
+}
+
+func (s *transitStream) SendMsg(m any) error {
+	if b, ok := m.(*tuttipb.RequestBatch); ok {
+		t := s.t
+		t.mu.Lock()
+		if t.armed {
+			for i, r := range b.GetRequests() {
+				if r.GetKind() == tuttipb.Kind_KIND_EXEC && r.GetMemnode() == t.memnode && len(r.GetWrites()) > 0 {
+					t.armed, t.held, t.stream = false, proto.Clone(r).(*tuttipb.Request), s
+					m = &tuttipb.RequestBatch{Requests: slices.Delete(slices.Clone(b.GetRequests()), i, i+1)}
+					break
+				}
+			}
+		}
+		t.mu.Unlock()
+		if len(m.(*tuttipb.RequestBatch).GetRequests()) == 0 {
+			return nil
+		}
+	}
+	s.send.Lock()
+	defer s.send.Unlock()
+	return s.ClientStream.SendMsg(m)
+}
+
+func (s *transitStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if b, ok := m.(*tuttipb.ResponseBatch); ok && err == nil {
+		t := s.t
+		t.mu.Lock()
+		for _, r := range b.GetResponses() {
+			if t.held != nil && t.stream == s && r.GetId() == t.held.GetId() {
+				select {
+				case <-t.answered:
+				default:
+					close(t.answered)
+				}
+			}
+		}
+		t.mu.Unlock()
+	}
+	return err
+}
