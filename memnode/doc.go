@@ -18,7 +18,8 @@
 //     held a lock check is O(1);
 //   - in-doubt: tids that voted OK in Prepare and await Commit or Abort,
 //     with their participants, write items and prepare time;
-//   - forced-abort: tids aborted before they were prepared here;
+//   - forced-abort: tids aborted before they were prepared here, and
+//     one-phase attempts fenced before they arrived;
 //   - decided: outcomes of tids that were in doubt here. Forced-abort and
 //     decided tids share one compact set (tidset.go): per client, blocks of
 //     64 consecutive seqs with 2 bits each and the exact Time of each
@@ -30,10 +31,17 @@
 // # Protocol steps (Sinfonia Fig. 4, one participant's view)
 //
 //  1. Exec (one-phase, one participant): lock check, then compare, then
-//     read, then write, in one step. Votes: BAD-LOCK if an item conflicts
-//     with a held lock; else BAD-CMP with the first failing compare's index
-//     and the reads; else OK with the reads, taken before the writes are
-//     applied.
+//     read, then write, in one step. Votes: BAD-FORCED if its tid is in
+//     forced-abort or older than clock-Horizon (a fenced attempt, below;
+//     an Exec with the zero TID is never refused so); else BAD-LOCK if an
+//     item conflicts with a held lock; else BAD-CMP with the first failing
+//     compare's index and the reads; else OK with the reads, taken before
+//     the writes are applied. An Exec may fence earlier one-phase attempts
+//     (Entry.Fences): before its own step, each fenced tid that is neither
+//     in doubt, decided nor expired is added to forced-abort, so the
+//     attempt, if it arrives later, changes nothing. That is how a client
+//     settles an attempt whose answer was lost: a read in the same entry
+//     as the fence shows the attempt if and only if it ever applies.
 //  2. Prepare (phase one of two-phase commit) answers by the first rule that
 //     applies: (a) tid in doubt (a duplicate delivery): OK again, with the
 //     reads; (b) tid decided: its outcome (committed: OK, aborted:
