@@ -60,6 +60,9 @@ type Config struct {
 	// execFault, tests only: runs in place of a plan's minitransaction;
 	// do runs the real one.
 	execFault func(p Plan, do func() (*client.Result, error)) (*client.Result, error)
+	// afterResolveRead, tests only: called after each settling read of a
+	// plan whose outcome was unknown returned, before it is decided.
+	afterResolveRead func()
 }
 
 // GossipTiming is memberlist's failure detection (all on top of

@@ -2,9 +2,13 @@ package membership
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
@@ -67,6 +71,14 @@ func rejoinWithAppendsHeld(t *testing.T, hold, wait time.Duration) {
 		faults.ReleaseAppends()
 	}()
 	e.resume(c)
+	rejoinedOnce(t, a, c, rc, &armed, wait)
+}
+
+// rejoinedOnce waits (at most wait) for c to be alive under its new
+// incarnation, never superseded by its own rejoin, and checks that the
+// fault armed by armed fired.
+func rejoinedOnce(t *testing.T, a, c *Node, rc *recorder, armed *atomic.Bool, wait time.Duration) {
+	t.Helper()
 	waitFor(t, wait, "c alive again under its new incarnation", func() bool {
 		if rc.has(func(ch Change) bool { return ch.Kind == Superseded }) {
 			t.Fatalf("c stopped as superseded by its own rejoin: table row %+v, c's incarnation %d", row(t, a, "c"), c.Incarnation())
@@ -77,6 +89,53 @@ func rejoinWithAppendsHeld(t *testing.T, hold, wait time.Duration) {
 	if armed.Load() {
 		t.Fatal("the fault did not fire")
 	}
+}
+
+// TestRejoinInTransitWhenSettledIsAdopted: an evicted process's rejoin
+// loses its answer while the request is still on its way to the table
+// memnode's leader. The settling read, though logged, came before it and
+// said "not committed"; the rejoin landed right after, and the process,
+// finding its own new incarnation in the table, took it for a newer copy
+// of itself and stopped (Superseded). The settling read now fences the
+// attempt, which the memnode then refuses.
+func TestRejoinInTransitWhenSettledIsAdopted(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	e.start(e.config("b", a))
+	transit := cluster.NewTransit()
+	var armed atomic.Bool
+	cfg := e.config("c", a)
+	cfg.Client = e.client(grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption())
+	cfg.execFault = func(p Plan, do func() (*client.Result, error)) (*client.Result, error) {
+		if p.New.ID != "c" || p.New.State != StateAlive || p.Old.State != StateDead || !armed.CompareAndSwap(true, false) {
+			return do()
+		}
+		transit.Arm(DefaultTable.Memnode)
+		go func() { _, _ = do() }() // its answer is lost
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+			if tid, held := transit.Held(); held {
+				return nil, &client.Error{Memnode: DefaultTable.Memnode, Err: client.ErrUnknownOutcome, TID: tid}
+			}
+			time.Sleep(time.Millisecond) // polling a condition, bounded
+		}
+		return nil, fmt.Errorf("test fault: nothing taken aside: %w", client.ErrUnknownOutcome)
+	}
+	var once sync.Once
+	cfg.afterResolveRead = func() {
+		once.Do(func() {
+			if err := transit.Release(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	c := e.start(cfg)
+	rc, stopC := record(c)
+	defer stopC()
+	e.pause(c, true)
+	waitFor(t, 10*time.Second, "paused c declared dead", func() bool { return row(t, a, "c").State == StateDead })
+	armed.Store(true)
+	e.resume(c)
+	rejoinedOnce(t, a, c, rc, &armed, 15*time.Second)
 }
 
 // TestUnsettledRejoinIsAdopted: an evicted process's rejoin loses its

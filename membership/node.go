@@ -561,6 +561,9 @@ func (n *Node) resolve(ctx context.Context, p Plan, attempt error) (bool, error)
 			}
 			return false, err
 		}
+		if n.cfg.afterResolveRead != nil {
+			n.cfg.afterResolveRead()
+		}
 		h, err := decodeHeader(res.Reads[0], c)
 		if err != nil {
 			return false, err

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
@@ -58,11 +59,14 @@ func newEnvWith(t *testing.T, cfg cluster.Config) *env {
 	return &env{t: t, c: c, net: &netFilter{isolated: map[string]bool{}}}
 }
 
-func (e *env) client() *client.Client {
+// client returns a client of the test cluster, closed with the test; dial
+// options replace the default (insecure credentials), so they must name
+// some.
+func (e *env) client(dial ...grpc.DialOption) *client.Client {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds()})
+	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds(), DialOptions: dial})
 	if err != nil {
 		e.t.Fatal(err)
 	}
