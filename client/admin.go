@@ -110,9 +110,14 @@ func (c *Client) UpdateDirectory(ctx context.Context, fn func(*Directory) error)
 			last = fmt.Errorf("directory version %d changed under us", old.Version)
 			continue
 		case errors.Is(err, ErrUnknownOutcome):
-			// Did it land? Only this exact encoding has this header.
-			now, h2, rerr := c.readDirectory(ctx)
-			if rerr == nil && now.Version == d.Version && bytes.Equal(h2, enc[:DirectoryHeaderLen]) {
+			// Did it land? Only this exact encoding has this header. The
+			// settling read fences the attempt: if it does not show it,
+			// it never lands, and the next attempt cannot apply fn twice.
+			res, rerr := c.settleExec(ctx, NewTx().Read(DirectoryMemnodeID, DirectoryAddr, DirectoryHeaderLen), err)
+			if rerr != nil {
+				return nil, fmt.Errorf("tutti: directory update: %w; reading it back failed too: %v", err, rerr)
+			}
+			if bytes.Equal(res.Reads[0], enc[:DirectoryHeaderLen]) {
 				_ = c.Refresh(ctx)
 				return d, nil
 			}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 )
 
 // ErrExhausted: the allocator's address range has no free block large enough
@@ -220,23 +219,10 @@ func (a *Allocator) readBlock(ctx context.Context, block uint64) ([]byte, error)
 	return r.Reads[0], nil
 }
 
-// settleTimeout bounds settleBlock's read once the caller's ctx has ended.
-const settleTimeout = 5 * time.Second
-
 // settleBlock reads block back after a minitransaction on it whose outcome
-// is unknown (err): a logged step that fences the attempt (Tx.Fence), so
-// ordered after it if the memnode's leader has it and refusing it if it
-// arrives later, and on a context of its own (at most
-// settleTimeout) when ctx has ended, which is often why the outcome is
-// unknown: with ctx the read could only fail, and Alloc could not tell
-// whether it allocated.
+// is unknown (err), in a settling step (settleExec).
 func (a *Allocator) settleBlock(ctx context.Context, block uint64, err error) ([]byte, error) {
-	if ctx.Err() != nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-		defer cancel()
-	}
-	r, err := a.c.Exec(ctx, NewTx().Read(a.cfg.Memnode, block, 16).Fence(UnknownAttempt(err)))
+	r, err := a.c.settleExec(ctx, NewTx().Read(a.cfg.Memnode, block, 16), err)
 	if err != nil {
 		return nil, err
 	}

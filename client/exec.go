@@ -140,6 +140,25 @@ func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 	return c.exec2(ctx, tx, parts)
 }
 
+// settleTimeout bounds a settling step once the caller's ctx has ended.
+const settleTimeout = 5 * time.Second
+
+// settleExec runs tx (reads on the memnode of the attempt) as the step that
+// settles a one-phase attempt whose outcome is unknown (attempt, its
+// error): logged and fencing the attempt (Tx.Fence), so its reads show the
+// attempt if and only if it ever applies. When ctx has ended, which is
+// often why the outcome is unknown, it runs on a context of its own (at
+// most settleTimeout): with ctx it could only fail, and the caller could
+// not tell what it did.
+func (c *Client) settleExec(ctx context.Context, tx *Tx, attempt error) (*Result, error) {
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		defer cancel()
+	}
+	return c.Exec(ctx, tx.Fence(UnknownAttempt(attempt)))
+}
+
 func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {
 	kind := tuttipb.Kind_KIND_EXEC
 	if len(p.writes) == 0 && !tx.logged {

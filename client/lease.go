@@ -146,6 +146,17 @@ func (l *Lease) read(ctx context.Context) ([]byte, error) {
 	return r.Reads[0], nil
 }
 
+// settle reads the record in the step that settles an attempt whose
+// outcome is unknown (attempt, its error; Client.settleExec): it shows the
+// attempt's write if and only if that ever lands.
+func (l *Lease) settle(ctx context.Context, attempt error) ([]byte, error) {
+	r, err := l.c.settleExec(ctx, NewTx().Read(l.cfg.Memnode, l.cfg.Addr, leaseRecordSize), attempt)
+	if err != nil {
+		return nil, err
+	}
+	return r.Reads[0], nil
+}
+
 // Acquire takes the lease if it is free, expired (by Expiry+MaxSkew on this
 // contender's clock), or recorded under this contender's own ID, and returns
 // the grant, whose Epoch is one more than the record's. It fails with
@@ -153,7 +164,10 @@ func (l *Lease) read(ctx context.Context) ([]byte, error) {
 // does not wait: call it again to contend.
 //
 // If the outcome of the minitransaction is unknown, Acquire reads the record
-// back: it holds the lease if the record is the one it wrote.
+// back in a step that fences the attempt (on a context of its own if ctx
+// has ended): it holds the lease if the record is the one it wrote, and
+// otherwise the attempt never lands, so an error means the lease was not
+// taken.
 func (l *Lease) Acquire(ctx context.Context) (LeaseRecord, error) {
 	for {
 		if err := ctx.Err(); err != nil {
@@ -174,7 +188,7 @@ func (l *Lease) Acquire(ctx context.Context) (LeaseRecord, error) {
 			if !isUnknown(err) {
 				return LeaseRecord{}, fmt.Errorf("lease acquire: %w", err)
 			}
-			now, rerr := l.read(ctx)
+			now, rerr := l.settle(ctx, err)
 			if rerr != nil {
 				return LeaseRecord{}, fmt.Errorf("lease acquire: %w; reading the record back failed too: %v", err, rerr)
 			}
@@ -250,7 +264,13 @@ func (l *Lease) swap(ctx context.Context, g LeaseRecord, next []byte) (applied b
 	if err != nil && !isUnknown(err) {
 		return false, err
 	}
-	raw, rerr := l.read(ctx)
+	var raw []byte
+	var rerr error
+	if err != nil {
+		raw, rerr = l.settle(ctx, err)
+	} else {
+		raw, rerr = l.read(ctx)
+	}
 	if rerr != nil {
 		if err == nil {
 			return false, fmt.Errorf("%w: the record is no longer epoch %d's grant", ErrNotHolder, g.Epoch)

@@ -175,3 +175,40 @@ func TestAllocAttemptInTransitDoesNotLeak(t *testing.T) {
 		t.Fatalf("after an alloc that failed: got block %#x, want %#x (the failed attempt's block, leaked if it landed)", next.Addr, want)
 	}
 }
+
+// An Acquire whose request is still on its way to the leader when its ctx
+// ends: reading the record back with the ended ctx failed, so the caller
+// could not tell whether it held the lease, and the attempt that landed
+// later made it the holder unawares, keeping everyone else out for a TTL.
+// The settling read now runs on a context of its own and fences the
+// attempt: the lease stays free.
+func TestLeaseAcquireInTransitStaysFree(t *testing.T) {
+	const mn = 1
+	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2})
+	transit := cluster.NewTransit()
+	slow := newClient(t, c.Seeds(), grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption())
+	ctx := ctxT(t)
+	cfg := client.LeaseConfig{Memnode: mn, Addr: 0x3000, ID: 1, TTL: time.Minute}
+	a, err := client.NewLease(slow, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ID = 2
+	b, err := client.NewLease(newClient(t, c.Seeds()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	transit.Arm(mn)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	g, err := a.Acquire(short)
+	cancel()
+	if _, held := transit.Held(); !held || err == nil || errors.Is(err, client.ErrUnknownOutcome) {
+		t.Fatalf("acquire taken aside in transit: held %v, grant %+v, err %v; want a definite failure", held, g, err)
+	}
+	if err := transit.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := b.Acquire(ctx); err != nil {
+		t.Fatalf("another contender after the failed acquire: %+v, %v; want the lease (the attempt in transit must not have taken it)", g, err)
+	}
+}
