@@ -24,13 +24,7 @@ func TestEnqueuedFalseMeansNeverApplied(t *testing.T) {
 	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2, WrapTransport: f.Wrap})
 	cl := newClient(t, c.Seeds())
 	ctx := ctxT(t)
-	q, err := client.OpenQueue(ctx, cl, client.QueueConfig{Memnode: mn, Base: 0x1000, Capacity: 8, SlotSize: 32})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := q.Enqueue(ctx, item("warm")); err != nil {
-		t.Fatal(err)
-	}
+	q := openWarmQueue(t, ctx, cl, mn)
 	f.HoldAppends(mn)
 	defer f.ReleaseAppends()
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
@@ -64,16 +58,9 @@ func TestEnqueuedFalseMeansNeverApplied(t *testing.T) {
 	}
 }
 
-// An Enqueue whose request is still on its way to the leader when
-// Enqueued settles it: a logged read alone is ordered before it and says
-// "not enqueued", then the attempt lands and a retry would enqueue the item
-// twice. Enqueued with the attempt's error fences it: it never lands.
-func TestEnqueuedFalseIsFinalForAnAttemptInTransit(t *testing.T) {
-	const mn = 1
-	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2})
-	transit := cluster.NewTransit()
-	cl := newClient(t, c.Seeds(), grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption())
-	ctx := ctxT(t)
+// openWarmQueue opens the tests' queue on memnode mn and enqueues an item.
+func openWarmQueue(t *testing.T, ctx context.Context, cl *client.Client, mn uint64) *client.Queue {
+	t.Helper()
 	q, err := client.OpenQueue(ctx, cl, client.QueueConfig{Memnode: mn, Base: 0x1000, Capacity: 8, SlotSize: 32})
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +68,27 @@ func TestEnqueuedFalseIsFinalForAnAttemptInTransit(t *testing.T) {
 	if _, err := q.Enqueue(ctx, item("warm")); err != nil {
 		t.Fatal(err)
 	}
+	return q
+}
+
+// inTransit starts a cluster of two memnodes and a client of it whose
+// transport can take one request aside (cluster.Transit).
+func inTransit(t *testing.T) (*cluster.Cluster, *client.Client, *cluster.Transit) {
+	t.Helper()
+	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2})
+	transit := cluster.NewTransit()
+	return c, newClient(t, c.Seeds(), grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption()), transit
+}
+
+// An Enqueue whose request is still on its way to the leader when
+// Enqueued settles it: a logged read alone is ordered before it and says
+// "not enqueued", then the attempt lands and a retry would enqueue the item
+// twice. Enqueued with the attempt's error fences it: it never lands.
+func TestEnqueuedFalseIsFinalForAnAttemptInTransit(t *testing.T) {
+	const mn = 1
+	_, cl, transit := inTransit(t)
+	ctx := ctxT(t)
+	q := openWarmQueue(t, ctx, cl, mn)
 	transit.Arm(mn)
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	pos, attempt := q.Enqueue(short, item("once"))
@@ -141,9 +149,7 @@ func TestAllocSettlesAfterItsContextEnded(t *testing.T) {
 // good). The settling read fences it: it never lands.
 func TestAllocAttemptInTransitDoesNotLeak(t *testing.T) {
 	const mn = 1
-	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2})
-	transit := cluster.NewTransit()
-	cl := newClient(t, c.Seeds(), grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption())
+	_, cl, transit := inTransit(t)
 	ctx := ctxT(t)
 	a, err := client.NewAllocator(cl, client.AllocatorConfig{Memnode: mn, Base: 0x1000, Limit: 0x10000, Align: 64})
 	if err != nil {
@@ -184,9 +190,7 @@ func TestAllocAttemptInTransitDoesNotLeak(t *testing.T) {
 // attempt: the lease stays free.
 func TestLeaseAcquireInTransitStaysFree(t *testing.T) {
 	const mn = 1
-	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2})
-	transit := cluster.NewTransit()
-	slow := newClient(t, c.Seeds(), grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption())
+	c, slow, transit := inTransit(t)
 	ctx := ctxT(t)
 	cfg := client.LeaseConfig{Memnode: mn, Addr: 0x3000, ID: 1, TTL: time.Minute}
 	a, err := client.NewLease(slow, cfg)

@@ -157,19 +157,12 @@ func SettleReads() int64 { return settleReads.Load() }
 // leader), report client.ErrUnknownOutcome to its caller while it goes on:
 // it may still commit, as a request whose connection broke may.
 func UnknownWhilePending(site string, pending func() bool) (fired func() bool, restore func()) {
-	var done atomic.Bool
-	f := func(s string, do func() (*client.Result, error)) (*client.Result, error) {
-		if s != site || !done.CompareAndSwap(false, true) {
-			return do()
+	return UnknownWhen(site, func() error {
+		if pending() {
+			return fmt.Errorf("failpoint at %s: %w", site, client.ErrUnknownOutcome)
 		}
-		go func() { _, _ = do() }() // its answer is lost
-		for deadline := time.Now().Add(10 * time.Second); !pending() && time.Now().Before(deadline); {
-			time.Sleep(time.Millisecond) // polling a condition, bounded
-		}
-		return nil, fmt.Errorf("failpoint at %s: %w", site, client.ErrUnknownOutcome)
-	}
-	execFault.Store(&f)
-	return done.Load, func() { execFault.Store(nil) }
+		return nil
+	})
 }
 
 // FailStateWrites makes the next n writes of a state provider's snapshot
