@@ -163,6 +163,14 @@
 // 56.4k delivered/s per member before, 56.3k, 59.7k, 60.3k after (CPU per
 // delivered message 34.5, 32.2, 32.4 against 32.7, 30.3, 29.8 µs).
 //
+// A host takes Raft frames and snapshots only from its peers (the hosts
+// given to SetPeer): a batch or snapshot whose sender is not one is refused
+// (PermissionDenied) and nothing of it delivered. A host it cannot answer
+// has no business in its groups, and a stale or misconfigured process
+// claiming a host id it was never given is not heard. (With mutual TLS
+// every certificate of the cluster's CA can still open the stream: the
+// certificate is not tied to a host id.)
+//
 // # Engine settings
 //
 // Each entry is encoded straight into the engine batch (SetDeferred), so its

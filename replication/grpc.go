@@ -716,11 +716,25 @@ func (t *GRPCTransport) receive(stream tuttipb.Raft_StreamServer) error {
 	}
 }
 
+// knows reports whether host is a peer (SetPeer). Raft traffic is taken
+// only from peers: a host this one cannot answer (no address) has no
+// business in its groups, and a stale or misconfigured process claiming a
+// host id it was never given is refused rather than heard.
+func (t *GRPCTransport) knows(host uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.mu.peers[host] != nil
+}
+
 // decodeBatch checks and decodes b; errors are gRPC statuses.
 func (t *GRPCTransport) decodeBatch(b *tuttipb.RaftBatchMessages) ([]GroupMessage, error) {
 	if b.GetTo() != t.cfg.ID {
 		return nil, status.Errorf(codes.InvalidArgument,
 			"replication: batch from host %d is addressed to host %d but this is host %d", b.GetFrom(), b.GetTo(), t.cfg.ID)
+	}
+	if !t.knows(b.GetFrom()) {
+		return nil, status.Errorf(codes.PermissionDenied,
+			"replication: batch from host %d, which is not a peer of host %d", b.GetFrom(), t.cfg.ID)
 	}
 	msgs := make([]GroupMessage, len(b.GetMessages()))
 	for i, gm := range b.GetMessages() {
@@ -766,6 +780,10 @@ func (t *GRPCTransport) receiveSnapshot(stream tuttipb.Raft_SnapshotServer) (*ra
 	if first.GetTo() != t.cfg.ID {
 		return nil, 0, status.Errorf(codes.InvalidArgument,
 			"replication: snapshot from host %d is addressed to host %d but this is host %d", from, first.GetTo(), t.cfg.ID)
+	}
+	if !t.knows(from) {
+		return nil, 0, status.Errorf(codes.PermissionDenied,
+			"replication: snapshot from host %d, which is not a peer of host %d", from, t.cfg.ID)
 	}
 	m := &raftpb.Message{}
 	if err := proto.Unmarshal(first.GetMessage(), m); err != nil {

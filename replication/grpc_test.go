@@ -387,6 +387,7 @@ func TestGRPCTransportReconnect(t *testing.T) {
 
 	// It comes back on a new address.
 	b2 := startGRPCNode(t, 2, "127.0.0.1:0", nil)
+	b2.tr.SetPeer(1, a.addr) // it hears only from its peers
 	a.tr.SetPeer(2, b2.addr)
 	keepSending(t, a, 2, b2.h)
 
@@ -404,6 +405,7 @@ func TestGRPCTransportReconnect(t *testing.T) {
 	if err != nil {
 		t.Skipf("cannot listen again on %s: %v", b2.addr, err)
 	}
+	b3.tr.SetPeer(1, a.addr)
 	keepSending(t, a, 2, b3.h)
 }
 
@@ -439,8 +441,12 @@ func wantCode(t *testing.T, what string, err error, c codes.Code, sub string) {
 	}
 }
 
+// unreachableAddr is a peer address nothing listens on (port 1).
+const unreachableAddr = "127.0.0.1:1"
+
 func TestGRPCTransportRefusesBadBatches(t *testing.T) {
 	b := startGRPCNode(t, 2, "127.0.0.1:0", nil)
+	b.tr.SetPeer(1, unreachableAddr)
 	c := rawClient(t, b.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -453,6 +459,9 @@ func TestGRPCTransportRefusesBadBatches(t *testing.T) {
 	}{
 		{"wrong host", &tuttipb.RaftBatch{From: 1, To: 3, Messages: []*tuttipb.GroupMessage{{Group: 1, Message: good}}},
 			codes.InvalidArgument, "addressed to host 3 but this is host 2"},
+		{"not a peer", &tuttipb.RaftBatch{From: 5, To: 2, Messages: []*tuttipb.GroupMessage{
+			{Group: 1, Message: mustMarshal(t, trMsg(1, 5, 2, raftpb.MsgApp, 1).Msg)}}},
+			codes.PermissionDenied, "from host 5, which is not a peer of host 2"},
 		// Messages are decoded with the batch (RaftBatchMessages): gRPC
 		// refuses the frame.
 		{"undecodable", &tuttipb.RaftBatch{From: 1, To: 2, Messages: []*tuttipb.GroupMessage{{Group: 1, Message: []byte{0xff, 0xff, 0xff}}}},
@@ -507,6 +516,7 @@ func TestGRPCTransportRefusesBadBatches(t *testing.T) {
 
 func TestGRPCTransportRefusesBadSnapshots(t *testing.T) {
 	b := startGRPCNode(t, 2, "127.0.0.1:0", func(c *GRPCConfig) { c.MaxSnapshotBytes = 100 })
+	b.tr.SetPeer(1, unreachableAddr)
 	c := rawClient(t, b.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -519,6 +529,8 @@ func TestGRPCTransportRefusesBadSnapshots(t *testing.T) {
 	}{
 		{"empty", nil, codes.InvalidArgument, "empty snapshot stream"},
 		{"wrong host", []*tuttipb.SnapshotChunk{{From: 1, To: 3, Group: 1, Message: head, Last: true}}, codes.InvalidArgument, "addressed to host 3"},
+		{"not a peer", []*tuttipb.SnapshotChunk{{From: 5, To: 2, Group: 1, Message: mustMarshal(t, trSnap(1, 5, 2, nil).Msg), Last: true}},
+			codes.PermissionDenied, "from host 5, which is not a peer"},
 		{"no message", []*tuttipb.SnapshotChunk{{From: 1, To: 2, Group: 1, Data: []byte("x"), Last: true}}, codes.InvalidArgument, "must carry a MsgSnap"},
 		{"not a snapshot", []*tuttipb.SnapshotChunk{{From: 1, To: 2, Group: 1, Message: mustMarshal(t, trMsg(1, 1, 2, raftpb.MsgApp, 1).Msg), Last: true}}, codes.InvalidArgument, "must carry a MsgSnap"},
 		{"no last chunk", []*tuttipb.SnapshotChunk{{From: 1, To: 2, Group: 1, Message: head}, {Data: []byte("abc")}}, codes.InvalidArgument, "without its last chunk"},
