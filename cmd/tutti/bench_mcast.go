@@ -353,6 +353,18 @@ entries proposed per message multicast ("fsyncs_per_msg",
 			}
 			b := &mcastBench{exe: exe, seeds: seeds, logDir: logDir, progress: progress, msgBytes: msgBytes, payload: payload,
 				group: fmt.Sprintf("bench-mcast-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6), gcsFlags: gcsFlags, memberProf: memberProf, memberLog: memberLog, senders: senders, replStats: replStats}
+			if !embedded {
+				// Deferred before stopAll, so it runs after it: the
+				// members leave first, then their groups go.
+				var groups []string
+				if len(levels) > 0 {
+					groups = append(groups, b.group)
+				}
+				if crashTrials > 0 {
+					groups = append(groups, b.group+"-crash")
+				}
+				defer deleteBenchGroups(cmd, log, seeds, groups)
+			}
 			defer b.stopAll()
 			if len(levels) > 0 {
 				if err := b.start(ctx, members, false); err != nil {
@@ -382,7 +394,7 @@ entries proposed per message multicast ("fsyncs_per_msg",
 		},
 	}
 	f := cmd.Flags()
-	benchSeedFlag(f, &seed, "the members join new groups named bench-mcast-<pid>-<n> there")
+	benchSeedFlag(f, &seed, "the members join new groups named bench-mcast-<pid>-<n> there, deleted once they left")
 	f.IntVar(&members, "members", 3, "group members, each a separate OS process")
 	f.IntVar(&msgBytes, "msg-bytes", 1024, "bytes per message (at least 24: the benchmark's header)")
 	f.StringVar(&payload, "payload", payloadRandom, `message bytes after the header: "random" (incompressible) or "zeros"`)
@@ -734,6 +746,46 @@ func (b *mcastBench) crash(ctx context.Context, trials int, maxWait time.Duratio
 		p.P50ms, p.P99ms, p.MaxMs = ms(pct(took, 0.50)), ms(pct(took, 0.99)), ms(took[len(took)-1])
 	}
 	return p, nil
+}
+
+// deleteBenchGroups deletes the benchmark's groups on a cluster it did not
+// start, once their members left (a group whose last member left is
+// emptied in the background: ErrNotEmpty is retried for a while). A group
+// it cannot delete is named on stderr with the command that deletes it.
+func deleteBenchGroups(cmd *cobra.Command, log zerolog.Logger, seeds []string, groups []string) {
+	if len(groups) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	warn := func(group string, err error) {
+		fmt.Fprintf(cmd.ErrOrStderr(), "tutti: bench group %s is left on the cluster (%v); delete it with: tutti group %s --delete\n", group, err, group)
+	}
+	cl, err := newClient(ctx, log, seeds)
+	if err == nil {
+		var n *gcs.Node
+		if n, err = gcs.Open(ctx, gcs.Config{Client: cl, ID: defaultID("bench-cleanup"), Logger: log}); err == nil {
+			defer n.Close()
+			for _, group := range groups {
+				for {
+					err := n.Delete(ctx, group)
+					if errors.Is(err, gcs.ErrNotEmpty) && ctx.Err() == nil {
+						time.Sleep(200 * time.Millisecond) // waiting for the last leave's reclaim, bounded by ctx
+						continue
+					}
+					if err != nil && !errors.Is(err, gcs.ErrNoGroup) {
+						warn(group, err)
+					}
+					break
+				}
+			}
+			return
+		}
+		cl.Close()
+	}
+	for _, group := range groups {
+		warn(group, err)
+	}
 }
 
 func (b *mcastBench) stopAll() {

@@ -218,6 +218,20 @@ func TestBenchMcastCommand(t *testing.T) {
 	if points[0]["offered_per_sec"] != 200.0 || points[0]["saturation"] != false || points[1]["saturation"] != true {
 		t.Fatalf("points: offered %v (saturation %v), then saturation %v; want 200/s, then max", points[0]["offered_per_sec"], points[0]["saturation"], points[1]["saturation"])
 	}
+
+	// On a cluster it did not start, the benchmark deletes the groups its
+	// members joined once they left (before, each run left one behind,
+	// and each memnode's index holds 1024 names).
+	c := testCluster(t)
+	seed := c.Seeds()[0]
+	if out, err := exec.CommandContext(ctx, bin, "bench", "mcast", "--seed", seed, "--members", "2", "--rates", "200",
+		"--duration", "1s", "--warmup", "300ms", "--quiet").CombinedOutput(); err != nil {
+		t.Fatalf("bench mcast --seed: %v\n%s", err, out)
+	}
+	groups, err := run(t, "groups", "--seed="+seed)
+	if err != nil || strings.Contains(groups, "bench-mcast-") {
+		t.Fatalf("groups after bench mcast --seed (%v):\n%s", err, groups)
+	}
 }
 
 // TestBenchMcastPayloadIncompressible: the default payload of bench mcast
