@@ -167,9 +167,12 @@
 // given to SetPeer): a batch or snapshot whose sender is not one is refused
 // (PermissionDenied) and nothing of it delivered. A host it cannot answer
 // has no business in its groups, and a stale or misconfigured process
-// claiming a host id it was never given is not heard. (With mutual TLS
-// every certificate of the cluster's CA can still open the stream: the
-// certificate is not tied to a host id.)
+// claiming a host id it was never given is not heard. GRPCConfig.
+// AuthorizePeer, asked once per stream and sender with the stream's
+// context, can tie the stream's credentials to the host id it claims:
+// tutti's daemon, with mutual TLS, requires a certificate usable by a
+// server and valid for the name the claimed host is dialled by, so an
+// application's certificate of the cluster's CA cannot speak Raft.
 //
 // # Engine settings
 //

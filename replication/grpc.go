@@ -73,6 +73,15 @@ type GRPCConfig struct {
 	// MaxSnapshotBytes bounds the data of one incoming snapshot, in bytes.
 	// Default 1 GiB.
 	MaxSnapshotBytes int64
+	// AuthorizePeer, if set, decides whether a stream may carry Raft
+	// traffic of host (a peer, at addr): it is called with the stream's
+	// context (peer.FromContext gives its transport credentials) before
+	// the stream's first batch or snapshot from host is taken, and again
+	// if the stream names another sender. An error refuses the stream
+	// (PermissionDenied) and nothing of it is delivered. With mutual TLS it
+	// ties a certificate to a host id (cmd/tutti: the certificate must be
+	// valid for the name its dialers verify the host's certificate for).
+	AuthorizePeer func(ctx context.Context, host uint64, addr string) error
 }
 
 // Defaults of GRPCConfig.
@@ -687,6 +696,7 @@ func (s *grpcRaftServer) Stream(stream tuttipb.Raft_StreamServer) error {
 // the wire-identical RaftBatchMessages: each Raft message is decoded once,
 // from the frame itself.
 func (t *GRPCTransport) receive(stream tuttipb.Raft_StreamServer) error {
+	var authorized uint64 // the sender this stream was authorized for
 	for {
 		b := &tuttipb.RaftBatchMessages{}
 		err := stream.RecvMsg(b)
@@ -703,6 +713,11 @@ func (t *GRPCTransport) receive(stream tuttipb.Raft_StreamServer) error {
 			return err
 		}
 		msgs, err := t.decodeBatch(b)
+		if err == nil && b.GetFrom() != authorized {
+			if err = t.authorize(stream.Context(), b.GetFrom()); err == nil {
+				authorized = b.GetFrom()
+			}
+		}
 		if err != nil {
 			t.log.Warn().Err(err).Uint64("from", b.GetFrom()).Msg("refused raft batch")
 			return err
@@ -724,6 +739,24 @@ func (t *GRPCTransport) knows(host uint64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.mu.peers[host] != nil
+}
+
+// authorize applies GRPCConfig.AuthorizePeer to a stream from host, a
+// peer; the error is a gRPC status.
+func (t *GRPCTransport) authorize(ctx context.Context, host uint64) error {
+	if t.cfg.AuthorizePeer == nil {
+		return nil
+	}
+	t.mu.Lock()
+	var addr string
+	if p := t.mu.peers[host]; p != nil {
+		addr = p.addr
+	}
+	t.mu.Unlock()
+	if err := t.cfg.AuthorizePeer(ctx, host, addr); err != nil {
+		return status.Errorf(codes.PermissionDenied, "replication: host %d refuses Raft traffic as host %d: %v", t.cfg.ID, host, err)
+	}
+	return nil
 }
 
 // decodeBatch checks and decodes b; errors are gRPC statuses.
@@ -784,6 +817,9 @@ func (t *GRPCTransport) receiveSnapshot(stream tuttipb.Raft_SnapshotServer) (*ra
 	if !t.knows(from) {
 		return nil, 0, status.Errorf(codes.PermissionDenied,
 			"replication: snapshot from host %d, which is not a peer of host %d", from, t.cfg.ID)
+	}
+	if err := t.authorize(stream.Context(), from); err != nil {
+		return nil, 0, err
 	}
 	m := &raftpb.Message{}
 	if err := proto.Unmarshal(first.GetMessage(), m); err != nil {

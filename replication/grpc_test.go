@@ -703,3 +703,66 @@ func TestRaftBatchMessagesIsRaftBatchOnTheWire(t *testing.T) {
 		t.Fatalf("RaftBatch decoded as RaftBatchMessages: %v %v", back, err)
 	}
 }
+
+// AuthorizePeer decides, per stream and sender, whether Raft traffic is
+// taken: refused batches and snapshots deliver nothing, and it is asked
+// once per stream and sender, with the sender's address.
+func TestGRPCTransportAuthorizePeer(t *testing.T) {
+	var mu sync.Mutex
+	var asked []string
+	b := startGRPCNode(t, 2, "127.0.0.1:0", func(c *GRPCConfig) {
+		c.AuthorizePeer = func(ctx context.Context, host uint64, addr string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			asked = append(asked, fmt.Sprintf("%d@%s", host, addr))
+			if host == 3 {
+				return errors.New("host 3 is not welcome")
+			}
+			return nil
+		}
+	})
+	b.tr.SetPeer(1, unreachableAddr)
+	b.tr.SetPeer(3, "127.0.0.3:1")
+	c := rawClient(t, b.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	send := func(from uint64, n int) error {
+		s, err := c.Stream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range n {
+			b := &tuttipb.RaftBatch{From: from, To: 2, Messages: []*tuttipb.GroupMessage{
+				{Group: 1, Message: mustMarshal(t, trMsg(1, from, 2, raftpb.MsgApp, 1).Msg)}}}
+			if err := s.Send(b); err != nil && !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+		}
+		_, err = s.CloseAndRecv()
+		return err
+	}
+	wantCode(t, "refused sender", send(3, 1), codes.PermissionDenied, "host 3 is not welcome")
+	snap, err := c.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snap.Send(&tuttipb.SnapshotChunk{From: 3, To: 2, Group: 1, Message: mustMarshal(t, trSnap(1, 3, 2, nil).Msg), Last: true}); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	_, err = snap.CloseAndRecv()
+	wantCode(t, "refused snapshot", err, codes.PermissionDenied, "host 3 is not welcome")
+	if n := b.h.count(); n != 0 {
+		t.Fatalf("refused traffic delivered %d messages", n)
+	}
+	if err := send(1, 3); err != nil {
+		t.Fatalf("authorized sender: %v", err)
+	}
+	if n := b.h.count(); n != 3 {
+		t.Fatalf("authorized stream delivered %d messages, want 3", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"3@127.0.0.3:1", "3@127.0.0.3:1", "1@" + unreachableAddr}; !slices.Equal(asked, want) {
+		t.Fatalf("asked %v, want %v (once per stream and sender)", asked, want)
+	}
+}

@@ -137,6 +137,7 @@ Precedence: command line, then environment, then config file, then default.`,
 				ID: id, Listen: listen, Hosts: hosts, Memnodes: specs, DataDir: dataDir,
 				Memnode: mc, Replication: rc, Logger: log,
 				ServerOptions: tm.serverOptions(log), DialOptions: tm.dialOptions(),
+				AuthorizeRaftPeer: tm.authorizeRaftPeer(),
 			})
 			if err != nil {
 				return err

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 )
 
 // tlsFlags are the mutual-TLS settings shared by every command: servers
@@ -137,6 +140,47 @@ func explainConnErr(err error, tlsOn bool) error {
 		return fmt.Errorf("%w (the server probably refused this process's certificate: is --tls-cert signed by the cluster's CA?)", err)
 	}
 	return err
+}
+
+// authorizeRaftPeer ties a Raft stream's certificate to the host id it
+// claims (nil without TLS): the certificate the peer presented (already
+// verified against the CA by the handshake) must be usable by a server
+// (extended key usage ServerAuth, or none) and valid for the name this
+// host's dialers verify that host's certificate for: --tls-server-name if
+// set, else the host part of the host's address. So a client's certificate
+// of the cluster's CA cannot speak Raft, and with per-host certificates
+// one host cannot speak for another.
+func (m *tlsMaterial) authorizeRaftPeer() func(ctx context.Context, host uint64, addr string) error {
+	if m == nil {
+		return nil
+	}
+	return func(ctx context.Context, host uint64, addr string) error {
+		p, ok := peer.FromContext(ctx)
+		if !ok {
+			return errors.New("no peer information")
+		}
+		info, ok := p.AuthInfo.(credentials.TLSInfo)
+		if !ok || len(info.State.PeerCertificates) == 0 {
+			return errors.New("no TLS client certificate")
+		}
+		cert := info.State.PeerCertificates[0]
+		if len(cert.ExtKeyUsage) > 0 && !slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageServerAuth) &&
+			!slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageAny) {
+			return fmt.Errorf("certificate %q is not a server certificate (no ServerAuth usage)", cert.Subject.CommonName)
+		}
+		name := m.serverName
+		if name == "" {
+			h, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				return fmt.Errorf("host %d's address %q: %w", host, addr, err)
+			}
+			name = h
+		}
+		if err := cert.VerifyHostname(name); err != nil {
+			return fmt.Errorf("certificate %q is not valid for host %d (%s): %w", cert.Subject.CommonName, host, name, err)
+		}
+		return nil
+	}
 }
 
 // dialOptions: present the certificate, verify the server against the CA.

@@ -8,6 +8,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -17,7 +19,13 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/tutti-gcs/tutti/api/tuttipb"
 	"github.com/tutti-gcs/tutti/internal/cluster"
 )
 
@@ -62,6 +70,18 @@ func (ca *testCA) caFile(name string) string { return filepath.Join(ca.dir, name
 // issue writes name.pem / name-key.pem: a certificate for 127.0.0.1 usable
 // by servers and clients.
 func (ca *testCA) issue(name string, serial int64) (certFile, keyFile string) {
+	return ca.issueWith(name, serial, nil)
+}
+
+// issueClient writes a certificate usable by clients only, naming no
+// address: an application's.
+func (ca *testCA) issueClient(name string, serial int64) (certFile, keyFile string) {
+	return ca.issueWith(name, serial, func(c *x509.Certificate) {
+		c.ExtKeyUsage, c.IPAddresses = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil
+	})
+}
+
+func (ca *testCA) issueWith(name string, serial int64, tweak func(*x509.Certificate)) (certFile, keyFile string) {
 	t := ca.t
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -75,6 +95,9 @@ func (ca *testCA) issue(name string, serial int64) (certFile, keyFile string) {
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	if tweak != nil {
+		tweak(tmpl)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -201,5 +224,66 @@ func TestMutualTLS(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: want an error containing %q, got %q %v", tc.name, tc.want, out, err)
 		}
+	}
+}
+
+// TestRaftRefusesClientCertificates: with mutual TLS any certificate of the
+// cluster's CA passes the handshake, an application's included, and Raft
+// streams took whatever host id a frame claimed. A host now takes Raft
+// traffic only over a certificate usable by a server and valid for the
+// name its dialers verify the claimed host for (authorizeRaftPeer); the
+// hosts' own certificates still carry the cluster.
+func TestRaftRefusesClientCertificates(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCA(t, dir, "good")
+	hostCert, hostKey := ca.issue("host", 2)
+	appCert, appKey := ca.issueClient("app", 3)
+	tm, err := (&tlsFlags{cert: hostCert, key: hostKey, ca: ca.caFile("good")}).load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cluster.Start(cluster.Config{
+		NoSync: true, DataDir: t.TempDir(),
+		ServerOptions: tm.serverOptions(), DialOptions: tm.dialOptions(), AuthorizeRaftPeer: tm.authorizeRaftPeer(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil { // Raft between the hosts works
+		t.Fatal(err)
+	}
+	// A frame from "host 2" to host 1, for a group nobody has.
+	frame := func(certFile, keyFile string) error {
+		am, err := (&tlsFlags{cert: certFile, key: keyFile, ca: ca.caFile("good")}).load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc, err := grpc.NewClient(c.Seeds()[0], am.dialOptions()...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		s, err := tuttipb.NewRaftClient(cc).Stream(ctx)
+		if err != nil {
+			return err
+		}
+		m, err := proto.Marshal(&raftpb.Message{Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: proto.Uint64(2), To: proto.Uint64(1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(&tuttipb.RaftBatch{From: 2, To: 1, Messages: []*tuttipb.GroupMessage{{Group: 1 << 40, Message: m}}}); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		_, err = s.CloseAndRecv()
+		return err
+	}
+	if err := frame(appCert, appKey); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "not a server certificate") {
+		t.Fatalf("Raft frame over an application's certificate: %v; want PermissionDenied, not a server certificate", err)
+	}
+	if err := frame(hostCert, hostKey); err != nil {
+		t.Fatalf("Raft frame over a host's certificate: %v", err)
 	}
 }

@@ -47,6 +47,8 @@ type Config struct {
 	// credentials); clients of the cluster then need matching ones.
 	ServerOptions []grpc.ServerOption
 	DialOptions   []grpc.DialOption
+	// AuthorizeRaftPeer goes to every host (HostConfig.AuthorizeRaftPeer).
+	AuthorizeRaftPeer func(ctx context.Context, host uint64, addr string) error
 }
 
 // Cluster is a running local cluster.
@@ -120,6 +122,8 @@ func Start(cfg Config) (*Cluster, error) {
 
 			ServerOptions: cfg.ServerOptions,
 			DialOptions:   cfg.DialOptions,
+
+			AuthorizeRaftPeer: cfg.AuthorizeRaftPeer,
 		}
 		hc.WrapTransport = cfg.WrapTransport
 		hc.DirectoryPoll = cfg.DirectoryPoll

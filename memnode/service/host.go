@@ -61,6 +61,9 @@ type HostConfig struct {
 	ServerOptions []grpc.ServerOption
 	// DialOptions are used to reach other hosts; insecure if empty.
 	DialOptions []grpc.DialOption
+	// AuthorizeRaftPeer, if set, decides whether a stream may carry Raft
+	// traffic of another host (replication.GRPCConfig.AuthorizePeer).
+	AuthorizeRaftPeer func(ctx context.Context, host uint64, addr string) error
 	// Recovery tunes the recovery coordinator for in-doubt tids.
 	Recovery RecoveryConfig
 	// WrapTransport, if set, wraps the Raft transport (tests: fault injection).
@@ -152,7 +155,8 @@ func StartHost(cfg HostConfig) (*Host, error) {
 	if len(dial) == 0 {
 		dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
-	tr, err := replication.NewGRPCTransport(replication.GRPCConfig{ID: cfg.ID, Logger: log, DialOptions: dial})
+	tr, err := replication.NewGRPCTransport(replication.GRPCConfig{ID: cfg.ID, Logger: log, DialOptions: dial,
+		AuthorizePeer: cfg.AuthorizeRaftPeer})
 	if err != nil {
 		lis.Close()
 		return nil, err
