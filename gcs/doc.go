@@ -193,7 +193,18 @@
 // 3.3–3.9 ms), and 37–50k when it is shared with other test runs (100/s
 // p50 1.28–1.47 ms), 0.69–0.81 of what zero-filled payloads give (the log
 // engine compresses its flushed tables). At saturation the two cores are
-// 85–90% busy and the cluster writes 520–590 MB/s to the disk. Every other
+// 85–90% busy and the cluster writes 520–590 MB/s to the disk. The same
+// kind of machine is not always the same machine: on 2026-12-01 a later
+// VM took 1.0–1.1 µs per system call (getppid) and 11 µs per first touch
+// of a 4 KiB page (no change after touching 21 GiB once: freed guest
+// memory goes back to the host), and saturation there was 24–34k with the
+// bench's 1 s warm-up, 39k after a 20 s one: in the first seconds 70% of
+// the embedded cluster's 20–27k page faults/s are first fills of the log
+// engine's memtable arenas (perf record -e page-faults; Pebble recycles
+// them, so a running cluster has paid this), and at steady state (866
+// faults/s) 48% of all CPU samples are in the kernel, 17% copying write()
+// data into the page cache. bench mtx's cas2/base there: 0.45–0.52 at 256
+// outstanding, 0.40–0.45 at 2048. Every other
 // figure in this section used zero-filled payloads on a shared machine. On a quiet 2-core machine (`tutti bench mcast`, 3 member
 // processes, 1 KiB messages, embedded cluster with fsync, defaults; 3 runs
 // each):
