@@ -54,6 +54,12 @@
 // tid then stays in doubt, its locks held, rather than risk an outcome
 // that differs between participants; an operator must decide it.
 //
+// A tid carries the client's clock (Config.Now), and memnodes refuse
+// attempts whose tid is older than their horizon (60 s by default) by
+// their own clock: a Prepare as BAD-FORCED, a one-phase attempt with
+// ErrFenced (a fence of it may have been forgotten by then). So a client's
+// clock must not run behind the cluster's by as much as the horizon.
+//
 // Exec never aborts an attempt whose votes it could not all see (a lost
 // response, a context that ended): it learns the missing votes with
 // AbortUnlessVoted and decides by the same rule, because every vote may
