@@ -214,6 +214,12 @@ them), p50/p99 over sampled messages. Send and delivery times are wall-clock
 point the members drain and check that every message whose Multicast
 returned nil was delivered by every member ("lost" must be 0).
 
+A fresh embedded cluster spends its first seconds of saturation filling the
+log engine's memtables for the first time (64 MiB arenas, reused after);
+where first touches of memory are slow (11 µs a page on one VM here) that
+cost a third of the throughput of a 1 s warm-up. For a steady-state figure
+give a longer one, e.g. --warmup 20s.
+
 --crash-trials N then runs the members with membership agents (gossip) and
 N times SIGKILLs one member, measuring the time until every survivor
 delivered the view without it (membership-driven removal), restarting the
