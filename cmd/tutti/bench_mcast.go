@@ -216,9 +216,10 @@ returned nil was delivered by every member ("lost" must be 0).
 
 A fresh embedded cluster spends its first seconds of saturation filling the
 log engine's memtables for the first time (64 MiB arenas, reused after);
-where first touches of memory are slow (11 µs a page on one VM here) that
-cost a third of the throughput of a 1 s warm-up. For a steady-state figure
-give a longer one, e.g. --warmup 20s.
+where first touches of memory are slow (11 µs a page on one VM here),
+saturation measured after a 1 s warm-up was about a quarter below the
+steady state. For a steady-state figure give a longer one, e.g.
+--warmup 20s.
 
 --crash-trials N then runs the members with membership agents (gossip) and
 N times SIGKILLs one member, measuring the time until every survivor
