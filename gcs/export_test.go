@@ -209,3 +209,18 @@ func AfterSettleRead(f func()) (restore func()) {
 	afterSettleRead.Store(&f)
 	return func() { afterSettleRead.Store(nil) }
 }
+
+// CreateMeta allocates and initialises a metadata region on home, as a new
+// group's lookup does.
+func CreateMeta(ctx context.Context, n *Node, home uint64) (client.Region, error) {
+	return n.createMeta(ctx, home)
+}
+
+// AllocOn allocates size bytes with n's allocator of home (the one
+// metadata regions come from).
+func AllocOn(ctx context.Context, n *Node, home, size uint64) (client.Region, error) {
+	return n.allocs[home].Alloc(ctx, size)
+}
+
+// MetaMagic starts every live group's metadata region.
+const MetaMagic = metaMagic

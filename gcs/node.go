@@ -489,16 +489,36 @@ func (n *Node) createMeta(ctx context.Context, home uint64) (client.Region, erro
 		}
 		return client.Region{}, err
 	}
-	if _, err := n.exec(ctx, client.NewTx().Write(home, r.Addr, init)); err != nil && !errors.Is(err, client.ErrUnknownOutcome) {
+	_, err = n.exec(ctx, client.NewTx().Write(home, r.Addr, init))
+	if err == nil {
+		return r, nil
+	}
+	if !errors.Is(err, client.ErrUnknownOutcome) {
 		return fail(err)
 	}
-	// An unknown outcome is settled by openRef's magic check after the
-	// claim; write once more to be sure.
-	if _, err := n.exec(ctx, client.NewTx().Write(home, r.Addr, init)); err != nil {
-		return fail(err)
+	// The attempt may still be on its way to the leader: write once more,
+	// fencing it, so that it never lands later over a region that has
+	// become a live group's, or been freed and handed to someone else. On
+	// a context of its own if ctx ended (often why the outcome is
+	// unknown). If that fails too, the region is kept (lost), not freed.
+	wctx := ctx
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		defer cancel()
+	}
+	if _, werr := n.exec(wctx, client.NewTx().Write(home, r.Addr, init).Fence(client.UnknownAttempt(err))); werr != nil {
+		return client.Region{}, errors.Join(err, werr)
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return fail(errors.Join(err, cerr))
 	}
 	return r, nil
 }
+
+// settleTimeout bounds a step that settles an unknown outcome once the
+// caller's context has ended.
+const settleTimeout = 5 * time.Second
 
 func (n *Node) openRef(ctx context.Context, name string, home, meta uint64, slot int) (groupRef, error) {
 	ref := groupRef{name: name, home: home, meta: meta, slot: IndexBase + uint64(slot)*IndexSlotSize}

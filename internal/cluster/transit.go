@@ -25,6 +25,7 @@ type Transit struct {
 	mu       sync.Mutex
 	armed    bool
 	memnode  uint64
+	match    func(*tuttipb.Request) bool // if set, which request to take
 	held     *tuttipb.Request
 	stream   *transitStream
 	answered chan struct{} // closed when the held request was answered
@@ -43,6 +44,24 @@ func (t *Transit) Arm(memnode uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.armed, t.memnode = true, memnode
+}
+
+// ArmFunc takes the next one-phase request with writes on memnode for
+// which match reports true aside (once).
+func (t *Transit) ArmFunc(memnode uint64, match func(*tuttipb.Request) bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.armed, t.memnode, t.match = true, memnode, match
+}
+
+// HeldRequest returns a copy of the held request, nil if none.
+func (t *Transit) HeldRequest() *tuttipb.Request {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.held == nil {
+		return nil
+	}
+	return proto.Clone(t.held).(*tuttipb.Request)
 }
 
 // Held returns the held request's tid, once a request was taken aside.
@@ -101,7 +120,8 @@ func (s *transitStream) SendMsg(m any) error {
 		t.mu.Lock()
 		if t.armed {
 			for i, r := range b.GetRequests() {
-				if r.GetKind() == tuttipb.Kind_KIND_EXEC && r.GetMemnode() == t.memnode && len(r.GetWrites()) > 0 {
+				if r.GetKind() == tuttipb.Kind_KIND_EXEC && r.GetMemnode() == t.memnode && len(r.GetWrites()) > 0 &&
+					(t.match == nil || t.match(r)) {
 					t.armed, t.held, t.stream = false, proto.Clone(r).(*tuttipb.Request), s
 					m = &tuttipb.RequestBatch{Requests: slices.Delete(slices.Clone(b.GetRequests()), i, i+1)}
 					break
