@@ -103,6 +103,15 @@ func rejoinedOnce(t *testing.T, a, c *Node, rc *recorder, armed *atomic.Bool, wa
 	}
 }
 
+// TestUnsettledRejoinIsAdopted: an evicted process's rejoin loses its
+// answer and cannot be settled (the table memnode's leader holds it longer
+// than the settling read waits), then commits. The process must recognise
+// the committed row as its own rejoin, not as a newer copy of itself
+// (Superseded, which stops it for good).
+func TestUnsettledRejoinIsAdopted(t *testing.T) {
+	rejoinWithAppendsHeld(t, opTimeout+1500*time.Millisecond, 25*time.Second) // past the settling read's deadline
+}
+
 // TestRejoinInTransitWhenSettledIsAdopted: an evicted process's rejoin
 // loses its answer while the request is still on its way to the table
 // memnode's leader. The settling read, though logged, came before it and
