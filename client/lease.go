@@ -166,8 +166,10 @@ func (l *Lease) settle(ctx context.Context, attempt error) ([]byte, error) {
 // If the outcome of the minitransaction is unknown, Acquire reads the record
 // back in a step that fences the attempt (on a context of its own if ctx
 // has ended): it holds the lease if the record is the one it wrote, and
-// otherwise the attempt never lands, so an error means the lease was not
-// taken.
+// otherwise the attempt never lands. So an error means the lease was not
+// taken, unless it wraps ErrUnknownOutcome: the read back failed too, the
+// fence may not have been applied, and the attempt may still take the
+// lease (until its Expiry).
 func (l *Lease) Acquire(ctx context.Context) (LeaseRecord, error) {
 	for {
 		if err := ctx.Err(); err != nil {
