@@ -84,10 +84,11 @@ type QueueState struct {
 // An Enqueue whose minitransaction's outcome is unknown returns an error
 // wrapping ErrUnknownOutcome together with the position the attempt would
 // have taken. Retrying blindly may enqueue the item twice. Instead call
-// Enqueued(ctx, pos, item, err) with that error: false means the attempt did
-// not take pos and never will (the call fences it), so it is safe to retry. The answer is exact only if no other producer can
-// enqueue an identical item, so make items unique, e.g. by starting each
-// with a producer ID and sequence number (which also lets consumers drop
+// Enqueued(ctx, pos, item, err) with that error: false means the attempt
+// did not take pos and never will (the call fences it), so it is safe to
+// retry. The answer is exact only if no other producer can enqueue an
+// identical item, so make items unique, e.g. by starting each with a
+// producer ID and sequence number (which also lets consumers drop
 // duplicates).
 //
 // A Queue is safe for concurrent use. It caches the last head and tail it

@@ -77,9 +77,11 @@ func (t *Tx) Logged() *Tx {
 // an attempt still on its way to the leader that arrives later is refused
 // (it changes nothing). So once this minitransaction commits, its reads
 // show every fenced attempt that will ever have applied. Zero TIDs are
-// skipped. A fence needs a minitransaction on exactly one memnode (Exec
-// fails with ErrInvalid otherwise) and counts against the cluster's item
-// limit. It does nothing to a two-phase tid that is in doubt or decided.
+// skipped. A fence needs a minitransaction on exactly one memnode, the
+// memnode of the attempts (Exec fails with ErrInvalid for several; on
+// another memnode a fence does nothing), and at most the cluster's item
+// limit of tids (counted apart from the items). It does nothing to a
+// two-phase tid that is in doubt or decided.
 func (t *Tx) Fence(tids ...TID) *Tx {
 	for _, tid := range tids {
 		if tid != (TID{}) {
