@@ -165,7 +165,10 @@
 //
 // A host takes Raft frames and snapshots only from its peers (the hosts
 // given to SetPeer): a batch or snapshot whose sender is not one is refused
-// (PermissionDenied) and nothing of it delivered. A host it cannot answer
+// (PermissionDenied) and nothing of it delivered, and GRPCConfig.
+// UnknownPeer is told (memnode/service then reads the directory at once,
+// so a host added at runtime is heard within a read rather than the next
+// poll; until then its frames are refused). A host it cannot answer
 // has no business in its groups, and a stale or misconfigured process
 // claiming a host id it was never given is not heard. GRPCConfig.
 // AuthorizePeer, asked once per stream and sender with the stream's

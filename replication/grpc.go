@@ -82,6 +82,12 @@ type GRPCConfig struct {
 	// ties a certificate to a host id (cmd/tutti: the certificate must be
 	// valid for the name its dialers verify the host's certificate for).
 	AuthorizePeer func(ctx context.Context, host uint64, addr string) error
+	// UnknownPeer, if set, is called (and must not block) when a batch or
+	// snapshot from a host that is not a peer is refused: say, a host
+	// added since this one last learnt the cluster's hosts, which the
+	// caller may then look up (SetPeer) instead of waiting for its next
+	// poll.
+	UnknownPeer func(host uint64)
 }
 
 // Defaults of GRPCConfig.
@@ -741,6 +747,13 @@ func (t *GRPCTransport) knows(host uint64) bool {
 	return t.mu.peers[host] != nil
 }
 
+// unknownPeer reports a refused sender to GRPCConfig.UnknownPeer.
+func (t *GRPCTransport) unknownPeer(host uint64) {
+	if f := t.cfg.UnknownPeer; f != nil {
+		f(host)
+	}
+}
+
 // authorize applies GRPCConfig.AuthorizePeer to a stream from host, a
 // peer; the error is a gRPC status.
 func (t *GRPCTransport) authorize(ctx context.Context, host uint64) error {
@@ -766,6 +779,7 @@ func (t *GRPCTransport) decodeBatch(b *tuttipb.RaftBatchMessages) ([]GroupMessag
 			"replication: batch from host %d is addressed to host %d but this is host %d", b.GetFrom(), b.GetTo(), t.cfg.ID)
 	}
 	if !t.knows(b.GetFrom()) {
+		t.unknownPeer(b.GetFrom())
 		return nil, status.Errorf(codes.PermissionDenied,
 			"replication: batch from host %d, which is not a peer of host %d", b.GetFrom(), t.cfg.ID)
 	}
@@ -815,6 +829,7 @@ func (t *GRPCTransport) receiveSnapshot(stream tuttipb.Raft_SnapshotServer) (*ra
 			"replication: snapshot from host %d is addressed to host %d but this is host %d", from, first.GetTo(), t.cfg.ID)
 	}
 	if !t.knows(from) {
+		t.unknownPeer(from)
 		return nil, 0, status.Errorf(codes.PermissionDenied,
 			"replication: snapshot from host %d, which is not a peer of host %d", from, t.cfg.ID)
 	}

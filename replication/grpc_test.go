@@ -445,7 +445,8 @@ func wantCode(t *testing.T, what string, err error, c codes.Code, sub string) {
 const unreachableAddr = "127.0.0.1:1"
 
 func TestGRPCTransportRefusesBadBatches(t *testing.T) {
-	b := startGRPCNode(t, 2, "127.0.0.1:0", nil)
+	var unknown atomic.Uint64 // the last sender UnknownPeer reported
+	b := startGRPCNode(t, 2, "127.0.0.1:0", func(c *GRPCConfig) { c.UnknownPeer = unknown.Store })
 	b.tr.SetPeer(1, unreachableAddr)
 	c := rawClient(t, b.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -484,6 +485,9 @@ func TestGRPCTransportRefusesBadBatches(t *testing.T) {
 	}
 	if n := b.h.count(); n != 0 {
 		t.Fatalf("refused batches delivered %d messages", n)
+	}
+	if got := unknown.Load(); got != 5 {
+		t.Fatalf("UnknownPeer reported host %d, want 5 (the sender that is not a peer)", got)
 	}
 
 	// A good batch still passes.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -155,8 +156,17 @@ func StartHost(cfg HostConfig) (*Host, error) {
 	if len(dial) == 0 {
 		dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
+	var started atomic.Pointer[Host]
 	tr, err := replication.NewGRPCTransport(replication.GRPCConfig{ID: cfg.ID, Logger: log, DialOptions: dial,
-		AuthorizePeer: cfg.AuthorizeRaftPeer})
+		AuthorizePeer: cfg.AuthorizeRaftPeer,
+		// Raft from a host this one does not know yet (added since its
+		// last directory read): read the directory now, not at the
+		// next poll.
+		UnknownPeer: func(uint64) {
+			if h := started.Load(); h != nil {
+				h.Reconcile()
+			}
+		}})
 	if err != nil {
 		lis.Close()
 		return nil, err
@@ -283,6 +293,7 @@ func StartHost(cfg HostConfig) (*Host, error) {
 		h.recovery = newRecoverer(h, log)
 		h.recovery.start()
 	}
+	started.Store(h) // its reconciler, if any, runs: UnknownPeer may kick it
 	log.Info().Str("addr", lis.Addr().String()).Int("memnodes", len(specs)).Msg("host started")
 	return h, nil
 }
