@@ -6,13 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/tutti-gcs/tutti/api/tuttipb"
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
-	"github.com/tutti-gcs/tutti/internal/cluster"
 )
 
 // A new group's metadata initialisation whose outcome is unknown because
@@ -22,24 +18,16 @@ import (
 // arriving late, overwrites the new owner's bytes with a group header.
 func TestCreateMetaInTransitDoesNotClobberReusedRegion(t *testing.T) {
 	e := newEnv(t)
-	transit := cluster.NewTransit()
+	cl, transit := e.transitClient()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds(), DialOptions: []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		transit.DialOption(),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cl.Close() })
 	n := e.nodeWith("p0", gcs.Config{GCInterval: time.Hour, Client: cl})
 	const home = 1
 	transit.ArmFunc(home, func(r *tuttipb.Request) bool {
 		return bytes.HasPrefix(r.GetWrites()[0].GetData(), []byte(gcs.MetaMagic))
 	})
 	short, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)
-	_, err = gcs.CreateMeta(short, n, home)
+	_, err := gcs.CreateMeta(short, n, home)
 	cancelShort()
 	held := transit.HeldRequest()
 	if held == nil {

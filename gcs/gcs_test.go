@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
@@ -62,6 +64,22 @@ func (e *env) client() *client.Client {
 	}
 	e.t.Cleanup(func() { cl.Close() })
 	return cl
+}
+
+// transitClient returns a client of the test cluster whose transport can
+// take one request aside (cluster.Transit), closed with the test.
+func (e *env) transitClient() (*client.Client, *cluster.Transit) {
+	e.t.Helper()
+	transit := cluster.NewTransit()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds(), DialOptions: []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption()}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cl.Close() })
+	return cl, transit
 }
 
 func (e *env) node(id string) *gcs.Node {

@@ -1,17 +1,12 @@
 package gcs_test
 
 import (
-	"context"
 	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
-	"github.com/tutti-gcs/tutti/internal/cluster"
 )
 
 // TestLinkInTransitWhenSettledIsOrderedOnce: a link's answer is lost while
@@ -23,17 +18,7 @@ import (
 // fences the attempt, which the memnode then refuses.
 func TestLinkInTransitWhenSettledIsOrderedOnce(t *testing.T) {
 	e := newEnv(t)
-	transit := cluster.NewTransit()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cl, err := client.New(ctx, client.Config{Seeds: e.c.Seeds(), DialOptions: []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		transit.DialOption(),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cl.Close() })
+	cl, transit := e.transitClient()
 	// No housekeeping (it writes to the home memnode too): the request
 	// taken aside is the link's.
 	cfg := gcs.Config{GCInterval: time.Hour}
