@@ -20,9 +20,7 @@ import (
 // an enqueue that applies a moment later.
 func TestEnqueuedFalseMeansNeverApplied(t *testing.T) {
 	const mn = 1
-	f := cluster.NewFaults()
-	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2, WrapTransport: f.Wrap})
-	cl := newClient(t, c.Seeds())
+	f, cl := withFaults(t)
 	ctx := ctxT(t)
 	q := openWarmQueue(t, ctx, cl, mn)
 	f.HoldAppends(mn)
@@ -56,6 +54,25 @@ func TestEnqueuedFalseMeansNeverApplied(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond) // polling a condition, bounded by deadline
 	}
+}
+
+// withFaults starts a cluster of two memnodes whose Raft traffic goes
+// through the returned Faults, and a client of it.
+func withFaults(t *testing.T) (*cluster.Faults, *client.Client) {
+	t.Helper()
+	f := cluster.NewFaults()
+	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2, WrapTransport: f.Wrap})
+	return f, newClient(t, c.Seeds())
+}
+
+// newTestAllocator returns the tests' allocator on memnode mn.
+func newTestAllocator(t *testing.T, cl *client.Client, mn uint64) *client.Allocator {
+	t.Helper()
+	a, err := client.NewAllocator(cl, client.AllocatorConfig{Memnode: mn, Base: 0x1000, Limit: 0x10000, Align: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 // openWarmQueue opens the tests' queue on memnode mn and enqueues an item.
@@ -115,14 +132,9 @@ func TestEnqueuedFalseIsFinalForAnAttemptInTransit(t *testing.T) {
 // its own, logged after the attempt, and returns the region it got.
 func TestAllocSettlesAfterItsContextEnded(t *testing.T) {
 	const mn = 1
-	f := cluster.NewFaults()
-	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2, WrapTransport: f.Wrap})
-	cl := newClient(t, c.Seeds())
+	f, cl := withFaults(t)
 	ctx := ctxT(t)
-	a, err := client.NewAllocator(cl, client.AllocatorConfig{Memnode: mn, Base: 0x1000, Limit: 0x10000, Align: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newTestAllocator(t, cl, mn)
 	if _, err := a.Alloc(ctx, 64); err != nil { // the header is initialised
 		t.Fatal(err)
 	}
@@ -151,10 +163,7 @@ func TestAllocAttemptInTransitDoesNotLeak(t *testing.T) {
 	const mn = 1
 	_, cl, transit := inTransit(t)
 	ctx := ctxT(t)
-	a, err := client.NewAllocator(cl, client.AllocatorConfig{Memnode: mn, Base: 0x1000, Limit: 0x10000, Align: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newTestAllocator(t, cl, mn)
 	first, err := a.Alloc(ctx, 64)
 	if err != nil {
 		t.Fatal(err)
