@@ -137,7 +137,11 @@
 //
 // Entries (the Raft log), queries and results are hand-rolled binary with a
 // leading version byte (1; entries: 2 with Entry.More, 3 with carried
-// decisions, each used only when needed, so older logs still decode) and
+// decisions, 4 with fences, each used only when needed, so older logs still
+// decode; an entry of a version a binary does not know fails with
+// ErrVersion, and memnode/service then stops the host rather than let its
+// replica differ from upgraded ones: upgrade every host before clients
+// send what needs a new version) and
 // uvarints (inspection queries and answers lead
 // with tag 2 instead); decoders accept only canonical
 // bytes and bound every allocation by the input's length (encoding.go).

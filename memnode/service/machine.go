@@ -1,6 +1,7 @@
 package service
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/tutti-gcs/tutti/memnode"
@@ -29,11 +30,22 @@ func (s *machine) Apply(cmds []replication.Command) [][]byte {
 		watched := s.w.watching(cmds[i].Index)
 		e := &s.entry // Apply keeps no reference to it
 		err := memnode.DecodeEntryReuse(e, cmds[i].Data)
-		if err != nil {
-			// A command that does not decode was never produced by this
-			// code; applying nothing keeps replicas identical.
+		switch {
+		case errors.Is(err, memnode.ErrVersion):
+			// An entry of a format this binary does not know, proposed
+			// by an upgraded leader (say, one carrying fences, version
+			// 4, reaching an older host). Applying nothing here while
+			// upgraded replicas apply it would make the replicas differ
+			// for good; stop instead, as etcd does on an entry type it
+			// does not know. Restarted with a binary that knows the
+			// format, the host applies it from its log.
+			panic(fmt.Sprintf("tutti: memnode: log entry %d has a format this binary does not know (%v): upgrade this host", cmds[i].Index, err))
+		case err != nil:
+			// A command that does not decode (and is not of a newer
+			// format) was never produced by any version; every replica
+			// refuses it alike, so applying nothing keeps them identical.
 			r = memnode.Result{FailedCompare: -1, Err: fmt.Errorf("%w: %v", memnode.ErrInvalid, err)}
-		} else {
+		default:
 			n := len(written)
 			if watched {
 				// What the in-doubt tids write, learned before they commit.

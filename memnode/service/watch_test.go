@@ -1,8 +1,10 @@
 package service
 
 import (
+	"errors"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
@@ -370,4 +372,27 @@ func TestWatchOverlayModel(t *testing.T) {
 			t.Fatalf("round %d: merged ranges cover %d bytes more than written", round, n)
 		}
 	}
+}
+
+// An entry of a newer format (an upgraded leader's, reaching an older
+// host) must not be skipped: upgraded replicas apply it, and a replica
+// that applied nothing would differ from them for good. The machine stops
+// instead. A command that does not decode at all is refused alike by every
+// replica, so it changes nothing and the machine goes on.
+func TestMachineStopsOnNewerEntryFormat(t *testing.T) {
+	m, _ := testMachine(t)
+	good := memnode.AppendEntry(nil, &memnode.Entry{Kind: memnode.KindExec, Now: 1,
+		Op: memnode.Op{Writes: []memnode.Write{{Addr: 8, Data: []byte{1}}}}})
+	rs := m.Apply([]replication.Command{{Index: 1, Data: good[:len(good)-1]}}) // truncated: corrupt
+	if r, err := memnode.DecodeResult(rs[0]); err != nil || !errors.Is(r.Err, memnode.ErrInvalid) {
+		t.Fatalf("corrupt command: %+v %v; want ErrInvalid", r, err)
+	}
+	newer := append([]byte{99}, good[1:]...)
+	defer func() {
+		p := recover()
+		if s, _ := p.(string); !strings.Contains(s, "format this binary does not know") {
+			t.Fatalf("entry of a newer format: recovered %v; want the machine to stop", p)
+		}
+	}()
+	m.Apply([]replication.Command{{Index: 2, Data: newer}})
 }
