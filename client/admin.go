@@ -113,7 +113,7 @@ func (c *Client) UpdateDirectory(ctx context.Context, fn func(*Directory) error)
 			// Did it land? Only this exact encoding has this header. The
 			// settling read fences the attempt: if it does not show it,
 			// it never lands, and the next attempt cannot apply fn twice.
-			res, rerr := c.settleExec(ctx, NewTx().Read(DirectoryMemnodeID, DirectoryAddr, DirectoryHeaderLen), err)
+			res, rerr := c.Settle(ctx, NewTx().Read(DirectoryMemnodeID, DirectoryAddr, DirectoryHeaderLen), err)
 			if rerr != nil {
 				return nil, fmt.Errorf("tutti: directory update: %w; reading it back failed too: %v", err, rerr)
 			}

@@ -220,9 +220,9 @@ func (a *Allocator) readBlock(ctx context.Context, block uint64) ([]byte, error)
 }
 
 // settleBlock reads block back after a minitransaction on it whose outcome
-// is unknown (err), in a settling step (settleExec).
+// is unknown (err), in a settling step (Client.Settle).
 func (a *Allocator) settleBlock(ctx context.Context, block uint64, err error) ([]byte, error) {
-	r, err := a.c.settleExec(ctx, NewTx().Read(a.cfg.Memnode, block, 16), err)
+	r, err := a.c.Settle(ctx, NewTx().Read(a.cfg.Memnode, block, 16), err)
 	if err != nil {
 		return nil, err
 	}

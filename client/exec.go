@@ -143,20 +143,24 @@ func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 // settleTimeout bounds a settling step once the caller's ctx has ended.
 const settleTimeout = 5 * time.Second
 
-// settleExec runs tx (reads on the memnode of the attempt) as the step that
-// settles a one-phase attempt whose outcome is unknown (attempt, its
-// error): logged and fencing the attempt (Tx.Fence), so its reads show the
-// attempt if and only if it ever applies. When ctx has ended, which is
-// often why the outcome is unknown, it runs on a context of its own (at
-// most settleTimeout): with ctx it could only fail, and the caller could
-// not tell what it did.
-func (c *Client) settleExec(ctx context.Context, tx *Tx, attempt error) (*Result, error) {
+// Settle runs tx, on the memnode of the attempts, as the step that settles
+// one-phase attempts whose outcome is unknown (attempts are their errors;
+// those that name none are skipped): logged and fencing them (Tx.Fence),
+// so its reads and writes come after every attempt that will ever apply.
+// When ctx has ended, which is often why an outcome is unknown, it runs on
+// a context of its own (at most 5 s): with ctx it could only fail, and the
+// caller could not tell what happened.
+func (c *Client) Settle(ctx context.Context, tx *Tx, attempts ...error) (*Result, error) {
 	if ctx.Err() != nil {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 		defer cancel()
 	}
-	return c.Exec(ctx, tx.Fence(UnknownAttempt(attempt)))
+	tx.Logged()
+	for _, a := range attempts {
+		tx.Fence(UnknownAttempt(a))
+	}
+	return c.Exec(ctx, tx)
 }
 
 func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {

@@ -147,10 +147,10 @@ func (l *Lease) read(ctx context.Context) ([]byte, error) {
 }
 
 // settle reads the record in the step that settles an attempt whose
-// outcome is unknown (attempt, its error; Client.settleExec): it shows the
+// outcome is unknown (attempt, its error; Client.Settle): it shows the
 // attempt's write if and only if that ever lands.
 func (l *Lease) settle(ctx context.Context, attempt error) ([]byte, error) {
-	r, err := l.c.settleExec(ctx, NewTx().Read(l.cfg.Memnode, l.cfg.Addr, leaseRecordSize), attempt)
+	r, err := l.c.Settle(ctx, NewTx().Read(l.cfg.Memnode, l.cfg.Addr, leaseRecordSize), attempt)
 	if err != nil {
 		return nil, err
 	}

@@ -500,14 +500,9 @@ func (n *Node) createMeta(ctx context.Context, home uint64) (client.Region, erro
 	// fencing it, so that it never lands later over a region that has
 	// become a live group's, or been freed and handed to someone else. On
 	// a context of its own if ctx ended (often why the outcome is
-	// unknown). If that fails too, the region is kept (lost), not freed.
-	wctx := ctx
-	if ctx.Err() != nil {
-		var cancel context.CancelFunc
-		wctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-		defer cancel()
-	}
-	if _, werr := n.exec(wctx, client.NewTx().Write(home, r.Addr, init).Fence(client.UnknownAttempt(err))); werr != nil {
+	// unknown; client.Client.Settle). If that fails too, the region is
+	// kept (lost), not freed.
+	if _, werr := n.cl.Settle(ctx, client.NewTx().Write(home, r.Addr, init), err); werr != nil {
 		return client.Region{}, errors.Join(err, werr)
 	}
 	if cerr := ctx.Err(); cerr != nil {
@@ -515,10 +510,6 @@ func (n *Node) createMeta(ctx context.Context, home uint64) (client.Region, erro
 	}
 	return r, nil
 }
-
-// settleTimeout bounds a step that settles an unknown outcome once the
-// caller's context has ended.
-const settleTimeout = 5 * time.Second
 
 func (n *Node) openRef(ctx context.Context, name string, home, meta uint64, slot int) (groupRef, error) {
 	ref := groupRef{name: name, home: home, meta: meta, slot: IndexBase + uint64(slot)*IndexSlotSize}

@@ -702,7 +702,7 @@ func (s *grpcRaftServer) Stream(stream tuttipb.Raft_StreamServer) error {
 // the wire-identical RaftBatchMessages: each Raft message is decoded once,
 // from the frame itself.
 func (t *GRPCTransport) receive(stream tuttipb.Raft_StreamServer) error {
-	var authorized uint64 // the sender this stream was authorized for
+	var authorized uint64 // the sender this stream was admitted for
 	for {
 		b := &tuttipb.RaftBatchMessages{}
 		err := stream.RecvMsg(b)
@@ -720,7 +720,7 @@ func (t *GRPCTransport) receive(stream tuttipb.Raft_StreamServer) error {
 		}
 		msgs, err := t.decodeBatch(b)
 		if err == nil && b.GetFrom() != authorized {
-			if err = t.authorize(stream.Context(), b.GetFrom()); err == nil {
+			if err = t.admit(stream.Context(), "batch", b.GetFrom()); err == nil {
 				authorized = b.GetFrom()
 			}
 		}
@@ -737,37 +737,28 @@ func (t *GRPCTransport) receive(stream tuttipb.Raft_StreamServer) error {
 	}
 }
 
-// knows reports whether host is a peer (SetPeer). Raft traffic is taken
-// only from peers: a host this one cannot answer (no address) has no
-// business in its groups, and a stale or misconfigured process claiming a
-// host id it was never given is refused rather than heard.
-func (t *GRPCTransport) knows(host uint64) bool {
+// admit decides whether a stream may carry Raft traffic (a batch or a
+// snapshot: what) of host, once per stream and sender; the error is a gRPC
+// status. Traffic is taken only from peers (SetPeer): a host this one
+// cannot answer (no address) has no business in its groups, and a stale or
+// misconfigured process claiming a host id it was never given is refused
+// rather than heard; GRPCConfig.UnknownPeer is told. Then
+// GRPCConfig.AuthorizePeer decides.
+func (t *GRPCTransport) admit(ctx context.Context, what string, host uint64) error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.mu.peers[host] != nil
-}
-
-// unknownPeer reports a refused sender to GRPCConfig.UnknownPeer.
-func (t *GRPCTransport) unknownPeer(host uint64) {
-	if f := t.cfg.UnknownPeer; f != nil {
-		f(host)
-	}
-}
-
-// authorize applies GRPCConfig.AuthorizePeer to a stream from host, a
-// peer; the error is a gRPC status.
-func (t *GRPCTransport) authorize(ctx context.Context, host uint64) error {
-	if t.cfg.AuthorizePeer == nil {
-		return nil
-	}
-	t.mu.Lock()
-	var addr string
-	if p := t.mu.peers[host]; p != nil {
-		addr = p.addr
-	}
+	p := t.mu.peers[host]
 	t.mu.Unlock()
-	if err := t.cfg.AuthorizePeer(ctx, host, addr); err != nil {
-		return status.Errorf(codes.PermissionDenied, "replication: host %d refuses Raft traffic as host %d: %v", t.cfg.ID, host, err)
+	if p == nil {
+		if f := t.cfg.UnknownPeer; f != nil {
+			f(host)
+		}
+		return status.Errorf(codes.PermissionDenied,
+			"replication: %s from host %d, which is not a peer of host %d", what, host, t.cfg.ID)
+	}
+	if f := t.cfg.AuthorizePeer; f != nil {
+		if err := f(ctx, host, p.addr); err != nil {
+			return status.Errorf(codes.PermissionDenied, "replication: host %d refuses Raft traffic as host %d: %v", t.cfg.ID, host, err)
+		}
 	}
 	return nil
 }
@@ -777,11 +768,6 @@ func (t *GRPCTransport) decodeBatch(b *tuttipb.RaftBatchMessages) ([]GroupMessag
 	if b.GetTo() != t.cfg.ID {
 		return nil, status.Errorf(codes.InvalidArgument,
 			"replication: batch from host %d is addressed to host %d but this is host %d", b.GetFrom(), b.GetTo(), t.cfg.ID)
-	}
-	if !t.knows(b.GetFrom()) {
-		t.unknownPeer(b.GetFrom())
-		return nil, status.Errorf(codes.PermissionDenied,
-			"replication: batch from host %d, which is not a peer of host %d", b.GetFrom(), t.cfg.ID)
 	}
 	msgs := make([]GroupMessage, len(b.GetMessages()))
 	for i, gm := range b.GetMessages() {
@@ -828,12 +814,7 @@ func (t *GRPCTransport) receiveSnapshot(stream tuttipb.Raft_SnapshotServer) (*ra
 		return nil, 0, status.Errorf(codes.InvalidArgument,
 			"replication: snapshot from host %d is addressed to host %d but this is host %d", from, first.GetTo(), t.cfg.ID)
 	}
-	if !t.knows(from) {
-		t.unknownPeer(from)
-		return nil, 0, status.Errorf(codes.PermissionDenied,
-			"replication: snapshot from host %d, which is not a peer of host %d", from, t.cfg.ID)
-	}
-	if err := t.authorize(stream.Context(), from); err != nil {
+	if err := t.admit(stream.Context(), "snapshot", from); err != nil {
 		return nil, 0, err
 	}
 	m := &raftpb.Message{}
