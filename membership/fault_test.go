@@ -17,14 +17,22 @@ import (
 // unknownWhilePending arms a fault for the next plan that match accepts: it
 // runs the real minitransaction in the background and, once pending reports
 // true (the table memnode's leader appended it), answers
-// client.ErrUnknownOutcome while the attempt goes on and may still commit.
-func unknownWhilePending(armed *atomic.Bool, match func(Plan) bool, pending func() bool) func(Plan, func() (*client.Result, error)) (*client.Result, error) {
+// client.ErrUnknownOutcome naming the attempt, as the client would (its tid,
+// which transit, on the process's client, records on the way), while the
+// attempt goes on and may still commit. Without the tid the settling read
+// could not fence the attempt, and pending (any held append) could come
+// true while the attempt was still on its way.
+func unknownWhilePending(armed *atomic.Bool, match func(Plan) bool, pending func() bool, transit *cluster.Transit) func(Plan, func() (*client.Result, error)) (*client.Result, error) {
 	return func(p Plan, do func() (*client.Result, error)) (*client.Result, error) {
 		if !match(p) || !armed.CompareAndSwap(true, false) {
 			return do()
 		}
+		transit.Watch(DefaultTable.Memnode)
 		go func() { _, _ = do() }() // its answer is lost
-		for deadline := time.Now().Add(10 * time.Second); !pending() && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+			if tid, seen := transit.Held(); seen && pending() {
+				return nil, &client.Error{Memnode: DefaultTable.Memnode, Err: client.ErrUnknownOutcome, Detail: "test fault", TID: tid}
+			}
 			time.Sleep(time.Millisecond) // polling a condition, bounded
 		}
 		return nil, fmt.Errorf("test fault: %w", client.ErrUnknownOutcome)
@@ -54,7 +62,9 @@ func rejoinWithAppendsHeld(t *testing.T, hold, wait time.Duration) {
 	e.start(e.config("b", a))
 	var armed atomic.Bool
 	cfg := e.config("c", a)
-	cfg.execFault = unknownWhilePending(&armed, rejoinOfC, func() bool { return faults.HeldAppends() > 0 })
+	transit := cluster.NewTransit()
+	cfg.Client = e.client(grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption())
+	cfg.execFault = unknownWhilePending(&armed, rejoinOfC, func() bool { return faults.HeldAppends() > 0 }, transit)
 	defer faults.ReleaseAppends()
 	rejoinThrough(t, e, a, cfg, &armed, func() {
 		faults.HoldAppends(DefaultTable.Memnode)

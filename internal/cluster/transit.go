@@ -24,6 +24,7 @@ import (
 type Transit struct {
 	mu       sync.Mutex
 	armed    bool
+	pass     bool // Watch: record the request, send it on
 	memnode  uint64
 	match    func(*tuttipb.Request) bool // if set, which request to take
 	held     *tuttipb.Request
@@ -46,6 +47,16 @@ func (t *Transit) Arm(memnode uint64) {
 	t.armed, t.memnode = true, memnode
 }
 
+// Watch records the next one-phase request with writes on memnode (once)
+// and lets it go on: Held then names it, so a test that makes its caller
+// hear an unknown outcome can name the attempt as the client would.
+// Release has nothing to send.
+func (t *Transit) Watch(memnode uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.armed, t.pass, t.memnode = true, true, memnode
+}
+
 // ArmFunc takes the next one-phase request with writes on memnode for
 // which match reports true aside (once).
 func (t *Transit) ArmFunc(memnode uint64, match func(*tuttipb.Request) bool) {
@@ -64,7 +75,8 @@ func (t *Transit) HeldRequest() *tuttipb.Request {
 	return proto.Clone(t.held).(*tuttipb.Request)
 }
 
-// Held returns the held request's tid, once a request was taken aside.
+// Held returns the held request's tid, once a request was taken aside (or
+// recorded: Watch).
 func (t *Transit) Held() (client.TID, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -82,7 +94,7 @@ func (t *Transit) Release() error {
 	t.mu.Lock()
 	held, s := t.held, t.stream
 	t.mu.Unlock()
-	if held == nil {
+	if held == nil || s == nil {
 		return errors.New("transit: nothing held")
 	}
 	s.send.Lock()
@@ -122,8 +134,11 @@ func (s *transitStream) SendMsg(m any) error {
 			for i, r := range b.GetRequests() {
 				if r.GetKind() == tuttipb.Kind_KIND_EXEC && r.GetMemnode() == t.memnode && len(r.GetWrites()) > 0 &&
 					(t.match == nil || t.match(r)) {
-					t.armed, t.held, t.stream = false, proto.Clone(r).(*tuttipb.Request), s
-					m = &tuttipb.RequestBatch{Requests: slices.Delete(slices.Clone(b.GetRequests()), i, i+1)}
+					t.armed, t.held = false, proto.Clone(r).(*tuttipb.Request)
+					if !t.pass {
+						t.stream = s
+						m = &tuttipb.RequestBatch{Requests: slices.Delete(slices.Clone(b.GetRequests()), i, i+1)}
+					}
 					break
 				}
 			}
