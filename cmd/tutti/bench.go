@@ -605,8 +605,8 @@ func (g *cas2) after(ctx context.Context, res *client.Result, err error) {
 	}
 }
 
-// runMtxPoint runs n workers issuing minitransactions back to back.
-// runMtxPoint runs one level: n workers, measured for dur after warmup.
+// runMtxPoint runs one level: n workers issuing minitransactions back to
+// back, measured for dur after warmup.
 // replStats, if not nil, sums the embedded cluster's replication counters;
 // the point reports their change over the measured window.
 func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time.Duration, gen func(w int) txGen, replStats func() replication.Stats, quiet bool, progress io.Writer) (benchPoint, error) {
@@ -614,13 +614,16 @@ func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time
 	end := start.Add(dur)
 	var ops, errs, notCommitted atomic.Int64
 	var firstErr atomic.Value
-	hists := make([]*hdrhistogram.Histogram, n)
+	// Latencies go to a few shared histograms rather than one per worker:
+	// a histogram is ~140 KB, and thousands of them (one per outstanding
+	// minitransaction) cost the measured window first touches of their
+	// pages and took CPU from the cluster being measured.
+	hists := newLatencyShards(n)
 	var wg sync.WaitGroup
 	var cpuStart time.Duration
 	var replStart replication.Stats
 	var cpuOnce sync.Once
 	for w := 0; w < n; w++ {
-		hists[w] = hdrhistogram.New(1, 60_000_000, 3) // µs
 		g := gen(w)
 		wg.Add(1)
 		go func() {
@@ -656,7 +659,7 @@ func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time
 					notCommitted.Add(1)
 				default:
 					ops.Add(1)
-					hists[w].RecordValue(max(1, lat.Microseconds()))
+					hists.record(w, lat)
 				}
 			}
 		}()
@@ -692,10 +695,7 @@ func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time
 	if ctx.Err() != nil {
 		return benchPoint{}, ctx.Err()
 	}
-	h := hdrhistogram.New(1, 60_000_000, 3)
-	for _, x := range hists {
-		h.Merge(x)
-	}
+	h := hists.merged()
 	p := benchPoint{
 		Outstanding: n, DurationS: dur.Seconds(), Ops: ops.Load(), Errors: errs.Load(), NotCommitted: notCommitted.Load(),
 		OpsPerSec: float64(ops.Load()) / dur.Seconds(),
@@ -715,6 +715,41 @@ func runMtxPoint(ctx context.Context, cl *client.Client, n int, warmup, dur time
 		fmt.Fprintf(progress, "  %d errors, first: %v\n", p.Errors, errors.Unwrap(e))
 	}
 	return p, nil
+}
+
+// latencyShards records latencies (µs, up to a minute) from many workers
+// into a few histograms, each behind its own lock.
+type latencyShards []latencyShard
+
+type latencyShard struct {
+	mu sync.Mutex
+	h  *hdrhistogram.Histogram
+	_  [40]byte // keep shards' locks on separate cache lines
+}
+
+func newLatencyShards(workers int) latencyShards {
+	s := make(latencyShards, min(max(workers, 1), 4*runtime.GOMAXPROCS(0)))
+	for i := range s {
+		s[i].h = hdrhistogram.New(1, 60_000_000, 3)
+	}
+	return s
+}
+
+func (s latencyShards) record(worker int, lat time.Duration) {
+	x := &s[worker%len(s)]
+	x.mu.Lock()
+	x.h.RecordValue(max(1, lat.Microseconds()))
+	x.mu.Unlock()
+}
+
+func (s latencyShards) merged() *hdrhistogram.Histogram {
+	h := hdrhistogram.New(1, 60_000_000, 3)
+	for i := range s {
+		s[i].mu.Lock()
+		h.Merge(s[i].h)
+		s[i].mu.Unlock()
+	}
+	return h
 }
 
 // placeLeaders moves the Raft leaders of c's memnodes as --leaders says:

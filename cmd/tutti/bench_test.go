@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -265,5 +266,34 @@ func TestBenchMcastPayloadIncompressible(t *testing.T) {
 	}
 	if len(randomFill(5, 1<<40, 1<<20)) != 1<<20 {
 		t.Fatal("randomFill of 1 MiB is short")
+	}
+}
+
+// TestLatencyShardsMergeEveryRecord: latencies recorded by many workers
+// into the shared shards all reach the merged histogram.
+func TestLatencyShardsMergeEveryRecord(t *testing.T) {
+	const workers = 5000
+	s := newLatencyShards(workers)
+	if len(s) >= workers {
+		t.Fatalf("%d shards for %d workers: one histogram per worker is what the shards avoid", len(s), workers)
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.record(w, time.Duration(w%1000+1)*time.Millisecond)
+		}()
+	}
+	wg.Wait()
+	h := s.merged()
+	if h.TotalCount() != workers {
+		t.Fatalf("merged %d latencies, recorded %d", h.TotalCount(), workers)
+	}
+	if p50 := h.ValueAtQuantile(50); p50 < 499_000 || p50 > 501_000 {
+		t.Fatalf("p50 %d µs, want 500 ms", p50)
+	}
+	if m := h.Max(); m < 999_000 || m > 1_001_000 {
+		t.Fatalf("max %d µs, want 1 s", m)
 	}
 }
