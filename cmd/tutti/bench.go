@@ -83,6 +83,12 @@ type ratioPoint struct {
 	Cas2Ops      float64   `json:"cas2_ops_per_sec,omitempty"`
 	Cas2OverBase float64   `json:"cas2_over_base"`
 	Rounds       []float64 `json:"rounds,omitempty"` // with Median: each round's ratio
+	// Peak: the ratio of the workloads' highest throughputs over the
+	// --outstanding levels, each at its own level (BaseOutstanding,
+	// Cas2Outstanding, set per round, not with Median); Outstanding is 0.
+	Peak            bool `json:"peak,omitempty"`
+	BaseOutstanding int  `json:"base_outstanding,omitempty"`
+	Cas2Outstanding int  `json:"cas2_outstanding,omitempty"`
 	// CPU per op of cas2 over base (per round; the median with Median).
 	CPUCas2OverBase float64 `json:"cpu_cas2_over_base"`
 	Time            string  `json:"time"`
@@ -142,7 +148,10 @@ rounds runs both workloads one after the other, each on a fresh cluster
 (the order alternates between rounds), then prints the ratio of cas2's
 throughput to base's, and of their CPU per op, at every cluster size and
 level (JSON: "kind": "ratio", "cas2_over_base", "cpu_cas2_over_base").
-After the last round it prints the median ratio ("median": true, every
+With several levels it also prints the ratio of the two workloads' peak
+throughputs, each at the level where it was highest: their throughput at
+saturation ("peak": true, "base_outstanding", "cas2_outstanding").
+After the last round it prints the median ratios ("median": true, every
 round's ratio in "rounds").
 
 Without --seed the benchmark starts its own local cluster in this process, as
@@ -363,8 +372,15 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 					if r.Median {
 						label = fmt.Sprintf("median of %d", len(r.Rounds))
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "cas2/base %-12s memnodes %d outstanding %d: throughput %.2f, cpu/op %.2f\n",
-						label, r.Memnodes, r.Outstanding, r.Cas2OverBase, r.CPUCas2OverBase)
+					at := fmt.Sprintf("outstanding %d", r.Outstanding)
+					switch {
+					case r.Peak && r.Median:
+						at = "peak"
+					case r.Peak:
+						at = fmt.Sprintf("peak (base at %d, cas2 at %d)", r.BaseOutstanding, r.Cas2Outstanding)
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "cas2/base %-12s memnodes %d %s: throughput %.2f, cpu/op %.2f\n",
+						label, r.Memnodes, at, r.Cas2OverBase, r.CPUCas2OverBase)
 				}
 			}
 			ratios := map[pointKey][]ratioPoint{}
@@ -383,9 +399,16 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 					}
 				}
 				for _, size := range sizes {
+					var peakB, peakC benchPoint
 					for _, level := range levels {
 						c, okc := points[pointKey{"cas2", size, level}]
 						b, okb := points[pointKey{"base", size, level}]
+						if okb && b.OpsPerSec > peakB.OpsPerSec {
+							peakB = b
+						}
+						if okc && c.OpsPerSec > peakC.OpsPerSec {
+							peakC = c
+						}
 						if !okc || !okb || b.OpsPerSec == 0 || b.CPUusPerOp == 0 {
 							continue
 						}
@@ -399,12 +422,24 @@ not); "any" keeps whatever the elections chose. JSON: "leader_hosts".`,
 						ratios[k] = append(ratios[k], r)
 						emit(r)
 					}
+					if len(levels) > 1 && peakB.OpsPerSec > 0 && peakB.CPUusPerOp > 0 && peakC.OpsPerSec > 0 {
+						r := ratioPoint{Round: round, Peak: true, Memnodes: peakC.Memnodes,
+							BaseOutstanding: peakB.Outstanding, Cas2Outstanding: peakC.Outstanding,
+							BaseOps: peakB.OpsPerSec, Cas2Ops: peakC.OpsPerSec, Cas2OverBase: peakC.OpsPerSec / peakB.OpsPerSec,
+							CPUCas2OverBase: peakC.CPUusPerOp / peakB.CPUusPerOp}
+						k := pointKey{workload: "peak", size: size}
+						if _, ok := ratios[k]; !ok {
+							order = append(order, k)
+						}
+						ratios[k] = append(ratios[k], r)
+						emit(r)
+					}
 				}
 			}
 			if rounds > 1 {
 				for _, k := range order {
 					rs := ratios[k]
-					m := ratioPoint{Median: true, Memnodes: rs[0].Memnodes, Outstanding: rs[0].Outstanding}
+					m := ratioPoint{Median: true, Peak: rs[0].Peak, Memnodes: rs[0].Memnodes, Outstanding: rs[0].Outstanding}
 					var cpu []float64
 					for _, r := range rs {
 						m.Rounds = append(m.Rounds, r.Cas2OverBase)
@@ -458,6 +493,9 @@ func parseList(flag, s string, lo, hi int) ([]int, error) {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
 		if err != nil || n < lo || n > hi {
 			return nil, fmt.Errorf("%s: %q is not a number between %d and %d", flag, p, lo, hi)
+		}
+		if slices.Contains(out, n) {
+			return nil, fmt.Errorf("%s: %d listed twice", flag, n)
 		}
 		out = append(out, n)
 	}

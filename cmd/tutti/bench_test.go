@@ -57,6 +57,45 @@ func TestBenchCommandRatio(t *testing.T) {
 	}
 }
 
+// With several levels, --workload base,cas2 also compares the workloads'
+// peaks: each one's highest throughput over the levels.
+func TestBenchCommandPeakRatio(t *testing.T) {
+	c := testClusterWith(t, cluster.Config{Memnodes: 2})
+	out, err := run(t, "bench", "mtx", "--seed="+c.Seeds()[0], "--workload", "base,cas2",
+		"--outstanding", "1,4", "--duration", "300ms", "--warmup", "100ms", "--json", "--quiet")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	best := map[string]float64{}
+	at := map[string]float64{}
+	var peaks []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var p map[string]any
+		if err := json.Unmarshal([]byte(l), &p); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		switch {
+		case p["kind"] == "ratio" && p["peak"] == true:
+			peaks = append(peaks, p)
+		case p["kind"] == "ratio":
+		default:
+			w := p["workload"].(string)
+			if ops := p["ops_per_sec"].(float64); ops > best[w] {
+				best[w], at[w] = ops, p["outstanding"].(float64)
+			}
+		}
+	}
+	if len(peaks) != 1 || best["base"] == 0 || best["cas2"] == 0 {
+		t.Fatalf("%d peak lines, peaks %v:\n%s", len(peaks), best, out)
+	}
+	p := peaks[0]
+	if p["base_ops_per_sec"] != best["base"] || p["cas2_ops_per_sec"] != best["cas2"] ||
+		p["cas2_over_base"] != best["cas2"]/best["base"] ||
+		p["base_outstanding"] != at["base"] || p["cas2_outstanding"] != at["cas2"] {
+		t.Fatalf("peak line %v, points' peaks %v at %v", p, best, at)
+	}
+}
+
 // --per-memnode multiplies every level by the embedded cluster's memnodes,
 // and refuses an external cluster (its size is not the benchmark's to set).
 func TestBenchCommandPerMemnode(t *testing.T) {

@@ -176,6 +176,9 @@ func TestBenchRefusesBadAndConflictingFlags(t *testing.T) {
 		{[]string{"mtx", "--duration", "-1s", "--outstanding", "1", "--warmup", "0s"}, "--duration"},
 		{[]string{"mtx", "--warmup", "-1s", "--outstanding", "1", "--duration", "1ms"}, "--warmup"},
 		{[]string{"mtx", "--seed", "127.0.0.1:1", "--no-fsync"}, "--no-fsync"},
+		// A level listed twice was measured twice and its ratios mixed up.
+		{[]string{"mtx", "--outstanding", "4,8,4", "--duration", "1ms"}, "--outstanding: 4 listed twice"},
+		{[]string{"mtx", "--memnodes", "2,2", "--duration", "1ms"}, "--memnodes: 2 listed twice"},
 		{[]string{"mtx", "--seed", "127.0.0.1:1", "--leaders", "colocated"}, "--leaders"},
 		{[]string{"mcast", "--seed", "127.0.0.1:1", "--senders", "4"}, "--senders"},
 		{[]string{"mcast", "--seed", "127.0.0.1:1", "--senders", "-1"}, "--senders"},
