@@ -80,14 +80,15 @@
 // certain they were not applied (NOT_LEADER, never sent, reads). A one-phase
 // write whose leader changed after the proposal, or whose connection broke
 // after sending, returns ErrUnknownOutcome: read the items to find out,
-// with a logged minitransaction that fences the attempt
-// (Tx.Fence(UnknownAttempt(err))): a plain read can come before an attempt
+// with a logged minitransaction on the attempt's memnode (Error.Memnode)
+// that fences the attempt (Client.Settle(ctx, tx, err), or
+// Tx.Fence(UnknownAttempt(err))): a plain read can come before an attempt
 // the leader has appended and not yet committed, and an unfenced logged
 // one before an attempt still on its way to the leader, which may then
 // apply after the read said it had not. A fenced attempt arriving later is
 // refused (Entry.Fences in package memnode), so what the read shows is
-// final. A
-// two-phase attempt whose votes are unknown is settled as recovery would
+// final. A fence on another memnode settles nothing; Settle refuses one
+// with ErrInvalid. A two-phase attempt whose votes are unknown is settled as recovery would
 // (see below): committed if every vote turns out OK, else aborted at every
 // participant and retried.
 //

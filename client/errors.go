@@ -69,9 +69,37 @@ func (e *Error) Unwrap() error { return e.Err }
 // (Error.TID anywhere in err's chain), for Tx.Fence; the zero TID, which
 // Fence skips, if err names none.
 func UnknownAttempt(err error) TID {
+	tid, _ := unknownAttempt(err)
+	return tid
+}
+
+// unknownAttempt is UnknownAttempt with the memnode the attempt ran on
+// (Error.Memnode of the same Error).
+func unknownAttempt(err error) (TID, uint64) {
 	var e *Error
 	if errors.As(err, &e) && errors.Is(e.Err, ErrUnknownOutcome) {
-		return e.TID
+		return e.TID, e.Memnode
 	}
-	return TID{}
+	return TID{}, 0
+}
+
+// attemptsOn returns the one-phase attempts that attempts name
+// (UnknownAttempt; errors that name none are skipped), for Tx.Fence on
+// memnode mn. It fails with ErrInvalid if one of them ran on another
+// memnode: a fence there would settle nothing (the memnode records the
+// tid, and the attempt can still land on its own memnode later) while the
+// caller took what it read as final.
+func attemptsOn(mn uint64, attempts []error) ([]TID, error) {
+	var tids []TID
+	for _, a := range attempts {
+		tid, on := unknownAttempt(a)
+		if tid == (TID{}) {
+			continue
+		}
+		if on != mn {
+			return nil, fmt.Errorf("%w: attempt %v ran on memnode %d; a fence on memnode %d would not settle it", ErrInvalid, tid, on, mn)
+		}
+		tids = append(tids, tid)
+	}
+	return tids, nil
 }

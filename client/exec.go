@@ -147,20 +147,37 @@ const settleTimeout = 5 * time.Second
 // one-phase attempts whose outcome is unknown (attempts are their errors;
 // those that name none are skipped): logged and fencing them (Tx.Fence),
 // so its reads and writes come after every attempt that will ever apply.
+// tx must touch exactly the one memnode the attempts ran on
+// (Error.Memnode): an attempt named by an error of another memnode makes
+// Settle fail with ErrInvalid before anything is sent or added to tx,
+// since a fence on the wrong memnode settles nothing and the attempt could
+// still land after the read said it had not.
 // When ctx has ended, which is often why an outcome is unknown, it runs on
 // a context of its own (at most 5 s): with ctx it could only fail, and the
 // caller could not tell what happened.
 func (c *Client) Settle(ctx context.Context, tx *Tx, attempts ...error) (*Result, error) {
+	if tx == nil {
+		return c.Exec(ctx, tx) // ErrInvalid
+	}
+	var tids []TID
+	if mns := tx.Memnodes(); len(mns) == 1 {
+		var err error
+		if tids, err = attemptsOn(mns[0], attempts); err != nil {
+			return nil, fmt.Errorf("settle: %w", err)
+		}
+	} else {
+		// Exec refuses fences on other than one memnode, and tx without
+		// items; an attempt without a tid adds no fence.
+		for _, a := range attempts {
+			tids = append(tids, UnknownAttempt(a))
+		}
+	}
 	if ctx.Err() != nil {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 		defer cancel()
 	}
-	tx.Logged()
-	for _, a := range attempts {
-		tx.Fence(UnknownAttempt(a))
-	}
-	return c.Exec(ctx, tx)
+	return c.Exec(ctx, tx.Fence(tids...))
 }
 
 func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {

@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -92,5 +93,67 @@ func TestUnknownOutcomeNamesItsAttempt(t *testing.T) {
 	// Fences need one memnode.
 	if _, err := cl.Exec(ctx, client.NewTx().Read(0, 0, 1).Read(mn, addr, 1).Fence(e.TID)); !errors.Is(err, client.ErrInvalid) {
 		t.Fatalf("fence across memnodes: %v, want ErrInvalid", err)
+	}
+}
+
+// A fence settles an attempt only on the memnode the attempt ran on:
+// elsewhere the memnode records a tid that never arrives there, and the
+// attempt, still on its way to its own memnode, lands after the settling
+// read said it had not. Settle (and Queue.Enqueued) take the attempt's
+// error, which names its memnode, so they refuse such a settling step with
+// ErrInvalid before sending anything, rather than answer as if settled.
+func TestSettleRefusesAnAttemptOfAnotherMemnode(t *testing.T) {
+	const mn, other, addr = 1, 0, 0x2200
+	_, cl, transit := inTransit(t)
+	ctx := ctxT(t)
+	if _, err := cl.Exec(ctx, client.NewTx().Write(mn, addr, []byte{'0'})); err != nil {
+		t.Fatal(err)
+	}
+	transit.Arm(mn)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err := cl.Exec(short, client.NewTx().Write(mn, addr, []byte{'1'}))
+	cancel()
+	if _, held := transit.Held(); !held || client.UnknownAttempt(err) == (client.TID{}) {
+		t.Fatalf("write taken aside in transit: held %v, err %v; want an unknown outcome naming its attempt", held, err)
+	}
+	attempt := fmt.Errorf("update: %w", err) // as a caller passes it on
+
+	// On another memnode: refused, and nothing sent (its write did not apply).
+	wrong := client.NewTx().Read(other, addr, 1).Write(other, addr+8, []byte{'s'})
+	if res, err := cl.Settle(ctx, wrong, attempt); !errors.Is(err, client.ErrInvalid) {
+		t.Fatalf("Settle on memnode %d of an attempt on memnode %d: %+v, %v; want ErrInvalid (the fence would settle nothing)", other, mn, res, err)
+	}
+	res, err := cl.Exec(ctx, client.NewTx().Read(other, addr+8, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Reads[0][0] == 's' {
+		t.Fatalf("a refused Settle applied its write")
+	}
+	q, err := client.OpenQueue(ctx, cl, client.QueueConfig{Memnode: other, Base: 0x1000, Capacity: 8, SlotSize: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if landed, err := q.Enqueued(ctx, 0, item("x"), attempt); !errors.Is(err, client.ErrInvalid) {
+		t.Fatalf("Enqueued on memnode %d with an attempt on memnode %d: %v, %v; want ErrInvalid", other, mn, landed, err)
+	}
+
+	// On its own memnode it settles: not there now, and never after.
+	res, err = cl.Settle(ctx, client.NewTx().Read(mn, addr, 1), attempt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Reads[0][0]; got != '0' {
+		t.Fatalf("settling read before the attempt arrived: %q, want 0", got)
+	}
+	if err := transit.Release(); err != nil {
+		t.Fatal(err)
+	}
+	res, err = cl.Exec(ctx, client.NewTx().Read(mn, addr, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Reads[0][0]; got != '0' {
+		t.Fatalf("the settled attempt landed after the settling read: %q, want 0", got)
 	}
 }

@@ -301,17 +301,21 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items [][]byte) (first uint64,
 // UnknownAttempt picks the attempt each names) and the step also fences
 // those attempts (Tx.Fence), so that one still on its way to the leader
 // is refused when it arrives: false is then final. Without them false
-// holds only for what the leader had received. It also compares the
-// header's constant words, so that a queue no longer there is an error.
+// holds only for what the leader had received. An attempt that ran on
+// another memnode than the queue's (Error.Memnode) is refused with
+// ErrInvalid before anything is sent: a fence here would not settle it.
+// It also compares the header's constant words, so that a queue no longer
+// there is an error.
 func (q *Queue) Enqueued(ctx context.Context, pos uint64, item []byte, attempts ...error) (bool, error) {
 	mn, consts := q.cfg.Memnode, words(q.cfg.Capacity, q.cfg.SlotSize)
+	tids, err := attemptsOn(mn, attempts)
+	if err != nil {
+		return false, fmt.Errorf("enqueued: %w", err)
+	}
 	tx := NewTx().
 		Compare(mn, q.cfg.Base+16, consts).
 		Read(mn, q.cfg.Base, 16).Read(mn, q.slotAddr(pos), uint32(q.cfg.SlotSize)).
-		Logged()
-	for _, a := range attempts {
-		tx.Fence(UnknownAttempt(a))
-	}
+		Fence(tids...)
 	r, err := q.c.Exec(ctx, tx)
 	if err != nil {
 		return false, fmt.Errorf("enqueued: %w", err)

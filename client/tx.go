@@ -79,7 +79,9 @@ func (t *Tx) Logged() *Tx {
 // show every fenced attempt that will ever have applied. Zero TIDs are
 // skipped. A fence needs a minitransaction on exactly one memnode, the
 // memnode of the attempts (Exec fails with ErrInvalid for several; on
-// another memnode a fence does nothing), and at most the cluster's item
+// another memnode a fence does nothing, and a TID does not say which
+// memnode its attempt ran on, so Fence cannot check it: Client.Settle,
+// which takes the attempts' errors, does), and at most the cluster's item
 // limit of tids (counted apart from the items). It does nothing to a
 // two-phase tid that is in doubt or decided.
 func (t *Tx) Fence(tids ...TID) *Tx {
