@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tutti-gcs/tutti/client"
+	"github.com/tutti-gcs/tutti/internal/cluster"
 )
 
 // DeliveryCounts returns how often g's delivery took order-log records
@@ -153,13 +154,19 @@ func LeftView(g *Group) bool { return g.leftView.Load() }
 func SettleReads() int64 { return settleReads.Load() }
 
 // UnknownWhilePending makes the next minitransaction at site start and,
-// once pending reports true (say, its request reached the memnode's
-// leader), report client.ErrUnknownOutcome to its caller while it goes on:
-// it may still commit, as a request whose connection broke may.
-func UnknownWhilePending(site string, pending func() bool) (fired func() bool, restore func()) {
-	return UnknownWhen(site, func() error {
-		if pending() {
-			return fmt.Errorf("failpoint at %s: %w", site, client.ErrUnknownOutcome)
+// once transit saw its request go by (Watch on memnode, the memnode the
+// site writes: transit records the attempt's tid and sends it on) and
+// pending reports true (say, the memnode's leader has it appended),
+// report client.ErrUnknownOutcome naming the attempt (client.Error.TID)
+// to its caller, as the client does, while the attempt goes on: it may
+// still commit, as a request whose connection broke may. Without the tid
+// the caller's settling step could not fence the attempt, and pending
+// could come true while the attempt was still on its way. transit must be
+// on the transport of the client of the node that runs site.
+func UnknownWhilePending(site string, transit *cluster.Transit, memnode uint64, pending func() bool) (fired func() bool, restore func()) {
+	return unknownWhen(site, func() { transit.Watch(memnode) }, func() error {
+		if tid, seen := transit.Held(); seen && pending() {
+			return &client.Error{Memnode: memnode, Err: client.ErrUnknownOutcome, Detail: "failpoint at " + site, TID: tid}
 		}
 		return nil
 	})
@@ -185,11 +192,18 @@ func BeforeStateRead(f func()) (restore func()) {
 // ErrUnknownOutcome naming the attempt (client.Error.TID) once a test's
 // transport has taken the request aside.
 func UnknownWhen(site string, ready func() error) (fired func() bool, restore func()) {
+	return unknownWhen(site, func() {}, ready)
+}
+
+// unknownWhen is UnknownWhen that calls before just before the
+// minitransaction starts.
+func unknownWhen(site string, before func(), ready func() error) (fired func() bool, restore func()) {
 	var done atomic.Bool
 	f := func(s string, do func() (*client.Result, error)) (*client.Result, error) {
 		if s != site || !done.CompareAndSwap(false, true) {
 			return do()
 		}
+		before()
 		go func() { _, _ = do() }() // its answer is lost
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 			if err := ready(); err != nil {

@@ -518,6 +518,9 @@ func (e *env) linkOnceThrough(ms []*member, fired func() bool, restore func()) {
 // settled by a read, the sender took the link for not committed, and
 // linked the batch again once it had committed: every member delivered it
 // twice. The settling read is now a logged step, ordered after the link.
+// The lost answer names the link's attempt, as the client's does, so the
+// settling step also fences it if it was still on its way to the leader
+// when the first append was held.
 func TestLinkPendingWhenSettledIsOrderedOnce(t *testing.T) {
 	faults := cluster.NewFaults()
 	e := newEnvWith(t, cluster.Config{WrapTransport: faults.Wrap})
@@ -526,10 +529,10 @@ func TestLinkPendingWhenSettledIsOrderedOnce(t *testing.T) {
 	// outcome unknown only once the leader has the link in its log. (A
 	// link still on its way to the leader: TestLinkInTransitWhenSettled-
 	// IsOrderedOnce.)
-	ms := e.joinAllWith(2, "g", gcs.Config{GCInterval: time.Hour})
+	ms, transit := e.joinPairThroughTransit("g", gcs.Config{GCInterval: time.Hour})
 	gi := describe(t, e.node("obs"), "g", "the group", func(gcs.GroupInfo) bool { return true })
 	reads := gcs.SettleReads()
-	fired, restore := gcs.UnknownWhilePending("link", func() bool { return faults.HeldAppends() > 0 })
+	fired, restore := gcs.UnknownWhilePending("link", transit, gi.Home, func() bool { return faults.HeldAppends() > 0 })
 	defer restore()
 	faults.HoldAppends(gi.Home)
 	defer faults.ReleaseAppends()
@@ -543,6 +546,26 @@ func TestLinkPendingWhenSettledIsOrderedOnce(t *testing.T) {
 		faults.ReleaseAppends()
 	}()
 	e.linkOnceThrough(ms, fired, restore)
+	if _, ok := transit.Held(); !ok {
+		t.Fatal("the link's attempt was not recorded on its way")
+	}
+}
+
+// joinPairThroughTransit joins two members to group with cfg's tunables,
+// the first (p0) on a client whose transport goes through the returned
+// Transit (transitClient), the second (p1) on a client of its own, and
+// waits until both are in the view.
+func (e *env) joinPairThroughTransit(group string, cfg gcs.Config) ([]*member, *cluster.Transit) {
+	e.t.Helper()
+	cl, transit := e.transitClient()
+	c0 := cfg
+	c0.Client = cl
+	ms := []*member{e.join(e.nodeWith("p0", c0), group), e.join(e.nodeWith("p1", cfg), group)}
+	waitUntil(e.t, 20*time.Second, "both in the view", func() bool {
+		v0, v1 := ms[0].lastView(), ms[1].lastView()
+		return v0 != nil && v1 != nil && len(v0.Members) == 2 && len(v1.Members) == 2
+	})
+	return ms, transit
 }
 
 // TestJoinOfUnsettledOutcomeLeavesNoGhost: a join's view change commits

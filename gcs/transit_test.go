@@ -18,17 +18,9 @@ import (
 // fences the attempt, which the memnode then refuses.
 func TestLinkInTransitWhenSettledIsOrderedOnce(t *testing.T) {
 	e := newEnv(t)
-	cl, transit := e.transitClient()
 	// No housekeeping (it writes to the home memnode too): the request
 	// taken aside is the link's.
-	cfg := gcs.Config{GCInterval: time.Hour}
-	m0 := e.join(e.nodeWith("p0", gcs.Config{GCInterval: time.Hour, Client: cl}), "g")
-	m1 := e.join(e.nodeWith("p1", cfg), "g")
-	ms := []*member{m0, m1}
-	waitUntil(t, 20*time.Second, "both in the view", func() bool {
-		v0, v1 := m0.lastView(), m1.lastView()
-		return v0 != nil && v1 != nil && len(v0.Members) == 2 && len(v1.Members) == 2
-	})
+	ms, transit := e.joinPairThroughTransit("g", gcs.Config{GCInterval: time.Hour})
 	gi := describe(t, e.node("obs"), "g", "the group", func(gcs.GroupInfo) bool { return true })
 	transit.Arm(gi.Home)
 	fired, restore := gcs.UnknownWhen("link", func() error {
