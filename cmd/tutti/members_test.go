@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -282,48 +283,23 @@ func TestServerAgentsStartTogether(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := c.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var addrs []string
-	for range 3 {
-		p, err := freeGossipPort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, "127.0.0.1:"+strconv.Itoa(p))
-	}
 	timing := membership.Timing{PollInterval: 50 * time.Millisecond, AbsentTimeout: time.Second}
-	cfg := func(i int, key []byte) membership.Config {
+	cfg := func(i int, bind string, key []byte) membership.Config {
 		cl, err := newClient(ctx, zerolog.Nop(), c.Seeds())
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cl.Close() })
-		return membership.Config{ID: fmt.Sprintf("host-%d", i+1), Client: cl, Bind: addrs[i], Key: key, Timing: timing}
+		return membership.Config{ID: fmt.Sprintf("host-%d", i+1), Client: cl, Bind: bind, Key: key, Timing: timing}
 	}
-	type res struct {
-		n   *membership.Node
-		err error
-	}
-	results := make(chan res, 2)
-	for i, after := range []time.Duration{0, 2 * time.Second} {
-		cf := cfg(i, nil)
-		go func() {
-			n, err := memberStart(ctx, zerolog.New(zerolog.NewTestWriter(t)), cf, []string{addrs[1-i]}, after)
-			results <- res{n, err}
-		}()
-	}
-	var nodes []*membership.Node
-	for range 2 {
-		r := <-results
-		if r.err != nil {
-			t.Fatal(r.err)
-		}
-		defer r.n.Close()
-		nodes = append(nodes, r.n)
+	nodes, addrs := startAgentsTogether(ctx, t, func(i int, bind string) membership.Config { return cfg(i, bind, nil) })
+	for _, n := range nodes {
+		defer n.Close()
 	}
 	poll(t, 20*time.Second, "one gossip cluster", func() bool {
 		return nodes[0].GossipMembers() == 2 && nodes[1].GossipMembers() == 2
@@ -342,14 +318,116 @@ func TestServerAgentsStartTogether(t *testing.T) {
 	})
 
 	// Another key: the seeds are reachable but refuse; memberStart keeps
-	// trying (never starts alone) until its context ends.
+	// trying (never starts alone) until its context ends. Nobody needs its
+	// address: it binds a port the kernel picks.
+	third := cfg(2, "127.0.0.1:0", bytes.Repeat([]byte{9}, 16))
 	sctx, scancel := context.WithTimeout(ctx, 3*time.Second)
 	defer scancel()
-	n, err := memberStart(sctx, zerolog.Nop(), cfg(2, bytes.Repeat([]byte{9}, 16)), []string{addrs[0]}, 0)
+	n, err := memberStart(sctx, zerolog.Nop(), third, []string{addrs[0]}, 0)
 	if err == nil {
 		n.Close()
 		t.Fatal("a process with another gossip key started")
 	}
+}
+
+// startAgentsTogether starts two membership agents (cfg(i, bind) for
+// i = 0, 1) that list each other as gossip seeds at the same time, as two
+// servers do: the first starts alone at once if the other is not up, the
+// second waits 2 s for the first. It returns them and their gossip
+// addresses.
+//
+// Each address is the other's seed, so both are fixed before either agent
+// binds its own (as a server's configured address is): found free
+// (freeGossipPort), released, and bound when the agent starts. In between,
+// another socket can take the port: another process's, or an ephemeral
+// port of an outgoing connection of any process, this one's clients
+// included. memberStart then retries the bind until its context ends. So
+// an attempt whose agents have not both started within 30 s, and one of
+// whose ports is then held by another socket (EADDRINUSE), is made again
+// on fresh ports, until ctx ends; any other failure fails the test.
+func startAgentsTogether(ctx context.Context, t *testing.T, cfg func(i int, bind string) membership.Config) ([]*membership.Node, []string) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		var addrs []string
+		for range 2 {
+			p, err := freeGossipPort()
+			if err != nil {
+				t.Fatal(err)
+			}
+			addrs = append(addrs, "127.0.0.1:"+strconv.Itoa(p))
+		}
+		cfgs := []membership.Config{cfg(0, addrs[0]), cfg(1, addrs[1])} // clients connect before the agents start
+		// The agents' context also bounds an agent that started alone
+		// joining the other later (keepJoining): it ends with the test,
+		// or when the attempt is given up.
+		actx, cancel := context.WithCancel(ctx)
+		type res struct {
+			i   int
+			n   *membership.Node
+			err error
+		}
+		results := make(chan res, 2)
+		for i, after := range []time.Duration{0, 2 * time.Second} {
+			go func() {
+				n, err := memberStart(actx, zerolog.New(zerolog.NewTestWriter(t)), cfgs[i], []string{addrs[1-i]}, after)
+				results <- res{i, n, err}
+			}()
+		}
+		var (
+			nodes  = make([]*membership.Node, 2)
+			errs   = make([]error, 2)
+			giveUp = time.NewTimer(30 * time.Second)
+		)
+		for range 2 {
+			var r res
+			select {
+			case r = <-results:
+			case <-giveUp.C:
+				cancel() // both return at once now
+				r = <-results
+			}
+			nodes[r.i], errs[r.i] = r.n, r.err
+		}
+		giveUp.Stop()
+		if errs[0] == nil && errs[1] == nil {
+			t.Cleanup(cancel)
+			return nodes, addrs
+		}
+		cancel()
+		var taken []string
+		for i, n := range nodes {
+			if n != nil {
+				lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+				if err := n.Leave(lctx); err != nil {
+					t.Logf("leaving after a failed start: %v", err)
+				}
+				lcancel()
+			} else if portTaken(addrs[i]) {
+				taken = append(taken, addrs[i])
+			}
+		}
+		if len(taken) == 0 || ctx.Err() != nil {
+			t.Fatalf("agents starting together on %v: %v, %v", addrs, errs[0], errs[1])
+		}
+		t.Logf("attempt %d: another socket took gossip address %v before its agent bound it; again on fresh ports", attempt, taken)
+	}
+}
+
+// portTaken reports whether another socket holds addr's port for TCP or
+// UDP (binding it fails with EADDRINUSE).
+func portTaken(addr string) bool {
+	l, err := net.Listen("tcp", addr)
+	if err == nil {
+		l.Close()
+	} else if errors.Is(err, syscall.EADDRINUSE) {
+		return true
+	}
+	u, err := net.ListenPacket("udp", addr)
+	if err == nil {
+		u.Close()
+		return false
+	}
+	return errors.Is(err, syscall.EADDRINUSE)
 }
 
 // poll checks cond every 20 ms until it holds, failing after d.
