@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,6 +103,10 @@ type cluster struct {
 	mod    func(*Config)
 	newSM  func() StateMachine   // default: newTestSM
 	fss    map[uint64]*vfs.MemFS // hosts whose engine lives in a crashable in-memory FS
+
+	// unknownOutcomes counts the proposals of propose whose outcome was
+	// unknown.
+	unknownOutcomes atomic.Int64
 
 	mu    sync.Mutex
 	hosts map[uint64]*Host
@@ -271,9 +276,6 @@ func (c *cluster) leader(group uint64, among []uint64) uint64 {
 	return lead
 }
 
-// propose retries cmd at the current leader until it succeeds. Only for
-// commands whose duplication the test tolerates or rules out (it retries
-// only on errors that say nothing was proposed).
 // follower waits for group's leader and returns a host other than it.
 func (c *cluster) follower(group uint64) uint64 {
 	c.t.Helper()
@@ -283,28 +285,86 @@ func (c *cluster) follower(group uint64) uint64 {
 	return c.ids[1]
 }
 
+// propose proposes cmd at the current leader until it applied once, and
+// returns its result. It retries on errors that say nothing was proposed.
+// An unknown outcome (ErrUnknownOutcome: the leader lost its term before
+// the command committed, which load alone can cause) it settles (settle):
+// if the command applied, it returns, else it proposes again. Settling
+// asks the state machine's Query(cmd) for the number of times cmd applied
+// (testSM, shortSM); with another state machine the command may apply
+// twice. The result of a command that settled as applied is its position
+// in the answering leader's log if the state machine keeps one (testSM),
+// else nil.
 func (c *cluster) propose(group uint64, cmd string) []byte {
 	c.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	// No deadline of its own for one attempt: a proposal abandoned while
+	// its leader still holds it could commit after a settling read.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
 		lead := c.leader(group, nil)
 		h := c.host(lead)
 		if h == nil {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		res, err := h.Propose(ctx, group, []byte(cmd))
-		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			return res
-		}
-		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrDropped) && !errors.Is(err, ErrStopped) {
+		case errors.Is(err, ErrUnknownOutcome) && ctx.Err() == nil:
+			c.unknownOutcomes.Add(1)
+			if res, applied := c.settle(ctx, group, cmd); applied {
+				return res
+			}
+			continue
+		case !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrDropped) && !errors.Is(err, ErrStopped):
 			c.t.Fatalf("propose %q to group %d at host %d: %v", cmd, group, lead, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	c.t.Fatalf("propose %q to group %d: no success before deadline", cmd, group)
+	c.t.Fatalf("propose %q to group %d: no success within 30 s", cmd, group)
 	return nil
+}
+
+// settle reports whether cmd, whose proposal to group has an unknown
+// outcome because its leader lost its term (not because the proposal's
+// context ended), applied, and its result then (see propose). It reads
+// Query(cmd) at a leader: a leader serves a linearizable read only once it
+// has committed an entry of its own term, which is later than the
+// proposal's, and by then the proposal has committed if it is in that
+// leader's log, and can never commit if it is not. So the answer is final.
+func (c *cluster) settle(ctx context.Context, group uint64, cmd string) ([]byte, bool) {
+	c.t.Helper()
+	for ctx.Err() == nil {
+		lead := c.leader(group, nil)
+		h := c.host(lead)
+		if h == nil {
+			continue
+		}
+		got, err := h.Read(ctx, group, []byte(cmd))
+		if err != nil {
+			time.Sleep(10 * time.Millisecond) // not the leader any more, or stopping: again
+			continue
+		}
+		n, err := strconv.Atoi(string(got))
+		if err != nil {
+			c.t.Fatalf("settling %q in group %d: Query answered %q, not a count", cmd, group, got)
+		}
+		if n == 0 {
+			return nil, false
+		}
+		c.mu.Lock()
+		sm, _ := c.sms[lead][group].(*testSM)
+		c.mu.Unlock()
+		if sm != nil {
+			if i := slices.Index(sm.entries(), cmd); i >= 0 {
+				return []byte(strconv.Itoa(i + 1)), true
+			}
+		}
+		return nil, true
+	}
+	c.t.Fatalf("settling %q in group %d: no answer within the proposal's 30 s", cmd, group)
+	return nil, false
 }
 
 // waitApplied waits until every running host applied n commands of group.

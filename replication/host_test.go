@@ -158,6 +158,52 @@ func TestLeaderCrash(t *testing.T) {
 	}
 }
 
+// A proposal whose leader loses its term before the proposal commits has
+// an unknown outcome (ErrUnknownOutcome); under load that happens without
+// any fault (the tests' election timeout is 100 ms, CheckQuorum is on).
+// The harness's propose took it for a failure. It now settles it with a
+// linearizable read at a later leader, which shows the command if it ever
+// commits, and proposes it again only if not: it applies once, whether
+// the old leader's followers had it (the next leader commits it) or not.
+func TestProposeSettlesALeaderChange(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault func(c *cluster, lead uint64)
+	}{
+		// The leader's entries reach no one.
+		{"lost", func(c *cluster, lead uint64) { c.net.Isolate(lead) }},
+		// The followers append them, their answers are lost; the next
+		// leader has the entry and commits it.
+		{"kept", func(c *cluster, lead uint64) {
+			for _, id := range c.ids {
+				if id != lead {
+					c.net.Cut(id, lead)
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t, 3, []uint64{1}, nil)
+			c.propose(1, "before")
+			// The leader accepts the next proposal, cannot commit it, and
+			// steps down (CheckQuorum): its outcome is unknown.
+			tc.fault(c, c.leader(1, nil))
+			res := c.propose(1, "during")
+			if c.unknownOutcomes.Load() == 0 {
+				t.Fatal("the proposal's outcome was never unknown: the test shows nothing")
+			}
+			if string(res) != "2" {
+				t.Fatalf("result %q, want 2 (its log position)", res)
+			}
+			c.net.Heal()
+			c.waitApplied(1, 2)
+			if log := c.checkSame(1); !slices.Equal(log, []string{"before", "during"}) {
+				t.Fatalf("log %v, want [before during]", log)
+			}
+		})
+	}
+}
+
 func TestFollowerRestartRecovers(t *testing.T) {
 	groups := []uint64{1, 2}
 	c := newCluster(t, 3, groups, func(cfg *Config) { cfg.SnapshotEntries = 20 })
