@@ -63,9 +63,12 @@ func newRoot() *cobra.Command {
 changed only by Sinfonia minitransactions, and builds group membership and
 totally ordered multicast on top.
 
-Start a local cluster with 'tutti up', list its processes with 'tutti members',
-run minitransactions against it with 'tutti mtx' or measure it with
-'tutti bench mtx' and 'tutti bench members'.`,
+Start a local cluster with 'tutti up' (or one 'tutti server' per host), list
+its processes with 'tutti members' and its memnodes with 'tutti memnodes',
+run minitransactions with 'tutti mtx', multicast to a group with 'tutti send'
+and follow it with 'tutti tail' ('tutti groups' lists the groups), and
+measure it with 'tutti bench mtx', 'tutti bench mcast' and
+'tutti bench members'.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		// A --timeout of 0 or less expired before the first request, and the
