@@ -382,6 +382,15 @@ func startServerAgent(log zerolog.Logger, cfg membership.Config, explicit []stri
 		cfg.Client = a.cl
 		n, err := memberStart(ctx, log, cfg, explicit, aloneAfter)
 		if err != nil {
+			if ctx.Err() != nil {
+				// stop: the host is shutting down before the agent started.
+				log.Debug().Err(err).Msg("membership: agent start abandoned (stopping)")
+				return
+			}
+			// memberStart retries what time can fix: this will not start
+			// by itself, and the host runs on without its agent.
+			log.Error().Err(err).Str("process", cfg.ID).
+				Msg("membership: the agent did not start: this host is not in the process table ('tutti members' does not list it) and takes no part in failure detection; fix the cause and restart the host")
 			return
 		}
 		a.node = n
