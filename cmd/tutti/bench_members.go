@@ -84,7 +84,8 @@ as 'tutti up' does (3 hosts, 3 memnodes, fsync on), or the cluster at --seed.
 Crash phase (--trials, default 20): each trial SIGKILLs one agent (round
 robin), measures the time until the process table marks that incarnation
 dead (the table is polled every 10 ms), restarts it on the same gossip port
-under a new incarnation and lets it settle. Reports p50/p99/max.
+(on a free one if another socket took it meanwhile) under a new incarnation
+and lets it settle. Reports p50/p99/max.
 
 Soak phase (--soak DURATION): the agents run with --cpu-hogs busy goroutines
 each and nothing is killed; every row that goes dead is a false removal.
@@ -313,15 +314,26 @@ func (b *membersBench) pollUntil(ctx context.Context, d time.Duration, cond func
 	}
 }
 
-// spawn starts agent id on addr (a free loopback port if empty) and waits
-// for its ready line.
+// spawn starts agent id and waits for its ready line. addr is the gossip
+// address it binds: a restarted agent's is its predecessor's, as for a
+// restarted process; with "" the agent binds a port the kernel picks and
+// reports it on its ready line (a port found free here and bound there
+// later could be taken in between). The predecessor's port can be taken
+// too, after its death: then the agent, whose bind fails, is started again
+// on a port the kernel picks.
 func (b *membersBench) spawn(ctx context.Context, id, addr string) error {
+	err := b.start(ctx, id, addr)
+	if err != nil && addr != "" && ctx.Err() == nil && portTaken(addr) {
+		fmt.Fprintf(b.progress, "bench members: %s's gossip address %s is held by another socket; restarting it on a free port\n", id, addr)
+		return b.start(ctx, id, "")
+	}
+	return err
+}
+
+// start is one attempt of spawn.
+func (b *membersBench) start(ctx context.Context, id, addr string) error {
 	if addr == "" {
-		p, err := freeGossipPort()
-		if err != nil {
-			return err
-		}
-		addr = "127.0.0.1:" + strconv.Itoa(p)
+		addr = "127.0.0.1:0"
 	}
 	args := []string{"agent", "--seed", strings.Join(b.seeds, ","), "--name", id, "--gossip-addr", addr,
 		"--cpu-hogs", strconv.Itoa(b.cpuHogs), "--ready-json", "--exit-on-stdin-eof", "--log-format", "json", "--log-level", "info"}
@@ -344,7 +356,7 @@ func (b *membersBench) spawn(ctx context.Context, id, addr string) error {
 	if err := c.Start(); err != nil {
 		return err
 	}
-	a := &benchAgent{id: id, addr: addr, cmd: c, stdin: stdin, exited: make(chan struct{})}
+	a := &benchAgent{id: id, cmd: c, stdin: stdin, exited: make(chan struct{})}
 	ready := make(chan agentReady, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -360,7 +372,7 @@ func (b *membersBench) spawn(ctx context.Context, id, addr string) error {
 	}()
 	select {
 	case r := <-ready:
-		a.inc = r.Incarnation
+		a.inc, a.addr = r.Incarnation, r.Gossip
 	case <-a.exited:
 		return fmt.Errorf("agent %s exited before registering (see %s)", id, filepath.Join(b.logDir, id+".log"))
 	case <-time.After(30 * time.Second):
@@ -483,22 +495,21 @@ func (b *membersBench) stopAll() {
 	}
 }
 
-// freeGossipPort finds a loopback port free for both UDP and TCP.
-func freeGossipPort() (int, error) {
-	for range 20 {
-		u, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := u.LocalAddr().(*net.UDPAddr).Port
-		t, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		u.Close()
-		if err == nil {
-			t.Close()
-			return port, nil
-		}
+// portTaken reports whether another socket holds addr's port for TCP or
+// UDP (binding it fails with EADDRINUSE).
+func portTaken(addr string) bool {
+	l, err := net.Listen("tcp", addr)
+	if err == nil {
+		l.Close()
+	} else if errors.Is(err, syscall.EADDRINUSE) {
+		return true
 	}
-	return 0, errors.New("no free gossip port found")
+	u, err := net.ListenPacket("udp", addr)
+	if err == nil {
+		u.Close()
+		return false
+	}
+	return errors.Is(err, syscall.EADDRINUSE)
 }
 
 // pct is the nearest-rank percentile of sorted durations.

@@ -413,21 +413,23 @@ func startAgentsTogether(ctx context.Context, t *testing.T, cfg func(i int, bind
 	}
 }
 
-// portTaken reports whether another socket holds addr's port for TCP or
-// UDP (binding it fails with EADDRINUSE).
-func portTaken(addr string) bool {
-	l, err := net.Listen("tcp", addr)
-	if err == nil {
-		l.Close()
-	} else if errors.Is(err, syscall.EADDRINUSE) {
-		return true
-	}
-	u, err := net.ListenPacket("udp", addr)
-	if err == nil {
+// freeGossipPort finds a loopback port free for both UDP and TCP. It is
+// free when found, not when bound later (startAgentsTogether).
+func freeGossipPort() (int, error) {
+	for range 20 {
+		u, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := u.LocalAddr().(*net.UDPAddr).Port
+		t, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		u.Close()
-		return false
+		if err == nil {
+			t.Close()
+			return port, nil
+		}
 	}
-	return errors.Is(err, syscall.EADDRINUSE)
+	return 0, errors.New("no free gossip port found")
 }
 
 // poll checks cond every 20 ms until it holds, failing after d.
