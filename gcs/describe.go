@@ -204,7 +204,7 @@ func (n *Node) Delete(ctx context.Context, group string) error {
 			gone := false
 			attempt := err
 			rerr := n.retry(ctx, func() error {
-				_, err := n.readMetaIn(ctx, ref, settling(attempt))
+				_, err := n.settleMeta(ctx, ref, attempt)
 				if errors.Is(err, ErrNoGroup) {
 					gone, err = true, nil
 				}

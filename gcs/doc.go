@@ -101,8 +101,10 @@
 //     not resent. An ErrUnknownOutcome is settled before anything is
 //     linked again, by reading the header and the records' position
 //     together until that succeeds, in a logged step that fences the
-//     attempt (client.Tx.Fence: a link still on its way to the leader is
-//     refused when it arrives, so the read's answer is final): our bytes there are ours (records
+//     attempt (client.Client.Settle: a link still on its way to the leader
+//     is refused when it arrives, so the read's answer is final; a fence
+//     on another memnode than the attempt's would settle nothing, and
+//     Settle refuses it): our bytes there are ours (records
 //     carry their position); other bytes while head has not passed the
 //     position mean no commit; once head passed it, the sender's own
 //     delivery tells (head passes a position only after every member's

@@ -238,3 +238,15 @@ func AllocOn(ctx context.Context, n *Node, home, size uint64) (client.Region, er
 
 // MetaMagic starts every live group's metadata region.
 const MetaMagic = metaMagic
+
+// SettleRead reads l bytes at addr on memnode mn in a step that settles
+// attempts, as lookup and a state provider do (settle).
+func SettleRead(ctx context.Context, n *Node, mn, addr uint64, l uint32, attempts ...error) ([]byte, error) {
+	return n.settleRead(ctx, mn, addr, l, attempts...)
+}
+
+// SettleLink settles attempt as a link of records at position pos of g's
+// order log, as a sender does after an unknown outcome (settleRecords).
+func SettleLink(ctx context.Context, g *Group, pos uint64, records []byte, attempt error) (bool, error) {
+	return g.n.settleRecords(ctx, g.ref, pos, records, attempt)
+}

@@ -155,23 +155,28 @@ func (n *Node) execAt(ctx context.Context, site string, tx *client.Tx) (*client.
 	return n.exec(ctx, tx)
 }
 
-// settling returns an empty minitransaction that settles the one-phase
-// attempts whose errors are attempts (those that name none are skipped):
-// logged, so ordered after an attempt the memnode's leader has, and fencing
-// them (client.Tx.Fence), so an attempt still on its way is refused when
-// it arrives. Its reads then show an attempt's effect if and only if it
-// ever applies.
-func settling(attempts ...error) *client.Tx {
-	tx := client.NewTx().Logged()
-	for _, a := range attempts {
-		tx.Fence(client.UnknownAttempt(a))
+// settle runs tx, whose items are on one memnode, as the step that
+// settles the one-phase attempts whose errors are attempts (those that
+// name none are skipped), through client.Client.Settle: a logged Exec (one
+// Raft entry, even when tx only reads), so ordered after an attempt the
+// memnode's leader has, that fences the attempts (client.Tx.Fence), so an
+// attempt still on its way is refused when it arrives. Its reads then show
+// an attempt's effect if and only if it ever applies. An attempt that ran
+// on another memnode than tx's is refused with client.ErrInvalid before
+// anything is sent: a fence there would settle nothing, and the reads
+// would call the attempt not applied while it can still land. Unlike
+// Settle it does not start once ctx has ended: the callers tell a closed
+// node or group by their ctx.
+func (n *Node) settle(ctx context.Context, tx *client.Tx, attempts ...error) (*client.Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	return tx
+	return n.cl.Settle(ctx, tx, attempts...)
 }
 
-// settleRead reads like read in a settling step (settling).
+// settleRead reads like read in a settling step (settle).
 func (n *Node) settleRead(ctx context.Context, mn, addr uint64, l uint32, attempts ...error) ([]byte, error) {
-	res, err := n.cl.Exec(ctx, settling(attempts...).Read(mn, addr, l))
+	res, err := n.settle(ctx, client.NewTx().Read(mn, addr, l), attempts...)
 	if err != nil {
 		return nil, err
 	}
@@ -189,12 +194,17 @@ func (n *Node) read(ctx context.Context, mn, addr uint64, l uint32) ([]byte, err
 // readMeta reads the header and member slots, and the index slot that
 // names them, in one minitransaction: ErrNoGroup if the group was deleted.
 func (n *Node) readMeta(ctx context.Context, ref groupRef) (metaState, error) {
-	return n.readMetaIn(ctx, ref, client.NewTx())
+	return n.readMetaBy(ref, func(tx *client.Tx) (*client.Result, error) { return n.cl.Exec(ctx, tx) })
 }
 
-// readMetaIn is readMeta with the reads added to tx (a settling step).
-func (n *Node) readMetaIn(ctx context.Context, ref groupRef, tx *client.Tx) (metaState, error) {
-	res, err := n.cl.Exec(ctx, tx.Read(ref.home, ref.meta, ref.metaLen()).Read(ref.home, ref.slot, IndexSlotSize))
+// settleMeta is readMeta in a step that settles attempts (settle).
+func (n *Node) settleMeta(ctx context.Context, ref groupRef, attempts ...error) (metaState, error) {
+	return n.readMetaBy(ref, func(tx *client.Tx) (*client.Result, error) { return n.settle(ctx, tx, attempts...) })
+}
+
+// readMetaBy is readMeta with the minitransaction run by run.
+func (n *Node) readMetaBy(ref groupRef, run func(*client.Tx) (*client.Result, error)) (metaState, error) {
+	res, err := run(client.NewTx().Read(ref.home, ref.meta, ref.metaLen()).Read(ref.home, ref.slot, IndexSlotSize))
 	if err != nil {
 		return metaState{}, err
 	}

@@ -260,11 +260,11 @@ func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, reco
 			// Logged: a read (ReadIndex) does not wait for a link the
 			// leader has appended and not yet committed, and would call
 			// it not committed just before it commits.
-			tx := settling(attempt).Read(ref.home, ref.meta, metaHeader)
+			tx := client.NewTx().Read(ref.home, ref.meta, metaHeader)
 			for _, it := range n.ringItems(ref.logBase(), ref.logSize, pos, uint64(len(records))) {
 				tx.Read(ref.home, it.addr, uint32(it.n))
 			}
-			res, err := n.exec(ctx, tx)
+			res, err := n.settle(ctx, tx, attempt)
 			if err != nil {
 				return err
 			}

@@ -66,9 +66,10 @@
 // logSize versions behind re-reads all rows and reports differences as
 // Resync changes. An ErrUnknownOutcome is resolved by reading back the log
 // entry the change would have written, with a logged read that fences the
-// attempt (client.Tx.Fence: a plain read can precede an attempt the leader
-// appended and not yet committed, an unfenced logged one an attempt still
-// on its way to the leader). A rejoin that cannot be settled is adopted once the table
+// attempt (client.Client.Settle: a plain read can precede an attempt the
+// leader appended and not yet committed, an unfenced logged one an attempt
+// still on its way to the leader; a fence on another memnode than the
+// attempt's settles nothing, and Settle refuses it). A rejoin that cannot be settled is adopted once the table
 // shows it, so the process does not take its own new row for a newer copy.
 //
 // # The protocol (Decide)

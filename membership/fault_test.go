@@ -1,6 +1,8 @@
 package membership
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -160,4 +162,37 @@ func TestRejoinInTransitWhenSettledIsAdopted(t *testing.T) {
 		})
 	}
 	rejoinThrough(t, e, a, cfg, &armed, func() {}, 15*time.Second)
+}
+
+// resolve settles an unknown outcome with a read that fences the attempt on
+// the table's memnode. A fence there of an attempt that ran on another
+// memnode settles nothing: the read calls the attempt not applied while
+// it can still land. resolve built its fence with Tx.Fence, which cannot
+// tell, and answered; it now settles through client.Client.Settle, which
+// refuses such a step (ErrInvalid) before sending anything. An attempt on
+// the table's memnode is settled as before.
+func TestResolveRefusesAnAttemptOfAnotherMemnode(t *testing.T) {
+	e := newEnv(t)
+	transit := cluster.NewTransit()
+	cl := e.client(grpc.WithTransportCredentials(insecure.NewCredentials()), transit.DialOption())
+	n := &Node{cfg: Config{Client: cl, Table: DefaultTable}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mn := DefaultTable.Memnode
+	tid := client.TID{Client: 1 << 40, Seq: 1, Time: time.Now().UnixNano()}
+	p := Plan{Base: Table{Version: 7}} // a change the table (never written) does not have
+
+	elsewhere := fmt.Errorf("registering: %w", &client.Error{Memnode: mn + 1, Err: client.ErrUnknownOutcome, TID: tid})
+	if committed, err := n.resolve(ctx, p, elsewhere); !errors.Is(err, client.ErrInvalid) {
+		t.Fatalf("resolve on memnode %d of an attempt on memnode %d: committed %v, %v; want ErrInvalid", mn, mn+1, committed, err)
+	}
+	if k := transit.Fences(mn); k != 0 {
+		t.Fatalf("%d fenced requests sent to memnode %d; want none", k, mn)
+	}
+
+	here := fmt.Errorf("registering: %w", &client.Error{Memnode: mn, Err: client.ErrUnknownOutcome, TID: tid})
+	committed, err := n.resolve(ctx, p, here)
+	if err != nil || committed || transit.Fences(mn) == 0 {
+		t.Fatalf("resolve on the attempt's memnode: committed %v, %v, %d fenced requests; want not committed, some", committed, err, transit.Fences(mn))
+	}
 }

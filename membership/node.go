@@ -535,14 +535,16 @@ func (n *Node) execute(ctx context.Context, p Plan) (bool, error) {
 }
 
 // The settling read is a logged step that fences the attempt (attempt is
-// its error; client.Tx.Fence): a plain read (ReadIndex) does not wait for
-// an attempt the memnode's leader appended and not yet committed, so it
-// called such an attempt not committed a moment before it committed (a
-// rejoin then looked like a newer copy of this process, which stopped as
-// superseded), and an unfenced logged read can still come before an
-// attempt on its way to the leader. It runs on a context of its
-// own when ctx ended, often why the outcome is unknown, unless the node is
-// closing.
+// its error; client.Client.Settle, client.Tx.Fence): a plain read
+// (ReadIndex) does not wait for an attempt the memnode's leader appended
+// and not yet committed, so it called such an attempt not committed a
+// moment before it committed (a rejoin then looked like a newer copy of
+// this process, which stopped as superseded), and an unfenced logged read
+// can still come before an attempt on its way to the leader. Settle
+// refuses (client.ErrInvalid, nothing sent) an attempt that ran on another
+// memnode than the table's, whose fence would settle nothing. It runs on a
+// context of its own when ctx ended, often why the outcome is unknown,
+// unless the node is closing: then it gives up without a read.
 func (n *Node) resolve(ctx context.Context, p Plan, attempt error) (bool, error) {
 	c := n.cfg.Table
 	if ctx.Err() != nil && n.ctxOr().Err() == nil {
@@ -551,10 +553,14 @@ func (n *Node) resolve(ctx context.Context, p Plan, attempt error) (bool, error)
 		defer cancel()
 	}
 	for {
-		res, err := n.cfg.Client.Exec(ctx, client.NewTx().
+		if err := ctx.Err(); err != nil {
+			// The node is closing, or opTimeout passed: give up here
+			// (Settle would read on a context of its own).
+			return false, err
+		}
+		res, err := n.cfg.Client.Settle(ctx, client.NewTx().
 			Read(c.Memnode, c.Base, headerSize).
-			Read(c.Memnode, c.entryAddr(p.Version()), entrySize).
-			Fence(client.UnknownAttempt(attempt)))
+			Read(c.Memnode, c.entryAddr(p.Version()), entrySize), attempt)
 		if err != nil {
 			if errors.Is(err, client.ErrUnavailable) && ctx.Err() == nil {
 				continue

@@ -29,12 +29,21 @@ type Transit struct {
 	match    func(*tuttipb.Request) bool // if set, which request to take
 	held     *tuttipb.Request
 	stream   *transitStream
-	answered chan struct{} // closed when the held request was answered
+	answered chan struct{}  // closed when the held request was answered
+	fences   map[uint64]int // requests with fences sent, per memnode
 }
 
 // NewTransit returns a Transit that holds nothing until armed.
 func NewTransit() *Transit {
-	return &Transit{answered: make(chan struct{})}
+	return &Transit{answered: make(chan struct{}), fences: map[uint64]int{}}
+}
+
+// Fences returns how many requests carrying fences (client.Tx.Fence: the
+// steps that settle attempts) the client sent to memnode through t.
+func (t *Transit) Fences(memnode uint64) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.fences[memnode]
 }
 
 // DialOption installs t on a client's connections.
@@ -130,6 +139,11 @@ func (s *transitStream) SendMsg(m any) error {
 	if b, ok := m.(*tuttipb.RequestBatch); ok {
 		t := s.t
 		t.mu.Lock()
+		for _, r := range b.GetRequests() {
+			if len(r.GetFenceTids()) > 0 {
+				t.fences[r.GetMemnode()]++
+			}
+		}
 		if t.armed {
 			for i, r := range b.GetRequests() {
 				if r.GetKind() == tuttipb.Kind_KIND_EXEC && r.GetMemnode() == t.memnode && len(r.GetWrites()) > 0 &&
