@@ -464,10 +464,15 @@ func (g *Group) readBlob(ctx context.Context, rec record) ([]byte, error) {
 	for _, it := range n.ringItems(ref.qAddr, ref.qLen, ref.qPos, ref.bytes) {
 		tx.Read(ref.qMemnode, it.addr, uint32(it.n))
 	}
+	// Delivery cannot go on without this batch, and giving up would evict
+	// this member from a group that still has it: a memnode unavailable
+	// for a while (an election, a partition) is waited out, as a read of
+	// the order log is. A blob overwritten since (this member fell behind)
+	// fails checkBlob instead.
 	var res *client.Result
-	if err := n.retry(ctx, func() error {
+	if err := n.persist(ctx, "delivery: reading a batch from "+g.ref.name+"'s queues", func() error {
 		var err error
-		res, err = n.exec(ctx, tx)
+		res, err = n.execAt(ctx, siteBlob, tx)
 		return err
 	}); err != nil {
 		return nil, err

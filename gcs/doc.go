@@ -348,6 +348,12 @@
 //   - Without Membership a crashed member stays in the view (blocking log
 //     trimming and, once the log is full, senders) until Group.Remove.
 //   - Multicast after its ctx ended may or may not have ordered the message.
+//   - A memnode that is unavailable for a while (an election, a partition,
+//     a host restarting) is waited out: senders' queue writes, header
+//     reads and links, and delivery's reads, retry with backoff (up to
+//     200 ms apart, a warning logged every 10 s) until it answers or the
+//     group closes; Multicast's ctx bounds how long its caller waits.
+//     Only a request the memnodes reject as invalid ends them.
 //   - A sender that cannot settle a link's unknown outcome (about a minute
 //     of failed reads, or removed from the view) stops multicasting for
 //     good (ErrClosed) rather than risk ordering a batch twice; the member

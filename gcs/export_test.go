@@ -250,3 +250,25 @@ func SettleRead(ctx context.Context, n *Node, mn, addr uint64, l uint32, attempt
 func SettleLink(ctx context.Context, g *Group, pos uint64, records []byte, attempt error) (bool, error) {
 	return g.n.settleRecords(ctx, g.ref, pos, records, attempt)
 }
+
+// Sites of failpoints (FailAt).
+const (
+	SiteBlob  = siteBlob  // delivery's reads of batches from senders' queues
+	SiteQueue = siteQueue // a sender's writes of batches to its queue
+)
+
+// FailAt makes the next n minitransactions at site fail as if their
+// memnode were unavailable; failed counts them.
+func FailAt(site string, n int32) (failed func() int32, restore func()) {
+	var left, count atomic.Int32
+	left.Store(n)
+	f := func(s string, do func() (*client.Result, error)) (*client.Result, error) {
+		if s != site || left.Add(-1) < 0 {
+			return do()
+		}
+		count.Add(1)
+		return nil, &client.Error{Err: client.ErrUnavailable, Detail: "failpoint " + site}
+	}
+	execFault.Store(&f)
+	return count.Load, func() { execFault.Store(nil) }
+}

@@ -464,8 +464,11 @@ func (g *Group) sendLoop() {
 			g.fail(fail)
 		}
 	}
+	// The sender's reads and queue writes wait out a memnode that is
+	// unavailable for a while (persist), as its links do: giving up ended
+	// the sender, and this member could multicast no more.
 	readHdr := func() bool {
-		err := n.retry(g.ctx, func() error {
+		err := n.persist(g.ctx, "sender: reading "+g.ref.name+"'s header", func() error {
 			h, err := n.readHeader(g.ctx, g.ref)
 			if err == nil {
 				hdr, haveHdr = h, true
@@ -542,9 +545,9 @@ func (g *Group) sendLoop() {
 			writing++
 			go func() {
 				var res *client.Result
-				err := n.retry(g.ctx, func() error {
+				err := n.persist(g.ctx, "sender: writing to the queue of "+g.ref.name, func() error {
 					var err error
-					res, err = n.exec(g.ctx, tx) // idempotent: an unknown outcome is redone
+					res, err = n.execAt(g.ctx, siteQueue, tx) // idempotent: an unknown outcome is redone
 					return err
 				})
 				if err == nil && !res.Committed {

@@ -139,6 +139,8 @@ const (
 	sitePublish = "publish" // a state provider's publication in the joiner's slot
 	siteView    = "view"    // a view change (join, leave, removal)
 	siteFinal   = "final"   // a leaver's final position (publishFinal)
+	siteBlob    = "blob"    // a receiver's read of a batch from its sender's queue
+	siteQueue   = "queue"   // a sender's write of batches to its queue
 )
 
 // execFault is a failpoint for tests: when set, execAt's minitransactions
@@ -821,6 +823,39 @@ func (n *Node) retry(ctx context.Context, f func() error) error {
 			return err
 		}
 		n.log.Debug().Err(err).Msg("retrying")
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		d = min(2*d, 200*time.Millisecond)
+	}
+}
+
+// persist runs f until it succeeds, ctx ends, or it fails for a reason
+// that waiting will not change (client.ErrInvalid, client.ErrClosed):
+// for steps that nothing can replace, such as delivery's reads of what it
+// must deliver next. It backs off like retry and warns every 10 s that
+// what is stuck.
+func (n *Node) persist(ctx context.Context, what string, f func() error) error {
+	d := time.Millisecond
+	start, warned := time.Now(), time.Now()
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || errors.Is(err, client.ErrClosed) || errors.Is(err, client.ErrInvalid) {
+			return err
+		}
+		if time.Since(warned) >= 10*time.Second {
+			warned = time.Now()
+			n.log.Warn().Err(err).Dur("for", time.Since(start)).Msgf("%s: still failing; retrying", what)
+		} else {
+			n.log.Debug().Err(err).Msgf("%s: retrying", what)
+		}
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
