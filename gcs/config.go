@@ -49,7 +49,8 @@ type Config struct {
 	InlineBytes int
 	// LogCapacity is the size in bytes of the order log of groups this
 	// node creates (power of two; default 1 MiB). Joiners of an existing
-	// group use the group's.
+	// group use the group's. Multicasts and joins fill at most 7/8 of it;
+	// the rest is kept for view changes that remove members.
 	LogCapacity uint64
 	// MaxMembers is the number of member slots of groups this node creates
 	// (default 64).

@@ -180,6 +180,11 @@
 //     never waits on another memnode; gc.go, reclaim). Senders reuse their queue ring below the oldest batch the
 //     log still references. A full log or queue blocks senders (flow
 //     control), so memory is bounded by LogCapacity and QueueCapacity.
+//     Multicasts and joins fill at most 7/8 of the log; the last eighth is
+//     kept for view changes that only remove members (failures, Leave,
+//     Group.Remove): a member that stops delivering pins head, and its
+//     removal, the only way for head to move on, must find room in a log
+//     the others have filled (node.go, logRoom).
 //     A member whose Leave empties the view does the oldest member's
 //     trimming and reclaiming for the empty view, its own slot and queue
 //     included (gc.go, "The last member out"). The group's metadata and

@@ -272,3 +272,7 @@ func FailAt(site string, n int32) (failed func() int32, restore func()) {
 	execFault.Store(&f)
 	return count.Load, func() { execFault.Store(nil) }
 }
+
+// LogFullWaits returns how often g's sender found the order log full and
+// waited for a trim.
+func LogFullWaits(g *Group) int64 { return g.fullWaits.Load() }

@@ -238,6 +238,15 @@ func (m *member) delivered() int {
 	return len(m.msgs)
 }
 
+// viewSize returns the number of members of m's last view, 0 before its
+// first: Join returns before consume has taken the first view.
+func (m *member) viewSize() int {
+	if v := m.lastView(); v != nil {
+		return len(v.Members)
+	}
+	return 0
+}
+
 func (m *member) lastView() *gcs.View {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -128,6 +128,7 @@ type Group struct {
 	// (fromEvent), logReads delivery's reads of the log; for tests.
 	evDelivered, logReads atomic.Int64
 	links, lostRaces      atomic.Uint64 // SendStats
+	fullWaits             atomic.Int64  // links that found the log full (tests)
 	// yielding: the sender waits for another member's link (see sendLoop);
 	// a newer header pokes it.
 	yielding atomic.Bool
@@ -664,7 +665,8 @@ func (g *Group) sendLoop() {
 				msgs += uint64(s.rec.count)
 				k++
 			}
-			if hdr.tail+uint64(len(buf))-hdr.head > g.ref.logSize {
+			if hdr.tail+uint64(len(buf))-hdr.head > g.ref.logRoom(false) {
+				g.fullWaits.Add(1)
 				if sleepCtx(g.ctx, wait) != nil {
 					end(ErrClosed, nil)
 					return false

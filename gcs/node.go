@@ -115,6 +115,22 @@ type groupRef struct {
 }
 
 func (r groupRef) logBase() uint64 { return r.meta + metaHeader + r.maxMembers*memberSize }
+
+// logRoom is how many bytes of the order log, counted from head, records
+// may fill: all of it for a view change that only removes members, all but
+// the removal reserve (logSize/8) for multicasts and joins. A member that
+// stops delivering (crashed, evicted, a joiner waiting for its state) pins
+// head, and only a view change that removes it lets head move again. When
+// multicasts could fill the whole log, that removal found no room for its
+// record and waited, like them, for a trim that could not come: the group
+// stalled for good (senders, joins, leaves, removals), which a member
+// crashing under load while gossip was still detecting it was enough for.
+func (r groupRef) logRoom(removal bool) uint64 {
+	if removal {
+		return r.logSize
+	}
+	return r.logSize - r.logSize/8
+}
 func (r groupRef) metaLen() uint32 { return uint32(metaHeader + r.maxMembers*memberSize) }
 func (r groupRef) slotAddr(slot int) uint64 {
 	return r.meta + metaHeader + uint64(slot)*memberSize

@@ -407,7 +407,9 @@ func TestLeaveWhileBehindDeliversEverything(t *testing.T) {
 	}
 	waitUntil(t, 20*time.Second, "a sees b", func() bool { return len(a.lastView().Members) == 2 })
 	// b's application stalls: nothing is read from its Events for now.
-	if err := a.send(30, 200); err != nil {
+	// 24 records of 264 bytes fit in the 7 KiB of the log that multicasts
+	// may fill (logRoom) while b pins it.
+	if err := a.send(24, 200); err != nil {
 		t.Fatal(err)
 	}
 	left := make(chan error, 1)
@@ -432,12 +434,60 @@ func TestLeaveWhileBehindDeliversEverything(t *testing.T) {
 	if evicted != nil {
 		t.Errorf("the leaver was evicted (%s) instead of leaving", evicted.Reason)
 	}
-	if len(got) != 30 {
-		t.Errorf("the leaver delivered %d messages, want the 30 ordered before its leave", len(got))
+	if len(got) != 24 {
+		t.Errorf("the leaver delivered %d messages, want the 24 ordered before its leave", len(got))
 	}
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 20*time.Second, "a delivered all", func() bool { return a.delivered() == 90 })
+	waitUntil(t, 20*time.Second, "a delivered all", func() bool { return a.delivered() == 84 })
+	a.leave()
+}
+
+// TestRemovalFitsInAFullLog: a member that stops delivering pins the log
+// (head cannot pass its position), the others' multicasts fill it, and
+// only removing that member lets head move again. Before the fix
+// multicasts could fill the whole log, so the removal's view record found
+// no room and waited, like the senders, for a trim that could not come:
+// the group stalled for good (TestRandomizedVirtualSynchrony hit it when
+// a joiner's state provider was declared dead under load: the joiner's
+// slot pinned the log, and neither its leave nor the removal of the dead
+// could be written). Multicasts and joins now leave a reserve that only
+// removals use.
+func TestRemovalFitsInAFullLog(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mk := func(id string) *gcs.Node {
+		return e.nodeWith(id, gcs.Config{LogCapacity: 4096, GCInterval: 5 * time.Millisecond})
+	}
+	a := e.join(mk("a"), "full")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// b's application never reads its Events: b delivers nothing and
+	// pins the log at its join record.
+	gb, err := mk("b").Join(ctx, "full", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "a sees b", func() bool { return a.viewSize() == 2 })
+	// a multicasts small messages (their records are smaller than the
+	// removal's view record) until the log is full.
+	const n = 200 // far more than 4 KiB of records
+	sent := make(chan error, 1)
+	go func() { sent <- a.send(n, 8) }()
+	waitUntil(t, 20*time.Second, "a's sender finds the log full", func() bool { return gcs.LogFullWaits(a.g) > 0 })
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	if err := a.g.Remove(rctx, gb.Name()); err != nil {
+		t.Fatalf("removing the member that pins the full log: %v", err)
+	}
+	// b learns it was removed; a's multicasts go on once head moves.
+	for ev := range gb.Events() {
+		_ = ev
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("multicast after the removal: %v", err)
+	}
+	waitUntil(t, 20*time.Second, "a delivered all", func() bool { return a.delivered() == n })
 	a.leave()
 }

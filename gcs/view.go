@@ -124,9 +124,10 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 			return nil
 		}
 		tx, rec, b := planView(ref, ms, ch)
-		if ms.h.tail+uint64(len(b))-ms.h.head > ref.logSize {
+		if ms.h.tail+uint64(len(b))-ms.h.head > ref.logRoom(ch.add == nil) {
 			// The log is full: wait for the members to deliver and the
-			// oldest to trim.
+			// oldest to trim. A removal may use the reserve that
+			// multicasts and joins leave free (logRoom).
 			if err := sleepCtx(ctx, wait); err != nil {
 				return err
 			}
