@@ -558,11 +558,26 @@ func (n *Node) resolve(ctx context.Context, p Plan, attempt error) (bool, error)
 			// (Settle would read on a context of its own).
 			return false, err
 		}
-		res, err := n.cfg.Client.Settle(ctx, client.NewTx().
-			Read(c.Memnode, c.Base, headerSize).
-			Read(c.Memnode, c.entryAddr(p.Version()), entrySize), attempt)
+		do := func() (*client.Result, error) {
+			return n.cfg.Client.Settle(ctx, client.NewTx().
+				Read(c.Memnode, c.Base, headerSize).
+				Read(c.Memnode, c.entryAddr(p.Version()), entrySize), attempt)
+		}
+		var res *client.Result
+		var err error
+		if n.cfg.resolveFault != nil {
+			res, err = n.cfg.resolveFault(do)
+		} else {
+			res, err = do()
+		}
 		if err != nil {
-			if errors.Is(err, client.ErrUnavailable) && ctx.Err() == nil {
+			// The settling step is logged, so its own outcome can be
+			// unknown too (its leader lost its term): it writes nothing
+			// and fencing the attempt again changes nothing, so it is
+			// simply run again. Returning the error failed what the plan
+			// was for (Start's registration, Leave) on a leader change
+			// that the next step would have ridden out.
+			if (errors.Is(err, client.ErrUnavailable) || errors.Is(err, client.ErrUnknownOutcome)) && ctx.Err() == nil {
 				continue
 			}
 			return false, err
