@@ -118,14 +118,14 @@ func TestLastLeaverWaitsForSlowerLeaver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 20*time.Second, "a sees b", func() bool { return len(a.lastView().Members) == 2 })
+	waitUntil(t, 20*time.Second, "a sees b", func() bool { return a.viewSize() == 2 })
 	// b's application stalls: nothing is read from its Events for now.
 	if err := a.send(30, 200); err != nil {
 		t.Fatal(err)
 	}
 	left := make(chan error, 1)
 	go func() { left <- gb.Leave(ctx) }()
-	waitUntil(t, 20*time.Second, "the view without b at a", func() bool { return len(a.lastView().Members) == 1 })
+	waitUntil(t, 20*time.Second, "the view without b at a", func() bool { return a.viewSize() == 1 })
 	a.leave() // the last member out, while b still has 30 messages to deliver
 	obs := mk("observer")
 	gi := describe(t, obs, "g", "an empty view", func(gi gcs.GroupInfo) bool { return len(gi.Members) == 0 })

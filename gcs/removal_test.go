@@ -405,7 +405,7 @@ func TestLeaveWhileBehindDeliversEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 20*time.Second, "a sees b", func() bool { return len(a.lastView().Members) == 2 })
+	waitUntil(t, 20*time.Second, "a sees b", func() bool { return a.viewSize() == 2 })
 	// b's application stalls: nothing is read from its Events for now.
 	// 24 records of 264 bytes fit in the 7 KiB of the log that multicasts
 	// may fill (logRoom) while b pins it.
@@ -414,7 +414,7 @@ func TestLeaveWhileBehindDeliversEverything(t *testing.T) {
 	}
 	left := make(chan error, 1)
 	go func() { left <- gb.Leave(ctx) }()
-	waitUntil(t, 20*time.Second, "the view without b at a", func() bool { return len(a.lastView().Members) == 1 })
+	waitUntil(t, 20*time.Second, "the view without b at a", func() bool { return a.viewSize() == 1 })
 	// a goes on multicasting more than the log holds while b catches up.
 	sent := make(chan error, 1)
 	go func() { sent <- a.send(60, 200) }()
