@@ -826,28 +826,11 @@ func (n *Node) wakeLocal(group string) {
 	}
 }
 
-// retry runs f until it succeeds or ctx ends, with backoff, on transient
-// client errors.
+// retry runs f until it succeeds, with backoff, on transient client
+// errors: at most 21 times (about three seconds of waiting), and not past
+// ctx. Steps that nothing can replace persist instead.
 func (n *Node) retry(ctx context.Context, f func() error) error {
-	d := time.Millisecond
-	for i := 0; ; i++ {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil || errors.Is(err, client.ErrClosed) || errors.Is(err, client.ErrInvalid) || i >= 20 {
-			return err
-		}
-		n.log.Debug().Err(err).Msg("retrying")
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		d = min(2*d, 200*time.Millisecond)
-	}
+	return n.retryUpTo(ctx, 20, "", f)
 }
 
 // persist runs f until it succeeds, ctx ends, or it fails for a reason
@@ -856,20 +839,29 @@ func (n *Node) retry(ctx context.Context, f func() error) error {
 // must deliver next. It backs off like retry and warns every 10 s that
 // what is stuck.
 func (n *Node) persist(ctx context.Context, what string, f func() error) error {
+	return n.retryUpTo(ctx, -1, what, f)
+}
+
+// retryUpTo is retry with at most limit retries (none if negative), and
+// persist's warnings when what is set.
+func (n *Node) retryUpTo(ctx context.Context, limit int, what string, f func() error) error {
 	d := time.Millisecond
 	start, warned := time.Now(), time.Now()
-	for {
+	for i := 0; ; i++ {
 		err := f()
 		if err == nil {
 			return nil
 		}
-		if ctx.Err() != nil || errors.Is(err, client.ErrClosed) || errors.Is(err, client.ErrInvalid) {
+		if ctx.Err() != nil || errors.Is(err, client.ErrClosed) || errors.Is(err, client.ErrInvalid) || limit >= 0 && i >= limit {
 			return err
 		}
-		if time.Since(warned) >= 10*time.Second {
+		switch {
+		case what == "":
+			n.log.Debug().Err(err).Msg("retrying")
+		case time.Since(warned) >= 10*time.Second:
 			warned = time.Now()
 			n.log.Warn().Err(err).Dur("for", time.Since(start)).Msgf("%s: still failing; retrying", what)
-		} else {
+		default:
 			n.log.Debug().Err(err).Msgf("%s: retrying", what)
 		}
 		t := time.NewTimer(d)
