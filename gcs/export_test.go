@@ -255,11 +255,18 @@ func SettleLink(ctx context.Context, g *Group, pos uint64, records []byte, attem
 const (
 	SiteBlob  = siteBlob  // delivery's reads of batches from senders' queues
 	SiteQueue = siteQueue // a sender's writes of batches to its queue
+	// a sender's read of the metadata after the view changed
+	SiteSenderMeta = siteSenderMeta
 )
 
 // FailAt makes the next n minitransactions at site fail as if their
 // memnode were unavailable; failed counts them.
 func FailAt(site string, n int32) (failed func() int32, restore func()) {
+	return FailAtWith(site, n, &client.Error{Err: client.ErrUnavailable, Detail: "failpoint " + site})
+}
+
+// FailAtWith is FailAt with the error the steps fail with.
+func FailAtWith(site string, n int32, failure error) (failed func() int32, restore func()) {
 	var left, count atomic.Int32
 	left.Store(n)
 	f := func(s string, do func() (*client.Result, error)) (*client.Result, error) {
@@ -267,7 +274,7 @@ func FailAt(site string, n int32) (failed func() int32, restore func()) {
 			return do()
 		}
 		count.Add(1)
-		return nil, &client.Error{Err: client.ErrUnavailable, Detail: "failpoint " + site}
+		return nil, failure
 	}
 	execFault.Store(&f)
 	return count.Load, func() { execFault.Store(nil) }

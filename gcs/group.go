@@ -628,13 +628,35 @@ func (g *Group) sendLoop() {
 				return false
 			}
 			if hdr.view != sendView {
-				ms, err := n.readMeta(g.ctx, g.ref)
-				if err != nil {
-					if g.ctx.Err() != nil {
+				ms, err := n.readMetaBy(g.ref, func(tx *client.Tx) (*client.Result, error) { return n.execAt(g.ctx, siteSenderMeta, tx) })
+				switch {
+				case err == nil:
+				case g.ctx.Err() != nil:
+					end(ErrClosed, nil)
+					return false
+				case errors.Is(err, ErrNoGroup):
+					// Delete takes an empty group only: this member was
+					// removed (or left) and its slot reclaimed before.
+					err := ErrEvicted
+					if g.leaving.Load() {
+						err = ErrNotMember
+					}
+					end(err, err)
+					return false
+				case errors.Is(err, client.ErrInvalid) || errors.Is(err, ErrCorrupt):
+					// Retrying cannot help (and used to spin, without a
+					// pause, as long as the group was open).
+					err = g.sendErr("reading the view", err)
+					end(err, err)
+					return false
+				default:
+					n.log.Debug().Err(err).Msg("sender: reading the view")
+					haveHdr = false
+					if sleepCtx(g.ctx, wait) != nil {
 						end(ErrClosed, nil)
 						return false
 					}
-					haveHdr = false
+					wait = min(2*wait, 100*time.Millisecond)
 					continue
 				}
 				if m := ms.members[g.self.slot]; m.tag != g.self.tag || !m.active() {

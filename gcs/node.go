@@ -157,6 +157,8 @@ const (
 	siteFinal   = "final"   // a leaver's final position (publishFinal)
 	siteBlob    = "blob"    // a receiver's read of a batch from its sender's queue
 	siteQueue   = "queue"   // a sender's write of batches to its queue
+	// a sender's read of the metadata after the view changed
+	siteSenderMeta = "sender-meta"
 )
 
 // execFault is a failpoint for tests: when set, execAt's minitransactions

@@ -1,7 +1,11 @@
 package gcs_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/tutti-gcs/tutti/gcs"
 )
@@ -47,4 +51,30 @@ func waitOutFailures(t *testing.T, site string) {
 	}
 	sendAll(t, ms, 2, 100)
 	deliveredInOrder(t, ms, 5)
+}
+
+// TestSenderStopsWhenItsGroupIsGone: a sender that finds the view changed
+// reads the group's metadata; when that says the group was deleted
+// (Delete takes an empty group only: this member was removed, or left,
+// and its slot reclaimed meanwhile), Multicast fails with ErrEvicted. The
+// sender used to read again at once, without a pause, until the group
+// closed, and Multicast waited for its ctx.
+func TestSenderStopsWhenItsGroupIsGone(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAll(2, "g")
+	failed, restore := gcs.FailAtWith(gcs.SiteSenderMeta, 1<<30, fmt.Errorf("failpoint: %w: g was deleted", gcs.ErrNoGroup))
+	defer restore()
+	e.join(e.node("p2"), "g") // a view change: a sender reads the metadata
+	waitUntil(t, 20*time.Second, "p0 in the 3-member view", func() bool {
+		v := ms[0].lastView()
+		return v != nil && len(v.Members) == 3
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ms[0].g.Multicast(ctx, []byte("x")); !errors.Is(err, gcs.ErrEvicted) {
+		t.Fatalf("multicast after the group was deleted: %v, want ErrEvicted", err)
+	}
+	if failed() == 0 {
+		t.Fatal("the sender did not read the metadata: the failpoint missed it")
+	}
 }
