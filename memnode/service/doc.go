@@ -135,7 +135,10 @@
 //   - the leader of a memnode created online first clears its Bootstrap
 //     voters in the directory (the group exists), before any change;
 //   - the leader of each group drives replication.ChangeReplicas, one
-//     ConfChangeV2 per pass, until the voters equal the directory's
+//     ConfChangeV2 per pass (a change applied starts the next pass at
+//     once rather than at the next poll: a replica move, about six
+//     changes, took 21 s of TestChangeRightAfterAddMemnode's 3 s polls and
+//     takes 12 s), until the voters equal the directory's
 //     replicas: wanted hosts join as learners and are promoted once caught up
 //     (replicating, within client.LagEntries of the commit index); unwanted
 //     voters leave only after every wanted host votes (so a move is add, then

@@ -291,6 +291,10 @@ func (h *Host) driveGroup(ctx context.Context, g uint64, want []uint64) {
 			return
 		}
 		log.Info().Str("change", what).Uint64("replica", host).Msg("replica configuration changed")
+		// One change per pass: the next (promote, remove) need not wait
+		// for the next poll. ChangeReplicas returned once the change was
+		// applied here, so that pass sees it.
+		h.Reconcile()
 	}
 	// 1. Wanted hosts not in the configuration join as learners.
 	for _, w := range want {
