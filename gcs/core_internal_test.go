@@ -129,6 +129,26 @@ func TestHoldForLeaversClock(t *testing.T) {
 	}
 }
 
+// TestHoldForLeaversUpToTheLeaveRecord: a leaver that delivered
+// everything before its leave record (published position = the record's)
+// still has to read the record. The trimmer took it for done and trimmed
+// past the record: the leaver's delivery found head beyond its position,
+// was evicted ("fell behind the order log") and its Leave failed with
+// ErrEvicted (TestLogWrapsAndIsTrimmed, now and then under load).
+func TestHoldForLeaversUpToTheLeaveRecord(t *testing.T) {
+	cfg := Config{GCInterval: 50 * time.Millisecond, TakeoverTimeout: time.Second}
+	g := &Group{n: &Node{cfg: cfg}}
+	leaver := member{slot: 1, tag: 7, retiredAt: 4096 | retiredLeft, dLog: 4096}
+	ms := metaState{h: header{head: 512}, members: []member{{slot: 0, tag: 5, dLog: 8192}, leaver}}
+	if got := g.holdForLeavers(ms, 8192, map[uint64]leaverProgress{}, time.Now()); got != 4096 {
+		t.Fatalf("trim bound %d, want 4096 (the leaver has not read its leave record)", got)
+	}
+	ms.members[1].dLog = 4096 + 120 // past the record: done
+	if got := g.holdForLeavers(ms, 8192, map[uint64]leaverProgress{}, time.Now()); got != 8192 {
+		t.Fatalf("trim bound %d, want 8192 (the leaver read its leave record)", got)
+	}
+}
+
 // TestOwnBlob: delivery takes our own queued batches from memory, exactly
 // as written, and only for records that reference them.
 func TestOwnBlob(t *testing.T) {

@@ -324,6 +324,12 @@ func (g *Group) deliverRecords(cur *viewState, pos uint64, recs []record) (*view
 		var stop bool
 		cur, stop = g.deliverRecord(cur, rec, fetches[i])
 		if stop {
+			if rec.kind == recView {
+				// The view record that ended the membership was read
+				// and acted on: the final position is past it, so the
+				// trimmer knows we no longer need it (holdForLeavers).
+				g.dLog.Store(pos + uint64(rec.size))
+			}
 			return cur, pos, true
 		}
 		pos += uint64(rec.size)

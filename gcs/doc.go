@@ -169,7 +169,8 @@
 //  5. Garbage collection: every GCInterval members publish their delivered
 //     positions (one minitransaction that also reads the metadata); the
 //     oldest member sets head = min over the view (and
-//     over members still delivering up to their own Leave record, unless
+//     over members still delivering up to and including their own Leave
+//     record — a leaver's final position is past that record — unless
 //     confirmed dead or without progress for max(5×TakeoverTimeout,
 //     100×GCInterval)), and
 //     reclaims the slots of removed members once head passed their removal

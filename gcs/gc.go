@@ -273,6 +273,14 @@ const (
 // retiredPos is the log position of the view record that removed m.
 func retiredPos(m member) uint64 { return m.retiredAt &^ 7 }
 
+// leaverDone reports whether a leaver's published position is past its
+// leave record: it read that record too, and needs nothing of the log any
+// more. A position equal to retiredPos(m) is not done: the member has
+// delivered everything before its leave record but must still read the
+// record itself (trimmed past it, it was evicted, "fell behind the order
+// log", and its Leave failed with ErrEvicted).
+func leaverDone(m member) bool { return m.dLog > retiredPos(m) }
+
 // leaverProgress is the trimmer's memory of a leaver's published position.
 type leaverProgress struct {
 	dLog  uint64
@@ -292,7 +300,7 @@ func (g *Group) holdForLeavers(ms metaState, minLog uint64, leavers map[uint64]l
 	n := g.n
 	seen := map[uint64]bool{}
 	for _, m := range ms.members {
-		if m.tag == 0 || m.retiredAt&retiredLeft == 0 || m.dLog >= retiredPos(m) || m.dLog < ms.h.head {
+		if m.tag == 0 || m.retiredAt&retiredLeft == 0 || leaverDone(m) || m.dLog < ms.h.head {
 			continue
 		}
 		p, ok := leavers[m.tag]
@@ -318,7 +326,8 @@ func (g *Group) holdForLeavers(ms metaState, minLog uint64, leavers map[uint64]l
 }
 
 // publishFinal publishes the delivered position once more at the end of
-// Leave: it is this member's leave record, so the trimmer stops waiting.
+// Leave: the end of this member's leave record (delivery stores it once
+// the record is read), so the trimmer stops waiting.
 func (g *Group) publishFinal(ctx context.Context) {
 	w := make([]byte, 16)
 	putU64s(w, g.dLog.Load(), g.dMsg.Load())
@@ -396,7 +405,7 @@ func (g *Group) reclaimEmpty(ctx context.Context, leavers map[uint64]leaverProgr
 	held := ms
 	held.members = slices.Clone(ms.members)
 	if m, ok := held.byTag(g.self.tag); ok {
-		held.members[m.slot].dLog = max(m.dLog, retiredPos(m))
+		held.members[m.slot].dLog = max(m.dLog, retiredPos(m)+1) // done (leaverDone)
 	}
 	return g.trimAndReclaim(ctx, ms, g.holdForLeavers(held, ms.h.tail, leavers, g.n.cfg.Now()))
 }

@@ -162,6 +162,26 @@ func TestLastLeaverWaitsForSlowerLeaver(t *testing.T) {
 	})
 }
 
+// TestLeaverFinalPositionIsPastItsRecord: the position a leaver publishes
+// at the end of its Leave is past its leave record, which it has read:
+// the trimmer stops waiting for it only then (it used to publish the
+// record's own position, and the trimmer took that for done).
+func TestLeaverFinalPositionIsPastItsRecord(t *testing.T) {
+	e := newEnv(t)
+	// Nobody trims or reclaims meanwhile: b's slot stays to be read.
+	mk := func(id string) *gcs.Node { return e.nodeWith(id, gcs.Config{GCInterval: time.Hour}) }
+	a, b := e.join(mk("a"), "g"), e.join(mk("b"), "g")
+	sendAll(t, []*member{a, b}, 5, 100)
+	waitUntil(t, 20*time.Second, "delivered", func() bool { return a.delivered() == 10 && b.delivered() == 10 })
+	b.leave()
+	gi := describe(t, e.node("obs"), "g", "b removed", func(gi gcs.GroupInfo) bool { return len(gi.Retired) == 1 })
+	if r := gi.Retired[0]; !r.Left || r.DeliveredLog <= r.RemovedAt {
+		t.Fatalf("b's final position %d, its leave record at %d (left %v): want past the record", r.DeliveredLog, r.RemovedAt, r.Left)
+	}
+	a.leave()
+	e.check()
+}
+
 // TestJoinLeaveOfEmptyGroupDoesNotExhaust: one process at a time joining,
 // sending and leaving (what `tutti send` does) used to leave its slot and
 // queue allocated whenever nobody else was in the group, so the 65th such
