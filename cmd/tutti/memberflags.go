@@ -178,7 +178,9 @@ func anyReachable(seeds []string, timeout time.Duration) bool {
 // keeps joining the seeds until one answers (Node.Join), so servers
 // started together end in one gossip cluster. A seed that is reachable but
 // refuses (a wrong gossip key) is never bypassed: the start is retried and
-// the reason logged. It returns when the node is registered or ctx ends.
+// the reason logged. It returns when the node is registered or ctx ends,
+// and at once on an invalid configuration or a process table this
+// configuration cannot use (another layout, or corrupt): no wait fixes them.
 func memberStart(ctx context.Context, log zerolog.Logger, cfg membership.Config, explicit []string, aloneAfter time.Duration) (*membership.Node, error) {
 	var (
 		firstFail time.Time
@@ -196,11 +198,14 @@ func memberStart(ctx context.Context, log zerolog.Logger, cfg membership.Config,
 	if cfg.Table == (membership.TableConfig{}) {
 		cfg.Table = membership.DefaultTable
 	}
-	if err := cfg.Table.Validate(); err != nil {
-		return nil, err
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("membership: config: %w", err)
 	}
 	for {
 		t, err := membership.ReadTable(ctx, cfg.Client, cfg.Table)
+		if permanent(err) {
+			return nil, err
+		}
 		if err != nil {
 			log.Info().Err(err).Msg("membership: waiting for the process table (memnode quorum)")
 			if err := wait(); err != nil {
@@ -232,6 +237,9 @@ func memberStart(ctx context.Context, log zerolog.Logger, cfg membership.Config,
 			}
 			return n, nil
 		}
+		if permanent(err) {
+			return nil, err
+		}
 		if !errors.Is(err, membership.ErrJoin) {
 			log.Warn().Err(err).Msg("membership: starting the agent (retrying)")
 		}
@@ -239,6 +247,13 @@ func memberStart(ctx context.Context, log zerolog.Logger, cfg membership.Config,
 			return nil, err
 		}
 	}
+}
+
+// permanent reports a membership error that waiting does not clear: the
+// table in the memnode is not one this configuration can use (another
+// layout, or corrupt). memberStart returns it instead of retrying.
+func permanent(err error) bool {
+	return errors.Is(err, membership.ErrLayoutMismatch) || errors.Is(err, membership.ErrCorruptTable)
 }
 
 // keepJoining calls n.Join(seeds) every 2 s until one answers, ctx ends or

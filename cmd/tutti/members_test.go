@@ -23,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/pflag"
 
+	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
 	"github.com/tutti-gcs/tutti/membership"
 )
@@ -443,5 +444,65 @@ func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("no %s within %v", what, d)
 		}
 		<-tick.C
+	}
+}
+
+// TestMemberStartGivesUpOnWhatWaitingCannotFix: memberStart retries what
+// time can fix (no memnode quorum, no seed up, a seed that refuses), but an
+// invalid configuration or a process table of another layout or corrupt
+// never clears: it returns at once with the reason, and the server logs
+// that its agent did not start. It used to retry them until its context
+// ended, forever for a server, with only a warning per attempt.
+func TestMemberStartGivesUpOnWhatWaitingCannotFix(t *testing.T) {
+	c := testClusterWith(t, cluster.Config{Memnodes: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl, err := newClient(ctx, zerolog.Nop(), c.Seeds())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	try := func(cfg membership.Config) error {
+		t.Helper()
+		sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
+		defer scancel()
+		n, err := memberStart(sctx, zerolog.Nop(), cfg, nil, 0)
+		if n != nil {
+			n.Close()
+			t.Fatalf("the agent started with %+v", cfg)
+		}
+		if sctx.Err() != nil {
+			t.Fatalf("memberStart retried until its context ended: %v", err)
+		}
+		return err
+	}
+	cfg := membership.Config{ID: "host-1", Client: cl, Bind: "127.0.0.1:0"}
+	bad := cfg
+	bad.Key = []byte("seven77") // AES keys are 16, 24 or 32 bytes
+	if err := try(bad); err == nil || !strings.Contains(err.Error(), "Key") {
+		t.Fatalf("invalid key: %v, want an error that names Key", err)
+	}
+	// Another layout: the table was created with 32 log entries.
+	other := cfg
+	other.Table = membership.DefaultTable
+	other.Table.LogSize = 32
+	n, err := memberStart(ctx, zerolog.Nop(), other, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	if err := try(cfg); !errors.Is(err, membership.ErrLayoutMismatch) {
+		t.Fatalf("table of another layout: %v, want ErrLayoutMismatch", err)
+	}
+	// A corrupt table: its header's magic overwritten.
+	tx := client.NewTx().Write(cfg.Table.Memnode, membership.DefaultTable.Base, bytes.Repeat([]byte{0xff}, 8))
+	if _, err := cl.Exec(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	if err := try(cfg); !errors.Is(err, membership.ErrCorruptTable) {
+		t.Fatalf("corrupt table: %v, want ErrCorruptTable", err)
 	}
 }
