@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -50,7 +51,8 @@ processes dead, and on SIGINT/SIGTERM leaves gracefully (its row becomes
 left). 'tutti bench members' runs these as separate OS processes.
 
 Exits 1 if no gossip seed accepts it (for example a wrong --gossip-key; the
-log says which).`,
+log says which) or its membership ends (superseded), 2 on any other error
+(the cluster unreachable, bad flags).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger()
@@ -90,18 +92,21 @@ log says which).`,
 			}
 			cl, err := newClient(sctx, log, splitSeeds(seed), dial...)
 			if err != nil {
-				return &exitError{1, explainConnErr(err, dial != nil)}
+				return &exitError{2, explainConnErr(err, dial != nil)}
 			}
 			defer cl.Close()
 			cfg.Client = cl
 			t, err := membership.ReadTable(sctx, cl, membership.DefaultTable)
 			if err != nil {
-				return &exitError{1, fmt.Errorf("reading the process table: %w", err)}
+				return &exitError{2, fmt.Errorf("reading the process table: %w", err)}
 			}
 			cfg.Seeds = tableSeeds(splitSeeds(mf.seeds), t, cfg.ID, cfg.Bind, cfg.Advertise)
 			n, err := membership.Start(sctx, cfg)
+			if errors.Is(err, membership.ErrJoin) {
+				return &exitError{1, err} // the seeds refused us (e.g. another gossip key)
+			}
 			if err != nil {
-				return &exitError{1, err}
+				return &exitError{2, err}
 			}
 			changes, unsub := n.Subscribe()
 			defer unsub()

@@ -258,3 +258,21 @@ func TestErrorLinePrefixOnce(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+// An agent that cannot reach the cluster exits 2 (trouble), as every other
+// command does; 1 is for the cluster's "no" (a gossip seed refusing it:
+// TestUpThenMembers). It used to exit 1. The root help, which tells
+// scripts how to read exit codes, must say so.
+func TestAgentUnreachableExits2(t *testing.T) {
+	_, err := run(t, "agent", "--seed", "127.0.0.1:1", "--name", "a", "--timeout", "1s", "--log-level", "error")
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 {
+		t.Fatalf("agent with no cluster: %v, want exit 2", err)
+	}
+	help, _ := run(t, "--help")
+	for _, w := range []string{"Exit status", "1 when the cluster answered no", "2 on any other error"} {
+		if !strings.Contains(help, w) {
+			t.Fatalf("root help does not say %q:\n%s", w, help)
+		}
+	}
+}

@@ -68,7 +68,15 @@ its processes with 'tutti members' and its memnodes with 'tutti memnodes',
 run minitransactions with 'tutti mtx', multicast to a group with 'tutti send'
 and follow it with 'tutti tail' ('tutti groups' lists the groups), and
 measure it with 'tutti bench mtx', 'tutti bench mcast' and
-'tutti bench members'.`,
+'tutti bench members'.
+
+Exit status: 0 on success; 1 when the cluster answered no: a compare
+failed (mtx), a decision was refused (decide), no such group ('tutti
+group NAME', with or without --delete), evicted from the group (tail),
+the gossip seeds refused the agent or its membership ended (agent), the
+directory refused the change (memnode add, replica add/remove/move:
+unknown memnode or host, last replica...); 2 on any other error: bad
+usage, the cluster unreachable, a timeout.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		// A --timeout of 0 or less expired before the first request, and the
