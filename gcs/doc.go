@@ -359,7 +359,8 @@
 //     reads and links, and delivery's reads, retry with backoff (up to
 //     200 ms apart, a warning logged every 10 s) until it answers or the
 //     group closes; Multicast's ctx bounds how long its caller waits.
-//     Only a request the memnodes reject as invalid ends them.
+//     Only a request the memnodes reject as invalid, or a group found
+//     deleted (the sender ends with ErrEvicted), ends them.
 //   - A sender that cannot settle a link's unknown outcome (about a minute
 //     of failed reads, or removed from the view) stops multicasting for
 //     good (ErrClosed) rather than risk ordering a batch twice; the member

@@ -468,6 +468,10 @@ func (g *Group) sendLoop() {
 	// The sender's reads and queue writes wait out a memnode that is
 	// unavailable for a while (persist), as its links do: giving up ended
 	// the sender, and this member could multicast no more.
+	// A header that says the group was deleted (Delete takes an empty
+	// group only: this member was removed, or left, and its slot
+	// reclaimed) ends the sender as the metadata read after a view change
+	// does (link): persisting on it kept Multicast waiting for its ctx.
 	readHdr := func() bool {
 		err := n.persist(g.ctx, "sender: reading "+g.ref.name+"'s header", func() error {
 			h, err := n.readHeader(g.ctx, g.ref)
@@ -477,7 +481,22 @@ func (g *Group) sendLoop() {
 			}
 			return err
 		})
-		return err == nil
+		switch {
+		case err == nil:
+			return true
+		case g.ctx.Err() != nil || errors.Is(err, client.ErrClosed):
+			end(ErrClosed, ErrClosed)
+		case errors.Is(err, ErrNoGroup):
+			err := ErrEvicted
+			if g.leaving.Load() {
+				err = ErrNotMember
+			}
+			end(err, err)
+		default:
+			err = g.sendErr("reading the header", err)
+			end(err, err)
+		}
+		return false
 	}
 	// mayWrite reports whether stage may start a queue write: with none in
 	// flight, or for a full batch while fewer than maxWrites are (smaller
@@ -624,7 +643,6 @@ func (g *Group) sendLoop() {
 				}
 			}
 			if !haveHdr && !readHdr() {
-				end(ErrClosed, ErrClosed)
 				return false
 			}
 			if hdr.view != sendView {
@@ -907,7 +925,6 @@ func (g *Group) sendLoop() {
 				break // the loop's top ends the turn
 			}
 			if !readHdr() {
-				end(ErrClosed, ErrClosed)
 				return
 			}
 			roomWait = min(2*roomWait, n.cfg.PollMax)

@@ -836,8 +836,9 @@ func (n *Node) retry(ctx context.Context, f func() error) error {
 }
 
 // persist runs f until it succeeds, ctx ends, or it fails for a reason
-// that waiting will not change (client.ErrInvalid, client.ErrClosed):
-// for steps that nothing can replace, such as delivery's reads of what it
+// that waiting will not change (client.ErrInvalid, client.ErrClosed, and
+// the group deleted or its metadata corrupt: ErrNoGroup, ErrCorrupt): for
+// steps that nothing can replace, such as delivery's reads of what it
 // must deliver next. It backs off like retry and warns every 10 s that
 // what is stuck.
 func (n *Node) persist(ctx context.Context, what string, f func() error) error {
@@ -856,6 +857,9 @@ func (n *Node) retryUpTo(ctx context.Context, limit int, what string, f func() e
 		}
 		if ctx.Err() != nil || errors.Is(err, client.ErrClosed) || errors.Is(err, client.ErrInvalid) || limit >= 0 && i >= limit {
 			return err
+		}
+		if limit < 0 && (errors.Is(err, ErrNoGroup) || errors.Is(err, ErrCorrupt)) {
+			return err // persist: no wait brings the group back
 		}
 		switch {
 		case what == "":

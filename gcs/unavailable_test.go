@@ -78,3 +78,34 @@ func TestSenderStopsWhenItsGroupIsGone(t *testing.T) {
 		t.Fatal("the sender did not read the metadata: the failpoint missed it")
 	}
 }
+
+// TestSenderOfADeletedGroupStops: a member removed while its delivery was
+// stalled (its application read nothing) multicasts after the group was
+// emptied and deleted. Its link fails the compare and the header it then
+// reads says the group is deleted (ErrNoGroup from the tombstoned
+// metadata): Multicast fails with ErrEvicted. The sender used to retry
+// that read for as long as the group was open (persist), and Multicast
+// waited for its ctx.
+func TestSenderOfADeletedGroupStops(t *testing.T) {
+	e := newEnv(t)
+	a := e.join(e.node("a"), "g")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// b's application never reads its Events: b's delivery stays at its
+	// join record.
+	gb, err := e.node("b").Join(ctx, "g", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "a sees b", func() bool { return a.viewSize() == 2 })
+	if err := a.g.Remove(ctx, gb.Name()); err != nil {
+		t.Fatal(err)
+	}
+	a.leave() // the last member out: reclaims b's slot and queue too
+	reclaimedThenDeleted(t, ctx, e.node("obs"), "g", "a left, b removed")
+	mctx, mcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer mcancel()
+	if err := gb.Multicast(mctx, []byte("x")); !errors.Is(err, gcs.ErrEvicted) {
+		t.Fatalf("multicast of a removed member after its group was deleted: %v, want ErrEvicted", err)
+	}
+}
