@@ -17,6 +17,14 @@ type viewState struct {
 	slots map[int]viewMember
 }
 
+// viewID is v's id, 0 before the first view (a joiner).
+func (v *viewState) viewID() uint64 {
+	if v == nil {
+		return 0
+	}
+	return v.id
+}
+
 // deliverLoop reads the order log from the position of the view record
 // that admitted this member and delivers views and messages strictly in
 // log order. Having delivered up to the tail it read, it waits for a
@@ -142,6 +150,14 @@ func (g *Group) deliverLoop() {
 		g.readEnd()
 		if err != nil {
 			if g.ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, ErrNoGroup) {
+				// Delete takes an empty group only: we were removed (or
+				// left) and what we had not read of the log, our
+				// removal included, is gone with it. No retry brings it
+				// back.
+				g.evict(cur.viewID(), "the group was deleted")
 				return
 			}
 			n.log.Debug().Err(err).Msg("delivery: reading the header")

@@ -357,10 +357,14 @@
 //   - A memnode that is unavailable for a while (an election, a partition,
 //     a host restarting) is waited out: senders' queue writes, header
 //     reads and links, and delivery's reads, retry with backoff (up to
-//     200 ms apart, a warning logged every 10 s) until it answers or the
-//     group closes; Multicast's ctx bounds how long its caller waits.
-//     Only a request the memnodes reject as invalid, or a group found
-//     deleted (the sender ends with ErrEvicted), ends them.
+//     200 ms apart) until it answers or the group closes, with a warning
+//     every 10 s for queue writes, header reads and batch reads (links
+//     and reads of the order log log at debug level); Multicast's ctx
+//     bounds how long its caller waits. Only a request the memnodes
+//     reject as invalid, or a group found deleted, ends them: the sender
+//     ends with ErrEvicted, and delivery with *Evicted ("the group was
+//     deleted": a removed member that had not read its removal before
+//     the group was emptied and deleted).
 //   - A sender that cannot settle a link's unknown outcome (about a minute
 //     of failed reads, or removed from the view) stops multicasting for
 //     good (ErrClosed) rather than risk ordering a batch twice; the member

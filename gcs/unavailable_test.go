@@ -109,3 +109,49 @@ func TestSenderOfADeletedGroupStops(t *testing.T) {
 		t.Fatalf("multicast of a removed member after its group was deleted: %v, want ErrEvicted", err)
 	}
 }
+
+// TestDeliveryOfADeletedGroupEndsInEviction: a member removed while its
+// application read nothing (its delivery held at its first View) takes
+// up its Events after the group was emptied and deleted. What it has not
+// read of the log, its removal included, is gone: the header it reads is
+// the deleted group's. Its Events must end with *Evicted. Delivery used
+// to retry that read every 10 ms for as long as the group was open, and
+// the application waited for an event that never came. (With watch data
+// on, a watch event can carry the log before it is reclaimed; it is off
+// here so that delivery reads the log itself.)
+func TestDeliveryOfADeletedGroupEndsInEviction(t *testing.T) {
+	defer gcs.SetWatchData(false)()
+	e := newEnv(t)
+	a := e.join(e.node("a"), "g")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	gb, err := e.node("b").Join(ctx, "g", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "a sees b", func() bool { return a.viewSize() == 2 })
+	if err := a.g.Remove(ctx, gb.Name()); err != nil {
+		t.Fatal(err)
+	}
+	a.leave()
+	reclaimedThenDeleted(t, ctx, e.node("obs"), "g", "a left, b removed")
+	var evicted *gcs.Evicted
+	deadline := time.After(20 * time.Second)
+	for done := false; !done; {
+		select {
+		case ev, ok := <-gb.Events():
+			if !ok {
+				done = true
+				break
+			}
+			if ev, ok := ev.(*gcs.Evicted); ok {
+				evicted = ev
+			}
+		case <-deadline:
+			t.Fatalf("b's Events neither ended nor said *Evicted 20 s after its group was deleted (evicted: %v)", evicted)
+		}
+	}
+	if evicted == nil {
+		t.Fatal("b's Events closed without *Evicted")
+	}
+}
