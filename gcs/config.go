@@ -50,7 +50,8 @@ type Config struct {
 	// LogCapacity is the size in bytes of the order log of groups this
 	// node creates (power of two; default 1 MiB). Joiners of an existing
 	// group use the group's. Multicasts and joins fill at most 7/8 of it;
-	// the rest is kept for view changes that remove members.
+	// the rest is kept for view changes that remove members, and a join
+	// whose view's removal could not fit there is refused (ErrGroupFull).
 	LogCapacity uint64
 	// MaxMembers is the number of member slots of groups this node creates
 	// (default 64).

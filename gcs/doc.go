@@ -185,7 +185,11 @@
 //     kept for view changes that only remove members (failures, Leave,
 //     Group.Remove): a member that stops delivering pins head, and its
 //     removal, the only way for head to move on, must find room in a log
-//     the others have filled (node.go, logRoom).
+//     the others have filled (node.go, logRoom). So that any removal
+//     fits in that eighth, a join whose view would make a larger removal
+//     record possible is refused with ErrGroupFull (view.go,
+//     removalBound): about 12 bytes plus the member's name per member, so
+//     the 1 MiB default takes any 64 members; a 4 KiB log, a few.
 //     A member whose Leave empties the view does the oldest member's
 //     trimming and reclaiming for the empty view, its own slot and queue
 //     included (gc.go, "The last member out"). The group's metadata and

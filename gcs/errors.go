@@ -15,7 +15,9 @@ var (
 	ErrEvicted = errors.New("gcs: evicted from the group")
 	// ErrClosed: the Node was closed.
 	ErrClosed = errors.New("gcs: closed")
-	// ErrGroupFull: every member slot of the group is taken.
+	// ErrGroupFull: every member slot of the group is taken, or the
+	// group's order log is too small for a view of one more member (see
+	// Config.LogCapacity).
 	ErrGroupFull = errors.New("gcs: group full")
 	// ErrIndexFull: the home memnode's group index has no free slot near
 	// the name's hash.

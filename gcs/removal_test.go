@@ -491,3 +491,33 @@ func TestRemovalFitsInAFullLog(t *testing.T) {
 	waitUntil(t, 20*time.Second, "a delivered all", func() bool { return a.delivered() == n })
 	a.leave()
 }
+
+// TestJoinRefusedWhenItsRemovalCouldNotFit: a removal must fit in the
+// eighth of the order log that multicasts and joins leave free
+// (TestRemovalFitsInAFullLog), or a member that stops delivering pins a
+// full log for good. With a 4 KiB log (512 bytes kept) and 120-byte
+// process ids, a view of two members has a removal record too large for
+// that: the second join is refused with ErrGroupFull, saying why, and
+// leaves nothing behind. It used to be admitted.
+func TestJoinRefusedWhenItsRemovalCouldNotFit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	long := func(c string) string { return strings.Repeat(c, gcs.MaxIDLen) }
+	mk := func(id string) *gcs.Node { return e.nodeWith(id, gcs.Config{LogCapacity: 4096}) }
+	a := e.join(mk(long("a")), "narrow")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, err := mk(long("b")).Join(ctx, "narrow", gcs.JoinOptions{})
+	if !errors.Is(err, gcs.ErrGroupFull) || !strings.Contains(err.Error(), "LogCapacity") {
+		t.Fatalf("second long-named join into a 4 KiB log: %v, want ErrGroupFull naming LogCapacity", err)
+	}
+	gi := describe(t, e.node("obs"), "narrow", "one member", func(gi gcs.GroupInfo) bool { return true })
+	if len(gi.Members) != 1 || len(gi.Retired) != 0 {
+		t.Fatalf("after the refused join: members %+v, retired %+v", gi.Members, gi.Retired)
+	}
+	// Short names fit: the group takes more members.
+	b := e.join(mk("b"), "narrow")
+	sendAll(t, []*member{a, b}, 3, 50)
+	waitUntil(t, 20*time.Second, "delivered", func() bool { return a.delivered() == 6 && b.delivered() == 6 })
+	e.leaveAll([]*member{a, b})
+}

@@ -36,6 +36,27 @@ type viewOutcome struct {
 	pos, view, provider uint64
 }
 
+// removalBound bounds the record of any later removal from the view a
+// join makes (its record recLen bytes long); it must fit in the part of
+// the order log kept for removals (logRoom). Multicasts and joins fill at most 7/8 of the log so
+// that a removal can always be written, even while a member that stopped
+// delivering pins head (only its removal unpins it); a removal record
+// larger than that reserve would stall the group for good. A view's
+// members are a subset of those of some join's view (removals only
+// shrink it), and a removal's record is at most that join's record plus
+// its reason ("removed by " and a member's name is the longest; "left"
+// and "failed" are shorter): the join's record minus the joiner's entry
+// in the joined list, with each removed member's entry (12 bytes and its
+// name) replaced by its name in the left list (2 bytes and its name). So
+// checking joins bounds every removal.
+func removalBound(ms metaState, ch *change, recLen int) uint64 {
+	longest := len(ch.add.name)
+	for _, m := range ms.active() {
+		longest = max(longest, len(m.name))
+	}
+	return uint64(recLen + len("removed by ") + longest)
+}
+
 // planView builds the minitransaction of ch against ms: compare (view,
 // tail, msgs), write view+1 and the new tail, the joiner's slot, the
 // removed members' retiredAt, and the view record at the old tail. It is a
@@ -124,6 +145,12 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 			return nil
 		}
 		tx, rec, b := planView(ref, ms, ch)
+		if ch.add != nil {
+			if need := removalBound(ms, ch, len(b)); need > ref.logSize/8 {
+				return fmt.Errorf("%w: with %s a removal from the view could take a %d-byte record, more than the %d bytes the order log keeps for removals (LogCapacity %d / 8): the group's LogCapacity is too small for this many members or names this long",
+					ErrGroupFull, ch.add.name, need, ref.logSize/8, ref.logSize)
+			}
+		}
 		if ms.h.tail+uint64(len(b))-ms.h.head > ref.logRoom(ch.add == nil) {
 			// The log is full: wait for the members to deliver and the
 			// oldest to trim. A removal may use the reserve that
