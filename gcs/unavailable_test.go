@@ -79,20 +79,14 @@ func TestSenderStopsWhenItsGroupIsGone(t *testing.T) {
 	}
 }
 
-// TestSenderOfADeletedGroupStops: a member removed while its delivery was
-// stalled (its application read nothing) multicasts after the group was
-// emptied and deleted. Its link fails the compare and the header it then
-// reads says the group is deleted (ErrNoGroup from the tombstoned
-// metadata): Multicast fails with ErrEvicted. The sender used to retry
-// that read for as long as the group was open (persist), and Multicast
-// waited for its ctx.
-func TestSenderOfADeletedGroupStops(t *testing.T) {
-	e := newEnv(t)
+// removedThenDeleted joins a and b to a group, with b's application
+// reading nothing (b's delivery stays at its first View), removes b, has
+// a leave (the last member out: it reclaims b's slot and queue too) and
+// deletes the group. It returns b, still open.
+func (e *env) removedThenDeleted(ctx context.Context) *gcs.Group {
+	t := e.t
+	t.Helper()
 	a := e.join(e.node("a"), "g")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	// b's application never reads its Events: b's delivery stays at its
-	// join record.
 	gb, err := e.node("b").Join(ctx, "g", gcs.JoinOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -101,8 +95,22 @@ func TestSenderOfADeletedGroupStops(t *testing.T) {
 	if err := a.g.Remove(ctx, gb.Name()); err != nil {
 		t.Fatal(err)
 	}
-	a.leave() // the last member out: reclaims b's slot and queue too
+	a.leave()
 	reclaimedThenDeleted(t, ctx, e.node("obs"), "g", "a left, b removed")
+	return gb
+}
+
+// TestSenderOfADeletedGroupStops: a member removed while its delivery was
+// stalled (its application read nothing) multicasts after the group was
+// emptied and deleted. Its link fails the compare and the header it then
+// reads says the group is deleted (ErrNoGroup from the tombstoned
+// metadata): Multicast fails with ErrEvicted. The sender used to retry
+// that read for as long as the group was open (persist), and Multicast
+// waited for its ctx.
+func TestSenderOfADeletedGroupStops(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	gb := newEnv(t).removedThenDeleted(ctx)
 	mctx, mcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer mcancel()
 	if err := gb.Multicast(mctx, []byte("x")); !errors.Is(err, gcs.ErrEvicted) {
@@ -121,20 +129,9 @@ func TestSenderOfADeletedGroupStops(t *testing.T) {
 // here so that delivery reads the log itself.)
 func TestDeliveryOfADeletedGroupEndsInEviction(t *testing.T) {
 	defer gcs.SetWatchData(false)()
-	e := newEnv(t)
-	a := e.join(e.node("a"), "g")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	gb, err := e.node("b").Join(ctx, "g", gcs.JoinOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, 20*time.Second, "a sees b", func() bool { return a.viewSize() == 2 })
-	if err := a.g.Remove(ctx, gb.Name()); err != nil {
-		t.Fatal(err)
-	}
-	a.leave()
-	reclaimedThenDeleted(t, ctx, e.node("obs"), "g", "a left, b removed")
+	gb := newEnv(t).removedThenDeleted(ctx)
 	var evicted *gcs.Evicted
 	deadline := time.After(20 * time.Second)
 	for done := false; !done; {
