@@ -180,7 +180,8 @@ func anyReachable(seeds []string, timeout time.Duration) bool {
 // refuses (a wrong gossip key) is never bypassed: the start is retried and
 // the reason logged. It returns when the node is registered or ctx ends,
 // and at once on an invalid configuration or a process table this
-// configuration cannot use (another layout, or corrupt): no wait fixes them.
+// configuration cannot use (another layout, corrupt, or outside the
+// memnode's address space): no wait fixes them.
 func memberStart(ctx context.Context, log zerolog.Logger, cfg membership.Config, explicit []string, aloneAfter time.Duration) (*membership.Node, error) {
 	var (
 		firstFail time.Time
@@ -251,9 +252,12 @@ func memberStart(ctx context.Context, log zerolog.Logger, cfg membership.Config,
 
 // permanent reports a membership error that waiting does not clear: the
 // table in the memnode is not one this configuration can use (another
-// layout, or corrupt). memberStart returns it instead of retrying.
+// layout, or corrupt), or the memnodes refuse its reads as invalid (the
+// table lies outside memnodes made smaller than its base, --memnode-size).
+// memberStart returns it instead of retrying.
 func permanent(err error) bool {
-	return errors.Is(err, membership.ErrLayoutMismatch) || errors.Is(err, membership.ErrCorruptTable)
+	return errors.Is(err, membership.ErrLayoutMismatch) || errors.Is(err, membership.ErrCorruptTable) ||
+		errors.Is(err, client.ErrInvalid)
 }
 
 // keepJoining calls n.Join(seeds) every 2 s until one answers, ctx ends or

@@ -26,6 +26,7 @@ import (
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
 	"github.com/tutti-gcs/tutti/membership"
+	"github.com/tutti-gcs/tutti/memnode"
 )
 
 // buildTutti builds this command into dir once per test.
@@ -504,5 +505,34 @@ func TestMemberStartGivesUpOnWhatWaitingCannotFix(t *testing.T) {
 	}
 	if err := try(cfg); !errors.Is(err, membership.ErrCorruptTable) {
 		t.Fatalf("corrupt table: %v, want ErrCorruptTable", err)
+	}
+}
+
+// TestMemberStartGivesUpOnATableOutsideTheMemnode: a cluster whose
+// memnodes are too small to hold the process table (tutti server
+// --memnode-size below the table's base, a configuration the hosts accept
+// with a warning) refuses every read of the table as invalid. No wait
+// changes that: memberStart returns client.ErrInvalid, and the server
+// logs that its agent did not start. It used to take the refusal for a
+// missing quorum ("waiting for the process table") and retry it until its
+// context ended, forever for a server.
+func TestMemberStartGivesUpOnATableOutsideTheMemnode(t *testing.T) {
+	c := testClusterWith(t, cluster.Config{Memnodes: 1, Memnode: memnode.Config{Size: membership.DefaultTable.Base / 2}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl, err := newClient(ctx, zerolog.Nop(), c.Seeds())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
+	defer scancel()
+	n, err := memberStart(sctx, zerolog.Nop(), membership.Config{ID: "host-1", Client: cl, Bind: "127.0.0.1:0"}, nil, 0)
+	if n != nil {
+		n.Close()
+		t.Fatal("the agent started with its table outside the memnode")
+	}
+	if sctx.Err() != nil || !errors.Is(err, client.ErrInvalid) {
+		t.Fatalf("memberStart with the table outside the memnode: %v, want client.ErrInvalid at once", err)
 	}
 }
