@@ -160,6 +160,14 @@ func (g *Group) deliverLoop() {
 				g.evict(cur.viewID(), "the group was deleted")
 				return
 			}
+			if errors.Is(err, client.ErrClosed) {
+				// The client was closed under the Node: no read will
+				// answer again. End as a closed Node ends the group
+				// (Events closes; the sender fails with ErrClosed too).
+				n.log.Warn().Str("group", g.ref.name).Msg("delivery: the client was closed: the group is closed")
+				g.fail(ErrClosed)
+				return
+			}
 			n.log.Debug().Err(err).Msg("delivery: reading the header")
 			if sleepCtx(g.ctx, 10*time.Millisecond) != nil {
 				return

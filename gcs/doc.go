@@ -368,7 +368,9 @@
 //     reject as invalid, or a group found deleted, ends them: the sender
 //     ends with ErrEvicted, and delivery with *Evicted ("the group was
 //     deleted": a removed member that had not read its removal before
-//     the group was emptied and deleted).
+//     the group was emptied and deleted). A Config.Client closed under
+//     the Node ends its groups as Close does: Events closes and
+//     Multicast fails with ErrClosed.
 //   - A sender that cannot settle a link's unknown outcome (about a minute
 //     of failed reads, or removed from the view) stops multicasting for
 //     good (ErrClosed) rather than risk ordering a batch twice; the member

@@ -152,3 +152,40 @@ func TestDeliveryOfADeletedGroupEndsInEviction(t *testing.T) {
 		t.Fatal("b's Events closed without *Evicted")
 	}
 }
+
+// TestClientClosedUnderAGroupEndsItsEvents: the client a Node runs on is
+// closed while a member runs (the application closed it before the
+// Node). No wait brings the client back: Events must close, as when the
+// Node closes, and Multicast fail with ErrClosed. Delivery used to read
+// again every 10 ms for as long as the group was open, and the
+// application waited for an event that never came.
+func TestClientClosedUnderAGroupEndsItsEvents(t *testing.T) {
+	e := newEnv(t)
+	cl := e.client()
+	g, err := e.nodeWith("a", gcs.Config{Client: cl}).Join(context.Background(), "g", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := <-g.Events(); ev == nil {
+		t.Fatal("no first view")
+	}
+	cl.Close()
+	deadline := time.After(20 * time.Second)
+	for done := false; !done; {
+		select {
+		case ev, ok := <-g.Events():
+			if !ok {
+				done = true
+				break
+			}
+			t.Logf("event after the client closed: %#v", ev)
+		case <-deadline:
+			t.Fatal("Events still open 20 s after the client was closed")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g.Multicast(ctx, []byte("x")); !errors.Is(err, gcs.ErrClosed) {
+		t.Fatalf("multicast after the client closed: %v, want ErrClosed", err)
+	}
+}
