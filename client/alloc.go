@@ -265,7 +265,10 @@ func (a *Allocator) plan(ctx context.Context, n, tag uint64, h []byte) (allocPla
 		}
 		blen, state, link := word(raw, 0)&^blockStateMask, word(raw, 0)&blockStateMask, word(raw, 1)
 		if state != blockFree {
-			return allocPlan{}, errRereadAlloc
+			// Taken meanwhile (an Alloc unlinks a block in the step
+			// that marks it), unless the link still names it: then the
+			// list is corrupt, and reading again would never end.
+			return allocPlan{}, a.recheckLink(ctx, prev, cur)
 		}
 		if blen >= n {
 			tx := NewTx()
@@ -306,6 +309,25 @@ func (a *Allocator) plan(ctx context.Context, n, tag uint64, h []byte) (allocPla
 		Write(mn, a.cfg.Base, words(end, free, a.cfg.Align, a.cfg.Limit)).
 		Write(mn, next, words(n|blockAllocated, tag))
 	return allocPlan{tx: tx, block: next, region: Region{Memnode: mn, Addr: next + a.hdr, Len: n}}, nil
+}
+
+// recheckLink reads, in one step, the link to block cur (the header's free
+// word if prev is 0, else free block prev's link) and cur, which plan found
+// not free: errRereadAlloc if either changed (cur was taken meanwhile),
+// ErrInvalid if the free list still links a block that is not free.
+func (a *Allocator) recheckLink(ctx context.Context, prev, cur uint64) error {
+	link := a.cfg.Base + 8
+	if prev != 0 {
+		link = prev + 8
+	}
+	r, err := a.c.Exec(ctx, NewTx().Read(a.cfg.Memnode, link, 8).Read(a.cfg.Memnode, cur, 16))
+	if err != nil {
+		return fmt.Errorf("alloc: %w", err)
+	}
+	if word(r.Reads[0], 0) != cur || word(r.Reads[1], 0)&blockStateMask == blockFree {
+		return errRereadAlloc
+	}
+	return fmt.Errorf("%w: alloc: free list of the allocator at memnode %d address %#x is corrupt (block %#x is linked but not free)", ErrInvalid, a.cfg.Memnode, a.cfg.Base, cur)
 }
 
 // Free returns r, as Alloc returned it, to the free list. It refuses with

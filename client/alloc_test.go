@@ -386,3 +386,40 @@ func TestFreeWithGuard(t *testing.T) {
 		t.Fatalf("Alloc after FreeWith: %+v %v, want the freed region %+v", again, err, r)
 	}
 }
+
+// TestAllocRefusesAFreeListThatLinksAnAllocatedBlock: a free list that
+// links a block marked allocated (corrupt: an Alloc takes a block off the
+// list in the same minitransaction that marks it) is refused with
+// ErrInvalid, as a free list that links a block outside the allocator is.
+// Alloc used to take it for a block taken meanwhile and read again at
+// once, without a pause, until its ctx ended (forever without one).
+func TestAllocRefusesAFreeListThatLinksAnAllocatedBlock(t *testing.T) {
+	c := startCluster(t, cluster.Config{NoSync: true, Hosts: 1, Memnodes: 1})
+	cl := newClient(t, c.Seeds())
+	ctx := ctxT(t)
+	a, err := client.NewAllocator(cl, client.AllocatorConfig{Base: 0x4000, Limit: 0x8000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1, err := a.Alloc(ctx, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Alloc(ctx, 16); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Free(ctx, r1); err != nil {
+		t.Fatal(err)
+	}
+	// r1's block heads the free list; mark it allocated (length word,
+	// state 1) and leave the list as it is.
+	w := binary.LittleEndian.AppendUint64(nil, r1.Len|1)
+	if _, err := cl.Exec(ctx, client.NewTx().Write(0, r1.Addr-16, w)); err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := a.Alloc(actx, 16); !errors.Is(err, client.ErrInvalid) || actx.Err() != nil {
+		t.Fatalf("alloc over a free list that links an allocated block: %v, want ErrInvalid at once", err)
+	}
+}
