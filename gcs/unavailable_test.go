@@ -132,24 +132,31 @@ func TestDeliveryOfADeletedGroupEndsInEviction(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	gb := newEnv(t).removedThenDeleted(ctx)
-	var evicted *gcs.Evicted
-	deadline := time.After(20 * time.Second)
-	for done := false; !done; {
-		select {
-		case ev, ok := <-gb.Events():
-			if !ok {
-				done = true
-				break
-			}
-			if ev, ok := ev.(*gcs.Evicted); ok {
-				evicted = ev
-			}
-		case <-deadline:
-			t.Fatalf("b's Events neither ended nor said *Evicted 20 s after its group was deleted (evicted: %v)", evicted)
-		}
-	}
-	if evicted == nil {
+	evs := eventsUntilClosed(t, gb, 20*time.Second, "b's group was deleted")
+	if len(evs) == 0 {
 		t.Fatal("b's Events closed without *Evicted")
+	}
+	if _, ok := evs[len(evs)-1].(*gcs.Evicted); !ok {
+		t.Fatalf("b's Events closed without *Evicted: the last was %#v", evs[len(evs)-1])
+	}
+}
+
+// eventsUntilClosed reads g's Events until the channel closes and returns
+// what it read; it fails the test if that takes longer than within (after).
+func eventsUntilClosed(t *testing.T, g *gcs.Group, within time.Duration, after string) []gcs.Event {
+	t.Helper()
+	var evs []gcs.Event
+	deadline := time.After(within)
+	for {
+		select {
+		case ev, ok := <-g.Events():
+			if !ok {
+				return evs
+			}
+			evs = append(evs, ev)
+		case <-deadline:
+			t.Fatalf("Events still open %v after %s (read %d events)", within, after, len(evs))
+		}
 	}
 }
 
@@ -170,18 +177,8 @@ func TestClientClosedUnderAGroupEndsItsEvents(t *testing.T) {
 		t.Fatal("no first view")
 	}
 	cl.Close()
-	deadline := time.After(20 * time.Second)
-	for done := false; !done; {
-		select {
-		case ev, ok := <-g.Events():
-			if !ok {
-				done = true
-				break
-			}
-			t.Logf("event after the client closed: %#v", ev)
-		case <-deadline:
-			t.Fatal("Events still open 20 s after the client was closed")
-		}
+	for _, ev := range eventsUntilClosed(t, g, 20*time.Second, "the client was closed") {
+		t.Logf("event after the client closed: %#v", ev)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

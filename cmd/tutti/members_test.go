@@ -455,28 +455,8 @@ func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 // that its agent did not start. It used to retry them until its context
 // ended, forever for a server, with only a warning per attempt.
 func TestMemberStartGivesUpOnWhatWaitingCannotFix(t *testing.T) {
-	c := testClusterWith(t, cluster.Config{Memnodes: 1})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cl, err := newClient(ctx, zerolog.Nop(), c.Seeds())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	try := func(cfg membership.Config) error {
-		t.Helper()
-		sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
-		defer scancel()
-		n, err := memberStart(sctx, zerolog.Nop(), cfg, nil, 0)
-		if n != nil {
-			n.Close()
-			t.Fatalf("the agent started with %+v", cfg)
-		}
-		if sctx.Err() != nil {
-			t.Fatalf("memberStart retried until its context ended: %v", err)
-		}
-		return err
-	}
+	cl, try := memberStartOn(t, cluster.Config{Memnodes: 1})
+	ctx := t.Context()
 	cfg := membership.Config{ID: "host-1", Client: cl, Bind: "127.0.0.1:0"}
 	bad := cfg
 	bad.Key = []byte("seven77") // AES keys are 16, 24 or 32 bytes
@@ -517,22 +497,35 @@ func TestMemberStartGivesUpOnWhatWaitingCannotFix(t *testing.T) {
 // missing quorum ("waiting for the process table") and retry it until its
 // context ended, forever for a server.
 func TestMemberStartGivesUpOnATableOutsideTheMemnode(t *testing.T) {
-	c := testClusterWith(t, cluster.Config{Memnodes: 1, Memnode: memnode.Config{Size: membership.DefaultTable.Base / 2}})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cl, err := newClient(ctx, zerolog.Nop(), c.Seeds())
+	cl, try := memberStartOn(t, cluster.Config{Memnodes: 1, Memnode: memnode.Config{Size: membership.DefaultTable.Base / 2}})
+	if err := try(membership.Config{ID: "host-1", Client: cl, Bind: "127.0.0.1:0"}); !errors.Is(err, client.ErrInvalid) {
+		t.Fatalf("memberStart with the table outside the memnode: %v, want client.ErrInvalid", err)
+	}
+}
+
+// memberStartOn starts a test cluster of cfg and returns a client of it
+// and try, which runs memberStart and fails the test if the agent started
+// or memberStart retried until its 20 s context ended.
+func memberStartOn(t *testing.T, cfg cluster.Config) (*client.Client, func(membership.Config) error) {
+	t.Helper()
+	c := testClusterWith(t, cfg)
+	cl, err := newClient(t.Context(), zerolog.Nop(), c.Seeds())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
-	sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
-	defer scancel()
-	n, err := memberStart(sctx, zerolog.Nop(), membership.Config{ID: "host-1", Client: cl, Bind: "127.0.0.1:0"}, nil, 0)
-	if n != nil {
-		n.Close()
-		t.Fatal("the agent started with its table outside the memnode")
-	}
-	if sctx.Err() != nil || !errors.Is(err, client.ErrInvalid) {
-		t.Fatalf("memberStart with the table outside the memnode: %v, want client.ErrInvalid at once", err)
+	t.Cleanup(func() { cl.Close() })
+	return cl, func(cfg membership.Config) error {
+		t.Helper()
+		sctx, scancel := context.WithTimeout(t.Context(), 20*time.Second)
+		defer scancel()
+		n, err := memberStart(sctx, zerolog.Nop(), cfg, nil, 0)
+		if n != nil {
+			n.Close()
+			t.Fatalf("the agent started with %+v", cfg)
+		}
+		if sctx.Err() != nil {
+			t.Fatalf("memberStart retried until its context ended: %v", err)
+		}
+		return err
 	}
 }
