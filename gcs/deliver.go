@@ -523,8 +523,16 @@ func (g *Group) send(ev Event) bool {
 // evictOrFail ends the membership after delivery could not read what
 // it must deliver: a request the memnodes reject as invalid is a local
 // failure (the group fails with that error, logged, and Events closes
-// without *Evicted); anything else evicts.
+// without *Evicted), a closed client closes the group (ErrClosed, no
+// *Evicted); anything else evicts.
 func (g *Group) evictOrFail(view uint64, err error) {
+	if errors.Is(err, client.ErrClosed) {
+		// The client was closed under the Node: not an eviction (the
+		// group still has us), the end of a closed Node's group.
+		g.n.log.Warn().Str("group", g.ref.name).Msg("delivery: the client was closed: the group is closed")
+		g.fail(ErrClosed)
+		return
+	}
 	if !errors.Is(err, client.ErrInvalid) {
 		g.evict(view, err.Error())
 		return

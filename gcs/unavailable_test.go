@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
 )
 
@@ -184,5 +185,39 @@ func TestClientClosedUnderAGroupEndsItsEvents(t *testing.T) {
 	defer cancel()
 	if err := g.Multicast(ctx, []byte("x")); !errors.Is(err, gcs.ErrClosed) {
 		t.Fatalf("multicast after the client closed: %v, want ErrClosed", err)
+	}
+}
+
+// TestBlobReadOfAClosedClientClosesTheGroup: delivery's read of a batch
+// from a sender's queue finds the client closed (the application closed it
+// under the Node). The member was not removed: its Events must close
+// without *Evicted, as a closed Node's do, and Multicast fail with
+// ErrClosed. Delivery used to deliver *Evicted ("client closed") from a
+// group that still had the member.
+func TestBlobReadOfAClosedClientClosesTheGroup(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAllWith(2, "g", gcs.Config{InlineBytes: -1}) // every batch through a queue
+	// Only p1 reads p0's batch from the queue (p0 takes its own from memory).
+	failed, restore := gcs.FailAtWith(gcs.SiteBlob, 1, &client.Error{Err: client.ErrClosed, Detail: "failpoint"})
+	defer restore()
+	if err := ms[0].send(1, 100); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ms[1].done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("p1's Events still open 20 s after its blob read found the client closed")
+	}
+	if failed() != 1 {
+		t.Fatal("the failpoint did not fire")
+	}
+	ms[1].mu.Lock()
+	ev := ms[1].evicted
+	ms[1].mu.Unlock()
+	if ev != nil {
+		t.Fatalf("p1 evicted from a group that still has it: %+v", ev)
+	}
+	if err := ms[1].g.Multicast(context.Background(), []byte("x")); !errors.Is(err, gcs.ErrClosed) {
+		t.Fatalf("multicast after the group closed: %v, want ErrClosed", err)
 	}
 }
