@@ -732,7 +732,7 @@ func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts
 func (n *Node) abandon(ref groupRef, self member) {
 	emptied := false
 	leave := func(ctx context.Context) error {
-		return n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
+		err := n.viewChange(ctx, ref, func(ms metaState) (*change, error) {
 			if m, ok := ms.byTag(self.tag); ok && m.active() && m.name == self.name && m.holds(self) {
 				emptied = len(ms.active()) == 1
 				return &change{remove: []member{m}, reason: reasonLeft}, nil
@@ -740,6 +740,14 @@ func (n *Node) abandon(ref groupRef, self member) {
 			emptied = false
 			return nil, nil
 		}, nil)
+		if errors.Is(err, ErrNoGroup) {
+			// Deleted: Delete takes a group with no slot left, so ours
+			// was never placed (or is reclaimed). Nothing to leave; no
+			// retry brings the group back.
+			emptied = false
+			return nil
+		}
+		return err
 	}
 	done := func(ctx context.Context) {
 		if emptied {

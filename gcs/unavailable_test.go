@@ -1,11 +1,16 @@
 package gcs_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
@@ -220,4 +225,54 @@ func TestBlobReadOfAClosedClientClosesTheGroup(t *testing.T) {
 	if err := ms[1].g.Multicast(context.Background(), []byte("x")); !errors.Is(err, gcs.ErrClosed) {
 		t.Fatalf("multicast after the group closed: %v, want ErrClosed", err)
 	}
+}
+
+// TestAbandonOfADeletedGroupEnds: a join whose view change has an outcome
+// nobody can settle leaves again (abandon), in case its slot was placed.
+// When the group was deleted meanwhile (it was empty: this join's change
+// never ran), there is nothing to leave. abandon used to take ErrNoGroup
+// for a failure and retry every 2 s in the background for five minutes,
+// then log at error level that the slot stays.
+func TestAbandonOfADeletedGroupEnds(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	obs := e.node("obs")
+	logs := &lockedBuffer{}
+	n, err := gcs.Open(ctx, gcs.Config{ID: "j", Client: e.client(), Logger: zerolog.New(logs).Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	defer gcs.SettleGivesUp()()
+	fired, restore := gcs.UnknownWithoutCommit("view", func() {
+		if err := obs.Delete(ctx, "g"); err != nil {
+			t.Errorf("deleting the empty group: %v", err)
+		}
+	})
+	defer restore()
+	if _, err := n.Join(ctx, "g", gcs.JoinOptions{}); err == nil || !fired() {
+		t.Fatalf("join whose view change cannot be settled: %v (failpoint fired: %v)", err, fired())
+	}
+	if l := logs.String(); strings.Contains(l, "retrying in the background") {
+		t.Fatalf("abandon retries leaving a deleted group:\n%s", l)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for loggers of several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
