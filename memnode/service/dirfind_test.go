@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
 )
 
@@ -42,5 +45,33 @@ func TestRestartFindsMovedDirectory(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A directory region that no longer decodes (someone wrote over it with a
+// plain minitransaction) is not a passing read failure: every host logs
+// it at error level, once a minute rather than every poll, and keeps its
+// last known layout. It used to go to the debug log only, every poll.
+func TestCorruptDirectoryIsLoggedAsAnError(t *testing.T) {
+	var logs lockedBuffer
+	c := startClusterWith(t, cluster.Config{DirectoryPoll: 20 * time.Millisecond, Logger: zerolog.New(&logs).Level(zerolog.InfoLevel)})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl := newClient(t, c, nil)
+	if _, err := cl.Exec(ctx, client.NewTx().Write(0, client.DirectoryAddr, []byte("XXXX"))); err != nil {
+		t.Fatal(err)
+	}
+	const what = "the cluster directory in memnode 0 does not decode"
+	for deadline := time.Now().Add(20 * time.Second); logs.lines(`"level":"error"`, what) < 3; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d hosts logged the corrupt directory at error level within 20 s, want 3", logs.lines(`"level":"error"`, what))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// 25 polls later, still once per host (an absence needs a window; it
+	// cannot make the test fail falsely).
+	time.Sleep(500 * time.Millisecond)
+	if n := logs.lines(what); n != 3 {
+		t.Fatalf("%d log lines about the corrupt directory, want 3 (one per host, not one per poll)", n)
 	}
 }

@@ -128,6 +128,9 @@ type Host struct {
 	recStop context.CancelFunc
 	recDone chan struct{}
 	peers   map[uint64]string // transport peers set so far (reconciler only)
+	// badDirLogged: when the reconciler last logged a corrupt directory
+	// (reconciler only).
+	badDirLogged time.Time
 
 	closeOnce sync.Once
 	closeErr  error

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -98,7 +99,19 @@ func (h *Host) reconcileOnce(ctx context.Context) {
 		return
 	}
 	if err != nil {
-		if ctx.Err() == nil {
+		switch {
+		case ctx.Err() != nil:
+		case errors.Is(err, client.ErrBadDirectory):
+			// Not a passing failure: someone wrote over memnode 0's
+			// directory region. The host keeps its last known layout
+			// and changes nothing until the region decodes again; an
+			// operator must hear of it (once a minute, not every poll).
+			if time.Since(h.badDirLogged) >= time.Minute {
+				h.badDirLogged = time.Now()
+				log.Error().Err(err).Uint64("memnode", 0).Str("addr", fmt.Sprintf("%#x", client.DirectoryAddr)).
+					Msg("the cluster directory in memnode 0 does not decode (overwritten?): this host keeps its last known layout and makes no configuration change until it decodes again")
+			}
+		default:
 			log.Debug().Err(err).Msg("directory read failed")
 		}
 		return
