@@ -162,10 +162,8 @@ func (g *Group) deliverLoop() {
 			}
 			if errors.Is(err, client.ErrClosed) {
 				// The client was closed under the Node: no read will
-				// answer again. End as a closed Node ends the group
-				// (Events closes; the sender fails with ErrClosed too).
-				n.log.Warn().Str("group", g.ref.name).Msg("delivery: the client was closed: the group is closed")
-				g.fail(ErrClosed)
+				// answer again (evictOrFail closes the group).
+				g.evictOrFail(cur.viewID(), err)
 				return
 			}
 			n.log.Debug().Err(err).Msg("delivery: reading the header")
@@ -528,7 +526,8 @@ func (g *Group) send(ev Event) bool {
 func (g *Group) evictOrFail(view uint64, err error) {
 	if errors.Is(err, client.ErrClosed) {
 		// The client was closed under the Node: not an eviction (the
-		// group still has us), the end of a closed Node's group.
+		// group still has us). End as a closed Node ends the group
+		// (Events closes; the sender fails with ErrClosed too).
 		g.n.log.Warn().Str("group", g.ref.name).Msg("delivery: the client was closed: the group is closed")
 		g.fail(ErrClosed)
 		return
