@@ -1,12 +1,10 @@
 package gcs_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
+	"github.com/tutti-gcs/tutti/internal/syncbuf"
 )
 
 // TestBlobReadsWaitOutAnUnavailableQueue: a receiver that cannot read a
@@ -238,7 +237,7 @@ func TestAbandonOfADeletedGroupEnds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	obs := e.node("obs")
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	n, err := gcs.Open(ctx, gcs.Config{ID: "j", Client: e.client(), Logger: zerolog.New(logs).Level(zerolog.WarnLevel)})
 	if err != nil {
 		t.Fatal(err)
@@ -257,22 +256,4 @@ func TestAbandonOfADeletedGroupEnds(t *testing.T) {
 	if l := logs.String(); strings.Contains(l, "retrying in the background") {
 		t.Fatalf("abandon retries leaving a deleted group:\n%s", l)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer for loggers of several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/internal/syncbuf"
 )
 
 // grpcNode is a GRPCTransport served by its own loopback gRPC server.
@@ -308,30 +309,12 @@ func TestGRPCTransportDeadPeer(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A peer that cannot be reached is reported at warn level once sends to it
 // have failed for grpcWarnAfter, not at the first failure: a peer that is
 // restarting, or a local cluster shutting down host by host, is not worth
 // a warning.
 func TestGRPCTransportWarnsOnlyAfterGrace(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	a := startGRPCNode(t, 1, "127.0.0.1:0", func(c *GRPCConfig) {
 		c.Logger = zerolog.New(&logs).Level(zerolog.DebugLevel)
 	})

@@ -7,31 +7,13 @@ import (
 	"errors"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/gcs"
+	"github.com/tutti-gcs/tutti/internal/syncbuf"
 )
-
-// lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *lockedBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *lockedBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestSendTail: `tail --json --count` receives, in order, what two `send`
 // runs sent (arguments, then stdin lines), after its own join view.
@@ -41,7 +23,7 @@ func TestSendTail(t *testing.T) {
 	defer cancel()
 	seed := "--seed=" + c.Seeds()[0]
 
-	var tailOut lockedBuffer
+	var tailOut syncbuf.Buffer
 	tailDone := make(chan error, 1)
 	go func() {
 		root := newRoot()

@@ -25,6 +25,7 @@ import (
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/internal/syncbuf"
 	"github.com/tutti-gcs/tutti/membership"
 	"github.com/tutti-gcs/tutti/memnode"
 )
@@ -48,32 +49,15 @@ type proc struct {
 	name   string
 	cmd    *exec.Cmd
 	lines  chan string
-	stderr *syncBuffer
+	stderr *syncbuf.Buffer
 	exited chan struct{}
 	err    error
-}
-
-type syncBuffer struct {
-	mu chan struct{}
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu <- struct{}{}
-	defer func() { <-s.mu }()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu <- struct{}{}
-	defer func() { <-s.mu }()
-	return s.b.String()
 }
 
 func startProc(t *testing.T, name, bin string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, cmd: exec.Command(bin, args...), lines: make(chan string, 1000),
-		stderr: &syncBuffer{mu: make(chan struct{}, 1)}, exited: make(chan struct{})}
+		stderr: &syncbuf.Buffer{}, exited: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {

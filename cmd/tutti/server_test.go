@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/internal/syncbuf"
 	"github.com/tutti-gcs/tutti/membership"
 )
 
@@ -46,7 +47,7 @@ func awaitAgent(t *testing.T, a *serverAgent, d time.Duration) {
 // its agent and without a word.
 func TestServerAgentStartFailureIsLogged(t *testing.T) {
 	c := testClusterWith(t, cluster.Config{Memnodes: 1})
-	buf := &syncBuffer{mu: make(chan struct{}, 1)}
+	buf := &syncbuf.Buffer{}
 	cfg := membership.Config{ID: "host-1", Bind: "127.0.0.1:0",
 		Table: membership.TableConfig{Memnode: 0, Base: membership.DefaultTable.Base, MaxRows: 5000, LogSize: 64}}
 	seed := c.Seeds()[0]
@@ -77,7 +78,7 @@ func TestServerAgentStopWhileStartingIsQuiet(t *testing.T) {
 	}
 	down := l.Addr().String()
 	l.Close()
-	buf := &syncBuffer{mu: make(chan struct{}, 1)}
+	buf := &syncbuf.Buffer{}
 	cfg := membership.Config{ID: "host-1", Bind: "127.0.0.1:0"}
 	seed := c.Seeds()[0]
 	a := startServerAgent(zerolog.New(buf), cfg, []string{down}, seed, map[uint64]string{1: seed}, time.Hour, nil)

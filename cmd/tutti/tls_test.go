@@ -27,6 +27,7 @@ import (
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/internal/syncbuf"
 )
 
 // testCA signs certificates for 127.0.0.1 into dir.
@@ -140,7 +141,7 @@ func TestMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var serverLog lockedBuffer
+	var serverLog syncbuf.Buffer
 	c, err := cluster.Start(cluster.Config{
 		NoSync: true, DataDir: t.TempDir(),
 		ServerOptions: tm.serverOptions(zerolog.New(&serverLog)), DialOptions: tm.dialOptions(),

@@ -1,16 +1,15 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tutti-gcs/tutti/gcs"
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/internal/syncbuf"
 )
 
 func TestFormat(t *testing.T) {
@@ -37,27 +36,9 @@ func TestFormat(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *lockedBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *lockedBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // user is one running chat.
 type user struct {
-	out    lockedBuffer
+	out    syncbuf.Buffer
 	in     *io.PipeWriter
 	cancel context.CancelFunc
 	done   chan error

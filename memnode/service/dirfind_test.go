@@ -10,6 +10,7 @@ import (
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/internal/syncbuf"
 )
 
 // A restarted host routes by its configured placement until it reads the
@@ -53,7 +54,7 @@ func TestRestartFindsMovedDirectory(t *testing.T) {
 // it at error level, once a minute rather than every poll, and keeps its
 // last known layout. It used to go to the debug log only, every poll.
 func TestCorruptDirectoryIsLoggedAsAnError(t *testing.T) {
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	c := startClusterWith(t, cluster.Config{DirectoryPoll: 20 * time.Millisecond, Logger: zerolog.New(&logs).Level(zerolog.InfoLevel)})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -62,16 +63,16 @@ func TestCorruptDirectoryIsLoggedAsAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	const what = "the cluster directory in memnode 0 does not decode"
-	for deadline := time.Now().Add(20 * time.Second); logs.lines(`"level":"error"`, what) < 3; {
+	for deadline := time.Now().Add(20 * time.Second); logs.Lines(`"level":"error"`, what) < 3; {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d hosts logged the corrupt directory at error level within 20 s, want 3", logs.lines(`"level":"error"`, what))
+			t.Fatalf("%d hosts logged the corrupt directory at error level within 20 s, want 3", logs.Lines(`"level":"error"`, what))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	// 25 polls later, still once per host (an absence needs a window; it
 	// cannot make the test fail falsely).
 	time.Sleep(500 * time.Millisecond)
-	if n := logs.lines(what); n != 3 {
+	if n := logs.Lines(what); n != 3 {
 		t.Fatalf("%d log lines about the corrupt directory, want 3 (one per host, not one per poll)", n)
 	}
 }

@@ -1,11 +1,8 @@
 package service_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +10,7 @@ import (
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/internal/syncbuf"
 	"github.com/tutti-gcs/tutti/memnode"
 	"github.com/tutti-gcs/tutti/memnode/service"
 )
@@ -23,35 +21,6 @@ import (
 // never will") even when the tid had committed there, so recovery aborted
 // it at a participant still holding it in doubt: committed at one memnode,
 // aborted at the other.
-
-// lockedBuffer collects a cluster's log lines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines counts the log lines that contain every one of subs.
-func (b *lockedBuffer) lines(subs ...string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	n := 0
-	for line := range strings.Lines(b.buf.String()) {
-		all := true
-		for _, s := range subs {
-			all = all && strings.Contains(line, s)
-		}
-		if all {
-			n++
-		}
-	}
-	return n
-}
 
 func horizonCluster(t *testing.T, horizon time.Duration, rc service.RecoveryConfig, log zerolog.Logger) *cluster.Cluster {
 	t.Helper()
@@ -138,7 +107,7 @@ func TestRecoverRefusesTidPastHorizon(t *testing.T) {
 func TestRecoveryLeavesForgottenTidInDoubt(t *testing.T) {
 	const horizon = 2 * time.Second
 	const lag = horizon - 200*time.Millisecond
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	// Timeout 400ms: recovery asks memnode 1 at least 2.2s after tid.Time.
 	c := horizonCluster(t, horizon, service.RecoveryConfig{Interval: 50 * time.Millisecond, Timeout: 400 * time.Millisecond},
 		zerolog.New(&logs).Level(zerolog.InfoLevel))
@@ -172,7 +141,7 @@ func TestRecoveryLeavesForgottenTidInDoubt(t *testing.T) {
 		t.Fatalf("recovery stats %+v (before %+v): want the tid counted expired once per leader, stuck, none resolved", s, before)
 	}
 	const msg = "in-doubt minitransaction past the memnode horizon"
-	if n := logs.lines(`"level":"error"`, msg); n < 1 || n > int(hosts) {
+	if n := logs.Lines(`"level":"error"`, msg); n < 1 || n > int(hosts) {
 		t.Fatalf("%d error-level log lines %q over 20 scans, want one per leader", n, msg)
 	}
 	checkStillInDoubt(t, ctx, c, plain, tx)
