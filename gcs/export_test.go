@@ -255,6 +255,7 @@ func SettleLink(ctx context.Context, g *Group, pos uint64, records []byte, attem
 const (
 	SiteBlob  = siteBlob  // delivery's reads of batches from senders' queues
 	SiteQueue = siteQueue // a sender's writes of batches to its queue
+	SiteState = siteState // a joiner's reads of its slot and of its state
 	// a sender's read of the metadata after the view changed
 	SiteSenderMeta = siteSenderMeta
 )

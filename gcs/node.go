@@ -157,6 +157,7 @@ const (
 	siteFinal   = "final"   // a leaver's final position (publishFinal)
 	siteBlob    = "blob"    // a receiver's read of a batch from its sender's queue
 	siteQueue   = "queue"   // a sender's write of batches to its queue
+	siteState   = "state"   // a joiner's reads of its slot and of the state
 	// a sender's read of the metadata after the view changed
 	siteSenderMeta = "sender-meta"
 )

@@ -165,3 +165,39 @@ func (e *env) provider(ctx context.Context, state []byte) *gcs.Group {
 	drain(a)
 	return a
 }
+
+// TestJoinerWaitsOutAnUnavailableStateRead: a joiner whose reads of its
+// slot and of the provider's state fail for a while (their memnode
+// unavailable for longer than the client's retries) restores the state
+// once the memnode answers again. Join used to fail with the first failed
+// read, after its view change had committed, and left the group again.
+func TestJoinerWaitsOutAnUnavailableStateRead(t *testing.T) {
+	e := newEnv(t)
+	state := bytes.Repeat([]byte("state!"), 1000)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := e.provider(ctx, state)
+	const fails = 30 // more than Node.retry's 20
+	failed, restore := gcs.FailAt(gcs.SiteState, fails)
+	defer restore()
+	var got []byte
+	b, err := e.node("b").Join(ctx, "g", gcs.JoinOptions{
+		Snapshot: func() ([]byte, error) { return nil, nil },
+		Restore:  func(s []byte) error { got = s; return nil },
+	})
+	if err != nil {
+		t.Fatalf("join while %d reads of the state failed: %v", fails, err)
+	}
+	drain(b)
+	if n := failed(); n != fails {
+		t.Fatalf("%d reads failed, want %d: the failpoint missed them", n, fails)
+	}
+	if !bytes.Equal(got, state) {
+		t.Fatalf("restored %d bytes, want the provider's %d", len(got), len(state))
+	}
+	for _, g := range []*gcs.Group{b, a} {
+		if err := g.Leave(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -488,11 +488,23 @@ var errProviderGone = fmt.Errorf("%w: the state provider left the view (or its p
 // receiveState is the joiner's side: wait until the provider published the
 // state in our slot, read it, Restore, free the region. retry is true when
 // the provider was removed before publishing.
+//
+// Its reads persist (Node.persist) until Join's ctx ends: the joiner's view
+// change has committed, so a read that fails while a memnode is unavailable
+// (an election, a partition longer than the client's retries) is waited
+// out, not taken as a failed join that leaves the group again.
 func (g *Group) receiveState(ctx context.Context, provider uint64) (retry bool, err error) {
 	n := g.n
 	wait := time.Millisecond
+	readMeta := func() (ms metaState, err error) {
+		err = n.persist(ctx, "reading the joiner's slot", func() error {
+			ms, err = n.readMetaBy(g.ref, func(tx *client.Tx) (*client.Result, error) { return n.execAt(ctx, siteState, tx) })
+			return err
+		})
+		return ms, err
+	}
 	for {
-		ms, err := n.readMeta(ctx, g.ref)
+		ms, err := readMeta()
 		if err != nil {
 			return false, err
 		}
@@ -517,7 +529,7 @@ func (g *Group) receiveState(ctx context.Context, provider uint64) (retry bool, 
 			// reclaim of a removed joiner marks it stFreeing first), so
 			// the slot still holding it now means the bytes read are the
 			// state; otherwise they may be a freed region's.
-			ms, err := n.readMeta(ctx, g.ref)
+			ms, err := readMeta()
 			if err != nil {
 				return false, err
 			}
@@ -586,7 +598,17 @@ func (g *Group) readState(ctx context.Context, me member) ([]byte, error) {
 	if me.stLn < 8 || n.allocs[me.stMemnode] == nil {
 		return nil, fmt.Errorf("%w: bad state region", ErrCorrupt)
 	}
-	hdr, err := n.read(ctx, me.stMemnode, me.stAddr, 8)
+	read := func(addr uint64, l uint32) (b []byte, err error) {
+		err = n.persist(ctx, "reading the state", func() error {
+			res, err := n.execAt(ctx, siteState, client.NewTx().Read(me.stMemnode, addr, l))
+			if err == nil {
+				b = res.Reads[0]
+			}
+			return err
+		})
+		return b, err
+	}
+	hdr, err := read(me.stAddr, 8)
 	if err != nil {
 		return nil, err
 	}
@@ -598,7 +620,7 @@ func (g *Group) readState(ctx context.Context, me member) ([]byte, error) {
 	chunk := uint64(n.stateChunk())
 	for off := uint64(0); off < l; off += chunk {
 		k := min(chunk, l-off)
-		b, err := n.read(ctx, me.stMemnode, me.stAddr+8+off, uint32(k))
+		b, err := read(me.stAddr+8+off, uint32(k))
 		if err != nil {
 			return nil, err
 		}
