@@ -110,6 +110,12 @@
 //  7. Superseded: a process that finds a newer incarnation of its own id
 //     (a restarted copy) stops (Superseded change, ErrSuperseded) instead of
 //     fighting it.
+//  8. Client closed: a node whose client the application closed under it
+//     can no longer read or change the table; it logs that once at error
+//     level and leaves gossip, so the others declare the process dead (a
+//     process that only gossiped would look alive for ever, and its gcs
+//     memberships would never be removed). Leave then answers
+//     client.ErrClosed.
 //
 // Concurrent deciders are safe: a lost race fails the version compare and
 // the loser re-reads and decides again.

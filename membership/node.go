@@ -64,6 +64,8 @@ type Node struct {
 		epoch      time.Time
 		leaving    bool
 		superseded bool
+		// clientGone: the client under the node was closed (stopClientGone).
+		clientGone bool
 		subs       map[*feed]struct{}
 		closed     bool
 	}
@@ -293,8 +295,15 @@ func (n *Node) Leave(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	if lerr := n.ml.Leave(n.cfg.Timing.LeaveTimeout); lerr != nil {
-		n.log.Debug().Err(lerr).Msg("gossip leave broadcast")
+	// A node stopped as superseded or for a closed client has shut its
+	// gossip down already; memberlist panics on a Leave after Shutdown.
+	n.mu.Lock()
+	stopped := n.mu.superseded || n.mu.clientGone
+	n.mu.Unlock()
+	if !stopped {
+		if lerr := n.ml.Leave(n.cfg.Timing.LeaveTimeout); lerr != nil {
+			n.log.Debug().Err(lerr).Msg("gossip leave broadcast")
+		}
 	}
 	return errors.Join(err, n.Close())
 }
@@ -334,7 +343,10 @@ func (n *Node) run() {
 			timer.Reset(max(time.Millisecond, next.Sub(n.cfg.Now())))
 		}
 		n.mu.Lock()
-		stop := n.mu.superseded
+		stop, leaveErr := n.mu.superseded || n.mu.clientGone, ErrSuperseded
+		if n.mu.clientGone {
+			leaveErr = client.ErrClosed
+		}
 		n.mu.Unlock()
 		if stop {
 			for {
@@ -342,7 +354,7 @@ func (n *Node) run() {
 				case <-n.ctx.Done():
 					return
 				case reply := <-n.leave:
-					reply <- ErrSuperseded
+					reply <- leaveErr
 				}
 			}
 		}
@@ -366,7 +378,9 @@ func (n *Node) step() time.Time {
 	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if err := n.refresh(n.ctx); err != nil {
-			if n.ctx.Err() == nil {
+			if n.ctx.Err() == nil && errors.Is(err, client.ErrClosed) {
+				n.stopClientGone(err)
+			} else if n.ctx.Err() == nil {
 				n.log.Warn().Err(err).Msg("reading the process table")
 			}
 			return time.Time{}
@@ -392,7 +406,9 @@ func (n *Node) step() time.Time {
 			if d.Action == ActRejoin {
 				n.unsettled = &d.Plan // it may still commit: adoptUnsettled
 			}
-			if n.ctx.Err() == nil {
+			if n.ctx.Err() == nil && errors.Is(err, client.ErrClosed) {
+				n.stopClientGone(err)
+			} else if n.ctx.Err() == nil {
 				n.log.Warn().Err(err).Stringer("action", d.Action).Str("target", d.Plan.New.ID).Msg("table change failed")
 			}
 			return time.Time{}
@@ -466,6 +482,25 @@ func (n *Node) supersede() {
 		Msg("a newer incarnation of this process id registered; stopping")
 	_ = n.ml.Shutdown()
 	n.emit(Change{Version: t.Version, Kind: Superseded, Row: r})
+}
+
+// stopClientGone stops a node whose client the application closed under
+// it: without a client it can neither read nor change the process table,
+// and gossip alone would go on saying that the process is alive, so the
+// others would never declare it dead and nothing it was a member of (gcs
+// groups) would remove it. It says so once at error level, leaves gossip
+// (the others see the departure at once and declare the process dead, as
+// the table still says alive) and decides nothing more; Leave answers
+// client.ErrClosed, Close ends it.
+func (n *Node) stopClientGone(err error) {
+	n.mu.Lock()
+	n.mu.clientGone = true
+	n.mu.Unlock()
+	n.log.Error().Err(err).Msg("the client under this membership node was closed: it can no longer read or change the process table; leaving gossip so that the other processes declare this one dead")
+	if lerr := n.ml.Leave(n.cfg.Timing.LeaveTimeout); lerr != nil {
+		n.log.Debug().Err(lerr).Msg("gossip leave broadcast")
+	}
+	_ = n.ml.Shutdown()
 }
 
 func (n *Node) doLeave() error {

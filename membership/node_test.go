@@ -19,6 +19,7 @@ import (
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -608,5 +609,54 @@ func TestJoinMergesSeparatelyStartedProcesses(t *testing.T) {
 	a.Close()
 	if _, err := a.Join([]string{b.GossipAddr()}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Join after Close: %v", err)
+	}
+}
+
+// TestLeaveAfterSupersededReturnsItsError: Leave of a node stopped as
+// superseded (a newer incarnation of its id registered) says so. It used
+// to panic: the node had shut its gossip down, and Leave then asked
+// memberlist to leave ("leave after shutdown"), as a server or an example
+// does when told to stop.
+func TestLeaveAfterSupersededReturnsItsError(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	old := e.start(e.config("c", a))
+	rec, stop := record(old)
+	defer stop()
+	e.start(e.config("c", a)) // the same id again: a restart elsewhere
+	waitFor(t, 20*time.Second, "the old c superseded", func() bool {
+		return rec.has(func(ch Change) bool { return ch.Kind == Superseded })
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := old.Leave(ctx); !errors.Is(err, ErrSuperseded) {
+		t.Fatalf("Leave of a superseded node: %v, want ErrSuperseded", err)
+	}
+}
+
+// TestClientClosedUnderANodeStopsIt: a node whose client the application
+// closed can neither read nor change the process table. It says so once,
+// at error level, and leaves gossip, so the others declare the process
+// dead (else it would look alive for ever, and nothing it is a member of
+// would remove it); Leave then answers client.ErrClosed. It used to warn on
+// every poll and keep gossiping.
+func TestClientClosedUnderANodeStopsIt(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	var logs syncbuf.Buffer
+	cfg := e.config("b", a)
+	cfg.Logger = zerolog.New(&logs).Level(zerolog.WarnLevel)
+	b := e.start(cfg)
+	cfg.Client.Close()
+	waitFor(t, 20*time.Second, "b declared dead", func() bool { return row(t, a, "b").State == StateDead })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Leave(ctx); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("Leave with the client closed: %v, want client.ErrClosed", err)
+	}
+	errs := logs.Lines(`"level":"error"`, "client under this membership node was closed")
+	warns := logs.Lines(`"level":"warn"`, "process table")
+	if errs != 1 || warns != 0 {
+		t.Fatalf("%d error lines saying the client was closed (want 1), %d warnings about the table (want 0):\n%s", errs, warns, logs.String())
 	}
 }
