@@ -89,7 +89,10 @@
 // whichever is larger, so a large state machine is not copied more often
 // than its log grows by twice its size), and after every applied
 // configuration change (so a replica being added receives a snapshot naming
-// it). The log is compacted up to a margin of min(1000, SnapshotEntries/2)
+// it). A snapshot that fails (the state machine's, or writing its file) is
+// tried again a second later with its triggers kept: a replica being added
+// cannot restore the older snapshot, whose configuration does not name it,
+// and would wait for the next one otherwise. The log is compacted up to a margin of min(1000, SnapshotEntries/2)
 // entries and SnapshotBytes/4 bytes behind the snapshot so slightly slow
 // followers catch up from the log; others receive the snapshot (MsgSnap),
 // which the transport reports back through Handler.ReportSnapshot.

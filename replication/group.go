@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -129,6 +130,9 @@ type group struct {
 	// new replica receives must name it in its ConfState (raft refuses a
 	// snapshot that does not), so one is taken right away.
 	forceSnap bool
+	// snapRetry: a snapshot failed; none is tried before this time (the
+	// triggers that asked for it, forceSnap among them, still hold).
+	snapRetry time.Time
 	// removed: RemoveGroup took the group off its worker; nothing may
 	// touch it any more (membership.go).
 	removed bool
@@ -361,6 +365,7 @@ func (g *group) restore(snap *pb.Snapshot) error {
 	}
 	g.applied, g.snapIndex = idx, idx
 	g.snapBytes, g.logBytes = uint64(len(snap.GetData())), 0
+	g.forceSnap, g.snapRetry = false, time.Time{} // its ConfState is the latest
 	g.sizes = g.sizes[:0]
 	g.cached = 0
 	g.confState = proto.Clone(pb.EnsureConfState(snap.GetMetadata().GetConfState())).(*pb.ConfState)
@@ -563,12 +568,25 @@ func (g *group) trimCache() {
 // entrySize is the data size of one applied log entry.
 type entrySize struct{ index, bytes uint64 }
 
+// snapshotRetryInterval: after a failed snapshot, the next is tried no
+// sooner than this. Not at once, on every cycle: each try copies the whole
+// state machine. Not after SnapshotEntries more entries, as before: the
+// snapshot forced by a configuration change is the only one a replica
+// being added can restore, and it would wait for it that long.
+const snapshotRetryInterval = time.Second
+
 // wantSnapshot: SnapshotEntries entries, or SnapshotBytes bytes (at least
 // twice the last snapshot), were applied since the last snapshot, or a
 // configuration change was applied.
 func (g *group) wantSnapshot() bool {
 	if g.applied <= g.snapIndex {
 		return false
+	}
+	if !g.snapRetry.IsZero() {
+		if time.Now().Before(g.snapRetry) {
+			return false
+		}
+		g.snapRetry = time.Time{}
 	}
 	cfg := &g.h.cfg
 	return g.forceSnap || g.applied-g.snapIndex >= cfg.SnapshotEntries ||
@@ -607,16 +625,16 @@ func (g *group) maybeSnapshot(b *logBatch) {
 	if !g.wantSnapshot() {
 		return
 	}
-	g.forceSnap = false
 	data, err := g.sm.Snapshot()
 	if err != nil {
 		g.h.log.Error().Err(err).Uint64("group", g.id).Msg("state machine snapshot failed; will retry")
-		g.snapIndex, g.logBytes = g.applied, 0 // do not retry on every cycle
+		g.snapRetry = time.Now().Add(snapshotRetryInterval)
 		return
 	}
 	term, err := g.st.Term(g.applied)
 	if err != nil {
-		g.h.log.Error().Err(err).Uint64("group", g.id).Msg("create snapshot: term of the applied index")
+		g.h.log.Error().Err(err).Uint64("group", g.id).Msg("create snapshot: term of the applied index; will retry")
+		g.snapRetry = time.Now().Add(snapshotRetryInterval)
 		return
 	}
 	// Not MemoryStorage.CreateSnapshot: it returns a clone of the data.
@@ -629,15 +647,17 @@ func (g *group) maybeSnapshot(b *logBatch) {
 	if len(data) > 0 {
 		if file, err = g.h.eng.writeSnapFile(g.id, snap, !g.h.cfg.NoSync); err != nil {
 			g.h.log.Error().Err(err).Uint64("group", g.id).Msg("snapshot not written; will retry")
-			g.snapIndex, g.logBytes = g.applied, 0 // do not retry on every cycle
+			g.snapRetry = time.Now().Add(snapshotRetryInterval)
 			return
 		}
 	}
 	if err := b.setSnapshot(g.id, snap, false, file); err != nil {
-		g.h.log.Error().Err(err).Uint64("group", g.id).Msg("persist snapshot")
+		g.h.log.Error().Err(err).Uint64("group", g.id).Msg("persist snapshot; will retry")
 		_ = g.h.eng.removeSnapFiles(g.id, g.snapFile)
+		g.snapRetry = time.Now().Add(snapshotRetryInterval)
 		return
 	}
+	g.forceSnap = false
 	g.st.snap = withoutData(snap)
 	g.snapFile = file
 	g.snapWritten = true
