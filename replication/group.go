@@ -59,8 +59,13 @@ type inbox struct {
 	reads   []*readRequest
 	reports []report
 	confs   []*confRequest
-	fns     []func() // run on the worker (membership.go)
+	fns     []workerFn // run on the worker (membership.go)
 }
+
+// workerFn is a function for a group's worker (membership.go). stop is
+// called instead of run when the group stops first (shutdown drops its
+// inbox), so that no caller waits for a function that will never run.
+type workerFn struct{ run, stop func() }
 
 func (in *inbox) reset() {
 	clear(in.msgs)
@@ -214,7 +219,7 @@ func (g *group) drain() {
 		}
 	}
 	for _, f := range in.fns {
-		f()
+		f.run()
 	}
 	in.reset()
 }
@@ -701,6 +706,11 @@ func (g *group) shutdown() {
 	}
 	for _, c := range in.confs {
 		c.done <- ErrStopped
+	}
+	for _, f := range in.fns {
+		if f.stop != nil {
+			f.stop()
+		}
 	}
 	g.failInflight(0, ErrUnknownOutcome)
 	for id, b := range g.readsPend {

@@ -58,20 +58,34 @@ func (h *Host) onWorker(ctx context.Context, id uint64, f func(g *group)) error 
 	if err != nil {
 		return err
 	}
-	done := make(chan struct{})
+	return g.onWorker(ctx, f)
+}
+
+// onWorker runs f on g's worker and waits for it. When g stops first
+// (RemoveGroup ran before f's turn, or Close), f does not run and the
+// answer is ErrStopped: before, the caller was told nil (Membership then
+// returned an empty configuration, TransferLeader success) or, for a
+// function dropped with the stopped group's inbox, waited until ctx ended.
+func (g *group) onWorker(ctx context.Context, f func(g *group)) error {
+	done := make(chan error, 1)
 	if err := g.enqueue(func(in *inbox) {
-		in.fns = append(in.fns, func() {
-			defer close(done)
-			if !g.removed {
+		in.fns = append(in.fns, workerFn{
+			run: func() {
+				if g.removed {
+					done <- ErrStopped
+					return
+				}
 				f(g)
-			}
+				done <- nil
+			},
+			stop: func() { done <- ErrStopped },
 		})
 	}); err != nil {
 		return err
 	}
 	select {
-	case <-done:
-		return nil
+	case err := <-done:
+		return err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -170,7 +184,9 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 
 	done := make(chan struct{})
 	if err := g.enqueue(func(in *inbox) {
-		in.fns = append(in.fns, func() {
+		// No stop: a removal dropped with the inbox is one of a host
+		// that closed, and the wait below ends on h.stop.
+		in.fns = append(in.fns, workerFn{run: func() {
 			defer close(done)
 			g.removed = true
 			w := g.w
@@ -184,7 +200,7 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 			w.mu.groups = gs
 			w.mu.Unlock()
 			g.shutdown()
-		})
+		}})
 	}); err != nil {
 		return err
 	}
