@@ -92,10 +92,11 @@
 // it). A snapshot that fails (the state machine's, or writing its file) is
 // tried again a second later with its triggers kept: a replica being added
 // cannot restore the older snapshot, whose configuration does not name it,
-// and would wait for the next one otherwise. The log is compacted up to a margin of min(1000, SnapshotEntries/2)
-// entries and SnapshotBytes/4 bytes behind the snapshot so slightly slow
-// followers catch up from the log; others receive the snapshot (MsgSnap),
-// which the transport reports back through Handler.ReportSnapshot.
+// and would wait for the next one otherwise. The log is compacted up to a
+// margin of min(1000, SnapshotEntries/2) entries and SnapshotBytes/4 bytes
+// behind the snapshot so slightly slow followers catch up from the log;
+// others receive the snapshot (MsgSnap), which the transport reports back
+// through Handler.ReportSnapshot.
 // A snapshot's data is written to its file (synced) and not kept in
 // memory: it is the whole state machine, which a replica would otherwise
 // hold twice, and the state machine may reuse its buffer for the next one
