@@ -27,7 +27,10 @@
 //     the background (the caller does not wait; a later reader of a written
 //     item waits on its lock, so reads stay linearizable). Read-only
 //     minitransactions over several memnodes take the same path, so their
-//     reads are atomic. See "Decisions" below for when they leave.
+//     reads are atomic. See "Decisions" below for when they leave. A
+//     memnode the cluster does not have (after one layout refresh) fails
+//     with ErrUnknownMemnode before any Prepare leaves: recovery could not
+//     reach it, so the tid would stay in doubt at the others.
 //  4. BAD-LOCK (and BAD-FORCED) votes: retry with a new tid after randomized
 //     exponential backoff, at most RetryPolicy.MaxAttempts times
 //     (ErrContention after that). BAD-CMP: a Result with Committed false and

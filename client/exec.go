@@ -260,6 +260,12 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 	participants := make([]uint64, len(parts))
 	for i, p := range parts {
 		participants[i] = p.memnode
+		// Before any Prepare leaves: one naming a memnode that does not
+		// exist would leave the tid in doubt at the others if this
+		// coordinator died, since recovery could not reach that one.
+		if err := c.knownMemnode(ctx, p.memnode); err != nil {
+			return nil, err
+		}
 	}
 	for attempt := 0; attempt < c.cfg.Retry.MaxAttempts; attempt++ {
 		if attempt > 0 {
@@ -347,6 +353,22 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 		}
 	}
 	return nil, &Error{Memnode: parts[0].memnode, Err: ErrContention, Detail: fmt.Sprintf("no decision after %d attempts", c.cfg.Retry.MaxAttempts)}
+}
+
+// knownMemnode returns an error wrapping ErrUnknownMemnode if the layout,
+// refreshed once if need be, has no memnode mn.
+func (c *Client) knownMemnode(ctx context.Context, mn uint64) error {
+	for refreshed := false; ; refreshed = true {
+		c.mu.Lock()
+		_, ok := c.mu.memnodes[mn]
+		c.mu.Unlock()
+		switch {
+		case ok:
+			return nil
+		case refreshed || !c.refreshLayout(ctx):
+			return &Error{Memnode: mn, Err: ErrUnknownMemnode, Detail: fmt.Sprintf("the cluster has no memnode %d", mn)}
+		}
+	}
 }
 
 // settle decides an attempt some of whose votes are unknown (the Prepare's

@@ -9,9 +9,12 @@
 //  1. Session streams carry batches of requests. Each request is checked
 //     (known memnode, replica here, size, items within the memnode's bounds:
 //     memnode.Config.ValidateOp; a Prepare's participants: at least one,
-//     none twice, this memnode among them, since recovery asks exactly
-//     those memnodes); a bad one gets STATUS_INVALID or
-//     STATUS_UNKNOWN_MEMNODE and changes nothing.
+//     none twice, this memnode among them, every one a memnode that
+//     exists, since recovery asks exactly those memnodes); a bad one gets
+//     STATUS_INVALID or STATUS_UNKNOWN_MEMNODE and changes nothing. A
+//     Prepare naming a memnode this host's layout lacks gets
+//     STATUS_UNAVAILABLE (retry-safe: the memnode may have been added
+//     since the host last read the directory, which it then re-reads).
 //  2. Writes and two-phase steps become memnode entries stamped with this
 //     host's clock (the leader's clock: the only time a memnode ever sees)
 //     and are proposed to the memnode's Raft group; the group batches all

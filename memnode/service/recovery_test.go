@@ -331,3 +331,27 @@ func TestDecidedAndForcedSetsBoundedByHorizon(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A two-phase minitransaction naming a memnode the cluster does not have
+// must not leave a tid in doubt at the memnodes that do: recovery asks
+// every participant and can never reach the missing one, so such a tid,
+// its coordinator dead, would hold its locks for good. The Prepare is
+// refused before anything is proposed, and Exec fails with
+// ErrUnknownMemnode.
+func TestPrepareNamingUnknownMemnodeLeavesNothingInDoubt(t *testing.T) {
+	c := startCluster(t, service.RecoveryConfig{Interval: 50 * time.Millisecond, Timeout: 200 * time.Millisecond})
+	cl := newClient(t, c, func(p client.CrashPoint, _ client.TID) bool { return p == client.CrashAfterVotes })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := cl.Exec(ctx, client.NewTx().Write(0, 8, []byte("x")).Write(9, 8, []byte("y")))
+	if !errors.Is(err, client.ErrUnknownMemnode) {
+		t.Errorf("exec naming memnode 9: %v, want ErrUnknownMemnode", err)
+	}
+	// Recovery runs every 50 ms for tids older than 200 ms: 5 s is 25
+	// chances to resolve a tid it can resolve.
+	waitNoneInDoubt(t, c, 5*time.Second)
+	plain := newClient(t, c, nil)
+	if _, err := plain.Exec(ctx, client.NewTx().Write(0, 8, []byte("after"))); err != nil {
+		t.Fatalf("memnode 0: write after: %v", err)
+	}
+}

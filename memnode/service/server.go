@@ -197,6 +197,22 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 			ob.push(invalid(id, fmt.Sprintf("Prepare at memnode %d names participants %v, not including it", mn, ps)))
 			return
 		}
+		// Nor may it name a memnode that does not exist: recovery could
+		// never reach it, and the tid would hold its locks here for good.
+		// Memnodes are never removed, so one in the layout exists; one
+		// missing may have been added since this host last read the
+		// directory: not proposed, retry-safe, and the directory is read
+		// again at once.
+		for _, p := range ps {
+			if _, ok := lay.memnodes[p]; !ok {
+				if s.dirs != nil {
+					s.dirs.kick()
+				}
+				ob.push(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNAVAILABLE, FailedCompare: -1,
+					Error: fmt.Sprintf("Prepare at memnode %d names memnode %d, which this host does not know (directory version %d)", mn, p, lay.version)})
+				return
+			}
+		}
 	}
 	var more []memnode.TID
 	if mt := req.GetMoreTids(); len(mt) > 0 {

@@ -77,22 +77,28 @@ func (f *fakeProposer) ProposeAsync(_ uint64, _ []byte, done func([]byte, error)
 func (f *fakeProposer) ReadAsync(uint64, []byte, func([]byte, error)) {}
 func (f *fakeProposer) Leader(uint64) uint64                          { return 1 }
 
-// A Prepare whose participants are missing, repeated or leave out the
-// memnode it is sent to would wedge the tid in doubt (recovery asks exactly
-// those memnodes): refused as invalid before anything is proposed.
+// A Prepare whose participants are missing, repeated, leave out the
+// memnode it is sent to or name a memnode the host does not know would
+// wedge the tid in doubt (recovery asks exactly those memnodes, and cannot
+// reach one that does not exist): refused before anything is proposed.
+// An unknown participant is answered UNAVAILABLE (retry-safe: the host's
+// directory may be behind a memnode just added).
 func TestPrepareParticipantsValidated(t *testing.T) {
 	for _, c := range []struct {
 		parts []uint64
 		ok    bool
+		want  tuttipb.Status // when not ok; INVALID if unset
 	}{
-		{nil, false},
-		{[]uint64{1, 2}, false}, // without memnode 0
-		{[]uint64{0, 1, 0}, false},
-		{[]uint64{1, 0}, true},
-		{[]uint64{0}, true},
+		{nil, false, 0},
+		{[]uint64{1, 2}, false, 0}, // without memnode 0
+		{[]uint64{0, 1, 0}, false, 0},
+		{[]uint64{1, 0}, true, 0},
+		{[]uint64{0}, true, 0},
+		{[]uint64{0, 7}, false, tuttipb.Status_STATUS_UNAVAILABLE}, // no memnode 7
 	} {
 		fp := &fakeProposer{}
-		s := newServer(1, map[uint64]string{1: "a:1"}, []MemnodeSpec{{ID: 0, Replicas: []uint64{1}}},
+		s := newServer(1, map[uint64]string{1: "a:1", 2: "b:2"},
+			[]MemnodeSpec{{ID: 0, Replicas: []uint64{1}}, {ID: 1, Replicas: []uint64{2}}},
 			memnode.DefaultConfig(), WallClock, zerolog.Nop(), fp)
 		ob := newOutbox()
 		s.handle(&tuttipb.Request{Id: 9, Memnode: 0, Kind: tuttipb.Kind_KIND_PREPARE, Tid: &tuttipb.Tid{Client: 1, Seq: 1, Time: 1},
@@ -102,6 +108,9 @@ func TestPrepareParticipantsValidated(t *testing.T) {
 		}
 		r := ob.mu.pending[0]
 		want, proposed := tuttipb.Status_STATUS_INVALID, 0
+		if c.want != 0 {
+			want = c.want
+		}
 		if c.ok {
 			want, proposed = tuttipb.Status_STATUS_OK, 1
 		}
