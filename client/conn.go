@@ -274,11 +274,12 @@ const maxRequestBytes = 4 << 20
 
 // roomFor reports whether req surely stays within maxRequestBytes encoded
 // with n tids more: memnode/service's bound (sizeBound), at most 32 bytes
-// per element besides byte strings and 128 in all. A decision must not make
-// a request that is valid on its own fail.
+// per element besides byte strings, 40 per tid (fences too: three varints
+// of up to 10 bytes, their tags, the element's tag and length) and 128 in
+// all. A decision must not make a request that is valid on its own fail.
 func roomFor(req *tuttipb.Request, n int) bool {
-	size := 128 + 32*(len(req.GetParticipants())+len(req.GetReads())+len(req.GetMoreTids())+
-		len(req.GetCommitTids())+len(req.GetAbortTids())+n)
+	size := 128 + 32*(len(req.GetParticipants())+len(req.GetReads())) +
+		40*(len(req.GetMoreTids())+len(req.GetCommitTids())+len(req.GetAbortTids())+len(req.GetFenceTids())+n)
 	for _, c := range req.GetCompares() {
 		size += 32 + len(c.GetData())
 	}
