@@ -135,7 +135,7 @@ func TestOnePhaseCompareReadWrite(t *testing.T) {
 }
 
 func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
-	c := startCluster(t, cluster.Config{NoSync: true, Memnode: memnode.Config{Size: 1 << 20, MaxItemBytes: 1024, MaxItems: 8}})
+	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2, Memnode: memnode.Config{Size: 1 << 20, MaxItemBytes: 1024, MaxItems: 8}})
 	cl := newClient(t, c.Seeds())
 	mustExec(t, cl, client.NewTx().Write(0, 0, []byte("keep")))
 
@@ -146,6 +146,12 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 	}{
 		{"empty", client.NewTx(), client.ErrInvalid},
 		{"unknown memnode", client.NewTx().Write(9, 0, []byte("x")), client.ErrUnknownMemnode},
+		{"two-phase, unknown memnode", client.NewTx().Write(0, 0, []byte("gone")).Write(9, 0, []byte("x")), client.ErrUnknownMemnode},
+		{"two-phase, out of range at one", client.NewTx().Write(0, 0, []byte("gone")).Write(1, 1<<20-1, []byte("xx")), client.ErrInvalid},
+		// Malformed, whatever the compares find: as with one memnode,
+		// where the item checks come before the compares.
+		{"two-phase, out of range at one, compare failing at the other", client.NewTx().Compare(0, 0, []byte("nope")).
+			Write(0, 0, []byte("gone")).Write(1, 1<<20-1, []byte("xx")), client.ErrInvalid},
 		{"out of range", client.NewTx().Write(0, 0, []byte("gone")).Write(0, 1<<20-1, []byte("xx")), client.ErrInvalid},
 		{"oversized item", client.NewTx().Write(0, 0, []byte("gone")).Write(0, 8, make([]byte, 1025)), client.ErrInvalid},
 		{"zero-length read", client.NewTx().Write(0, 0, []byte("gone")).Read(0, 0, 0), client.ErrInvalid},

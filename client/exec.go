@@ -291,7 +291,7 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 
 		allOK, retry := true, false
 		failed := -1
-		var hard error
+		var hard, invalid error
 		unknown := false
 		for i, v := range votes {
 			switch {
@@ -302,6 +302,9 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 				}
 				if hard == nil {
 					hard = v.err
+				}
+				if invalid == nil && errors.Is(v.err, ErrInvalid) {
+					invalid = v.err
 				}
 			case v.r.GetStatus() == tuttipb.Status_STATUS_UNKNOWN_OUTCOME:
 				allOK, unknown = false, true
@@ -344,6 +347,12 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 		}
 		if err := c.decide(tid, parts, tuttipb.Kind_KIND_ABORT); err != nil {
 			return nil, err
+		}
+		if invalid != nil {
+			// Malformed at some participant, whatever the compares
+			// found elsewhere: as on one memnode, where the items are
+			// checked before the compares, and every attempt would fail.
+			return nil, invalid
 		}
 		if failed >= 0 && !retry {
 			return &Result{FailedCompare: failed}, nil
