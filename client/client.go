@@ -321,6 +321,11 @@ func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Respo
 				return nil, &Error{Memnode: mn, Err: err, Detail: last}
 			}
 		}
+		if err := ctx.Err(); err != nil {
+			// Not sent: a request must not leave once its caller has
+			// given up, only to apply with nobody told.
+			return nil, &Error{Memnode: mn, Err: err, Detail: last}
+		}
 		cn, h, err := c.route(mn)
 		if err != nil {
 			if errors.Is(err, ErrUnknownMemnode) && !refreshed {

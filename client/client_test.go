@@ -305,3 +305,37 @@ func TestConcurrentCASCounter(t *testing.T) {
 		t.Fatalf("counter = %d, want %d", got, workers*per)
 	}
 }
+
+// A minitransaction whose context has already ended is not sent: Exec
+// returns the context's error and nothing applies. Before, the request
+// left anyway (and applied), and Exec reported ErrUnknownOutcome for one
+// memnode, or for several settled the attempt on a context of its own and
+// committed it.
+func TestExecWithEndedContextSendsNothing(t *testing.T) {
+	c := startCluster(t, cluster.Config{NoSync: true, Memnodes: 2})
+	cl := newClient(t, c.Seeds())
+	mustExec(t, cl, client.NewTx().Write(0, 0, []byte("warm")).Write(1, 0, []byte("warm")))
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		name string
+		tx   *client.Tx
+	}{
+		{"one-phase", client.NewTx().Write(0, 8, []byte("x"))},
+		{"two-phase", client.NewTx().Write(0, 16, []byte("y")).Write(1, 16, []byte("y"))},
+	} {
+		r, err := cl.Exec(ended, tc.tx)
+		if !errors.Is(err, context.Canceled) || errors.Is(err, client.ErrUnknownOutcome) {
+			t.Errorf("%s: Exec with an ended context: %+v, %v; want context.Canceled", tc.name, r, err)
+		}
+	}
+	// Requests on one session are proposed in the order they were sent:
+	// once these writes are done, anything sent before them has applied.
+	mustExec(t, cl, client.NewTx().Write(0, 24, []byte("z")))
+	mustExec(t, cl, client.NewTx().Write(1, 24, []byte("z")))
+	for _, at := range []struct{ mn, addr uint64 }{{0, 8}, {0, 16}, {1, 16}} {
+		if got := read(t, cl, at.mn, at.addr, 1); got[0] != 0 {
+			t.Errorf("memnode %d at %d: %q applied by an Exec whose context had ended", at.mn, at.addr, got)
+		}
+	}
+}

@@ -120,7 +120,8 @@ func (p *part) request(kind tuttipb.Kind, tid *tuttipb.Tid, participants []uint6
 //
 // A failed compare is a Result with Committed false, not an error. Errors
 // say why nothing could be decided; only ErrUnknownOutcome means the
-// minitransaction may have been applied.
+// minitransaction may have been applied. With a ctx that has already ended
+// nothing is sent: the error wraps ctx's.
 func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 	if tx == nil || tx.Empty() {
 		return nil, fmt.Errorf("%w: no items", ErrInvalid)
@@ -133,6 +134,13 @@ func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 		if maxItems, _ := c.limits(); len(tx.fences) > maxItems {
 			return nil, fmt.Errorf("%w: %d fences exceed the limit of %d", ErrInvalid, len(tx.fences), maxItems)
 		}
+	}
+	if err := ctx.Err(); err != nil {
+		// Nothing is sent for a caller that has already given up: sent,
+		// it could apply while Exec reports an error (an unknown
+		// outcome, or a two-phase attempt settled on a context of its
+		// own).
+		return nil, &Error{Memnode: parts[0].memnode, Err: err, Detail: "not sent"}
 	}
 	if len(parts) == 1 {
 		return c.exec1(ctx, tx, parts[0])
