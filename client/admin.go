@@ -72,6 +72,11 @@ func (c *Client) maxItemBytes() int {
 // times; an error from it aborts the update and is returned. It returns the
 // directory as written. The hosts pick up the change within their poll
 // interval; the client refreshes its own layout.
+//
+// If the write's answer is lost, the header is read back (fencing the
+// write): it says whether the write landed unless the directory changed
+// again meanwhile; then the error wraps ErrUnknownOutcome and fn is not
+// applied again (the change may be there once already).
 func (c *Client) UpdateDirectory(ctx context.Context, fn func(*Directory) error) (*Directory, error) {
 	var last error
 	for attempt := 0; attempt < 32; attempt++ {
@@ -120,6 +125,21 @@ func (c *Client) UpdateDirectory(ctx context.Context, fn func(*Directory) error)
 			if bytes.Equal(res.Reads[0], enc[:DirectoryHeaderLen]) {
 				_ = c.Refresh(ctx)
 				return d, nil
+			}
+			// Every write of the directory is the version it read plus
+			// one, compared against that version's header: each version
+			// is written once. Still at old.Version, or at this
+			// attempt's version written by someone else, the attempt
+			// did not land (and never will: its compare is stale), so fn
+			// may run again. Further on, it may have landed and been
+			// changed since: running fn again could apply it twice (a
+			// second memnode for one AddMemnode).
+			v, verr := directoryVersion(res.Reads[0])
+			if verr != nil {
+				return nil, fmt.Errorf("tutti: directory update: %w; reading it back: %v", err, verr)
+			}
+			if v > d.Version {
+				return nil, fmt.Errorf("tutti: directory update: %w; the directory has changed since (version %d; this update was version %d), so whether it is part of it is unknown: read the directory", err, v, d.Version)
 			}
 			last = err
 			continue

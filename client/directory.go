@@ -219,6 +219,14 @@ func DirectoryBodyLen(header []byte) (int, error) {
 	return int(n), nil
 }
 
+// directoryVersion returns the version a valid header names.
+func directoryVersion(header []byte) (uint64, error) {
+	if _, err := DirectoryBodyLen(header); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint64(header[8:]), nil
+}
+
 // DecodeDirectory decodes a region's bytes (header and at least the whole
 // body). It returns ErrNoDirectory for an all-zero header.
 func DecodeDirectory(b []byte) (*Directory, error) {

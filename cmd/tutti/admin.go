@@ -158,8 +158,9 @@ replica count). The change is one minitransaction on the directory in memnode
 0; the hosts start the new Raft group within their poll interval.
 
 Exit status 0 when the directory changed; 1 when it refused the change (a
-host id it does not list, a host given twice); 2 on bad arguments or an
-unreachable cluster.`,
+host id it does not list, a host given twice); 2 on bad arguments, an
+unreachable cluster, or a lost answer after which the directory changed
+again, so whether the memnode was added is unknown (see 'tutti memnodes').`,
 		Example: `  tutti memnode add
   tutti memnode add --replicas 2,3,4 --wait
   tutti memnode add --json`,
@@ -211,8 +212,9 @@ old replica leaves), never leaving fewer than a healthy majority.
 
 Exit status 0 when the directory changed; 1 when it refused the change (a
 memnode or host id it does not list, a host that already holds or does not
-hold the replica, the last replica); 2 on bad arguments or an unreachable
-cluster.`,
+hold the replica, the last replica); 2 on bad arguments, an unreachable
+cluster, or a lost answer after which the directory changed again, so
+whether the change is in it is unknown (see 'tutti memnodes').`,
 	}
 	var o adminOpts
 	parse := func(args []string) ([]uint64, error) {

@@ -104,7 +104,10 @@
 // of the header — then the body. Every change is one minitransaction that
 // compares the whole header it read and writes the new version, so two
 // administrators racing cannot lose an update; the loser re-reads and
-// re-applies its change. At first bootstrap each host tries to write its
+// re-applies its change. An update whose answer was lost is settled by
+// reading the header back; if the directory changed again meanwhile, the
+// update reports an unknown outcome rather than re-apply a change that may
+// already be there. At first bootstrap each host tries to write its
 // configured placement with a compare against an all-zero header; exactly
 // one write wins and the others are no-ops, so bootstrap is idempotent.
 // Memnodes smaller than 4 GiB cannot hold the directory; such clusters keep
