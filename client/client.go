@@ -153,14 +153,21 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 }
 
 // Refresh asks the seeds (then any known host) for the cluster's layout.
+// An answer from an older directory than the one the client knows (a host
+// that cannot read memnode 0 answers from the layout it last installed,
+// after a restart its configured placement) is passed over for the next
+// host's; if no host knows as much, the client keeps its layout.
 func (c *Client) Refresh(ctx context.Context) error {
 	addrs := append([]string(nil), c.cfg.Seeds...)
 	c.mu.Lock()
 	for _, a := range c.mu.hosts {
-		addrs = append(addrs, a)
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
 	}
 	c.mu.Unlock()
 	var errs []error
+	older := false
 	for _, a := range addrs {
 		cn, err := c.conn(a)
 		if err != nil {
@@ -174,15 +181,26 @@ func (c *Client) Refresh(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("%s: %w", a, err))
 			continue
 		}
-		c.install(info)
+		if !c.install(info) {
+			older = true
+			continue
+		}
 		return nil
+	}
+	if older {
+		return nil // every answer was older than what the client knows
 	}
 	return fmt.Errorf("tutti client: no seed answered: %w", errors.Join(errs...))
 }
 
-func (c *Client) install(info *tuttipb.ClusterInfo) {
+// install makes info the client's layout unless it comes from an older
+// directory than the layout installed; it reports whether it did.
+func (c *Client) install(info *tuttipb.ClusterInfo) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if info.GetDirectoryVersion() < c.mu.limits.GetDirectoryVersion() {
+		return false
+	}
 	c.mu.hosts = map[uint64]string{}
 	for _, h := range info.GetHosts() {
 		c.mu.hosts[h.GetId()] = h.GetAddr()
@@ -200,6 +218,7 @@ func (c *Client) install(info *tuttipb.ClusterInfo) {
 		}
 	}
 	c.mu.limits = info
+	return true
 }
 
 // Cluster returns the layout the client knows.

@@ -77,7 +77,10 @@
 // # Routing and retries
 //
 // The client learns hosts and memnode placement from any seed (the Cluster
-// RPC) and caches each memnode's leader. A host that does not lead answers
+// RPC) and caches each memnode's leader. It never replaces its layout with
+// one from an older directory version (a host that cannot read memnode 0
+// answers from the layout it last knew): it asks the next host, or keeps
+// its own. A host that does not lead answers
 // NOT_LEADER with a hint; the client follows it, or tries the next replica
 // with backoff while an election runs. Requests are retried only when it is
 // certain they were not applied (NOT_LEADER, never sent, reads). A one-phase
