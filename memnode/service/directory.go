@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
 	"github.com/tutti-gcs/tutti/client"
@@ -142,8 +143,13 @@ func (s *Server) Cluster(ctx context.Context, _ *tuttipb.ClusterRequest) (*tutti
 	return info, nil
 }
 
+// instanceHeader is the Replicas RPC's response header naming the
+// answering process (Server.instance).
+const instanceHeader = "tutti-instance"
+
 // Replicas reports the Raft state of every memnode replica on this host.
 func (s *Server) Replicas(ctx context.Context, _ *tuttipb.ReplicasRequest) (*tuttipb.ReplicasInfo, error) {
+	_ = grpc.SetHeader(ctx, metadata.Pairs(instanceHeader, s.instance))
 	out := &tuttipb.ReplicasInfo{Host: s.hostID}
 	if s.members == nil {
 		return out, nil

@@ -123,7 +123,9 @@
 // refresh the layout (rate-limited) and retry.
 //
 // Addresses: a host registers its configured address in the directory when
-// it differs (restart on new ports). For hosts it names in HostConfig.Hosts
+// it differs (restart on new ports), unless another running process answers
+// with its id at the address the directory has (a mistyped --id): then it
+// logs an error and neither registers nor starts replicas. For hosts it names in HostConfig.Hosts
 // a host keeps using its configured address; the directory supplies the
 // addresses of hosts it was not configured with.
 //

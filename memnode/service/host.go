@@ -131,6 +131,9 @@ type Host struct {
 	// badDirLogged: when the reconciler last logged a corrupt directory
 	// (reconciler only).
 	badDirLogged time.Time
+	// idTakenLogged: when the reconciler last logged that another running
+	// host has this host's id (reconciler only).
+	idTakenLogged time.Time
 
 	closeOnce sync.Once
 	closeErr  error

@@ -11,6 +11,7 @@ import (
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
 	"github.com/tutti-gcs/tutti/client"
@@ -126,6 +127,18 @@ func (h *Host) reconcileOnce(ctx context.Context) {
 		}
 	}
 	if self := d.Host(me); self == nil || self.Addr != h.cfg.Hosts[me] {
+		if self != nil && h.idTaken(ctx, self.Addr) {
+			// Another running host has this id (a mistyped --id): taking
+			// its place in the directory would send its traffic here,
+			// and it would take it back at its next poll. Change nothing
+			// and start no replica; an operator must hear of it.
+			if time.Since(h.idTakenLogged) >= time.Minute {
+				h.idTakenLogged = time.Now()
+				log.Error().Str("other", self.Addr).Str("addr", h.cfg.Hosts[me]).
+					Msg("another running host has this host's id: this host does not register in the directory nor start replicas until it stops (check --id)")
+			}
+			return
+		}
 		// Register (or correct) this host's address.
 		nd := d.Clone()
 		if self := nd.Host(me); self != nil {
@@ -199,6 +212,26 @@ func (h *Host) reconcileOnce(ctx context.Context) {
 			h.driveGroup(ctx, g, m.Replicas)
 		}
 	}
+}
+
+// idTaken reports whether the host at addr, where the directory places
+// this host, is another running process with this host's id. An address
+// that does not answer, or answers with another id, is free to take over
+// (this host restarted on new ports); one that reaches this very process
+// (the same socket under another name) is this host.
+func (h *Host) idTaken(ctx context.Context, addr string) bool {
+	cc, err := h.dir.conn(addr)
+	if err != nil {
+		return false
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var hdr metadata.MD
+	info, err := tuttipb.NewMemnodeClient(cc).Replicas(cctx, &tuttipb.ReplicasRequest{}, grpc.Header(&hdr))
+	if err != nil || info.GetHost() != h.cfg.ID {
+		return false
+	}
+	return !slices.Contains(hdr.Get(instanceHeader), h.server.instance)
 }
 
 // clearBootstrap runs on the leader of a memnode created online: its group

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +70,10 @@ type Server struct {
 	log      zerolog.Logger
 	rep      proposer
 	watch    *watchHub // watch subscribers (watch.go)
+	// instance names this process in the Replicas RPC's instanceHeader,
+	// so a host probing an address can tell itself from another process
+	// with its id (reconcile.go).
+	instance string
 }
 
 func newServer(hostID uint64, hosts map[uint64]string, specs []MemnodeSpec, mcfg memnode.Config,
@@ -81,6 +87,7 @@ func newServer(hostID uint64, hosts map[uint64]string, specs []MemnodeSpec, mcfg
 		log:      log,
 		rep:      rep,
 		watch:    newWatchHub(),
+		instance: strconv.FormatUint(rand.Uint64(), 16),
 	}
 	l := newLayout(hosts, specs)
 	for _, m := range specs {
