@@ -276,3 +276,26 @@ func TestAgentUnreachableExits2(t *testing.T) {
 		}
 	}
 }
+
+// main prints an error as one line, but memberlist's join errors (a wrong
+// --gossip-key: "3 errors occurred:\n\t* failed to join ...\n\n") and
+// errors.Join spread over several, and a client error wrapped by the
+// client repeated "tutti: " in the middle of the line.
+func TestErrorLineIsOneLine(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{errors.New("membership: could not join any seed [a b] (check the gossip key): 2 errors occurred:\n\t* failed to join a: encryption is configured but remote state is not encrypted\n\t* failed to join b: refused\n\n"),
+			"tutti: membership: could not join any seed [a b] (check the gossip key): 2 errors occurred: failed to join a: encryption is configured but remote state is not encrypted; failed to join b: refused"},
+		{errors.Join(errors.New("multicast: tutti: memnode unavailable"), errors.New("tutti: client closed")),
+			"tutti: multicast: memnode unavailable; client closed"},
+		{errors.New("memnode 9: tutti: unknown memnode: the cluster has no memnode 9"),
+			"tutti: memnode 9: unknown memnode: the cluster has no memnode 9"},
+		{errors.New("tutti client: no seed answered: a:1: refused"), "tutti: tutti client: no seed answered: a:1: refused"},
+	} {
+		if got := errorLine(c.err); got != c.want {
+			t.Errorf("errorLine(%q)\n = %q\nwant %q", c.err, got, c.want)
+		}
+	}
+}

@@ -43,10 +43,26 @@ func main() {
 	}
 }
 
-// errorLine is how main reports err: prefixed "tutti: " once, though the
-// client's errors begin with "tutti: " themselves.
+// errorLine is how main reports err: one line, prefixed "tutti: " once,
+// though the client's errors begin with "tutti: " themselves (also where
+// another error wraps them). Errors of several lines (errors.Join,
+// memberlist's "N errors occurred:" lists) are joined with "; ".
 func errorLine(err error) string {
-	return "tutti: " + strings.TrimPrefix(err.Error(), "tutti: ")
+	var parts []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		l = strings.TrimPrefix(strings.TrimSpace(l), "* ")
+		if l == "" {
+			continue
+		}
+		if n := len(parts); n > 0 && strings.HasSuffix(parts[n-1], ":") {
+			parts[n-1] += " " + l
+		} else {
+			parts = append(parts, l)
+		}
+	}
+	msg := strings.Join(parts, "; ")
+	msg = strings.NewReplacer(": tutti: ", ": ", "; tutti: ", "; ").Replace(msg)
+	return "tutti: " + strings.TrimPrefix(msg, "tutti: ")
 }
 
 type globals struct {
