@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -297,5 +299,26 @@ func TestErrorLineIsOneLine(t *testing.T) {
 		if got := errorLine(c.err); got != c.want {
 			t.Errorf("errorLine(%q)\n = %q\nwant %q", c.err, got, c.want)
 		}
+	}
+}
+
+// An empty --gossip-key-file (a key that was never written, a failed
+// 'head | base64 >') or a blank --gossip-key ran gossip unencrypted without
+// a word, where the operator asked for encryption.
+func TestBlankGossipKeyIsRefused(t *testing.T) {
+	empty, blank := filepath.Join(t.TempDir(), "gossip.key"), filepath.Join(t.TempDir(), "gossip.key")
+	if err := errors.Join(os.WriteFile(empty, nil, 0o600), os.WriteFile(blank, []byte("\n"), 0o600)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--gossip-key-file", empty}, "--gossip-key-file " + empty},
+		{[]string{"--gossip-key-file", blank}, "--gossip-key-file " + blank},
+		{[]string{"--gossip-key", "  "}, "--gossip-key"},
+	} {
+		_, err := run(t, append([]string{"agent", "--seed=127.0.0.1:1", "--timeout", "1s", "--log-level", "error"}, c.args...)...)
+		wantExit2(t, "agent "+strings.Join(c.args, " "), err, c.want, "empty")
 	}
 }

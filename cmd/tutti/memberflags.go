@@ -75,9 +75,13 @@ func (m *memberFlags) gossipKey() ([]byte, error) {
 		}
 		s, what = string(b), "--gossip-key-file "+m.keyFile
 	}
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return nil, nil
+	if m.key == "" && m.keyFile == "" {
+		return nil, nil // no key: gossip in the clear
+	}
+	// A blank key, or a key file with nothing in it, is a key that was
+	// meant to be there: running unencrypted instead would be silent.
+	if s = strings.TrimSpace(s); s == "" {
+		return nil, fmt.Errorf("%s: empty; give the base64 of a 16, 24 or 32-byte key (e.g. head -c 32 /dev/urandom | base64)", what)
 	}
 	k, err := base64.StdEncoding.DecodeString(s)
 	if err != nil {
