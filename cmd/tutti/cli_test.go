@@ -322,3 +322,21 @@ func TestBlankGossipKeyIsRefused(t *testing.T) {
 		wantExit2(t, "agent "+strings.Join(c.args, " "), err, c.want, "empty")
 	}
 }
+
+// A --seed without a port (or with a port out of range) was dialed by gRPC
+// at its default port 443: 'tutti mtx --seed 10.0.0.1' said "dial tcp
+// 10.0.0.1:443: connection refused", an address the operator never gave.
+func TestSeedMustBeHostPort(t *testing.T) {
+	for _, seed := range []string{"localhost", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:x", "127.0.0.1:7400,10.0.0.2"} {
+		for _, args := range [][]string{
+			{"mtx", "--read", "0:0:1", "--timeout", "2s"},
+			{"memnodes", "--timeout", "2s"},
+			{"members", "--timeout", "2s"},
+			{"send", "lobby", "hi", "--timeout", "2s"},
+			{"bench", "mtx", "--duration", "100ms"},
+		} {
+			_, err := run(t, append(args, "--seed", seed)...)
+			wantExit2(t, strings.Join(args, " ")+" --seed "+seed, err, "--seed", "host:port")
+		}
+	}
+}

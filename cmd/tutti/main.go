@@ -6,8 +6,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -103,6 +105,15 @@ usage, the cluster unreachable, a timeout.`,
 					return &exitError{2, fmt.Errorf("--timeout %v: must be positive (e.g. --timeout 10s)", d)}
 				}
 			}
+			// gRPC dials an address without a port at 443, and the error
+			// then names an address the operator never gave.
+			if f := cmd.Flags().Lookup("seed"); f != nil {
+				for _, a := range splitSeeds(f.Value.String()) {
+					if err := checkHostPort(a); err != nil {
+						return &exitError{2, fmt.Errorf("--seed %q: %v (env TUTTI_SEED; e.g. 10.0.0.1:7400)", a, err)}
+					}
+				}
+			}
 			return nil
 		},
 	}
@@ -173,6 +184,18 @@ func seedFlag(fs *pflag.FlagSet, p *string) {
 func benchSeedFlag(fs *pflag.FlagSet, p *string, writes string) {
 	fs.StringVar(p, "seed", os.Getenv("TUTTI_SEED"),
 		"drive the cluster at this address (env TUTTI_SEED) instead of starting one in this process; "+writes+" (default: a cluster of its own)")
+}
+
+// checkHostPort says what is wrong with addr as a host:port to dial.
+func checkHostPort(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("want host:port with a port in 1..65535, not %q", port)
+	}
+	return nil
 }
 
 func splitSeeds(s string) []string {
