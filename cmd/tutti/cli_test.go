@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -337,6 +338,40 @@ func TestSeedMustBeHostPort(t *testing.T) {
 		} {
 			_, err := run(t, append(args, "--seed", seed)...)
 			wantExit2(t, strings.Join(args, " ")+" --seed "+seed, err, "--seed", "host:port")
+		}
+	}
+}
+
+// A --metrics-addr that cannot be served (taken, malformed) was found only
+// after the host (or the local cluster) had started: the data directory
+// was created and written, the host had joined its Raft groups and its
+// agent was registering in the process table, and then the command failed.
+// It must fail before anything is started.
+func TestMetricsAddrCheckedBeforeStarting(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	for _, addr := range []string{busy.Addr().String(), "nonsense"} {
+		for _, args := range [][]string{
+			{"server", "--id", "1", "--peers", "1=" + free() + ",2=" + free() + ",3=" + free(), "--no-fsync"},
+			{"up", "--port", "0", "--no-fsync"},
+		} {
+			dir := filepath.Join(t.TempDir(), "data")
+			_, err := run(t, append(args, "--data-dir", dir, "--metrics-addr", addr, "--log-level", "error")...)
+			wantExit2(t, args[0]+" --metrics-addr "+addr, err, "--metrics-addr")
+			if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s --metrics-addr %s: the data directory was created before the metrics address was found unusable (%v)", args[0], addr, err)
+			}
 		}
 	}
 }

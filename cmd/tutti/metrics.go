@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
@@ -18,15 +19,26 @@ type httpPages struct {
 	status *statusPage
 }
 
-// metricsServe serves the hosts' metrics at addr/metrics and the status
-// page (read through seeds, with dial) at addr/status.
-func metricsServe(addr string, log zerolog.Logger, seeds []string, dial []grpc.DialOption, hosts ...*service.Host) (*httpPages, error) {
-	st := newStatusPage(seeds, dial, log)
-	s, err := metrics.Serve(addr, metrics.Registry(hosts...), log, metrics.Route{Pattern: "/status", Handler: st})
+// metricsListen listens on --metrics-addr addr, before anything else
+// starts, so an unusable address fails the command while it has changed
+// nothing; nil if addr is empty (no metrics).
+func metricsListen(addr string) (net.Listener, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-addr: %w", err)
 	}
-	return &httpPages{Server: s, status: st}, nil
+	return lis, nil
+}
+
+// metricsServe serves the hosts' metrics at lis/metrics and the status
+// page (read through seeds, with dial) at lis/status.
+func metricsServe(lis net.Listener, log zerolog.Logger, seeds []string, dial []grpc.DialOption, hosts ...*service.Host) *httpPages {
+	st := newStatusPage(seeds, dial, log)
+	s := metrics.ServeListener(lis, metrics.Registry(hosts...), log, metrics.Route{Pattern: "/status", Handler: st})
+	return &httpPages{Server: s, status: st}
 }
 
 // Close stops serving, then closes the status page's client.

@@ -92,6 +92,9 @@ Precedence: command line, then environment, then config file, then default.`,
 			if err != nil {
 				return err
 			}
+			if dataDir == "" {
+				return fmt.Errorf("--data-dir is required: the directory of this host's Raft log and snapshots (env TUTTI_DATA_DIR)")
+			}
 			hosts, err := parsePeers(peers)
 			if err != nil {
 				return err
@@ -133,6 +136,13 @@ Precedence: command line, then environment, then config file, then default.`,
 			if err != nil {
 				return err
 			}
+			mlis, err := metricsListen(metrics)
+			if err != nil {
+				return err
+			}
+			if mlis != nil {
+				defer mlis.Close() // if the host does not start
+			}
 			h, err := service.StartHost(service.HostConfig{
 				ID: id, Listen: listen, Hosts: hosts, Memnodes: specs, DataDir: dataDir,
 				Memnode: mc, Replication: rc, Logger: log,
@@ -143,12 +153,8 @@ Precedence: command line, then environment, then config file, then default.`,
 				return err
 			}
 			agent := startServerAgent(log, mcfg, explicit, hosts[id], hosts, time.Duration(rank)*5*time.Second, tm.dialOptions())
-			if metrics != "" {
-				ms, err := metricsServe(metrics, log, []string{hosts[id]}, tm.dialOptions(), h)
-				if err != nil {
-					h.Close()
-					return err
-				}
+			if mlis != nil {
+				ms := metricsServe(mlis, log, []string{hosts[id]}, tm.dialOptions(), h)
 				defer ms.Close()
 				log.Info().Str("addr", ms.Addr()).Msg("serving Prometheus metrics at /metrics and the cluster's status at /status")
 			}

@@ -77,9 +77,16 @@ Runs until interrupted (Ctrl-C).`,
 				}
 				return &exitError{2, fmt.Errorf("%s %d: the agents gossip on ports %d..%d, which must lie in 1..65535 (give --gossip-port; 0: free ports)", what, gossip, gossip, gossip+hosts-1)}
 			}
+			mlis, err := metricsListen(metrics)
+			if err != nil {
+				return err
+			}
+			if mlis != nil {
+				defer mlis.Close() // if the cluster does not start
+			}
 			if dataDir != "" {
 				if err := os.MkdirAll(dataDir, 0o755); err != nil {
-					return err
+					return fmt.Errorf("--data-dir: %w", err)
 				}
 			}
 			c, err := cluster.Start(cluster.Config{
@@ -101,11 +108,8 @@ Runs until interrupted (Ctrl-C).`,
 			defer ag.Close() // leave before the hosts stop
 			cancel()
 			metricsLine := ""
-			if metrics != "" {
-				ms, err := metricsServe(metrics, log, c.Seeds(), nil, c.Hosts...)
-				if err != nil {
-					return err
-				}
+			if mlis != nil {
+				ms := metricsServe(mlis, log, c.Seeds(), nil, c.Hosts...)
 				defer ms.Close()
 				metricsLine = "\n  metrics:  http://" + ms.Addr() + "/metrics\n  status:   http://" + ms.Addr() + "/status"
 			}

@@ -176,6 +176,13 @@ func Serve(addr string, reg *prometheus.Registry, log zerolog.Logger, routes ...
 	if err != nil {
 		return nil, err
 	}
+	return ServeListener(lis, reg, log, routes...), nil
+}
+
+// ServeListener is Serve on a listener the caller opened (to find out
+// that the address is unusable before starting what the metrics are of).
+// Close closes lis.
+func ServeListener(lis net.Listener, reg *prometheus.Registry, log zerolog.Logger, routes ...Route) *Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	for _, r := range routes {
@@ -187,7 +194,7 @@ func Serve(addr string, reg *prometheus.Registry, log zerolog.Logger, routes ...
 			log.Error().Err(err).Msg("metrics server stopped")
 		}
 	}()
-	return s, nil
+	return s
 }
 
 // Addr is the address the server listens on.
