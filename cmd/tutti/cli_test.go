@@ -375,3 +375,16 @@ func TestMetricsAddrCheckedBeforeStarting(t *testing.T) {
 		}
 	}
 }
+
+// '--log-level bogus' failed with zerolog's "Unknown Level String: 'bogus',
+// defaulting to NoLevel", which says the command went on when it stopped;
+// 'tutti server' without --data-dir blamed "tutti host: data directory".
+func TestFlagErrorsNameTheFlag(t *testing.T) {
+	_, err := run(t, "mtx", "--seed=127.0.0.1:1", "--read", "0:0:1", "--log-level", "bogus")
+	wantExit2(t, "--log-level bogus", err, `--log-level "bogus"`, "debug, info, warn or error")
+	if strings.Contains(err.Error(), "defaulting") {
+		t.Errorf("--log-level bogus: %q says it goes on", err)
+	}
+	_, err = run(t, "server", "--id", "1", "--peers", "1=127.0.0.1:1")
+	wantExit2(t, "server without --data-dir", err, "--data-dir is required")
+}

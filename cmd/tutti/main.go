@@ -128,8 +128,8 @@ usage, the cluster unreachable, a timeout.`,
 
 func (g *globals) logger() (zerolog.Logger, error) {
 	lvl, err := zerolog.ParseLevel(g.logLevel)
-	if err != nil {
-		return zerolog.Nop(), fmt.Errorf("--log-level: %w", err)
+	if err != nil || g.logLevel == "" {
+		return zerolog.Nop(), fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
 	}
 	var l zerolog.Logger
 	switch g.logFormat {
