@@ -46,31 +46,61 @@ import (
 const maxValue = 64 << 10
 
 func main() {
-	if err := run(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, stop, os.Args[1:], os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errUsage):
+		os.Exit(2) // the flag package printed what is wrong
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "kv:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+// errUsage: the command line is wrong and the flag package said why.
+var errUsage = errors.New("usage")
+
+// run serves one replica until ctx ends (then stop, which restores the
+// default signal handling so a second Ctrl-C kills), with the flags in
+// args; usage messages go to stderr.
+func run(ctx context.Context, stop func(), args []string, stderr io.Writer) error {
 	host, _ := os.Hostname()
 	seed := os.Getenv("TUTTI_SEED")
 	if seed == "" {
 		seed = "127.0.0.1:7400"
 	}
+	fs := flag.NewFlagSet("kv", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var (
-		fSeed    = flag.String("seed", seed, "address of any host of the tutti cluster (env TUTTI_SEED)")
-		name     = flag.String("name", fmt.Sprintf("kv-%s-%d", host, os.Getpid()), "this replica's process id (unique)")
-		group    = flag.String("group", "kv", "group of the replicas")
-		listen   = flag.String("listen", "127.0.0.1:8081", "HTTP address")
-		workers  = flag.Int("workers", 0, "apply workers (default: number of CPUs)")
-		gossip   = flag.String("gossip", "", "gossip seeds (e.g. 127.0.0.1:8400 for `tutti up`): crashed replicas are then removed from the view")
-		gossipAt = flag.String("gossip-bind", "127.0.0.1:0", "gossip listen address with --gossip")
+		fSeed    = fs.String("seed", seed, "address of any host of the tutti cluster (env TUTTI_SEED)")
+		name     = fs.String("name", fmt.Sprintf("kv-%s-%d", host, os.Getpid()), "this replica's process id (unique)")
+		group    = fs.String("group", "kv", "group of the replicas")
+		listen   = fs.String("listen", "127.0.0.1:8081", "HTTP address")
+		workers  = fs.Int("workers", 0, "apply workers (default: number of CPUs)")
+		gossip   = fs.String("gossip", "", "gossip seeds (e.g. 127.0.0.1:8400 for 'tutti up'): crashed replicas are then removed from the view")
+		gossipAt = fs.String("gossip-bind", "127.0.0.1:0", "gossip listen address with --gossip")
 	)
-	flag.Parse()
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "kv: unexpected argument %q: kv takes only flags (see -h)\n", fs.Arg(0))
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// Listen first: an address that cannot be served must fail before this
+	// replica joins the group (a view change and a state transfer at every
+	// other replica).
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	defer ln.Close()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cl, err := client.New(sctx, client.Config{Seeds: strings.Split(*fSeed, ",")})
@@ -100,10 +130,6 @@ func run() error {
 	r, err := kvstore.Join(sctx, node, *group, kvstore.Config{Workers: *workers})
 	if err != nil {
 		return err
-	}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return errors.Join(err, r.Leave(sctx))
 	}
 	st, _ := r.State(sctx)
 	log.Printf("replica %s of group %s (view %d: %s), state at position %d, serving http://%s",

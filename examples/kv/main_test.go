@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -114,5 +116,56 @@ func TestHTTP(t *testing.T) {
 	}
 	if sa.Pos != sb.Pos || sa.Digest != sb.Digest || sa.Keys != 2 || len(sa.Members) != 2 {
 		t.Fatalf("states differ: a %+v, b %+v", sa, sb)
+	}
+}
+
+// A --listen address that cannot be served was found only after the
+// replica had joined the group (a view change and a state transfer at
+// every replica) and state-transferred; it must fail before joining. A
+// stray argument ('kv 127.0.0.1:8082' for --listen) was ignored.
+func TestBadCommandLineJoinsNothing(t *testing.T) {
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	seed := "--seed=" + strings.Join(c.Seeds(), ",")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{seed, "--listen", busy.Addr().String()}, "--listen"},
+		{[]string{seed, "--listen", "nonsense"}, "--listen"},
+		{[]string{seed, "--listen", "127.0.0.1:0", "127.0.0.1:8082"}, `unexpected argument "127.0.0.1:8082"`},
+	} {
+		rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+		err := run(rctx, rcancel, tc.args, io.Discard)
+		rcancel()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("kv %s: %v, want an error saying %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+	}
+	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: "inspector"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if gi, err := n.Describe(ctx, "kv"); !errors.Is(err, gcs.ErrNoGroup) {
+		t.Fatalf("after failed starts the group exists: %+v %v", gi, err)
 	}
 }
