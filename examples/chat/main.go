@@ -36,6 +36,29 @@ import (
 )
 
 func main() {
+	cfg, err := parseFlags(os.Args[1:], os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return
+	case errors.Is(err, errUsage):
+		os.Exit(2) // the flag package printed what is wrong
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "chat:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "chat:", err)
+		os.Exit(1)
+	}
+}
+
+// errUsage: the command line is wrong and the flag package said why.
+var errUsage = errors.New("usage")
+
+// parseFlags reads the command line; usage messages go to stderr.
+func parseFlags(args []string, stderr io.Writer) (config, error) {
 	seed := os.Getenv("TUTTI_SEED")
 	if seed == "" {
 		seed = "127.0.0.1:7400"
@@ -45,19 +68,24 @@ func main() {
 		name = "anonymous"
 	}
 	var cfg config
-	flag.StringVar(&cfg.seed, "seed", seed, "address of any host of the tutti cluster (env TUTTI_SEED)")
-	flag.StringVar(&cfg.name, "name", name, "your name (the process id in the group: unique among running chats)")
-	flag.StringVar(&cfg.group, "group", "lobby", "chat room (group) to join")
-	flag.StringVar(&cfg.gossip, "gossip", "", "gossip seeds (127.0.0.1:8400 for `tutti up`): crashed chats are then removed from the view")
-	flag.StringVar(&cfg.gossipBind, "gossip-bind", "127.0.0.1:0", "gossip listen address with --gossip")
-	flag.Parse()
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, cfg, os.Stdin, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "chat:", err)
-		os.Exit(1)
+	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.seed, "seed", seed, "address of any host of the tutti cluster (env TUTTI_SEED)")
+	fs.StringVar(&cfg.name, "name", name, "your name (the process id in the group: unique among running chats)")
+	fs.StringVar(&cfg.group, "group", "lobby", "chat room (group) to join")
+	fs.StringVar(&cfg.gossip, "gossip", "", "gossip seeds (127.0.0.1:8400 for 'tutti up'): crashed chats are then removed from the view")
+	fs.StringVar(&cfg.gossipBind, "gossip-bind", "127.0.0.1:0", "gossip listen address with --gossip")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return config{}, err
+		}
+		return config{}, errUsage
 	}
+	// 'chat alice' would otherwise join as $USER.
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected argument %q: chat takes only flags (your name is --name %s)", fs.Arg(0), fs.Arg(0))
+	}
+	return cfg, nil
 }
 
 type config struct {

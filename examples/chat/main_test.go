@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,5 +127,17 @@ func TestChat(t *testing.T) {
 	a, b := msgs.FindAllString(alice.out.String(), -1), msgs.FindAllString(bob.out.String(), -1)
 	if len(a) != 2 || len(b) != 2 || a[0] != b[0] || a[1] != b[1] {
 		t.Errorf("different messages:\nalice: %q\nbob: %q", a, b)
+	}
+}
+
+// 'chat alice' ignored its argument and joined as $USER; a stray argument
+// must be refused.
+func TestParseFlagsRefusesArguments(t *testing.T) {
+	if _, err := parseFlags([]string{"alice"}, io.Discard); err == nil || !strings.Contains(err.Error(), `unexpected argument "alice"`) {
+		t.Fatalf("chat alice: %v", err)
+	}
+	cfg, err := parseFlags([]string{"--name", "bob", "--group", "room"}, io.Discard)
+	if err != nil || cfg.name != "bob" || cfg.group != "room" {
+		t.Fatalf("chat --name bob --group room: %+v %v", cfg, err)
 	}
 }
