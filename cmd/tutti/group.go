@@ -86,9 +86,10 @@ func newSend(g *globals) *cobra.Command {
 		Use:   "send GROUP [MESSAGE...]",
 		Short: "Multicast messages to a group",
 		Long: `Join GROUP as a transient member, multicast each MESSAGE argument (or, with
-none, each line of standard input) in order, and leave. Each message is
-delivered to every member of the group in the group's total order; send
-returns once all of them are ordered (durable), and after leaving.
+none, each line of standard input, until its end or Ctrl-C) in order, and
+leave. Each message is delivered to every member of the group in the
+group's total order; send returns once all of them are ordered (durable),
+and after leaving.
 
 The member's process id is --id (default send-<hostname>-<pid>); members see
 it in views as ID#N. The group is created if it does not exist.`,
@@ -133,20 +134,7 @@ it in views as ID#N. The group is created if it does not exist.`,
 					}
 				}
 			} else {
-				// A line may be as long as the largest message gcs takes.
-				sc := bufio.NewScanner(cmd.InOrStdin())
-				sc.Buffer(make([]byte, 64<<10), maxSendLine+1)
-				lines := 0
-				for err == nil && sc.Scan() {
-					lines++
-					err = send(sc.Text())
-				}
-				if err == nil {
-					if err = sc.Err(); errors.Is(err, bufio.ErrTooLong) {
-						err = fmt.Errorf("line %d of standard input is longer than %d bytes, the largest message a group takes; the %d lines before it were sent",
-							lines+1, maxSendLine, lines)
-					}
-				}
+				err = sendLines(ctx, cmd.InOrStdin(), send)
 			}
 			err = errors.Join(err, c.leave(timeout))
 			<-drained
@@ -162,6 +150,50 @@ it in views as ID#N. The group is created if it does not exist.`,
 	f.StringVar(&id, "id", defaultID("send"), "process id of the transient member")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up joining, sending one message or leaving after this long")
 	return cmd
+}
+
+// sendLines sends each line of in until its end or until ctx ends (an
+// interrupt while waiting for a line ends the input as its end does; the
+// read blocked on in is abandoned).
+func sendLines(ctx context.Context, in io.Reader, send func(string) error) error {
+	lines := make(chan string)
+	readErr := make(chan error, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(lines)
+		// A line may be as long as the largest message gcs takes.
+		sc := bufio.NewScanner(in)
+		sc.Buffer(make([]byte, 64<<10), maxSendLine+1)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-stop:
+				return
+			}
+		}
+		readErr <- sc.Err()
+	}()
+	n := 0
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				err := <-readErr
+				if errors.Is(err, bufio.ErrTooLong) {
+					err = fmt.Errorf("line %d of standard input is longer than %d bytes, the largest message a group takes; the %d lines before it were sent",
+						n+1, maxSendLine, n)
+				}
+				return err
+			}
+			n++
+			if err := send(l); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return nil
+		}
+	}
 }
 
 // tailEvent is one line of `tutti tail --json`; field names are the JSON

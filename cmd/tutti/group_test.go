@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"regexp"
 	"strings"
 	"testing"
@@ -202,5 +203,70 @@ func TestGroupCommand(t *testing.T) {
 	}
 	if out, err = run(t, "groups", seed, "--json", "--log-level", "warn"); err != nil || strings.TrimSpace(out) != "[]" {
 		t.Fatalf("groups after the delete: %q %v", out, err)
+	}
+}
+
+// 'tutti send' reading standard input caught SIGINT/SIGTERM but went on
+// waiting for the next line: Ctrl-C did not stop it, only end of input
+// did. An interrupt while it waits for input ends it as end of input
+// does: it leaves the group and exits 0, like tail.
+func TestSendStopsOnInterruptWhileReading(t *testing.T) {
+	c := testCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: "inspector"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+
+	in, typing := io.Pipe()
+	defer typing.Close()
+	sctx, interrupt := context.WithCancel(ctx) // what a signal does to send's context
+	defer interrupt()
+	done := make(chan error, 1)
+	var out syncbuf.Buffer
+	go func() {
+		root := newRoot()
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetIn(in)
+		root.SetArgs([]string{"send", "typed", "--seed=" + c.Seeds()[0], "--id", "typist", "--log-level", "warn"})
+		done <- root.ExecuteContext(sctx)
+	}()
+	if _, err := io.WriteString(typing, "one\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Interrupt once "one" is ordered: send then waits for the next line.
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		gi, err := n.Describe(ctx, "typed")
+		if err == nil && gi.Msgs == 1 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the line was not sent: %+v %v\n%s", gi, err, out.String())
+		case <-tick.C:
+		}
+	}
+	interrupt()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("interrupted send: %v\n%s", err, out.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("send still waits for input 20 s after the interrupt")
+	}
+	gi, err := n.Describe(ctx, "typed")
+	if err != nil || gi.Msgs != 1 || len(gi.Members) != 0 {
+		t.Fatalf("after the interrupt: %+v %v, want the one message sent and no member left", gi, err)
 	}
 }
