@@ -388,3 +388,23 @@ func TestFlagErrorsNameTheFlag(t *testing.T) {
 	_, err = run(t, "server", "--id", "1", "--peers", "1=127.0.0.1:1")
 	wantExit2(t, "server without --data-dir", err, "--data-dir is required")
 }
+
+// A missing or extra argument was reported in cobra's words alone, 'tutti:
+// accepts 2 arg(s), received 1', naming neither the command nor what it
+// takes.
+func TestArgumentCountErrorsShowUsage(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"tail"}, "tutti tail GROUP"},
+		{[]string{"send"}, "tutti send GROUP [MESSAGE...]"},
+		{[]string{"group", "a", "b"}, "tutti group GROUP"},
+		{[]string{"replica", "add", "1"}, "tutti replica add MEMNODE HOST"},
+		{[]string{"replica", "move", "1", "2"}, "tutti replica move MEMNODE HOST TOHOST"},
+		{[]string{"decide", "--participants", "1,2", "--commit"}, "tutti decide TID"},
+	} {
+		_, err := run(t, append(c.args, "--seed=127.0.0.1:1")...)
+		wantExit2(t, strings.Join(c.args, " "), err, c.want)
+	}
+}

@@ -123,7 +123,26 @@ usage, the cluster unreachable, a timeout.`,
 	root.AddCommand(newMemnodes(g), newMemnodeCmd(g), newReplicaCmd(g), newDecide(g))
 	root.AddCommand(newMembers(g), newAgent(g))
 	root.AddCommand(newSend(g), newTail(g), newGroupInfo(g), newGroups(g))
+	showUsageOnArgErrors(root)
 	return root
+}
+
+// showUsageOnArgErrors makes cmd and its subcommands name the command and
+// its usage line when their arguments are wrong: cobra alone says
+// "accepts 2 arg(s), received 1".
+func showUsageOnArgErrors(cmd *cobra.Command) {
+	if check := cmd.Args; check != nil {
+		cmd.Args = func(c *cobra.Command, args []string) error {
+			err := check(c, args)
+			if err != nil && !strings.Contains(err.Error(), c.CommandPath()) {
+				return fmt.Errorf("%s: %v (usage: %s)", c.CommandPath(), err, c.UseLine())
+			}
+			return err
+		}
+	}
+	for _, sub := range cmd.Commands() {
+		showUsageOnArgErrors(sub)
+	}
 }
 
 func (g *globals) logger() (zerolog.Logger, error) {
