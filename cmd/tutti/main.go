@@ -4,6 +4,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -227,10 +228,13 @@ func splitSeeds(s string) []string {
 	return out
 }
 
-// waitSignal blocks until SIGINT or SIGTERM.
-func waitSignal() os.Signal {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(ch)
-	return <-ch
+// stopSignals is what stops 'tutti up' and 'tutti server' cleanly.
+var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM}
+
+// notifyStop returns a context that ends at SIGINT or SIGTERM. Call it
+// before starting what must be stopped cleanly: until then the signal
+// kills the process as it stands (a temporary data directory left behind,
+// agents not leaving).
+func notifyStop(ctx context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(ctx, stopSignals...)
 }

@@ -513,3 +513,36 @@ func memberStartOn(t *testing.T, cfg cluster.Config) (*client.Client, func(membe
 		return err
 	}
 }
+
+// 'tutti up --data-dir D' restarted with another --memnodes or --hosts
+// than D's cluster was made with waited 30 s for memnodes the directory
+// does not have, then failed with "local cluster: memnodes without a
+// leader: context deadline exceeded". It must say at once what conflicts;
+// without the flags it starts D's cluster as it was made.
+func TestUpRestartWithOtherShape(t *testing.T) {
+	bin := standInForTutti(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	first := []string{"up", "--port", "0", "--no-fsync", "--data-dir", dir, "--log-level", "warn", "--hosts", "1", "--memnodes", "1"}
+	up := startProc(t, "tutti up", bin, first...)
+	up.line(60*time.Second, "banner", func(l string) bool { return strings.HasPrefix(l, "  memnodes: 1 ") })
+	up.stop(os.Interrupt, 30*time.Second)
+
+	for _, c := range []struct {
+		flags []string
+		want  string
+	}{
+		{[]string{"--hosts", "1", "--memnodes", "2"}, "--memnodes 2"},
+		{[]string{"--hosts", "2", "--memnodes", "1"}, "--hosts 2"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		out, err := exec.CommandContext(ctx, bin, append([]string{"up", "--port", "0", "--no-fsync", "--data-dir", dir, "--log-level", "warn"}, c.flags...)...).CombinedOutput()
+		cancel()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), c.want) || !strings.Contains(string(out), "1 memnode") {
+			t.Errorf("up %s on a cluster of 1 host and 1 memnode: %v\n%s", strings.Join(c.flags, " "), err, out)
+		}
+	}
+	up = startProc(t, "tutti up", bin, "up", "--port", "0", "--no-fsync", "--data-dir", dir, "--log-level", "warn")
+	up.line(60*time.Second, "banner", func(l string) bool { return strings.HasPrefix(l, "  memnodes: 1 (ids 0-0), 1 replicas each") })
+	up.stop(os.Interrupt, 30*time.Second)
+}

@@ -136,6 +136,8 @@ Precedence: command line, then environment, then config file, then default.`,
 			if err != nil {
 				return err
 			}
+			sctx, stop := notifyStop(cmd.Context())
+			defer stop()
 			mlis, err := metricsListen(metrics)
 			if err != nil {
 				return err
@@ -158,8 +160,8 @@ Precedence: command line, then environment, then config file, then default.`,
 				defer ms.Close()
 				log.Info().Str("addr", ms.Addr()).Msg("serving Prometheus metrics at /metrics and the cluster's status at /status")
 			}
-			sig := waitSignal()
-			log.Info().Str("signal", sig.String()).Msg("stopping")
+			<-sctx.Done()
+			log.Info().Msg("stopping")
 			agent.stop()
 			return h.Close()
 		},

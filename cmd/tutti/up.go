@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -32,7 +35,8 @@ a replica of every memnode (Raft groups of 3), with fsync on. Host 1 serves
 clients on 127.0.0.1:7400 (the default --seed of every client command), hosts 2
 and 3 on the next ports (--port 0: free ports, printed). Data goes to a
 temporary directory removed on exit, or to --data-dir, which is kept and
-recovered on the next start.
+recovered on the next start with the --hosts and --memnodes it was made
+with (others are refused; add memnodes online with 'tutti memnode add').
 
 Each host also runs a membership agent (process id host-<i>), gossiping on
 127.0.0.1:--gossip-port+i-1 (default --port + 1000, so 8400..8402), so right
@@ -54,6 +58,11 @@ Runs until interrupted (Ctrl-C).`,
 			key, err := keys.gossipKey()
 			if err != nil {
 				return err
+			}
+			if dataDir != "" {
+				if err := keepShape(cmd, dataDir, &hosts, &memnodes); err != nil {
+					return err
+				}
 			}
 			if memnodes < 1 {
 				return &exitError{2, fmt.Errorf("--memnodes %d: must be at least 1", memnodes)}
@@ -77,6 +86,8 @@ Runs until interrupted (Ctrl-C).`,
 				}
 				return &exitError{2, fmt.Errorf("%s %d: the agents gossip on ports %d..%d, which must lie in 1..65535 (give --gossip-port; 0: free ports)", what, gossip, gossip, gossip+hosts-1)}
 			}
+			sctx, stop := notifyStop(cmd.Context())
+			defer stop()
 			mlis, err := metricsListen(metrics)
 			if err != nil {
 				return err
@@ -96,17 +107,28 @@ Runs until interrupted (Ctrl-C).`,
 				return err
 			}
 			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(sctx, 30*time.Second)
 			defer cancel()
 			if err := c.WaitReady(ctx); err != nil {
+				if sctx.Err() != nil {
+					return errors.New("interrupted while starting")
+				}
 				return err
 			}
 			ag, err := agents.Start(ctx, c, agents.Config{BasePort: gossip, Key: key, Logger: log})
 			if err != nil {
+				if sctx.Err() != nil {
+					return errors.New("interrupted while starting")
+				}
 				return err
 			}
 			defer ag.Close() // leave before the hosts stop
 			cancel()
+			if dataDir != "" {
+				if err := writeShape(dataDir, hosts, memnodes); err != nil {
+					return err
+				}
+			}
 			metricsLine := ""
 			if mlis != nil {
 				ms := metricsServe(mlis, log, c.Seeds(), nil, c.Hosts...)
@@ -142,8 +164,8 @@ Try, in another terminal:
 Press Ctrl-C to stop.
 `, strings.Join(hs, " "), memnodes, memnodes-1, min(3, hosts), fsync, c.Dir, tempNote(dataDir),
 				hosts, strings.Join(ag.GossipAddrs(), " "), metricsLine, seedArg, seedArg, seedArg, seedArg, c.Seeds()[0])
-			sig := waitSignal()
-			log.Info().Str("signal", sig.String()).Msg("stopping local cluster")
+			<-sctx.Done()
+			log.Info().Msg("stopping local cluster")
 			return nil
 		},
 	}
@@ -165,4 +187,59 @@ func tempNote(dataDir string) string {
 		return " (temporary, removed on exit)"
 	}
 	return ""
+}
+
+// upShapeFile, in a --data-dir of 'tutti up', records the cluster it holds.
+const upShapeFile = "tutti-up.json"
+
+type upShape struct {
+	Hosts    int `json:"hosts"`
+	Memnodes int `json:"memnodes"`
+}
+
+// keepShape starts the cluster of an existing --data-dir as it was made:
+// --hosts and --memnodes default to what dir holds and may not differ
+// from it (the hosts would wait for memnodes the directory does not have,
+// or place replicas on hosts the Raft groups do not have). Memnodes are
+// added online with 'tutti memnode add'.
+func keepShape(cmd *cobra.Command, dir string, hosts, memnodes *int) error {
+	b, err := os.ReadFile(filepath.Join(dir, upShapeFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // a new cluster (or one made before the file existed)
+	}
+	if err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	var was upShape
+	if err := json.Unmarshal(b, &was); err != nil || was.Hosts < 1 || was.Memnodes < 1 {
+		return fmt.Errorf("--data-dir: %s is not what 'tutti up' wrote (%q)", filepath.Join(dir, upShapeFile), b)
+	}
+	for _, f := range []struct {
+		name string
+		p    *int
+		was  int
+	}{{"hosts", hosts, was.Hosts}, {"memnodes", memnodes, was.Memnodes}} {
+		if cmd.Flags().Changed(f.name) && *f.p != f.was {
+			return &exitError{2, fmt.Errorf("--%s %d: --data-dir %s holds a cluster of %s and %s, made by an earlier 'tutti up'; start it without --hosts and --memnodes (add memnodes online with 'tutti memnode add'), or give another --data-dir",
+				f.name, *f.p, dir, plural(was.Hosts, "host"), plural(was.Memnodes, "memnode"))}
+		}
+		*f.p = f.was
+	}
+	return nil
+}
+
+// writeShape records the cluster dir holds once it is up.
+func writeShape(dir string, hosts, memnodes int) error {
+	b, _ := json.Marshal(upShape{Hosts: hosts, Memnodes: memnodes})
+	if err := os.WriteFile(filepath.Join(dir, upShapeFile), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	return nil
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
