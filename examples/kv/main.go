@@ -141,6 +141,10 @@ func run(ctx context.Context, stop func(), args []string, stderr io.Writer) erro
 	select {
 	case <-ctx.Done():
 	case err = <-served:
+	case <-r.Done():
+		// Evicted (or the group closed): the map is no longer kept up to
+		// date, so stop serving it.
+		err = fmt.Errorf("replica stopped: %w", r.Err())
 	}
 	stop()
 	lctx, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)

@@ -169,3 +169,72 @@ func TestBadCommandLineJoinsNothing(t *testing.T) {
 		t.Fatalf("after failed starts the group exists: %+v %v", gi, err)
 	}
 }
+
+// A replica removed from the group (*Evicted) went on serving: GETs
+// answered from a map no longer kept up to date, writes failed with 503,
+// and the process never exited. It must stop and say why.
+func TestEvictedReplicaExits(t *testing.T) {
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(rctx, stop, []string{"--seed=" + strings.Join(c.Seeds(), ","), "--listen", "127.0.0.1:0", "--name", "doomed"}, io.Discard)
+	}()
+
+	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: "admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	// Wait for the replica's join, then join and remove it.
+	var victim string
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for victim == "" {
+		if gi, err := n.Describe(ctx, "kv"); err == nil && len(gi.Members) == 1 {
+			victim = gi.Members[0].Name
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("kv ended before joining: %v", err)
+		case <-ctx.Done():
+			t.Fatal("kv did not join")
+		case <-tick.C:
+		}
+	}
+	g, err := n.Join(ctx, "kv", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for range g.Events() {
+		}
+	}()
+	defer g.Leave(ctx)
+	if err := g.Remove(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, gcs.ErrEvicted) {
+			t.Fatalf("the evicted replica ended with %v, want gcs.ErrEvicted", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the evicted replica still runs 20 s after its removal")
+	}
+}

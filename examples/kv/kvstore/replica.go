@@ -309,6 +309,10 @@ func (r *Replica) State(ctx context.Context) (State, error) {
 	}
 }
 
+// Done is closed when the replica stopped applying commands (evicted from
+// the group, the group or its node closed, or after Leave); Err says why.
+func (r *Replica) Done() <-chan struct{} { return r.done }
+
 // Err returns why the replica stopped, or nil.
 func (r *Replica) Err() error {
 	r.mu.Lock()
