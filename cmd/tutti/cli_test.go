@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -406,5 +407,33 @@ func TestArgumentCountErrorsShowUsage(t *testing.T) {
 	} {
 		_, err := run(t, append(c.args, "--seed=127.0.0.1:1")...)
 		wantExit2(t, strings.Join(c.args, " "), err, c.want)
+	}
+}
+
+// The console log format colored its output with ANSI escapes even when
+// standard error was a file or a pipe (a service's journal, '2> log'),
+// which then held "\x1b[32mINF\x1b[0m" for every level.
+func TestConsoleLogsUncoloredWhenNotATerminal(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	saved := os.Stderr
+	os.Stderr = w
+	g := &globals{logLevel: "info", logFormat: "console"}
+	log, err := g.logger()
+	os.Stderr = saved
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info().Str("k", "v").Msg("hello")
+	w.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "hello") || strings.Contains(string(b), "\x1b[") {
+		t.Fatalf("log line to a pipe: %q", b)
 	}
 }

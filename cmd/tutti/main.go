@@ -156,7 +156,11 @@ func (g *globals) logger() (zerolog.Logger, error) {
 	case "json":
 		l = zerolog.New(os.Stderr)
 	case "console":
-		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
+		// Colors only for a terminal: a file or a journal would keep the
+		// escape sequences.
+		fi, err := os.Stderr.Stat()
+		tty := err == nil && fi.Mode()&os.ModeCharDevice != 0
+		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly, NoColor: !tty})
 	default:
 		return zerolog.Nop(), fmt.Errorf("--log-format must be console or json, not %q", g.logFormat)
 	}
