@@ -54,7 +54,7 @@ func main() {
 	case errors.Is(err, errUsage):
 		os.Exit(2) // the flag package printed what is wrong
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "kv:", err)
+		fmt.Fprintln(os.Stderr, "kv:", strings.TrimPrefix(err.Error(), "kv: ")) // kvstore's errors say "kv: "
 		os.Exit(1)
 	}
 }
