@@ -117,7 +117,7 @@ confirmed change as it happens (one line, or one JSON object per line with
 					printChange(out, ch, asJSON)
 				}
 				if err != nil && wctx.Err() == nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "tutti: reading the process table: %v (retrying)\n", err)
+					fmt.Fprintln(cmd.ErrOrStderr(), errorLine(fmt.Errorf("reading the process table: %w", err))+" (retrying)")
 				}
 			}
 		},

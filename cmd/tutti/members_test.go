@@ -546,3 +546,65 @@ func TestUpRestartWithOtherShape(t *testing.T) {
 	up.line(60*time.Second, "banner", func(l string) bool { return strings.HasPrefix(l, "  memnodes: 1 (ids 0-0), 1 replicas each") })
 	up.stop(os.Interrupt, 30*time.Second)
 }
+
+// 'tutti members --watch' retries while the cluster does not answer, with
+// one warning per failed read; the client's error spans lines ("request
+// not sent\nrpc error: ..."), so each warning came out as two lines, the
+// second a bare gRPC error, and said "tutti:" twice.
+func TestMembersWatchWarnsOnOneLine(t *testing.T) {
+	c := testClusterWith(t, cluster.Config{Memnodes: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// The table must exist for the watch to start: register one process.
+	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if _, err := membership.NewWatcher(ctx, cl, membership.DefaultTable); err != nil {
+		t.Fatal(err)
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	var out, errOut syncbuf.Buffer
+	done := make(chan error, 1)
+	go func() {
+		root := newRoot()
+		root.SetOut(&out)
+		root.SetErr(&errOut)
+		root.SetArgs([]string{"members", "--seed=" + c.Seeds()[0], "--watch", "--interval", "50ms", "--timeout", "2s", "--log-level", "error"})
+		done <- root.ExecuteContext(wctx)
+	}()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !strings.Contains(out.String(), "process table version") {
+		select {
+		case err := <-done:
+			t.Fatalf("watch ended: %v\n%s%s", err, out.String(), errOut.String())
+		case <-ctx.Done():
+			t.Fatalf("no table: %s%s", out.String(), errOut.String())
+		case <-tick.C:
+		}
+	}
+	for i := range c.Hosts {
+		if err := c.StopHost(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for strings.Count(errOut.String(), "(retrying)") < 2 {
+		select {
+		case err := <-done:
+			t.Fatalf("watch ended: %v\n%s", err, errOut.String())
+		case <-ctx.Done():
+			t.Fatalf("no warning: %s", errOut.String())
+		case <-tick.C:
+		}
+	}
+	stopWatch()
+	<-done
+	for _, l := range strings.Split(strings.TrimSpace(errOut.String()), "\n") {
+		if !strings.HasPrefix(l, "tutti: reading the process table: ") || !strings.HasSuffix(l, "(retrying)") || strings.Count(l, "tutti:") != 1 {
+			t.Fatalf("warning line %q of\n%s", l, errOut.String())
+		}
+	}
+}
