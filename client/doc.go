@@ -67,7 +67,11 @@
 // response, a context that ended): it learns the missing votes with
 // AbortUnlessVoted and decides by the same rule, because every vote may
 // already be OK, which means committed. If even that fails it returns
-// ErrUnknownOutcome and leaves the tid to recovery.
+// ErrUnknownOutcome and leaves the tid to recovery. Committed, it fetches
+// the reads of a participant whose vote was lost with a duplicate Prepare;
+// if the tid was decided there meanwhile (recovery committed it), the
+// reads are gone and Exec returns an error wrapping ErrReadsLost:
+// committed, writes applied, reads of that memnode (Error.Memnode) lost.
 //
 // Tests make the coordinator die with Config.Crash, at a CrashPoint
 // (CrashAfterPrepareSent, CrashAfterVotes, CrashAfterFirstDecision): the

@@ -20,6 +20,16 @@ var (
 	// come before an attempt the leader has appended and not yet committed,
 	// and even a logged one before an attempt still on its way.
 	ErrUnknownOutcome = errors.New("tutti: outcome unknown")
+	// ErrReadsLost: a minitransaction over several memnodes committed
+	// (every write applied, every compare matched) but the reads of one
+	// participant (*Error.Memnode) cannot be returned: its answer to the
+	// Prepare was lost, and by the time Exec asked again the tid was
+	// decided there (by memnode recovery), which keeps no reads. Do not
+	// retry: the writes would apply twice. Read again if the values are
+	// needed (they may have changed since). An *Error wrapping it also
+	// matches ErrUnknownOutcome, so a caller that settles unknown outcomes
+	// by reading back finds the writes applied.
+	ErrReadsLost = errors.New("tutti: committed, but the reads of a participant are lost")
 	// ErrFenced: the memnode refused a one-phase attempt because its tid
 	// was fenced (Tx.Fence) or is older than the memnode's horizon (this
 	// client's clock is behind the cluster's by more than the horizon).
@@ -64,6 +74,13 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// Is makes an Error wrapping ErrReadsLost match ErrUnknownOutcome too: a
+// caller that knows only ErrUnknownOutcome treats the minitransaction as
+// possibly applied, which is true, rather than as not applied.
+func (e *Error) Is(target error) bool {
+	return target == ErrUnknownOutcome && errors.Is(e.Err, ErrReadsLost)
+}
 
 // UnknownAttempt returns the one-phase attempt an ErrUnknownOutcome names
 // (Error.TID anywhere in err's chain), for Tx.Fence; the zero TID, which

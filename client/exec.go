@@ -120,7 +120,8 @@ func (p *part) request(kind tuttipb.Kind, tid *tuttipb.Tid, participants []uint6
 //
 // A failed compare is a Result with Committed false, not an error. Errors
 // say why nothing could be decided; only ErrUnknownOutcome means the
-// minitransaction may have been applied. With a ctx that has already ended
+// minitransaction may have been applied, and ErrReadsLost (which matches
+// ErrUnknownOutcome too) that it was, without some of its reads. With a ctx that has already ended
 // nothing is sent: the error wraps ctx's.
 func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 	if tx == nil || tx.Empty() {
@@ -392,9 +393,11 @@ func (c *Client) knownMemnode(ctx context.Context, mn uint64) error {
 // outcome was lost, or the caller's context ended while it was out). The
 // missing votes are learnt with AbortUnlessVoted, which fences a Prepare not
 // yet applied; then the attempt is decided by recovery's rule (Recover).
-// It returns the Result when the attempt committed, an error when it cannot
-// tell (the tid is then left to memnode recovery), and nil, nil when the
-// attempt is known to be aborted everywhere, so a new attempt may start.
+// It returns the Result when the attempt committed, an error wrapping
+// ErrReadsLost when it committed but a participant's reads cannot be had
+// again, an error wrapping ErrUnknownOutcome when it cannot tell (the tid
+// is then left to memnode recovery), and nil, nil when the attempt is
+// known to be aborted everywhere, so a new attempt may start.
 func (c *Client) settle(tx *Tx, tid *tuttipb.Tid, participants []uint64, parts []*part, votes []vote) (*Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -449,7 +452,17 @@ func (c *Client) settle(tx *Tx, tid *tuttipb.Tid, participants []uint64, parts [
 		}
 		r, err := c.callDefinite(ctx, parts[i].request(tuttipb.Kind_KIND_PREPARE, tid, participants))
 		if err != nil || r.GetVote() != tuttipb.Vote_VOTE_OK || r.GetOutcome() != tuttipb.Outcome_OUTCOME_UNKNOWN {
-			lost = unknownErr("committed, but the reads of a participant are lost")
+			// Decided there already (recovery commits and keeps no
+			// reads), or unreachable: the outcome is still committed,
+			// and the caller must learn that, not an unknown outcome
+			// it could not settle (a two-phase tid cannot be fenced).
+			detail := "decided there, which keeps no reads"
+			if err != nil {
+				detail = err.Error()
+			}
+			if lost == nil {
+				lost = &Error{Memnode: parts[i].memnode, Err: ErrReadsLost, Detail: fmt.Sprintf("tid %v: %s", tidFromWire(tid), detail)}
+			}
 			continue
 		}
 		rs[i] = r
