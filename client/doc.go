@@ -31,10 +31,13 @@
 //     memnode the cluster does not have (after one layout refresh) fails
 //     with ErrUnknownMemnode before any Prepare leaves: recovery could not
 //     reach it, so the tid would stay in doubt at the others.
-//  4. BAD-LOCK (and BAD-FORCED) votes: retry with a new tid after randomized
-//     exponential backoff, at most RetryPolicy.MaxAttempts times
-//     (ErrContention after that). BAD-CMP: a Result with Committed false and
-//     FailedCompare set — a result, not an error.
+//  4. BAD-LOCK votes: retry with a new tid after randomized exponential
+//     backoff, at most RetryPolicy.MaxAttempts times (ErrContention after
+//     that). BAD-FORCED votes (a fresh tid refused: older than the
+//     horizon, below, or fenced by recovery because a Prepare took longer
+//     than its timeout to arrive): one retry, then ErrFenced, since a tid
+//     of a clock that is behind is refused every time. BAD-CMP: a Result
+//     with Committed false and FailedCompare set — a result, not an error.
 //
 // # Recovery of in-doubt minitransactions
 //
@@ -60,7 +63,8 @@
 // A tid carries the client's clock (Config.Now), and memnodes refuse
 // attempts whose tid is older than their horizon (60 s by default) by
 // their own clock: a Prepare as BAD-FORCED, a one-phase attempt with
-// ErrFenced (a fence of it may have been forgotten by then). So a client's
+// ErrFenced (a fence of it may have been forgotten by then); Exec then
+// returns ErrFenced on one memnode or several. So a client's
 // clock must not run behind the cluster's by as much as the horizon.
 //
 // Exec never aborts an attempt whose votes it could not all see (a lost

@@ -32,8 +32,10 @@ var (
 	ErrReadsLost = errors.New("tutti: committed, but the reads of a participant are lost")
 	// ErrFenced: the memnode refused a one-phase attempt because its tid
 	// was fenced (Tx.Fence) or is older than the memnode's horizon (this
-	// client's clock is behind the cluster's by more than the horizon).
-	// Nothing was applied.
+	// client's clock is behind the cluster's by more than the horizon);
+	// or it refused the Prepares of two attempts of a minitransaction
+	// over several memnodes (BAD-FORCED: too old, or fenced by memnode
+	// recovery). Nothing was applied.
 	ErrFenced = errors.New("tutti: attempt fenced")
 	// ErrUnavailable: no leader could be reached before the deadline or the
 	// retry budget ran out. Nothing was applied.

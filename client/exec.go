@@ -116,7 +116,8 @@ func (p *part) request(kind tuttipb.Kind, tid *tuttipb.Tid, participants []uint6
 // reads are returned and the writes applied. One memnode: one phase (one Raft
 // entry, or a ReadIndex read when there are no writes). Several memnodes:
 // two-phase commit. BAD-LOCK votes are retried with a new tid after
-// randomized exponential backoff.
+// randomized exponential backoff; BAD-FORCED ones once (ErrFenced after
+// that).
 //
 // A failed compare is a Result with Committed false, not an error. Errors
 // say why nothing could be decided; only ErrUnknownOutcome means the
@@ -276,6 +277,7 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 			return nil, err
 		}
 	}
+	refused := 0 // attempts refused with BAD-FORCED
 	for attempt := 0; attempt < c.cfg.Retry.MaxAttempts; attempt++ {
 		if attempt > 0 {
 			if err := c.backoff(ctx, attempt-1); err != nil {
@@ -299,7 +301,7 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 		}
 
 		allOK, retry := true, false
-		failed := -1
+		failed, forced := -1, -1
 		var hard, invalid error
 		unknown := false
 		for i, v := range votes {
@@ -323,7 +325,12 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 				if f := mapCompare(parts[i], v.r.GetFailedCompare()); failed < 0 || (f >= 0 && f < failed) {
 					failed = f
 				}
-			default: // BAD-LOCK, BAD-FORCED
+			case v.r.GetVote() == tuttipb.Vote_VOTE_BAD_FORCED:
+				allOK, retry = false, true
+				if forced < 0 {
+					forced = i
+				}
+			default: // BAD-LOCK
 				allOK, retry = false, true
 			}
 		}
@@ -363,6 +370,17 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 			// checked before the compares, and every attempt would fail.
 			return nil, invalid
 		}
+		if forced >= 0 {
+			// A fresh tid is refused when it is older than the
+			// memnode's horizon (this client's clock is behind), which
+			// a new tid of the same clock does not cure, or when
+			// recovery fenced it because a Prepare took longer than
+			// its timeout to arrive, which a new tid does. So one
+			// retry, then ErrFenced as on one memnode.
+			if refused++; refused >= maxRefused {
+				return nil, &Error{Memnode: parts[forced].memnode, Err: ErrFenced, Detail: fmt.Sprintf("tid %v refused (BAD-FORCED), as was an attempt before it: is this client's clock behind the cluster's by more than the horizon?", tidFromWire(tid))}
+			}
+		}
 		if failed >= 0 && !retry {
 			return &Result{FailedCompare: failed}, nil
 		}
@@ -372,6 +390,10 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 	}
 	return nil, &Error{Memnode: parts[0].memnode, Err: ErrContention, Detail: fmt.Sprintf("no decision after %d attempts", c.cfg.Retry.MaxAttempts)}
 }
+
+// maxRefused is how many attempts of a two-phase minitransaction may be
+// refused with BAD-FORCED before Exec returns ErrFenced.
+const maxRefused = 2
 
 // knownMemnode returns an error wrapping ErrUnknownMemnode if the layout,
 // refreshed once if need be, has no memnode mn.
