@@ -122,8 +122,8 @@ func (p *part) request(kind tuttipb.Kind, tid *tuttipb.Tid, participants []uint6
 // A failed compare is a Result with Committed false, not an error. Errors
 // say why nothing could be decided; only ErrUnknownOutcome means the
 // minitransaction may have been applied, and ErrReadsLost (which matches
-// ErrUnknownOutcome too) that it was, without some of its reads. With a ctx that has already ended
-// nothing is sent: the error wraps ctx's.
+// ErrUnknownOutcome too) that it was, without some of its reads. With a
+// ctx that has already ended nothing is sent: the error wraps ctx's.
 func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 	if tx == nil || tx.Empty() {
 		return nil, fmt.Errorf("%w: no items", ErrInvalid)
