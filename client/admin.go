@@ -150,17 +150,56 @@ func (c *Client) UpdateDirectory(ctx context.Context, fn func(*Directory) error)
 	return nil, fmt.Errorf("tutti: directory update gave up: %w", last)
 }
 
-// AddMemnode creates a memnode on the given hosts, or on the least-loaded
-// hosts if replicas is empty, and returns its id. The hosts start its Raft
-// group within their poll interval.
+// AddMemnode creates a memnode on the given hosts, or, if replicas is
+// empty, on the least-loaded hosts that answer (AnsweringHosts,
+// Directory.PlaceMemnode; ErrTooFewHosts if too few do), and returns its
+// id. The hosts start its Raft group within their poll interval.
 func (c *Client) AddMemnode(ctx context.Context, replicas []uint64) (uint64, error) {
+	var up map[uint64]bool
+	if len(replicas) == 0 {
+		d, err := c.Directory(ctx)
+		if err != nil {
+			return 0, err
+		}
+		up = c.AnsweringHosts(ctx, d)
+	}
 	var id uint64
 	_, err := c.UpdateDirectory(ctx, func(d *Directory) error {
+		reps := replicas
+		if len(reps) == 0 {
+			var err error
+			if reps, err = d.PlaceMemnode(up); err != nil {
+				return err
+			}
+		}
 		var err error
-		id, err = d.AddMemnode(replicas)
+		id, err = d.AddMemnode(reps)
 		return err
 	})
 	return id, err
+}
+
+// AnsweringHosts asks every host of d, at once and for at most 2 s, for
+// its replicas' state and returns the hosts that answered.
+func (c *Client) AnsweringHosts(ctx context.Context, d *Directory) map[uint64]bool {
+	up := make(map[uint64]bool, len(d.Hosts))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, h := range d.Hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			if _, err := c.HostReplicas(cctx, h.Addr); err == nil {
+				mu.Lock()
+				up[h.ID] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return up
 }
 
 // AddReplica places a new replica of memnode on host; it joins the Raft

@@ -59,6 +59,10 @@ var ErrBadDirectory = errors.New("tutti: corrupt directory")
 // (unknown memnode or host, duplicate or last replica...). Nothing changed.
 var ErrDirectoryChange = errors.New("tutti: directory change refused")
 
+// ErrTooFewHosts: a new memnode placed by default (no hosts given) needs
+// more answering hosts than the cluster has. Nothing changed.
+var ErrTooFewHosts = errors.New("tutti: too few answering hosts for a new memnode")
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Directory is the cluster's layout as memnode 0 stores it.
@@ -389,28 +393,51 @@ func (d *Directory) Load() map[uint64]int {
 	return load
 }
 
+// PlaceMemnode picks the hosts for a new memnode placed by default: the
+// Config.Replicas (3 if unset, at most the number of hosts) least-loaded
+// hosts among those up says answer (ties to the lower id); nil up counts
+// every host. A host that does not answer (stopped, decommissioned) holds
+// no replica and so looks least loaded: picked, it would leave the new
+// group without a quorum. Fewer answering hosts than replicas is
+// ErrTooFewHosts.
+func (d *Directory) PlaceMemnode(up map[uint64]bool) ([]uint64, error) {
+	n := int(d.Config.Replicas)
+	if n <= 0 {
+		n = 3
+	}
+	n = min(n, len(d.Hosts))
+	load := d.Load()
+	var ids, down []uint64
+	for _, h := range d.Hosts {
+		if up == nil || up[h.ID] {
+			ids = append(ids, h.ID)
+		} else {
+			down = append(down, h.ID)
+		}
+	}
+	if len(ids) < n || n == 0 {
+		return nil, fmt.Errorf("%w: %d replicas wanted, %d of %d hosts answer %v (not answering: %v); nothing changed (name the hosts to place it anyway)",
+			ErrTooFewHosts, n, len(ids), len(d.Hosts), ids, down)
+	}
+	sort.SliceStable(ids, func(i, j int) bool {
+		if load[ids[i]] != load[ids[j]] {
+			return load[ids[i]] < load[ids[j]]
+		}
+		return ids[i] < ids[j]
+	})
+	return ids[:n], nil
+}
+
 // AddMemnode adds a memnode with the next free id, on replicas or, if
-// replicas is empty, on the Config.Replicas least-loaded hosts (ties to the
-// lower id). It returns the new memnode's id.
+// replicas is empty, on the hosts PlaceMemnode(nil) picks (every host
+// counted as answering: Client.AddMemnode checks which do). It returns the
+// new memnode's id.
 func (d *Directory) AddMemnode(replicas []uint64) (uint64, error) {
 	if len(replicas) == 0 {
-		n := int(d.Config.Replicas)
-		if n <= 0 {
-			n = 3
+		var err error
+		if replicas, err = d.PlaceMemnode(nil); err != nil {
+			return 0, err
 		}
-		n = min(n, len(d.Hosts))
-		load := d.Load()
-		ids := make([]uint64, 0, len(d.Hosts))
-		for _, h := range d.Hosts {
-			ids = append(ids, h.ID)
-		}
-		sort.SliceStable(ids, func(i, j int) bool {
-			if load[ids[i]] != load[ids[j]] {
-				return load[ids[i]] < load[ids[j]]
-			}
-			return ids[i] < ids[j]
-		})
-		replicas = ids[:n]
 	}
 	if len(replicas) == 0 {
 		return 0, refuse("a memnode needs at least one replica")

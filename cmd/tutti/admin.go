@@ -153,14 +153,20 @@ func newMemnodeCmd(g *globals) *cobra.Command {
 		Use:   "add",
 		Short: "Add a memnode to the running cluster",
 		Long: `Add a memnode with the next free id. Its replicas go on the hosts given with
---replicas, or on the least-loaded hosts (as many as the directory's default
-replica count). The change is one minitransaction on the directory in memnode
-0; the hosts start the new Raft group within their poll interval.
+--replicas, or on the least-loaded hosts that answer (as many as the
+directory's default replica count; every host is asked for at most 2 s, and
+one that does not answer, e.g. stopped or decommissioned, is never picked).
+The change is one minitransaction on the directory in memnode 0; the hosts
+start the new Raft group within their poll interval. With --wait, the command
+waits until the group has a leader and its voters match the directory, and
+fails (exit status 2) if that does not happen within --timeout.
 
 Exit status 0 when the directory changed; 1 when it refused the change (a
 host id it does not list, a host given twice); 2 on bad arguments, an
-unreachable cluster, or a lost answer after which the directory changed
-again, so whether the memnode was added is unknown (see 'tutti memnodes').`,
+unreachable cluster, fewer answering hosts than replicas without --replicas
+(nothing changed), a --wait that timed out, or a lost answer after which the
+directory changed again, so whether the memnode was added is unknown (see
+'tutti memnodes').`,
 		Example: `  tutti memnode add
   tutti memnode add --replicas 2,3,4 --wait
   tutti memnode add --json`,
@@ -182,10 +188,25 @@ again, so whether the memnode was added is unknown (see 'tutti memnodes').`,
 			}
 			defer cancel()
 			defer c.Close()
+			var up map[uint64]bool
+			if len(hosts) == 0 {
+				d, err := c.Directory(ctx)
+				if err != nil {
+					return &exitError{2, err}
+				}
+				up = c.AnsweringHosts(ctx, d)
+			}
 			var id uint64
 			d, err := c.UpdateDirectory(ctx, func(d *client.Directory) error {
+				reps := hosts
+				if len(reps) == 0 {
+					var err error
+					if reps, err = d.PlaceMemnode(up); err != nil {
+						return err
+					}
+				}
 				var err error
-				id, err = d.AddMemnode(hosts)
+				id, err = d.AddMemnode(reps)
 				return err
 			})
 			if err != nil {
@@ -195,7 +216,7 @@ again, so whether the memnode was added is unknown (see 'tutti memnodes').`,
 		},
 	}
 	o.register(add, true)
-	add.Flags().StringVar(&replicas, "replicas", "", "comma-separated host ids for the replicas (default: least-loaded hosts)")
+	add.Flags().StringVar(&replicas, "replicas", "", "comma-separated host ids for the replicas (default: least-loaded hosts that answer)")
 	cmd.AddCommand(add)
 	return commandGroup(cmd)
 }
@@ -284,12 +305,21 @@ func adminErr(err error) error {
 func finish(cmd *cobra.Command, ctx context.Context, c *client.Client, o *adminOpts, d *client.Directory, mn uint64, msg string) error {
 	converged := false
 	if o.wait {
+		last := "its state could not be read"
 		for !converged {
 			_, states, err := c.MemnodeStatus(ctx)
 			if err == nil {
 				for _, s := range states {
-					if s.ID == mn && s.Converged {
+					if s.ID != mn {
+						continue
+					}
+					switch {
+					case s.Converged:
 						converged = true
+					case s.Leader == 0:
+						last = "it has no Raft leader (are its hosts up? see 'tutti memnodes')"
+					default:
+						last = fmt.Sprintf("its Raft voters are %v, the directory's replicas %v", s.Voters, d.Memnode(mn).Replicas)
 					}
 				}
 			}
@@ -298,7 +328,7 @@ func finish(cmd *cobra.Command, ctx context.Context, c *client.Client, o *adminO
 			}
 			select {
 			case <-ctx.Done():
-				return &exitError{2, fmt.Errorf("%s, but the replicas did not converge before --timeout: %w", msg, ctx.Err())}
+				return &exitError{2, fmt.Errorf("%s, but the replicas did not converge before --timeout (%s): %w", msg, last, ctx.Err())}
 			case <-time.After(100 * time.Millisecond):
 			}
 		}

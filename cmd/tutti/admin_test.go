@@ -174,3 +174,47 @@ func TestDecideCommand(t *testing.T) {
 		t.Fatalf("decide a tid from the future: exit %d, %v\n%s", code(err), err, out)
 	}
 }
+
+// `memnode add` without --replicas never places a memnode on hosts that do
+// not answer, and refuses (exit 2, nothing changed) when too few answer;
+// --wait on a memnode that cannot elect a leader fails at --timeout and
+// says so.
+func TestMemnodeAddSkipsDownHosts(t *testing.T) {
+	// Memnode 0 on hosts 1-3, host 4 holds nothing.
+	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir(), Hosts: 4, Spares: 1, Memnodes: 1,
+		DirectoryPoll: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitDirectory(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	seed := "--seed=" + c.Seeds()[0]
+	// Hosts 3 and 4 stop: hosts 1 and 2 answer, 3 replicas wanted.
+	for _, i := range []int{2, 3} {
+		if err := c.StopHost(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := run(t, "memnode", "add", seed)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "too few answering hosts") {
+		t.Fatalf("memnode add with 2 answering hosts for 3 replicas: %v\n%s", err, out)
+	}
+	out, err = run(t, "memnodes", seed, "--json")
+	var got memnodesJSON
+	if err != nil || json.Unmarshal([]byte(out), &got) != nil || len(got.Memnodes) != 1 || got.Version != 1 {
+		t.Fatalf("after the refused add: %v\n%s", err, out)
+	}
+
+	out, err = run(t, "memnode", "add", seed, "--replicas", "3,4", "--wait", "--timeout", "3s")
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "no Raft leader") {
+		t.Fatalf("memnode add --wait on stopped hosts: %v\n%s", err, out)
+	}
+}

@@ -2,6 +2,8 @@ package service_test
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -46,5 +48,56 @@ func TestChangeRightAfterAddMemnode(t *testing.T) {
 	}
 	if _, err := cl.Exec(ctx, client.NewTx().Write(id, 0, []byte("created"))); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Default placement of a new memnode (no hosts given) must skip hosts that
+// do not answer: decommissioned hosts hold no replica (load 0), so the
+// least-loaded choice alone would put the memnode on them and its group
+// would never elect a leader. With fewer answering hosts than replicas it
+// must refuse and change nothing.
+func TestAddMemnodeDefaultPlacementSkipsDownHosts(t *testing.T) {
+	// Memnode 0 on hosts 1-3; hosts 4 and 5 hold nothing.
+	c := startOnline(t, cluster.Config{Hosts: 5, Spares: 2, Memnodes: 1, DirectoryPoll: 50 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cl := oneSeedClient(t, c)
+	// Decommission hosts 4 and 5: they stay in the directory, stopped.
+	for _, i := range []int{3, 4} {
+		if err := c.StopHost(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, err := cl.AddMemnode(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := cl.Directory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reps := d.Memnode(id).Replicas; !slices.Equal(reps, []uint64{1, 2, 3}) {
+		t.Fatalf("memnode %d placed on %v, want the answering hosts [1 2 3]", id, reps)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	if _, err := c.WaitLeader(wctx, id); err != nil {
+		t.Fatalf("memnode %d: %v", id, err)
+	}
+
+	// Host 3 goes too: two answering hosts for three replicas.
+	if err := c.StopHost(2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.AddMemnode(ctx, nil); !errors.Is(err, client.ErrTooFewHosts) {
+		t.Fatalf("AddMemnode with 2 answering hosts of 5 for 3 replicas: %v, want ErrTooFewHosts", err)
+	}
+	after, err := cl.Directory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Version != d.Version || len(after.Memnodes) != len(d.Memnodes) {
+		t.Fatalf("refused AddMemnode changed the directory: version %d -> %d, memnodes %d -> %d",
+			d.Version, after.Version, len(d.Memnodes), len(after.Memnodes))
 	}
 }
