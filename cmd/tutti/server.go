@@ -16,6 +16,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tutti-gcs/tutti/client"
 	"github.com/tutti-gcs/tutti/membership"
@@ -63,7 +65,10 @@ reachable starts gossip alone after (its rank in --peers) x 5 s and keeps
 joining the seeds until one answers. On SIGTERM/SIGINT the agent leaves
 gracefully (its row becomes left) before the host stops. --gossip-key (or
 --gossip-key-file) encrypts gossip; a process with another key cannot join
-and logs why. Failure detection: the defaults (--probe-interval 200ms,
+and logs why. A host whose connections the other hosts refuse (a TLS
+handshake or authentication failure, e.g. started without the cluster's
+--tls-* flags) says so at warn level every 30 s until its agent starts.
+Failure detection: the defaults (--probe-interval 200ms,
 --probe-timeout 100ms, --suspicion-mult 4, --suspicion-max-mult 6) marked a
 SIGKILLed process dead in 1.2 s at p50 and 1.9 s at p99 with 7 processes,
 with no false removal in a 10-minute soak (README, Membership).
@@ -388,7 +393,11 @@ func startServerAgent(log zerolog.Logger, cfg membership.Config, explicit []stri
 			}
 		}
 		cfg.Client = a.cl
+		// The dial options are the --tls-* credentials, nil without TLS.
+		dctx, dstop := context.WithCancel(ctx)
+		go warnRefused(dctx, log, seeds[1:], dial, len(dial) > 0)
 		n, err := memberStart(ctx, log, cfg, explicit, aloneAfter)
+		dstop()
 		if err != nil {
 			if ctx.Err() != nil {
 				// stop: the host is shutting down before the agent started.
@@ -405,6 +414,60 @@ func startServerAgent(log zerolog.Logger, cfg membership.Config, explicit []stri
 		log.Info().Str("process", n.ID()).Uint64("incarnation", n.Incarnation()).Str("gossip", n.GossipAddr()).Msg("membership agent registered")
 	}()
 	return a
+}
+
+// Timing of warnRefused: first look after refusedFirst, then every
+// refusedEvery while the refusal lasts.
+const (
+	refusedFirst = 2 * time.Second
+	refusedEvery = 30 * time.Second
+)
+
+// warnRefused runs while the server's membership agent waits to start.
+// It asks the other hosts (addrs) for the cluster's layout and, if they
+// refuse this host's connections for a reason waiting does not fix (a TLS
+// handshake failure: this host lacks the cluster's --tls-* flags, or has a
+// certificate of another CA; an authentication error), says so at warn
+// level, at most every refusedEvery. Otherwise the only sign would be the
+// agent's info-level "waiting for the process table" with "the cluster has
+// no memnode 0": this host's own layout, since it never read the
+// directory from the others.
+func warnRefused(ctx context.Context, log zerolog.Logger, addrs []string, dial []grpc.DialOption, tlsOn bool) {
+	if len(addrs) == 0 {
+		return
+	}
+	wait := refusedFirst
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = refusedFirst
+		var refused []string
+		var why error
+		for _, addr := range addrs {
+			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			cl, err := client.New(cctx, client.Config{Seeds: []string{addr}, DialOptions: dial, Logger: zerolog.Nop()})
+			cancel()
+			if err == nil {
+				cl.Close()
+				continue
+			}
+			if ex := explainConnErr(err, tlsOn); ex != err || status.Code(err) == codes.Unauthenticated || status.Code(err) == codes.PermissionDenied {
+				refused = append(refused, addr)
+				why = ex
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if len(refused) > 0 {
+			log.Warn().Err(why).Strs("hosts", refused).Bool("tls", tlsOn).
+				Msg("cluster: other hosts refuse this host's connections (TLS handshake or authentication), so it cannot read the directory or join; start it with the cluster's --tls-cert, --tls-key and --tls-ca")
+			wait = refusedEvery
+		}
+	}
 }
 
 // stop leaves the process table gracefully (bounded to 5 s) or, if the

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -28,6 +29,10 @@ import (
 	"github.com/tutti-gcs/tutti/api/tuttipb"
 	"github.com/tutti-gcs/tutti/internal/cluster"
 	"github.com/tutti-gcs/tutti/internal/syncbuf"
+	"github.com/tutti-gcs/tutti/membership"
+	"github.com/tutti-gcs/tutti/memnode"
+	"github.com/tutti-gcs/tutti/memnode/service"
+	"github.com/tutti-gcs/tutti/replication"
 )
 
 // testCA signs certificates for 127.0.0.1 into dir.
@@ -286,5 +291,60 @@ func TestRaftRefusesClientCertificates(t *testing.T) {
 	}
 	if err := frame(hostCert, hostKey); err != nil {
 		t.Fatalf("Raft frame over a host's certificate: %v", err)
+	}
+}
+
+// A host joining a mutual-TLS cluster without the --tls-* flags cannot
+// read the directory (its dials fail the handshake), so its membership
+// agent waits for "memnode 0" forever. It used to say only that, at info
+// level; the server now says at warn level that the other hosts refuse it
+// and names the TLS flags.
+func TestJoinWithoutTLSSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCA(t, dir, "good")
+	hostCert, hostKey := ca.issue("host", 2)
+	hostFlags := tlsFlags{cert: hostCert, key: hostKey, ca: ca.caFile("good")}
+	tm, err := hostFlags.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testClusterWith(t, cluster.Config{Memnodes: 1,
+		ServerOptions: tm.serverOptions(zerolog.Nop()), DialOptions: tm.dialOptions(), AuthorizeRaftPeer: tm.authorizeRaftPeer()})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitDirectory(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+
+	// Host 4 joins empty and without TLS, as 'tutti server --join' would.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := map[uint64]string{4: lis.Addr().String()}
+	for i, s := range c.Seeds() {
+		hosts[uint64(i+1)] = s
+	}
+	h, err := service.StartHost(service.HostConfig{ID: 4, Listener: lis, Hosts: hosts, DataDir: t.TempDir(),
+		Memnode: memnode.DefaultConfig(), Replication: replication.Config{NoSync: true}, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	buf := &syncbuf.Buffer{}
+	a := startServerAgent(zerolog.New(buf).Level(zerolog.InfoLevel), membership.Config{ID: "host-4", Bind: "127.0.0.1:0"},
+		nil, hosts[4], hosts, 0, nil)
+	defer a.stop()
+	err = cluster.Eventually(ctx, "a warning that names the TLS flags", func() error {
+		for _, l := range logLines(t, buf.String()) {
+			if (l["level"] == "warn" || l["level"] == "error") && strings.Contains(fmt.Sprint(l), "--tls-cert") {
+				t.Logf("%s: %s (%s)", l["level"], l["message"], l["error"])
+				return nil
+			}
+		}
+		return errors.New("none yet")
+	})
+	if err != nil {
+		t.Fatalf("%v; the log:\n%s", err, buf)
 	}
 }
