@@ -3,6 +3,7 @@ package service_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -83,6 +84,20 @@ func TestAddMemnodeDefaultPlacementSkipsDownHosts(t *testing.T) {
 	defer wcancel()
 	if _, err := c.WaitLeader(wctx, id); err != nil {
 		t.Fatalf("memnode %d: %v", id, err)
+	}
+
+	// The leader clears the new memnode's bootstrap voters (a directory
+	// change of its own); wait for it, so the check below sees only ours.
+	if err := cluster.Eventually(wctx, "bootstrap voters cleared", func() error {
+		if d, err = cl.Directory(ctx); err != nil {
+			return err
+		}
+		if b := d.Memnode(id).Bootstrap; len(b) > 0 {
+			return fmt.Errorf("memnode %d bootstrap %v", id, b)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 
 	// Host 3 goes too: two answering hosts for three replicas.
