@@ -183,6 +183,24 @@ func (c *Client) AddMemnode(ctx context.Context, replicas []uint64) (uint64, err
 // its replicas' state and returns the hosts that answered.
 func (c *Client) AnsweringHosts(ctx context.Context, d *Directory) map[uint64]bool {
 	up := make(map[uint64]bool, len(d.Hosts))
+	for id, a := range c.askHosts(ctx, d) {
+		if a.err == nil {
+			up[id] = true
+		}
+	}
+	return up
+}
+
+// hostAnswer is one host's answer to askHosts.
+type hostAnswer struct {
+	info *tuttipb.ReplicasInfo
+	err  error
+}
+
+// askHosts asks every host of d, at once and for at most 2 s each, for its
+// replicas' Raft state.
+func (c *Client) askHosts(ctx context.Context, d *Directory) map[uint64]hostAnswer {
+	answers := make(map[uint64]hostAnswer, len(d.Hosts))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, h := range d.Hosts {
@@ -191,15 +209,14 @@ func (c *Client) AnsweringHosts(ctx context.Context, d *Directory) map[uint64]bo
 			defer wg.Done()
 			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
-			if _, err := c.HostReplicas(cctx, h.Addr); err == nil {
-				mu.Lock()
-				up[h.ID] = true
-				mu.Unlock()
-			}
+			info, err := c.HostReplicas(cctx, h.Addr)
+			mu.Lock()
+			answers[h.ID] = hostAnswer{info, err}
+			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	return up
+	return answers
 }
 
 // AddReplica places a new replica of memnode on host; it joins the Raft
@@ -284,26 +301,7 @@ func (c *Client) MemnodeStatus(ctx context.Context) (*Directory, []MemnodeState,
 	if err != nil {
 		return nil, nil, err
 	}
-	type answer struct {
-		info *tuttipb.ReplicasInfo
-		err  error
-	}
-	answers := make(map[uint64]answer, len(d.Hosts))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, h := range d.Hosts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			defer cancel()
-			info, err := c.HostReplicas(cctx, h.Addr)
-			mu.Lock()
-			answers[h.ID] = answer{info, err}
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
+	answers := c.askHosts(ctx, d)
 	// Per memnode: each host's view of its replica.
 	views := map[uint64]map[uint64]*tuttipb.ReplicaGroupStatus{}
 	for host, a := range answers {

@@ -18,19 +18,29 @@ import (
 	"github.com/tutti-gcs/tutti/internal/cluster"
 )
 
-// TestHTTP drives the front ends of two replicas: a write through one is
-// read back from it, and both report the same state.
-func TestHTTP(t *testing.T) {
+// startCluster starts an embedded cluster without fsync, closed with the
+// test, and waits until it serves.
+func startCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
 	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	if err := c.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+// TestHTTP drives the front ends of two replicas: a write through one is
+// read back from it, and both report the same state.
+func TestHTTP(t *testing.T) {
+	c := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
 	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
 	if err != nil {
 		t.Fatal(err)
@@ -124,16 +134,9 @@ func TestHTTP(t *testing.T) {
 // every replica) and state-transferred; it must fail before joining. A
 // stray argument ('kv 127.0.0.1:8082' for --listen) was ignored.
 func TestBadCommandLineJoinsNothing(t *testing.T) {
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -174,16 +177,9 @@ func TestBadCommandLineJoinsNothing(t *testing.T) {
 // answered from a map no longer kept up to date, writes failed with 503,
 // and the process never exited. It must stop and say why.
 func TestEvictedReplicaExits(t *testing.T) {
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
