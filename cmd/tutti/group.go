@@ -89,7 +89,8 @@ func newSend(g *globals) *cobra.Command {
 none, each line of standard input, until its end or Ctrl-C) in order, and
 leave. Each message is delivered to every member of the group in the
 group's total order; send returns once all of them are ordered (durable),
-and after leaving.
+and after leaving. Ctrl-C stops the input: the message being sent is still
+sent (within --timeout), the rest is not; a second Ctrl-C kills send.
 
 The member's process id is --id (default send-<hostname>-<pid>); members see
 it in views as ID#N. The group is created if it does not exist.`,
@@ -119,8 +120,16 @@ it in views as ID#N. The group is created if it does not exist.`,
 				for range c.g.Events() {
 				}
 			}()
+			// An interrupt stops the input, not the message being sent:
+			// its Multicast runs to its end (at most --timeout), so a line
+			// is either sent and reported or not sent, never left in
+			// doubt by the interrupt; a second interrupt kills as usual.
+			go func() {
+				<-ctx.Done()
+				stop()
+			}()
 			send := func(m string) error {
-				mctx, cancel := context.WithTimeout(ctx, timeout)
+				mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 				defer cancel()
 				if err := c.g.Multicast(mctx, []byte(m)); err != nil {
 					return fmt.Errorf("multicast: %w", err)
@@ -129,6 +138,9 @@ it in views as ID#N. The group is created if it does not exist.`,
 			}
 			if len(args) > 1 {
 				for _, m := range args[1:] {
+					if ctx.Err() != nil {
+						break // interrupted
+					}
 					if err = send(m); err != nil {
 						break
 					}
