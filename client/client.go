@@ -105,7 +105,7 @@ type Client struct {
 // and memnodes.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if len(cfg.Seeds) == 0 {
-		return nil, errors.New("tutti client: at least one seed address is required")
+		return nil, errors.New("tutti: at least one seed address is required")
 	}
 	if cfg.ID == 0 {
 		var b [8]byte
@@ -190,7 +190,7 @@ func (c *Client) Refresh(ctx context.Context) error {
 	if older {
 		return nil // every answer was older than what the client knows
 	}
-	return fmt.Errorf("tutti client: no seed answered: %w", errors.Join(errs...))
+	return fmt.Errorf("tutti: no seed answered: %w", errors.Join(errs...))
 }
 
 // install makes info the client's layout unless it comes from an older

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -296,7 +297,7 @@ func TestErrorLineIsOneLine(t *testing.T) {
 			"tutti: multicast: memnode unavailable; client closed"},
 		{errors.New("memnode 9: tutti: unknown memnode: the cluster has no memnode 9"),
 			"tutti: memnode 9: unknown memnode: the cluster has no memnode 9"},
-		{errors.New("tutti client: no seed answered: a:1: refused"), "tutti: tutti client: no seed answered: a:1: refused"},
+		{fmt.Errorf("tutti: no seed answered: %w", errors.New("a:1: refused")), "tutti: no seed answered: a:1: refused"},
 	} {
 		if got := errorLine(c.err); got != c.want {
 			t.Errorf("errorLine(%q)\n = %q\nwant %q", c.err, got, c.want)
