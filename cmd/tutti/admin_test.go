@@ -181,17 +181,9 @@ func TestDecideCommand(t *testing.T) {
 // says so.
 func TestMemnodeAddSkipsDownHosts(t *testing.T) {
 	// Memnode 0 on hosts 1-3, host 4 holds nothing.
-	c, err := cluster.Start(cluster.Config{NoSync: true, DataDir: t.TempDir(), Hosts: 4, Spares: 1, Memnodes: 1,
-		DirectoryPoll: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := testClusterWith(t, cluster.Config{Hosts: 4, Spares: 1, Memnodes: 1, DirectoryPoll: 50 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if err := c.WaitDirectory(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
