@@ -111,7 +111,12 @@
 // configured placement with a compare against an all-zero header; exactly
 // one write wins and the others are no-ops, so bootstrap is idempotent.
 // Memnodes smaller than 4 GiB cannot hold the directory; such clusters keep
-// the static placement.
+// the static placement. With the static placement every boot starts the
+// configured replicas the host's log engine neither holds nor has removed
+// (a first boot that crashed between two replicas' starts is finished by
+// the next one); with a directory, only the first boot (an empty log
+// engine) uses the configuration and later ones start what the engine
+// holds, the reconciler the rest.
 //
 // The Cluster RPC answers from the directory, read linearizably (a ReadIndex
 // read at memnode 0's leader, through this host's own Session path or a

@@ -26,6 +26,9 @@ import (
 	"github.com/tutti-gcs/tutti/replication"
 )
 
+// startGroupHook, if set (tests), runs before each replica StartHost starts.
+var startGroupHook func(host, memnode uint64) error
+
 // HostConfig describes one tutti host: its identity, where it listens, the
 // cluster's hosts and memnode placement, and its data directory.
 type HostConfig struct {
@@ -72,6 +75,13 @@ type HostConfig struct {
 }
 
 // Validate reports every problem with the configuration.
+// staticPlacement reports whether the configured placement stays the
+// cluster's for good: no directory (DirectoryPoll < 0, or memnodes too
+// small to hold one), so no reconciler and no online changes.
+func (c *HostConfig) staticPlacement() bool {
+	return c.DirectoryPoll < 0 || c.Memnode.Size < client.DirectoryAddr+client.DirectoryRegion
+}
+
 func (c *HostConfig) Validate() error {
 	var errs []error
 	if c.ID == 0 {
@@ -266,9 +276,26 @@ func StartHost(cfg HostConfig) (*Host, error) {
 		for _, g := range stored {
 			starts = append(starts, start{id: g})
 		}
+		if cfg.staticPlacement() {
+			// Without a directory nothing but this boot starts a
+			// configured replica: one a crash kept the first boot
+			// from starting is bootstrapped now, with the same
+			// configured peers its first start would have had.
+			for _, m := range specs {
+				if slices.Contains(m.Replicas, cfg.ID) && !slices.Contains(stored, m.ID) && !slices.Contains(removed, m.ID) {
+					starts = append(starts, start{m.ID, m.Replicas})
+				}
+			}
+		}
 	}
 	local := map[uint64]bool{}
 	for _, st := range starts {
+		if fn := startGroupHook; fn != nil {
+			if err := fn(cfg.ID, st.id); err != nil {
+				h.Close()
+				return nil, fmt.Errorf("tutti host %d: memnode %d: %w", cfg.ID, st.id, err)
+			}
+		}
 		mn, err := memnode.New(cfg.Memnode)
 		if err != nil {
 			h.Close()
@@ -288,7 +315,7 @@ func StartHost(cfg HostConfig) (*Host, error) {
 	healthpb.RegisterHealthServer(gs, h.health)
 	switch {
 	case cfg.DirectoryPoll < 0:
-	case cfg.Memnode.Size < client.DirectoryAddr+client.DirectoryRegion:
+	case cfg.staticPlacement():
 		log.Warn().Uint64("memnode_size", cfg.Memnode.Size).
 			Msg("memnodes smaller than 4 GiB cannot hold the directory; the placement stays static")
 	default:
