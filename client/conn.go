@@ -29,7 +29,9 @@ type conn struct {
 	hooks  *decisionHooks
 	nextID atomic.Uint64
 
-	mu struct {
+	// cur is mu.stream for session's lock-free fast path.
+	cur atomic.Pointer[session]
+	mu  struct {
 		sync.Mutex
 		stream *session
 		closed bool
@@ -40,8 +42,9 @@ type conn struct {
 type decisionHooks struct {
 	// answered learns the answer to a request that carried decisions for
 	// memnode mn: STATUS_OK means every one of them was applied; any other
-	// status means they may not have been. Called with the session locked:
-	// it must not block nor use the session.
+	// status means they may not have been. Called by the session's receiving
+	// goroutine, or with the session locked when it fails: it must not
+	// block nor use the session.
 	answered func(r *tuttipb.Response, mn uint64, commits, aborts []*tuttipb.Tid)
 	stats    *decisionStats
 }
@@ -86,6 +89,19 @@ type session struct {
 	}
 	timer *time.Timer // the decisionDelay backstop; created on first use
 	done  chan struct{}
+	// broken is set with mu.err: conn.session's fast path reads it
+	// without taking mu, which recvLoop and senders hold often.
+	broken atomic.Bool
+	// answers and fns are recvLoop's, reused between batches.
+	answers []*tuttipb.Response
+	fns     []func(*tuttipb.Response)
+	riders  []answeredRider
+}
+
+// answeredRider is a rider whose request's answer came.
+type answeredRider struct {
+	r  *tuttipb.Response
+	rd rider
 }
 
 type decisionBuf struct{ commits, aborts []*tuttipb.Tid }
@@ -108,6 +124,9 @@ var errNotSent = errors.New("request not sent")
 
 // session returns the live session, opening one if needed.
 func (c *conn) session() (*session, uint64, error) {
+	if s := c.cur.Load(); s != nil && !s.broken.Load() {
+		return s, c.nextID.Add(1), nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.mu.closed {
@@ -133,6 +152,7 @@ func (c *conn) session() (*session, uint64, error) {
 	s.mu.decided = make(map[uint64]*decisionBuf)
 	s.mu.riders = make(map[uint64][]rider)
 	c.mu.stream = s
+	c.cur.Store(s)
 	go s.recvLoop()
 	return s, id, nil
 }
@@ -473,6 +493,7 @@ func (s *session) failLocked(err error, notSent ...*tuttipb.Request) {
 		return
 	}
 	s.mu.err = err
+	s.broken.Store(true)
 	s.answerLocked(notSent, tuttipb.Status_STATUS_UNAVAILABLE, err)
 	s.answerLocked(s.mu.queue, tuttipb.Status_STATUS_UNAVAILABLE, err)
 	s.mu.queue = nil
@@ -521,17 +542,23 @@ func (s *session) recvLoop() {
 			s.mu.Unlock()
 			return
 		}
+		// Answers are taken under the lock and delivered after it, so
+		// that callers starting requests meanwhile do not wait for a
+		// whole batch's callbacks. Each answer is delivered once: it left
+		// pending (or riders) under the lock, so failLocked cannot also
+		// answer it.
 		s.mu.Lock()
 		for _, r := range b.GetResponses() {
 			id := r.GetId()
 			if done, ok := s.mu.pending[id]; ok {
 				delete(s.mu.pending, id)
-				done(r)
+				s.answers = append(s.answers, r)
+				s.fns = append(s.fns, done)
 			}
 			if rs, ok := s.mu.riders[id]; ok {
 				delete(s.mu.riders, id)
 				for _, rd := range rs {
-					s.c.hooks.answered(r, rd.mn, rd.commits, rd.aborts)
+					s.riders = append(s.riders, answeredRider{r, rd})
 				}
 			}
 		}
@@ -541,6 +568,16 @@ func (s *session) recvLoop() {
 			s.flushLocked()
 		}
 		s.mu.Unlock()
+		for i, done := range s.fns {
+			done(s.answers[i])
+		}
+		for _, a := range s.riders {
+			s.c.hooks.answered(a.r, a.rd.mn, a.rd.commits, a.rd.aborts)
+		}
+		clear(s.answers)
+		clear(s.fns)
+		clear(s.riders)
+		s.answers, s.fns, s.riders = s.answers[:0], s.fns[:0], s.riders[:0]
 	}
 }
 
