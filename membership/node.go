@@ -46,7 +46,11 @@ type Node struct {
 	cancel context.CancelFunc
 	leave  chan chan error
 	done   chan struct{}
-	paused atomic.Bool // tests only: the driver does nothing (a long pause)
+	// contact takes gossip addresses from the driver to the contacter
+	// (contactNewerLives); contactDone is closed when it stopped.
+	contact     chan string
+	contactDone chan struct{}
+	paused      atomic.Bool // tests only: the driver does nothing (a long pause)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -56,6 +60,7 @@ type Node struct {
 	rowSeen    map[string]seenRow
 	evictedInc uint64 // incarnation for which Evicted was emitted
 	unsettled  *Plan  // a rejoin whose outcome could not be settled
+	contacted  map[string]contactKey
 
 	mu struct {
 		sync.Mutex
@@ -69,6 +74,13 @@ type Node struct {
 		subs       map[*feed]struct{}
 		closed     bool
 	}
+}
+
+// contactKey names what a contact of a newer life was made for: the row's
+// incarnation and the observation of the older life's death.
+type contactKey struct {
+	inc   uint64
+	since time.Time
 }
 
 type seenRow struct {
@@ -85,7 +97,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("membership: config: %w", err)
 	}
 	log := cfg.Logger.With().Str("component", "membership").Str("process", cfg.ID).Logger()
-	n := &Node{cfg: cfg, log: log, leave: make(chan chan error), done: make(chan struct{}), rowSeen: map[string]seenRow{}}
+	n := &Node{cfg: cfg, log: log, leave: make(chan chan error), done: make(chan struct{}), rowSeen: map[string]seenRow{},
+		contact: make(chan string), contactDone: make(chan struct{}), contacted: map[string]contactKey{}}
 	n.mu.subs = map[*feed]struct{}{}
 	n.del = &gossipDelegate{self: cfg.ID, now: cfg.Now, poke: make(chan struct{}, 1)}
 	n.del.mu.view = map[string]Observation{}
@@ -150,6 +163,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	go n.run()
+	go n.contacter()
 	return n, nil
 }
 
@@ -314,6 +328,7 @@ func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.cancel()
 		<-n.done
+		<-n.contactDone
 		n.closeErr = n.ml.Shutdown()
 		n.mu.Lock()
 		n.mu.closed = true
@@ -389,6 +404,7 @@ func (n *Node) step() time.Time {
 		now := n.cfg.Now()
 		in := n.input(now)
 		n.noticeEviction(in)
+		n.contactNewerLives(in)
 		d := Decide(in)
 		switch d.Action {
 		case ActNone:
@@ -451,6 +467,63 @@ func (n *Node) adoptUnsettled() {
 	}
 	if t.MaxIncarnation >= p.New.Incarnation {
 		n.unsettled = nil
+	}
+}
+
+// contactNewerLives reaches, through gossip, a process whose live row is
+// newer than the life the local memberlist saw die: a process restarted
+// under the same id before memberlist noticed the crash. If it restarted on
+// another gossip port, memberlist refused its join (the old life, still
+// alive, held the name at the old address) and, once it declared the old
+// life dead, had no reason to hear of the new one again before the next
+// push-pull (up to 15 s): the new life looked absent and was declared dead
+// after AbsentTimeout, a false removal. Joining the address the table gives
+// does a push-pull with it, which memberlist now accepts (the old life is
+// dead; DeadNodeReclaimTime), so the process shows alive well within
+// AbsentTimeout. One attempt per (id, incarnation, observation); the
+// contacter runs it off the driver, and when it is busy the next step tries
+// again.
+func (n *Node) contactNewerLives(in Input) {
+	for id := range n.contacted {
+		if r, ok := in.Table.Lookup(id); !ok || !r.State.Live() {
+			delete(n.contacted, id)
+		}
+	}
+	for _, r := range in.Table.Rows {
+		if r.ID == in.Self.ID || !r.State.Live() || r.GossipAddr == "" {
+			continue
+		}
+		o, ok := in.View[r.ID]
+		if !ok || o.Seen == SeenAlive || o.Incarnation >= r.Incarnation {
+			continue
+		}
+		k := contactKey{r.Incarnation, o.Since}
+		if n.contacted[r.ID] == k {
+			continue
+		}
+		select {
+		case n.contact <- r.GossipAddr:
+			n.contacted[r.ID] = k
+			n.log.Debug().Str("target", r.ID).Uint64("target_incarnation", r.Incarnation).Str("gossip", r.GossipAddr).
+				Msg("gossip saw an older life of this process die: contacting the newer one")
+		default:
+		}
+	}
+}
+
+// contacter joins the gossip addresses contactNewerLives hands it, one at a
+// time, until the node closes.
+func (n *Node) contacter() {
+	defer close(n.contactDone)
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case addr := <-n.contact:
+			if _, err := n.ml.Join([]string{addr}); err != nil && n.ctx.Err() == nil {
+				n.log.Debug().Err(err).Str("gossip", addr).Msg("contacting a newer life of a process")
+			}
+		}
 	}
 }
 

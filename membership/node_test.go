@@ -660,3 +660,48 @@ func TestClientClosedUnderANodeStopsIt(t *testing.T) {
 		t.Fatalf("%d error lines saying the client was closed (want 1), %d warnings about the table (want 0):\n%s", errs, warns, logs.String())
 	}
 }
+
+// TestQuickRestartOnANewPortIsNotEvicted: a process that crashed and was
+// restarted under the same id on another gossip port before the others
+// noticed the crash. Their memberlist still held the old life alive and
+// refused the new one ("Conflicting address"); once it declared the old
+// life dead it did not hear of the new one again before its next push-pull
+// (up to 15 s), so the new life, alive and registered, looked absent and
+// was declared dead after AbsentTimeout (a false removal, then a rejoin
+// under yet another incarnation). The others now contact the gossip
+// address the table gives for the newer life once memberlist shows only an
+// older one dead.
+func TestQuickRestartOnANewPortIsNotEvicted(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	b := e.start(e.config("b", a))
+	c := e.start(e.config("c", a))
+	c.Close()                          // a crash
+	c2 := e.start(e.config("c", a, b)) // restarted at once, on a new port
+	rc, stop := record(c2)
+	defer stop()
+	inc := c2.Incarnation()
+	if inc != 4 {
+		t.Fatalf("restarted c has incarnation %d, want 4", inc)
+	}
+	ok := func() bool {
+		if rc.has(func(ch Change) bool { return ch.Kind == Evicted }) {
+			t.Fatalf("the restarted c (alive) was declared dead: row %v, a's view of c %+v", row(t, a, "c"), a.del.view()["c"])
+		}
+		for _, n := range []*Node{a, b} {
+			if o := n.del.view()["c"]; o.Seen != SeenAlive || o.Incarnation != inc {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(t, 10*time.Second, "a and b seeing the restarted c alive in gossip", ok)
+	// Past AbsentTimeout it is still alive under the same incarnation.
+	until := time.Now().Add(testTiming.AbsentTimeout + time.Second)
+	waitFor(t, 2*testTiming.AbsentTimeout+5*time.Second, "AbsentTimeout to pass with c alive", func() bool {
+		if r := row(t, a, "c"); r.State != StateAlive || r.Incarnation != inc {
+			t.Fatalf("c's row %v, want alive under incarnation %d", r, inc)
+		}
+		return ok() && time.Now().After(until)
+	})
+}
