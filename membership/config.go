@@ -63,6 +63,9 @@ type Config struct {
 	// afterResolveRead, tests only: called after each settling read of a
 	// plan whose outcome was unknown returned, before it is decided.
 	afterResolveRead func()
+	// beforeGossipLeave, tests only: called by Leave after the table
+	// change, before it leaves gossip.
+	beforeGossipLeave func()
 	// resolveFault, tests only: runs in place of each settling read; do
 	// runs the real one.
 	resolveFault func(do func() (*client.Result, error)) (*client.Result, error)

@@ -55,6 +55,12 @@ type Node struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	// gossipMu orders memberlist's Leave and Shutdown, which Leave, Close
+	// and the driver's stops run from different goroutines: memberlist
+	// panics on a Leave after Shutdown. gossipDown: Shutdown ran.
+	gossipMu   sync.Mutex
+	gossipDown bool
+
 	// Driver-owned (only the driver goroutine, or Start before it runs).
 	w          *Watcher
 	rowSeen    map[string]seenRow
@@ -309,17 +315,33 @@ func (n *Node) Leave(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	// A node stopped as superseded or for a closed client has shut its
-	// gossip down already; memberlist panics on a Leave after Shutdown.
-	n.mu.Lock()
-	stopped := n.mu.superseded || n.mu.clientGone
-	n.mu.Unlock()
-	if !stopped {
-		if lerr := n.ml.Leave(n.cfg.Timing.LeaveTimeout); lerr != nil {
-			n.log.Debug().Err(lerr).Msg("gossip leave broadcast")
-		}
+	if n.cfg.beforeGossipLeave != nil {
+		n.cfg.beforeGossipLeave()
 	}
+	// Gossip may be down already: the node stopped as superseded or for a
+	// closed client, or a concurrent Close shut it.
+	n.leaveGossip()
 	return errors.Join(err, n.Close())
+}
+
+// leaveGossip broadcasts this process's leave, unless gossip was shut down.
+func (n *Node) leaveGossip() {
+	n.gossipMu.Lock()
+	defer n.gossipMu.Unlock()
+	if n.gossipDown {
+		return
+	}
+	if err := n.ml.Leave(n.cfg.Timing.LeaveTimeout); err != nil {
+		n.log.Debug().Err(err).Msg("gossip leave broadcast")
+	}
+}
+
+// shutdownGossip stops memberlist (idempotent).
+func (n *Node) shutdownGossip() error {
+	n.gossipMu.Lock()
+	defer n.gossipMu.Unlock()
+	n.gossipDown = true
+	return n.ml.Shutdown()
 }
 
 // Close stops the node without leaving: to the others it looks like a
@@ -329,7 +351,7 @@ func (n *Node) Close() error {
 		n.cancel()
 		<-n.done
 		<-n.contactDone
-		n.closeErr = n.ml.Shutdown()
+		n.closeErr = n.shutdownGossip()
 		n.mu.Lock()
 		n.mu.closed = true
 		subs := n.mu.subs
@@ -553,7 +575,7 @@ func (n *Node) supersede() {
 	r, _ := t.Lookup(self.ID)
 	n.log.Error().Uint64("incarnation", self.Incarnation).Uint64("newer", r.Incarnation).
 		Msg("a newer incarnation of this process id registered; stopping")
-	_ = n.ml.Shutdown()
+	_ = n.shutdownGossip()
 	n.emit(Change{Version: t.Version, Kind: Superseded, Row: r})
 }
 
@@ -570,10 +592,8 @@ func (n *Node) stopClientGone(err error) {
 	n.mu.clientGone = true
 	n.mu.Unlock()
 	n.log.Error().Err(err).Msg("the client under this membership node was closed: it can no longer read or change the process table; leaving gossip so that the other processes declare this one dead")
-	if lerr := n.ml.Leave(n.cfg.Timing.LeaveTimeout); lerr != nil {
-		n.log.Debug().Err(lerr).Msg("gossip leave broadcast")
-	}
-	_ = n.ml.Shutdown()
+	n.leaveGossip()
+	_ = n.shutdownGossip()
 }
 
 func (n *Node) doLeave() error {

@@ -705,3 +705,32 @@ func TestQuickRestartOnANewPortIsNotEvicted(t *testing.T) {
 		return ok() && time.Now().After(until)
 	})
 }
+
+// TestLeaveRacingCloseDoesNotPanic: Close, from another goroutine, shuts
+// gossip down between Leave's table change and its gossip leave (a server
+// told to stop twice, or Leave's caller and a deferred Close). memberlist
+// panics on a Leave after Shutdown ("leave after shutdown"), and Leave
+// called it after checking only the node's own stops (superseded, client
+// closed). The same happened when the driver stopped the node as
+// superseded or for a closed client in that window.
+func TestLeaveRacingCloseDoesNotPanic(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	cfg := e.config("b", a)
+	var b *Node
+	cfg.beforeGossipLeave = func() { b.Close() }
+	b = e.start(cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	defer func() {
+		if r := recover(); r != nil {
+			t.Fatalf("Leave racing Close panicked: %v", r)
+		}
+	}()
+	if err := b.Leave(ctx); err != nil {
+		t.Fatalf("Leave: %v", err)
+	}
+	if r := row(t, a, "b"); r.State != StateLeft {
+		t.Fatalf("b's row %v, want left", r)
+	}
+}
