@@ -149,7 +149,8 @@
 //     home memnode that compares (view, tail, msgs), writes view+1, the
 //     member slots and the view record. A member removed while alive
 //     delivers *Evicted. Removals of processes the Membership table
-//     confirms Died/Left (or replaced by a newer incarnation) are proposed
+//     confirms Died/Left (or replaced by a newer incarnation, or whose row
+//     another process took: membership.Table.Ended) are proposed
 //     by the oldest live member at once and by the member at live rank
 //     position p after p×TakeoverTimeout; the compare makes concurrent
 //     attempts safe. Without Membership, Group.Remove is the administrator's

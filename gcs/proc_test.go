@@ -49,6 +49,8 @@ type procEnv struct {
 	// defaultTimings uses membership's defaults instead of procGossip and
 	// procTiming (the benchmark measures what users get).
 	defaultTimings bool
+	// table places the process table (zero: membership.DefaultTable).
+	table membership.TableConfig
 
 	mu      sync.Mutex
 	procs   map[string]*proc // running processes by id
@@ -125,7 +127,7 @@ func (e *procEnv) startProc(id string) (*proc, error) {
 		return nil, err
 	}
 	mcfg := membership.Config{ID: id, Client: cl, Bind: "127.0.0.1:0", Seeds: e.gossipSeeds(),
-		Logger: e.mlog.With().Str("mn", id).Logger(), Gossip: procGossip, Timing: procTiming}
+		Logger: e.mlog.With().Str("mn", id).Logger(), Gossip: procGossip, Timing: procTiming, Table: e.table}
 	if e.defaultTimings {
 		mcfg.Gossip, mcfg.Timing = membership.GossipTiming{}, membership.Timing{}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tutti-gcs/tutti/gcs"
 	"github.com/tutti-gcs/tutti/internal/vscheck"
+	"github.com/tutti-gcs/tutti/membership"
 )
 
 func (e *procEnv) check(t *testing.T) {
@@ -520,4 +521,57 @@ func TestJoinRefusedWhenItsRemovalCouldNotFit(t *testing.T) {
 	sendAll(t, []*member{a, b}, 3, 50)
 	waitUntil(t, 20*time.Second, "delivered", func() bool { return a.delivered() == 6 && b.delivered() == 6 })
 	e.leaveAll([]*member{a, b})
+}
+
+// TestMemberOfAReclaimedRowIsRemoved: a member's process crashed and was
+// declared dead, and a new process took its row (the table was full, so
+// registration reused the longest-dead row) before any member removed it.
+// The dead member's id was then nowhere in the process table, and
+// confirmedDead, which looked the id up, never called it dead: it stayed
+// in the view for good (holding back trimming, and joiners waited for its
+// state). The table's maximum incarnation says the member's life was
+// registered, so a missing row means it ended.
+func TestMemberOfAReclaimedRowIsRemoved(t *testing.T) {
+	t.Parallel() // mostly waiting for gossip
+	e := newProcEnv(t, false)
+	e.gcfg = gcs.Config{GCInterval: 20 * time.Millisecond, TakeoverTimeout: 300 * time.Millisecond}
+	e.table = membership.DefaultTable
+	e.table.MaxRows = 3
+	var w *proc
+	for _, id := range []string{"w1", "w2"} { // observers, in no group
+		p, err := e.startProc(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w = p
+	}
+	px, err := e.startProc("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := e.join(px, "g", &gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.crash(px)
+	if !pollFor(15*time.Second, func() bool {
+		r, _ := w.mn.Known().Lookup("x")
+		return r.State == membership.StateDead
+	}) {
+		t.Fatalf("x not declared dead: %v", w.mn.Known().Rows)
+	}
+	py, err := e.startProc("y") // the table is full: y takes x's row
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := py.mn.Known().Lookup("x"); ok {
+		t.Fatalf("x's row %v was not reused", r)
+	}
+	y, err := e.join(py, "g", &gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pollFor(10*time.Second, func() bool { return y.viewWithout(0, x.name) >= 0 }) {
+		t.Fatalf("the dead %s was never removed: y's view %v", x.name, y.lastView().Members)
+	}
 }

@@ -343,8 +343,10 @@ var (
 )
 
 // confirmedDead returns the members whose process the process table
-// declares gone: its row is dead or left at the member's incarnation, or
-// a newer incarnation replaced it. Without Membership, none.
+// declares gone (membership.Table.Ended): its row is dead or left at the
+// member's incarnation, a newer incarnation replaced it, or the row was
+// reused by another process (only a dead or left row is). Without
+// Membership, none.
 func (n *Node) confirmedDead(active []member) []member {
 	if n.cfg.Membership == nil {
 		return nil
@@ -356,8 +358,7 @@ func (n *Node) confirmedDead(active []member) []member {
 			continue
 		}
 		id, _, _ := strings.Cut(m.name, "#")
-		row, ok := t.Lookup(id)
-		if ok && (row.Incarnation > m.inc || (row.Incarnation == m.inc && !row.State.Live())) {
+		if t.Ended(id, m.inc) {
 			out = append(out, m)
 		}
 	}

@@ -268,3 +268,29 @@ func TestLogBridgeLevels(t *testing.T) {
 		}
 	}
 }
+
+// TestTableEnded: a life is over when its row is dead or left, replaced by
+// a newer incarnation, or gone (its slot reused, which the table's maximum
+// incarnation tells from a snapshot older than the life).
+func TestTableEnded(t *testing.T) {
+	dead := alive(1, "b", 2)
+	dead.State = StateDead
+	tb := table(5, alive(0, "a", 1), dead, alive(2, "c", 4), alive(3, "d", 5))
+	for _, c := range []struct {
+		id   string
+		inc  uint64
+		want bool
+	}{
+		{"a", 1, false}, // alive
+		{"b", 2, true},  // dead
+		{"c", 3, true},  // replaced by incarnation 4
+		{"c", 4, false},
+		{"x", 3, true},  // registered (3 <= max 5), row since reused
+		{"x", 6, false}, // registered after this snapshot
+		{"x", 0, false}, // no incarnation: nothing known
+	} {
+		if got := tb.Ended(c.id, c.inc); got != c.want {
+			t.Errorf("Ended(%s, %d) = %v, want %v", c.id, c.inc, got, c.want)
+		}
+	}
+}

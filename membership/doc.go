@@ -81,7 +81,9 @@
 //
 //  1. Start: join gossip through the seeds (ErrJoin if none accepts, with a
 //     hint about keys), then register: row = (id, max+1, alive). The row of
-//     the same id is reused, else an empty slot, else the longest-dead row.
+//     the same id is reused, else an empty slot, else the longest-dead row
+//     (the life whose row is taken over is over: Table.Ended, which gcs
+//     uses to remove group members, says so from the maximum incarnation).
 //  2. Failure: memberlist's NotifyLeave for a process whose incarnation
 //     (from its metadata) is >= the row's marks it gone. The lowest-ranked
 //     live process (rank = incarnation order: the oldest first) writes Dead

@@ -166,6 +166,21 @@ func (t Table) Lookup(id string) (Row, bool) {
 	return Row{}, false
 }
 
+// Ended reports whether t shows the life (id, inc) of a process over: its
+// row is dead or left under that incarnation, a newer incarnation replaced
+// it, or the row is gone. A row disappears only when registration reuses
+// the slot of a dead or left process (the table was full), so a life t
+// knows of (inc <= MaxIncarnation: incarnations are handed out in order)
+// without a row ended. A life t does not know yet (an older snapshot than
+// its registration) has not.
+func (t Table) Ended(id string, inc uint64) bool {
+	r, ok := t.Lookup(id)
+	if !ok {
+		return inc != 0 && inc <= t.MaxIncarnation
+	}
+	return r.Incarnation > inc || (r.Incarnation == inc && !r.State.Live())
+}
+
 // Live returns the rows of live processes in rank order: lowest incarnation
 // first (the oldest member), ties (impossible in a well-formed table) by id.
 func (t Table) Live() []Row {
