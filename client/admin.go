@@ -240,6 +240,46 @@ func (c *Client) MoveReplica(ctx context.Context, memnode, from, to uint64) erro
 	return err
 }
 
+// DrainHost marks host drained (Directory.DrainHost): no new replica is
+// placed on it, by default or by name; the replicas it holds stay until
+// they are moved (Directory.MoveTarget picks where). It returns the
+// directory as written.
+func (c *Client) DrainHost(ctx context.Context, host uint64) (*Directory, error) {
+	return c.UpdateDirectory(ctx, func(d *Directory) error { return d.DrainHost(host) })
+}
+
+// UndrainHost puts a drained host back in service (Directory.UndrainHost).
+func (c *Client) UndrainHost(ctx context.Context, host uint64) (*Directory, error) {
+	return c.UpdateDirectory(ctx, func(d *Directory) error { return d.UndrainHost(host) })
+}
+
+// RemoveHost takes a drained host that holds no replica out of the
+// directory (Directory.RemoveHost). It is refused (ErrDirectoryChange)
+// while the host still answers at its address with its id: a running
+// host that is not in the directory registers itself again once it
+// restarts, and a running one that was removed stays outside the cluster
+// (see memnode/service, "Taking a host out of service"); stop its process
+// first.
+func (c *Client) RemoveHost(ctx context.Context, host uint64) (*Directory, error) {
+	d, err := c.Directory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The directory's own refusals first: they say what is left to do.
+	if err := d.Clone().RemoveHost(host); err != nil {
+		return nil, err
+	}
+	if h := d.Host(host); h != nil {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		info, err := c.HostReplicas(cctx, h.Addr)
+		cancel()
+		if err == nil && info.GetHost() == host {
+			return nil, refuse("host %d still answers at %s: stop its process before removing it", host, h.Addr)
+		}
+	}
+	return c.UpdateDirectory(ctx, func(d *Directory) error { return d.RemoveHost(host) })
+}
+
 // HostReplicas asks one host for the Raft state of its replicas.
 func (c *Client) HostReplicas(ctx context.Context, addr string) (*tuttipb.ReplicasInfo, error) {
 	cn, err := c.conn(addr)

@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"slices"
 	"sort"
+	"strings"
 )
 
 // The directory: memnode 0 holds the cluster's layout (hosts, memnodes and
@@ -20,13 +21,25 @@ import (
 // Layout of the region (little-endian):
 //
 //	 0  magic "TUTD"
-//	 4  format (uint16, 1)   6  reserved (2 bytes)
+//	 4  format (uint16, 1 or 2)   6  reserved (2 bytes)
 //	 8  version (uint64, > 0, +1 per change)
 //	16  body length (uint32)   20  CRC-32C of the body
 //	24  CRC-32C of bytes 0..23   28  reserved (4 zero bytes)
 //	32  body (see appendBody)
 //
 // An all-zero header means "no directory yet".
+//
+// Formats. Format 1 is the body appendBody describes without host flags;
+// format 2 adds one flags uvarint after each host's address (bit 0:
+// drained; other bits are refused, so that a build that does not know a
+// future flag cannot drop it by rewriting the directory). This build
+// decodes both, and writes format 1 whenever no host has a flag set: the
+// bytes are then exactly what older builds write, so a cluster keeps
+// working through a rolling upgrade until an operator drains a host. The
+// format number, not an optional trailing field, tells the two apart: an
+// older build that meets a directory with a drained host then reports
+// "unknown format 2 (this build knows 1)" and changes nothing, where a
+// trailing field would read to it as a corrupt body ("trailing bytes").
 const (
 	// DirectoryMemnodeID is the memnode that holds the directory.
 	DirectoryMemnodeID uint64 = 0
@@ -40,8 +53,10 @@ const (
 	// compares.
 	DirectoryHeaderLen = 32
 
-	dirMagic  = "TUTD"
-	dirFormat = 1
+	dirMagic = "TUTD"
+	// dirFormat1: no host flags. dirFormat: host flags (see Formats).
+	dirFormat1 = 1
+	dirFormat  = 2
 	// dirFirstRead is how much one read fetches first; larger directories
 	// take a second read.
 	dirFirstRead = 4096
@@ -60,8 +75,10 @@ var ErrBadDirectory = errors.New("tutti: corrupt directory")
 var ErrDirectoryChange = errors.New("tutti: directory change refused")
 
 // ErrTooFewHosts: a new memnode placed by default (no hosts given) needs
-// more answering hosts than the cluster has. Nothing changed.
-var ErrTooFewHosts = errors.New("tutti: too few answering hosts for a new memnode")
+// more answering hosts in service (not drained) than the cluster has, or a
+// replica to move off a drained host has no such host to go to
+// (MoveTarget). Nothing changed.
+var ErrTooFewHosts = errors.New("tutti: too few answering hosts in service")
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -88,7 +105,15 @@ type DirectoryConfig struct {
 type DirectoryHost struct {
 	ID   uint64 `json:"id"`
 	Addr string `json:"addr"`
+	// Drained: the host is being taken out of service (DrainHost). No new
+	// replica goes on it, by default placement or by name; the replicas it
+	// holds stay until moved; RemoveHost takes it out of the directory once
+	// it holds none.
+	Drained bool `json:"drained"`
 }
+
+// hostDrained is bit 0 of a host's flags in format 2.
+const hostDrained = 1
 
 // DirectoryMemnode places one memnode.
 type DirectoryMemnode struct {
@@ -169,6 +194,11 @@ func (d *Directory) Validate() error {
 			}
 			reps[r] = true
 		}
+		for _, r := range m.Bootstrap {
+			if !hosts[r] {
+				errs = append(errs, fmt.Errorf("memnode %d: bootstrap host %d is not in the host list", m.ID, r))
+			}
+		}
 	}
 	if !seen[DirectoryMemnodeID] && len(d.Memnodes) > 0 {
 		errs = append(errs, errors.New("memnode 0 (the directory) is missing"))
@@ -186,12 +216,23 @@ func EncodeDirectory(d *Directory) []byte {
 	body := appendBody(nil, d)
 	out := make([]byte, DirectoryHeaderLen, DirectoryHeaderLen+len(body))
 	copy(out, dirMagic)
-	binary.LittleEndian.PutUint16(out[4:], dirFormat)
+	binary.LittleEndian.PutUint16(out[4:], directoryFormat(d))
 	binary.LittleEndian.PutUint64(out[8:], d.Version)
 	binary.LittleEndian.PutUint32(out[16:], uint32(len(body)))
 	binary.LittleEndian.PutUint32(out[20:], crc32.Checksum(body, castagnoli))
 	binary.LittleEndian.PutUint32(out[24:], crc32.Checksum(out[:24], castagnoli))
 	return append(out, body...)
+}
+
+// directoryFormat is the format d is written in: format 1 unless a host
+// has a flag (see Formats).
+func directoryFormat(d *Directory) uint16 {
+	for _, h := range d.Hosts {
+		if h.Drained {
+			return dirFormat
+		}
+	}
+	return dirFormat1
 }
 
 // DirectoryBodyLen checks a header and returns the length of the body that
@@ -213,8 +254,8 @@ func DirectoryBodyLen(header []byte) (int, error) {
 	if binary.LittleEndian.Uint32(h[28:]) != 0 {
 		return 0, fmt.Errorf("%w: reserved header bytes are not zero", ErrBadDirectory)
 	}
-	if f := binary.LittleEndian.Uint16(h[4:]); f != dirFormat {
-		return 0, fmt.Errorf("%w: unknown format %d (this build knows %d)", ErrBadDirectory, f, dirFormat)
+	if f := binary.LittleEndian.Uint16(h[4:]); f != dirFormat1 && f != dirFormat {
+		return 0, fmt.Errorf("%w: unknown format %d (this build knows %d to %d)", ErrBadDirectory, f, dirFormat1, dirFormat)
 	}
 	n := binary.LittleEndian.Uint32(h[16:])
 	if n > DirectoryRegion-DirectoryHeaderLen {
@@ -246,16 +287,18 @@ func DecodeDirectory(b []byte) (*Directory, error) {
 		return nil, fmt.Errorf("%w: body checksum mismatch", ErrBadDirectory)
 	}
 	d := &Directory{Version: binary.LittleEndian.Uint64(b[8:])}
-	if err := decodeBody(body, d); err != nil {
+	if err := decodeBody(body, binary.LittleEndian.Uint16(b[4:]), d); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadDirectory, err)
 	}
 	return d, nil
 }
 
 // appendBody: config (size, max item bytes, max items, replicas), then the
-// hosts (count; id, address length, address), then the memnodes (count; id,
-// replica count, replicas, bootstrap count, bootstrap hosts); all uvarints.
+// hosts (count; id, address length, address, and in format 2 flags), then
+// the memnodes (count; id, replica count, replicas, bootstrap count,
+// bootstrap hosts); all uvarints.
 func appendBody(b []byte, d *Directory) []byte {
+	format := directoryFormat(d)
 	u := binary.AppendUvarint
 	b = u(b, d.Config.Size)
 	b = u(b, uint64(d.Config.MaxItemBytes))
@@ -266,6 +309,13 @@ func appendBody(b []byte, d *Directory) []byte {
 		b = u(b, h.ID)
 		b = u(b, uint64(len(h.Addr)))
 		b = append(b, h.Addr...)
+		if format >= dirFormat {
+			var flags uint64
+			if h.Drained {
+				flags |= hostDrained
+			}
+			b = u(b, flags)
+		}
 	}
 	b = u(b, uint64(len(d.Memnodes)))
 	for _, m := range d.Memnodes {
@@ -282,7 +332,7 @@ func appendBody(b []byte, d *Directory) []byte {
 	return b
 }
 
-func decodeBody(b []byte, d *Directory) error {
+func decodeBody(b []byte, format uint16, d *Directory) error {
 	var err error
 	next := func() uint64 {
 		if err != nil {
@@ -316,6 +366,13 @@ func decodeBody(b []byte, d *Directory) error {
 		}
 		h.Addr = string(b[:n])
 		b = b[n:]
+		if format >= dirFormat {
+			flags := next()
+			if flags&^hostDrained != 0 && err == nil {
+				return fmt.Errorf("host %d: unknown flags %#x", h.ID, flags)
+			}
+			h.Drained = flags&hostDrained != 0
+		}
 		d.Hosts = append(d.Hosts, h)
 	}
 	for range count() {
@@ -371,6 +428,18 @@ func (d *Directory) needHost(h uint64) error {
 	return nil
 }
 
+// needUndrained refuses host h as the place of a new replica: unknown, or
+// drained.
+func (d *Directory) needUndrained(h uint64) error {
+	if err := d.needHost(h); err != nil {
+		return err
+	}
+	if d.Host(h).Drained {
+		return refuse("host %d is drained (being taken out of service): no replica may be added to it; undrain it first or pick another host", h)
+	}
+	return nil
+}
+
 func (d *Directory) needMemnode(mn uint64) (*DirectoryMemnode, error) {
 	m := d.Memnode(mn)
 	if m == nil {
@@ -395,11 +464,14 @@ func (d *Directory) Load() map[uint64]int {
 
 // PlaceMemnode picks the hosts for a new memnode placed by default: the
 // Config.Replicas (3 if unset, at most the number of hosts) least-loaded
-// hosts among those up says answer (ties to the lower id); nil up counts
-// every host. A host that does not answer (stopped, decommissioned) holds
-// no replica and so looks least loaded: picked, it would leave the new
-// group without a quorum. Fewer answering hosts than replicas is
-// ErrTooFewHosts.
+// hosts among those up says answer and that are not drained (ties to the
+// lower id); nil up counts every host. A host that does not answer
+// (stopped, decommissioned) or that an operator emptied holds no replica
+// and so looks least loaded: picked, the first would leave the new group
+// without a quorum, the second would undo the drain. Fewer such hosts than
+// replicas is ErrTooFewHosts (drained hosts still count in "at most the
+// number of hosts": draining one of three hosts does not quietly place
+// memnodes on two).
 func (d *Directory) PlaceMemnode(up map[uint64]bool) ([]uint64, error) {
 	n := int(d.Config.Replicas)
 	if n <= 0 {
@@ -407,17 +479,20 @@ func (d *Directory) PlaceMemnode(up map[uint64]bool) ([]uint64, error) {
 	}
 	n = min(n, len(d.Hosts))
 	load := d.Load()
-	var ids, down []uint64
+	var ids, down, drained []uint64
 	for _, h := range d.Hosts {
-		if up == nil || up[h.ID] {
+		switch {
+		case h.Drained:
+			drained = append(drained, h.ID)
+		case up == nil || up[h.ID]:
 			ids = append(ids, h.ID)
-		} else {
+		default:
 			down = append(down, h.ID)
 		}
 	}
 	if len(ids) < n || n == 0 {
-		return nil, fmt.Errorf("%w: %d replicas wanted, %d of %d hosts answer %v (not answering: %v); nothing changed (name the hosts to place it anyway)",
-			ErrTooFewHosts, n, len(ids), len(d.Hosts), ids, down)
+		return nil, fmt.Errorf("%w: %d replicas wanted, %d of %d hosts answer and are not drained %v (not answering: %v, drained: %v); nothing changed (name the hosts to place it anyway)",
+			ErrTooFewHosts, n, len(ids), len(d.Hosts), ids, down, drained)
 	}
 	sort.SliceStable(ids, func(i, j int) bool {
 		if load[ids[i]] != load[ids[j]] {
@@ -430,8 +505,8 @@ func (d *Directory) PlaceMemnode(up map[uint64]bool) ([]uint64, error) {
 
 // AddMemnode adds a memnode with the next free id, on replicas or, if
 // replicas is empty, on the hosts PlaceMemnode(nil) picks (every host
-// counted as answering: Client.AddMemnode checks which do). It returns the
-// new memnode's id.
+// counted as answering: Client.AddMemnode checks which do). Drained hosts
+// are refused. It returns the new memnode's id.
 func (d *Directory) AddMemnode(replicas []uint64) (uint64, error) {
 	if len(replicas) == 0 {
 		var err error
@@ -444,7 +519,7 @@ func (d *Directory) AddMemnode(replicas []uint64) (uint64, error) {
 	}
 	seen := map[uint64]bool{}
 	for _, r := range replicas {
-		if err := d.needHost(r); err != nil {
+		if err := d.needUndrained(r); err != nil {
 			return 0, err
 		}
 		if seen[r] {
@@ -462,13 +537,14 @@ func (d *Directory) AddMemnode(replicas []uint64) (uint64, error) {
 	return id, nil
 }
 
-// AddReplica places a new replica of memnode mn on host.
+// AddReplica places a new replica of memnode mn on host, which must not be
+// drained.
 func (d *Directory) AddReplica(mn, host uint64) error {
 	m, err := d.needMemnode(mn)
 	if err != nil {
 		return err
 	}
-	if err := d.needHost(host); err != nil {
+	if err := d.needUndrained(host); err != nil {
 		return err
 	}
 	if slices.Contains(m.Replicas, host) {
@@ -500,8 +576,9 @@ func (d *Directory) RemoveReplica(mn, host uint64) error {
 	return nil
 }
 
-// MoveReplica moves memnode mn's replica from one host to another. The
-// hosts add the new replica (it catches up) before they remove the old one.
+// MoveReplica moves memnode mn's replica from one host to another, which
+// must not be drained. The hosts add the new replica (it catches up) before
+// they remove the old one.
 func (d *Directory) MoveReplica(mn, from, to uint64) error {
 	m, err := d.needMemnode(mn)
 	if err != nil {
@@ -525,4 +602,100 @@ func (d *Directory) MoveReplica(mn, from, to uint64) error {
 		return err
 	}
 	return d.RemoveReplica(mn, from)
+}
+
+// HostMemnodes lists the memnodes with a replica on host, in id order.
+func (d *Directory) HostMemnodes(host uint64) []uint64 {
+	var out []uint64
+	for _, m := range d.Memnodes {
+		if slices.Contains(m.Replicas, host) {
+			out = append(out, m.ID)
+		}
+	}
+	return out
+}
+
+// MoveTarget picks where memnode mn's replica on host from goes when from
+// is drained: the least-loaded host (ties to the lower id) that up says
+// answers (nil up counts every host), is not drained and holds no replica
+// of mn yet. None is ErrTooFewHosts.
+func (d *Directory) MoveTarget(mn, from uint64, up map[uint64]bool) (uint64, error) {
+	m, err := d.needMemnode(mn)
+	if err != nil {
+		return 0, err
+	}
+	if !slices.Contains(m.Replicas, from) {
+		return 0, refuse("memnode %d has no replica on host %d (replicas: %v)", mn, from, m.Replicas)
+	}
+	load := d.Load()
+	var best uint64
+	found := false
+	var down, drained []uint64
+	for _, h := range d.Hosts {
+		switch {
+		case slices.Contains(m.Replicas, h.ID):
+		case h.Drained:
+			drained = append(drained, h.ID)
+		case up != nil && !up[h.ID]:
+			down = append(down, h.ID)
+		case !found || load[h.ID] < load[best] || load[h.ID] == load[best] && h.ID < best:
+			best, found = h.ID, true
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("%w: no host to move memnode %d's replica on host %d to: its replicas are on %v, drained: %v, not answering: %v; nothing changed",
+			ErrTooFewHosts, mn, from, m.Replicas, drained, down)
+	}
+	return best, nil
+}
+
+// DrainHost marks host drained: no new replica goes on it (PlaceMemnode,
+// AddMemnode, AddReplica and MoveReplica refuse it). Its replicas stay
+// until moved (MoveTarget says where). Draining a drained host changes
+// nothing.
+func (d *Directory) DrainHost(host uint64) error {
+	if err := d.needHost(host); err != nil {
+		return err
+	}
+	d.Host(host).Drained = true
+	return nil
+}
+
+// UndrainHost puts a drained host back in service. Undraining a host that
+// is not drained changes nothing.
+func (d *Directory) UndrainHost(host uint64) error {
+	if err := d.needHost(host); err != nil {
+		return err
+	}
+	d.Host(host).Drained = false
+	return nil
+}
+
+// RemoveHost takes host out of the directory. Only a drained host that
+// holds no replica, and is not an initial voter of a memnode still being
+// created (Bootstrap), can go; the refusal names what is left. The host's
+// process must be stopped (Client.RemoveHost checks it does not answer):
+// a running host registers itself in the directory when it is absent (see
+// memnode/service, "Taking a host out of service").
+func (d *Directory) RemoveHost(host uint64) error {
+	if err := d.needHost(host); err != nil {
+		return err
+	}
+	var why []string
+	if !d.Host(host).Drained {
+		why = append(why, "it is not drained (drain it first)")
+	}
+	if held := d.HostMemnodes(host); len(held) > 0 {
+		why = append(why, fmt.Sprintf("it still holds replicas of memnodes %v (move them away first)", held))
+	}
+	for _, m := range d.Memnodes {
+		if slices.Contains(m.Bootstrap, host) {
+			why = append(why, fmt.Sprintf("it is an initial voter of memnode %d, whose group is still being created (wait until it has a leader)", m.ID))
+		}
+	}
+	if len(why) > 0 {
+		return refuse("host %d cannot be removed: %s", host, strings.Join(why, "; "))
+	}
+	d.Hosts = slices.DeleteFunc(d.Hosts, func(h DirectoryHost) bool { return h.ID == host })
+	return nil
 }
