@@ -97,8 +97,8 @@
 // configuration: memnode 0 reserves [client.DirectoryAddr,
 // +client.DirectoryRegion) (the last MiB below 4 GiB, away from the low
 // addresses applications use) for the directory: the host list (id,
-// address), the memnode list (id, replica hosts) and the cluster
-// configuration (memnode limits, default replica count). Its encoding
+// address, drained flag), the memnode list (id, replica hosts) and the
+// cluster configuration (memnode limits, default replica count). Its encoding
 // (client/directory.go, shared by hosts, clients and the CLI) is a 32-byte
 // header — magic, format, version, body length, CRC-32C of the body, CRC-32C
 // of the header — then the body. Every change is one minitransaction that
@@ -162,14 +162,51 @@
 //     committed: its own applied configuration excludes it, or the group's
 //     leader reports a configuration without it.
 //
+// A host absent from the directory it reads registers itself (id,
+// address) — that is how a new host joins — unless a directory this
+// process read before listed it: then an operator removed it (below), and
+// it logs an error once a minute instead, starts nothing, and still runs
+// the rest of each pass (replicas left here leave their groups). So a
+// removed host never fights the removal; started afresh, it registers
+// again as a new host in service.
+//
 // Restarted hosts recover the groups their log engine holds; only a host
 // with an empty engine bootstraps from HostConfig.Memnodes (a host whose
 // replicas were all removed is not empty: it keeps their tombstones,
 // replication.Host.RemovedGroups).
 //
+// # Taking a host out of service
+//
+// A host is drained with a flag in the directory (client.Directory.
+// DrainHost; format 2 of the encoding, written only while some host is
+// drained, so older builds read every other directory): no new replica
+// goes on it — default placement of a new memnode skips it, and adding or
+// moving a replica to it by name is refused — while the replicas it holds
+// stay until moved. The operator procedure:
+//
+//  1. `tutti host drain ID --move`: drain, then move each of its replicas
+//     to the least-loaded answering host in service without a replica of
+//     that memnode (client.Directory.MoveTarget), one directory change
+//     at a time, each waited for until the memnode's Raft voters match
+//     the directory; then wait until no Raft configuration includes the
+//     host. The first failure stops it, saying what moved and what is
+//     left; run again, it goes on (draining a drained host is a no-op).
+//  2. Stop the host's process.
+//  3. `tutti host remove ID` (client.Client.RemoveHost): refused unless the
+//     host is drained, holds no replica, is no initial voter of a memnode
+//     being created, and does not answer at its address with its id.
+//
+// The last check is there because of how hosts join (above): a removed
+// host that runs is harmless (it does not register again) but is a
+// process outside the cluster's directory that still answers; refusing
+// says so before the change instead of after. `tutti host undrain ID`
+// puts a drained host back in service; replicas moved away stay where
+// they went.
+//
 // # Why administration goes through the client, not an Admin RPC
 //
-// Add memnode / add, remove, move replica are methods of client.Client (and
+// Add memnode / add, remove, move replica / drain, undrain, remove host are
+// methods of client.Client (and
 // pure functions on client.Directory) that write the directory with one
 // compare-the-header minitransaction. No admin service is needed because the
 // directory is ordinary memnode data and minitransactions already give the

@@ -144,6 +144,12 @@ type Host struct {
 	// idTakenLogged: when the reconciler last logged that another running
 	// host has this host's id (reconciler only).
 	idTakenLogged time.Time
+	// listed: a directory this process read listed this host; one that no
+	// longer does means an operator removed it (client.Directory.
+	// RemoveHost), and the reconciler must not register it again.
+	// removedLogged: when it last logged that (reconciler only).
+	listed        bool
+	removedLogged time.Time
 
 	closeOnce sync.Once
 	closeErr  error

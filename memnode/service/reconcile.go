@@ -126,7 +126,27 @@ func (h *Host) reconcileOnce(ctx context.Context) {
 			h.peers[hh.ID] = hh.Addr
 		}
 	}
-	if self := d.Host(me); self == nil || self.Addr != h.cfg.Hosts[me] {
+	self := d.Host(me)
+	if self != nil {
+		h.listed = true
+	}
+	switch {
+	case self == nil && h.listed:
+		// Removed while running (client.Directory.RemoveHost takes only a
+		// drained host without replicas, and Client.RemoveHost only one
+		// that does not answer: the operator did not stop this one, or it
+		// was not reachable). Registering again would undo the removal,
+		// and put the host back in service. It stays out: it starts no
+		// replica (the directory assigns it none) but finishes the rest
+		// of the pass, so replicas still running here leave their groups
+		// as the directory says. A process started afresh registers (as
+		// any new host does): that is how a removed host rejoins.
+		if time.Since(h.removedLogged) >= time.Minute {
+			h.removedLogged = time.Now()
+			log.Error().Uint64("version", d.Version).
+				Msg("this host was removed from the cluster directory while running: it does not register again; stop its process (started again, it rejoins as a new host)")
+		}
+	case self == nil || self.Addr != h.cfg.Hosts[me]:
 		if self != nil && h.idTaken(ctx, self.Addr) {
 			// Another running host has this id (a mistyped --id): taking
 			// its place in the directory would send its traffic here,
