@@ -70,7 +70,9 @@ replicas, the Raft leader, and each replica's health as the leader sees it:
 Roles: leader, voter, learner (a new replica catching up before it votes),
 pending (in the directory, not yet in the Raft configuration). A replica the
 directory no longer lists is shown until its removal completes. "converged"
-says whether the Raft voters match the directory.`,
+says whether the Raft voters match the directory. The hosts follow, each
+in service or drained (see 'tutti host drain') with the number of replicas
+the directory places on it; 'tutti hosts' also asks which answer.`,
 		Example: `  tutti memnodes
   tutti memnodes --seed 10.0.0.1:7400 --json`,
 		Args: cobra.NoArgs,
@@ -133,9 +135,9 @@ func printMemnodes(out io.Writer, d *client.Directory, states []client.MemnodeSt
 	tw.Flush()
 	fmt.Fprintln(out)
 	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tADDRESS")
+	fmt.Fprintln(tw, "HOST\tADDRESS\tSTATE\tREPLICAS")
 	for _, h := range d.Hosts {
-		fmt.Fprintf(tw, "%d\t%s\n", h.ID, h.Addr)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\n", h.ID, h.Addr, hostState(h.Drained), len(d.HostMemnodes(h.ID)))
 	}
 	return tw.Flush()
 }
@@ -305,33 +307,10 @@ func adminErr(err error) error {
 func finish(cmd *cobra.Command, ctx context.Context, c *client.Client, o *adminOpts, d *client.Directory, mn uint64, msg string) error {
 	converged := false
 	if o.wait {
-		last := "its state could not be read"
-		for !converged {
-			_, states, err := c.MemnodeStatus(ctx)
-			if err == nil {
-				for _, s := range states {
-					if s.ID != mn {
-						continue
-					}
-					switch {
-					case s.Converged:
-						converged = true
-					case s.Leader == 0:
-						last = "it has no Raft leader (are its hosts up? see 'tutti memnodes')"
-					default:
-						last = fmt.Sprintf("its Raft voters are %v, the directory's replicas %v", s.Voters, d.Memnode(mn).Replicas)
-					}
-				}
-			}
-			if converged {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return &exitError{2, fmt.Errorf("%s, but the replicas did not converge before --timeout (%s): %w", msg, last, ctx.Err())}
-			case <-time.After(100 * time.Millisecond):
-			}
+		if err := waitConverged(ctx, c, d, mn); err != nil {
+			return &exitError{2, fmt.Errorf("%s, but %w", msg, err)}
 		}
+		converged = true
 	}
 	out := cmd.OutOrStdout()
 	if o.asJSON {
@@ -351,4 +330,33 @@ func finish(cmd *cobra.Command, ctx context.Context, c *client.Client, o *adminO
 		fmt.Fprintln(out, "the hosts apply it within their poll interval; watch with 'tutti memnodes'")
 	}
 	return nil
+}
+
+// waitConverged waits until memnode mn's Raft voters are the replicas d
+// (the directory as written) gives it; the error says what it last saw.
+func waitConverged(ctx context.Context, c *client.Client, d *client.Directory, mn uint64) error {
+	last := "its state could not be read"
+	for {
+		_, states, err := c.MemnodeStatus(ctx)
+		if err == nil {
+			for _, s := range states {
+				if s.ID != mn {
+					continue
+				}
+				switch {
+				case s.Converged:
+					return nil
+				case s.Leader == 0:
+					last = "it has no Raft leader (are its hosts up? see 'tutti memnodes')"
+				default:
+					last = fmt.Sprintf("its Raft voters are %v, the directory's replicas %v", s.Voters, d.Memnode(mn).Replicas)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the replicas did not converge before --timeout (%s): %w", last, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -38,12 +38,13 @@ func TestCommandGroupsRefuseUnknownSubcommands(t *testing.T) {
 	for _, args := range [][]string{
 		{"memnode", "remove", "1"},
 		{"replica", "bogus", "1", "2"},
+		{"host", "evict", "3"},
 		{"bench", "mtxx"},
 	} {
 		_, err := run(t, args...)
 		wantExit2(t, strings.Join(args, " "), err, "unknown command", args[1])
 	}
-	for _, args := range [][]string{{"memnode"}, {"replica"}, {"bench"}} {
+	for _, args := range [][]string{{"memnode"}, {"replica"}, {"host"}, {"bench"}} {
 		out, err := run(t, args...)
 		if err != nil || !strings.Contains(out, "Available Commands") {
 			t.Fatalf("%v: %v %q", args, err, out)
@@ -72,6 +73,9 @@ func TestNonPositiveTimeoutIsAUsageError(t *testing.T) {
 		{"send", "lobby", "hi"},
 		{"tail", "lobby"},
 		{"replica", "add", "1", "2"},
+		{"hosts"},
+		{"host", "drain", "3", "--move"},
+		{"host", "remove", "3"},
 		{"decide", "1.1@1", "--participants", "1,2", "--abort"},
 	} {
 		for _, tm := range []string{"0", "-1s"} {
@@ -404,6 +408,9 @@ func TestArgumentCountErrorsShowUsage(t *testing.T) {
 		{[]string{"group", "a", "b"}, "tutti group GROUP"},
 		{[]string{"replica", "add", "1"}, "tutti replica add MEMNODE HOST"},
 		{[]string{"replica", "move", "1", "2"}, "tutti replica move MEMNODE HOST TOHOST"},
+		{[]string{"host", "drain"}, "tutti host drain HOST"},
+		{[]string{"host", "undrain", "1", "2"}, "tutti host undrain HOST"},
+		{[]string{"hosts", "1"}, "tutti hosts"},
 		{[]string{"decide", "--participants", "1,2", "--commit"}, "tutti decide TID"},
 	} {
 		_, err := run(t, append(c.args, "--seed=127.0.0.1:1")...)

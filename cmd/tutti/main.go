@@ -84,18 +84,20 @@ totally ordered multicast on top.
 
 Start a local cluster with 'tutti up' (or one 'tutti server' per host), list
 its processes with 'tutti members' and its memnodes with 'tutti memnodes',
-run minitransactions with 'tutti mtx', multicast to a group with 'tutti send'
-and follow it with 'tutti tail' ('tutti groups' lists the groups), and
-measure it with 'tutti bench mtx', 'tutti bench mcast' and
-'tutti bench members'.
+run minitransactions with 'tutti mtx', take a host out of service with
+'tutti host drain' and 'tutti host remove' ('tutti hosts' lists the
+hosts), multicast to a group with 'tutti send' and follow it with 'tutti
+tail' ('tutti groups' lists the groups), and measure it with 'tutti bench
+mtx', 'tutti bench mcast' and 'tutti bench members'.
 
 Exit status: 0 on success; 1 when the cluster answered no: a compare
 failed (mtx), a decision was refused (decide), no such group ('tutti
 group NAME', with or without --delete), evicted from the group (tail),
 the gossip seeds refused the agent or its membership ended (agent), the
-directory refused the change (memnode add, replica add/remove/move:
-unknown memnode or host, last replica...); 2 on any other error: bad
-usage, the cluster unreachable, a timeout.`,
+directory refused the change (memnode add, replica add/remove/move, host
+drain/undrain/remove: unknown memnode or host, last replica, a drained
+host...); 2 on any other error: bad usage, the cluster unreachable, a
+timeout.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		// A --timeout of 0 or less expired before the first request, and the
@@ -122,6 +124,7 @@ usage, the cluster unreachable, a timeout.`,
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
 	root.AddCommand(newUp(g), newServer(g), newMtx(g), newBench(g))
 	root.AddCommand(newMemnodes(g), newMemnodeCmd(g), newReplicaCmd(g), newDecide(g))
+	root.AddCommand(newHosts(g), newHostCmd(g))
 	root.AddCommand(newMembers(g), newAgent(g))
 	root.AddCommand(newSend(g), newTail(g), newGroupInfo(g), newGroups(g))
 	showUsageOnArgErrors(root)
