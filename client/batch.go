@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"sync/atomic"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
 )
@@ -14,24 +15,27 @@ import (
 // applied, so the request goes through call, which follows redirects,
 // refreshes the layout and maps errors. The results are what call would
 // have returned for each request.
+//
+// The answers land in per-request slots and the last one wakes the caller
+// (one wake-up per call, not one per answer). If ctx ends first, each slot
+// still waiting is abandoned: an answer arriving later is dropped.
 func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
 	out := make([]vote, len(reqs))
-	type answer struct {
-		i int
-		r *tuttipb.Response
-	}
-	answers := make(chan answer, len(reqs))
+	m := &manyCall{slots: make([]answerSlot, len(reqs)), done: make(chan struct{})}
 	sent := make([]*session, len(reqs))
 	hosts := make([]uint64, len(reqs))
 	var flush []*session
+	m.remaining.Store(int32(len(reqs)) + 1) // +1 until every request started
 	for i, req := range reqs {
 		cn, h, err := c.route(req.GetMemnode())
 		hosts[i] = h
 		if err != nil {
+			m.answer(i, nil)
 			continue
 		}
-		s, err := cn.start(req, func(r *tuttipb.Response) { answers <- answer{i, r} }, false)
+		s, err := cn.start(req, func(r *tuttipb.Response) { m.answer(i, r) }, false)
 		if err != nil {
+			m.answer(i, nil)
 			continue
 		}
 		sent[i] = s
@@ -42,46 +46,80 @@ func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
 	for _, s := range flush {
 		s.flush()
 	}
-	waiting := 0
-	for _, s := range sent {
-		if s != nil {
-			waiting++
+	m.answer(-1, nil)
+	select {
+	case <-m.done:
+	case <-ctx.Done():
+		for i, s := range sent {
+			if s != nil && m.slots[i].state.CompareAndSwap(slotWaiting, slotAbandoned) {
+				s.forget(reqs[i].Id)
+				c.redirect(reqs[i].GetMemnode(), hosts[i], nil) // as call does
+				out[i] = vote{err: &Error{Memnode: reqs[i].GetMemnode(), Err: ErrUnknownOutcome, Detail: ctx.Err().Error()}}
+				sent[i] = nil
+			}
 		}
 	}
-	got := make([]bool, len(reqs))
-	for waiting > 0 {
-		select {
-		case a := <-answers:
-			waiting--
-			got[a.i] = true
-			switch a.r.GetStatus() {
-			case tuttipb.Status_STATUS_UNKNOWN_OUTCOME:
-				c.redirect(reqs[a.i].GetMemnode(), hosts[a.i], nil) // as call does
-				out[a.i] = vote{r: a.r}
-			case tuttipb.Status_STATUS_OK:
-				out[a.i] = vote{r: a.r}
-			default:
-				sent[a.i] = nil // not applied: retry through call
-			}
-		case <-ctx.Done():
-			for i, s := range sent {
-				if s != nil && !got[i] {
-					s.forget(reqs[i].Id)
-					c.redirect(reqs[i].GetMemnode(), hosts[i], nil) // as call does
-					out[i] = vote{err: &Error{Memnode: reqs[i].GetMemnode(), Err: ErrUnknownOutcome, Detail: ctx.Err().Error()}}
-					got[i] = true
-				}
-			}
-			waiting = 0
+	retry := make([]bool, len(reqs))
+	for i := range reqs {
+		if m.slots[i].state.Load() != slotAnswered {
+			continue // abandoned above
+		}
+		r := m.slots[i].r
+		switch {
+		case r == nil: // not sent
+			retry[i] = true
+		case r.GetStatus() == tuttipb.Status_STATUS_UNKNOWN_OUTCOME:
+			c.redirect(reqs[i].GetMemnode(), hosts[i], nil) // as call does
+			out[i] = vote{r: r}
+		case r.GetStatus() == tuttipb.Status_STATUS_OK:
+			out[i] = vote{r: r}
+		default:
+			retry[i] = true // not applied: retry through call
 		}
 	}
 	for i, req := range reqs {
-		if sent[i] == nil {
+		if retry[i] {
 			r, err := c.call(ctx, req)
 			out[i] = vote{r, err}
 		}
 	}
 	return out
+}
+
+// manyCall collects callMany's answers.
+type manyCall struct {
+	slots []answerSlot
+	// remaining counts the slots not answered yet, plus one while
+	// requests are being started; whoever takes it to zero closes done.
+	remaining atomic.Int32
+	done      chan struct{}
+}
+
+// answerSlot is one request's answer: r is written before state becomes
+// slotAnswered, and read only after.
+type answerSlot struct {
+	r     *tuttipb.Response
+	state atomic.Uint32
+}
+
+const (
+	slotWaiting = iota
+	slotAnswered
+	slotAbandoned
+)
+
+// answer fills slot i with r (nil: the request was not sent), unless
+// callMany abandoned it; i < 0 drops callMany's own count.
+func (m *manyCall) answer(i int, r *tuttipb.Response) {
+	if i >= 0 {
+		m.slots[i].r = r
+		if !m.slots[i].state.CompareAndSwap(slotWaiting, slotAnswered) {
+			return
+		}
+	}
+	if m.remaining.Add(-1) == 0 {
+		close(m.done)
+	}
 }
 
 func containsSession(ss []*session, s *session) bool {
