@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -90,7 +91,11 @@ type Client struct {
 		closed   bool
 		limits   *tuttipb.ClusterInfo
 	}
-	bg sync.WaitGroup // background commit/abort senders
+	// routes caches route's answers (memnode → leader's conn) for a
+	// lock-free fast path; nil after any change of mu's hosts, memnodes,
+	// leader or conns, refilled by route under mu.
+	routes atomic.Pointer[map[uint64]routeEntry]
+	bg     sync.WaitGroup // background commit/abort senders
 
 	watches watchSet // open watches (watch.go), closed by Close
 
@@ -201,6 +206,7 @@ func (c *Client) install(info *tuttipb.ClusterInfo) bool {
 	if info.GetDirectoryVersion() < c.mu.limits.GetDirectoryVersion() {
 		return false
 	}
+	c.routes.Store(nil)
 	c.mu.hosts = map[uint64]string{}
 	for _, h := range info.GetHosts() {
 		c.mu.hosts[h.GetId()] = h.GetAddr()
@@ -231,6 +237,10 @@ func (c *Client) Cluster() *tuttipb.ClusterInfo {
 func (c *Client) conn(addr string) (*conn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.connLocked(addr)
+}
+
+func (c *Client) connLocked(addr string) (*conn, error) {
 	if c.mu.closed {
 		return nil, ErrClosed
 	}
@@ -253,6 +263,7 @@ func (c *Client) Close() error {
 	c.mu.closed = true
 	conns := c.mu.conns
 	c.mu.conns = nil
+	c.routes.Store(nil)
 	c.mu.Unlock()
 	var errs []error
 	for _, cn := range conns {
@@ -286,20 +297,62 @@ func (c *Client) backoff(ctx context.Context, attempt int) error {
 
 // route returns the connection to the believed leader of memnode.
 func (c *Client) route(mn uint64) (*conn, uint64, error) {
+	if m := c.routes.Load(); m != nil {
+		if r, ok := (*m)[mn]; ok {
+			return r.cn, r.host, nil
+		}
+	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	reps, ok := c.mu.memnodes[mn]
 	if !ok {
-		c.mu.Unlock()
 		return nil, 0, &Error{Memnode: mn, Err: ErrUnknownMemnode, Detail: fmt.Sprintf("the cluster has no memnode %d", mn)}
 	}
 	h := c.mu.leader[mn]
 	if h == 0 && len(reps) > 0 {
 		h = reps[0]
 	}
-	addr := c.mu.hosts[h]
+	cn, err := c.connLocked(c.mu.hosts[h])
+	if err != nil {
+		return nil, h, err
+	}
+	old := c.routes.Load()
+	m := make(map[uint64]routeEntry, 1+lenRoutes(old))
+	if old != nil {
+		maps.Copy(m, *old)
+	}
+	m[mn] = routeEntry{cn, h}
+	c.routes.Store(&m)
+	return cn, h, nil
+}
+
+// routeEntry is one of Client.routes: memnode's believed leader and its
+// connection.
+type routeEntry struct {
+	cn   *conn
+	host uint64
+}
+
+func lenRoutes(m *map[uint64]routeEntry) int {
+	if m == nil {
+		return 0
+	}
+	return len(*m)
+}
+
+// leaderAnswered records that host h answered for memnode mn as its leader.
+func (c *Client) leaderAnswered(mn, h uint64) {
+	if m := c.routes.Load(); m != nil {
+		if r, ok := (*m)[mn]; ok && r.host == h {
+			return // already what route answers
+		}
+	}
+	c.mu.Lock()
+	if c.mu.leader[mn] != h {
+		c.mu.leader[mn] = h
+		c.routes.Store(nil)
+	}
 	c.mu.Unlock()
-	cn, err := c.conn(addr)
-	return cn, h, err
 }
 
 // redirect records a NOT_LEADER answer: follow the hint, else try the next
@@ -307,6 +360,7 @@ func (c *Client) route(mn uint64) (*conn, uint64, error) {
 func (c *Client) redirect(mn, tried uint64, r *tuttipb.Response) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.routes.Store(nil)
 	if r != nil && r.GetLeaderHost() != 0 && r.GetLeaderHost() != tried {
 		c.mu.leader[mn] = r.GetLeaderHost()
 		if a := r.GetLeaderAddr(); a != "" {
@@ -377,9 +431,7 @@ func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Respo
 		}
 		switch r.GetStatus() {
 		case tuttipb.Status_STATUS_OK:
-			c.mu.Lock()
-			c.mu.leader[mn] = h
-			c.mu.Unlock()
+			c.leaderAnswered(mn, h)
 			return r, nil
 		case tuttipb.Status_STATUS_NOT_LEADER, tuttipb.Status_STATUS_UNAVAILABLE:
 			last = r.GetError()

@@ -398,6 +398,11 @@ const maxRefused = 2
 // knownMemnode returns an error wrapping ErrUnknownMemnode if the layout,
 // refreshed once if need be, has no memnode mn.
 func (c *Client) knownMemnode(ctx context.Context, mn uint64) error {
+	if m := c.routes.Load(); m != nil {
+		if _, ok := (*m)[mn]; ok {
+			return nil
+		}
+	}
 	for refreshed := false; ; refreshed = true {
 		c.mu.Lock()
 		_, ok := c.mu.memnodes[mn]

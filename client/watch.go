@@ -326,9 +326,7 @@ func (w *Watch) subscribe(ctx context.Context, maxAttempts int) (*watchStream, e
 			return nil, ErrClosed
 		}
 		if err == nil {
-			c.mu.Lock()
-			c.mu.leader[mn] = h
-			c.mu.Unlock()
+			c.leaderAnswered(mn, h)
 			return &watchStream{st: st, cancel: cancel, first: first}, nil
 		}
 		last = err.Error()
