@@ -20,11 +20,13 @@ import (
 // (one wake-up per call, not one per answer). If ctx ends first, each slot
 // still waiting is abandoned: an answer arriving later is dropped.
 func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
-	out := make([]vote, len(reqs))
-	m := &manyCall{slots: make([]answerSlot, len(reqs)), done: make(chan struct{})}
-	sent := make([]*session, len(reqs))
-	hosts := make([]uint64, len(reqs))
-	var flush []*session
+	m := &manyCall{done: make(chan struct{})}
+	m.slots = carve(m.inline.slots[:], len(reqs))
+	out := carve(m.inline.out[:], len(reqs))
+	sent := carve(m.inline.sent[:], len(reqs))
+	hosts := carve(m.inline.hosts[:], len(reqs))
+	retry := carve(m.inline.retry[:], len(reqs))
+	flush := m.inline.flush[:0]
 	m.remaining.Store(int32(len(reqs)) + 1) // +1 until every request started
 	for i, req := range reqs {
 		cn, h, err := c.route(req.GetMemnode())
@@ -59,7 +61,6 @@ func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
 			}
 		}
 	}
-	retry := make([]bool, len(reqs))
 	for i := range reqs {
 		if m.slots[i].state.Load() != slotAnswered {
 			continue // abandoned above
@@ -93,6 +94,26 @@ type manyCall struct {
 	// requests are being started; whoever takes it to zero closes done.
 	remaining atomic.Int32
 	done      chan struct{}
+	// inline backs callMany's slices for a few requests (one allocation
+	// for a usual two-phase minitransaction's round).
+	inline struct {
+		slots [manyInline]answerSlot
+		out   [manyInline]vote
+		sent  [manyInline]*session
+		flush [manyInline]*session
+		hosts [manyInline]uint64
+		retry [manyInline]bool
+	}
+}
+
+const manyInline = 4
+
+// carve returns inline[:n] if it fits, else a new slice of n elements.
+func carve[T any](inline []T, n int) []T {
+	if n <= len(inline) {
+		return inline[:n:n]
+	}
+	return make([]T, n)
 }
 
 // answerSlot is one request's answer: r is written before state becomes

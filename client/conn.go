@@ -20,7 +20,7 @@ import (
 // Decisions (Commit/Abort of two-phase minitransactions) wait in the session
 // until a batch leaves; then each rides on a logged request of the batch for
 // the same memnode (Request.commit_tids/abort_tids) or, if there is none,
-// the batch gets one decision request per memnode. See queueDecision for
+// the batch gets one decision request per memnode. See queueDecisions for
 // when a batch leaves.
 type conn struct {
 	addr   string
@@ -104,7 +104,10 @@ type answeredRider struct {
 	rd rider
 }
 
-type decisionBuf struct{ commits, aborts []*tuttipb.Tid }
+type decisionBuf struct {
+	commits, aborts []*tuttipb.Tid
+	hint            int // how many the last takeLocked took
+}
 
 type rider struct {
 	mn              uint64
@@ -202,55 +205,59 @@ func (c *conn) start(req *tuttipb.Request, done func(*tuttipb.Response), flush b
 	return s, nil
 }
 
-// queueDecision queues the decision (commit or abort) of tid at memnode mn
-// on the session to mn's leader, to leave with the session's next batch:
-// riding on a logged request of that batch for mn, or in a decision request
-// of its own. At most limit decisions share one request. The caller must then
-// call decisionsQueued.
-func (c *conn) queueDecision(mn uint64, commit bool, tid *tuttipb.Tid, limit int) (*session, error) {
+// queueDecisions queues the decision (commit or abort) of tid at each of
+// memnodes mns on the session to their leader (this conn), to leave with
+// the session's next batch: riding on a logged request of that batch for
+// the memnode, or in a decision request of its own. At most limit
+// decisions share one request. When they leave: an idle session (no
+// request awaiting its answer) sends them at once, since nothing else
+// would carry them soon. A busy one keeps them for a batch that a caller
+// flushes anyway (under load, callers flush constantly) and has a request
+// for their memnode to ride on; the backstops, which send them in
+// decision requests of their own, are the session going idle (recvLoop)
+// and a timer of decisionDelay, so no decision waits longer than about a
+// millisecond. On an error none was queued.
+func (c *conn) queueDecisions(mns []uint64, commit bool, tid *tuttipb.Tid, limit int) error {
 	s, _, err := c.session()
 	if err != nil {
-		return nil, errors.Join(errNotSent, err)
+		return errors.Join(errNotSent, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mu.err != nil {
-		return nil, errors.Join(errNotSent, s.mu.err)
+		return errors.Join(errNotSent, s.mu.err)
 	}
-	b := s.mu.decided[mn]
-	if b == nil {
-		b = &decisionBuf{}
-		s.mu.decided[mn] = b
+	for _, mn := range mns {
+		b := s.mu.decided[mn]
+		if b == nil {
+			b = &decisionBuf{}
+			s.mu.decided[mn] = b
+		}
+		if commit {
+			b.commits = appendTid(b.commits, tid, b.hint)
+		} else {
+			b.aborts = appendTid(b.aborts, tid, b.hint)
+		}
+		s.mu.ndecided++
 	}
-	if commit {
-		b.commits = append(b.commits, tid)
-	} else {
-		b.aborts = append(b.aborts, tid)
-	}
-	s.mu.ndecided++
 	s.mu.maxDecision = max(1, limit)
-	return s, nil
-}
-
-// decisionsQueued decides when the queued decisions leave. An idle session
-// (no request awaiting its answer) sends them at once: nothing else would
-// carry them soon. A busy one keeps them for a batch that a caller flushes
-// anyway (under load, callers flush constantly) and has a request for their
-// memnode to ride on; the backstops, which send them in decision requests
-// of their own, are the session going idle (recvLoop) and a timer of
-// decisionDelay, so no decision waits longer than about a millisecond.
-func (s *session) decisionsQueued() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.mu.ndecided == 0 || s.mu.err != nil {
-		return
-	}
 	if len(s.mu.pending) == 0 {
 		s.mu.due = true
 		s.flushLocked()
-		return
+		return nil
 	}
 	s.armLocked()
+	return nil
+}
+
+// appendTid appends tid to ts; a nil ts starts with room for hint tids
+// (what the previous batch took), so that a batch's decisions do not
+// grow their slice several times.
+func appendTid(ts []*tuttipb.Tid, tid *tuttipb.Tid, hint int) []*tuttipb.Tid {
+	if ts == nil {
+		ts = make([]*tuttipb.Tid, 0, max(4, hint))
+	}
+	return append(ts, tid)
 }
 
 // armLocked starts the decisionDelay timer unless it is running.
@@ -384,6 +391,7 @@ func (s *session) takeLocked(mn uint64, b *decisionBuf) rider {
 		r.aborts, b.aborts = b.aborts[:n:n], b.aborts[n:]
 	}
 	s.mu.ndecided -= len(r.commits) + len(r.aborts)
+	b.hint = min(len(r.commits)+len(r.aborts), 1024)
 	return r
 }
 

@@ -519,25 +519,41 @@ func (c *Client) decide(tid *tuttipb.Tid, parts []*part, kind tuttipb.Kind) erro
 	}
 	maxItems, _ := c.limits()
 	commit := kind == tuttipb.Kind_KIND_COMMIT
-	var queued []*session
+	// Fast path: the decisions wait on the leaders' sessions for their
+	// next batches (conn.queueDecisions, one call per connection) and
+	// the receiving goroutine notes the answers. Only an answer other
+	// than OK costs a goroutine.
+	var inline [4]struct {
+		cn  *conn
+		mns []uint64
+	}
+	byConn := inline[:0]
 	for _, p := range parts {
 		c.bg.Add(1)
 		c.stats.decisions.Add(1)
-		// Fast path: the decision waits on the leader's session for its
-		// next batch (conn.queueDecision) and the receiving goroutine notes
-		// the answer. Only an answer other than OK costs a goroutine.
-		if cn, _, err := c.route(p.memnode); err == nil {
-			if s, err := cn.queueDecision(p.memnode, commit, tid, maxItems); err == nil {
-				if !containsSession(queued, s) {
-					queued = append(queued, s)
-				}
-				continue
+		cn, _, err := c.route(p.memnode)
+		if err != nil {
+			go c.deliverDecision(&tuttipb.Request{Memnode: p.memnode, Kind: kind, Tid: tid})
+			continue
+		}
+		i := 0
+		for i < len(byConn) && byConn[i].cn != cn {
+			i++
+		}
+		if i == len(byConn) {
+			byConn = append(byConn, struct {
+				cn  *conn
+				mns []uint64
+			}{cn: cn})
+		}
+		byConn[i].mns = append(byConn[i].mns, p.memnode)
+	}
+	for _, q := range byConn {
+		if err := q.cn.queueDecisions(q.mns, commit, tid, maxItems); err != nil {
+			for _, mn := range q.mns {
+				go c.deliverDecision(&tuttipb.Request{Memnode: mn, Kind: kind, Tid: tid})
 			}
 		}
-		go c.deliverDecision(&tuttipb.Request{Memnode: p.memnode, Kind: kind, Tid: tid})
-	}
-	for _, s := range queued {
-		s.decisionsQueued()
 	}
 	return nil
 }
