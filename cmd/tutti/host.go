@@ -366,21 +366,7 @@ is not drained changes nothing.`,
 		Example: `  tutti host undrain 3`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			host, err := parseHostID(args[0])
-			if err != nil {
-				return err
-			}
-			c, ctx, cancel, err := o.connect(cmd, g)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer c.Close()
-			d, err := c.UndrainHost(ctx, host)
-			if err != nil {
-				return adminErr(err)
-			}
-			return printHostChange(cmd.OutOrStdout(), &o, d, host, fmt.Sprintf("host %d is in service", host))
+			return runHostChange(cmd, g, &o, args[0], (*client.Client).UndrainHost, "host %d is in service")
 		},
 	}
 	o.register(cmd, false)
@@ -403,25 +389,32 @@ in service, with no replicas.`,
   tutti host remove 3 --seed 10.0.0.1:7400 --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			host, err := parseHostID(args[0])
-			if err != nil {
-				return err
-			}
-			c, ctx, cancel, err := o.connect(cmd, g)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer c.Close()
-			d, err := c.RemoveHost(ctx, host)
-			if err != nil {
-				return adminErr(err)
-			}
-			return printHostChange(cmd.OutOrStdout(), &o, d, host, fmt.Sprintf("host %d removed from the directory", host))
+			return runHostChange(cmd, g, &o, args[0], (*client.Client).RemoveHost, "host %d removed from the directory")
 		},
 	}
 	o.register(cmd, false)
 	return cmd
+}
+
+// runHostChange runs undrain or remove: change applied to the host named
+// by arg, then the outcome printed (msg formats the host id).
+func runHostChange(cmd *cobra.Command, g *globals, o *adminOpts, arg string,
+	change func(*client.Client, context.Context, uint64) (*client.Directory, error), msg string) error {
+	host, err := parseHostID(arg)
+	if err != nil {
+		return err
+	}
+	c, ctx, cancel, err := o.connect(cmd, g)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer c.Close()
+	d, err := change(c, ctx, host)
+	if err != nil {
+		return adminErr(err)
+	}
+	return printHostChange(cmd.OutOrStdout(), o, d, host, fmt.Sprintf(msg, host))
 }
 
 // printHostChange prints the outcome of undrain or remove.
