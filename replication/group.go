@@ -138,6 +138,8 @@ type group struct {
 	// snapRetry: a snapshot failed; none is tried before this time (the
 	// triggers that asked for it, forceSnap among them, still hold).
 	snapRetry time.Time
+	// refusedLogged: when refuse last logged a dropped message.
+	refusedLogged time.Time
 	// removed: RemoveGroup took the group off its worker; nothing may
 	// touch it any more (membership.go).
 	removed bool
@@ -184,6 +186,55 @@ func (g *group) publishStatus(commit uint64) {
 	g.stApplied.Store(g.applied)
 }
 
+// refuse reports whether m is a message that only a former incarnation of
+// this replica could act on (its host lost its data directory and the
+// replica started again empty; doc.go, "Snapshots and membership"), and
+// logs it. Such messages are dropped instead of stepped:
+//
+//   - a heartbeat whose commit index is beyond the log the engine holds:
+//     the leader sends min(commit, what the replica acknowledged), so it
+//     comes from a record of acknowledgements this log never made (a
+//     heartbeat queued for the host before its replica was removed and
+//     added back), and raft would panic on it;
+//   - a vote or pre-vote request to a replica whose log is empty (it has
+//     received nothing yet, not even a snapshot): no configuration that
+//     counts its vote can have been formed with this replica, whose log is
+//     empty, and granting it would count as the vote of a voter that
+//     forgot its log and its earlier votes. It is answered with a
+//     rejection (in the request's term, as raft answers pre-votes; a
+//     rejection promises nothing, so nothing is persisted first), so the
+//     candidate need not wait for it.
+func (g *group) refuse(m *pb.Message) bool {
+	var why string
+	switch m.GetType() {
+	case pb.MsgHeartbeat:
+		if m.GetCommit() > g.lastIndex {
+			why = "heartbeat with a commit index beyond this replica's log"
+		}
+	case pb.MsgVote, pb.MsgPreVote:
+		if g.lastIndex == 0 {
+			why = "vote request to a replica with an empty log"
+			typ := pb.MsgVoteResp
+			if m.GetType() == pb.MsgPreVote {
+				typ = pb.MsgPreVoteResp
+			}
+			g.h.cfg.Transport.Send([]GroupMessage{{Group: g.id, Msg: &pb.Message{
+				Type: typ.Enum(), From: new(g.h.cfg.ID), To: new(m.GetFrom()), Term: new(m.GetTerm()), Reject: new(true),
+			}}})
+		}
+	}
+	if why == "" {
+		return false
+	}
+	if time.Since(g.refusedLogged) >= time.Minute {
+		g.refusedLogged = time.Now()
+		g.h.log.Warn().Uint64("group", g.id).Uint64("from", m.GetFrom()).Uint64("term", m.GetTerm()).
+			Uint64("commit", m.GetCommit()).Uint64("last_index", g.lastIndex).
+			Msg("refused a " + why + " (meant for a former replica on this host that lost its log?)")
+	}
+	return true
+}
+
 // drain steps everything queued for the group into its RawNode.
 func (g *group) drain() {
 	g.mu.Lock()
@@ -192,6 +243,9 @@ func (g *group) drain() {
 	g.mu.Unlock()
 	in := &g.work
 	for _, m := range in.msgs {
+		if g.refuse(m) {
+			continue
+		}
 		if err := g.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 			g.h.log.Debug().Err(err).Uint64("group", g.id).Str("type", m.GetType().String()).Msg("step")
 		}

@@ -1334,8 +1334,20 @@ func (x *ReplicaGroupStatus) GetProgress() []*ReplicaProgress {
 type ReplicasInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The answering host.
-	Host          uint64                `protobuf:"varint,1,opt,name=host,proto3" json:"host,omitempty"`
-	Groups        []*ReplicaGroupStatus `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	Host   uint64                `protobuf:"varint,1,opt,name=host,proto3" json:"host,omitempty"`
+	Groups []*ReplicaGroupStatus `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	// The host started with an empty data directory to bootstrap the
+	// memnodes of its configuration and has not found the cluster running
+	// (memnode/service doc.go, "Lost state"). A host starting empty
+	// bootstraps only if every host it shares a configured memnode with
+	// answers, and none of them has been part of a running cluster: each
+	// answers first_boot with no group past term 1.
+	FirstBoot bool `protobuf:"varint,3,opt,name=first_boot,json=firstBoot,proto3" json:"first_boot,omitempty"`
+	// Memnodes whose replica this host lost (its data directory holds
+	// neither their state nor their tombstone) while their group's
+	// configuration still lists it: the group's leader removes it from the
+	// group, and it then joins again as a new member.
+	Lost          []uint64 `protobuf:"varint,4,rep,packed,name=lost,proto3" json:"lost,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1380,6 +1392,20 @@ func (x *ReplicasInfo) GetHost() uint64 {
 func (x *ReplicasInfo) GetGroups() []*ReplicaGroupStatus {
 	if x != nil {
 		return x.Groups
+	}
+	return nil
+}
+
+func (x *ReplicasInfo) GetFirstBoot() bool {
+	if x != nil {
+		return x.FirstBoot
+	}
+	return false
+}
+
+func (x *ReplicasInfo) GetLost() []uint64 {
+	if x != nil {
+		return x.Lost
 	}
 	return nil
 }
@@ -1764,10 +1790,13 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\blearners\x18\b \x03(\x04R\blearners\x12'\n" +
 	"\x0fvoters_outgoing\x18\t \x03(\x04R\x0evotersOutgoing\x125\n" +
 	"\bprogress\x18\n" +
-	" \x03(\v2\x19.tutti.v1.ReplicaProgressR\bprogress\"X\n" +
+	" \x03(\v2\x19.tutti.v1.ReplicaProgressR\bprogress\"\x8b\x01\n" +
 	"\fReplicasInfo\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\x04R\x04host\x124\n" +
-	"\x06groups\x18\x02 \x03(\v2\x1c.tutti.v1.ReplicaGroupStatusR\x06groups\"-\n" +
+	"\x06groups\x18\x02 \x03(\v2\x1c.tutti.v1.ReplicaGroupStatusR\x06groups\x12\x1d\n" +
+	"\n" +
+	"first_boot\x18\x03 \x01(\bR\tfirstBoot\x12\x12\n" +
+	"\x04lost\x18\x04 \x03(\x04R\x04lost\"-\n" +
 	"\x05Range\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x10\n" +
 	"\x03len\x18\x02 \x01(\x04R\x03len\"n\n" +

@@ -150,7 +150,10 @@ const instanceHeader = "tutti-instance"
 // Replicas reports the Raft state of every memnode replica on this host.
 func (s *Server) Replicas(ctx context.Context, _ *tuttipb.ReplicasRequest) (*tuttipb.ReplicasInfo, error) {
 	_ = grpc.SetHeader(ctx, metadata.Pairs(instanceHeader, s.instance))
-	out := &tuttipb.ReplicasInfo{Host: s.hostID}
+	out := &tuttipb.ReplicasInfo{Host: s.hostID, FirstBoot: s.firstBoot.Load()}
+	if lost := s.lost.Load(); lost != nil {
+		out.Lost = slices.Clone(*lost)
+	}
 	if s.members == nil {
 		return out, nil
 	}

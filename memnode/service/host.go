@@ -150,6 +150,22 @@ type Host struct {
 	// removedLogged: when it last logged that (reconciler only).
 	listed        bool
 	removedLogged time.Time
+	// booting: this host started with an empty log engine and a
+	// configured placement, and has not decided yet whether that is the
+	// cluster's first boot; bootPending: the configured replicas it then
+	// bootstraps (firstBootProbe; reconciler only).
+	booting     bool
+	bootPending []bootStart
+	// bootWaitLogged: when firstBootProbe last logged whom it waits for.
+	bootWaitLogged time.Time
+	// suspect: this host's log engine was empty in a cluster that already
+	// ran (its data directory was lost, or it joined empty): a replica it
+	// holds no trace of may be one it had and forgot, so it starts one only
+	// as a new member of the group (doc.go, "Lost state"). Set before the
+	// reconciler starts, or by firstBootProbe; read by the reconciler.
+	suspect bool
+	// lostLogged: when the reconciler last logged each lost replica.
+	lostLogged map[uint64]time.Time
 
 	closeOnce sync.Once
 	closeErr  error
@@ -243,7 +259,7 @@ func StartHost(cfg HostConfig) (*Host, error) {
 		return nil, fmt.Errorf("tutti host %d: %w", cfg.ID, err)
 	}
 	h := &Host{cfg: cfg, lis: lis, grpc: gs, transport: tr, rep: rh, serveDone: make(chan error, 1), log: log,
-		peers: map[uint64]string{}, watch: newWatchHub()}
+		peers: map[uint64]string{}, watch: newWatchHub(), lostLogged: map[uint64]time.Time{}}
 	for id, addr := range cfg.Hosts {
 		h.peers[id] = addr
 	}
@@ -267,20 +283,17 @@ func StartHost(cfg HostConfig) (*Host, error) {
 		lis.Close()
 		return nil, fmt.Errorf("tutti host %d: %w", cfg.ID, err)
 	}
-	type start struct {
-		id    uint64
-		peers []uint64
-	}
-	var starts []start
-	if len(stored) == 0 && len(removed) == 0 {
+	var starts []bootStart
+	empty := len(stored) == 0 && len(removed) == 0
+	if empty {
 		for _, m := range specs {
 			if slices.Contains(m.Replicas, cfg.ID) {
-				starts = append(starts, start{m.ID, m.Replicas})
+				starts = append(starts, bootStart{m.ID, m.Replicas})
 			}
 		}
 	} else {
 		for _, g := range stored {
-			starts = append(starts, start{id: g})
+			starts = append(starts, bootStart{id: g})
 		}
 		if cfg.staticPlacement() {
 			// Without a directory nothing but this boot starts a
@@ -289,11 +302,48 @@ func StartHost(cfg HostConfig) (*Host, error) {
 			// configured peers its first start would have had.
 			for _, m := range specs {
 				if slices.Contains(m.Replicas, cfg.ID) && !slices.Contains(stored, m.ID) && !slices.Contains(removed, m.ID) {
-					starts = append(starts, start{m.ID, m.Replicas})
+					starts = append(starts, bootStart{m.ID, m.Replicas})
 				}
 			}
 		}
 	}
+	// An empty log engine is a first boot only if the cluster does not
+	// run yet: a host that lost its data directory must not bootstrap its
+	// configured replicas afresh as the voter it was (doc.go, "Lost
+	// state"). With a directory the reconciler asks the other hosts first
+	// (firstBootProbe); an empty engine with nothing to bootstrap (--join)
+	// is suspect from the start, and so is one that was found empty
+	// before (the marker file).
+	var firstBoot, suspect bool
+	if !cfg.staticPlacement() {
+		marked, err := lostStateMarked(cfg.DataDir)
+		if err != nil {
+			rh.Close()
+			gs.Stop()
+			lis.Close()
+			return nil, fmt.Errorf("tutti host %d: %w", cfg.ID, err)
+		}
+		switch {
+		case empty && len(specs) > 0 && !marked:
+			// A first boot, or a host that lost its data directory:
+			// the reconciler tells them apart. A host with no
+			// configured replica (a spare) asks too: it must know
+			// whether it may have had replicas since.
+			firstBoot = true
+			h.booting, h.bootPending, starts = true, starts, nil
+		case empty && !marked: // --join: the cluster runs
+			if err := markLostState(cfg.DataDir); err != nil {
+				rh.Close()
+				gs.Stop()
+				lis.Close()
+				return nil, fmt.Errorf("tutti host %d: %w", cfg.ID, err)
+			}
+			suspect = true
+		default:
+			suspect = marked
+		}
+	}
+	h.suspect = suspect
 	local := map[uint64]bool{}
 	for _, st := range starts {
 		if fn := startGroupHook; fn != nil {
@@ -315,6 +365,7 @@ func StartHost(cfg HostConfig) (*Host, error) {
 	}
 	h.server = newServer(cfg.ID, cfg.Hosts, specs, cfg.Memnode, cfg.Clock, log, rh)
 	h.server.watch = h.watch
+	h.server.firstBoot.Store(firstBoot)
 	h.server.updateLayout(func(l *layout) { l.local = local })
 	tuttipb.RegisterMemnodeServer(gs, h.server)
 	h.health = health.NewServer()

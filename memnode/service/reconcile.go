@@ -15,8 +15,6 @@ import (
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
 	"github.com/tutti-gcs/tutti/client"
-	"github.com/tutti-gcs/tutti/memnode"
-	"github.com/tutti-gcs/tutti/replication"
 )
 
 // DefaultDirectoryPoll is how often a host reads the directory and
@@ -54,6 +52,15 @@ func (h *Host) reconcileLoop(ctx context.Context) {
 	every := h.cfg.DirectoryPoll
 	if every <= 0 {
 		every = DefaultDirectoryPoll
+	}
+	// A first boot bootstraps only once it knows the cluster does not
+	// run yet (doc.go, "Lost state"); until then it retries every 100 ms.
+	for h.booting && !h.firstBootProbe(ctx) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -180,10 +187,17 @@ func (h *Host) reconcileOnce(ctx context.Context) {
 	for _, g := range h.rep.Groups() {
 		running[g] = true
 	}
+	answers := h.newHostAnswers()
 	// Newly assigned replicas. A memnode's Bootstrap hosts create its group
 	// even if a later change took them out of Replicas: the initial voters
 	// are Bootstrap, and the group needs a majority of them to exist; its
 	// leader then removes them.
+	var removed []uint64 // tombstones, read once a replica is to start
+	removedRead := false
+	var lost, wasLost []uint64
+	if l := h.server.lost.Load(); l != nil {
+		wasLost = *l
+	}
 	for _, m := range d.Memnodes {
 		boot := slices.Contains(m.Bootstrap, me)
 		if !(slices.Contains(m.Replicas, me) || boot) || running[m.ID] {
@@ -193,18 +207,49 @@ func (h *Host) reconcileOnce(ctx context.Context) {
 		if boot {
 			peers = m.Bootstrap // a new memnode: create the group
 		}
-		mn, err := memnode.New(h.cfg.Memnode)
-		if err == nil {
-			err = h.rep.StartGroup(m.ID, peers, &machine{m: mn, w: h.watch.target(m.ID)})
+		if h.suspect {
+			// This host's engine was found empty in a running cluster:
+			// holding nothing of the memnode (not even a tombstone) may
+			// mean it lost its replica, not that it never had one.
+			if !removedRead {
+				var err error
+				if removed, err = h.rep.RemovedGroups(); err != nil {
+					log.Warn().Err(err).Msg("cannot list removed replicas")
+					return
+				}
+				removedRead = true
+			}
+			if !slices.Contains(removed, m.ID) {
+				start, p, isLost := h.freshStart(ctx, answers, &m)
+				if isLost {
+					lost = append(lost, m.ID)
+					if time.Since(h.lostLogged[m.ID]) >= time.Minute {
+						h.lostLogged[m.ID] = time.Now()
+						log.Error().Uint64("memnode", m.ID).
+							Msg("lost replica: this host's data directory holds nothing of this memnode but its group still counts this host as a replica; waiting for the group's leader to remove it, then rejoining as a new member (doc.go, Lost state)")
+					}
+					continue
+				}
+				if !start {
+					// Undecided (no leader to ask): a replica
+					// reported lost stays so.
+					if slices.Contains(wasLost, m.ID) {
+						lost = append(lost, m.ID)
+					}
+					continue
+				}
+				peers = p
+			}
 		}
-		if err != nil && !errors.Is(err, replication.ErrGroupExists) {
+		if err := h.startReplica(m.ID, peers); err != nil {
 			log.Warn().Err(err).Uint64("memnode", m.ID).Msg("cannot start assigned replica")
 			continue
 		}
-		h.server.setLocal(m.ID, true)
 		running[m.ID] = true
+		delete(h.lostLogged, m.ID)
 		log.Info().Uint64("memnode", m.ID).Bool("new_group", peers != nil).Msg("started replica assigned by the directory")
 	}
+	h.server.lost.Store(&lost)
 	for g := range running {
 		if ctx.Err() != nil {
 			return
@@ -229,7 +274,7 @@ func (h *Host) reconcileOnce(ctx context.Context) {
 				h.clearBootstrap(ctx, d, header, g)
 				return // next pass works on the newer directory
 			}
-			h.driveGroup(ctx, g, m.Replicas)
+			h.driveGroup(ctx, answers, g, m.Replicas)
 		}
 	}
 }
@@ -325,7 +370,7 @@ func (h *Host) removalCommitted(ctx context.Context, g uint64, m *client.Directo
 // promoted once caught up; replicas leave only once every wanted replica
 // votes, and only if the remaining voters' healthy majority survives the
 // step. A leader that must leave hands leadership to a healthy voter first.
-func (h *Host) driveGroup(ctx context.Context, g uint64, want []uint64) {
+func (h *Host) driveGroup(ctx context.Context, answers *hostAnswers, g uint64, want []uint64) {
 	me := h.cfg.ID
 	mem, err := h.rep.Membership(ctx, g)
 	if err != nil || mem.Leader != me || mem.Progress == nil || mem.Joint() {
@@ -361,6 +406,26 @@ func (h *Host) driveGroup(ctx context.Context, g uint64, want []uint64) {
 		// for the next poll. ChangeReplicas returned once the change was
 		// applied here, so that pass sees it.
 		h.Reconcile()
+	}
+	// 0. A replica whose host lost its state (it says so: the Replicas
+	// RPC's lost) leaves, to join again as a new member (doc.go, "Lost
+	// state"). Its removal costs no availability: it takes part in no
+	// quorum as it is. Only replicas that do not answer here are asked.
+	members := slices.Concat(mem.Voters, mem.Learners, mem.VotersOutgoing)
+	slices.Sort(members)
+	for _, v := range slices.Compact(members) {
+		if v == me || healthy(v) {
+			continue
+		}
+		if !listedUnsafely(v, mem.Voters, mem.VotersOutgoing, mem.Learners, mem.Progress[v].Match) {
+			continue
+		}
+		if info := answers.get(ctx, v); info == nil || !slices.Contains(info.GetLost(), g) {
+			continue
+		}
+		log.Warn().Uint64("replica", v).Msg("the replica's host lost its state: removing it from the group, to be added back as a new member")
+		change("remove lost replica", v, pb.ConfChangeType_ConfChangeRemoveNode)
+		return
 	}
 	// 1. Wanted hosts not in the configuration join as learners.
 	for _, w := range want {

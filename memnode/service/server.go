@@ -74,6 +74,11 @@ type Server struct {
 	// so a host probing an address can tell itself from another process
 	// with its id (reconcile.go).
 	instance string
+	// firstBoot and lost are what the Replicas RPC tells other hosts about
+	// this host's state (doc.go, "Lost state"): a first boot that has not
+	// found the cluster running, and the memnodes whose replica it lost.
+	firstBoot atomic.Bool
+	lost      atomic.Pointer[[]uint64]
 }
 
 func newServer(hostID uint64, hosts map[uint64]string, specs []MemnodeSpec, mcfg memnode.Config,
