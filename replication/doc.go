@@ -114,6 +114,18 @@
 // state it would grant a delayed vote request of a term its predecessor
 // voted in, and a term could get two leaders).
 //
+// A host that lost its log engine has no tombstone: its replicas must be
+// removed from their groups and added back, which memnode/service does
+// (its doc.go, "Lost state"); raft accepts a removed id again, with a
+// fresh progress record. Two messages are dropped before raft sees them,
+// since only a former incarnation of the replica could act on them: a
+// heartbeat whose commit index is beyond the log the engine holds (the
+// leader sends at most what the replica acknowledged, so it was queued for
+// the replica that acknowledged it before its log was lost, and raft would
+// panic on it), and a vote or pre-vote request to a replica whose log is
+// empty (one waiting for its first snapshot, which no configuration can
+// count as a voter unless it is one that forgot its log and votes).
+//
 // # Memory
 //
 // Raft's Storage is the log engine with an in-memory cache in front

@@ -56,6 +56,13 @@ at the first start; afterwards the directory decides, and changes online with
 'tutti memnode add' and 'tutti replica add|remove|move'. A host added later
 starts with --join and registers its address in the directory.
 
+The first boot (an empty --data-dir) bootstraps only once every host this
+one shares a memnode with answers and none runs with data. A host whose data
+directory was lost (a replaced disk) is restarted with the same flags and an
+empty --data-dir: it finds the cluster running, bootstraps nothing, and its
+replicas are removed from their Raft groups and added back as new members
+that catch up by snapshot (README, "Replacing a host's disk").
+
 Every host also runs a membership agent, process id host-<id> (--name), so
 'tutti members' lists the hosts. It gossips on --gossip-addr, by default the
 host of --listen at the gRPC port + 1000 (7400 -> 8400), and joins

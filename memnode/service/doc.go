@@ -115,8 +115,9 @@
 // configured replicas the host's log engine neither holds nor has removed
 // (a first boot that crashed between two replicas' starts is finished by
 // the next one); with a directory, only the first boot (an empty log
-// engine) uses the configuration and later ones start what the engine
-// holds, the reconciler the rest.
+// engine, once the other hosts confirm it: see Lost state) uses the
+// configuration and later ones start what the engine holds, the
+// reconciler the rest.
 //
 // The Cluster RPC answers from the directory, read linearizably (a ReadIndex
 // read at memnode 0's leader, through this host's own Session path or a
@@ -144,7 +145,10 @@
 //     if this host is one of them (a memnode just created; such a host
 //     starts it even if a change since took it out of the replicas),
 //     otherwise by joining with no peers and waiting for the leader's
-//     snapshot;
+//     snapshot; a host that may have lost its state first checks that it
+//     is not still counted as what it was (Lost state);
+//   - the leader of a group removes a replica whose host reports it lost
+//     (Lost state), so that the host joins again as a new member;
 //   - the leader of a memnode created online first clears its Bootstrap
 //     voters in the directory (the group exists), before any change;
 //   - the leader of each group drives replication.ChangeReplicas, one
@@ -173,7 +177,81 @@
 // Restarted hosts recover the groups their log engine holds; only a host
 // with an empty engine bootstraps from HostConfig.Memnodes (a host whose
 // replicas were all removed is not empty: it keeps their tombstones,
-// replication.Host.RemovedGroups).
+// replication.Host.RemovedGroups), and only at the cluster's first boot.
+//
+// # Lost state
+//
+// Replica ids are host ids, so a host that comes back with an empty data
+// directory under its id (its disk was replaced, or an operator started a
+// new machine with the id of a host that is down; idTaken only catches a
+// host that still runs) is, to its groups, the voter it was, but it has
+// forgotten every entry it acknowledged and every vote it cast. Had it
+// taken part as that voter, it could have voted for a candidate lacking
+// committed entries: replicas 1, 2, 3, a write committed by 1 and 2 while
+// 3 lagged, 2 down, 1 back empty votes for 3, and 3 leads without the
+// write, which it then overwrites on 2 (TestWipedHostDoesNotVoteAcknowledgedWritesAway).
+// The rule: a host never starts, as a voter or as a learner its leader has
+// acknowledgements from, a replica of which its log engine holds neither
+// state nor tombstone. It takes part again only as a new member, added by
+// a configuration change and caught up by snapshot, as for `tutti replica
+// add`:
+//
+//  1. First boot or lost disk. An empty engine with a configured placement
+//     bootstraps nothing at once. The reconciler asks every configured
+//     host (the Replicas RPC, every 100 ms) and bootstraps the configured
+//     replicas once every host it shares a configured memnode with (every
+//     host, for a host with none) has answered and none has been part of a
+//     running cluster: each answers first_boot and has no group past its
+//     first term. So the cluster's first boot needs every initial host up. If an
+//     answering host runs with data, or a group is past its first term, the
+//     cluster runs: the host bootstraps nothing, logs a warning ("not
+//     bootstrapping"), and marks its data directory (the file
+//     TUTTI-STARTED-EMPTY, never removed, so that a restart still knows). A
+//     host started with no placement (--join) is marked at once.
+//  2. A marked host starts a replica the directory assigns it, and of which
+//     its engine holds neither state nor tombstone, only after asking the
+//     group's leader (Replicas RPC): if the leader's applied configuration
+//     lists it as a voter (either half of a joint one), or as a learner it
+//     has seen acknowledge entries, the host does not start it, logs an
+//     error ("lost replica") and reports the memnode in the Replicas RPC's
+//     lost. If the configuration does not list it, or lists it as a
+//     learner with no acknowledgement (just added), it joins as a new,
+//     empty replica. A bootstrap voter of a memnode created online asks the
+//     other bootstrap voters instead: if none is past the group's first
+//     term it creates the group, else it proceeds as above. With no leader
+//     to ask (no quorum) it waits.
+//  3. The leader of a group removes a member that does not answer Raft
+//     and whose host reports the memnode lost (one ConfChangeV2; no loss of
+//     availability: as it is, the member is in no quorum). The host then
+//     sees itself out of the configuration and joins; the leader adds it as
+//     a learner, sends it a snapshot and promotes it once caught up.
+//
+// A host whose engine was not empty never had the replicas it lacks (a
+// group's state is written before its replica sends anything), so it
+// starts them as before. Raft would accept the old id again: it keeps no
+// record of removed ids, and a member re-added gets a fresh progress
+// record. Messages from the time before cannot confuse the new replica:
+// the old process is gone with its queues, and replication drops what the
+// leader queued for the old member while it was down (a heartbeat whose
+// commit index is beyond the log, on which raft would panic) as well as
+// vote requests to a replica that has received nothing yet.
+//
+// What it costs: a host that starts long after the others at the cluster's
+// first boot (after its groups elected a leader), or whose first boot
+// crashed between two replicas' starts, cannot be told from one that lost
+// its disk, and its replicas are removed and added back (a few seconds).
+// What it does not cover: a majority of a group's replicas lost at once
+// (the data is gone; hosts that answer first_boot together may bootstrap
+// the group afresh), and the static placement (no directory, so no
+// configuration change: a host of a static cluster must not lose its data
+// directory; it bootstraps as before).
+//
+// Operators replacing a host's disk restart it with the same flags (id,
+// address, --peers) and an empty --data-dir: steps 1-3 run by themselves
+// and `tutti memnodes` shows the host's replicas back once they are. While
+// the group has no leader (a majority down) nothing happens; the lost host
+// waits. The same happens by hand with `tutti replica remove MN HOST
+// --wait` then `tutti replica add MN HOST --wait`.
 //
 // # Taking a host out of service
 //
