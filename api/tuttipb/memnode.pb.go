@@ -1337,12 +1337,19 @@ type ReplicasInfo struct {
 	Host   uint64                `protobuf:"varint,1,opt,name=host,proto3" json:"host,omitempty"`
 	Groups []*ReplicaGroupStatus `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
 	// The host started with an empty data directory to bootstrap the
-	// memnodes of its configuration and has not found the cluster running
-	// (memnode/service doc.go, "Lost state"). A host starting empty
-	// bootstraps only if every host it shares a configured memnode with
-	// answers, and none of them has been part of a running cluster: each
-	// answers first_boot with no group past term 1.
-	FirstBoot bool `protobuf:"varint,3,opt,name=first_boot,json=firstBoot,proto3" json:"first_boot,omitempty"`
+	// memnodes of its configuration and has not decided yet whether the
+	// cluster runs (memnode/service doc.go, "Lost state"); boot_nonce is
+	// then the random number its data directory holds since its log engine
+	// was found empty. A host starting empty bootstraps once every host it
+	// shares a configured memnode with answers, and each answers first_boot
+	// or records this host's boot_nonce in first_boot_peers.
+	FirstBoot bool   `protobuf:"varint,3,opt,name=first_boot,json=firstBoot,proto3" json:"first_boot,omitempty"`
+	BootNonce uint64 `protobuf:"fixed64,5,opt,name=boot_nonce,json=bootNonce,proto3" json:"boot_nonce,omitempty"`
+	// The hosts that answered first_boot, with their boot_nonce, when this
+	// host decided its own first boot (kept in its data directory): a host
+	// listed here with the boot_nonce it still has took part in the same
+	// first boot, and has held no Raft state since.
+	FirstBootPeers []*BootNonce `protobuf:"bytes,6,rep,name=first_boot_peers,json=firstBootPeers,proto3" json:"first_boot_peers,omitempty"`
 	// Memnodes whose replica this host lost (its data directory holds
 	// neither their state nor their tombstone) while their group's
 	// configuration still lists it: the group's leader removes it from the
@@ -1403,11 +1410,78 @@ func (x *ReplicasInfo) GetFirstBoot() bool {
 	return false
 }
 
+func (x *ReplicasInfo) GetBootNonce() uint64 {
+	if x != nil {
+		return x.BootNonce
+	}
+	return 0
+}
+
+func (x *ReplicasInfo) GetFirstBootPeers() []*BootNonce {
+	if x != nil {
+		return x.FirstBootPeers
+	}
+	return nil
+}
+
 func (x *ReplicasInfo) GetLost() []uint64 {
 	if x != nil {
 		return x.Lost
 	}
 	return nil
+}
+
+// A host's boot_nonce, as recorded by a host that decided a first boot.
+type BootNonce struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          uint64                 `protobuf:"varint,1,opt,name=host,proto3" json:"host,omitempty"`
+	Nonce         uint64                 `protobuf:"fixed64,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BootNonce) Reset() {
+	*x = BootNonce{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BootNonce) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BootNonce) ProtoMessage() {}
+
+func (x *BootNonce) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BootNonce.ProtoReflect.Descriptor instead.
+func (*BootNonce) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *BootNonce) GetHost() uint64 {
+	if x != nil {
+		return x.Host
+	}
+	return 0
+}
+
+func (x *BootNonce) GetNonce() uint64 {
+	if x != nil {
+		return x.Nonce
+	}
+	return 0
 }
 
 // A byte range [addr, addr+len) of a memnode's address space.
@@ -1421,7 +1495,7 @@ type Range struct {
 
 func (x *Range) Reset() {
 	*x = Range{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[16]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1507,7 @@ func (x *Range) String() string {
 func (*Range) ProtoMessage() {}
 
 func (x *Range) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[16]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1520,7 @@ func (x *Range) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Range.ProtoReflect.Descriptor instead.
 func (*Range) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{16}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Range) GetAddr() uint64 {
@@ -1479,7 +1553,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[17]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1565,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[17]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1578,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{17}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchRequest) GetMemnode() uint64 {
@@ -1569,7 +1643,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[18]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1581,7 +1655,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[18]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1594,7 +1668,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{18}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchEvent) GetMemnode() uint64 {
@@ -1655,7 +1729,7 @@ type WatchError struct {
 
 func (x *WatchError) Reset() {
 	*x = WatchError{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[19]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +1741,7 @@ func (x *WatchError) String() string {
 func (*WatchError) ProtoMessage() {}
 
 func (x *WatchError) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[19]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +1754,7 @@ func (x *WatchError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchError.ProtoReflect.Descriptor instead.
 func (*WatchError) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{19}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchError) GetStatus() Status {
@@ -1790,13 +1864,19 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\blearners\x18\b \x03(\x04R\blearners\x12'\n" +
 	"\x0fvoters_outgoing\x18\t \x03(\x04R\x0evotersOutgoing\x125\n" +
 	"\bprogress\x18\n" +
-	" \x03(\v2\x19.tutti.v1.ReplicaProgressR\bprogress\"\x8b\x01\n" +
+	" \x03(\v2\x19.tutti.v1.ReplicaProgressR\bprogress\"\xe9\x01\n" +
 	"\fReplicasInfo\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\x04R\x04host\x124\n" +
 	"\x06groups\x18\x02 \x03(\v2\x1c.tutti.v1.ReplicaGroupStatusR\x06groups\x12\x1d\n" +
 	"\n" +
-	"first_boot\x18\x03 \x01(\bR\tfirstBoot\x12\x12\n" +
-	"\x04lost\x18\x04 \x03(\x04R\x04lost\"-\n" +
+	"first_boot\x18\x03 \x01(\bR\tfirstBoot\x12\x1d\n" +
+	"\n" +
+	"boot_nonce\x18\x05 \x01(\x06R\tbootNonce\x12=\n" +
+	"\x10first_boot_peers\x18\x06 \x03(\v2\x13.tutti.v1.BootNonceR\x0efirstBootPeers\x12\x12\n" +
+	"\x04lost\x18\x04 \x03(\x04R\x04lost\"5\n" +
+	"\tBootNonce\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\x04R\x04host\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\x06R\x05nonce\"-\n" +
 	"\x05Range\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x10\n" +
 	"\x03len\x18\x02 \x01(\x04R\x03len\"n\n" +
@@ -1866,7 +1946,7 @@ func file_tutti_v1_memnode_proto_rawDescGZIP() []byte {
 }
 
 var file_tutti_v1_memnode_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_tutti_v1_memnode_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_tutti_v1_memnode_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_tutti_v1_memnode_proto_goTypes = []any{
 	(Kind)(0),                  // 0: tutti.v1.Kind
 	(Vote)(0),                  // 1: tutti.v1.Vote
@@ -1888,10 +1968,11 @@ var file_tutti_v1_memnode_proto_goTypes = []any{
 	(*ReplicaProgress)(nil),    // 17: tutti.v1.ReplicaProgress
 	(*ReplicaGroupStatus)(nil), // 18: tutti.v1.ReplicaGroupStatus
 	(*ReplicasInfo)(nil),       // 19: tutti.v1.ReplicasInfo
-	(*Range)(nil),              // 20: tutti.v1.Range
-	(*WatchRequest)(nil),       // 21: tutti.v1.WatchRequest
-	(*WatchEvent)(nil),         // 22: tutti.v1.WatchEvent
-	(*WatchError)(nil),         // 23: tutti.v1.WatchError
+	(*BootNonce)(nil),          // 20: tutti.v1.BootNonce
+	(*Range)(nil),              // 21: tutti.v1.Range
+	(*WatchRequest)(nil),       // 22: tutti.v1.WatchRequest
+	(*WatchEvent)(nil),         // 23: tutti.v1.WatchEvent
+	(*WatchError)(nil),         // 24: tutti.v1.WatchError
 }
 var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	0,  // 0: tutti.v1.Request.kind:type_name -> tutti.v1.Kind
@@ -1912,22 +1993,23 @@ var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	14, // 15: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
 	17, // 16: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
 	18, // 17: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
-	20, // 18: tutti.v1.WatchRequest.ranges:type_name -> tutti.v1.Range
-	20, // 19: tutti.v1.WatchEvent.ranges:type_name -> tutti.v1.Range
-	3,  // 20: tutti.v1.WatchError.status:type_name -> tutti.v1.Status
-	10, // 21: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
-	12, // 22: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
-	16, // 23: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
-	21, // 24: tutti.v1.Memnode.Watch:input_type -> tutti.v1.WatchRequest
-	11, // 25: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
-	15, // 26: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
-	19, // 27: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
-	22, // 28: tutti.v1.Memnode.Watch:output_type -> tutti.v1.WatchEvent
-	25, // [25:29] is the sub-list for method output_type
-	21, // [21:25] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	20, // 18: tutti.v1.ReplicasInfo.first_boot_peers:type_name -> tutti.v1.BootNonce
+	21, // 19: tutti.v1.WatchRequest.ranges:type_name -> tutti.v1.Range
+	21, // 20: tutti.v1.WatchEvent.ranges:type_name -> tutti.v1.Range
+	3,  // 21: tutti.v1.WatchError.status:type_name -> tutti.v1.Status
+	10, // 22: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
+	12, // 23: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
+	16, // 24: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
+	22, // 25: tutti.v1.Memnode.Watch:input_type -> tutti.v1.WatchRequest
+	11, // 26: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
+	15, // 27: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
+	19, // 28: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
+	23, // 29: tutti.v1.Memnode.Watch:output_type -> tutti.v1.WatchEvent
+	26, // [26:30] is the sub-list for method output_type
+	22, // [22:26] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_tutti_v1_memnode_proto_init() }
@@ -1941,7 +2023,7 @@ func file_tutti_v1_memnode_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tutti_v1_memnode_proto_rawDesc), len(file_tutti_v1_memnode_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

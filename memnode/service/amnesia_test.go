@@ -252,3 +252,59 @@ func TestJoinedHostTakesAnAddedReplica(t *testing.T) {
 		t.Fatalf("the joined host's data directory is not marked: %v", err)
 	}
 }
+
+// A wiped host's replicas are removed and added back as learners; the host
+// crashes right after a leader added it back, or right after it started
+// the replica (empty, before the leader's snapshot), and restarts from its
+// disk, at once or after a while. Every memnode must end with the host a
+// voter again (a memnode left with two voters stops at the next fault).
+func TestWipedHostCrashingAfterReAddEndsAVoter(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		after []string // log line the crash follows
+		down  time.Duration
+	}{
+		{"added", []string{`"add learner"`, `"replica":3`}, 0},
+		{"added, down 3s", []string{`"add learner"`, `"replica":3`}, 3 * time.Second},
+		{"started", []string{`"host":3`, "started replica assigned by the directory"}, 0},
+		{"started, down 3s", []string{`"host":3`, "started replica assigned by the directory"}, 3 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncbuf.Buffer
+			c := startOnline(t, cluster.Config{Hosts: 3, Memnodes: 3, Replicas: 3, DirectoryPoll: 50 * time.Millisecond,
+				Logger: zerolog.New(&logs).Level(zerolog.InfoLevel)})
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cl := oneSeedClient(t, c)
+			for mn := range uint64(3) {
+				if _, err := cl.Exec(ctx, client.NewTx().Write(mn, 0, []byte("written"))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			wipeHost(t, c, 3)
+			if err := cluster.Eventually(ctx, "host 3 added back", func() error {
+				if logs.Lines(tc.after...) == 0 {
+					return fmt.Errorf("not yet")
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.StopHost(2); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(tc.down) // the host stays down: not a wait for a condition
+			if err := c.RestartHost(2); err != nil {
+				t.Fatal(err)
+			}
+			for mn := range uint64(3) {
+				wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+				err := c.WaitReplicas(wctx, mn, []uint64{1, 2, 3})
+				wcancel()
+				if err != nil {
+					t.Fatalf("%v\nlogs:\n%s", err, logs.String())
+				}
+			}
+		})
+	}
+}

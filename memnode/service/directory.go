@@ -151,6 +151,14 @@ const instanceHeader = "tutti-instance"
 func (s *Server) Replicas(ctx context.Context, _ *tuttipb.ReplicasRequest) (*tuttipb.ReplicasInfo, error) {
 	_ = grpc.SetHeader(ctx, metadata.Pairs(instanceHeader, s.instance))
 	out := &tuttipb.ReplicasInfo{Host: s.hostID, FirstBoot: s.firstBoot.Load()}
+	if out.FirstBoot {
+		out.BootNonce = s.bootNonce.Load()
+	}
+	if p := s.bootPeers.Load(); p != nil {
+		for _, b := range *p {
+			out.FirstBootPeers = append(out.FirstBootPeers, &tuttipb.BootNonce{Host: b.GetHost(), Nonce: b.GetNonce()})
+		}
+	}
 	if lost := s.lost.Load(); lost != nil {
 		out.Lost = slices.Clone(*lost)
 	}

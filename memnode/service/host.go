@@ -156,6 +156,9 @@ type Host struct {
 	// bootstraps (firstBootProbe; reconciler only).
 	booting     bool
 	bootPending []bootStart
+	// bootNonce: while booting, the random number this data directory
+	// holds since its log engine was found empty (bootNonceFile).
+	bootNonce uint64
 	// bootWaitLogged: when firstBootProbe last logged whom it waits for.
 	bootWaitLogged time.Time
 	// suspect: this host's log engine was empty in a cluster that already
@@ -315,8 +318,20 @@ func StartHost(cfg HostConfig) (*Host, error) {
 	// is suspect from the start, and so is one that was found empty
 	// before (the marker file).
 	var firstBoot, suspect bool
+	var nonce uint64
+	var bootPeers []*tuttipb.BootNonce
 	if !cfg.staticPlacement() {
 		marked, err := lostStateMarked(cfg.DataDir)
+		if err == nil {
+			bootPeers, err = readFirstBootPeers(cfg.DataDir)
+		}
+		if err == nil && empty && len(specs) > 0 && !marked {
+			nonce, err = bootNonce(cfg.DataDir)
+		} else if err == nil && !empty {
+			// A first boot that crashed between bootstrapping and
+			// removing its nonce: the nonce belongs to an empty engine.
+			err = removeBootNonce(cfg.DataDir)
+		}
 		if err != nil {
 			rh.Close()
 			gs.Stop()
@@ -326,9 +341,9 @@ func StartHost(cfg HostConfig) (*Host, error) {
 		switch {
 		case empty && len(specs) > 0 && !marked:
 			// A first boot, or a host that lost its data directory:
-			// the reconciler tells them apart. A host with no
-			// configured replica (a spare) asks too: it must know
-			// whether it may have had replicas since.
+			// the reconciler tells them apart (by the boot nonce). A
+			// host with no configured replica (a spare) asks too: it
+			// must know whether it may have had replicas since.
 			firstBoot = true
 			h.booting, h.bootPending, starts = true, starts, nil
 		case empty && !marked: // --join: the cluster runs
@@ -365,6 +380,9 @@ func StartHost(cfg HostConfig) (*Host, error) {
 	}
 	h.server = newServer(cfg.ID, cfg.Hosts, specs, cfg.Memnode, cfg.Clock, log, rh)
 	h.server.watch = h.watch
+	h.bootNonce = nonce
+	h.server.bootNonce.Store(nonce)
+	h.server.bootPeers.Store(&bootPeers)
 	h.server.firstBoot.Store(firstBoot)
 	h.server.updateLayout(func(l *layout) { l.local = local })
 	tuttipb.RegisterMemnodeServer(gs, h.server)

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +21,10 @@ import (
 
 // Lost state (see doc.go): a host whose data directory was lost must not
 // take part in its memnodes' Raft groups as the voter it was.
+
+// firstBootHook, if set (tests), runs once firstBootProbe decided a first
+// boot; false makes it decide again later.
+var firstBootHook func(host uint64) bool
 
 // bootStart is a replica a boot starts: peers are the voters it
 // bootstraps the group with, nil to recover or join it.
@@ -59,6 +66,132 @@ func markLostState(dir string) error {
 	if err != nil {
 		return fmt.Errorf("marking the data directory: %w", err)
 	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// bootNonceFile holds a random number drawn when the host found its log
+// engine empty (and no marker); it identifies this empty engine to the
+// hosts that decide the first boot with it (firstBootProbe). It is removed
+// once the engine holds state: a data directory wiped later draws a new
+// one.
+const bootNonceFile = "TUTTI-BOOT-NONCE"
+
+// firstBootPeersFile records, one "host nonce" line each, the hosts that
+// answered first_boot when this host decided the cluster's first boot.
+// Each line is an observation that stays true, so decisions add lines and
+// nothing removes any.
+const firstBootPeersFile = "TUTTI-FIRST-BOOT-PEERS"
+
+// bootNonce returns the data directory's boot nonce, drawing and storing
+// it durably first if there is none.
+func bootNonce(dir string) (uint64, error) {
+	p := filepath.Join(dir, bootNonceFile)
+	b, err := os.ReadFile(p)
+	if err == nil {
+		n, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64)
+		if perr == nil && n != 0 {
+			return n, nil
+		}
+		// A torn write (the file is written before its directory entry
+		// is synced): no host can have recorded it.
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
+	var n uint64
+	for n == 0 {
+		n = rand.Uint64()
+	}
+	if err := writeFileSync(dir, bootNonceFile, []byte(fmt.Sprintf("%016x\n", n))); err != nil {
+		return 0, fmt.Errorf("storing the boot nonce: %w", err)
+	}
+	return n, nil
+}
+
+func removeBootNonce(dir string) error {
+	err := os.Remove(filepath.Join(dir, bootNonceFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func readFirstBootPeers(dir string) ([]*tuttipb.BootNonce, error) {
+	b, err := os.ReadFile(filepath.Join(dir, firstBootPeersFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []*tuttipb.BootNonce
+	for i, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" {
+			continue
+		}
+		var host, nonce uint64
+		if _, err := fmt.Sscanf(line, "%d %x", &host, &nonce); err != nil {
+			return nil, fmt.Errorf("%s line %d: %q: %w", firstBootPeersFile, i+1, line, err)
+		}
+		out = append(out, &tuttipb.BootNonce{Host: host, Nonce: nonce})
+	}
+	return out, nil
+}
+
+// recordFirstBootPeers adds booting to the record durably (written to a
+// temporary file, synced, renamed, directory synced) and returns the whole
+// record.
+func recordFirstBootPeers(dir string, booting []*tuttipb.BootNonce) ([]*tuttipb.BootNonce, error) {
+	all, err := readFirstBootPeers(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range booting {
+		if !recordsBoot(all, b.GetHost(), b.GetNonce()) {
+			all = append(all, b)
+		}
+	}
+	var buf strings.Builder
+	for _, b := range all {
+		fmt.Fprintf(&buf, "%d %016x\n", b.GetHost(), b.GetNonce())
+	}
+	if err := writeFileSync(dir, firstBootPeersFile, []byte(buf.String())); err != nil {
+		return nil, err
+	}
+	return all, nil
+}
+
+// writeFileSync replaces dir/name with data durably.
+func writeFileSync(dir, name string, data []byte) error {
+	tmp := filepath.Join(dir, name+".tmp")
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, name))
+	}
+	if err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -126,13 +259,21 @@ func (h *Host) askReplicas(ctx context.Context, host uint64) *tuttipb.ReplicasIn
 }
 
 // firstBootProbe decides whether this host's empty log engine is the first
-// boot of a new cluster: it bootstraps the configured replicas
-// (h.bootPending) once every host it shares one with has answered and no
-// answering host has been part of a running cluster (each says first_boot
-// and has no group past term 1). If one has, the cluster runs already and
-// this host lost its data directory (or started long after the others):
-// it bootstraps nothing, and the reconciler starts the replicas the
-// directory assigns here as new members. It reports whether it decided.
+// boot of a new cluster. It asks every host; it waits until every host it
+// shares a configured memnode with (every host, for a spare) has answered.
+// A host that answers first_boot is booting too, its engine empty. A host
+// that does not has Raft state: if it recorded this host's current boot
+// nonce when it decided its own first boot, this host answered it then as
+// booting with an empty engine and has bootstrapped nothing since (its
+// engine is still empty, and a bootstrap removes the nonce), so it never
+// voted or acknowledged anything: it is still at the cluster's first boot,
+// only late. Otherwise the cluster runs already and this host lost its data
+// directory (or started after the others without taking part in their first
+// boot): it bootstraps nothing, and the reconciler starts the replicas the
+// directory assigns here as new members. Before bootstrapping the
+// configured replicas (h.bootPending), it records the nonces of the hosts
+// that answered first_boot (firstBootPeersFile). It reports whether it
+// decided.
 func (h *Host) firstBootProbe(ctx context.Context) bool {
 	me := h.cfg.ID
 	var ask []uint64
@@ -165,29 +306,28 @@ func (h *Host) firstBootProbe(ctx context.Context) bool {
 		return false
 	}
 	var missing []uint64
+	var booting []*tuttipb.BootNonce
+	var seenBy uint64 // a host with state that recorded this boot
 	why := ""
 	for _, host := range ask {
 		info := answers.get(ctx, host)
-		if info == nil {
+		switch {
+		case info == nil:
 			if need[host] {
 				missing = append(missing, host)
 			}
-			continue
-		}
-		if !info.GetFirstBoot() {
-			why = fmt.Sprintf("host %d runs with data", host)
-		}
-		for _, st := range info.GetGroups() {
-			if st.GetTerm() > 1 {
-				why = fmt.Sprintf("host %d's replica of memnode %d is in term %d", host, st.GetMemnode(), st.GetTerm())
+		case info.GetFirstBoot():
+			booting = append(booting, &tuttipb.BootNonce{Host: host, Nonce: info.GetBootNonce()})
+		case recordsBoot(info.GetFirstBootPeers(), me, h.bootNonce):
+			if seenBy == 0 {
+				seenBy = host
 			}
-		}
-		if why != "" {
-			break
+		case why == "":
+			why = fmt.Sprintf("host %d runs with Raft state and did not record this host's boot nonce %016x", host, h.bootNonce)
 		}
 	}
 	log := h.log
-	if why != "" {
+	if why != "" && seenBy == 0 {
 		if err := markLostState(h.cfg.DataDir); err != nil {
 			log.Error().Err(err).Msg("cannot mark the data directory; retrying")
 			return false
@@ -195,6 +335,9 @@ func (h *Host) firstBootProbe(ctx context.Context) bool {
 		h.suspect = true
 		h.booting, h.bootPending = false, nil
 		h.server.firstBoot.Store(false)
+		if err := removeBootNonce(h.cfg.DataDir); err != nil {
+			log.Warn().Err(err).Msg("cannot remove the boot nonce file (the marker file overrides it)")
+		}
 		log.Warn().Str("because", why).
 			Msg("this host's data directory is empty but its cluster already runs: not bootstrapping the memnodes of its configuration; the replicas the directory assigns here rejoin their groups as new members (doc.go, Lost state)")
 		return true
@@ -207,6 +350,18 @@ func (h *Host) firstBootProbe(ctx context.Context) bool {
 		}
 		return false
 	}
+	if fn := firstBootHook; fn != nil && !fn(me) {
+		return false
+	}
+	// The record first (a host that sees this one with state must find
+	// it), then the state: answering first_boot=false implies the record.
+	peers, err := recordFirstBootPeers(h.cfg.DataDir, booting)
+	if err != nil {
+		log.Error().Err(err).Msg("first boot: cannot record the booting hosts; retrying")
+		return false
+	}
+	h.server.bootPeers.Store(&peers)
+	h.server.firstBoot.Store(false)
 	for _, st := range h.bootPending {
 		if err := h.startReplica(st.id, st.peers); err != nil {
 			// The engine refused a new group: the host cannot keep its
@@ -215,9 +370,24 @@ func (h *Host) firstBootProbe(ctx context.Context) bool {
 			continue
 		}
 	}
-	log.Info().Int("replicas", len(h.bootPending)).Msg("first boot: bootstrapped the configured replicas (no host runs with data yet)")
+	// The engine holds state now: the nonce belonged to the empty one
+	// (a crash before this is repaired at the next start).
+	if err := removeBootNonce(h.cfg.DataDir); err != nil {
+		log.Warn().Err(err).Msg("first boot: cannot remove the boot nonce file; the next start removes it")
+	}
+	ev := log.Info().Int("replicas", len(h.bootPending))
+	if seenBy != 0 {
+		ev = ev.Uint64("recorded_by", seenBy)
+	}
+	ev.Msg("first boot: bootstrapped the configured replicas (every host with state recorded this boot, or none has state yet)")
 	h.booting, h.bootPending = false, nil
 	return true
+}
+
+func recordsBoot(peers []*tuttipb.BootNonce, host, nonce uint64) bool {
+	return nonce != 0 && slices.ContainsFunc(peers, func(b *tuttipb.BootNonce) bool {
+		return b.GetHost() == host && b.GetNonce() == nonce
+	})
 }
 
 // startReplica starts this host's replica of memnode id (peers as for

@@ -77,7 +77,12 @@ type Server struct {
 	// firstBoot and lost are what the Replicas RPC tells other hosts about
 	// this host's state (doc.go, "Lost state"): a first boot that has not
 	// found the cluster running, and the memnodes whose replica it lost.
+	// bootNonce is this host's boot nonce while firstBoot; bootPeers the
+	// hosts (and their nonces) that answered first_boot when this host
+	// decided its first boot.
 	firstBoot atomic.Bool
+	bootNonce atomic.Uint64
+	bootPeers atomic.Pointer[[]*tuttipb.BootNonce]
 	lost      atomic.Pointer[[]uint64]
 }
 
