@@ -57,7 +57,8 @@ at the first start; afterwards the directory decides, and changes online with
 starts with --join and registers its address in the directory.
 
 The first boot (an empty --data-dir) bootstraps only once every host this
-one shares a memnode with answers and none runs with data. A host whose data
+one shares a memnode with answers, and each is booting too or recorded this
+host's boot nonce (TUTTI-BOOT-NONCE) when it bootstrapped. A host whose data
 directory was lost (a replaced disk) is restarted with the same flags and an
 empty --data-dir: it finds the cluster running, bootstraps nothing, and its
 replicas are removed from their Raft groups and added back as new members

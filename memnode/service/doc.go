@@ -197,17 +197,38 @@
 // add`:
 //
 //  1. First boot or lost disk. An empty engine with a configured placement
-//     bootstraps nothing at once. The reconciler asks every configured
-//     host (the Replicas RPC, every 100 ms) and bootstraps the configured
-//     replicas once every host it shares a configured memnode with (every
-//     host, for a host with none) has answered and none has been part of a
-//     running cluster: each answers first_boot and has no group past its
-//     first term. So the cluster's first boot needs every initial host up. If an
-//     answering host runs with data, or a group is past its first term, the
+//     bootstraps nothing at once. It draws a random boot nonce, kept in
+//     its data directory (TUTTI-BOOT-NONCE, synced with the directory
+//     before the host answers anyone; removed once the engine holds state,
+//     so a wiped directory draws a new one), and answers the Replicas RPC
+//     with first_boot and that nonce. The reconciler asks every configured
+//     host (every 100 ms) and, once every host it shares a configured
+//     memnode with (every host, for a host with none) has answered:
+//     - if each answers first_boot, or runs with Raft state and lists this
+//     host with its current nonce in first_boot_peers, it is the
+//     cluster's first boot: it adds the hosts that answered first_boot,
+//     with their nonces, to its own record (TUTTI-FIRST-BOOT-PEERS, synced
+//     before anything else; lines are only ever added, each a true
+//     observation) and only then bootstraps the configured replicas and
+//     stops answering first_boot;
+//     - if a host runs with state and does not list this host's nonce, the
 //     cluster runs: the host bootstraps nothing, logs a warning ("not
 //     bootstrapping"), and marks its data directory (the file
-//     TUTTI-STARTED-EMPTY, never removed, so that a restart still knows). A
-//     host started with no placement (--join) is marked at once.
+//     TUTTI-STARTED-EMPTY, never removed, so that a restart still knows).
+//     The nonce is what makes the first boot race-free: a host whose probe
+//     of a peer failed (a port not yet open, then gRPC's reconnect backoff)
+//     while the peers, having seen it booting, bootstrapped and elected,
+//     used to find their groups past term 1 and take itself for a lost
+//     disk. A host listed with its current nonce answered as booting with
+//     an empty engine when that peer bootstrapped, and its engine is still
+//     empty with the same nonce: it has voted and acknowledged nothing
+//     since, so bootstrapping now is the bootstrap it would have done then
+//     (every initial replica bootstraps identically). This holds across
+//     restarts: of the deciding host (its record is on its disk), and of a
+//     booting host that crashed before bootstrapping (same nonce). A wiped
+//     host has a new nonce no one recorded. So the cluster's first boot
+//     needs every initial host up. A host started with no placement
+//     (--join) is marked at once.
 //  2. A marked host starts a replica the directory assigns it, and of which
 //     its engine holds neither state nor tombstone, only after asking the
 //     group's leader (Replicas RPC): if the leader's applied configuration
@@ -236,10 +257,13 @@
 // commit index is beyond the log, on which raft would panic) as well as
 // vote requests to a replica that has received nothing yet.
 //
-// What it costs: a host that starts long after the others at the cluster's
-// first boot (after its groups elected a leader), or whose first boot
-// crashed between two replicas' starts, cannot be told from one that lost
-// its disk, and its replicas are removed and added back (a few seconds).
+// What it costs: a host that did not take part in the cluster's first boot
+// (it was not up while the hosts it shares memnodes with decided; they
+// wait for it, so only a host sharing no memnode with a decided host, or
+// whose first boot crashed between two replicas' starts) cannot be told
+// from one that lost its disk, and its replicas are removed and added back
+// (a few seconds, during which the group has one voter fewer: a second
+// fault then may stop it until the re-added replica is promoted).
 // What it does not cover: a majority of a group's replicas lost at once
 // (the data is gone; hosts that answer first_boot together may bootstrap
 // the group afresh), and the static placement (no directory, so no
