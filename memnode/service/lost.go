@@ -49,29 +49,13 @@ func lostStateMarked(dir string) (bool, error) {
 // markLostState writes the marker durably before the host starts any
 // replica: a later restart must still know the engine's history.
 func markLostState(dir string) error {
-	p := filepath.Join(dir, lostStateFile)
-	f, err := os.Create(p)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString("This host's Raft log engine was empty while its cluster ran (a lost or new data\n" +
-		"directory): it starts a replica it holds nothing of only as a new member of the\n" +
-		"replica's group. See memnode/service doc.go, \"Lost state\". Do not remove.\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err := writeFileSync(dir, lostStateFile, []byte("This host's Raft log engine was empty while its cluster ran (a lost or new data\n"+
+		"directory): it starts a replica it holds nothing of only as a new member of the\n"+
+		"replica's group. See memnode/service doc.go, \"Lost state\". Do not remove.\n"))
 	if err != nil {
 		return fmt.Errorf("marking the data directory: %w", err)
 	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }
 
 // bootNonceFile holds a random number drawn when the host found its log
