@@ -15,8 +15,8 @@ import (
 
 // Config configures a membership Node.
 type Config struct {
-	// ID is the process id: the memberlist node name and the table row's
-	// key. 1..MaxIDLen bytes, unique per process in the cluster. Required.
+	// ID is the process id: the table row's key (memberlist's node name
+	// is ID + "/" + a nonce per Start). 1..MaxIDLen bytes, unique per process in the cluster. Required.
 	ID string
 	// Client executes the table's minitransactions. Required; the Node does
 	// not close it.

@@ -250,14 +250,19 @@ func TestConfigValidate(t *testing.T) {
 
 func TestLogBridgeLevels(t *testing.T) {
 	var buf bytes.Buffer
-	l := newStdLogger(zerolog.New(&buf))
+	l := newStdLogger(zerolog.New(&buf), "c")
 	l.Printf("[DEBUG] memberlist: probing x")
 	l.Printf("[WARN] memberlist: refuting a suspect message")
 	l.Printf("[ERR] memberlist: failed to decrypt")
 	l.Printf("no prefix")
 	// An error about memberlist's own closed socket comes from Shutdown.
 	l.Printf("[ERR] memberlist: Failed to send UDP ping: write udp 127.0.0.1:8402->127.0.0.1:8401: use of closed network connection")
-	want := []string{`"level":"debug"`, `"level":"warn"`, `"level":"error"`, `"level":"info"`, `"level":"debug"`}
+	// Pings for an older life of this process, and for another process.
+	l.Printf("[WARN] memberlist: Got ping for unexpected node 'c/0123' from=127.0.0.1:8401")
+	l.Printf("[WARN] memberlist: Got ping for unexpected node c/0123 from=127.0.0.1:8401")
+	l.Printf("[WARN] memberlist: Got ping for unexpected node 'cc/0123' from=127.0.0.1:8401")
+	want := []string{`"level":"debug"`, `"level":"warn"`, `"level":"error"`, `"level":"info"`, `"level":"debug"`,
+		`"level":"debug"`, `"level":"debug"`, `"level":"warn"`}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != len(want) {
 		t.Fatalf("got %d lines: %s", len(lines), buf.String())

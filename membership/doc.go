@@ -93,12 +93,17 @@
 //     never seen, or seen dead only under an older incarnation — is declared
 //     dead after AbsentTimeout (this catches processes that died while no
 //     observer was running, and rejoins made from the wrong side of a
-//     partition). A live row newer than the life memberlist saw die (a
-//     process restarted under its id before the crash was noticed, maybe
-//     on another gossip port, which memberlist refused while the old life
-//     held the name) is contacted at the row's gossip address, once per
-//     incarnation and observation: memberlist, the old life now dead, then
-//     takes the new one in, well before AbsentTimeout would evict it.
+//     partition). memberlist knows each life of a process under its own
+//     node name (id + "/" + a nonce drawn at Start), and the view takes,
+//     per id, the life with the highest incarnation: a process restarted
+//     before its crash was noticed, on the same gossip address or another,
+//     is taken in at once, and the old life's death, however late it is
+//     gossiped, is not taken for the new life's. (With the id as the name,
+//     memberlist refused the new life while the old held the name, and a
+//     death declared for the old life reached members that had taken in
+//     the new one as the new one's: a false removal. Builds from before
+//     this change name nodes by id alone and never see a newer process's
+//     id alive: do not mix the two in one cluster.)
 //  4. Isolation: an observer that sees more than half of the other live
 //     processes gone waits IsolationDelay more: it is probably the one cut
 //     off, and the majority evicts it first. Evidence older than the
@@ -175,7 +180,7 @@
 // # Threading
 //
 // A Node is safe for concurrent use. One driver goroutine per Node reads and
-// writes the table (and one more contacts newer lives for it, step 3); memberlist's delegates only record observations and wake
+// writes the table; memberlist's delegates only record observations and wake
 // the driver (they never block the gossip loops). Subscribe channels are
 // fed through unbounded queues, so a slow subscriber never stalls the node;
 // they are closed by their cancel function or by Close.

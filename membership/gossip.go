@@ -57,15 +57,53 @@ func decodeMeta(b []byte) (Meta, error) {
 // gossipDelegate serves our metadata and turns memberlist's events into
 // observations. Every method is quick and never blocks: memberlist calls
 // them from its packet and probe loops.
+//
+// memberlist knows a process life by its node name, id + "/" + a random
+// nonce drawn at Start (gossipName), so two lives of one id are two
+// memberlist nodes: a process restarted before the others noticed its crash
+// is taken in at once, whatever its address, and a suspicion or death
+// gossiped about the old life cannot land on the new one. (With the id as
+// the name, memberlist refused the new life while the old held the name,
+// and a death declared for the old life by one member, gossiped to a member
+// that had already taken in the new life, killed the new one there: its
+// row was declared dead with the new incarnation as evidence.) view
+// reports, per id, the life with the highest incarnation.
 type gossipDelegate struct {
-	self string
+	self string // our memberlist name
 	now  func() time.Time
 	mu   struct {
 		sync.Mutex
 		meta []byte
-		view map[string]Observation
+		// lives: per memberlist name (one process life), its id and the
+		// latest observation.
+		lives map[string]life
 	}
 	poke chan struct{} // capacity 1: "the view changed"
+}
+
+type life struct {
+	id string
+	o  Observation
+}
+
+// forgetDead is how long a dead or left life stays in the view. memberlist
+// forgets dead nodes within GossipToTheDeadTime (seconds); by then the table
+// has long recorded the death, and a row still live without evidence is
+// declared dead after AbsentTimeout anyway. Without it the view grew by one
+// entry per process life for the lifetime of the node (CLI and agent ids
+// are per pid).
+const forgetDead = 5 * time.Minute
+
+// gossipName is the memberlist node name of one life of process id.
+func gossipName(id, nonce string) string { return id + "/" + nonce }
+
+// gossipID is the process id of memberlist node name (what gossipName was
+// given); names without a nonce are taken whole.
+func gossipID(name string) string {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		return name[:i]
+	}
+	return name
 }
 
 func (d *gossipDelegate) setMeta(m Meta) {
@@ -107,9 +145,11 @@ func (d *gossipDelegate) observe(n *memberlist.Node, gone bool) {
 	if n.Name == d.self {
 		return
 	}
+	id := gossipID(n.Name)
 	var inc uint64
 	if m, err := decodeMeta(n.Meta); err == nil {
 		inc = m.Incarnation
+		id = m.ID
 	}
 	seen := SeenAlive
 	switch {
@@ -119,15 +159,15 @@ func (d *gossipDelegate) observe(n *memberlist.Node, gone bool) {
 		seen = SeenDead
 	}
 	d.mu.Lock()
-	old, ok := d.mu.view[n.Name]
+	old, ok := d.mu.lives[n.Name]
 	o := Observation{Seen: seen, Incarnation: inc, Since: d.now()}
-	if ok && old.Seen == seen && old.Incarnation == inc {
-		o.Since = old.Since
+	if ok && old.o.Seen == seen && old.o.Incarnation == inc {
+		o.Since = old.o.Since
 	}
 	if inc == 0 && ok {
-		o.Incarnation = old.Incarnation
+		o.Incarnation = old.o.Incarnation
 	}
-	d.mu.view[n.Name] = o
+	d.mu.lives[n.Name] = life{id: id, o: o}
 	d.mu.Unlock()
 	select {
 	case d.poke <- struct{}{}:
@@ -135,19 +175,53 @@ func (d *gossipDelegate) observe(n *memberlist.Node, gone bool) {
 	}
 }
 
+// view is the observation per process id: of its lives, the one with the
+// highest incarnation (on a tie, an alive one, then the latest). Lives dead
+// or left for forgetDead are dropped, as are dead or left lives of an id
+// that has a newer one.
 func (d *gossipDelegate) view() map[string]Observation {
+	now := d.now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	v := make(map[string]Observation, len(d.mu.view))
-	for k, o := range d.mu.view {
-		v[k] = o
+	v := make(map[string]Observation, len(d.mu.lives))
+	for name, l := range d.mu.lives {
+		if l.o.Seen != SeenAlive && now.Sub(l.o.Since) > forgetDead {
+			delete(d.mu.lives, name)
+			continue
+		}
+		if cur, ok := v[l.id]; !ok || better(l.o, cur) {
+			v[l.id] = l.o
+		}
+	}
+	for name, l := range d.mu.lives {
+		if best := v[l.id]; l.o.Seen != SeenAlive && l.o.Incarnation < best.Incarnation {
+			delete(d.mu.lives, name)
+		}
 	}
 	return v
 }
 
+// better says whether observation a of one life outranks b of another life
+// of the same id.
+func better(a, b Observation) bool {
+	switch {
+	case a.Incarnation != b.Incarnation:
+		return a.Incarnation > b.Incarnation
+	case (a.Seen == SeenAlive) != (b.Seen == SeenAlive):
+		return a.Seen == SeenAlive
+	}
+	return a.Since.After(b.Since)
+}
+
 // logBridge turns memberlist's log lines ("[DEBUG] memberlist: ...") into
 // zerolog events at the matching level.
-type logBridge struct{ log zerolog.Logger }
+// A ping for an older life of this process (id), which the others probe at
+// the address this life took over after a restart, is expected until they
+// declare that life dead: it is logged at debug level.
+type logBridge struct {
+	log zerolog.Logger
+	id  string
+}
 
 var _ io.Writer = logBridge{}
 
@@ -180,17 +254,34 @@ func (b logBridge) Write(p []byte) (int, error) {
 			// prober or gossip still ran: shutdown, not a fault.
 			lvl = zerolog.DebugLevel
 		}
+		if lvl > zerolog.DebugLevel && b.id != "" && b.olderLife(msg) {
+			lvl = zerolog.DebugLevel
+		}
 		b.log.WithLevel(lvl).Str("component", "memberlist").Msg(msg)
 	}
 	return len(p), nil
 }
 
-func newStdLogger(l zerolog.Logger) *log.Logger { return log.New(logBridge{l}, "", 0) }
+// olderLife says whether msg is memberlist's "Got ping for unexpected node
+// NAME" for a name of this process's id.
+func (b logBridge) olderLife(msg string) bool {
+	const pre = "Got ping for unexpected node "
+	if !strings.HasPrefix(msg, pre) {
+		return false
+	}
+	name, _, _ := strings.Cut(msg[len(pre):], " ")
+	return gossipID(strings.Trim(name, "'")) == b.id
+}
+
+// newStdLogger bridges memberlist's log of process id to l.
+func newStdLogger(l zerolog.Logger, id string) *log.Logger {
+	return log.New(logBridge{l, id}, "", 0)
+}
 
 // memberlistConfig builds memberlist's configuration from ours.
 func memberlistConfig(cfg *Config, d *gossipDelegate, logger *log.Logger) (*memberlist.Config, error) {
 	mc := memberlist.DefaultLocalConfig()
-	mc.Name = cfg.ID
+	mc.Name = d.self
 	host, port, err := splitHostPort(cfg.Bind)
 	if err != nil {
 		return nil, fmt.Errorf("membership: Bind %q: %w", cfg.Bind, err)
@@ -214,9 +305,10 @@ func memberlistConfig(cfg *Config, d *gossipDelegate, logger *log.Logger) (*memb
 	mc.Delegate = d
 	mc.Events = nodeEvents{d}
 	mc.Logger = logger
-	// A restarted process (new incarnation, maybe a new port) must be let
-	// back in at once under the same name; the table, not memberlist,
-	// fences old incarnations.
+	// Names are per life (gossipName), so a restarted process never
+	// reclaims a dead name; a name's address only changes if an operator
+	// gives one life a new address, which is let in at once. The table,
+	// not memberlist, fences old incarnations.
 	mc.DeadNodeReclaimTime = 1
 	switch {
 	case cfg.Keyring != nil:

@@ -3,6 +3,8 @@ package membership
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -46,11 +48,7 @@ type Node struct {
 	cancel context.CancelFunc
 	leave  chan chan error
 	done   chan struct{}
-	// contact takes gossip addresses from the driver to the contacter
-	// (contactNewerLives); contactDone is closed when it stopped.
-	contact     chan string
-	contactDone chan struct{}
-	paused      atomic.Bool // tests only: the driver does nothing (a long pause)
+	paused atomic.Bool // tests only: the driver does nothing (a long pause)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -66,7 +64,6 @@ type Node struct {
 	rowSeen    map[string]seenRow
 	evictedInc uint64 // incarnation for which Evicted was emitted
 	unsettled  *Plan  // a rejoin whose outcome could not be settled
-	contacted  map[string]contactKey
 
 	mu struct {
 		sync.Mutex
@@ -80,13 +77,6 @@ type Node struct {
 		subs       map[*feed]struct{}
 		closed     bool
 	}
-}
-
-// contactKey names what a contact of a newer life was made for: the row's
-// incarnation and the observation of the older life's death.
-type contactKey struct {
-	inc   uint64
-	since time.Time
 }
 
 type seenRow struct {
@@ -103,11 +93,14 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("membership: config: %w", err)
 	}
 	log := cfg.Logger.With().Str("component", "membership").Str("process", cfg.ID).Logger()
-	n := &Node{cfg: cfg, log: log, leave: make(chan chan error), done: make(chan struct{}), rowSeen: map[string]seenRow{},
-		contact: make(chan string), contactDone: make(chan struct{}), contacted: map[string]contactKey{}}
+	n := &Node{cfg: cfg, log: log, leave: make(chan chan error), done: make(chan struct{}), rowSeen: map[string]seenRow{}}
 	n.mu.subs = map[*feed]struct{}{}
-	n.del = &gossipDelegate{self: cfg.ID, now: cfg.Now, poke: make(chan struct{}, 1)}
-	n.del.mu.view = map[string]Observation{}
+	var nonce [6]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, fmt.Errorf("membership: gossip name nonce: %w", err)
+	}
+	n.del = &gossipDelegate{self: gossipName(cfg.ID, hex.EncodeToString(nonce[:])), now: cfg.Now, poke: make(chan struct{}, 1)}
+	n.del.mu.lives = map[string]life{}
 
 	// Read the table first: the gossip metadata carries a tentative
 	// incarnation (max + 1), fixed once the registration commits.
@@ -122,7 +115,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.seen(r)
 	}
 
-	mc, err := memberlistConfig(&cfg, n.del, newStdLogger(cfg.Logger))
+	mc, err := memberlistConfig(&cfg, n.del, newStdLogger(cfg.Logger, cfg.ID))
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +162,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	go n.run()
-	go n.contacter()
 	return n, nil
 }
 
@@ -350,7 +342,6 @@ func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.cancel()
 		<-n.done
-		<-n.contactDone
 		n.closeErr = n.shutdownGossip()
 		n.mu.Lock()
 		n.mu.closed = true
@@ -426,7 +417,6 @@ func (n *Node) step() time.Time {
 		now := n.cfg.Now()
 		in := n.input(now)
 		n.noticeEviction(in)
-		n.contactNewerLives(in)
 		d := Decide(in)
 		switch d.Action {
 		case ActNone:
@@ -489,63 +479,6 @@ func (n *Node) adoptUnsettled() {
 	}
 	if t.MaxIncarnation >= p.New.Incarnation {
 		n.unsettled = nil
-	}
-}
-
-// contactNewerLives reaches, through gossip, a process whose live row is
-// newer than the life the local memberlist saw die: a process restarted
-// under the same id before memberlist noticed the crash. If it restarted on
-// another gossip port, memberlist refused its join (the old life, still
-// alive, held the name at the old address) and, once it declared the old
-// life dead, had no reason to hear of the new one again before the next
-// push-pull (up to 15 s): the new life looked absent and was declared dead
-// after AbsentTimeout, a false removal. Joining the address the table gives
-// does a push-pull with it, which memberlist now accepts (the old life is
-// dead; DeadNodeReclaimTime), so the process shows alive well within
-// AbsentTimeout. One attempt per (id, incarnation, observation); the
-// contacter runs it off the driver, and when it is busy the next step tries
-// again.
-func (n *Node) contactNewerLives(in Input) {
-	for id := range n.contacted {
-		if r, ok := in.Table.Lookup(id); !ok || !r.State.Live() {
-			delete(n.contacted, id)
-		}
-	}
-	for _, r := range in.Table.Rows {
-		if r.ID == in.Self.ID || !r.State.Live() || r.GossipAddr == "" {
-			continue
-		}
-		o, ok := in.View[r.ID]
-		if !ok || o.Seen == SeenAlive || o.Incarnation >= r.Incarnation {
-			continue
-		}
-		k := contactKey{r.Incarnation, o.Since}
-		if n.contacted[r.ID] == k {
-			continue
-		}
-		select {
-		case n.contact <- r.GossipAddr:
-			n.contacted[r.ID] = k
-			n.log.Debug().Str("target", r.ID).Uint64("target_incarnation", r.Incarnation).Str("gossip", r.GossipAddr).
-				Msg("gossip saw an older life of this process die: contacting the newer one")
-		default:
-		}
-	}
-}
-
-// contacter joins the gossip addresses contactNewerLives hands it, one at a
-// time, until the node closes.
-func (n *Node) contacter() {
-	defer close(n.contactDone)
-	for {
-		select {
-		case <-n.ctx.Done():
-			return
-		case addr := <-n.contact:
-			if _, err := n.ml.Join([]string{addr}); err != nil && n.ctx.Err() == nil {
-				n.log.Debug().Err(err).Str("gossip", addr).Msg("contacting a newer life of a process")
-			}
-		}
 	}
 }
 

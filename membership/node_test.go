@@ -663,14 +663,13 @@ func TestClientClosedUnderANodeStopsIt(t *testing.T) {
 
 // TestQuickRestartOnANewPortIsNotEvicted: a process that crashed and was
 // restarted under the same id on another gossip port before the others
-// noticed the crash. Their memberlist still held the old life alive and
-// refused the new one ("Conflicting address"); once it declared the old
-// life dead it did not hear of the new one again before its next push-pull
-// (up to 15 s), so the new life, alive and registered, looked absent and
-// was declared dead after AbsentTimeout (a false removal, then a rejoin
-// under yet another incarnation). The others now contact the gossip
-// address the table gives for the newer life once memberlist shows only an
-// older one dead.
+// noticed the crash must not be declared dead. With the id as memberlist's
+// node name, memberlist refused the new life while the old held the name
+// ("Conflicting address"), and once it took the new life in, a death that
+// another member declared for the old life, gossiped late, landed on the
+// new one: its row was declared dead with the new incarnation as evidence
+// (1 run in 15 here, and on a CI run: "c's row c#4 dead ..., want alive
+// under incarnation 4"). Memberlist names are now per life (gossipName).
 func TestQuickRestartOnANewPortIsNotEvicted(t *testing.T) {
 	e := newEnv(t)
 	a := e.start(e.config("a"))
@@ -704,6 +703,93 @@ func TestQuickRestartOnANewPortIsNotEvicted(t *testing.T) {
 		}
 		return ok() && time.Now().After(until)
 	})
+}
+
+// TestRestartOnTheSamePortIsNotEvicted: the usual restart, at the same
+// gossip address, before the others noticed the crash. The old life's name
+// is probed at the address the new life holds; the new life does not
+// answer for it, so the old life is declared dead in gossip while the new
+// one stays alive, and its row is never declared dead.
+func TestRestartOnTheSamePortIsNotEvicted(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	b := e.start(e.config("b", a))
+	c := e.start(e.config("c", a))
+	addr := c.GossipAddr()
+	c.Close()
+	cfg := e.config("c", a, b)
+	cfg.Bind = addr
+	c2 := e.start(cfg)
+	if c2.GossipAddr() != addr {
+		t.Fatalf("restarted c gossips at %s, want %s", c2.GossipAddr(), addr)
+	}
+	rc, stop := record(c2)
+	defer stop()
+	inc := c2.Incarnation()
+	until := time.Now().Add(testTiming.AbsentTimeout + time.Second)
+	waitFor(t, 2*testTiming.AbsentTimeout+10*time.Second, "AbsentTimeout to pass with c alive in gossip and the table", func() bool {
+		if rc.has(func(ch Change) bool { return ch.Kind == Evicted }) {
+			t.Fatalf("the restarted c (alive) was declared dead: row %v, a's view of c %+v", row(t, a, "c"), a.del.view()["c"])
+		}
+		if r := row(t, a, "c"); r.State != StateAlive || r.Incarnation != inc {
+			t.Fatalf("c's row %v, want alive under incarnation %d", r, inc)
+		}
+		for _, n := range []*Node{a, b} {
+			if o := n.del.view()["c"]; o.Seen != SeenAlive || o.Incarnation != inc {
+				return false
+			}
+		}
+		return time.Now().After(until)
+	})
+}
+
+// TestGossipViewPerLife: the view a node decides on, given what memberlist
+// reports about several lives of one process.
+func TestGossipViewPerLife(t *testing.T) {
+	now := time.Unix(1000, 0)
+	d := &gossipDelegate{self: gossipName("a", "n0"), now: func() time.Time { return now }, poke: make(chan struct{}, 1)}
+	d.mu.lives = map[string]life{}
+	node := func(name string, inc uint64) *memberlist.Node {
+		return &memberlist.Node{Name: name, Meta: encodeMeta(Meta{ID: gossipID(name), Incarnation: inc})}
+	}
+	check := func(what string, want Observation) {
+		t.Helper()
+		if got := d.view()["c"]; got.Seen != want.Seen || got.Incarnation != want.Incarnation {
+			t.Fatalf("%s: view of c %+v, want seen %d incarnation %d", what, got, want.Seen, want.Incarnation)
+		}
+	}
+	old, young := gossipName("c", "n1"), gossipName("c", "n2")
+	d.observe(node(old, 3), false)
+	check("one life", Observation{Seen: SeenAlive, Incarnation: 3})
+	d.observe(node(young, 4), false)
+	check("the new life taken in while the old is still alive", Observation{Seen: SeenAlive, Incarnation: 4})
+	now = now.Add(time.Second)
+	d.observe(node(old, 3), true) // the old life's death, declared late
+	check("the old life dead after the new one is alive", Observation{Seen: SeenAlive, Incarnation: 4})
+	d.mu.Lock()
+	_, kept := d.mu.lives[old]
+	d.mu.Unlock()
+	if kept {
+		t.Fatal("the dead older life is still held")
+	}
+	d.observe(node(young, 4), true)
+	check("the new life dead", Observation{Seen: SeenDead, Incarnation: 4})
+	d.observe(node(gossipName("c", "n3"), 0), false) // a life whose metadata did not decode
+	check("a life of unknown incarnation does not hide a known death", Observation{Seen: SeenDead, Incarnation: 4})
+	d.observe(node(d.self, 9), false)
+	if _, ok := d.view()["a"]; ok {
+		t.Fatal("the node observes itself")
+	}
+	now = now.Add(forgetDead + time.Second)
+	if o, ok := d.view()["c"]; !ok || o.Seen != SeenAlive {
+		t.Fatalf("after forgetDead, view of c %+v (present %v), want the alive life of unknown incarnation", o, ok)
+	}
+	d.mu.Lock()
+	n := len(d.mu.lives)
+	d.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d lives held after forgetDead, want 1 (the alive one)", n)
+	}
 }
 
 // TestLeaveRacingCloseDoesNotPanic: Close, from another goroutine, shuts
