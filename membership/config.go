@@ -124,8 +124,10 @@ type Timing struct {
 	// IsolationDelay: extra wait for an observer that sees more than half
 	// of the other live processes gone (it is probably the one cut off).
 	IsolationDelay time.Duration
-	// JoinTimeout bounds joining the seeds; LeaveTimeout bounds waiting for
-	// memberlist's leave broadcast.
+	// JoinTimeout bounds joining the seeds at Start (with Start's ctx):
+	// seeds are tried in turn, and none is tried once it passed; one seed
+	// that does not answer takes up to memberlist's TCPTimeout (1 s).
+	// LeaveTimeout bounds waiting for memberlist's leave broadcast.
 	JoinTimeout  time.Duration
 	LeaveTimeout time.Duration
 }

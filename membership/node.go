@@ -142,7 +142,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.del.setMeta(Meta{ID: cfg.ID, Incarnation: t.MaxIncarnation + 1, GRPCAddr: cfg.GRPCAddr, GossipAddr: n.gossip})
 
 	if len(cfg.Seeds) > 0 {
-		if k, err := ml.Join(cfg.Seeds); k == 0 {
+		if k, err := joinSeeds(ctx, ml, cfg.Seeds, cfg.Timing.JoinTimeout); k == 0 {
 			_ = ml.Shutdown()
 			hint := ""
 			if mc.Keyring != nil {
@@ -163,6 +163,33 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	go n.run()
 	return n, nil
+}
+
+// joinSeeds joins gossip through each seed in turn, as memberlist's Join
+// does, until ctx ends or timeout passes: both are checked between seeds,
+// and one seed's attempt is bounded by memberlist's TCPTimeout (a dial,
+// then a push-pull with that deadline). It returns how many seeds answered
+// and the errors of those that did not (or why it stopped).
+func joinSeeds(ctx context.Context, ml *memberlist.Memberlist, seeds []string, timeout time.Duration) (int, error) {
+	deadline := time.Now().Add(timeout)
+	joined := 0
+	var errs []error
+	for i, s := range seeds {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, fmt.Errorf("%d of %d seeds not tried: %w", len(seeds)-i, len(seeds), err))
+			break
+		}
+		if !time.Now().Before(deadline) {
+			errs = append(errs, fmt.Errorf("%d of %d seeds not tried: JoinTimeout (%v) passed", len(seeds)-i, len(seeds), timeout))
+			break
+		}
+		k, err := ml.Join([]string{s})
+		joined += k
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return joined, errors.Join(errs...)
 }
 
 // register runs the registration plan until it commits.

@@ -705,6 +705,63 @@ func TestQuickRestartOnANewPortIsNotEvicted(t *testing.T) {
 	})
 }
 
+// TestStartHonoursJoinTimeoutAndContext: seeds that accept a connection and
+// never answer (a hung process, a black-holed route) each hold memberlist's
+// Join for its TCPTimeout (1 s), and Start tried them all: six took over
+// 6 s whatever Timing.JoinTimeout or Start's ctx said.
+func TestStartHonoursJoinTimeoutAndContext(t *testing.T) {
+	e := newEnv(t)
+	var silent []string
+	for range 6 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close() // held open, never answered
+			}
+		}()
+		silent = append(silent, l.Addr().String())
+	}
+	for _, c := range []struct {
+		name        string
+		joinTimeout time.Duration
+		ctxTimeout  time.Duration
+		want        string
+	}{
+		{"JoinTimeout", 300 * time.Millisecond, 20 * time.Second, "JoinTimeout"},
+		{"ctx", 20 * time.Second, 300 * time.Millisecond, "deadline exceeded"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := e.config("x-" + c.name)
+			cfg.Seeds = silent
+			cfg.Timing.JoinTimeout = c.joinTimeout
+			ctx, cancel := context.WithTimeout(context.Background(), c.ctxTimeout)
+			defer cancel()
+			t0 := time.Now()
+			n, err := Start(ctx, cfg)
+			took := time.Since(t0)
+			if err == nil {
+				n.Close()
+				t.Fatal("joined through silent seeds")
+			}
+			if !errors.Is(err, ErrJoin) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want ErrJoin saying %q", err, c.want)
+			}
+			// Bounded by the first silent seed's TCPTimeout, not by six.
+			if took > 4*time.Second {
+				t.Fatalf("Start took %v with six silent seeds", took)
+			}
+		})
+	}
+}
+
 // TestRestartOnTheSamePortIsNotEvicted: the usual restart, at the same
 // gossip address, before the others noticed the crash. The old life's name
 // is probed at the address the new life holds; the new life does not
