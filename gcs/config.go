@@ -84,6 +84,13 @@ type Config struct {
 	// the oldest member trims the log and reclaims removed members' queues,
 	// and failures confirmed by Membership are checked (default 50ms).
 	GCInterval time.Duration
+	// IdleGCInterval: while a member's housekeeping finds nothing to do
+	// (nothing delivered, the metadata unchanged, nobody dead, leaving or
+	// to reclaim), its rounds back off from GCInterval to this (default
+	// 1s). Delivery, and with Membership a change of the process table,
+	// bring it back to GCInterval at once. Stability of an idle group is
+	// therefore at most IdleGCInterval old.
+	IdleGCInterval time.Duration
 	// TakeoverTimeout: a member at rank position p among the live members
 	// proposes a pending removal after p×TakeoverTimeout (default 1s).
 	TakeoverTimeout time.Duration
@@ -121,6 +128,7 @@ var DefaultConfig = Config{
 	PollMin:         200 * time.Microsecond,
 	PollMax:         20 * time.Millisecond,
 	GCInterval:      50 * time.Millisecond,
+	IdleGCInterval:  time.Second,
 	TakeoverTimeout: time.Second,
 }
 
@@ -155,6 +163,9 @@ func (c *Config) defaults() {
 	}
 	if c.GCInterval == 0 {
 		c.GCInterval = d.GCInterval
+	}
+	if c.IdleGCInterval == 0 {
+		c.IdleGCInterval = d.IdleGCInterval
 	}
 	if c.TakeoverTimeout == 0 {
 		c.TakeoverTimeout = d.TakeoverTimeout
@@ -202,6 +213,9 @@ func (c Config) Validate() error {
 	}
 	if c.PollMin <= 0 || c.PollMax < c.PollMin {
 		add("poll bounds %v..%v", c.PollMin, c.PollMax)
+	}
+	if c.IdleGCInterval < 0 {
+		add("IdleGCInterval must be >= 0")
 	}
 	if c.GCInterval <= 0 || c.TakeoverTimeout <= 0 {
 		add("GCInterval and TakeoverTimeout must be > 0")

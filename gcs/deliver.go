@@ -37,7 +37,7 @@ func (v *viewState) viewID() uint64 {
 // the log from pos up to its tail is delivered from without a read
 // (fromEvent); otherwise delivery reads as without data. The poll
 // (PollMin doubling to PollMax while nothing arrives) only backs the
-// watch up (watchPoll).
+// watch up (watchPoll, backing off to watchPollIdle).
 func (g *Group) deliverLoop() {
 	defer g.wg.Done()
 	defer close(g.done)
@@ -64,10 +64,16 @@ func (g *Group) deliverLoop() {
 	// awaitSignal waits for a reason to read the log again: a watch event
 	// (not only about our own links), a poke, or the poll. False: stop.
 	// After a watch event the sender waits for the read (awaitRead).
+	backup, backupPos := watchPoll, pos // the backup poll's wait, and pos when it was set
 	awaitSignal := func() bool {
 		if watchC != nil {
-			// The watch notifies; the poll only backs it up.
-			wait = max(n.cfg.PollMax, watchPoll)
+			// The watch notifies; the poll only backs it up, every
+			// watchPoll while records arrive, backing off to
+			// watchPollIdle while polls find nothing.
+			if pos != backupPos {
+				backup, backupPos = watchPoll, pos
+			}
+			wait = max(n.cfg.PollMax, backup)
 		}
 		t := time.NewTimer(wait)
 		defer t.Stop()
@@ -93,6 +99,7 @@ func (g *Group) deliverLoop() {
 				wait = n.cfg.PollMin
 			case <-t.C:
 				wait = min(2*wait, n.cfg.PollMax)
+				backup = min(2*backup, watchPollIdle)
 			}
 			return true
 		}
@@ -228,8 +235,13 @@ func (g *Group) deliverLoop() {
 }
 
 // watchPoll is the backup poll of the order log while a watch stream
-// notifies delivery.
-const watchPoll = 100 * time.Millisecond
+// notifies delivery; it backs off to watchPollIdle while polls find
+// nothing new (an idle group), so an idle member reads about once a
+// second, not ten times.
+const (
+	watchPoll     = 100 * time.Millisecond
+	watchPollIdle = time.Second
+)
 
 // noWatchData turns off asking delivery's watch for the written bytes
 // (tests, to exercise the reads).
@@ -356,6 +368,9 @@ func (g *Group) deliverRecords(cur *viewState, pos uint64, recs []record) (*view
 		}
 		pos += uint64(rec.size)
 		g.dLog.Store(pos)
+	}
+	if len(recs) > 0 {
+		g.pokeHousekeeping() // a position to publish
 	}
 	return cur, pos, false
 }

@@ -168,7 +168,9 @@
 //     Membership a crashed provider stalls Join until its ctx ends or
 //     Group.Remove removes it.
 //  5. Garbage collection: every GCInterval members publish their delivered
-//     positions (one minitransaction that also reads the metadata); the
+//     positions (one minitransaction that also reads the metadata; while
+//     a round finds nothing to do the rounds back off to IdleGCInterval,
+//     see "Idle groups" below); the
 //     oldest member sets head = min over the view (and
 //     over members still delivering up to and including their own Leave
 //     record — a leaver's final position is past that record — unless
@@ -197,6 +199,26 @@
 //     index slot stay (64 + MaxMembers×256 bytes and LogCapacity on its
 //     home memnode) until Node.Delete. Node.Describe shows a group's
 //     view, log bounds and the removed members not yet reclaimed.
+//
+// # Idle groups
+//
+// A member's background work is its housekeeping (every GCInterval, 50 ms:
+// publish its delivered position, read the metadata) and, with a watch
+// stream, delivery's backup poll of the order log (every 100 ms; the watch
+// notifies). Both used to run at those periods whatever happened: 30
+// reads a second per member, forever. Five idle groups of three members
+// (`tutti up` and 15 `tutti tail` processes, nothing sent) cost the cluster
+// 3.2–3.7 s of CPU per 10 s over its 1.4 s at rest, and the members 3.8–4.3
+// s. Now a housekeeping round that finds nothing to do (nothing to
+// publish, the metadata as the round before read it, nobody dead, leaving
+// or left to reclaim, nothing to trim) doubles the wait before the next up
+// to IdleGCInterval (1 s), and a backup poll that finds nothing doubles
+// the next up to 1 s; delivering anything, and with Membership any change
+// of the process table, brings them back at once. The same five groups:
+// 0.3–0.4 s of the cluster's CPU per 10 s and 0.6 s of the members' (two
+// runs of each binary, alternated). What an idle group gives up: its
+// Stability may be up to IdleGCInterval old, and a lost watch notification
+// is caught by the poll within a second instead of 100 ms.
 //
 // # Performance
 //

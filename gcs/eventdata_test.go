@@ -1,7 +1,9 @@
 package gcs_test
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/tutti-gcs/tutti/gcs"
 )
@@ -125,4 +127,69 @@ func TestWinnerYieldsWhileLinksRace(t *testing.T) {
 		t.Fatalf("no yielded turn was ended by another member's link (%d yielded)", all)
 	}
 	deliveredInOrder(t, ms, sent)
+}
+
+// TestIdleGroupBacksOff: a group in which nothing happens costs its
+// members about one metadata read and one backup poll of the order log a
+// second, not twenty and ten (gcs/doc.go, "Idle groups"). Traffic brings
+// both back to their short periods.
+func TestIdleGroupBacksOff(t *testing.T) {
+	e := newEnv(t)
+	const members = 3
+	ms := e.joinAll(members, "g")
+	if err := ms[0].send(1, 64); err != nil {
+		t.Fatal(err)
+	}
+	deliveredInOrder(t, ms, 1)
+	count := func() (rounds, reads []int64) {
+		for _, m := range ms {
+			_, rd := gcs.DeliveryCounts(m.g)
+			rounds, reads = append(rounds, gcs.HousekeepingRounds(m.g)), append(reads, rd)
+		}
+		return rounds, reads
+	}
+	// Windows of 3 s until one shows every member at most 8 rounds and 8
+	// reads (about one a second once backed off; the first window may
+	// include the backoff from 50 and 100 ms). Before, every window
+	// showed about 60 rounds and 30 reads per member.
+	const window = 3 * time.Second
+	var last string
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %v window of an idle group with at most 8 housekeeping rounds and 8 log reads per member; last: %s", window, last)
+		}
+		r0, d0 := count()
+		time.Sleep(window) // the window measured
+		r1, d1 := count()
+		ok := true
+		last = ""
+		for i, m := range ms {
+			r, d := r1[i]-r0[i], d1[i]-d0[i]
+			last += fmt.Sprintf("%s %d rounds %d reads; ", m.name, r, d)
+			ok = ok && r <= 8 && d <= 8
+		}
+		if ok {
+			t.Logf("idle for %v: %s", window, last)
+			break
+		}
+	}
+	// Traffic after idleness is delivered, and published: every member's
+	// stability covers it.
+	if err := ms[1].send(5, 64); err != nil {
+		t.Fatal(err)
+	}
+	deliveredInOrder(t, ms, 6)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		done := true
+		for _, m := range ms {
+			done = done && m.g.Stability().Pos >= 6
+		}
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("stability did not cover the six messages within 10 s")
+		}
+	}
+	e.leaveAll(ms)
 }

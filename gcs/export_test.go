@@ -23,6 +23,9 @@ func SetWatchData(on bool) (restore func()) {
 	return func() { noWatchData.Store(old) }
 }
 
+// HousekeepingRounds returns how many housekeeping rounds g ran.
+func HousekeepingRounds(g *Group) int64 { return g.hkRounds.Load() }
+
 // LostRaceReads returns how often g's sender read the header and log
 // after losing a link race (instead of taking them from the link's answer).
 func LostRaceReads(g *Group) int64 { return g.lostReads.Load() }

@@ -21,12 +21,23 @@ import (
 //  4. with Membership: members the process table declares gone are
 //     removed — at once by the oldest live member, after
 //     p×TakeoverTimeout by the member at live rank position p.
+//
+// A round that found nothing to do — nothing to publish, the metadata as
+// the round before read it, nobody dead, leaving or left to reclaim,
+// nothing to trim — doubles the wait before the next, up to IdleGCInterval:
+// an idle group's members read its metadata about once a second instead
+// of twenty times (measured in doc.go, "Idle groups"). Delivery progress
+// and the process table's changes (with Membership) poke it back to
+// GCInterval at once.
 func (g *Group) housekeep() {
 	defer g.wg.Done()
 	n := g.n
-	tick := time.NewTicker(n.cfg.GCInterval)
-	defer tick.Stop()
+	wait := n.cfg.GCInterval
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	last := time.Now()
 	var published uint64 = ^uint64(0)
+	var prev metaState
 	suspectSince := map[uint64]time.Time{}
 	leavers := map[uint64]leaverProgress{}
 	for {
@@ -35,15 +46,43 @@ func (g *Group) housekeep() {
 			return
 		case <-g.done:
 			return
-		case <-tick.C:
+		case <-g.hkWake:
+			if wait > n.cfg.GCInterval {
+				// Idle until now: the next round within GCInterval of
+				// the last.
+				wait = n.cfg.GCInterval
+				timer.Reset(time.Until(last.Add(wait)))
+			}
+			continue
+		case <-timer.C:
 		}
+		last = time.Now()
+		g.hkRounds.Add(1)
 		ctx, cancel := context.WithTimeout(g.ctx, 5*n.cfg.GCInterval+time.Second)
-		g.housekeepOnce(ctx, &published, suspectSince, leavers)
+		busy := g.housekeepOnce(ctx, &published, &prev, suspectSince, leavers)
 		cancel()
+		if busy {
+			wait = n.cfg.GCInterval
+		} else {
+			wait = min(2*wait, max(n.cfg.IdleGCInterval, n.cfg.GCInterval))
+		}
+		timer.Reset(wait)
 	}
 }
 
-func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSince map[uint64]time.Time, leavers map[uint64]leaverProgress) {
+// pokeHousekeeping ends an idle housekeeping wait (see housekeep).
+func (g *Group) pokeHousekeeping() {
+	select {
+	case g.hkWake <- struct{}{}:
+	default:
+	}
+}
+
+// housekeepOnce runs one round; it reports whether the round found work
+// (see housekeep): false only when nothing was published, the metadata is
+// what prev holds (it is updated), and nothing waits on time or on the
+// trimmer.
+func (g *Group) housekeepOnce(ctx context.Context, published *uint64, prev *metaState, suspectSince map[uint64]time.Time, leavers map[uint64]leaverProgress) bool {
 	n := g.n
 	slot := g.ref.slotAddr(g.self.slot)
 	tagB := le.AppendUint64(nil, g.self.tag)
@@ -51,7 +90,9 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSin
 	// when there is nothing new to publish).
 	var ms metaState
 	var err error
+	busy := false
 	if d := g.dLog.Load(); d != *published {
+		busy = true
 		dm := g.dMsg.Load()
 		w := make([]byte, 16)
 		putU64s(w, d, dm)
@@ -74,12 +115,16 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSin
 		ms, err = n.readMeta(ctx, g.ref)
 	}
 	if err != nil {
-		return
+		return true
+	}
+	if !sameMeta(ms, *prev) {
+		busy = true
+		*prev = ms
 	}
 	g.head.Store(max(g.head.Load(), ms.h.head))
 	act := ms.active()
 	if len(act) == 0 {
-		return
+		return busy
 	}
 	minLog, minMsg := act[0].dLog, act[0].dMsg
 	for _, m := range act {
@@ -125,11 +170,26 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, suspectSin
 		}
 	}
 
+	if len(dead) > 0 {
+		busy = true
+	}
 	if act[0].tag != g.self.tag {
-		return
+		return busy
 	}
 	// Trim, also waiting for members that are leaving gracefully.
-	g.trimAndReclaim(ctx, ms, g.holdForLeavers(ms, minLog, leavers, now))
+	bound := g.holdForLeavers(ms, minLog, leavers, now)
+	if len(leavers) > 0 || bound > ms.h.head {
+		busy = true
+	}
+	if !g.trimAndReclaim(ctx, ms, bound) {
+		busy = true // removed members left to reclaim
+	}
+	return busy
+}
+
+// sameMeta reports whether two reads of a group's metadata are equal.
+func sameMeta(a, b metaState) bool {
+	return a.h == b.h && slices.Equal(a.members, b.members)
 }
 
 // trimAndReclaim moves head up to minLog (comparing the head ms read) and

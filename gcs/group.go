@@ -61,7 +61,8 @@ func (*Evicted) isEvent() {}
 // Stability reports what every member of the current view has delivered.
 type Stability struct {
 	// Pos: every current member has delivered the messages with
-	// Message.Pos <= Pos (as published, at most GCInterval old).
+	// Message.Pos <= Pos (as published: at most GCInterval old while
+	// messages are delivered, IdleGCInterval when the group is idle).
 	Pos uint64
 }
 
@@ -76,6 +77,7 @@ type Group struct {
 	cancel context.CancelFunc
 	events chan Event
 	wake   chan struct{} // pokes the delivery loop
+	hkWake chan struct{} // pokes an idle housekeeping (pokeHousekeeping)
 	sendCh chan struct{} // pokes the sender
 	wg     sync.WaitGroup
 	done   chan struct{} // closed when the delivery loop ended
@@ -127,6 +129,7 @@ type Group struct {
 	// evDelivered counts deliveries of log records from watch event data
 	// (fromEvent), logReads delivery's reads of the log; for tests.
 	evDelivered, logReads atomic.Int64
+	hkRounds              atomic.Int64  // housekeeping rounds run
 	links, lostRaces      atomic.Uint64 // SendStats
 	fullWaits             atomic.Int64  // links that found the log full (tests)
 	// yielding: the sender waits for another member's link (see sendLoop);
@@ -151,7 +154,7 @@ type sendReq struct {
 
 func newGroup(n *Node, ref groupRef, self member, opts JoinOptions, pos uint64) *Group {
 	g := &Group{n: n, ref: ref, self: self, opts: opts, events: make(chan Event), wake: make(chan struct{}, 1),
-		sendCh: make(chan struct{}, 1), done: make(chan struct{}), finished: make(chan struct{}), start0: pos}
+		hkWake: make(chan struct{}, 1), sendCh: make(chan struct{}, 1), done: make(chan struct{}), finished: make(chan struct{}), start0: pos}
 	g.ctx, g.cancel = context.WithCancel(n.ctx)
 	g.dLog.Store(pos)
 	g.dMsg.Store(self.dMsg)

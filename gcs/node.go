@@ -77,7 +77,37 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.mu.groups = map[*Group]struct{}{}
 	n.mu.used = map[string]bool{}
+	if cfg.Membership != nil {
+		// A change of the process table may confirm a member dead: idle
+		// housekeeping (see housekeep) must look at once.
+		changes, unsubscribe := cfg.Membership.Subscribe()
+		n.bg.Add(1)
+		go func() {
+			defer n.bg.Done()
+			defer unsubscribe()
+			for {
+				select {
+				case <-n.ctx.Done():
+					return
+				case _, ok := <-changes:
+					if !ok {
+						return
+					}
+					n.pokeHousekeeping()
+				}
+			}
+		}()
+	}
 	return n, nil
+}
+
+// pokeHousekeeping ends the idle housekeeping waits of this node's members.
+func (n *Node) pokeHousekeeping() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for g := range n.mu.groups {
+		g.pokeHousekeeping()
+	}
 }
 
 // Close stops every group of this node without leaving: to the other
