@@ -18,14 +18,15 @@ import (
 
 func newUp(g *globals) *cobra.Command {
 	var (
-		memnodes int
-		hosts    int
-		port     int
-		dataDir  string
-		noSync   bool
-		gossip   int
-		keys     memberFlags
-		metrics  string
+		memnodes   int
+		hosts      int
+		port       int
+		dataDir    string
+		noSync     bool
+		gossip     int
+		keys       memberFlags
+		metrics    string
+		cpuProfile string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -59,6 +60,11 @@ Runs until interrupted (Ctrl-C).`,
 			if err != nil {
 				return err
 			}
+			stopProfile, err := startCPUProfile(cpuProfile)
+			if err != nil {
+				return err
+			}
+			defer stopProfile()
 			if dataDir != "" {
 				if err := keepShape(cmd, dataDir, &hosts, &memnodes); err != nil {
 					return err
@@ -178,6 +184,7 @@ Press Ctrl-C to stop.
 	f.StringVar(&keys.keyFile, "gossip-key-file", "", "read the gossip key (base64) from this file")
 	f.StringVar(&dataDir, "data-dir", "", "keep data here and recover it on restart (default: a temporary directory)")
 	f.BoolVar(&noSync, "no-fsync", false, "do not fsync the Raft log (faster; loses acknowledged writes on power loss)")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile of the cluster to this file until it stops")
 	f.StringVar(&metrics, "metrics-addr", "", "serve Prometheus metrics of every host at http://<addr>/metrics and the cluster's status at /status (e.g. 127.0.0.1:9400; off if empty)")
 	return cmd
 }
