@@ -175,10 +175,17 @@ func (d *gossipDelegate) observe(n *memberlist.Node, gone bool) {
 	}
 }
 
-// view is the observation per process id: of its lives, the one with the
-// highest incarnation (on a tie, an alive one, then the latest). Lives dead
-// or left for forgetDead are dropped, as are dead or left lives of an id
-// that has a newer one.
+// view is the observation per process id: of its lives, an alive one if
+// any (the highest incarnation, then the latest), else the dead or left
+// one with the highest incarnation. Alive first: a second process started
+// under a live process's id that failed before registering (its
+// metadata's tentative incarnation above the live row's) must not have
+// its death taken for the live process's; the other way round — the
+// newer life registered and died while memberlist still shows the older
+// one alive, which it was told nothing about — only waits until
+// memberlist declares the older one dead too, as when memberlist knew
+// each id under one name. Lives dead or left for forgetDead are dropped,
+// as are dead or left lives of an id that has a newer one.
 func (d *gossipDelegate) view() map[string]Observation {
 	now := d.now()
 	d.mu.Lock()
@@ -193,8 +200,12 @@ func (d *gossipDelegate) view() map[string]Observation {
 			v[l.id] = l.o
 		}
 	}
+	newest := make(map[string]uint64, len(v))
+	for _, l := range d.mu.lives {
+		newest[l.id] = max(newest[l.id], l.o.Incarnation)
+	}
 	for name, l := range d.mu.lives {
-		if best := v[l.id]; l.o.Seen != SeenAlive && l.o.Incarnation < best.Incarnation {
+		if l.o.Seen != SeenAlive && l.o.Incarnation < newest[l.id] {
 			delete(d.mu.lives, name)
 		}
 	}
@@ -202,13 +213,13 @@ func (d *gossipDelegate) view() map[string]Observation {
 }
 
 // better says whether observation a of one life outranks b of another life
-// of the same id.
+// of the same id (see view).
 func better(a, b Observation) bool {
 	switch {
-	case a.Incarnation != b.Incarnation:
-		return a.Incarnation > b.Incarnation
 	case (a.Seen == SeenAlive) != (b.Seen == SeenAlive):
 		return a.Seen == SeenAlive
+	case a.Incarnation != b.Incarnation:
+		return a.Incarnation > b.Incarnation
 	}
 	return a.Since.After(b.Since)
 }
