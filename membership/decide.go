@@ -20,6 +20,10 @@ type Observation struct {
 	Seen Seen
 	// Incarnation from the process's gossip metadata (0 if unknown).
 	Incarnation uint64
+	// Tentative: Incarnation is only the one the process meant to register
+	// (Meta.Tentative): it is newer than every lower incarnation, but the
+	// row registered under it may be another life's.
+	Tentative bool
 	// Since is when this observer saw the state begin (its own clock).
 	Since time.Time
 }
@@ -85,15 +89,18 @@ type Decision struct {
 // a zombie and must stop).
 //
 // Then other processes. A live row R is gone when the view says R's id is
-// dead or left with an incarnation >= R's (evidence at once), or when the
-// view does not show R alive at all — missing, or dead with an older
-// incarnation — for AbsentTimeout. The deciders are the live rows not gone,
-// ranked by incarnation (oldest first); the one at position p acts on a gone
-// row at evidence + p×TakeoverTimeout (position 0, the lowest-ranked, at
-// once). When more than half of the other live rows look gone, the observer
-// is more likely cut off than they are dead, and waits IsolationDelay more:
-// a majority that sees it gone evicts it first. Concurrent deciders are safe:
-// every plan compares the table version.
+// dead or left with an incarnation >= R's (evidence at once; an equal one
+// only if not tentative: a life that died before registering advertised
+// the incarnation that the next life of its id then registered), or when
+// the view does not show R alive at all — missing, or dead with an older
+// (or equal tentative) incarnation — for AbsentTimeout. The deciders are
+// the live rows not gone, ranked by incarnation (oldest first); the one at
+// position p acts on a gone row at evidence + p×TakeoverTimeout (position
+// 0, the lowest-ranked, at once). When more than half of the other live
+// rows look gone, the observer is more likely cut off than they are dead,
+// and waits IsolationDelay more: a majority that sees it gone evicts it
+// first. Concurrent deciders are safe: every plan compares the table
+// version.
 func Decide(in Input) Decision {
 	t := in.Table
 	self, registered := Row{}, in.Self.Incarnation != 0
@@ -147,7 +154,7 @@ func Decide(in Input) Decision {
 		case ok && o.Seen == SeenAlive:
 			deciders = append(deciders, r)
 			continue
-		case ok && o.Incarnation >= r.Incarnation:
+		case ok && (o.Incarnation > r.Incarnation || o.Incarnation == r.Incarnation && !o.Tentative):
 			st := StateDead
 			if o.Seen == SeenLeft {
 				st = StateLeft

@@ -151,6 +151,18 @@ func TestDecideStaleEvidenceAndAbsence(t *testing.T) {
 	if d := Decide(in("a", 1, tb, t0.Add(time.Hour), map[string]Observation{"b": seen(SeenAlive, 2, t0), "c": seen(SeenAlive, 1, t0)})); d.Action != ActNone || !d.Next.IsZero() {
 		t.Fatalf("alive old meta: %+v", d)
 	}
+	// A life of c that died before registering had advertised c's current
+	// incarnation tentatively: the row may be another life's, so only
+	// absence counts; a tentative incarnation above the row's ends it.
+	tent := seen(SeenDead, 3, t0)
+	tent.Tentative = true
+	if d := Decide(in("a", 1, tb, t0, map[string]Observation{"b": seen(SeenAlive, 2, t0), "c": tent})); d.Action != ActNone || !d.Next.Equal(t0.Add(timing.AbsentTimeout)) {
+		t.Fatalf("tentative dead at the row's incarnation: %+v", d)
+	}
+	tent.Incarnation = 4
+	if d := Decide(in("a", 1, tb, t0, map[string]Observation{"b": seen(SeenAlive, 2, t0), "c": tent})); d.Action != ActMarkDead || d.Plan.New.ID != "c" {
+		t.Fatalf("tentative dead above the row's incarnation: %+v", d)
+	}
 	// Evidence from before this process's epoch counts from the epoch.
 	dead := map[string]Observation{"b": seen(SeenAlive, 2, t0), "c": seen(SeenDead, 3, t0)}
 	i = in("a", 1, tb, t0.Add(time.Second), dead)
@@ -211,6 +223,14 @@ func TestPlanApplyAndEncoding(t *testing.T) {
 	m := Meta{ID: "a", Incarnation: 9, GRPCAddr: "g:1", GossipAddr: "h:2"}
 	if mb, err := decodeMeta(encodeMeta(m)); err != nil || mb != m {
 		t.Fatalf("meta: %+v %v", mb, err)
+	}
+	m.Tentative = true
+	if mb, err := decodeMeta(encodeMeta(m)); err != nil || mb != m {
+		t.Fatalf("tentative meta: %+v %v", mb, err)
+	}
+	// Without the flags byte (earlier encoders): registered.
+	if mb, err := decodeMeta(encodeMeta(m)[:len(encodeMeta(m))-1]); err != nil || mb.Tentative || mb.Incarnation != 9 {
+		t.Fatalf("meta without flags: %+v %v", mb, err)
 	}
 	if _, err := decodeMeta([]byte{1, 2}); err == nil {
 		t.Fatal("short meta accepted")

@@ -8,9 +8,10 @@
 //
 // # What it owns
 //
-//   - One memberlist node per process, named by the process id, whose
-//     metadata carries the id, the incarnation and the gRPC and gossip
-//     addresses (see Meta; version byte 1).
+//   - One memberlist node per process life, named by the process id, "/"
+//     and a nonce drawn at Start, whose metadata carries the id, the
+//     incarnation (marked tentative until registered) and the gRPC and
+//     gossip addresses (see Meta; version byte 1).
 //   - The process table: a region of one memnode (TableConfig; DefaultTable
 //     is memnode 0 at 0x7000_0000, to be aligned with the directory layout).
 //   - Incarnations: a process that starts, restarts or rejoins takes the
@@ -85,7 +86,10 @@
 //     (the life whose row is taken over is over: Table.Ended, which gcs
 //     uses to remove group members, says so from the maximum incarnation).
 //  2. Failure: memberlist's NotifyLeave for a process whose incarnation
-//     (from its metadata) is >= the row's marks it gone. The lowest-ranked
+//     (from its metadata) is >= the row's marks it gone — equal only if it
+//     was registered: a life that died in Start had advertised the
+//     incarnation it meant to take (tentative), which the next life of its
+//     id then registers, and that death is no evidence against it. The lowest-ranked
 //     live process (rank = incarnation order: the oldest first) writes Dead
 //     at once; the process at rank position p takes over after
 //     p × TakeoverTimeout if the table still shows the victim alive.
@@ -157,9 +161,9 @@
 // plus TakeoverTimeout per rank position skipped otherwise. A long pause is
 // noticed by the paused process within PollInterval of resuming.
 //
-// DeadNodeReclaimTime is set so a restarted process (new port) is admitted
-// under its name at once: the table, not memberlist, fences old
-// incarnations.
+// A restarted process is a new memberlist node (its name is per life), so
+// memberlist admits it at once on any port: the table, not memberlist,
+// fences old incarnations.
 //
 // # Security
 //

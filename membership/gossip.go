@@ -16,8 +16,11 @@ import (
 )
 
 // Gossip metadata, version 1: ver u8 (1) | incarnation u64 | then three
-// length-prefixed (u8) strings: id, gRPC address, gossip address.
+// length-prefixed (u8) strings: id, gRPC address, gossip address | then an
+// optional flags u8 (bit 0: Tentative; absent reads as 0).
 const metaVersion = 1
+
+const metaTentative = 1 // flags bit: Meta.Tentative
 
 // Meta is what a process advertises in its memberlist metadata.
 type Meta struct {
@@ -25,6 +28,10 @@ type Meta struct {
 	Incarnation uint64
 	GRPCAddr    string
 	GossipAddr  string
+	// Tentative: the process has not registered yet, and Incarnation is
+	// the one it will try to register (the table's maximum + 1 when it
+	// started), which another life of its id may register instead.
+	Tentative bool
 }
 
 func encodeMeta(m Meta) []byte {
@@ -34,7 +41,11 @@ func encodeMeta(m Meta) []byte {
 		b = append(b, byte(len(s)))
 		b = append(b, s...)
 	}
-	return b
+	var flags byte
+	if m.Tentative {
+		flags |= metaTentative
+	}
+	return append(b, flags)
 }
 
 func decodeMeta(b []byte) (Meta, error) {
@@ -51,6 +62,9 @@ func decodeMeta(b []byte) (Meta, error) {
 		ss[i], b = string(b[1:1+int(b[0])]), b[1+int(b[0]):]
 	}
 	m.ID, m.GRPCAddr, m.GossipAddr = ss[0], ss[1], ss[2]
+	if len(b) > 0 {
+		m.Tentative = b[0]&metaTentative != 0
+	}
 	return m, nil
 }
 
@@ -147,8 +161,9 @@ func (d *gossipDelegate) observe(n *memberlist.Node, gone bool) {
 	}
 	id := gossipID(n.Name)
 	var inc uint64
+	tentative := false
 	if m, err := decodeMeta(n.Meta); err == nil {
-		inc = m.Incarnation
+		inc, tentative = m.Incarnation, m.Tentative
 		id = m.ID
 	}
 	seen := SeenAlive
@@ -160,12 +175,12 @@ func (d *gossipDelegate) observe(n *memberlist.Node, gone bool) {
 	}
 	d.mu.Lock()
 	old, ok := d.mu.lives[n.Name]
-	o := Observation{Seen: seen, Incarnation: inc, Since: d.now()}
+	o := Observation{Seen: seen, Incarnation: inc, Tentative: tentative, Since: d.now()}
 	if ok && old.o.Seen == seen && old.o.Incarnation == inc {
 		o.Since = old.o.Since
 	}
 	if inc == 0 && ok {
-		o.Incarnation = old.o.Incarnation
+		o.Incarnation, o.Tentative = old.o.Incarnation, old.o.Tentative
 	}
 	d.mu.lives[n.Name] = life{id: id, o: o}
 	d.mu.Unlock()
@@ -176,8 +191,8 @@ func (d *gossipDelegate) observe(n *memberlist.Node, gone bool) {
 }
 
 // view is the observation per process id: of its lives, an alive one if
-// any (the highest incarnation, then the latest), else the dead or left
-// one with the highest incarnation. Alive first: a second process started
+// any, else a dead or left one; among those the highest incarnation, then
+// a registered one (not Tentative), then the latest. Alive first: a second process started
 // under a live process's id that failed before registering (its
 // metadata's tentative incarnation above the live row's) must not have
 // its death taken for the live process's; the other way round — the
@@ -220,6 +235,8 @@ func better(a, b Observation) bool {
 		return a.Seen == SeenAlive
 	case a.Incarnation != b.Incarnation:
 		return a.Incarnation > b.Incarnation
+	case a.Tentative != b.Tentative:
+		return !a.Tentative
 	}
 	return a.Since.After(b.Since)
 }

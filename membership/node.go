@@ -103,7 +103,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.del.mu.lives = map[string]life{}
 
 	// Read the table first: the gossip metadata carries a tentative
-	// incarnation (max + 1), fixed once the registration commits.
+	// incarnation (max + 1), marked so (Meta.Tentative) until the
+	// registration commits: if this life dies first, the next life of the
+	// id may register the same incarnation, and this life's death must not
+	// count against that one's row (Decide).
 	w, err := NewWatcher(ctx, cfg.Client, cfg.Table)
 	if err != nil {
 		return nil, fmt.Errorf("membership: reading the process table: %w", err)
@@ -127,7 +130,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		mc.Transport = cfg.wrapTransport(nt)
 	}
-	n.del.setMeta(Meta{ID: cfg.ID, Incarnation: t.MaxIncarnation + 1, GRPCAddr: cfg.GRPCAddr})
+	n.del.setMeta(Meta{ID: cfg.ID, Incarnation: t.MaxIncarnation + 1, GRPCAddr: cfg.GRPCAddr, Tentative: true})
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		if mc.Transport != nil {
@@ -139,7 +142,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.gossip = ml.LocalNode().Address()
 	self := Row{ID: cfg.ID, GRPCAddr: cfg.GRPCAddr, GossipAddr: n.gossip}
 	n.mu.self = self
-	n.del.setMeta(Meta{ID: cfg.ID, Incarnation: t.MaxIncarnation + 1, GRPCAddr: cfg.GRPCAddr, GossipAddr: n.gossip})
+	n.del.setMeta(Meta{ID: cfg.ID, Incarnation: t.MaxIncarnation + 1, GRPCAddr: cfg.GRPCAddr, GossipAddr: n.gossip, Tentative: true})
 
 	if len(cfg.Seeds) > 0 {
 		if k, err := joinSeeds(ctx, ml, cfg.Seeds, cfg.Timing.JoinTimeout); k == 0 {

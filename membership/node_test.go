@@ -831,6 +831,25 @@ func TestGossipViewPerLife(t *testing.T) {
 	}
 	d.observe(node(young, 4), true)
 	check("the new life dead", Observation{Seen: SeenDead, Incarnation: 4})
+	// A later life that died before registering, with the same incarnation
+	// tentatively (the one it meant to register): it does not outrank the
+	// registered life's death, and outranks it once alone is newer.
+	tentative := func(name string, inc uint64) *memberlist.Node {
+		return &memberlist.Node{Name: name, Meta: encodeMeta(Meta{ID: gossipID(name), Incarnation: inc, Tentative: true})}
+	}
+	now = now.Add(time.Second)
+	d.observe(tentative(gossipName("c", "t1"), 4), true)
+	if got := d.view()["c"]; got.Seen != SeenDead || got.Incarnation != 4 || got.Tentative {
+		t.Fatalf("a registered and a tentative death under one incarnation: view of c %+v, want the registered one", got)
+	}
+	d.observe(tentative(gossipName("c", "t2"), 4), false)
+	if got := d.view()["c"]; got.Seen != SeenAlive || !got.Tentative {
+		t.Fatalf("a life starting under the dead one's incarnation: view of c %+v, want it alive, tentative", got)
+	}
+	d.mu.Lock()
+	delete(d.mu.lives, gossipName("c", "t1"))
+	delete(d.mu.lives, gossipName("c", "t2"))
+	d.mu.Unlock()
 	// A second process under a live one's id that dies before it
 	// registered (its tentative incarnation above the live row's): the
 	// live one stays alive in the view.
@@ -884,4 +903,71 @@ func TestLeaveRacingCloseDoesNotPanic(t *testing.T) {
 	if r := row(t, a, "b"); r.State != StateLeft {
 		t.Fatalf("b's row %v, want left", r)
 	}
+}
+
+// TestDeathBeforeRegistrationIsNoEvidenceAgainstTheNextLife: a life that
+// joined gossip and died before registering (its registration failed, or it
+// was killed in Start) had advertised its tentative incarnation, the
+// table's maximum + 1. The next life of its id registers that same
+// incarnation if nothing registered in between. An observer that saw the
+// first life die and had not yet heard of the second (gossip is slower than
+// the table) took that death as evidence against the second life's row —
+// dead under an incarnation >= the row's — and, as the lowest-ranked
+// process, declared the new life dead at once: a false removal.
+func TestDeathBeforeRegistrationIsNoEvidenceAgainstTheNextLife(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	b := e.start(e.config("b", a))
+	cfg := e.config("c", a)
+	cfg.execFault = func(Plan, func() (*client.Result, error)) (*client.Result, error) {
+		return nil, errors.New("injected: the registration failed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if n, err := Start(ctx, cfg); err == nil {
+		n.Close()
+		t.Fatal("c registered through a failing client")
+	}
+	waitFor(t, 10*time.Second, "a seeing c's unregistered life dead", func() bool {
+		o, ok := a.del.view()["c"]
+		return ok && o.Seen == SeenDead
+	})
+	// a hears nothing of c's next life until it has decided on its row
+	// (kept short: a cut off for long is suspected and declared dead).
+	e.pause(a, false)
+	c := e.start(e.config("c", b))
+	rc, stop := record(c)
+	defer stop()
+	inc := c.Incarnation()
+	tb, err := a.Table(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	self, epoch := a.mu.self, a.mu.epoch
+	a.mu.Unlock()
+	in := Input{Self: self, Table: tb, View: a.del.view(), Epoch: epoch, Now: time.Now(), Timing: a.cfg.Timing}
+	e.resume(a)
+	if r, _ := tb.Lookup("c"); r.State != StateAlive || r.Incarnation != inc {
+		t.Fatalf("c's row %v, want alive under incarnation %d (a's view of c %+v)", r, inc, in.View["c"])
+	}
+	if d := Decide(in); d.Action == ActMarkDead && d.Plan.New.ID == "c" {
+		t.Fatalf("a would declare c's new life dead at once on the death of the life before it: view of c %+v, row %v", in.View["c"], d.Plan.Old)
+	}
+	// The cut dropped the gossip that announced c's next life to a (a
+	// delay, not a loss, in the case above): a hears it from c itself.
+	if k, err := a.Join([]string{c.GossipAddr()}); k != 1 {
+		t.Fatalf("a joining c: %v", err)
+	}
+	until := time.Now().Add(testTiming.AbsentTimeout + time.Second)
+	waitFor(t, 2*testTiming.AbsentTimeout+10*time.Second, "AbsentTimeout to pass with c alive", func() bool {
+		if rc.has(func(ch Change) bool { return ch.Kind == Evicted }) {
+			t.Fatalf("c's new life (alive) was declared dead: row %v, a's view of c %+v", row(t, a, "c"), a.del.view()["c"])
+		}
+		if r := row(t, a, "c"); r.State != StateAlive || r.Incarnation != inc {
+			t.Fatalf("c's row %v, want alive under incarnation %d", r, inc)
+		}
+		o := a.del.view()["c"]
+		return o.Seen == SeenAlive && o.Incarnation == inc && time.Now().After(until)
+	})
 }
