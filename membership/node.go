@@ -154,7 +154,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 				hint = " (if the cluster encrypts gossip, set the key)"
 			}
 			log.Error().Err(err).Strs("seeds", cfg.Seeds).Msg("no seed accepted this process into gossip" + hint)
-			return nil, fmt.Errorf("%w %v%s: %v", ErrJoin, cfg.Seeds, hint, err)
+			// %w: a caller can tell its ctx ending (errors.Is) from a refusal.
+			return nil, fmt.Errorf("%w %v%s: %w", ErrJoin, cfg.Seeds, hint, err)
 		}
 	}
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -712,6 +713,9 @@ func TestQuickRestartOnANewPortIsNotEvicted(t *testing.T) {
 func TestStartHonoursJoinTimeoutAndContext(t *testing.T) {
 	e := newEnv(t)
 	var silent []string
+	// accepted runs on every connection a silent seed accepts.
+	var accepted atomic.Pointer[func()]
+	accepted.Store(new(func()))
 	for range 6 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -725,6 +729,7 @@ func TestStartHonoursJoinTimeoutAndContext(t *testing.T) {
 					return
 				}
 				defer c.Close() // held open, never answered
+				(*accepted.Load())()
 			}
 		}()
 		silent = append(silent, l.Addr().String())
@@ -732,18 +737,26 @@ func TestStartHonoursJoinTimeoutAndContext(t *testing.T) {
 	for _, c := range []struct {
 		name        string
 		joinTimeout time.Duration
-		ctxTimeout  time.Duration
+		cancel      bool // cancel Start's ctx once the first seed is dialled
 		want        string
 	}{
-		{"JoinTimeout", 300 * time.Millisecond, 20 * time.Second, "JoinTimeout"},
-		{"ctx", 20 * time.Second, 300 * time.Millisecond, "deadline exceeded"},
+		{"JoinTimeout", 300 * time.Millisecond, false, "JoinTimeout"},
+		// Canceled during the join, not on a timer that could run out
+		// while Start still read the table.
+		{"ctx", 20 * time.Second, true, "context canceled"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := e.config("x-" + c.name)
 			cfg.Seeds = silent
 			cfg.Timing.JoinTimeout = c.joinTimeout
-			ctx, cancel := context.WithTimeout(context.Background(), c.ctxTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
+			f := func() {}
+			if c.cancel {
+				f = cancel
+			}
+			accepted.Store(&f)
+			defer func() { f := func() {}; accepted.Store(&f) }()
 			t0 := time.Now()
 			n, err := Start(ctx, cfg)
 			took := time.Since(t0)
@@ -753,6 +766,10 @@ func TestStartHonoursJoinTimeoutAndContext(t *testing.T) {
 			}
 			if !errors.Is(err, ErrJoin) || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %v, want ErrJoin saying %q", err, c.want)
+			}
+			// The caller can tell its own cancellation from a refusal.
+			if errors.Is(err, context.Canceled) != c.cancel {
+				t.Fatalf("error %v: errors.Is(err, context.Canceled) = %v", err, !c.cancel)
 			}
 			// Bounded by the first silent seed's TCPTimeout, not by six.
 			if took > 4*time.Second {
