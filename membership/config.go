@@ -125,8 +125,9 @@ type Timing struct {
 	// of the other live processes gone (it is probably the one cut off).
 	IsolationDelay time.Duration
 	// JoinTimeout bounds joining the seeds at Start (with Start's ctx):
-	// seeds are tried in turn, and none is tried once it passed; one seed
-	// that does not answer takes up to memberlist's TCPTimeout (1 s).
+	// every seed is tried at once, and Start waits for all of them (a
+	// seed that does not answer takes memberlist's TCPTimeout, 1 s) unless
+	// JoinTimeout passes first; it fails if no seed answered by then.
 	// LeaveTimeout bounds waiting for memberlist's leave broadcast.
 	JoinTimeout  time.Duration
 	LeaveTimeout time.Duration

@@ -169,29 +169,50 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// joinSeeds joins gossip through each seed in turn, as memberlist's Join
-// does, until ctx ends or timeout passes: both are checked between seeds,
-// and one seed's attempt is bounded by memberlist's TCPTimeout (a dial,
-// then a push-pull with that deadline). It returns how many seeds answered
-// and the errors of those that did not (or why it stopped).
+// joinSeeds joins gossip through every seed at once. memberlist's Join
+// tries them one after another, each that does not answer holding it for
+// its TCPTimeout (a dial, then a push-pull with that deadline): silent
+// seeds listed before a live one delayed Start by a second each, and with
+// a bound on the whole join, enough of them made it fail every time. It
+// returns when every attempt ended, or when ctx ends or timeout passes;
+// attempts still running then end in the background within their
+// TCPTimeout and count for nothing. It returns how many seeds answered and
+// the errors of those that did not (and why it stopped waiting).
 func joinSeeds(ctx context.Context, ml *memberlist.Memberlist, seeds []string, timeout time.Duration) (int, error) {
-	deadline := time.Now().Add(timeout)
+	type result struct {
+		k   int
+		err error
+	}
+	results := make(chan result, len(seeds)) // never blocks a late attempt
+	for _, s := range seeds {
+		go func() {
+			k, err := ml.Join([]string{s})
+			results <- result{k, err}
+		}()
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
 	joined := 0
 	var errs []error
-	for i, s := range seeds {
-		if err := ctx.Err(); err != nil {
-			errs = append(errs, fmt.Errorf("%d of %d seeds not tried: %w", len(seeds)-i, len(seeds), err))
-			break
+	for i := range seeds {
+		var stop error
+		select {
+		case r := <-results:
+			joined += r.k
+			if r.err != nil {
+				errs = append(errs, r.err)
+			}
+			continue
+		case <-ctx.Done():
+			stop = ctx.Err()
+		case <-timer.C:
+			stop = fmt.Errorf("JoinTimeout (%v) passed", timeout)
 		}
-		if !time.Now().Before(deadline) {
-			errs = append(errs, fmt.Errorf("%d of %d seeds not tried: JoinTimeout (%v) passed", len(seeds)-i, len(seeds), timeout))
-			break
+		if joined > 0 {
+			return joined, nil // the others may still answer: gossip spreads anyway
 		}
-		k, err := ml.Join([]string{s})
-		joined += k
-		if err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, fmt.Errorf("%d of %d seeds did not answer: %w", len(seeds)-i, len(seeds), stop))
+		break
 	}
 	return joined, errors.Join(errs...)
 }

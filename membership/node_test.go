@@ -777,6 +777,22 @@ func TestStartHonoursJoinTimeoutAndContext(t *testing.T) {
 			}
 		})
 	}
+	// Silent seeds listed before a live one: the join goes through (seeds
+	// tried in turn, 1 s each, reached the live one after JoinTimeout
+	// and failed; memberlist's own Join reached it after 6 s).
+	t.Run("live seed last", func(t *testing.T) {
+		a := e.start(e.config("a"))
+		cfg := e.config("x-last")
+		cfg.Seeds = append(append([]string(nil), silent...), a.GossipAddr())
+		cfg.Timing.JoinTimeout = 3 * time.Second
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		n, err := Start(ctx, cfg)
+		if err != nil {
+			t.Fatalf("Start with six silent seeds before a live one: %v", err)
+		}
+		n.Close()
+	})
 }
 
 // TestRestartOnTheSamePortIsNotEvicted: the usual restart, at the same
