@@ -854,9 +854,8 @@ func (n *Node) unregister(g *Group) {
 }
 
 // wakeLocal wakes the delivery loops of this node's members of group: a
-// local multicast or view change is visible at once.
-// TODO(watch): with client.Watch, memnodes push tail changes to every
-// member; this stays as the same-process shortcut.
+// local multicast or view change is visible at once, without waiting for
+// the memnode's watch notification (which tells the other processes).
 func (n *Node) wakeLocal(group string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
