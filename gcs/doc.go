@@ -211,8 +211,8 @@
 // 3.2–3.7 s of CPU per 10 s over its 1.4 s at rest, and the members 3.8–4.3
 // s. Now a housekeeping round that finds nothing to do (nothing to
 // publish, the metadata as the round before read it, nobody dead, leaving
-// or left to reclaim, nothing to trim, and for the trimmer less than a
-// quarter of the order log in use) doubles the wait before the next up
+// or left to reclaim, nothing to trim, and for the trimmer every member's
+// published position at the tail) doubles the wait before the next up
 // to IdleGCInterval (1 s), and a backup poll that finds nothing doubles
 // the next up to 1 s; delivering anything, and with Membership any change
 // of the process table, brings them back at once. The same five groups:

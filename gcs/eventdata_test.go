@@ -1,7 +1,9 @@
 package gcs_test
 
 import (
+	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,4 +194,64 @@ func TestIdleGroupBacksOff(t *testing.T) {
 		}
 	}
 	e.leaveAll(ms)
+}
+
+// TestTrimmerWatchesALaggard: while a member has not delivered what is
+// ordered, the oldest member's housekeeping stays at GCInterval, however
+// little of the order log is in use. That member publishes its progress
+// without poking the trimmer, and a sender whose queue is full waits for
+// the trim that follows (blobs stay until head passes their references,
+// a few dozen bytes of log each: a full 16 MiB queue holds far less than
+// a quarter of the 1 MiB log). Before, the trimmer backed off to
+// IdleGCInterval as soon as nothing changed for two rounds, so once the
+// laggard caught up the sender waited up to IdleGCInterval more (here an
+// hour: in 10 s, about 12 rounds instead of hundreds).
+func TestTrimmerWatchesALaggard(t *testing.T) {
+	e := newEnv(t)
+	cfg := gcs.Config{GCInterval: 5 * time.Millisecond, IdleGCInterval: time.Hour,
+		QueueCapacity: 32 << 10, MaxBatchBytes: 8 << 10, InlineBytes: -1}
+	a := e.join(e.nodeWith("a", cfg), "g") // the oldest: the trimmer, and the sender
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	gb, err := e.nodeWith("b", cfg).Join(ctx, "g", gcs.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b's application takes nothing until released: its delivery waits
+	// at its first view, its published position below the tail.
+	release := make(chan struct{})
+	var bGot atomic.Int64
+	bDone := make(chan struct{})
+	go func() {
+		defer close(bDone)
+		<-release
+		for ev := range gb.Events() {
+			if _, ok := ev.(*gcs.Message); ok {
+				bGot.Add(1)
+			}
+		}
+	}()
+	// More than a's queue holds: a's Multicasts wait for room that only
+	// a trim past b's position gives.
+	const count = 100
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- a.send(count, 1000) }()
+	waitUntil(t, 20*time.Second, "a's first messages delivered", func() bool { return a.delivered() >= 5 })
+	r0 := gcs.HousekeepingRounds(a.g)
+	if !pollFor(10*time.Second, func() bool { return gcs.HousekeepingRounds(a.g) >= r0+100 }) {
+		t.Fatalf("the trimmer ran %d housekeeping rounds in 10 s while b lagged, want 100 (GCInterval 5 ms)", gcs.HousekeepingRounds(a.g)-r0)
+	}
+	if a.delivered() >= count {
+		t.Fatalf("a delivered all %d messages while b held its queue", count)
+	}
+	close(release)
+	if err := <-sendErr; err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "b delivered everything", func() bool { return bGot.Load() == count })
+	a.leave()
+	if err := gb.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-bDone
 }

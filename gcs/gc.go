@@ -24,8 +24,8 @@ import (
 //
 // A round that found nothing to do — nothing to publish, the metadata as
 // the round before read it, nobody dead, leaving or left to reclaim,
-// nothing to trim, and for the trimmer less than a quarter of the log in
-// use — doubles the wait before the next, up to IdleGCInterval:
+// nothing to trim, and for the trimmer every member's published position
+// at the tail — doubles the wait before the next, up to IdleGCInterval:
 // an idle group's members read its metadata about once a second instead
 // of twenty times (measured in doc.go, "Idle groups"). Delivery progress
 // and the process table's changes (with Membership) poke it back to
@@ -179,10 +179,11 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, prev *meta
 	}
 	// Trim, also waiting for members that are leaving gracefully.
 	bound := g.holdForLeavers(ms, minLog, leavers, now)
-	if len(leavers) > 0 || bound > ms.h.head || ms.h.tail-ms.h.head >= g.ref.logSize/4 {
-		// Also while a quarter of the log waits for trimming: senders
-		// may be waiting for room, and the members that free it publish
-		// without poking the trimmer.
+	if len(leavers) > 0 || bound > ms.h.head || bound < ms.h.tail {
+		// Also while a member has not delivered (or published) what is
+		// ordered: senders may be waiting for log or queue room (a full
+		// queue's references take little of the log), and the members
+		// that free it publish without poking the trimmer.
 		busy = true
 	}
 	if !g.trimAndReclaim(ctx, ms, bound) {
