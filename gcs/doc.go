@@ -219,7 +219,11 @@
 // 0.3–0.4 s of the cluster's CPU per 10 s and 0.6 s of the members' (two
 // runs of each binary, alternated). What an idle group gives up: its
 // Stability may be up to IdleGCInterval old, and a lost watch notification
-// is caught by the poll within a second instead of 100 ms.
+// is caught by the poll within a second instead of 100 ms. A member that
+// stops delivering (crashed without Membership, or an application not
+// taking Events) keeps the oldest member's rounds at GCInterval, as
+// before: a sender whose queue is full waits for the trim its catching
+// up allows (TestTrimmerWatchesALaggard).
 //
 // # Performance
 //
