@@ -61,8 +61,9 @@ func (*Evicted) isEvent() {}
 // Stability reports what every member of the current view has delivered.
 type Stability struct {
 	// Pos: every current member has delivered the messages with
-	// Message.Pos <= Pos (as published: at most GCInterval old while
-	// messages are delivered, IdleGCInterval when the group is idle).
+	// Message.Pos <= Pos (as published and read by this member's
+	// housekeeping: at most GCInterval old while this member delivers
+	// messages, up to IdleGCInterval otherwise).
 	Pos uint64
 }
 
