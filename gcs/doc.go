@@ -208,16 +208,16 @@
 // notifies). Both used to run at those periods whatever happened: 30
 // reads a second per member, forever. Five idle groups of three members
 // (`tutti up` and 15 `tutti tail` processes, nothing sent) cost the cluster
-// 3.2–3.7 s of CPU per 10 s over its 1.4 s at rest, and the members 3.8–4.3
-// s. Now a housekeeping round that finds nothing to do (nothing to
+// 3.2–4.3 s of CPU per 10 s over its 1.4 s at rest, and the members 3.8–4.7
+// s (four runs). Now a housekeeping round that finds nothing to do (nothing to
 // publish, the metadata as the round before read it, nobody dead, leaving
 // or left to reclaim, nothing to trim, and for the trimmer every member's
 // published position at the tail) doubles the wait before the next up
 // to IdleGCInterval (1 s), and a backup poll that finds nothing doubles
 // the next up to 1 s; delivering anything, and with Membership any change
 // of the process table, brings them back at once. The same five groups:
-// 0.3–0.4 s of the cluster's CPU per 10 s and 0.6 s of the members' (two
-// runs of each binary, alternated). What an idle group gives up: its
+// 0.3–0.5 s of the cluster's CPU per 10 s and 0.6–0.7 s of the members'
+// (four runs of each binary, alternated in pairs). What an idle group gives up: its
 // Stability may be up to IdleGCInterval old, and a lost watch notification
 // is caught by the poll within a second instead of 100 ms. A member that
 // stops delivering (crashed without Membership, or an application not
