@@ -227,6 +227,18 @@ func (d *gossipDelegate) view() map[string]Observation {
 	return v
 }
 
+// aliveProcesses counts the process ids other than self that have a life
+// gossip shows alive.
+func (d *gossipDelegate) aliveProcesses(self string) int {
+	k := 0
+	for id, o := range d.view() {
+		if id != self && o.Seen == SeenAlive {
+			k++
+		}
+	}
+	return k
+}
+
 // better says whether observation a of one life outranks b of another life
 // of the same id (see view).
 func better(a, b Observation) bool {

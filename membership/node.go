@@ -296,8 +296,9 @@ func (n *Node) Join(seeds []string) (int, error) {
 }
 
 // GossipMembers returns how many processes this node's gossip currently
-// shows alive, itself included (memberlist's view, not the table's).
-func (n *Node) GossipMembers() int { return n.ml.NumMembers() }
+// shows alive, itself included (memberlist's view, not the table's): a
+// process whose older life gossip has not declared dead yet counts once.
+func (n *Node) GossipMembers() int { return 1 + n.del.aliveProcesses(n.cfg.ID) }
 
 // Table reads the process table from the memnodes (linearizable).
 func (n *Node) Table(ctx context.Context) (Table, error) { return n.readTable(ctx) }

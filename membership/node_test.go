@@ -853,6 +853,9 @@ func TestGossipViewPerLife(t *testing.T) {
 	check("one life", Observation{Seen: SeenAlive, Incarnation: 3})
 	d.observe(node(young, 4), false)
 	check("the new life taken in while the old is still alive", Observation{Seen: SeenAlive, Incarnation: 4})
+	if k := d.aliveProcesses("a"); k != 1 {
+		t.Fatalf("two alive lives of c count as %d processes, want 1", k)
+	}
 	now = now.Add(time.Second)
 	d.observe(node(old, 3), true) // the old life's death, declared late
 	check("the old life dead after the new one is alive", Observation{Seen: SeenAlive, Incarnation: 4})
