@@ -111,8 +111,10 @@ var DefaultGossip = GossipTiming{
 // Timing is the process table protocol's timing.
 type Timing struct {
 	// PollInterval: how often the node reads the table header to learn of
-	// changes (and of its own eviction). Memberlist events also trigger a
-	// read.
+	// changes (and of its own eviction) when the cluster serves no watch
+	// stream; with one, the header's writes are notified at once and the
+	// read is a backup every 4 × PollInterval. Memberlist events also
+	// trigger a read.
 	PollInterval time.Duration
 	// TakeoverTimeout: the decider at rank position p acts p×TakeoverTimeout
 	// after the evidence; position 0 at once.

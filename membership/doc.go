@@ -60,8 +60,12 @@
 //	write   row[slot]
 //	write   log[(v+1) mod logSize] = (v+1, slot, row)
 //
-// Observers poll the header every Timing.PollInterval (and on every
-// memberlist event); when the version moved they read the log entries in
+// Observers watch the header (client.Watch: the table memnode notifies
+// every write at once) and read it on every notification, on every
+// memberlist event and, as a backup, every 4 × Timing.PollInterval (every
+// PollInterval when the cluster serves no watch stream: one read a
+// second per process instead of four, measured in the Timing paragraph
+// below); when the version moved they read the log entries in
 // between in one minitransaction and apply them in order, so Subscribe
 // delivers every version exactly once and in order. An observer more than
 // logSize versions behind re-reads all rows and reports differences as

@@ -44,6 +44,12 @@ type Node struct {
 	del    *gossipDelegate
 	gossip string
 
+	// tableWatch notifies writes of the table's header when the cluster
+	// serves watch streams (nil otherwise): the driver then polls only as
+	// a backup (tableBackupPoll).
+	tableWatch *client.Watch
+	polls      atomic.Int64 // table polls (refresh), for tests
+
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
 	leave  chan chan error
@@ -112,6 +118,20 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("membership: reading the process table: %w", err)
 	}
 	n.w = w
+	started := false // else the watch is closed on return
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+	tw, err := cfg.Client.Watch(wctx, cfg.Table.Memnode, client.Range{Addr: cfg.Table.Base, Len: headerSize})
+	wcancel()
+	if err != nil {
+		log.Debug().Err(err).Msg("no watch stream: polling the process table")
+	} else {
+		n.tableWatch = tw
+		defer func() {
+			if !started {
+				tw.Close()
+			}
+		}()
+	}
 	t := w.Table()
 	n.mu.table = t
 	for _, r := range t.Rows {
@@ -165,6 +185,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		_ = ml.Shutdown()
 		return nil, err
 	}
+	started = true
 	go n.run()
 	return n, nil
 }
@@ -395,6 +416,9 @@ func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.cancel()
 		<-n.done
+		if n.tableWatch != nil {
+			n.tableWatch.Close()
+		}
 		n.closeErr = n.shutdownGossip()
 		n.mu.Lock()
 		n.mu.closed = true
@@ -412,7 +436,13 @@ func (n *Node) Close() error {
 // event, asks Decide, and executes the plan.
 func (n *Node) run() {
 	defer close(n.done)
-	tick := time.NewTicker(n.cfg.Timing.PollInterval)
+	var watchC <-chan client.WatchEvent
+	poll := n.cfg.Timing.PollInterval
+	if n.tableWatch != nil {
+		watchC = n.tableWatch.C()
+		poll = tableBackupPoll * n.cfg.Timing.PollInterval
+	}
+	tick := time.NewTicker(poll)
 	defer tick.Stop()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -443,6 +473,13 @@ func (n *Node) run() {
 		case <-n.ctx.Done():
 			return
 		case <-tick.C:
+		case _, ok := <-watchC:
+			if !ok {
+				// The watch ended (its client closed, or it gave up):
+				// poll as without one.
+				watchC = nil
+				tick.Reset(n.cfg.Timing.PollInterval)
+			}
 		case <-n.del.poke:
 		case <-timer.C:
 		case reply := <-n.leave:
@@ -450,6 +487,12 @@ func (n *Node) run() {
 		}
 	}
 }
+
+// tableBackupPoll: with a watch stream on the table's header the driver
+// reads the header every tableBackupPoll × PollInterval (1 s by default)
+// instead of every PollInterval: the watch notifies every change at once,
+// and the poll only backs it up.
+const tableBackupPoll = 4
 
 // step refreshes the table and runs decisions until none is due; it
 // returns when to decide again (zero: on the next tick or event).
@@ -738,6 +781,7 @@ func (n *Node) seen(r Row) {
 // publishes the changes, under the lock that Subscribe takes, so a
 // subscriber gets exactly the versions after its call.
 func (n *Node) refresh(ctx context.Context) error {
+	n.polls.Add(1)
 	cs, err := n.w.Poll(ctx)
 	if len(cs) == 0 {
 		return err

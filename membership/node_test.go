@@ -795,6 +795,30 @@ func TestStartHonoursJoinTimeoutAndContext(t *testing.T) {
 	})
 }
 
+// TestTableChangesAreWatchedNotPolled: with the cluster's watch stream a
+// node reads the table header when it changes, not every PollInterval (a
+// read every 50 ms per process here, 250 ms by default), and still learns
+// of a change at once.
+func TestTableChangesAreWatchedNotPolled(t *testing.T) {
+	e := newEnv(t)
+	a := e.start(e.config("a"))
+	b := e.start(e.config("b", a))
+	// Steady state: count b's reads over 2 s (PollInterval 50 ms: 40
+	// without the watch; the backup poll every 200 ms makes 10).
+	p0 := b.polls.Load()
+	time.Sleep(2 * time.Second) // the window measured
+	if k := b.polls.Load() - p0; k > 20 {
+		t.Fatalf("b read the table header %d times in 2 s with nothing changing (PollInterval %v)", k, testTiming.PollInterval)
+	}
+	// A change is still seen at once: c registers, and b, which has not
+	// heard of c in gossip yet if its row came first, knows the row.
+	c := e.start(e.config("c", a))
+	waitFor(t, 5*time.Second, "b to know c's row", func() bool {
+		r, ok := b.Known().Lookup("c")
+		return ok && r.Incarnation == c.Incarnation() && r.State == StateAlive
+	})
+}
+
 // TestRestartOnTheSamePortIsNotEvicted: the usual restart, at the same
 // gossip address, before the others noticed the crash. The old life's name
 // is probed at the address the new life holds; the new life does not
