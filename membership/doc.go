@@ -64,7 +64,7 @@
 // every write at once) and read it on every notification, on every
 // memberlist event and, as a backup, every 4 × Timing.PollInterval (every
 // PollInterval when the cluster serves no watch stream: one read a
-// second per process instead of four, measured in the Timing paragraph
+// second per process instead of four; measured in the Timing paragraph
 // below); when the version moved they read the log entries in
 // between in one minitransaction and apply them in order, so Subscribe
 // delivers every version exactly once and in order. An observer more than
@@ -163,7 +163,11 @@
 // 5 s, IsolationDelay 10 s. Crash-to-table time is memberlist's detection
 // plus at most one minitransaction when the lowest-ranked process survives,
 // plus TakeoverTimeout per rank position skipped otherwise. A long pause is
-// noticed by the paused process within PollInterval of resuming.
+// noticed by the paused process within PollInterval of resuming (the
+// backup poll's 4 × PollInterval with a watch stream, unless a change
+// comes first). Watching instead of polling: `tutti up` at rest (three
+// hosts, each with an agent) used 1.35–1.39 s of CPU per 10 s polling and
+// 1.09–1.17 s watching (two runs each, alternated).
 //
 // A restarted process is a new memberlist node (its name is per life), so
 // memberlist admits it at once on any port: the table, not memberlist,
