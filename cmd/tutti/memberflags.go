@@ -57,7 +57,7 @@ func (m *memberFlags) register(fs *pflag.FlagSet, nameHelp, addrHelp, seedsHelp 
 	fs.IntVar(&m.indirectChecks, "indirect-checks", g.IndirectChecks, "failure detection: processes asked to probe on our behalf after a missed ack")
 	fs.DurationVar(&m.gossipInterval, "gossip-interval", g.GossipInterval, "how often gossip messages are sent")
 	fs.IntVar(&m.retransmitMult, "retransmit-mult", g.RetransmitMult, "each gossip broadcast is retransmitted retransmit-mult x log10(N+1) times")
-	fs.DurationVar(&m.pollInterval, "table-poll", t.PollInterval, "how often the process table's version is read")
+	fs.DurationVar(&m.pollInterval, "table-poll", t.PollInterval, "how often the process table's version is read (with the cluster's watch stream, which notifies changes at once, a backup read every 4 x this)")
 	fs.DurationVar(&m.takeover, "takeover-timeout", t.TakeoverTimeout, "if the first decider does not mark a crashed process dead, the next takes over after this long")
 	fs.DurationVar(&m.absent, "absent-timeout", t.AbsentTimeout, "a live row whose process gossip never shows is declared dead after this long")
 }
