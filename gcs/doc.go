@@ -128,7 +128,8 @@
 //     client.Watch notification (on the header's view, tail and msgs
 //     words and the log ring) when the cluster serves watch streams, a
 //     poke from a link or view change of this node, or a poll (PollMin
-//     doubling to PollMax without watch; a 100 ms backup poll with one).
+//     doubling to PollMax without watch; with one a backup poll every
+//     100 ms, backing off to 1 s while polls find nothing).
 //     A notification whose log ranges are all records of our own links
 //     that delivery already has is skipped (only links within half a log
 //     below the delivered position count, so the record at the delivered
