@@ -61,17 +61,23 @@ func (c Config) Validate() error {
 }
 
 // ValidateOp checks that op is acceptable for an entry of kind k under c:
-// k is known; Commit, Abort and AbortUnlessVoted carry no items; there are
-// at most MaxItems items; every item is non-empty, at most MaxItemBytes long
-// and lies within [0, Size). It returns the first problem found, wrapping
+// k is known; Commit, Abort and AbortUnlessVoted carry no items; only Exec
+// carries appends and relocs; there are at most MaxItems items (appends
+// count) and MaxItems relocs; every item is non-empty, at most MaxItemBytes
+// long and lies within [0, Size); appends and relocs follow the rules of
+// validateAppends. It returns the first problem found, wrapping
 // ErrInvalid, and allocates nothing when op is valid.
 func (c Config) ValidateOp(k Kind, op *Op) error {
-	n := len(op.Compares) + len(op.Reads) + len(op.Writes)
+	n := len(op.Compares) + len(op.Reads) + len(op.Writes) + len(op.Appends)
 	switch k {
-	case KindExec, KindPrepare:
+	case KindExec:
+	case KindPrepare:
+		if len(op.Appends) > 0 || len(op.Relocs) > 0 {
+			return fmt.Errorf("%w: only Exec carries appends and relocs, not %v", ErrInvalid, k)
+		}
 	case KindCommit, KindAbort, KindAbortUnlessVoted:
-		if n > 0 {
-			return fmt.Errorf("%w: %v must carry no items, got %d", ErrInvalid, k, n)
+		if n > 0 || len(op.Relocs) > 0 {
+			return fmt.Errorf("%w: %v must carry no items, got %d", ErrInvalid, k, n+len(op.Relocs))
 		}
 		return nil
 	default:
@@ -94,6 +100,9 @@ func (c Config) ValidateOp(k Kind, op *Op) error {
 		if err := c.checkItem("write", i, op.Writes[i].Addr, uint64(len(op.Writes[i].Data))); err != nil {
 			return err
 		}
+	}
+	if len(op.Appends) > 0 || len(op.Relocs) > 0 {
+		return c.validateAppends(op)
 	}
 	return nil
 }

@@ -17,28 +17,41 @@ import (
 //	       | 0x02 kind:byte now:varint tid participants:uvarint* op more:tid*   (more non-empty)
 //	       | 0x03 kind:byte now:varint tid participants:uvarint* op more:tid*
 //	              commits:tid* aborts:tid*                          (commits or aborts non-empty)
+//	       | 0x04 ... as 0x03 ... fences:tid*                       (fences non-empty)
+//	       | 0x05 ... as 0x04 ... fences:tid* appends:append* relocs:reloc*
+//	                                                                (appends or relocs non-empty)
 //	query  = 0x01 now:varint op
 //	result = 0x01 vote:byte failed:varint outcome:byte err reads:bytes*
+//	       | 0x02 vote:byte failed:varint outcome:byte err reads:bytes*
+//	              appended:(tail:uvarint count:uvarint)*            (appended non-empty)
+//	append = tail:uvarint head:uvarint limit:uvarint ring:uvarint size:uvarint
+//	         count:uvarint add:uvarint data:bytes
+//	reloc  = append:uvarint flags:byte item:uvarint off:uvarint    (flags: 1 count, 2 write)
 //	tid    = client:uvarint seq:uvarint time:varint
 //	op     = compares:(addr:uvarint data:bytes)* reads:(addr:uvarint len:uvarint)* writes:(addr:uvarint data:bytes)*
 //	err    = 0x00 | 0x01 message:bytes
 //
 // where x* is a uvarint count followed by that many x.
 const (
-	entryVersion  = 1
-	entryVersion2 = 2 // entryVersion with Entry.More
-	entryVersion3 = 3 // entryVersion2 with Entry.Commits and Entry.Aborts
-	entryVersion4 = 4 // entryVersion3 with Entry.Fences
-	queryVersion  = 1
-	resultVersion = 1
+	entryVersion   = 1
+	entryVersion2  = 2 // entryVersion with Entry.More
+	entryVersion3  = 3 // entryVersion2 with Entry.Commits and Entry.Aborts
+	entryVersion4  = 4 // entryVersion3 with Entry.Fences
+	entryVersion5  = 5 // entryVersion4 with Op.Appends and Op.Relocs
+	queryVersion   = 1
+	resultVersion  = 1
+	resultVersion2 = 2 // resultVersion with Result.Appended
 )
 
 // AppendEntry appends the encoding of e to dst.
 func AppendEntry(dst []byte, e *Entry) []byte {
 	dst = slices.Grow(dst, 3+3*binary.MaxVarintLen64+len(e.Participants)*binary.MaxVarintLen64+opSize(&e.Op)+
-		(4+(len(e.More)+len(e.Commits)+len(e.Aborts)+len(e.Fences))*3)*binary.MaxVarintLen64)
+		(4+(len(e.More)+len(e.Commits)+len(e.Aborts)+len(e.Fences))*3)*binary.MaxVarintLen64+
+		appendsSize(&e.Op))
 	v := byte(entryVersion)
 	switch {
+	case len(e.Op.Appends) > 0 || len(e.Op.Relocs) > 0:
+		v = entryVersion5
 	case len(e.Fences) > 0:
 		v = entryVersion4
 	case len(e.Commits) > 0 || len(e.Aborts) > 0:
@@ -64,7 +77,46 @@ func AppendEntry(dst []byte, e *Entry) []byte {
 	if v >= entryVersion4 {
 		dst = appendTIDs(dst, e.Fences)
 	}
+	if v >= entryVersion5 {
+		dst = binary.AppendUvarint(dst, uint64(len(e.Op.Appends)))
+		for i := range e.Op.Appends {
+			a := &e.Op.Appends[i]
+			for _, x := range [...]uint64{a.Tail, a.Head, a.Limit, a.Ring, a.Size, a.Count, a.Add} {
+				dst = binary.AppendUvarint(dst, x)
+			}
+			dst = appendBytes(dst, a.Data)
+		}
+		dst = binary.AppendUvarint(dst, uint64(len(e.Op.Relocs)))
+		for _, r := range e.Op.Relocs {
+			var flags byte
+			if r.Count {
+				flags |= relocCount
+			}
+			if r.Write {
+				flags |= relocWrite
+			}
+			dst = binary.AppendUvarint(dst, uint64(r.Append))
+			dst = append(dst, flags)
+			dst = binary.AppendUvarint(dst, uint64(r.Item))
+			dst = binary.AppendUvarint(dst, uint64(r.Off))
+		}
+	}
 	return dst
+}
+
+// Reloc flags in the entry encoding.
+const (
+	relocCount = 1
+	relocWrite = 2
+)
+
+// appendsSize bounds the encoded size of op's appends and relocs.
+func appendsSize(op *Op) int {
+	n := 2*binary.MaxVarintLen64 + len(op.Relocs)*(1+3*binary.MaxVarintLen64)
+	for i := range op.Appends {
+		n += 8*binary.MaxVarintLen64 + len(op.Appends[i].Data)
+	}
+	return n
 }
 
 func appendTIDs(dst []byte, ts []TID) []byte {
@@ -92,10 +144,10 @@ func DecodeEntry(b []byte) (Entry, error) {
 func DecodeEntryReuse(e *Entry, b []byte) error {
 	d := decoder{b: b, what: "entry"}
 	*e = Entry{Participants: e.Participants[:0], Op: Op{Compares: e.Op.Compares[:0], Reads: e.Op.Reads[:0],
-		Writes: e.Op.Writes[:0]}, More: e.More[:0], Commits: e.Commits[:0], Aborts: e.Aborts[:0],
+		Writes: e.Op.Writes[:0], Appends: e.Op.Appends[:0], Relocs: e.Op.Relocs[:0]}, More: e.More[:0], Commits: e.Commits[:0], Aborts: e.Aborts[:0],
 		Fences: e.Fences[:0]}
 	v := byte(entryVersion)
-	if len(b) > 0 && (b[0] == entryVersion2 || b[0] == entryVersion3 || b[0] == entryVersion4) {
+	if len(b) > 0 && b[0] >= entryVersion2 && b[0] <= entryVersion5 {
 		v = b[0]
 	}
 	if d.version(v) {
@@ -124,8 +176,14 @@ func DecodeEntryReuse(e *Entry, b []byte) error {
 		}
 		if v >= entryVersion4 {
 			e.Fences = d.tidsInto(e.Fences)
-			if len(e.Fences) == 0 && d.err == nil {
+			if v == entryVersion4 && len(e.Fences) == 0 && d.err == nil {
 				d.fail("version 4 without fences")
+			}
+		}
+		if v >= entryVersion5 {
+			d.appends(&e.Op)
+			if len(e.Op.Appends) == 0 && len(e.Op.Relocs) == 0 && d.err == nil {
+				d.fail("version 5 without appends or relocs")
 			}
 		}
 	}
@@ -166,7 +224,7 @@ func DecodeQuery(b []byte) (now int64, op Op, err error) {
 // AppendResult appends the encoding of r. Result.Err crosses as its
 // message.
 func AppendResult(dst []byte, r *Result) []byte {
-	n := 4 + binary.MaxVarintLen64*(2+len(r.Reads))
+	n := 4 + binary.MaxVarintLen64*(3+len(r.Reads)+2*len(r.Appended))
 	for _, rd := range r.Reads {
 		n += len(rd)
 	}
@@ -176,12 +234,23 @@ func AppendResult(dst []byte, r *Result) []byte {
 	for _, rd := range r.Reads {
 		dst = appendBytes(dst, rd)
 	}
+	if len(r.Appended) > 0 {
+		dst = binary.AppendUvarint(dst, uint64(len(r.Appended)))
+		for _, a := range r.Appended {
+			dst = binary.AppendUvarint(dst, a.Tail)
+			dst = binary.AppendUvarint(dst, a.Count)
+		}
+	}
 	return dst
 }
 
 // appendResultHead appends what AppendResult writes before the reads.
 func appendResultHead(dst []byte, r *Result) []byte {
-	dst = append(dst, resultVersion, byte(r.Vote))
+	v := byte(resultVersion)
+	if len(r.Appended) > 0 {
+		v = resultVersion2
+	}
+	dst = append(dst, v, byte(r.Vote))
 	dst = binary.AppendVarint(dst, int64(r.FailedCompare))
 	dst = append(dst, byte(r.Outcome))
 	if r.Err != nil {
@@ -199,7 +268,11 @@ func appendResultHead(dst []byte, r *Result) []byte {
 func DecodeResult(b []byte) (Result, error) {
 	d := decoder{b: b, what: "result"}
 	var r Result
-	if d.version(resultVersion) {
+	v := byte(resultVersion)
+	if len(b) > 0 && b[0] == resultVersion2 {
+		v = resultVersion2
+	}
+	if d.version(v) {
 		r.Vote = Vote(d.byte())
 		fc := d.varint()
 		if fc < math.MinInt32 || fc > math.MaxInt32 {
@@ -218,6 +291,16 @@ func DecodeResult(b []byte) (Result, error) {
 			r.Reads = make([][]byte, n)
 			for i := range r.Reads {
 				r.Reads[i] = d.bytes()
+			}
+		}
+		if v == resultVersion2 {
+			if n := d.count(2); n > 0 {
+				r.Appended = make([]Appended, n)
+				for i := range r.Appended {
+					r.Appended[i] = Appended{Tail: d.uvarint(), Count: d.uvarint()}
+				}
+			} else if d.err == nil {
+				d.fail("version 2 without appended")
 			}
 		}
 	}
@@ -404,6 +487,38 @@ func (d *decoder) op(op *Op) {
 	}
 	op.Reads = d.readsInto(op.Reads)
 	op.Writes = d.writesInto(op.Writes)
+}
+
+// appends decodes the appends and relocs of an entry of version 5 into
+// op, reusing the capacity of its slices.
+func (d *decoder) appends(op *Op) {
+	if n := d.count(8); n > 0 {
+		op.Appends = resize(op.Appends, n)
+		for i := range op.Appends {
+			op.Appends[i] = Append{Tail: d.uvarint(), Head: d.uvarint(), Limit: d.uvarint(), Ring: d.uvarint(),
+				Size: d.uvarint(), Count: d.uvarint(), Add: d.uvarint(), Data: d.bytes()}
+		}
+	} else {
+		op.Appends = op.Appends[:0]
+	}
+	if n := d.count(4); n > 0 {
+		op.Relocs = resize(op.Relocs, n)
+		for i := range op.Relocs {
+			a := d.uvarint()
+			flags := d.byte()
+			item, off := d.uvarint(), d.uvarint()
+			if flags&^(relocCount|relocWrite) != 0 {
+				d.fail("reloc %d: bad flags 0x%x", i, flags)
+			}
+			if a > math.MaxUint32 || item > math.MaxUint32 || off > math.MaxUint32 {
+				d.fail("reloc %d: field exceeds 32 bits", i)
+			}
+			op.Relocs[i] = Reloc{Append: uint32(a), Count: flags&relocCount != 0, Write: flags&relocWrite != 0,
+				Item: uint32(item), Off: uint32(off)}
+		}
+	} else {
+		op.Relocs = op.Relocs[:0]
+	}
 }
 
 func (d *decoder) reads() []Read { return d.readsInto(nil) }

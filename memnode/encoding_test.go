@@ -3,6 +3,7 @@ package memnode
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -39,6 +40,12 @@ func sampleEntries() []Entry {
 			Fences: []TID{{Client: 3, Seq: 0, Time: 5}, {Client: math.MaxUint64, Seq: 2, Time: math.MinInt64}}},
 		{Kind: KindExec, Now: 7, Op: Op{Reads: []Read{{Addr: 8, Len: 4}}}, Aborts: []TID{{Client: 2, Seq: 1, Time: 1}},
 			Fences: []TID{{Client: 3, Seq: 0, Time: 5}}},
+		{Kind: KindExec, Now: 8, TID: TID{Client: 3, Seq: 2, Time: 8}, Op: Op{
+			Writes: []Write{{Addr: 3, Data: []byte("slot0000")}},
+			Appends: []Append{{Tail: 8, Head: 16, Limit: 64, Ring: 1024, Size: 64, Count: 24, Add: 1, Data: []byte("rec00000")},
+				{Tail: math.MaxUint64, Head: 0, Limit: 0, Ring: 1, Size: 1 << 63, Data: []byte{1}}},
+			Relocs: []Reloc{{Append: 0, Count: true, Write: true, Item: 0, Off: 0}, {Append: 1, Item: 0, Off: math.MaxUint32}}}},
+		{Kind: KindExec, Now: 9, Op: Op{Relocs: []Reloc{{Append: 3}}}, Fences: []TID{{Client: 3, Seq: 0, Time: 5}}},
 		{Kind: 200},
 	}
 }
@@ -102,7 +109,35 @@ func entriesEqual(a, b *Entry) bool {
 		a.Kind == b.Kind && a.Now == b.Now && a.TID == b.TID && slices.Equal(a.More, b.More) &&
 		slices.Equal(a.Commits, b.Commits) && slices.Equal(a.Aborts, b.Aborts) && slices.Equal(a.Fences, b.Fences) &&
 		len(a.Participants) == len(b.Participants) &&
-		len(a.Op.Compares) == len(b.Op.Compares) && len(a.Op.Reads) == len(b.Op.Reads) && len(a.Op.Writes) == len(b.Op.Writes)
+		len(a.Op.Compares) == len(b.Op.Compares) && len(a.Op.Reads) == len(b.Op.Reads) && len(a.Op.Writes) == len(b.Op.Writes) &&
+		len(a.Op.Appends) == len(b.Op.Appends) && slices.Equal(a.Op.Relocs, b.Op.Relocs)
+}
+
+// TestOldEntriesDecode decodes entries of versions 1 and 4 as binaries
+// before appends wrote them (bytes frozen here): the log format only grows.
+func TestOldEntriesDecode(t *testing.T) {
+	for _, tc := range []struct {
+		hex  string
+		want Entry
+	}{
+		{"01010200000000000001100461626364", sampleEntries()[1]},
+		{"04010e0000000000010804000000010201020103000a", sampleEntries()[10]},
+	} {
+		b, err := hex.DecodeString(tc.hex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeEntry(b)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.hex, err)
+		}
+		if !entriesEqual(&got, &tc.want) || len(got.Op.Appends)+len(got.Op.Relocs) != 0 {
+			t.Fatalf("%s: decoded %+v, want %+v", tc.hex, got, tc.want)
+		}
+		if again := AppendEntry(nil, &got); !bytes.Equal(again, b) {
+			t.Fatalf("%s: re-encoded as %x", tc.hex, again)
+		}
+	}
 }
 
 func TestQueryRoundTrip(t *testing.T) {
@@ -129,6 +164,8 @@ func TestResultRoundTrip(t *testing.T) {
 		{FailedCompare: -1, Outcome: OutcomeCommitted},
 		{FailedCompare: -1, Outcome: OutcomeExpired}, // same layout: version 1 carries any outcome byte
 		{FailedCompare: -1, Err: invalidErr},
+		{Vote: VoteOK, FailedCompare: -1, Reads: [][]byte{[]byte("ab")}, Appended: []Appended{{Tail: 7, Count: math.MaxUint64}, {}}},
+		{Vote: VoteOK, FailedCompare: -1, Appended: []Appended{{Tail: 1}}},
 	} {
 		b := AppendResult(nil, &r)
 		got, err := DecodeResult(b)
@@ -157,13 +194,20 @@ func TestDecodeRejects(t *testing.T) {
 	v4NoFences := AppendEntry(nil, &Entry{Kind: KindExec, Aborts: []TID{{Client: 1}}})
 	v4NoFences[0] = 4
 	v4NoFences = append(v4NoFences, 0)
+	// Version 5 must carry appends or relocs.
+	v5NoAppends := append(bytes.Clone(v4NoFences), 0, 0)
+	v5NoAppends[0] = 5
+	v5BadFlags := AppendEntry(nil, &Entry{Kind: KindExec, Op: Op{Relocs: []Reloc{{Write: true}}}})
+	v5BadFlags[len(v5BadFlags)-3] = 4 // the flags byte: unknown bit
 	for _, tc := range []struct {
 		name string
 		b    []byte
 		want error
 	}{
 		{"empty", nil, ErrCorrupt},
-		{"version", append([]byte{5}, good[1:]...), ErrVersion},
+		{"version", append([]byte{6}, good[1:]...), ErrVersion},
+		{"version 5 without appends", v5NoAppends, ErrCorrupt},
+		{"reloc flags", v5BadFlags, ErrCorrupt},
 		{"version 4 without fences", v4NoFences, ErrCorrupt},
 		{"trailing", append(bytes.Clone(good), 0), ErrCorrupt},
 		{"non-minimal varint", []byte{1, 1, 0x80, 0x00, 0, 0, 0, 0, 0, 0, 0}, ErrCorrupt},
@@ -183,6 +227,9 @@ func TestDecodeRejects(t *testing.T) {
 	}
 	if _, err := DecodeResult([]byte{1, 1, 1, 0, 2, 0}); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("bad error flag: %v", err)
+	}
+	if _, err := DecodeResult([]byte{2, 1, 1, 0, 0, 0, 0}); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("result version 2 without appended: %v", err)
 	}
 	if _, err := DecodeResult([]byte{9}); !errors.Is(err, ErrVersion) {
 		t.Errorf("result version: %v", err)

@@ -222,6 +222,9 @@ func (m *Memnode) checkDated(limit, now int64, tids ...TID) error {
 
 // exec is the one-phase minitransaction: lock check, compare, read, write.
 func (m *Memnode) exec(op *Op, noReads bool) Result {
+	if len(op.Appends) > 0 {
+		return m.execAppends(op, noReads)
+	}
 	if m.locks.opConflicts(op) {
 		return Result{Vote: VoteBadLock, FailedCompare: -1}
 	}
@@ -550,6 +553,9 @@ func (m *Memnode) queryVote(now int64, op *Op) Result {
 	}
 	if len(op.Writes) > 0 {
 		return invalid(fmt.Errorf("%w: query carries %d write items", ErrInvalid, len(op.Writes)))
+	}
+	if len(op.Appends) > 0 || len(op.Relocs) > 0 {
+		return invalid(fmt.Errorf("%w: query carries %d appends and %d relocs", ErrInvalid, len(op.Appends), len(op.Relocs)))
 	}
 	if err := m.cfg.ValidateOp(KindExec, op); err != nil {
 		return invalid(err)

@@ -34,7 +34,58 @@ type Op struct {
 	Compares []Compare
 	Reads    []Read
 	Writes   []Write
+	// Appends (Exec only) add data at the end of rings whose counters live
+	// in the address space; the memnode takes the position when it applies
+	// the entry (doc.go, "Append").
+	Appends []Append
+	// Relocs (only with Appends) patch an append's old counter value into
+	// the data of an append or write item before it is written.
+	Relocs []Reloc
 }
+
+// Append adds Data at the end of a ring whose counters live in the address
+// space (one-phase Exec only; doc.go, "Append", gives the exact rules).
+// Counters are u64 little-endian words.
+type Append struct {
+	// Tail is the address of the counter t: bytes ever appended (positions
+	// only grow). Data is placed at position t, and t advances by len(Data).
+	Tail uint64
+	// Head is the address of the counter h: positions below h are free.
+	// The memnode only reads it.
+	Head uint64
+	// Limit: the append is refused (VoteBadCmp) unless
+	// t+len(Data)-h <= Limit, taken as a signed difference (h past t+len(Data)
+	// passes), and unless t+len(Data) does not overflow 64 bits. Limit <= Size.
+	Limit uint64
+	// Ring is the address of the ring's first byte; position p lives at
+	// Ring + p mod Size, so Data may wrap to the ring's start (two pieces).
+	Ring uint64
+	// Size is the ring's length in bytes: a power of two.
+	Size uint64
+	// Count is the address of a second counter c advanced by Add (mod
+	// 2^64); 0 means none, and then Add must be 0.
+	Count uint64
+	Add   uint64
+	// Data is 1..min(Size, MaxItemBytes) bytes.
+	Data []byte
+}
+
+// Reloc adds an append's old counter value (mod 2^64) to the u64
+// little-endian word at [Off, Off+8) of the data of an append or write item
+// of the same Op, in a copy made before it is written (the caller's slices
+// are never changed): records that contain their own position, or a slot
+// that names it.
+type Reloc struct {
+	Append uint32 // index in Op.Appends whose old values are the source
+	Count  bool   // source: that append's old c (false: its old t)
+	Write  bool   // target: Op.Writes[Item].Data (false: Op.Appends[Item].Data)
+	Item   uint32
+	Off    uint32
+}
+
+// Appended says where an append went: the old values of its counters, t
+// (the position where Data starts) and c (0 if it has no Count).
+type Appended struct{ Tail, Count uint64 }
 
 // Kind is the type of a log entry. Values are part of the on-disk format:
 // append only.
@@ -118,8 +169,11 @@ const (
 type Result struct {
 	Vote Vote
 	// FailedCompare is the index of the first failed compare with
-	// VoteBadCmp, else -1.
+	// VoteBadCmp, else -1. An append refused by its Limit fails as the
+	// compare len(Op.Compares)+i, i its index in Op.Appends.
 	FailedCompare int
+	// Appended holds one element per Op.Appends item, with VoteOK only.
+	Appended []Appended
 	// Reads holds one slice per read item with VoteOK, and with VoteBadCmp
 	// from Exec and Query (one participant: the reads are taken in the same
 	// step as the failed compare, so a caller can retry a compare-and-swap
@@ -140,7 +194,8 @@ type Config struct {
 	Size uint64
 	// MaxItemBytes bounds one item's length. Default 1<<20 (1 MiB).
 	MaxItemBytes uint32
-	// MaxItems bounds compares+reads+writes in one Op. Default 1024.
+	// MaxItems bounds compares+reads+writes+appends in one Op, and relocs
+	// apart. Default 1024.
 	MaxItems int
 	// Horizon (ns): tids older than Now-Horizon are refused by Prepare and
 	// dropped from the forced-abort and decided sets. Default 1 minute.
