@@ -302,13 +302,17 @@ const maxRequestBytes = 4 << 20
 // roomFor reports whether req surely stays within maxRequestBytes encoded
 // with n tids more: memnode/service's bound (sizeBound), at most 32 bytes
 // per element besides byte strings, 40 per tid (fences too: three varints
-// of up to 10 bytes, their tags, the element's tag and length) and 128 in
-// all. A decision must not make a request that is valid on its own fail.
+// of up to 10 bytes, their tags, the element's tag and length) and per
+// reloc, 96 per append besides its data, and 128 in all. A decision must not make a request that is valid on its own fail.
 func roomFor(req *tuttipb.Request, n int) bool {
 	size := 128 + 32*(len(req.GetParticipants())+len(req.GetReads())) +
-		40*(len(req.GetMoreTids())+len(req.GetCommitTids())+len(req.GetAbortTids())+len(req.GetFenceTids())+n)
+		40*(len(req.GetMoreTids())+len(req.GetCommitTids())+len(req.GetAbortTids())+len(req.GetFenceTids())+
+			len(req.GetRelocs())+n)
 	for _, c := range req.GetCompares() {
 		size += 32 + len(c.GetData())
+	}
+	for _, a := range req.GetAppends() {
+		size += 96 + len(a.GetData())
 	}
 	for _, w := range req.GetWrites() {
 		size += 32 + len(w.GetData())
@@ -449,7 +453,10 @@ const maxRequestBatchBytes = 16 << 20
 func requestBatchLen(reqs []*tuttipb.Request) int {
 	size := 0
 	for i, r := range reqs {
-		n := 64 + 16*len(r.GetReads())
+		n := 64 + 16*(len(r.GetReads())+len(r.GetRelocs()))
+		for _, a := range r.GetAppends() {
+			n += len(a.GetData()) + 64
+		}
 		for _, w := range r.GetWrites() {
 			n += len(w.GetData()) + 16
 		}

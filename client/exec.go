@@ -17,6 +17,8 @@ type part struct {
 	compares []*tuttipb.Compare
 	reads    []*tuttipb.Read
 	writes   []*tuttipb.Write
+	appends  []*tuttipb.Append // only when the Tx touches this memnode alone
+	relocs   []*tuttipb.Reloc
 	cmpIdx   []int // compares[i] is Tx compare cmpIdx[i]
 	readIdx  []int // reads[i] is Tx read readIdx[i]
 }
@@ -47,6 +49,9 @@ func (t *Tx) split() []*part {
 	}
 	for _, w := range t.writes {
 		counts[at(w.memnode)].wrts++
+	}
+	for _, a := range t.appends {
+		at(a.memnode)
 	}
 	parts := make([]part, len(counts))
 	out := make([]*part, len(counts))
@@ -102,13 +107,70 @@ func (t *Tx) split() []*part {
 		w.Addr, w.Data = wr.addr, wr.data
 		p.writes = append(p.writes, w)
 	}
+	if len(t.appends) > 0 && len(out) == 1 {
+		// Exec refuses appends on several memnodes: with one, the
+		// part's write and append indexes are the Tx's.
+		t.wireAppends(out[0])
+	}
 	return out
+}
+
+// wireAppends puts t's appends and relocs, all on p's memnode, into p.
+func (t *Tx) wireAppends(p *part) {
+	as := make([]tuttipb.Append, len(t.appends))
+	p.appends = make([]*tuttipb.Append, len(t.appends))
+	var rls []*tuttipb.Reloc
+	reloc := func(r Reloc, write bool, item int) {
+		rls = append(rls, &tuttipb.Reloc{Append: uint32(r.Append), Count: r.Count, Write: write, Item: uint32(item), Off: r.Off})
+	}
+	for i, ta := range t.appends {
+		a := &ta.a
+		as[i] = tuttipb.Append{Tail: a.Tail, Head: a.Head, Limit: a.Limit, Ring: a.Ring, Size: a.Size,
+			Count: a.Count, Add: a.Add, Data: a.Data}
+		p.appends[i] = &as[i]
+		for _, r := range a.Relocs {
+			reloc(r, false, i)
+		}
+	}
+	for i, w := range t.writes {
+		for _, r := range w.relocs {
+			reloc(r, true, i)
+		}
+	}
+	p.relocs = rls
+}
+
+// checkAppends checks what the client can of t's appends and relocs
+// before anything is sent; the memnode checks the rest.
+func (t *Tx) checkAppends(parts []*part) error {
+	if len(t.appends) > 0 && len(parts) != 1 {
+		return fmt.Errorf("%w: appends need a minitransaction on one memnode, not %d", ErrInvalid, len(parts))
+	}
+	check := func(what string, rs []Reloc) error {
+		for _, r := range rs {
+			if r.Append < 0 || r.Append >= len(t.appends) {
+				return fmt.Errorf("%w: %s reloc names append %d of %d", ErrInvalid, what, r.Append, len(t.appends))
+			}
+		}
+		return nil
+	}
+	for _, a := range t.appends {
+		if err := check("an append's", a.a.Relocs); err != nil {
+			return err
+		}
+	}
+	for _, w := range t.writes {
+		if err := check("a write's", w.relocs); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (p *part) request(kind tuttipb.Kind, tid *tuttipb.Tid, participants []uint64) *tuttipb.Request {
 	return &tuttipb.Request{
 		Memnode: p.memnode, Kind: kind, Tid: tid, Participants: participants,
-		Compares: p.compares, Reads: p.reads, Writes: p.writes,
+		Compares: p.compares, Reads: p.reads, Writes: p.writes, Appends: p.appends, Relocs: p.relocs,
 	}
 }
 
@@ -129,6 +191,9 @@ func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 		return nil, fmt.Errorf("%w: no items", ErrInvalid)
 	}
 	parts := tx.split()
+	if err := tx.checkAppends(parts); err != nil {
+		return nil, err
+	}
 	if len(tx.fences) > 0 {
 		if len(parts) != 1 {
 			return nil, fmt.Errorf("%w: fences need a minitransaction on one memnode, not %d", ErrInvalid, len(parts))
@@ -192,7 +257,7 @@ func (c *Client) Settle(ctx context.Context, tx *Tx, attempts ...error) (*Result
 
 func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {
 	kind := tuttipb.Kind_KIND_EXEC
-	if len(p.writes) == 0 && !tx.logged {
+	if len(p.writes) == 0 && len(p.appends) == 0 && !tx.logged {
 		kind = tuttipb.Kind_KIND_READ
 	}
 	for attempt := 0; attempt < c.cfg.Retry.MaxAttempts; attempt++ {
@@ -220,6 +285,19 @@ func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {
 		case tuttipb.Vote_VOTE_OK:
 			res := &Result{Committed: true, FailedCompare: -1, Reads: make([][]byte, len(tx.reads))}
 			fillReads(res, p, r)
+			if len(p.appends) > 0 {
+				ap := r.GetAppended()
+				if len(ap) != len(p.appends) {
+					// A server older than appends ignores them and
+					// applies the rest.
+					return nil, &Error{Memnode: p.memnode, Err: ErrUnknownOutcome, TID: tidFromWire(tid),
+						Detail: fmt.Sprintf("the memnode answered %d appends of %d: a server that does not know appends applied the other items without them", len(ap), len(p.appends))}
+				}
+				res.Appended = make([]Appended, len(ap))
+				for i, a := range ap {
+					res.Appended[i] = Appended{Tail: a.GetTail(), Count: a.GetCount()}
+				}
+			}
 			return res, nil
 		case tuttipb.Vote_VOTE_BAD_CMP:
 			res := &Result{FailedCompare: mapCompare(p, r.GetFailedCompare())}
@@ -250,9 +328,15 @@ func fillReads(res *Result, p *part, r *tuttipb.Response) {
 	}
 }
 
+// mapCompare maps a memnode's failed compare index to the Tx's. An index
+// past the compares is an append refused by its Limit (only on a Tx of one
+// memnode, where the part's compares are the Tx's).
 func mapCompare(p *part, i int32) int {
 	if i >= 0 && int(i) < len(p.cmpIdx) {
 		return p.cmpIdx[i]
+	}
+	if n := int(i) - len(p.cmpIdx); n >= 0 && n < len(p.appends) {
+		return int(i)
 	}
 	return -1
 }

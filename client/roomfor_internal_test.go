@@ -56,3 +56,38 @@ func TestRoomForBoundsCarriedDecisions(t *testing.T) {
 		}
 	}
 }
+
+// roomFor counts appends and relocs: an Exec of as many appends and relocs
+// as the item limit allows, each field as long as it can be, with the
+// largest data roomFor accepts, stays within the limit with the decisions.
+func TestRoomForCountsAppends(t *testing.T) {
+	const limit = 1024
+	tid := &tuttipb.Tid{Client: math.MaxUint64, Seq: math.MaxUint64, Time: math.MinInt64}
+	req := &tuttipb.Request{Id: math.MaxUint64, Memnode: math.MaxUint64, Kind: tuttipb.Kind_KIND_EXEC, Tid: tid}
+	for range limit {
+		req.Appends = append(req.Appends, &tuttipb.Append{Tail: math.MaxUint64, Head: math.MaxUint64,
+			Limit: math.MaxUint64, Ring: math.MaxUint64, Size: math.MaxUint64, Count: math.MaxUint64,
+			Add: math.MaxUint64, Data: []byte{1}})
+		req.Relocs = append(req.Relocs, &tuttipb.Reloc{Append: math.MaxUint32, Count: true, Write: true,
+			Item: math.MaxUint32, Off: math.MaxUint32})
+	}
+	lo, hi := 0, maxRequestBytes
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		req.Appends[0].Data = make([]byte, mid)
+		if roomFor(req, limit) {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	req.Appends[0].Data = make([]byte, lo)
+	decided := make([]*tuttipb.Tid, limit)
+	for i := range decided {
+		decided[i] = tid
+	}
+	req.CommitTids = decided
+	if n := proto.Size(req); n > maxRequestBytes {
+		t.Fatalf("roomFor let %d decisions ride on %d appends: %d bytes, over the limit of %d", limit, limit, n, maxRequestBytes)
+	}
+}

@@ -492,6 +492,251 @@ func (x *Write) GetData() []byte {
 	return nil
 }
 
+// Append (KIND_EXEC only) adds data at the end of a ring whose u64
+// little-endian counters live in the memnode's address space; the memnode
+// takes the position when it applies the request, so concurrent appenders
+// never race. Position p lives at ring + p mod size. The append is refused,
+// as a failed compare numbered len(compares) + its index, unless
+// t+len(data)-h <= limit (t at tail, h at head; signed: h past t+len(data)
+// passes). On success t advances by len(data) and, if count is not 0, the
+// counter at count by add. Appends on the same counters in one request
+// chain. memnode/doc.go ("Append") gives the exact rules.
+type Append struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tail  uint64                 `protobuf:"varint,1,opt,name=tail,proto3" json:"tail,omitempty"`
+	Head  uint64                 `protobuf:"varint,2,opt,name=head,proto3" json:"head,omitempty"`
+	Limit uint64                 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	Ring  uint64                 `protobuf:"varint,4,opt,name=ring,proto3" json:"ring,omitempty"`
+	// A power of two; limit <= size.
+	Size uint64 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	// 0: none (then add must be 0).
+	Count uint64 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`
+	Add   uint64 `protobuf:"varint,7,opt,name=add,proto3" json:"add,omitempty"`
+	// 1..min(size, max_item_bytes) bytes.
+	Data          []byte `protobuf:"bytes,8,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Append) Reset() {
+	*x = Append{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Append) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Append) ProtoMessage() {}
+
+func (x *Append) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Append.ProtoReflect.Descriptor instead.
+func (*Append) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Append) GetTail() uint64 {
+	if x != nil {
+		return x.Tail
+	}
+	return 0
+}
+
+func (x *Append) GetHead() uint64 {
+	if x != nil {
+		return x.Head
+	}
+	return 0
+}
+
+func (x *Append) GetLimit() uint64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *Append) GetRing() uint64 {
+	if x != nil {
+		return x.Ring
+	}
+	return 0
+}
+
+func (x *Append) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Append) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Append) GetAdd() uint64 {
+	if x != nil {
+		return x.Add
+	}
+	return 0
+}
+
+func (x *Append) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// Reloc adds an append's old counter value (its old t, or its old c with
+// count set), mod 2^64, to the u64 little-endian word at [off, off+8) of
+// the data of an append (write false) or of a write item (write true) of
+// the same request, before that data is written.
+type Reloc struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Append        uint32                 `protobuf:"varint,1,opt,name=append,proto3" json:"append,omitempty"` // index in Request.appends of the source
+	Count         bool                   `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	Write         bool                   `protobuf:"varint,3,opt,name=write,proto3" json:"write,omitempty"`
+	Item          uint32                 `protobuf:"varint,4,opt,name=item,proto3" json:"item,omitempty"` // index in Request.appends or Request.writes of the target
+	Off           uint32                 `protobuf:"varint,5,opt,name=off,proto3" json:"off,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reloc) Reset() {
+	*x = Reloc{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reloc) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reloc) ProtoMessage() {}
+
+func (x *Reloc) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reloc.ProtoReflect.Descriptor instead.
+func (*Reloc) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Reloc) GetAppend() uint32 {
+	if x != nil {
+		return x.Append
+	}
+	return 0
+}
+
+func (x *Reloc) GetCount() bool {
+	if x != nil {
+		return x.Count
+	}
+	return false
+}
+
+func (x *Reloc) GetWrite() bool {
+	if x != nil {
+		return x.Write
+	}
+	return false
+}
+
+func (x *Reloc) GetItem() uint32 {
+	if x != nil {
+		return x.Item
+	}
+	return 0
+}
+
+func (x *Reloc) GetOff() uint32 {
+	if x != nil {
+		return x.Off
+	}
+	return 0
+}
+
+// Appended says where an append went: its counters' old values.
+type Appended struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tail          uint64                 `protobuf:"varint,1,opt,name=tail,proto3" json:"tail,omitempty"`
+	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Appended) Reset() {
+	*x = Appended{}
+	mi := &file_tutti_v1_memnode_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Appended) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Appended) ProtoMessage() {}
+
+func (x *Appended) ProtoReflect() protoreflect.Message {
+	mi := &file_tutti_v1_memnode_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Appended.ProtoReflect.Descriptor instead.
+func (*Appended) Descriptor() ([]byte, []int) {
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Appended) GetTail() uint64 {
+	if x != nil {
+		return x.Tail
+	}
+	return 0
+}
+
+func (x *Appended) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 type Request struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Chosen by the client, echoed in the response; unique per session.
@@ -527,14 +772,21 @@ type Request struct {
 	// the tid of an attempt whose answer was lost settles it for good. At
 	// most max_items tids. Servers older than this field ignore it: there
 	// the read settles the attempt only as far as the leader had it.
-	FenceTids     []*Tid `protobuf:"bytes,12,rep,name=fence_tids,json=fenceTids,proto3" json:"fence_tids,omitempty"`
+	FenceTids []*Tid `protobuf:"bytes,12,rep,name=fence_tids,json=fenceTids,proto3" json:"fence_tids,omitempty"`
+	// KIND_EXEC only: appends and relocs (see Append). Appends count towards
+	// max_items; at most max_items relocs. A server older than these fields
+	// ignores them and answers without appended: a client must treat a
+	// VOTE_OK without one appended per append as such a server (the rest of
+	// the request may have applied).
+	Appends       []*Append `protobuf:"bytes,13,rep,name=appends,proto3" json:"appends,omitempty"`
+	Relocs        []*Reloc  `protobuf:"bytes,14,rep,name=relocs,proto3" json:"relocs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[4]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +798,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[4]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +811,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{4}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Request) GetId() uint64 {
@@ -646,12 +898,27 @@ func (x *Request) GetFenceTids() []*Tid {
 	return nil
 }
 
+func (x *Request) GetAppends() []*Append {
+	if x != nil {
+		return x.Appends
+	}
+	return nil
+}
+
+func (x *Request) GetRelocs() []*Reloc {
+	if x != nil {
+		return x.Relocs
+	}
+	return nil
+}
+
 type Response struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Id     uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	Status Status                 `protobuf:"varint,2,opt,name=status,proto3,enum=tutti.v1.Status" json:"status,omitempty"`
 	Vote   Vote                   `protobuf:"varint,3,opt,name=vote,proto3,enum=tutti.v1.Vote" json:"vote,omitempty"`
-	// Index of the failed compare item when vote is VOTE_BAD_CMP, else -1.
+	// Index of the failed compare item when vote is VOTE_BAD_CMP, else -1;
+	// len(compares) + i for append i refused by its limit.
 	FailedCompare int32    `protobuf:"varint,4,opt,name=failed_compare,json=failedCompare,proto3" json:"failed_compare,omitempty"`
 	Reads         [][]byte `protobuf:"bytes,5,rep,name=reads,proto3" json:"reads,omitempty"`
 	// With STATUS_NOT_LEADER: the host believed to lead, 0 if unknown.
@@ -661,14 +928,16 @@ type Response struct {
 	Error string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
 	// Answers Commit, Abort and AbortUnlessVoted, and a Prepare of a tid that
 	// is already decided. OUTCOME_EXPIRED comes with STATUS_OK.
-	Outcome       Outcome `protobuf:"varint,9,opt,name=outcome,proto3,enum=tutti.v1.Outcome" json:"outcome,omitempty"`
+	Outcome Outcome `protobuf:"varint,9,opt,name=outcome,proto3,enum=tutti.v1.Outcome" json:"outcome,omitempty"`
+	// One per Request.appends with VOTE_OK.
+	Appended      []*Appended `protobuf:"bytes,10,rep,name=appended,proto3" json:"appended,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[5]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +949,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[5]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +962,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{5}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Response) GetId() uint64 {
@@ -759,6 +1028,13 @@ func (x *Response) GetOutcome() Outcome {
 	return Outcome_OUTCOME_UNKNOWN
 }
 
+func (x *Response) GetAppended() []*Appended {
+	if x != nil {
+		return x.Appended
+	}
+	return nil
+}
+
 type RequestBatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Requests      []*Request             `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
@@ -768,7 +1044,7 @@ type RequestBatch struct {
 
 func (x *RequestBatch) Reset() {
 	*x = RequestBatch{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[6]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +1056,7 @@ func (x *RequestBatch) String() string {
 func (*RequestBatch) ProtoMessage() {}
 
 func (x *RequestBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[6]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +1069,7 @@ func (x *RequestBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestBatch.ProtoReflect.Descriptor instead.
 func (*RequestBatch) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{6}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RequestBatch) GetRequests() []*Request {
@@ -812,7 +1088,7 @@ type ResponseBatch struct {
 
 func (x *ResponseBatch) Reset() {
 	*x = ResponseBatch{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[7]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1100,7 @@ func (x *ResponseBatch) String() string {
 func (*ResponseBatch) ProtoMessage() {}
 
 func (x *ResponseBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[7]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1113,7 @@ func (x *ResponseBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResponseBatch.ProtoReflect.Descriptor instead.
 func (*ResponseBatch) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{7}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ResponseBatch) GetResponses() []*Response {
@@ -855,7 +1131,7 @@ type ClusterRequest struct {
 
 func (x *ClusterRequest) Reset() {
 	*x = ClusterRequest{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[8]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +1143,7 @@ func (x *ClusterRequest) String() string {
 func (*ClusterRequest) ProtoMessage() {}
 
 func (x *ClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[8]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +1156,7 @@ func (x *ClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterRequest.ProtoReflect.Descriptor instead.
 func (*ClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{8}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{11}
 }
 
 type HostInfo struct {
@@ -893,7 +1169,7 @@ type HostInfo struct {
 
 func (x *HostInfo) Reset() {
 	*x = HostInfo{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[9]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +1181,7 @@ func (x *HostInfo) String() string {
 func (*HostInfo) ProtoMessage() {}
 
 func (x *HostInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[9]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +1194,7 @@ func (x *HostInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostInfo.ProtoReflect.Descriptor instead.
 func (*HostInfo) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{9}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HostInfo) GetId() uint64 {
@@ -950,7 +1226,7 @@ type MemnodeInfo struct {
 
 func (x *MemnodeInfo) Reset() {
 	*x = MemnodeInfo{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[10]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +1238,7 @@ func (x *MemnodeInfo) String() string {
 func (*MemnodeInfo) ProtoMessage() {}
 
 func (x *MemnodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[10]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +1251,7 @@ func (x *MemnodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemnodeInfo.ProtoReflect.Descriptor instead.
 func (*MemnodeInfo) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{10}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MemnodeInfo) GetId() uint64 {
@@ -1023,7 +1299,7 @@ type ClusterInfo struct {
 
 func (x *ClusterInfo) Reset() {
 	*x = ClusterInfo{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[11]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1311,7 @@ func (x *ClusterInfo) String() string {
 func (*ClusterInfo) ProtoMessage() {}
 
 func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[11]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1324,7 @@ func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfo.ProtoReflect.Descriptor instead.
 func (*ClusterInfo) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{11}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClusterInfo) GetHosts() []*HostInfo {
@@ -1094,7 +1370,7 @@ type ReplicasRequest struct {
 
 func (x *ReplicasRequest) Reset() {
 	*x = ReplicasRequest{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[12]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1382,7 @@ func (x *ReplicasRequest) String() string {
 func (*ReplicasRequest) ProtoMessage() {}
 
 func (x *ReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[12]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1395,7 @@ func (x *ReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{12}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{15}
 }
 
 // Replication progress of one replica as its group's leader records it.
@@ -1140,7 +1416,7 @@ type ReplicaProgress struct {
 
 func (x *ReplicaProgress) Reset() {
 	*x = ReplicaProgress{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[13]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1428,7 @@ func (x *ReplicaProgress) String() string {
 func (*ReplicaProgress) ProtoMessage() {}
 
 func (x *ReplicaProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[13]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1441,7 @@ func (x *ReplicaProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaProgress.ProtoReflect.Descriptor instead.
 func (*ReplicaProgress) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{13}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReplicaProgress) GetHost() uint64 {
@@ -1233,7 +1509,7 @@ type ReplicaGroupStatus struct {
 
 func (x *ReplicaGroupStatus) Reset() {
 	*x = ReplicaGroupStatus{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[14]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1521,7 @@ func (x *ReplicaGroupStatus) String() string {
 func (*ReplicaGroupStatus) ProtoMessage() {}
 
 func (x *ReplicaGroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[14]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1534,7 @@ func (x *ReplicaGroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaGroupStatus.ProtoReflect.Descriptor instead.
 func (*ReplicaGroupStatus) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{14}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReplicaGroupStatus) GetMemnode() uint64 {
@@ -1361,7 +1637,7 @@ type ReplicasInfo struct {
 
 func (x *ReplicasInfo) Reset() {
 	*x = ReplicasInfo{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[15]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1649,7 @@ func (x *ReplicasInfo) String() string {
 func (*ReplicasInfo) ProtoMessage() {}
 
 func (x *ReplicasInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[15]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1662,7 @@ func (x *ReplicasInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicasInfo.ProtoReflect.Descriptor instead.
 func (*ReplicasInfo) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{15}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReplicasInfo) GetHost() uint64 {
@@ -1442,7 +1718,7 @@ type BootNonce struct {
 
 func (x *BootNonce) Reset() {
 	*x = BootNonce{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[16]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1730,7 @@ func (x *BootNonce) String() string {
 func (*BootNonce) ProtoMessage() {}
 
 func (x *BootNonce) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[16]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1743,7 @@ func (x *BootNonce) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootNonce.ProtoReflect.Descriptor instead.
 func (*BootNonce) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{16}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BootNonce) GetHost() uint64 {
@@ -1495,7 +1771,7 @@ type Range struct {
 
 func (x *Range) Reset() {
 	*x = Range{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[17]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +1783,7 @@ func (x *Range) String() string {
 func (*Range) ProtoMessage() {}
 
 func (x *Range) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[17]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +1796,7 @@ func (x *Range) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Range.ProtoReflect.Descriptor instead.
 func (*Range) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{17}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Range) GetAddr() uint64 {
@@ -1553,7 +1829,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[18]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1841,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[18]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1854,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{18}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchRequest) GetMemnode() uint64 {
@@ -1643,7 +1919,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[19]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1931,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[19]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1944,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{19}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchEvent) GetMemnode() uint64 {
@@ -1729,7 +2005,7 @@ type WatchError struct {
 
 func (x *WatchError) Reset() {
 	*x = WatchError{}
-	mi := &file_tutti_v1_memnode_proto_msgTypes[20]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1741,7 +2017,7 @@ func (x *WatchError) String() string {
 func (*WatchError) ProtoMessage() {}
 
 func (x *WatchError) ProtoReflect() protoreflect.Message {
-	mi := &file_tutti_v1_memnode_proto_msgTypes[20]
+	mi := &file_tutti_v1_memnode_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,7 +2030,7 @@ func (x *WatchError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchError.ProtoReflect.Descriptor instead.
 func (*WatchError) Descriptor() ([]byte, []int) {
-	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{20}
+	return file_tutti_v1_memnode_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchError) GetStatus() Status {
@@ -1795,7 +2071,25 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\x03len\x18\x02 \x01(\rR\x03len\"/\n" +
 	"\x05Write\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xd2\x03\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xaa\x01\n" +
+	"\x06Append\x12\x12\n" +
+	"\x04tail\x18\x01 \x01(\x04R\x04tail\x12\x12\n" +
+	"\x04head\x18\x02 \x01(\x04R\x04head\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x04R\x05limit\x12\x12\n" +
+	"\x04ring\x18\x04 \x01(\x04R\x04ring\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x04R\x04size\x12\x14\n" +
+	"\x05count\x18\x06 \x01(\x04R\x05count\x12\x10\n" +
+	"\x03add\x18\a \x01(\x04R\x03add\x12\x12\n" +
+	"\x04data\x18\b \x01(\fR\x04data\"q\n" +
+	"\x05Reloc\x12\x16\n" +
+	"\x06append\x18\x01 \x01(\rR\x06append\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\bR\x05count\x12\x14\n" +
+	"\x05write\x18\x03 \x01(\bR\x05write\x12\x12\n" +
+	"\x04item\x18\x04 \x01(\rR\x04item\x12\x10\n" +
+	"\x03off\x18\x05 \x01(\rR\x03off\"4\n" +
+	"\bAppended\x12\x12\n" +
+	"\x04tail\x18\x01 \x01(\x04R\x04tail\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\"\xa7\x04\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\amemnode\x18\x02 \x01(\x04R\amemnode\x12\"\n" +
@@ -1812,7 +2106,9 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\n" +
 	"abort_tids\x18\v \x03(\v2\r.tutti.v1.TidR\tabortTids\x12,\n" +
 	"\n" +
-	"fence_tids\x18\f \x03(\v2\r.tutti.v1.TidR\tfenceTids\"\xaa\x02\n" +
+	"fence_tids\x18\f \x03(\v2\r.tutti.v1.TidR\tfenceTids\x12*\n" +
+	"\aappends\x18\r \x03(\v2\x10.tutti.v1.AppendR\aappends\x12'\n" +
+	"\x06relocs\x18\x0e \x03(\v2\x0f.tutti.v1.RelocR\x06relocs\"\xda\x02\n" +
 	"\bResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.tutti.v1.StatusR\x06status\x12\"\n" +
@@ -1824,7 +2120,9 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\vleader_addr\x18\a \x01(\tR\n" +
 	"leaderAddr\x12\x14\n" +
 	"\x05error\x18\b \x01(\tR\x05error\x12+\n" +
-	"\aoutcome\x18\t \x01(\x0e2\x11.tutti.v1.OutcomeR\aoutcome\"=\n" +
+	"\aoutcome\x18\t \x01(\x0e2\x11.tutti.v1.OutcomeR\aoutcome\x12.\n" +
+	"\bappended\x18\n" +
+	" \x03(\v2\x12.tutti.v1.AppendedR\bappended\"=\n" +
 	"\fRequestBatch\x12-\n" +
 	"\brequests\x18\x01 \x03(\v2\x11.tutti.v1.RequestR\brequests\"A\n" +
 	"\rResponseBatch\x120\n" +
@@ -1946,7 +2244,7 @@ func file_tutti_v1_memnode_proto_rawDescGZIP() []byte {
 }
 
 var file_tutti_v1_memnode_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_tutti_v1_memnode_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_tutti_v1_memnode_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_tutti_v1_memnode_proto_goTypes = []any{
 	(Kind)(0),                  // 0: tutti.v1.Kind
 	(Vote)(0),                  // 1: tutti.v1.Vote
@@ -1956,23 +2254,26 @@ var file_tutti_v1_memnode_proto_goTypes = []any{
 	(*Compare)(nil),            // 5: tutti.v1.Compare
 	(*Read)(nil),               // 6: tutti.v1.Read
 	(*Write)(nil),              // 7: tutti.v1.Write
-	(*Request)(nil),            // 8: tutti.v1.Request
-	(*Response)(nil),           // 9: tutti.v1.Response
-	(*RequestBatch)(nil),       // 10: tutti.v1.RequestBatch
-	(*ResponseBatch)(nil),      // 11: tutti.v1.ResponseBatch
-	(*ClusterRequest)(nil),     // 12: tutti.v1.ClusterRequest
-	(*HostInfo)(nil),           // 13: tutti.v1.HostInfo
-	(*MemnodeInfo)(nil),        // 14: tutti.v1.MemnodeInfo
-	(*ClusterInfo)(nil),        // 15: tutti.v1.ClusterInfo
-	(*ReplicasRequest)(nil),    // 16: tutti.v1.ReplicasRequest
-	(*ReplicaProgress)(nil),    // 17: tutti.v1.ReplicaProgress
-	(*ReplicaGroupStatus)(nil), // 18: tutti.v1.ReplicaGroupStatus
-	(*ReplicasInfo)(nil),       // 19: tutti.v1.ReplicasInfo
-	(*BootNonce)(nil),          // 20: tutti.v1.BootNonce
-	(*Range)(nil),              // 21: tutti.v1.Range
-	(*WatchRequest)(nil),       // 22: tutti.v1.WatchRequest
-	(*WatchEvent)(nil),         // 23: tutti.v1.WatchEvent
-	(*WatchError)(nil),         // 24: tutti.v1.WatchError
+	(*Append)(nil),             // 8: tutti.v1.Append
+	(*Reloc)(nil),              // 9: tutti.v1.Reloc
+	(*Appended)(nil),           // 10: tutti.v1.Appended
+	(*Request)(nil),            // 11: tutti.v1.Request
+	(*Response)(nil),           // 12: tutti.v1.Response
+	(*RequestBatch)(nil),       // 13: tutti.v1.RequestBatch
+	(*ResponseBatch)(nil),      // 14: tutti.v1.ResponseBatch
+	(*ClusterRequest)(nil),     // 15: tutti.v1.ClusterRequest
+	(*HostInfo)(nil),           // 16: tutti.v1.HostInfo
+	(*MemnodeInfo)(nil),        // 17: tutti.v1.MemnodeInfo
+	(*ClusterInfo)(nil),        // 18: tutti.v1.ClusterInfo
+	(*ReplicasRequest)(nil),    // 19: tutti.v1.ReplicasRequest
+	(*ReplicaProgress)(nil),    // 20: tutti.v1.ReplicaProgress
+	(*ReplicaGroupStatus)(nil), // 21: tutti.v1.ReplicaGroupStatus
+	(*ReplicasInfo)(nil),       // 22: tutti.v1.ReplicasInfo
+	(*BootNonce)(nil),          // 23: tutti.v1.BootNonce
+	(*Range)(nil),              // 24: tutti.v1.Range
+	(*WatchRequest)(nil),       // 25: tutti.v1.WatchRequest
+	(*WatchEvent)(nil),         // 26: tutti.v1.WatchEvent
+	(*WatchError)(nil),         // 27: tutti.v1.WatchError
 }
 var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	0,  // 0: tutti.v1.Request.kind:type_name -> tutti.v1.Kind
@@ -1984,32 +2285,35 @@ var file_tutti_v1_memnode_proto_depIdxs = []int32{
 	4,  // 6: tutti.v1.Request.commit_tids:type_name -> tutti.v1.Tid
 	4,  // 7: tutti.v1.Request.abort_tids:type_name -> tutti.v1.Tid
 	4,  // 8: tutti.v1.Request.fence_tids:type_name -> tutti.v1.Tid
-	3,  // 9: tutti.v1.Response.status:type_name -> tutti.v1.Status
-	1,  // 10: tutti.v1.Response.vote:type_name -> tutti.v1.Vote
-	2,  // 11: tutti.v1.Response.outcome:type_name -> tutti.v1.Outcome
-	8,  // 12: tutti.v1.RequestBatch.requests:type_name -> tutti.v1.Request
-	9,  // 13: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
-	13, // 14: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
-	14, // 15: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
-	17, // 16: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
-	18, // 17: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
-	20, // 18: tutti.v1.ReplicasInfo.first_boot_peers:type_name -> tutti.v1.BootNonce
-	21, // 19: tutti.v1.WatchRequest.ranges:type_name -> tutti.v1.Range
-	21, // 20: tutti.v1.WatchEvent.ranges:type_name -> tutti.v1.Range
-	3,  // 21: tutti.v1.WatchError.status:type_name -> tutti.v1.Status
-	10, // 22: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
-	12, // 23: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
-	16, // 24: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
-	22, // 25: tutti.v1.Memnode.Watch:input_type -> tutti.v1.WatchRequest
-	11, // 26: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
-	15, // 27: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
-	19, // 28: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
-	23, // 29: tutti.v1.Memnode.Watch:output_type -> tutti.v1.WatchEvent
-	26, // [26:30] is the sub-list for method output_type
-	22, // [22:26] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	8,  // 9: tutti.v1.Request.appends:type_name -> tutti.v1.Append
+	9,  // 10: tutti.v1.Request.relocs:type_name -> tutti.v1.Reloc
+	3,  // 11: tutti.v1.Response.status:type_name -> tutti.v1.Status
+	1,  // 12: tutti.v1.Response.vote:type_name -> tutti.v1.Vote
+	2,  // 13: tutti.v1.Response.outcome:type_name -> tutti.v1.Outcome
+	10, // 14: tutti.v1.Response.appended:type_name -> tutti.v1.Appended
+	11, // 15: tutti.v1.RequestBatch.requests:type_name -> tutti.v1.Request
+	12, // 16: tutti.v1.ResponseBatch.responses:type_name -> tutti.v1.Response
+	16, // 17: tutti.v1.ClusterInfo.hosts:type_name -> tutti.v1.HostInfo
+	17, // 18: tutti.v1.ClusterInfo.memnodes:type_name -> tutti.v1.MemnodeInfo
+	20, // 19: tutti.v1.ReplicaGroupStatus.progress:type_name -> tutti.v1.ReplicaProgress
+	21, // 20: tutti.v1.ReplicasInfo.groups:type_name -> tutti.v1.ReplicaGroupStatus
+	23, // 21: tutti.v1.ReplicasInfo.first_boot_peers:type_name -> tutti.v1.BootNonce
+	24, // 22: tutti.v1.WatchRequest.ranges:type_name -> tutti.v1.Range
+	24, // 23: tutti.v1.WatchEvent.ranges:type_name -> tutti.v1.Range
+	3,  // 24: tutti.v1.WatchError.status:type_name -> tutti.v1.Status
+	13, // 25: tutti.v1.Memnode.Session:input_type -> tutti.v1.RequestBatch
+	15, // 26: tutti.v1.Memnode.Cluster:input_type -> tutti.v1.ClusterRequest
+	19, // 27: tutti.v1.Memnode.Replicas:input_type -> tutti.v1.ReplicasRequest
+	25, // 28: tutti.v1.Memnode.Watch:input_type -> tutti.v1.WatchRequest
+	14, // 29: tutti.v1.Memnode.Session:output_type -> tutti.v1.ResponseBatch
+	18, // 30: tutti.v1.Memnode.Cluster:output_type -> tutti.v1.ClusterInfo
+	22, // 31: tutti.v1.Memnode.Replicas:output_type -> tutti.v1.ReplicasInfo
+	26, // 32: tutti.v1.Memnode.Watch:output_type -> tutti.v1.WatchEvent
+	29, // [29:33] is the sub-list for method output_type
+	25, // [25:29] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_tutti_v1_memnode_proto_init() }
@@ -2023,7 +2327,7 @@ func file_tutti_v1_memnode_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tutti_v1_memnode_proto_rawDesc), len(file_tutti_v1_memnode_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -66,6 +66,7 @@ func (s *machine) Apply(cmds []replication.Command) [][]byte {
 				written = written[:n]
 			case e.Kind == memnode.KindExec && r.Vote == memnode.VoteOK:
 				written = appendWrites(written, e.Op.Writes)
+				written = appendAppends(written, e.Op.Appends, r.Appended)
 			}
 			if len(written) > n {
 				index = cmds[i].Index

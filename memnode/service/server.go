@@ -188,6 +188,10 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 			ob.push(invalid(id, "a read-only request carries write items"))
 			return
 		}
+		if len(op.Appends) > 0 || len(op.Relocs) > 0 {
+			ob.push(invalid(id, "a read-only request carries appends"))
+			return
+		}
 	}
 	if err := s.mcfg.ValidateOp(vk, &op); err != nil {
 		ob.push(invalid(id, err.Error()))
@@ -328,6 +332,7 @@ func (s *Server) response(id, mn uint64, res []byte, err error) *tuttipb.Respons
 	r.Vote = tuttipb.Vote(mr.Vote)
 	r.FailedCompare = int32(mr.FailedCompare)
 	r.Reads = mr.Reads
+	r.Appended = appendedToWire(mr.Appended)
 	r.Outcome = tuttipb.Outcome(mr.Outcome)
 	return r
 }
@@ -353,7 +358,7 @@ const maxResponseReadBytes = 60 << 20
 func responseBatchLen(rs []*tuttipb.Response) int {
 	size := 0
 	for i, r := range rs {
-		n := 64 + len(r.GetError()) + len(r.GetLeaderAddr())
+		n := 64 + len(r.GetError()) + len(r.GetLeaderAddr()) + 24*len(r.GetAppended())
 		for _, b := range r.GetReads() {
 			n += len(b) + 8
 		}

@@ -21,8 +21,10 @@ import (
 //
 // The apply path: every replica's machine reports, per Apply batch, the
 // byte ranges its entries wrote — an Exec that voted OK writes its write
-// items; a Commit writes the items of each tid that was in doubt (read from
-// the memnode just before the entry applies) — to the memnode's watchTarget
+// items and, for each append, the ring piece(s) its data went to, its Tail
+// word and its Count word (memnode.RingPieces at Result.Appended); a
+// Commit writes the items of each tid that was in doubt (read from the
+// memnode just before the entry applies) — to the memnode's watchTarget
 // in the host's watchHub. With no subscriber that costs one atomic store and
 // one atomic load per command. With subscribers, each one's pending state is
 // updated under a mutex: the written ranges intersected with its watched
@@ -351,6 +353,27 @@ func appendWrites(dst []wrange, ws []memnode.Write) []wrange {
 	for _, w := range ws {
 		if len(w.Data) > 0 {
 			dst = append(dst, wrange{w.Addr, w.Addr + uint64(len(w.Data))})
+		}
+	}
+	return dst
+}
+
+// appendAppends adds the ranges the appends of an Exec that voted OK wrote:
+// each one's ring piece(s), its Tail word and its Count word. placed holds
+// where they went (Result.Appended).
+func appendAppends(dst []wrange, as []memnode.Append, placed []memnode.Appended) []wrange {
+	for i := range as {
+		if i >= len(placed) {
+			break
+		}
+		a := &as[i]
+		a1, n1, a2, n2 := memnode.RingPieces(a, placed[i].Tail)
+		dst = append(dst, wrange{a1, a1 + n1}, wrange{a.Tail, a.Tail + 8})
+		if n2 > 0 {
+			dst = append(dst, wrange{a2, a2 + n2})
+		}
+		if a.Count != 0 {
+			dst = append(dst, wrange{a.Count, a.Count + 8})
 		}
 	}
 	return dst

@@ -45,7 +45,35 @@ func opFromWire(req *tuttipb.Request) memnode.Op {
 			op.Writes[i] = memnode.Write{Addr: w.GetAddr(), Data: w.GetData()}
 		}
 	}
+	if n := len(req.GetAppends()); n > 0 {
+		op.Appends = make([]memnode.Append, n)
+		for i, a := range req.GetAppends() {
+			op.Appends[i] = memnode.Append{Tail: a.GetTail(), Head: a.GetHead(), Limit: a.GetLimit(), Ring: a.GetRing(),
+				Size: a.GetSize(), Count: a.GetCount(), Add: a.GetAdd(), Data: a.GetData()}
+		}
+	}
+	if n := len(req.GetRelocs()); n > 0 {
+		op.Relocs = make([]memnode.Reloc, n)
+		for i, r := range req.GetRelocs() {
+			op.Relocs[i] = memnode.Reloc{Append: r.GetAppend(), Count: r.GetCount(), Write: r.GetWrite(),
+				Item: r.GetItem(), Off: r.GetOff()}
+		}
+	}
 	return op
+}
+
+// appendedToWire converts Result.Appended; nil if empty.
+func appendedToWire(as []memnode.Appended) []*tuttipb.Appended {
+	if len(as) == 0 {
+		return nil
+	}
+	buf := make([]tuttipb.Appended, len(as))
+	out := make([]*tuttipb.Appended, len(as))
+	for i, a := range as {
+		buf[i].Tail, buf[i].Count = a.Tail, a.Count
+		out[i] = &buf[i]
+	}
+	return out
 }
 
 // tidsFromWire converts a list of tids; nil if empty.
@@ -66,10 +94,16 @@ func protoSize(m proto.Message) int { return proto.Size(m) }
 // request's fields other than byte strings take at most 32 bytes per
 // repeated element (tags, lengths and varints) but 40 per tid (three
 // varints of up to 10 bytes, their tags, the element's tag and length: 35),
-// and 128 in all.
+// 96 per append (seven varints and their tags, 77, the data's tag and
+// length, the element's) and 40 per reloc (three 32-bit varints, two
+// bools, their tags: 23, the element's), and 128 in all.
 func sizeBound(req *tuttipb.Request) int {
 	n := 128 + 32*(len(req.GetParticipants())+len(req.GetReads())) +
-		40*(len(req.GetMoreTids())+len(req.GetCommitTids())+len(req.GetAbortTids())+len(req.GetFenceTids()))
+		40*(len(req.GetMoreTids())+len(req.GetCommitTids())+len(req.GetAbortTids())+len(req.GetFenceTids())+
+			len(req.GetRelocs()))
+	for _, a := range req.GetAppends() {
+		n += 96 + len(a.GetData())
+	}
 	for _, c := range req.GetCompares() {
 		n += 32 + len(c.GetData())
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
+	"github.com/tutti-gcs/tutti/memnode"
 )
 
 // sizeBound never underestimates the encoded size, whatever the field
@@ -26,6 +27,11 @@ func TestSizeBoundIsAnUpperBound(t *testing.T) {
 			req.MoreTids = append(req.MoreTids, tid())
 			req.CommitTids = append(req.CommitTids, tid())
 			req.AbortTids = append(req.AbortTids, tid())
+			req.FenceTids = append(req.FenceTids, tid())
+			req.Appends = append(req.Appends, &tuttipb.Append{Tail: big(), Head: big(), Limit: big(), Ring: big(),
+				Size: big(), Count: big(), Add: big(), Data: make([]byte, rng.IntN(300))})
+			req.Relocs = append(req.Relocs, &tuttipb.Reloc{Append: math.MaxUint32, Count: true, Write: true,
+				Item: math.MaxUint32, Off: math.MaxUint32})
 		}
 		if b, s := sizeBound(req), protoSize(req); b < s {
 			t.Fatalf("%d: bound %d < size %d", i, b, s)
@@ -47,5 +53,39 @@ func TestSizeBoundManyLargeTids(t *testing.T) {
 	}
 	if b, s := sizeBound(req), protoSize(req); b < s {
 		t.Fatalf("bound %d < size %d", b, s)
+	}
+}
+
+// Many appends and relocs with 64-bit fields: the bound allows for them.
+func TestSizeBoundManyAppends(t *testing.T) {
+	req := &tuttipb.Request{Kind: tuttipb.Kind_KIND_EXEC}
+	for range 1024 {
+		req.Appends = append(req.Appends, &tuttipb.Append{Tail: math.MaxUint64, Head: math.MaxUint64,
+			Limit: math.MaxUint64, Ring: math.MaxUint64, Size: math.MaxUint64, Count: math.MaxUint64,
+			Add: math.MaxUint64, Data: []byte{1}})
+		req.Relocs = append(req.Relocs, &tuttipb.Reloc{Append: math.MaxUint32, Count: true, Write: true,
+			Item: math.MaxUint32, Off: math.MaxUint32})
+	}
+	if b, s := sizeBound(req), protoSize(req); b < s {
+		t.Fatalf("bound %d < size %d", b, s)
+	}
+}
+
+// opFromWire carries every field of appends and relocs.
+func TestOpFromWireAppends(t *testing.T) {
+	req := &tuttipb.Request{
+		Appends: []*tuttipb.Append{{Tail: 1, Head: 2, Limit: 3, Ring: 4, Size: 5, Count: 6, Add: 7, Data: []byte("d")}},
+		Relocs:  []*tuttipb.Reloc{{Append: 1, Count: true, Write: true, Item: 2, Off: 3}},
+	}
+	op := opFromWire(req)
+	if len(op.Appends) != 1 || len(op.Relocs) != 1 {
+		t.Fatalf("op %+v", op)
+	}
+	a, r := op.Appends[0], op.Relocs[0]
+	if a.Tail != 1 || a.Head != 2 || a.Limit != 3 || a.Ring != 4 || a.Size != 5 || a.Count != 6 || a.Add != 7 || string(a.Data) != "d" {
+		t.Fatalf("append %+v", a)
+	}
+	if r != (memnode.Reloc{Append: 1, Count: true, Write: true, Item: 2, Off: 3}) {
+		t.Fatalf("reloc %+v", r)
 	}
 }
