@@ -38,6 +38,13 @@
 //     than its timeout to arrive): one retry, then ErrFenced, since a tid
 //     of a clock that is behind is refused every time. BAD-CMP: a Result
 //     with Committed false and FailedCompare set — a result, not an error.
+//  5. Appends (Tx.Append): the memnode takes a ring position at apply time
+//     and returns it (Result.Appended), so appenders never lose races on a
+//     tail word as a compare-and-write would. A Tx with appends must touch
+//     exactly one memnode (ErrInvalid before sending otherwise) and is
+//     always logged (step 2); an append refused by its Limit is a failed
+//     compare numbered after the compares. Appends are not idempotent:
+//     settle an ErrUnknownOutcome with a fence before appending again.
 //
 // # Recovery of in-doubt minitransactions
 //
