@@ -32,7 +32,8 @@ func (c Config) validateAppends(op *Op) error {
 	if len(op.Relocs) > c.MaxItems {
 		return fmt.Errorf("%w: %d relocs exceed the limit of %d", ErrInvalid, len(op.Relocs), c.MaxItems)
 	}
-	words := make([]word, 0, 3*len(op.Appends))
+	var inline [12]word
+	words := inline[:0]
 	for i := range op.Appends {
 		a := &op.Appends[i]
 		switch {
@@ -148,9 +149,10 @@ type placement struct {
 // counters reads counter words as the appends before the current one left
 // them (appends on the same counters chain).
 type counters struct {
-	m     *Memnode
-	addrs []uint64
-	vals  []uint64
+	m      *Memnode
+	addrs  []uint64
+	vals   []uint64
+	inline [2][8]uint64 // addrs' and vals' first elements
 }
 
 func (c *counters) get(addr uint64) uint64 {
@@ -176,9 +178,12 @@ func (c *counters) set(addr, v uint64) {
 // place computes every append's position from the state, each seeing the
 // advances of those before it (a refused one advances nothing), and the
 // index of the first refused append, or -1.
-func (m *Memnode) place(as []Append) ([]placement, int) {
-	ps := make([]placement, len(as))
-	cs := counters{m: m}
+func (m *Memnode) place(as []Append, inline []placement) ([]placement, int) {
+	ps := carve(inline, len(as))
+	clear(ps)
+	var cs counters
+	cs.m = m
+	cs.addrs, cs.vals = cs.inline[0][:0], cs.inline[1][:0]
 	refused := -1
 	for i := range as {
 		a := &as[i]
@@ -249,7 +254,8 @@ func (m *Memnode) appendsConflict(as []Append, ps []placement) bool {
 // words, ring ranges), compares, then each append's Limit, reads, relocs,
 // writes, then the appends.
 func (m *Memnode) execAppends(op *Op, noReads bool) Result {
-	ps, refused := m.place(op.Appends)
+	var inline [4]placement
+	ps, refused := m.place(op.Appends, inline[:])
 	if m.locks.opConflicts(op) || m.appendsConflict(op.Appends, ps) {
 		return Result{Vote: VoteBadLock, FailedCompare: -1}
 	}
