@@ -146,33 +146,17 @@ type placement struct {
 	newT     uint64 // t + len(Data)
 }
 
-// counters reads counter words as the appends before the current one left
-// them (appends on the same counters chain).
-type counters struct {
-	m      *Memnode
-	addrs  []uint64
-	vals   []uint64
-	inline [2][8]uint64 // addrs' and vals' first elements
-}
-
-func (c *counters) get(addr uint64) uint64 {
-	for i := len(c.addrs) - 1; i >= 0; i-- {
-		if c.addrs[i] == addr {
-			return c.vals[i]
+// counterAt reads the counter word at addr as the appends placed so far
+// left it: the last value set in (addrs, vals), else the memory's.
+func (m *Memnode) counterAt(addrs, vals []uint64, addr uint64) uint64 {
+	for i := len(addrs) - 1; i >= 0; i-- {
+		if addrs[i] == addr {
+			return vals[i]
 		}
 	}
 	var b [8]byte
-	c.m.mem.readInto(b[:], addr)
+	m.mem.readInto(b[:], addr)
 	return binary.LittleEndian.Uint64(b[:])
-}
-
-func (c *counters) set(addr, v uint64) {
-	if i := slices.Index(c.addrs, addr); i >= 0 {
-		c.vals[i] = v
-		return
-	}
-	c.addrs = append(c.addrs, addr)
-	c.vals = append(c.vals, v)
 }
 
 // place computes every append's position from the state, each seeing the
@@ -181,17 +165,18 @@ func (c *counters) set(addr, v uint64) {
 func (m *Memnode) place(as []Append, inline []placement) ([]placement, int) {
 	ps := carve(inline, len(as))
 	clear(ps)
-	var cs counters
-	cs.m = m
-	cs.addrs, cs.vals = cs.inline[0][:0], cs.inline[1][:0]
+	// The values the appends placed so far left: appends on the same
+	// counters chain. A word set twice is listed twice; the last wins.
+	var addrsInline, valsInline [8]uint64
+	addrs, vals := addrsInline[:0], valsInline[:0]
 	refused := -1
 	for i := range as {
 		a := &as[i]
 		p := &ps[i]
-		t, h := cs.get(a.Tail), cs.get(a.Head)
+		t, h := m.counterAt(addrs, vals, a.Tail), m.counterAt(addrs, vals, a.Head)
 		var c uint64
 		if a.Count != 0 {
-			c = cs.get(a.Count)
+			c = m.counterAt(addrs, vals, a.Count)
 		}
 		p.Tail, p.Count = t, c
 		end, carry := bits.Add64(t, uint64(len(a.Data)), 0)
@@ -204,9 +189,9 @@ func (m *Memnode) place(as []Append, inline []placement) ([]placement, int) {
 			}
 			continue
 		}
-		cs.set(a.Tail, end)
+		addrs, vals = append(addrs, a.Tail), append(vals, end)
 		if a.Count != 0 {
-			cs.set(a.Count, c+a.Add)
+			addrs, vals = append(addrs, a.Count), append(vals, c+a.Add)
 		}
 	}
 	return ps, refused
