@@ -63,7 +63,6 @@ func (g *Group) deliverLoop() {
 	var evd *client.WatchEvent
 	// awaitSignal waits for a reason to read the log again: a watch event
 	// (not only about our own links), a poke, or the poll. False: stop.
-	// After a watch event the sender waits for the read (awaitRead).
 	backup, backupPos := watchPoll, pos // the backup poll's wait, and pos when it was set
 	awaitSignal := func() bool {
 		if watchC != nil {
@@ -90,7 +89,6 @@ func (g *Group) deliverLoop() {
 				if !ok {
 					watchC = nil // the watch ended: poll only
 				} else {
-					g.readStart()
 					evd = nil
 					if ev.Data != nil {
 						evd = &ev
@@ -154,7 +152,6 @@ func (g *Group) deliverLoop() {
 		if err == nil {
 			g.noteHeader(h)
 		}
-		g.readEnd()
 		if err != nil {
 			if g.ctx.Err() != nil {
 				return
@@ -249,12 +246,24 @@ var noWatchData atomic.Bool
 
 // eventVTM returns the (view, tail, msgs) words of the group header as of
 // a watch event, if its data holds them.
+//
+// A link appends (appendRecords) and writes only the tail and the message
+// counter: its event lacks the view word, which then is that of the
+// newest header seen (it names only the view in an eviction; delivery
+// takes views from the records).
 func (g *Group) eventVTM(ev *client.WatchEvent) (view, tail, msgs uint64, ok bool) {
-	b, ok := ev.Bytes(g.ref.meta+offView, 24)
+	if b, ok := ev.Bytes(g.ref.meta+offView, 24); ok {
+		return u64(b, 0), u64(b, 8), u64(b, 16), true
+	}
+	b, ok := ev.Bytes(g.ref.meta+offTail, 16)
 	if !ok {
 		return 0, 0, 0, false
 	}
-	return u64(b, 0), u64(b, 8), u64(b, 16), true
+	tail, msgs = u64(b, 0), u64(b, 8)
+	if s := g.seen.Load(); s != nil {
+		view = s.view
+	}
+	return view, tail, msgs, true
 }
 
 // eventTail is the log tail as of a watch event, 0 if its data lacks it.
@@ -439,6 +448,8 @@ func (g *Group) deliverRecord(cur *viewState, rec record, fetch *blobFetch) (*vi
 			}
 			g.evict(rec.view, vb.reason)
 			return cur, true
+		}
+		for cv := g.inView.Load(); cv < rec.view && !g.inView.CompareAndSwap(cv, rec.view); cv = g.inView.Load() {
 		}
 		if !g.send(v) {
 			return cur, true

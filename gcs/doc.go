@@ -86,40 +86,36 @@
 //     2 MiB of batches per write, two writes in flight while the previous
 //     batches are linked; reads and writes are split at the cluster's
 //     item limit, so no request exceeds the memnodes' limits). Then one
-//     minitransaction on the home memnode links it: compare (view, tail,
-//     msgs) with what the sender last read, write the record at tail and
-//     the new (tail, msgs). The same minitransaction reads the log between
-//     the sender's delivered position and the old tail (at most 64 KiB),
-//     so once it commits the sender's delivery has everything through its
-//     own records without reading (the handoff). A lost race needs the
-//     new header and the log after the old tail (which delivery also
-//     takes): a link soon after a lost race reads them too, and a memnode
-//     answers a one-phase minitransaction's reads with a failed compare,
-//     so the retry needs no read of its own (otherwise one read). The
-//     retry carries everything multicast meanwhile, so links grow instead
-//     of queueing up under contention; the payload of a queued batch is
-//     not resent. An ErrUnknownOutcome is settled before anything is
-//     linked again, by reading the header and the records' position
-//     together until that succeeds, in a logged step that fences the
-//     attempt (client.Client.Settle: a link still on its way to the leader
-//     is refused when it arrives, so the read's answer is final; a fence
-//     on another memnode than the attempt's would settle nothing, and
-//     Settle refuses it): our bytes there are ours (records
-//     carry their position); other bytes while head has not passed the
-//     position mean no commit; once head passed it, the sender's own
-//     delivery tells (head passes a position only after every member's
-//     delivery did: ours handed over the link's first message iff it
-//     committed); a sender that cannot tell (no longer in the view, or a
-//     minute of failed reads) stops (ErrClosed) rather than risk ordering
-//     the batch twice. View changes
-//     settle the same way; a join that cannot be settled leaves its slot
-//     if it was placed. Multicast returns once the link committed. With several
-//     members sending, every member links again as soon as the last link
-//     settles, all at the same tail, and one wins; so a member that wins
-//     while links race (a race lost in its last few links) yields its
-//     next turn while its batches are inline: it links once another
-//     member's link moved the tail (delivery sees it and wakes the
-//     sender) or after about one link's round trip (at most 2 ms).
+//     minitransaction on the home memnode links it: compare the view with
+//     the sender's, and append the records (client.Append): the memnode
+//     places them at the tail it has when it applies the link, stamps each
+//     record's position and message base (relocations), advances tail and
+//     msgs, and answers where they went. It refuses the append (as a
+//     failed compare) when the log lacks room (logRoom), and the sender
+//     waits for head to move. Links of several members never conflict:
+//     the home memnode's Raft log orders them (see "Why links append"
+//     below). A failed view compare means a view change: the sender reads
+//     the metadata and ends (removed) or links again in the new view. The
+//     link carries every batch ready to link, so links grow instead of
+//     queueing up; the payload of a queued batch is not resent. Once the
+//     link commits, delivery takes the sender's own records from it if it
+//     reaches their position before a notification brings them (the
+//     handoff). An ErrUnknownOutcome is settled before anything is linked
+//     again: a logged read of the header that fences the attempt
+//     (client.Client.Settle: a link still on its way to the leader is
+//     refused when it arrives, so the answer is final; a fence on another
+//     memnode than the attempt's would settle nothing, and Settle refuses
+//     it), then a scan of the log from a tail the sender knew before the
+//     attempt up to that header's tail for its record (sender tag and
+//     first sequence number; view records by their view id and bytes);
+//     not found, it never committed. Once head passed that tail, the
+//     sender's own delivery tells (head passes a position only after
+//     every member's delivery did: ours handed over the link's first
+//     message iff it committed); a sender that cannot tell (no longer in
+//     the view, or a minute of failed reads) stops (ErrClosed) rather
+//     than risk ordering the batch twice. View changes settle the same
+//     way; a join that cannot be settled leaves its slot if it was
+//     placed. Multicast returns once the link committed.
 //  2. Delivery: each member reads the order log from the position of the
 //     view record that admitted it, follows references into the senders'
 //     queues (its own batches it keeps in memory until delivered) and
@@ -147,8 +143,10 @@
 //     link's own poke after delivery already took its records from a
 //     notification reads nothing either.
 //  3. Views: join, leave and removal are each one minitransaction on the
-//     home memnode that compares (view, tail, msgs), writes view+1, the
-//     member slots and the view record. A member removed while alive
+//     home memnode that compares the view, writes view+1 and the member
+//     slots, and appends the view record as links append theirs (the
+//     joiner's delivered positions and the removed members' retiredAt,
+//     which name the record's position, are relocated by the memnode). A member removed while alive
 //     delivers *Evicted. Removals of processes the Membership table
 //     confirms Died/Left (or replaced by a newer incarnation, or whose row
 //     another process took: membership.Table.Ended) are proposed

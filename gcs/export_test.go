@@ -23,23 +23,15 @@ func SetWatchData(on bool) (restore func()) {
 	return func() { noWatchData.Store(old) }
 }
 
-// HousekeepingRounds returns how many housekeeping rounds g ran.
-func HousekeepingRounds(g *Group) int64 { return g.hkRounds.Load() }
-
-// LostRaceReads returns how often g's sender read the header and log
-// after losing a link race (instead of taking them from the link's answer).
-func LostRaceReads(g *Group) int64 { return g.lostReads.Load() }
-
-// SetAlwaysRaceReads makes every link of groups joined from now on ask for
-// the reads a lost race needs, and returns a function restoring the policy.
-func SetAlwaysRaceReads() (restore func()) {
-	old := racingLinks.Swap(-1)
-	return func() { racingLinks.Store(old) }
+// SetLinkViewFromDelivery turns off (false) or on senders taking the view
+// to link in from their delivery, and returns a function restoring it.
+func SetLinkViewFromDelivery(on bool) (restore func()) {
+	old := noViewFromDelivery.Swap(!on)
+	return func() { noViewFromDelivery.Store(old) }
 }
 
-// Yields returns how many turns g's sender yielded after winning a link
-// while links raced, and how many of those another member's link ended.
-func Yields(g *Group) (yields, toOther int64) { return g.yields.Load(), g.yieldsToOther.Load() }
+// HousekeepingRounds returns how many housekeeping rounds g ran.
+func HousekeepingRounds(g *Group) int64 { return g.hkRounds.Load() }
 
 // CreateGroup creates group (as Join's lookup does) without joining it and
 // returns its metadata address.
@@ -248,10 +240,12 @@ func SettleRead(ctx context.Context, n *Node, mn, addr uint64, l uint32, attempt
 	return n.settleRead(ctx, mn, addr, l, attempts...)
 }
 
-// SettleLink settles attempt as a link of records at position pos of g's
-// order log, as a sender does after an unknown outcome (settleRecords).
-func SettleLink(ctx context.Context, g *Group, pos uint64, records []byte, attempt error) (bool, error) {
-	return g.n.settleRecords(ctx, g.ref, pos, records, attempt)
+// SettleLink settles attempt as a link appended at or after position from
+// of g's order log, as a sender does after an unknown outcome
+// (settleAppend), looking for a record no link writes.
+func SettleLink(ctx context.Context, g *Group, from uint64, attempt error) (bool, error) {
+	_, found, err := g.n.settleAppend(ctx, g.ref, from, attempt, func(record) bool { return false })
+	return found, err
 }
 
 // Sites of failpoints (FailAt).

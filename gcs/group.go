@@ -95,6 +95,7 @@ type Group struct {
 	dLog      atomic.Uint64          // delivered order-log position
 	dMsg      atomic.Uint64          // delivered message position
 	head      atomic.Uint64          // last head seen
+	inView    atomic.Uint64          // the newest view delivery found us in (the sender links in it)
 	seen      atomic.Pointer[header] // the newest header read (largest tail)
 	stability atomic.Uint64
 	stopOnce  sync.Once
@@ -114,13 +115,6 @@ type Group struct {
 		b    []byte
 		h    header
 	}
-	// rd tracks delivery's read after a notification of someone else's
-	// write: the header we know is then stale (awaitRead).
-	rd struct {
-		sync.Mutex
-		busy bool
-		done chan struct{} // closed when the read ended
-	}
 	// blobs are our batches in the queue, by queue position, until
 	// delivery takes them (ownBlob): it need not read them back.
 	blobs struct {
@@ -133,13 +127,6 @@ type Group struct {
 	hkRounds              atomic.Int64  // housekeeping rounds run
 	links, lostRaces      atomic.Uint64 // SendStats
 	fullWaits             atomic.Int64  // links that found the log full (tests)
-	// yielding: the sender waits for another member's link (see sendLoop);
-	// a newer header pokes it.
-	yielding atomic.Bool
-	// yields counts ended turns a member yielded, yieldsToOther those
-	// ended by another member's link; for tests.
-	yields, yieldsToOther atomic.Int64
-	lostReads             atomic.Int64 // readLost rounds; for tests
 	// own is the log ranges of our latest committed links (ownOnly).
 	own struct {
 		sync.Mutex
@@ -192,12 +179,15 @@ func (g *Group) Stability() Stability { return Stability{Pos: g.stability.Load()
 
 // SendStats counts this membership's link attempts: each links staged
 // batches into the order log with one minitransaction that compares the
-// log's tail; a lost race is an attempt whose compare failed because
-// another member linked first, and costs a retry (see the package doc,
-// Performance).
+// view and appends the records at the tail (see the package doc,
+// Protocol). Links of several members do not conflict; an attempt fails
+// its compare only when the view changed since the sender last read it.
 type SendStats struct {
-	Links     uint64 // link attempts that committed
-	LostRaces uint64 // link attempts that lost the race on the tail
+	Links uint64 // link attempts that committed
+	// LostRaces counts link attempts refused because the view had
+	// changed (the sender reads the view and links again). Before links
+	// appended, every concurrent link by another member cost one.
+	LostRaces uint64
 }
 
 // SendStats returns this membership's counts so far.
@@ -442,8 +432,6 @@ func (g *Group) sendLoop() {
 	n := g.n
 	var (
 		seq      uint64 // last sequence number used
-		hdr      header // our latest knowledge of the header
-		haveHdr  bool
 		sendView = g.self.joinedView
 		qTail    uint64 // next queue position
 		qLinks   []*linked
@@ -480,7 +468,6 @@ func (g *Group) sendLoop() {
 		err := n.persist(g.ctx, "sender: reading "+g.ref.name+"'s header", func() error {
 			h, err := n.readHeader(g.ctx, g.ref)
 			if err == nil {
-				hdr, haveHdr = h, true
 				g.noteHeader(h)
 			}
 			return err
@@ -609,47 +596,103 @@ func (g *Group) sendLoop() {
 		return pipe[:k]
 	}
 	// link orders the ready batches at the front of pipe with one
-	// minitransaction on the home memnode, which also reads the log
-	// delivery lacks up to the old tail (handoff). A lost race learns the
-	// header and the log from the link's answer (lostFromReads) or reads
-	// them (readLost), and retries only this step, with the batches
-	// staged meanwhile.
-	// won counts the links committed since the last lost race; while it
-	// is below racingLinks, links ask for what a lost race needs (below).
-	racing := int(racingLinks.Load())
-	won := racing
-	// Contention: with several members sending, every member links again
-	// as soon as the last link settles, all with the same tail, and only
-	// one wins. A member that wins while links race yields the next turn:
-	// it links again only once another member's link moved the tail past
-	// its own (yieldTail), or after about one link's round trip (linkRTT,
-	// a moving average, at most maxYield) if nobody did; not with queued
-	// (large) batches.
-	var (
-		yieldTail  uint64
-		yieldUntil time.Time
-		linkRTT    time.Duration
-	)
+	// minitransaction on the home memnode: compare the view, append the
+	// records (the memnode places them at the tail and stamps their
+	// positions and message bases; see appendRecords). Links of several
+	// members never conflict: the home memnode's Raft log orders them.
+	// A failed view compare (a view change since) re-reads the metadata:
+	// this member was removed, or it links again in the new view.
+	var known uint64 // a tail this member knew before its next link (a record boundary)
 	link := func(ready []*staged) bool {
 		wait := n.cfg.PollMin
-		var buf []byte
-		awaited := false // awaitRead once per attempt
 		for {
-			// Delivery reads the header on every change of the tail: a
-			// newer header than ours saves a lost race and a re-read.
-			if s := g.seen.Load(); s != nil && s.tail > hdr.tail {
-				hdr, haveHdr = *s, true
+			if s := g.seen.Load(); s != nil && s.tail > known {
+				known = s.tail
 			}
-			if !awaited {
-				awaited = true
-				if g.awaitRead(hdr.tail) {
-					continue // fresher header in seen
+			// Delivery found us in a newer view than we last linked in:
+			// link in it rather than fail the compare first.
+			if !noViewFromDelivery.Load() {
+				sendView = max(sendView, g.inView.Load())
+			}
+			var buf []byte
+			msgs := uint64(0)
+			k := 0
+			for _, s := range ready {
+				s.rec.pos, s.rec.view, s.rec.msgBase = uint64(len(buf)), sendView, msgs
+				b := s.rec.encode()
+				if k > 0 && uint64(len(buf)+len(b)) > min(g.ref.logSize/4, maxTxWrite, uint64(n.itemMax)) {
+					break
 				}
+				buf = append(buf, b...)
+				msgs += uint64(s.rec.count)
+				k++
 			}
-			if !haveHdr && !readHdr() {
-				return false
+			tx := client.NewTx().Compare(g.ref.home, g.ref.meta+offView, le.AppendUint64(nil, sendView))
+			g.ref.appendRecords(tx, buf, msgs, false)
+			from := known
+			res, err := n.execAt(g.ctx, siteLink, tx)
+			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
+				// Never link again before knowing: a link that committed
+				// and is linked again orders its messages twice.
+				first := ready[0].rec.firstSeq
+				got, found, serr := n.settleAppend(g.ctx, g.ref, from, err, func(r record) bool {
+					return r.kind != recView && r.tag == g.self.tag && r.firstSeq == first
+				})
+				if errors.Is(serr, errTrimmed) && g.dLog.Load() > from {
+					// Head passes a position only after every member's
+					// delivery did, ours included: it delivered this
+					// link's first message if and only if it committed
+					// (later batches wait for this link).
+					if found, serr = g.ownSeq.Load() >= first, nil; found {
+						got.pos = ^uint64(0) // delivered: no handoff
+					}
+				}
+				if serr != nil {
+					if g.ctx.Err() != nil {
+						end(ErrClosed, nil)
+						return false
+					}
+					serr = g.sendErr("link of unknown outcome", serr)
+					end(serr, serr)
+					return false
+				}
+				if !found {
+					continue // fenced: it never applies; link again
+				}
+				res, err = &client.Result{Committed: true, Appended: []client.Appended{{Tail: got.pos, Count: ^uint64(0)}}}, nil
 			}
-			if hdr.view != sendView {
+			if err != nil {
+				if g.ctx.Err() != nil {
+					end(ErrClosed, nil)
+					return false
+				}
+				if errors.Is(err, client.ErrInvalid) { // retrying cannot help
+					err = g.sendErr("link", err)
+					end(err, err)
+					return false
+				}
+				n.log.Debug().Err(err).Msg("link")
+				if sleepCtx(g.ctx, wait) != nil {
+					end(ErrClosed, nil)
+					return false
+				}
+				wait = min(2*wait, 100*time.Millisecond)
+				continue
+			}
+			if !res.Committed && res.FailedCompare == 1 {
+				// The log is full: its head moves as every member
+				// delivers and the oldest trims.
+				g.fullWaits.Add(1)
+				if sleepCtx(g.ctx, wait) != nil {
+					end(ErrClosed, nil)
+					return false
+				}
+				wait = min(2*wait, n.cfg.PollMax)
+				continue
+			}
+			if !res.Committed {
+				// The view changed: are we still in it?
+				g.lostRaces.Add(1)
 				ms, err := n.readMetaBy(g.ref, func(tx *client.Tx) (*client.Result, error) { return n.execAt(g.ctx, siteSenderMeta, tx) })
 				switch {
 				case err == nil:
@@ -673,7 +716,6 @@ func (g *Group) sendLoop() {
 					return false
 				default:
 					n.log.Debug().Err(err).Msg("sender: reading the view")
-					haveHdr = false
 					if sleepCtx(g.ctx, wait) != nil {
 						end(ErrClosed, nil)
 						return false
@@ -694,132 +736,10 @@ func (g *Group) sendLoop() {
 					end(err, err)
 					return false
 				}
-				hdr, sendView = ms.h, ms.h.view
-			}
-			buf = buf[:0]
-			msgs := hdr.msgs
-			k := 0
-			for _, s := range ready {
-				s.rec.pos, s.rec.view, s.rec.msgBase = hdr.tail+uint64(len(buf)), hdr.view, msgs
-				b := s.rec.encode()
-				if k > 0 && uint64(len(buf)+len(b)) > min(g.ref.logSize/4, maxTxWrite) {
-					break
-				}
-				buf = append(buf, b...)
-				msgs += uint64(s.rec.count)
-				k++
-			}
-			if hdr.tail+uint64(len(buf))-hdr.head > g.ref.logRoom(false) {
-				g.fullWaits.Add(1)
-				if sleepCtx(g.ctx, wait) != nil {
-					end(ErrClosed, nil)
-					return false
-				}
-				wait = min(2*wait, n.cfg.PollMax)
-				haveHdr = false
-				continue
-			}
-			nh := hdr
-			nh.tail, nh.msgs = hdr.tail+uint64(len(buf)), msgs
-			tx := client.NewTx().Compare(g.ref.home, g.ref.meta+offView, hdr.vtm()).Write(g.ref.home, g.ref.meta+offView, nh.vtm())
-			off := uint64(0)
-			for _, it := range n.ringItems(g.ref.logBase(), g.ref.logSize, hdr.tail, uint64(len(buf))) {
-				tx.Write(g.ref.home, it.addr, buf[off:off+it.n])
-				off += it.n
-			}
-			// Read what delivery has not read yet, up to our tail: if the
-			// link commits, delivery gets the log through our records from
-			// this answer instead of reading it (handoff).
-			from := g.dLog.Load()
-			if from > hdr.tail || hdr.tail-from > linkReadMax {
-				from = hdr.tail
-			}
-			var reads []ringItem
-			if from < hdr.tail {
-				reads = ringSplit(g.ref.logBase(), g.ref.logSize, from, hdr.tail-from)
-				for _, it := range reads {
-					tx.Read(g.ref.home, it.addr, uint32(it.n))
-				}
-			}
-			// If the link loses the race, the memnode answers the reads as
-			// of the failed compare: with the header and the log after our
-			// tail (what the winners wrote) that is what readLost would
-			// read, without its round trip. Only while links race (a race
-			// lost in the last few links): the reads cost the leader a
-			// copy and the answer their bytes, and at low load almost
-			// every link wins (3% lost at 100/s per member, 56% at
-			// saturation).
-			var ahead []ringItem
-			raced := won < racing || racing < 0
-			if raced {
-				tx.Read(g.ref.home, g.ref.meta, metaHeader)
-				ahead = ringSplit(g.ref.logBase(), g.ref.logSize, hdr.tail, lostReadAhead)
-				for _, it := range ahead {
-					tx.Read(g.ref.home, it.addr, uint32(it.n))
-				}
-			}
-			t0 := time.Now()
-			res, err := n.execAt(g.ctx, siteLink, tx)
-			if d := time.Since(t0); linkRTT == 0 {
-				linkRTT = d
-			} else {
-				linkRTT += (d - linkRTT) / 8
-			}
-			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
-				// Never link again before knowing: a link that committed
-				// and is linked again orders its messages twice.
-				committed, serr := n.settleRecords(g.ctx, g.ref, hdr.tail, buf, err)
-				if errors.Is(serr, errTrimmed) && g.dLog.Load() > hdr.tail {
-					// Head passes a position only after every member's
-					// delivery did, ours included: it delivered this
-					// link's first message if and only if it committed
-					// (later batches wait for this link).
-					committed, serr = g.ownSeq.Load() >= ready[0].rec.firstSeq, nil
-				}
-				if serr != nil {
-					if g.ctx.Err() != nil {
-						end(ErrClosed, nil)
-						return false
-					}
-					serr = g.sendErr("link of unknown outcome", serr)
-					end(serr, serr)
-					return false
-				}
-				res, err = &client.Result{Committed: committed}, nil
-			}
-			if err != nil {
-				if g.ctx.Err() != nil {
-					end(ErrClosed, nil)
-					return false
-				}
-				if errors.Is(err, client.ErrInvalid) { // retrying cannot help
-					err = g.sendErr("link", err)
-					end(err, err)
-					return false
-				}
-				n.log.Debug().Err(err).Msg("link")
-				haveHdr = false
-				if sleepCtx(g.ctx, wait) != nil {
-					end(ErrClosed, nil)
-					return false
-				}
-				wait = min(2*wait, 100*time.Millisecond)
-				continue
-			}
-			if !res.Committed {
-				n.log.Debug().Uint64("tail", hdr.tail).Msg("link: lost race")
-				g.lostRaces.Add(1)
-				haveHdr, awaited = false, false
-				if raced && len(res.Reads) == len(reads)+1+len(ahead) {
-					g.lostFromReads(from, res.Reads[:len(reads)], res.Reads[len(reads)], res.Reads[len(reads)+1:], &hdr, &haveHdr)
-				}
-				if !haveHdr {
-					g.readLost(hdr.tail, &hdr, &haveHdr)
-				}
-				won = 0
-				// Retry with whatever was multicast meanwhile: under
-				// contention links grow instead of queueing up.
-				// Writes that finished meanwhile join the retry.
+				g.noteHeader(ms.h)
+				sendView = ms.h.view
+				// Retry with whatever was multicast meanwhile. Writes
+				// that finished meanwhile join the retry.
 				for more := true; more; {
 					select {
 					case r := <-wrDone:
@@ -837,23 +757,26 @@ func (g *Group) sendLoop() {
 				continue
 			}
 			g.links.Add(1)
-			won++
-			if won < racing {
-				yieldTail, yieldUntil = nh.tail, time.Now().Add(min(linkRTT, maxYield))
+			pos := res.Appended[0].Tail
+			lend := g.head.Load() // settled as delivered and trimmed: below head
+			if pos != ^uint64(0) {
+				lend = pos + uint64(len(buf))
+				known = max(known, lend)
 			}
-			g.addOwn(hdr.tail, uint64(len(buf)))
-			logReads := res.Reads
-			if len(logReads) < len(reads) {
-				// Settled by reading our records back: no log was read.
-				from, logReads = hdr.tail, nil
-			} else {
-				logReads = logReads[:len(reads)]
+			if res.Appended[0].Count != ^uint64(0) {
+				// Our records as the memnode wrote them: delivery takes
+				// them from here if it reaches pos first (handoff).
+				stampRecords(buf, pos, res.Appended[0].Count)
+				g.addOwn(pos, uint64(len(buf)))
+				h := header{view: sendView, tail: lend, msgs: res.Appended[0].Count + msgs, head: g.head.Load()}
+				if s := g.seen.Load(); s != nil {
+					h.nextTag, h.logSize, h.maxMembers = s.nextTag, s.logSize, s.maxMembers
+				}
+				g.handoff(pos, nil, buf, h)
 			}
-			g.handoff(from, logReads, buf, nh)
-			hdr = nh
 			for _, s := range ready[:k] {
 				if s.q != nil {
-					s.q.logEnd = nh.tail
+					s.q.logEnd = lend
 				}
 			}
 			n.wakeLocal(g.ref.name)
@@ -870,29 +793,6 @@ func (g *Group) sendLoop() {
 			full = stage()
 		}
 		ready := readyPrefix()
-		if len(ready) > 0 && !yieldUntil.IsZero() {
-			// Only while our batches are small enough to travel inline:
-			// toward saturation links are large and waiting only idles
-			// the sender.
-			small := true
-			for _, r := range ready {
-				small = small && r.q == nil
-			}
-			s := g.seen.Load()
-			if other := s != nil && s.tail > yieldTail; other || !time.Now().Before(yieldUntil) || !small {
-				if g.yielding.Load() {
-					g.yields.Add(1)
-					if other {
-						g.yieldsToOther.Add(1)
-					}
-				}
-				yieldUntil = time.Time{}
-				g.yielding.Store(false)
-			} else {
-				g.yielding.Store(true)
-				ready = nil
-			}
-		}
 		if len(ready) > 0 {
 			if !link(ready) {
 				return
@@ -902,11 +802,7 @@ func (g *Group) sendLoop() {
 		}
 		var timer <-chan time.Time
 		var t *time.Timer
-		switch {
-		case g.yielding.Load():
-			t = time.NewTimer(time.Until(yieldUntil))
-			timer = t.C
-		case full && writing == 0:
+		if full && writing == 0 {
 			// The queue is full: its room comes back as the log's head
 			// passes our batches (housekeeping trims the log).
 			t = time.NewTimer(roomWait)
@@ -925,9 +821,6 @@ func (g *Group) sendLoop() {
 			}
 		case <-g.sendCh:
 		case <-timer:
-			if g.yielding.Load() {
-				break // the loop's top ends the turn
-			}
 			if !readHdr() {
 				return
 			}
@@ -939,6 +832,10 @@ func (g *Group) sendLoop() {
 	}
 }
 
+// noViewFromDelivery makes senders link in the view they last linked or
+// read (tests: a view change then fails the next link's compare).
+var noViewFromDelivery atomic.Bool
+
 // maxWrites bounds the queue writes in flight: while the link of the
 // batches of one write commits, the next writes proceed.
 const maxWrites = 2
@@ -948,9 +845,6 @@ type wrResult struct {
 	err error
 	ss  []*staged
 }
-
-// linkReadMax bounds the order log a link reads for delivery (handoff).
-const linkReadMax = 64 << 10
 
 // handoff hands delivery the order log from position from: reads (the
 // log up to our records, read by the committed link) then recs (our
@@ -1022,49 +916,6 @@ func (g *Group) ownBlob(rec record) ([]byte, bool) {
 	return b[blobHeader:], true
 }
 
-// awaitReadMax bounds how long a link waits for delivery's read.
-const awaitReadMax = 5 * time.Millisecond
-
-// readStart and readEnd bracket delivery's read after a notification of a
-// write that is not ours.
-func (g *Group) readStart() {
-	g.rd.Lock()
-	g.rd.busy, g.rd.done = true, make(chan struct{})
-	g.rd.Unlock()
-}
-
-func (g *Group) readEnd() {
-	g.rd.Lock()
-	if g.rd.busy {
-		g.rd.busy = false
-		close(g.rd.done)
-	}
-	g.rd.Unlock()
-}
-
-// awaitRead is called before a link based on a header with tail: if
-// delivery is reading after a notification of another member's write,
-// the tail has moved and the link would lose its race (a Raft round
-// wasted and the read needed anyway), so wait for that read (at most
-// awaitReadMax). It reports that seen now holds a newer header.
-func (g *Group) awaitRead(tail uint64) bool {
-	g.rd.Lock()
-	busy, done := g.rd.busy, g.rd.done
-	g.rd.Unlock()
-	if !busy {
-		return false
-	}
-	t := time.NewTimer(awaitReadMax)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-	case <-g.ctx.Done():
-	}
-	s := g.seen.Load()
-	return s != nil && s.tail > tail
-}
-
 // maxOwn bounds the links ownOnly remembers.
 const maxOwn = 32
 
@@ -1119,64 +970,6 @@ func (g *Group) ownOnly(rs []client.Range, pos uint64) bool {
 	return logRanges > 0
 }
 
-// racingLinks is how many links must win after a lost race before links
-// stop asking for the reads a lost race needs; negative: always ask
-// (tests).
-var racingLinks atomic.Int32
-
-// maxYield bounds how long a member yields its turn (sendLoop).
-const maxYield = 2 * time.Millisecond
-
-func init() { racingLinks.Store(4) }
-
-// lostReadAhead is how much of the log after its tail a link reads for the
-// case it loses the race (the winners' records), as readLost does.
-const lostReadAhead = 4096
-
-// lostFromReads follows a lost link race from the link's own answer: the
-// log from from up to the link's tail (before), the header hb and the log
-// after the tail (after), all as of the failed compare. It sets hdr unless
-// the header does not decode, and hands delivery the records that won.
-func (g *Group) lostFromReads(from uint64, before [][]byte, hb []byte, after [][]byte, hdr *header, have *bool) {
-	h, err := decodeHeader(hb)
-	if err != nil {
-		return
-	}
-	*hdr, *have = h, true
-	g.noteHeader(h)
-	if h.tail > from && h.head <= from {
-		var b []byte // a copy: the reads may share one buffer
-		for _, rs := range [][][]byte{before, after} {
-			for _, r := range rs {
-				b = append(b, r...)
-			}
-		}
-		g.handoff(from, [][]byte{b[:min(uint64(len(b)), h.tail-from)]}, nil, h)
-	}
-}
-
-// readLost follows a lost link race (at tail): one read of the header
-// and of the order log from the delivered position gives the sender the
-// header to retry with and delivery the records that won (handoff). On
-// an error hdr is left unknown (the sender reads the header again).
-func (g *Group) readLost(tail uint64, hdr *header, have *bool) {
-	g.lostReads.Add(1)
-	d := g.dLog.Load()
-	want := uint64(4096)
-	if tail > d {
-		want += tail - d
-	}
-	h, b, err := g.n.readTail(g.ctx, g.ref, d, int(min(want, linkReadMax)))
-	if err != nil {
-		return
-	}
-	*hdr, *have = h, true
-	g.noteHeader(h)
-	if h.tail > d && h.head <= d {
-		g.handoff(d, [][]byte{b[:min(uint64(len(b)), h.tail-d)]}, nil, h)
-	}
-}
-
 // noteHeader records h as seen (if its tail is the newest) and its head.
 func (g *Group) noteHeader(h header) {
 	for {
@@ -1185,9 +978,6 @@ func (g *Group) noteHeader(h header) {
 			break
 		}
 		if g.seen.CompareAndSwap(cur, &h) {
-			if g.yielding.Load() {
-				g.pokeSender()
-			}
 			break
 		}
 	}

@@ -67,6 +67,8 @@ const (
 	metaDeleted   = "tuttiGVD"
 	metaHeader    = 64
 	offView       = 8
+	offTail       = 16
+	offMsgs       = 24
 	offHead       = 32
 	memberSize    = 256
 	memberNameOff = 112

@@ -735,6 +735,7 @@ func (n *Node) joinOnce(ctx context.Context, ref groupRef, q client.Region, opts
 		n.abandon(ref, self)
 		return nil, false, true, err
 	}
+	self.dLog, self.dMsg = out.pos, out.msgs
 	g = newGroup(n, ref, self, opts, out.pos)
 	if out.provider != 0 {
 		retry, err := g.receiveState(ctx, out.provider)

@@ -48,7 +48,7 @@ func TestSettlingRefusesAnAttemptOfAnotherMemnode(t *testing.T) {
 	if b, err := gcs.SettleRead(ctx, n, mn, addr, 1, attempt); !errors.Is(err, client.ErrInvalid) {
 		t.Fatalf("settling read on memnode %d of an attempt on memnode %d: %q, %v; want ErrInvalid", mn, other, b, err)
 	}
-	if committed, err := gcs.SettleLink(ctx, m.g, gi.Tail, []byte("not linked"), attempt); !errors.Is(err, client.ErrInvalid) {
+	if committed, err := gcs.SettleLink(ctx, m.g, gi.Tail, attempt); !errors.Is(err, client.ErrInvalid) {
 		t.Fatalf("settling a link on memnode %d with an attempt on memnode %d: committed %v, %v; want ErrInvalid", mn, other, committed, err)
 	}
 	if k := transit.Fences(mn); k != 0 {

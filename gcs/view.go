@@ -33,7 +33,7 @@ type change struct {
 
 // viewOutcome reports a committed view change.
 type viewOutcome struct {
-	pos, view, provider uint64
+	pos, msgs, view, provider uint64 // msgs: messages ordered before the view record
 }
 
 // removalBound bounds the record of any later removal from the view a
@@ -57,13 +57,15 @@ func removalBound(ms metaState, ch *change, recLen int) uint64 {
 	return uint64(recLen + len("removed by ") + longest)
 }
 
-// planView builds the minitransaction of ch against ms: compare (view,
-// tail, msgs), write view+1 and the new tail, the joiner's slot, the
-// removed members' retiredAt, and the view record at the old tail. It is a
-// pure function of its inputs.
+// planView builds the minitransaction of ch against ms: compare the view,
+// write view+1, the joiner's slot and the removed members' retiredAt, and
+// append the view record at the tail (appendRecords: the memnode stamps
+// its position and message base, and the joiner's delivered positions and
+// the removed members' retiredAt, which name it, by relocation). The
+// record and its bytes (b) come back relative to its position (pos 0,
+// msgBase 0). It is a pure function of its inputs.
 func planView(ref groupRef, ms metaState, ch *change) (*client.Tx, record, []byte) {
 	h := ms.h
-	pos := h.tail
 	var members []member
 	for _, m := range ms.active() {
 		if !containsTag(ch.remove, m.tag) {
@@ -73,7 +75,7 @@ func planView(ref groupRef, ms metaState, ch *change) (*client.Tx, record, []byt
 	vb := viewBody{reason: ch.reason, provider: ch.provider}
 	if ch.add != nil {
 		a := *ch.add
-		a.dLog, a.dMsg, a.joinedView = pos, h.msgs, h.view+1
+		a.dLog, a.dMsg, a.joinedView = 0, 0, h.view+1 // relocated
 		ch.add = &a
 		members = append(members, a)
 		vb.joined = []string{a.name}
@@ -86,26 +88,21 @@ func planView(ref groupRef, ms metaState, ch *change) (*client.Tx, record, []byt
 	for _, m := range ch.remove {
 		vb.left = append(vb.left, m.name)
 	}
-	rec := record{pos: pos, kind: recView, view: h.view + 1, msgBase: h.msgs, body: vb.encode()}
+	rec := record{kind: recView, view: h.view + 1, body: vb.encode()}
 	b := rec.encode()
-	nh := h
-	nh.view, nh.tail = h.view+1, h.tail+uint64(len(b))
-	tx := client.NewTx().Compare(ref.home, ref.meta+offView, h.vtm()).Write(ref.home, ref.meta+offView, nh.vtm())
+	tx := client.NewTx().Compare(ref.home, ref.meta+offView, le.AppendUint64(nil, h.view))
+	ref.appendRecords(tx, b, 0, ch.add == nil)
+	tx.Write(ref.home, ref.meta+offView, le.AppendUint64(nil, h.view+1))
 	if ch.add != nil {
 		tx.Write(ref.home, ref.meta+40, le.AppendUint64(nil, h.nextTag+1))
-		tx.Write(ref.home, ref.slotAddr(ch.add.slot), ch.add.encode())
+		tx.WriteReloc(ref.home, ref.slotAddr(ch.add.slot), ch.add.encode(), relocTail(offDLog), relocMsgs(offDLog+8))
 	}
-	retired := pos
+	retired := uint64(0)
 	if ch.graceful {
 		retired |= retiredLeft
 	}
 	for _, m := range ch.remove {
-		tx.Write(ref.home, ref.slotAddr(m.slot)+offRetired, le.AppendUint64(nil, retired))
-	}
-	off := uint64(0)
-	for _, it := range ringSplit(ref.logBase(), ref.logSize, pos, uint64(len(b))) {
-		tx.Write(ref.home, it.addr, b[off:off+it.n])
-		off += it.n
+		tx.WriteReloc(ref.home, ref.slotAddr(m.slot)+offRetired, le.AppendUint64(nil, retired), relocTail(0))
 	}
 	return tx, rec, b
 }
@@ -151,32 +148,27 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 					ErrGroupFull, ch.add.name, need, ref.logSize/8, ref.logSize)
 			}
 		}
-		if ms.h.tail+uint64(len(b))-ms.h.head > ref.logRoom(ch.add == nil) {
-			// The log is full: wait for the members to deliver and the
-			// oldest to trim. A removal may use the reserve that
-			// multicasts and joins leave free (logRoom).
-			if err := sleepCtx(ctx, wait); err != nil {
-				return err
-			}
-			wait = min(2*wait, 20*time.Millisecond)
-			continue
-		}
 		res, err := n.execAt(ctx, siteView, tx)
 		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 			// Never decide again before knowing: the change may be in.
-			committed, serr := n.settleRecords(ctx, ref, rec.pos, b, err)
+			got, committed, serr := n.settleAppend(ctx, ref, ms.h.tail, err, func(r record) bool {
+				return r.kind == recView && r.view == rec.view && bytes.Equal(r.body, rec.body)
+			})
 			if ch.add != nil && (serr == nil && committed || errors.Is(serr, errTrimmed)) {
 				// A view record does not name the joiner's queue: two
 				// joins from one Node deciding on one header write the
 				// same bytes. The slot tells whose commit it was. It
 				// also tells once head passed the record: a joiner's
 				// slot holds head at its record until it is removed.
-				var got member
-				if got, serr = n.readSlot(ctx, ref, ch.add.slot); serr == nil {
+				var slot member
+				if slot, serr = n.readSlot(ctx, ref, ch.add.slot); serr == nil {
 					switch {
-					case got.holds(*ch.add):
+					case slot.holds(*ch.add):
+						// Our join: the slot names its record (the
+						// joiner has not published since).
 						committed = true
-					case got.tag == ch.add.tag:
+						got.pos, got.msgBase = slot.dLog, slot.dMsg
+					case slot.tag == ch.add.tag:
 						// Another join that decided on the same header
 						// (same slot and tag, another queue) was placed:
 						// ours was not, and its queue is unreferenced.
@@ -193,6 +185,9 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 				return errors.Join(err, serr) // still ErrUnknownOutcome
 			}
 			res, err = &client.Result{Committed: committed}, nil
+			if committed {
+				res.Appended = []client.Appended{{Tail: got.pos, Count: got.msgBase}}
+			}
 		}
 		if err != nil {
 			if ctx.Err() != nil || attempt > 20 {
@@ -205,11 +200,21 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 		}
 		if res.Committed {
 			if out != nil {
-				*out = viewOutcome{pos: rec.pos, view: rec.view, provider: ch.provider}
+				*out = viewOutcome{pos: res.Appended[0].Tail, msgs: res.Appended[0].Count, view: rec.view, provider: ch.provider}
 			}
 			n.log.Debug().Str("group", ref.name).Uint64("view", rec.view).Str("reason", ch.reason).Msg("view change")
 			n.wakeLocal(ref.name)
 			return nil
+		}
+		if res.FailedCompare == 1 {
+			// The log is full: wait for the members to deliver and the
+			// oldest to trim. A removal may use the reserve that
+			// multicasts and joins leave free (logRoom).
+			if err := sleepCtx(ctx, wait); err != nil {
+				return err
+			}
+			wait = min(2*wait, 20*time.Millisecond)
+			continue
 		}
 		if attempt > 8 {
 			if err := sleepCtx(ctx, time.Duration(attempt)*100*time.Microsecond); err != nil {
@@ -256,74 +261,6 @@ var (
 	errJoinLost = errors.New("gcs: join lost: its outcome was unknown and its slot does not hold it")
 )
 
-// settleRecords settles a link or view change whose outcome is unknown:
-// are records (encoded for position pos) in the order log? It reads the
-// header and the ring at pos in one minitransaction, retrying until that
-// succeeds (about a minute at most). Records carry their position, so our
-// bytes at pos are ours: committed. Other bytes at a position the log still
-// holds (head <= pos) mean it did not commit, as a committed record stays
-// until head passes it (the ring's slot for pos is reused only once tail
-// passed pos+logSize, hence head passed pos). Once head passed pos the
-// ring no longer tells: errUnsettled wrapping errTrimmed (a sender can
-// still tell by its own delivery), and the caller must not write the
-// records again (they would be ordered twice). The read is a logged step
-// (client.Tx.Logged), ordered after the attempt if the home memnode's
-// leader has it: a plain read does not wait for an attempt appended and
-// not yet committed, which commits a moment after "not committed" (the
-// sender then linked the batch again: delivered twice). It also fences the
-// attempt (attempt is its error; client.Tx.Fence): one still on its way to
-// the leader when the read is logged is refused when it arrives, so "not
-// committed" stays true.
-func (n *Node) settleRecords(ctx context.Context, ref groupRef, pos uint64, records []byte, attempt error) (bool, error) {
-	if settleGivesUp.Load() {
-		return false, fmt.Errorf("failpoint: %w", errUnsettled)
-	}
-	var err error
-	for range 16 {
-		var committed, settled bool
-		err = n.retry(ctx, func() error {
-			if failSettleReads.Load() > 0 && failSettleReads.Add(-1) >= 0 {
-				return fmt.Errorf("failpoint: settle read: %w", client.ErrUnavailable)
-			}
-			// Logged: a read (ReadIndex) does not wait for a link the
-			// leader has appended and not yet committed, and would call
-			// it not committed just before it commits.
-			tx := client.NewTx().Read(ref.home, ref.meta, metaHeader)
-			for _, it := range n.ringItems(ref.logBase(), ref.logSize, pos, uint64(len(records))) {
-				tx.Read(ref.home, it.addr, uint32(it.n))
-			}
-			res, err := n.settle(ctx, tx, attempt)
-			if err != nil {
-				return err
-			}
-			settleReads.Add(1)
-			if f := afterSettleRead.Load(); f != nil {
-				(*f)()
-			}
-			h, err := decodeHeader(res.Reads[0])
-			if err != nil {
-				return fmt.Errorf("%w: %w", client.ErrInvalid, err) // not retried
-			}
-			switch {
-			case bytes.Equal(joinReads(res.Reads[1:]), records):
-				committed, settled = true, true
-			case h.head <= pos:
-				settled = true
-			}
-			return nil
-		})
-		switch {
-		case err == nil && settled:
-			return committed, nil
-		case err == nil:
-			return false, fmt.Errorf("%w: %w (position %d)", errUnsettled, errTrimmed, pos)
-		case ctx.Err() != nil || errors.Is(err, client.ErrInvalid) || errors.Is(err, client.ErrClosed):
-			return false, err
-		}
-	}
-	return false, fmt.Errorf("%w: %w", errUnsettled, err)
-}
-
 // beforeStateRead is a failpoint for tests: the joiner calls it after it
 // found the state published, before it reads it.
 var beforeStateRead atomic.Pointer[func()]
@@ -333,7 +270,7 @@ var beforeStateRead atomic.Pointer[func()]
 var failStateWrites atomic.Int32
 
 // failSettleReads and settleGivesUp are failpoints for tests: while
-// positive, settleRecords's reads fail as if the memnode were unavailable;
+// positive, settleAppend's reads fail as if the memnode were unavailable;
 // while set, it gives up at once.
 var (
 	failSettleReads atomic.Int32

@@ -49,14 +49,14 @@ func (t *Transit) Fences(memnode uint64) int {
 // DialOption installs t on a client's connections.
 func (t *Transit) DialOption() grpc.DialOption { return grpc.WithStreamInterceptor(t.intercept) }
 
-// Arm takes the next one-phase request with writes on memnode aside (once).
+// Arm takes the next one-phase request with writes or appends on memnode aside (once).
 func (t *Transit) Arm(memnode uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.armed, t.memnode = true, memnode
 }
 
-// Watch records the next one-phase request with writes on memnode (once)
+// Watch records the next one-phase request with writes or appends on memnode (once)
 // and lets it go on: Held then names it, so a test that makes its caller
 // hear an unknown outcome can name the attempt as the client would.
 // Release has nothing to send.
@@ -66,7 +66,7 @@ func (t *Transit) Watch(memnode uint64) {
 	t.armed, t.pass, t.memnode = true, true, memnode
 }
 
-// ArmFunc takes the next one-phase request with writes on memnode for
+// ArmFunc takes the next one-phase request with writes or appends on memnode for
 // which match reports true aside (once).
 func (t *Transit) ArmFunc(memnode uint64, match func(*tuttipb.Request) bool) {
 	t.mu.Lock()
@@ -146,7 +146,7 @@ func (s *transitStream) SendMsg(m any) error {
 		}
 		if t.armed {
 			for i, r := range b.GetRequests() {
-				if r.GetKind() == tuttipb.Kind_KIND_EXEC && r.GetMemnode() == t.memnode && len(r.GetWrites()) > 0 &&
+				if r.GetKind() == tuttipb.Kind_KIND_EXEC && r.GetMemnode() == t.memnode && len(r.GetWrites())+len(r.GetAppends()) > 0 &&
 					(t.match == nil || t.match(r)) {
 					t.armed, t.held = false, proto.Clone(r).(*tuttipb.Request)
 					if !t.pass {
