@@ -248,7 +248,7 @@
 // processes, 1 KiB messages, embedded cluster with fsync, defaults; 3 runs
 // each):
 // at 100/s per member p50 1.00–1.16 ms and p99 2.4–2.8 ms from Multicast
-// to delivery at every member; at 1000/s p50 10.7–15.8 ms (links race for
+// to delivery at every member; at 1000/s p50 10.7–15.8 ms (links raced for
 // the tail; one member sending 1000/s alone: 1.6 ms); at saturation 48.8k–53.0k delivered/s per member (p50
 // 130–144 ms, the bench's window of 2048); a member's crash to the new
 // view at the survivors p50 1.22 s, p99 1.55 s (20 trials; failure
@@ -290,17 +290,11 @@
 // recounted in the benchmark; in TestDeliveryFromWatchData a member that
 // only receives delivers 30 links with no read of the log).
 //
-// What remains at low load is contention, not work: every link compares
-// the tail, so links whose windows overlap (Raft commit time plus the
-// staleness of the sender's header, one notification) lose and retry;
-// the notification's data also refreshes the header links compare with,
-// without waiting for a read. With Raft commits of about 1.2 ms on an
-// idle 2-core machine three members at 100/s each rarely collide and a
-// message is delivered everywhere about one commit after Multicast; when
-// the machine is shared and commits take 3–10 ms, links lose more often
-// and p50 grows accordingly. Avoiding that needs conflict-free appends
-// (fixed-size record slots a loser can retry at the next slot without
-// reading, or a memnode append primitive).
+// What remained at low load was contention, not work: every link
+// compared the tail, so links whose windows overlapped (Raft commit time
+// plus the staleness of the sender's header) lost and retried, and on a
+// shared machine, where commits take 3–10 ms, most did. Links now append
+// (see "Why links append" below).
 //
 // At saturation messages travel in queued batches (up to MaxBatch
 // messages per blob): queue writes of at most 2 MiB of blobs (payload
@@ -336,8 +330,8 @@
 // 51–56k in alternated runs; Raft messages encoded once between hosts
 // about 7% more: 52–56k to 56–60k; Pebble keeping the log's flushed
 // tables in L0 until truncation deletes them about 15% more: to
-// 61–67k). Remaining gcs-side
-// cost: about 45–57% of links lose the race on the tail with three
+// 61–67k). Until links appended, a remaining gcs-side
+// cost was that about 45–57% of links lost the race on the tail with three
 // saturated senders (each loss a Raft entry; `tutti bench mcast` prints
 // the share, Group.SendStats counts it). Taking the lost race's header and
 // log from the failed link's own answer instead of a read: alternated
@@ -355,7 +349,41 @@
 // next in slot order after the last linker, learnt from the records a
 // lost race returns, links; the others wait for the tail to move): 1000/s
 // p50 27.5, 16.3, 12.2 ms against 10.0, 10.3, 20.2 with the winner's yield
-// alone, lost races unchanged.
+// alone, lost races unchanged. (The answer's reads and the yielded turns
+// went with the tail compare.)
+//
+// # Why links append
+//
+// DESIGN §5 links a batch with compare(view), compare(tail == t),
+// write(order[t]), write(tail = t+1): Sinfonia's minitransactions only
+// compare and write, so the position is chosen by the sender and checked
+// by the memnode. But every link of a group already goes through one Raft
+// log, the home memnode's, which orders them; comparing the tail only
+// turns that order into conflicts. So the memnode gained one item,
+// client.Append (memnode/doc.go, "Append"): it reads the ring's tail and
+// a counter at apply, writes the data at the tail (refusing, as a failed
+// compare, when the ring lacks room above its head word), advances both,
+// patches the old values into the data and into other write items of the
+// same minitransaction (relocations), and answers where the data went.
+// A link is now compare(view) plus one append; a view change compare
+// (view), write(view+1), its slot writes, and one append. The layout and
+// the records are as before (each still carries its position and message
+// base, stamped by the memnode), so readers did not change. What it
+// costs: a link's position is known only from its answer, so a link of
+// unknown outcome is settled by a fenced read of the header and a scan of
+// the log from a tail known before the attempt (Protocol, 1), where the
+// compare of the tail pointed at one position.
+//
+// Measured with `tutti bench mcast --rates 100 --duration 5s` (3 member
+// processes, 1 KiB messages, embedded cluster with fsync), the binaries
+// before and after alternated in three pairs on the 2-core VM of
+// 2026-12-02 (where one lone minitransaction takes about 1 ms): p50 from
+// Multicast to delivery at every member 4.4, 17.2, 14.4 ms before and
+// 3.1, 2.9, 3.1 ms after; p99 29–69 ms before and 14–19 ms after; links
+// that lost a race 43–63% before, 0 after; Raft entries per message
+// 1.33–1.67 before, 1.16–1.18 after; fsyncs per message 3.8–4.9 before,
+// 3.45–3.47 after. At saturation (`--rates max`, two pairs) 23.0k and
+// 18.3k delivered/s per member before, 23.7k and 25.9k after.
 //
 // Memory at saturation was not bounded until replication stopped keeping
 // every group's Raft log in memory back to the last compaction (10,000
