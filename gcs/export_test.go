@@ -108,6 +108,27 @@ func UnknownAfterCommit(t interface{ Errorf(string, ...any) }, site string, betw
 	return done.Load, func() { execFault.Store(nil) }
 }
 
+// UnknownAfterCommitAround is UnknownAfterCommit that also runs before
+// just before the minitransaction starts (after its caller built it).
+func UnknownAfterCommitAround(t interface{ Errorf(string, ...any) }, site string, before, between func()) (fired func() bool, restore func()) {
+	var done atomic.Bool
+	f := func(s string, do func() (*client.Result, error)) (*client.Result, error) {
+		if s != site || !done.CompareAndSwap(false, true) {
+			return do()
+		}
+		before()
+		res, err := do()
+		if err != nil || !res.Committed {
+			t.Errorf("failpoint at %s: the minitransaction did not commit: %+v %v", site, res, err)
+			return res, err
+		}
+		between()
+		return nil, fmt.Errorf("failpoint at %s: %w", site, client.ErrUnknownOutcome)
+	}
+	execFault.Store(&f)
+	return done.Load, func() { execFault.Store(nil) }
+}
+
 // FailSettleReads makes the next n reads that settle a link of unknown
 // outcome fail as if the home memnode were unavailable.
 func FailSettleReads(n int32) (restore func()) {

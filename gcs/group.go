@@ -635,17 +635,34 @@ func (g *Group) sendLoop() {
 				// Never link again before knowing: a link that committed
 				// and is linked again orders its messages twice.
 				first := ready[0].rec.firstSeq
-				got, found, serr := n.settleAppend(g.ctx, g.ref, from, err, func(r record) bool {
+				match := func(r record) bool {
 					return r.kind != recView && r.tag == g.self.tag && r.firstSeq == first
-				})
-				if errors.Is(serr, errTrimmed) && g.dLog.Load() > from {
-					// Head passes a position only after every member's
-					// delivery did, ours included: it delivered this
-					// link's first message if and only if it committed
-					// (later batches wait for this link).
-					if found, serr = g.ownSeq.Load() >= first, nil; found {
+				}
+				got, found, serr := n.settleAppend(g.ctx, g.ref, from, err, match)
+				for try := 0; errors.Is(serr, errTrimmed) && try < 16; try++ {
+					// Head passed from, not necessarily the link's
+					// records: the link went wherever the tail was when
+					// it applied. Our delivery tells below the position
+					// d it reached (it sets ownSeq before d passes our
+					// record): it delivered this link's first message
+					// iff it committed there (later batches wait for
+					// this link). At or past d the log still holds the
+					// record if head has not passed d (head passes a
+					// position only after every member's delivery did,
+					// ours included while we are in the view): scan
+					// from d. Head past d and our delivery no further
+					// than from: we cannot tell.
+					d := g.dLog.Load()
+					if g.ownSeq.Load() >= first {
+						found, serr = true, nil
 						got.pos = ^uint64(0) // delivered: no handoff
+						break
 					}
+					if d <= from {
+						break
+					}
+					from = d
+					got, found, serr = n.settleAppend(g.ctx, g.ref, from, err, match)
 				}
 				if serr != nil {
 					if g.ctx.Err() != nil {

@@ -1,6 +1,7 @@
 package gcs_test
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -43,4 +44,72 @@ func TestLinkInTransitWhenSettledIsOrderedOnce(t *testing.T) {
 	if _, ok := transit.Held(); !ok {
 		t.Fatal("no link was taken aside")
 	}
+}
+
+// TestLinkSettledPastTheTrimOrderedOnce: a link's answer is lost after it
+// committed, and by the time the sender settles it the log's head has
+// passed the tail the sender knew before the link, though not the link's
+// records: another member linked in between (the link went after its
+// record) and every member delivered that record, the sender's own
+// delivery too, but the sender's application has not taken the sender's
+// own message yet. The sender took "head passed the tail I knew and my
+// delivery did too" for "my delivery passed my record", found its own
+// message not delivered, called the link not committed and linked the
+// batch again: every member delivered it twice.
+func TestLinkSettledPastTheTrimOrderedOnce(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAllWith(2, "g", gcs.Config{GCInterval: 5 * time.Millisecond})
+	a, b := ms[0], ms[1]
+	obs := e.node("obs")
+	info := func() (gcs.GroupInfo, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return obs.Describe(ctx, "g")
+	}
+	var known uint64
+	held := false
+	fired, restore := gcs.UnknownAfterCommitAround(t, "link", func() {
+		// a's sender built its link: the tail it knows is the group's.
+		gi, err := info()
+		if err != nil {
+			t.Errorf("describe: %v", err)
+			return
+		}
+		known = gi.Tail
+		// a's application stops taking events (after the next one), and
+		// b links first.
+		a.mu.Lock()
+		held = true
+		if err := b.send(1, 10); err != nil {
+			t.Errorf("b's multicast: %v", err)
+		}
+	}, func() {
+		// Every member delivers b's record and head passes it; a's
+		// delivery waits for its application with a's own message.
+		for deadline := time.Now().Add(20 * time.Second); ; {
+			if gi, err := info(); err == nil && gi.Head > known {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("head did not pass %d", known)
+				return
+			}
+			time.Sleep(time.Millisecond) // polling a condition, bounded
+		}
+	})
+	defer restore()
+	err := a.send(1, 10)
+	if held {
+		a.mu.Unlock()
+	}
+	if err != nil {
+		t.Fatalf("multicast whose link's outcome was unknown: %v", err)
+	}
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	restore()
+	sendAll(t, ms, 3, 10)
+	deliveredInOrder(t, ms, 8)
+	e.leaveAll(ms) // no duplicates, same order, everything sent delivered
 }
