@@ -109,11 +109,17 @@ func UnknownAfterCommit(t interface{ Errorf(string, ...any) }, site string, betw
 }
 
 // UnknownAfterCommitAround is UnknownAfterCommit that also runs before
-// just before the minitransaction starts (after its caller built it).
+// just before the minitransaction starts (after its caller built it). The
+// failpoint installed before it (FailAt) goes on for every other step;
+// restore reinstates it.
 func UnknownAfterCommitAround(t interface{ Errorf(string, ...any) }, site string, before, between func()) (fired func() bool, restore func()) {
 	var done atomic.Bool
+	prev := execFault.Load()
 	f := func(s string, do func() (*client.Result, error)) (*client.Result, error) {
 		if s != site || !done.CompareAndSwap(false, true) {
+			if prev != nil {
+				return (*prev)(s, do)
+			}
 			return do()
 		}
 		before()
@@ -126,7 +132,7 @@ func UnknownAfterCommitAround(t interface{ Errorf(string, ...any) }, site string
 		return nil, fmt.Errorf("failpoint at %s: %w", site, client.ErrUnknownOutcome)
 	}
 	execFault.Store(&f)
-	return done.Load, func() { execFault.Store(nil) }
+	return done.Load, func() { execFault.CompareAndSwap(&f, prev) }
 }
 
 // FailSettleReads makes the next n reads that settle a link of unknown
@@ -302,3 +308,7 @@ func FailAtWith(site string, n int32, failure error) (failed func() int32, resto
 // LogFullWaits returns how often g's sender found the order log full and
 // waited for a trim.
 func LogFullWaits(g *Group) int64 { return g.fullWaits.Load() }
+
+// QueueFullWaits returns how often g's sender found its queue full and
+// waited for a trim.
+func QueueFullWaits(g *Group) int64 { return g.queueFullWaits.Load() }

@@ -127,6 +127,7 @@ type Group struct {
 	hkRounds              atomic.Int64  // housekeeping rounds run
 	links, lostRaces      atomic.Uint64 // SendStats
 	fullWaits             atomic.Int64  // links that found the log full (tests)
+	queueFullWaits        atomic.Int64  // waits of the sender for room in its queue (tests)
 	// own is the log ranges of our latest committed links (ownOnly).
 	own struct {
 		sync.Mutex
@@ -630,6 +631,7 @@ func (g *Group) sendLoop() {
 			tx := client.NewTx().Compare(g.ref.home, g.ref.meta+offView, le.AppendUint64(nil, sendView))
 			g.ref.appendRecords(tx, buf, msgs, false)
 			from := known
+			var bound uint64 // settled as delivered, position unknown: a tail at or past its records
 			res, err := n.execAt(g.ctx, siteLink, tx)
 			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 				// Never link again before knowing: a link that committed
@@ -656,6 +658,12 @@ func (g *Group) sendLoop() {
 					if g.ownSeq.Load() >= first {
 						found, serr = true, nil
 						got.pos = ^uint64(0) // delivered: no handoff
+						// Delivery noted a header showing the record
+						// (seen) before delivering it, and the link's
+						// records went in one step.
+						if s := g.seen.Load(); s != nil {
+							bound = s.tail
+						}
 						break
 					}
 					if d <= from {
@@ -775,7 +783,7 @@ func (g *Group) sendLoop() {
 			}
 			g.links.Add(1)
 			pos := res.Appended[0].Tail
-			lend := g.head.Load() // settled as delivered and trimmed: below head
+			lend := bound // settled by our delivery: the records end at or below it
 			if pos != ^uint64(0) {
 				lend = pos + uint64(len(buf))
 				known = max(known, lend)
@@ -822,6 +830,7 @@ func (g *Group) sendLoop() {
 		if full && writing == 0 {
 			// The queue is full: its room comes back as the log's head
 			// passes our batches (housekeeping trims the log).
+			g.queueFullWaits.Add(1)
 			t = time.NewTimer(roomWait)
 			timer = t.C
 		}
