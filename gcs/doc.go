@@ -108,12 +108,14 @@
 //     it), then a scan of the log from a tail the sender knew before the
 //     attempt up to that header's tail for its record (sender tag and
 //     first sequence number; view records by their view id and bytes);
-//     not found, it never committed. Once head passed that tail, the
-//     sender's own delivery tells (head passes a position only after
-//     every member's delivery did: ours handed over the link's first
-//     message iff it committed); a sender that cannot tell (no longer in
-//     the view, or a minute of failed reads) stops (ErrClosed) rather
-//     than risk ordering the batch twice. View changes settle the same
+//     not found, it never committed. Once head passed that tail (not
+//     necessarily the record, which went wherever the tail was when the
+//     link applied), the sender's own delivery tells below the position
+//     it reached (it handed over the link's first message iff it
+//     committed there), and the scan goes on from that position, which
+//     head passes only after our delivery did; a sender that cannot
+//     tell (no longer in the view, or a minute of failed reads) stops
+//     (ErrClosed) rather than risk ordering the batch twice. View changes settle the same
 //     way; a join that cannot be settled leaves its slot if it was
 //     placed. Multicast returns once the link committed.
 //  2. Delivery: each member reads the order log from the position of the
