@@ -64,9 +64,13 @@ func stampRecords(records []byte, pos, msgBase uint64) {
 // from (a tail known before the attempt was sent: a record boundary at
 // or below wherever the append went) up to that header's tail, scanned
 // for the record match picks. found reports that the attempt committed
-// (got is its record, at got.pos); not found, it did not and never will. errTrimmed: head had
-// passed from, and the record, if any, is gone from the log.
-func (n *Node) settleAppend(ctx context.Context, ref groupRef, from uint64, attempt error, match func(record) bool) (got record, found bool, err error) {
+// (got is its record, at got.pos); not found, it did not and never will.
+// errTrimmed: head had passed from and the log from head on does not
+// hold the record: it may be below head, gone from the log. fenced, if
+// not nil, receives the header the fenced read returned (after the
+// attempt, if it ever applied): a view change that finds the view it
+// compared there did not commit.
+func (n *Node) settleAppend(ctx context.Context, ref groupRef, from uint64, attempt error, fenced *header, match func(record) bool) (got record, found bool, err error) {
 	if settleGivesUp.Load() {
 		return record{}, false, fmt.Errorf("failpoint: %w", errUnsettled)
 	}
@@ -88,13 +92,17 @@ func (n *Node) settleAppend(ctx context.Context, ref groupRef, from uint64, atte
 			if err != nil {
 				return fmt.Errorf("%w: %w", client.ErrInvalid, err) // not retried
 			}
-			if h.head > from {
-				trimmed = true
-				return nil
+			if fenced != nil {
+				*fenced = h
 			}
 			// What the log holds in [from, h.tail) stays until head
-			// passes it; the records' positions tell if it did.
-			at := from
+			// passes it; the records' positions tell if it did. If head
+			// passed from already, the log from head on (a record
+			// boundary: a delivered position) may still hold it.
+			at, partial := from, false
+			if h.head > from {
+				at, partial = h.head, true
+			}
 			for at < h.tail {
 				b, err := n.readRing(ctx, ref, at, int(min(h.tail-at, uint64(n.cfg.ReadChunk))))
 				if err != nil {
@@ -136,7 +144,7 @@ func (n *Node) settleAppend(ctx context.Context, ref groupRef, from uint64, atte
 					at += uint64(rec.size)
 				}
 			}
-			settled = true
+			settled, trimmed = !partial, partial
 			return nil
 		})
 		switch {

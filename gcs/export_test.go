@@ -271,7 +271,7 @@ func SettleRead(ctx context.Context, n *Node, mn, addr uint64, l uint32, attempt
 // of g's order log, as a sender does after an unknown outcome
 // (settleAppend), looking for a record no link writes.
 func SettleLink(ctx context.Context, g *Group, from uint64, attempt error) (bool, error) {
-	_, found, err := g.n.settleAppend(ctx, g.ref, from, attempt, func(record) bool { return false })
+	_, found, err := g.n.settleAppend(ctx, g.ref, from, attempt, nil, func(record) bool { return false })
 	return found, err
 }
 

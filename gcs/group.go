@@ -603,7 +603,7 @@ func (g *Group) sendLoop() {
 	// members never conflict: the home memnode's Raft log orders them.
 	// A failed view compare (a view change since) re-reads the metadata:
 	// this member was removed, or it links again in the new view.
-	var known uint64 // a tail this member knew before its next link (a record boundary)
+	known := g.start0 // a tail this member knew before its next link (a record boundary)
 	link := func(ready []*staged) bool {
 		wait := n.cfg.PollMin
 		for {
@@ -640,7 +640,7 @@ func (g *Group) sendLoop() {
 				match := func(r record) bool {
 					return r.kind != recView && r.tag == g.self.tag && r.firstSeq == first
 				}
-				got, found, serr := n.settleAppend(g.ctx, g.ref, from, err, match)
+				got, found, serr := n.settleAppend(g.ctx, g.ref, from, err, nil, match)
 				for try := 0; errors.Is(serr, errTrimmed) && try < 16; try++ {
 					// Head passed from, not necessarily the link's
 					// records: the link went wherever the tail was when
@@ -670,7 +670,7 @@ func (g *Group) sendLoop() {
 						break
 					}
 					from = d
-					got, found, serr = n.settleAppend(g.ctx, g.ref, from, err, match)
+					got, found, serr = n.settleAppend(g.ctx, g.ref, from, err, nil, match)
 				}
 				if serr != nil {
 					if g.ctx.Err() != nil {

@@ -151,9 +151,15 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 		res, err := n.execAt(ctx, siteView, tx)
 		if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 			// Never decide again before knowing: the change may be in.
-			got, committed, serr := n.settleAppend(ctx, ref, ms.h.tail, err, func(r record) bool {
+			var fh header
+			got, committed, serr := n.settleAppend(ctx, ref, ms.h.tail, err, &fh, func(r record) bool {
 				return r.kind == recView && r.view == rec.view && bytes.Equal(r.body, rec.body)
 			})
+			if errors.Is(serr, errTrimmed) && fh.view == ms.h.view {
+				// Not in the log from head on, and the view it compared
+				// is still the memnode's (fenced): it did not commit.
+				committed, serr = false, nil
+			}
 			if ch.add != nil && (serr == nil && committed || errors.Is(serr, errTrimmed)) {
 				// A view record does not name the joiner's queue: two
 				// joins from one Node deciding on one header write the
