@@ -110,14 +110,20 @@
 //     first sequence number; view records by their view id and bytes);
 //     not found, it never committed. Once head passed that tail (not
 //     necessarily the record, which went wherever the tail was when the
-//     link applied), the sender's own delivery tells below the position
-//     it reached (it handed over the link's first message iff it
-//     committed there), and the scan goes on from that position, which
-//     head passes only after our delivery did; a sender that cannot
-//     tell (no longer in the view, or a minute of failed reads) stops
-//     (ErrClosed) rather than risk ordering the batch twice. View changes settle the same
-//     way; a join that cannot be settled leaves its slot if it was
-//     placed. Multicast returns once the link committed.
+//     link applied), the scan starts at head (a delivered position);
+//     not found there, the sender's own delivery tells below the
+//     position it reached (it handed over the link's first message iff
+//     it committed there), and the scan goes on from that position,
+//     which head passes only after our delivery did; a sender that
+//     cannot tell (no longer in the view, or a minute of failed reads)
+//     stops (ErrClosed) rather than risk ordering the batch twice. View
+//     changes settle the same way, from head once head passed the tail,
+//     without a delivery to ask: not found from head on, a fenced header
+//     that still shows the view the change compared says it did not
+//     commit (it would have written view+1); otherwise a join asks its
+//     slot, and a Leave or Remove returns the unknown outcome. A join
+//     that cannot be settled leaves its slot if it was placed.
+//     Multicast returns once the link committed.
 //  2. Delivery: each member reads the order log from the position of the
 //     view record that admitted it, follows references into the senders'
 //     queues (its own batches it keeps in memory until delivered) and
