@@ -38,6 +38,18 @@ const (
 	ConnectTimeout   = 2 * time.Second
 )
 
+// WindowSize and ConnWindowSize are the HTTP/2 flow-control windows of a
+// client's streams and connections (hosts use the same). A window set
+// explicitly turns off gRPC's bandwidth-delay estimation, which sent a
+// ping (and got its ack) for nearly every burst of small messages:
+// on loopback, with many small requests and watch notifications, those
+// pings and the window updates of small windows were a large share of
+// the system calls.
+const (
+	WindowSize     = 1 << 20
+	ConnWindowSize = 4 << 20
+)
+
 // Config configures a Client.
 type Config struct {
 	// Seeds are addresses of any hosts of the cluster; one that answers is
@@ -136,6 +148,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c.dial = []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20), grpc.ForceCodecV2(bufpool.Codec)),
 		experimental.WithBufferPool(bufpool.Pool),
+		grpc.WithInitialWindowSize(WindowSize), grpc.WithInitialConnWindowSize(ConnWindowSize),
 		// A host that stops answering (paused, cut off) must not hold
 		// requests until their deadlines: pings detect it, and reconnecting
 		// gives up quickly, so requests move to other replicas.

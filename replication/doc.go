@@ -179,6 +179,19 @@
 // 56.4k delivered/s per member before, 56.3k, 59.7k, 60.3k after (CPU per
 // delivered message 34.5, 32.2, 32.4 against 32.7, 30.3, 29.8 µs).
 //
+// Streams between hosts, and those of clients to hosts (client.WindowSize,
+// memnode/service's server), have fixed HTTP/2 windows (1 MiB per
+// stream, 4 MiB per connection). With gRPC's default the windows adapt by
+// bandwidth-delay estimation, which pings the peer (and is acked) for
+// nearly every burst of small frames, and 64 KiB windows are updated
+// often. Counted from /proc/PID/io of the embedded cluster during `tutti
+// bench mcast --rates 100`: 18.1k read and 10.7k write system calls a
+// second before, 7.4–8.7k and 5.1–5.5k after. Alternated 5 s runs: at
+// 100/s per member the cluster's CPU 0.85–0.91 → 0.75–0.80 cores and
+// the members' 0.49–0.54 → 0.42–0.46 (three pairs); at saturation 24.6k,
+// 27.0k → 29.5k, 29.2k delivered/s per member; `bench mtx --workload
+// base --outstanding 256` 33.5k, 37.4k, 47.9k → 39.3k, 42.2k, 48.9k.
+//
 // A host takes Raft frames and snapshots only from its peers (the hosts
 // given to SetPeer): a batch or snapshot whose sender is not one is refused
 // (PermissionDenied) and nothing of it delivered, and GRPCConfig.

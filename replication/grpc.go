@@ -196,6 +196,7 @@ func NewGRPCTransport(cfg GRPCConfig) (*GRPCTransport, error) {
 	t.dialOpts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		experimental.WithBufferPool(bufpool.Pool),
+		grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(4 << 20),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(bufpool.Codec)),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff: backoff.Config{

@@ -222,6 +222,7 @@ func StartHost(cfg HostConfig) (*Host, error) {
 		grpc.ForceServerCodecV2(bufpool.Codec),
 		grpc.MaxRecvMsgSize(64 << 20),
 		grpc.MaxSendMsgSize(64 << 20),
+		grpc.InitialWindowSize(client.WindowSize), grpc.InitialConnWindowSize(client.ConnWindowSize),
 		// Clients ping every client.KeepaliveTime to find hosts that stopped
 		// answering; accept that, and find dead clients the same way.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: client.KeepaliveTime / 2, PermitWithoutStream: true}),
