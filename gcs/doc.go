@@ -177,7 +177,12 @@
 //  5. Garbage collection: every GCInterval members publish their delivered
 //     positions (one minitransaction that also reads the metadata; while
 //     a round finds nothing to do the rounds back off to IdleGCInterval,
-//     see "Idle groups" below); the
+//     see "Idle groups" below). A link also writes its sender's delivered
+//     position (its view compare keeps the slot the sender's), and a
+//     round less than a GCInterval after such a link only reads: a member
+//     that sends costs no Raft entry of its own for publishing (at 100/s
+//     per member, three members: 1.18–1.20 Raft entries per message
+//     before, 1.04–1.05 after; fsyncs 3.5 → 3.1; TestLinksPublishTheDeliveredPosition). The
 //     oldest member sets head = min over the view (and
 //     over members still delivering up to and including their own Leave
 //     record — a leaver's final position is past that record — unless

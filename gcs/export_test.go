@@ -30,6 +30,10 @@ func SetLinkViewFromDelivery(on bool) (restore func()) {
 	return func() { noViewFromDelivery.Store(old) }
 }
 
+// HousekeepingPublishes returns how many of g's housekeeping rounds
+// published its delivered position.
+func HousekeepingPublishes(g *Group) int64 { return g.hkPublishes.Load() }
+
 // HousekeepingRounds returns how many housekeeping rounds g ran.
 func HousekeepingRounds(g *Group) int64 { return g.hkRounds.Load() }
 

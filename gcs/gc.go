@@ -92,7 +92,11 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, prev *meta
 	var ms metaState
 	var err error
 	busy := false
-	if d := g.dLog.Load(); d != *published {
+	// A link published our position less than a GCInterval ago: it is
+	// as fresh as a round's publication would be (links publish for us
+	// while we send).
+	linked := n.cfg.Now().UnixNano()-g.pubAt.Load() < int64(n.cfg.GCInterval)
+	if d := g.dLog.Load(); d != *published && d != g.pubLog.Load() && !linked {
 		busy = true
 		dm := g.dMsg.Load()
 		w := make([]byte, 16)
@@ -105,6 +109,9 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, prev *meta
 			ms, err = n.readMeta(ctx, g.ref)
 		case res.Committed:
 			*published = d
+			g.hkPublishes.Add(1)
+			for cur := g.pubLog.Load(); cur < d && !g.pubLog.CompareAndSwap(cur, d); cur = g.pubLog.Load() {
+			}
 			// The reads precede the writes: our slot as just published.
 			if ms, err = decodeMeta(res.Reads[0]); err == nil {
 				ms.members[g.self.slot].dLog, ms.members[g.self.slot].dMsg = d, dm

@@ -96,6 +96,8 @@ type Group struct {
 	dMsg      atomic.Uint64          // delivered message position
 	head      atomic.Uint64          // last head seen
 	inView    atomic.Uint64          // the newest view delivery found us in (the sender links in it)
+	pubLog    atomic.Uint64          // the delivered position our links and housekeeping last published
+	pubAt     atomic.Int64           // when a link last published it (Config.Now, Unix ns)
 	seen      atomic.Pointer[header] // the newest header read (largest tail)
 	stability atomic.Uint64
 	stopOnce  sync.Once
@@ -124,7 +126,7 @@ type Group struct {
 	// evDelivered counts deliveries of log records from watch event data
 	// (fromEvent), logReads delivery's reads of the log; for tests.
 	evDelivered, logReads atomic.Int64
-	hkRounds              atomic.Int64  // housekeeping rounds run
+	hkRounds, hkPublishes atomic.Int64  // housekeeping rounds run, and those that published
 	links, lostRaces      atomic.Uint64 // SendStats
 	fullWaits             atomic.Int64  // links that found the log full (tests)
 	queueFullWaits        atomic.Int64  // waits of the sender for room in its queue (tests)
@@ -630,6 +632,16 @@ func (g *Group) sendLoop() {
 			}
 			tx := client.NewTx().Compare(g.ref.home, g.ref.meta+offView, le.AppendUint64(nil, sendView))
 			g.ref.appendRecords(tx, buf, msgs, false)
+			// Publish our delivered position with the link (housekeeping
+			// then needs no Raft entry of its own for it): the view
+			// compare keeps our slot ours.
+			pubD, pubM := g.dLog.Load(), g.dMsg.Load()
+			pub := pubD > g.pubLog.Load()
+			if pub {
+				w := make([]byte, 16)
+				putU64s(w, pubD, pubM)
+				tx.Write(g.ref.home, g.ref.slotAddr(g.self.slot)+offDLog, w)
+			}
 			from := known
 			var bound uint64 // settled as delivered, position unknown: a tail at or past its records
 			res, err := n.execAt(g.ctx, siteLink, tx)
@@ -782,6 +794,11 @@ func (g *Group) sendLoop() {
 				continue
 			}
 			g.links.Add(1)
+			if pub && res.Appended[0].Count != ^uint64(0) { // not a settled attempt: it may be an older one's
+				for cur := g.pubLog.Load(); cur < pubD && !g.pubLog.CompareAndSwap(cur, pubD); cur = g.pubLog.Load() {
+				}
+				g.pubAt.Store(n.cfg.Now().UnixNano())
+			}
 			pos := res.Appended[0].Tail
 			lend := bound // settled by our delivery: the records end at or below it
 			if pos != ^uint64(0) {
