@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/tutti-gcs/tutti/gcs"
+	"github.com/tutti-gcs/tutti/internal/cluster"
+	"github.com/tutti-gcs/tutti/memnode"
 )
 
 // Members that did not send deliver from the data the watch events carry
@@ -266,4 +268,26 @@ func TestTrimmerWatchesALaggard(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-bDone
+}
+
+// A link carries two relocations per record, and memnodes refuse a
+// minitransaction with more relocations than their item limit: with many
+// batches ready at once (one message per batch here) a link must carry at
+// most half the cluster's MaxItems records, or the memnode refuses it as
+// invalid and the sender ends. Before, with MaxItems 16, the first link of
+// more than 8 batches ended the group's sender.
+func TestLinksFitTheClustersItemLimit(t *testing.T) {
+	e := newEnvWith(t, cluster.Config{Memnode: memnode.Config{MaxItems: 16}})
+	n := e.nodeWith("p0", gcs.Config{MaxBatch: 1})
+	m := e.join(n, "g")
+	var senders []*member // 24 goroutines: many one-message batches wait for each link
+	for range 24 {
+		senders = append(senders, m)
+	}
+	sendAll(t, senders, 5, 64)
+	deliveredInOrder(t, []*member{m}, 24*5)
+	if st := m.g.SendStats(); st.Links >= 24*5 {
+		t.Fatalf("%d links for %d messages: no link carried several batches, nothing tested", st.Links, 24*5)
+	}
+	e.leaveAll([]*member{m})
 }

@@ -623,7 +623,7 @@ func (g *Group) sendLoop() {
 			for _, s := range ready {
 				s.rec.pos, s.rec.view, s.rec.msgBase = uint64(len(buf)), sendView, msgs
 				b := s.rec.encode()
-				if k > 0 && uint64(len(buf)+len(b)) > min(g.ref.logSize/4, maxTxWrite, uint64(n.itemMax)) {
+				if k > 0 && (k >= n.linkRecs || uint64(len(buf)+len(b)) > min(g.ref.logSize/4, maxTxWrite, uint64(n.itemMax))) {
 					break
 				}
 				buf = append(buf, b...)

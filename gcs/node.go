@@ -26,6 +26,9 @@ type Node struct {
 	// item (ClusterInfo.max_item_bytes; 1 MiB, the memnode default, if
 	// the cluster announced none): larger ring accesses are split.
 	itemMax uint64
+	// linkRecs bounds the records of one link (maxLinkRecords, and half
+	// the cluster's MaxItems: two relocations each).
+	linkRecs int
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -66,6 +69,12 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		allocs: map[uint64]*client.Allocator{}, itemMax: 1 << 20}
 	if l := cfg.Client.Cluster().GetMaxItemBytes(); l > 0 {
 		n.itemMax = uint64(l)
+	}
+	// A link relocates two words per record, and memnodes take at most
+	// MaxItems relocations per minitransaction.
+	n.linkRecs = maxLinkRecords
+	if l := int(cfg.Client.Cluster().GetMaxItems()); l > 0 {
+		n.linkRecs = max(1, min(n.linkRecs, l/2))
 	}
 	for _, m := range ms {
 		a, err := client.NewAllocator(cfg.Client, client.AllocatorConfig{Memnode: m, Base: AllocBase, Limit: AllocLimit})
