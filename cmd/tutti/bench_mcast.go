@@ -69,8 +69,9 @@ type mcastPoint struct {
 	Lost   int64 `json:"lost"`
 	Errors int64 `json:"errors"`
 	// LinkLostRatio: the share of the senders' link attempts (warm-up
-	// included) that lost the race on the order log's tail and were
-	// retried (gcs.SendStats).
+	// included) refused because the view had changed, and retried
+	// (gcs.SendStats; until links appended, those that lost the race on
+	// the order log's tail).
 	LinkLostRatio float64 `json:"link_lost_ratio"`
 	// CPU seconds per second of the members (sum) and of this process
 	// (the embedded cluster's servers).
