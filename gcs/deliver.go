@@ -449,8 +449,7 @@ func (g *Group) deliverRecord(cur *viewState, rec record, fetch *blobFetch) (*vi
 			g.evict(rec.view, vb.reason)
 			return cur, true
 		}
-		for cv := g.inView.Load(); cv < rec.view && !g.inView.CompareAndSwap(cv, rec.view); cv = g.inView.Load() {
-		}
+		raise(&g.inView, rec.view)
 		if !g.send(v) {
 			return cur, true
 		}

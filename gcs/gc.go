@@ -110,8 +110,7 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, prev *meta
 		case res.Committed:
 			*published = d
 			g.hkPublishes.Add(1)
-			for cur := g.pubLog.Load(); cur < d && !g.pubLog.CompareAndSwap(cur, d); cur = g.pubLog.Load() {
-			}
+			raise(&g.pubLog, d)
 			// The reads precede the writes: our slot as just published.
 			if ms, err = decodeMeta(res.Reads[0]); err == nil {
 				ms.members[g.self.slot].dLog, ms.members[g.self.slot].dMsg = d, dm
@@ -129,7 +128,7 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, prev *meta
 		busy = true
 		*prev = ms
 	}
-	g.head.Store(max(g.head.Load(), ms.h.head))
+	raise(&g.head, ms.h.head)
 	act := ms.active()
 	if len(act) == 0 {
 		return busy
@@ -138,7 +137,7 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, prev *meta
 	for _, m := range act {
 		minLog, minMsg = min(minLog, m.dLog), min(minMsg, m.dMsg)
 	}
-	g.stability.Store(max(g.stability.Load(), minMsg))
+	raise(&g.stability, minMsg)
 
 	// Failures confirmed by the process table.
 	dead := n.confirmedDead(act)
@@ -215,7 +214,7 @@ func (g *Group) trimAndReclaim(ctx context.Context, ms metaState, minLog uint64)
 			Write(g.ref.home, g.ref.meta+offHead, le.AppendUint64(nil, minLog)))
 		if err == nil && res.Committed {
 			ms.h.head = minLog
-			g.head.Store(max(g.head.Load(), minLog))
+			raise(&g.head, minLog)
 		}
 	}
 	done := true

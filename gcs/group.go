@@ -795,8 +795,7 @@ func (g *Group) sendLoop() {
 			}
 			g.links.Add(1)
 			if pub && res.Appended[0].Count != ^uint64(0) { // not a settled attempt: it may be an older one's
-				for cur := g.pubLog.Load(); cur < pubD && !g.pubLog.CompareAndSwap(cur, pubD); cur = g.pubLog.Load() {
-				}
+				raise(&g.pubLog, pubD)
 				g.pubAt.Store(n.cfg.Now().UnixNano())
 			}
 			pos := res.Appended[0].Tail
@@ -1024,11 +1023,12 @@ func (g *Group) noteHeader(h header) {
 			break
 		}
 	}
-	for {
-		cur := g.head.Load()
-		if h.head <= cur || g.head.CompareAndSwap(cur, h.head) {
-			return
-		}
+	raise(&g.head, h.head)
+}
+
+// raise sets a to v unless a holds more already.
+func raise(a *atomic.Uint64, v uint64) {
+	for cur := a.Load(); cur < v && !a.CompareAndSwap(cur, v); cur = a.Load() {
 	}
 }
 
