@@ -20,14 +20,9 @@ import (
 // (relocTail, relocMsgs) assume.
 func (r groupRef) appendRecords(tx *client.Tx, records []byte, msgs uint64, removal bool) {
 	var relocs []client.Reloc
-	for off := 0; off+recHeader <= len(records); {
-		relocs = append(relocs, client.Reloc{Off: uint32(off)}, client.Reloc{Off: uint32(off + 24), Count: true})
-		size := int(le.Uint32(records[off+8:]))
-		if size <= 0 {
-			break
-		}
-		off += size
-	}
+	eachRecord(records, func(off int) {
+		relocs = append(relocs, relocTail(uint32(off)), relocMsgs(uint32(off+24)))
+	})
 	tx.Append(r.home, client.Append{
 		Tail: r.meta + offTail, Count: r.meta + offMsgs, Add: msgs,
 		Head: r.meta + offHead, Limit: r.logRoom(removal),
@@ -46,9 +41,17 @@ func relocMsgs(off uint32) client.Reloc { return client.Reloc{Off: off, Count: t
 // at pos with msgBase messages before them: adds both to every record's
 // relative position and message base.
 func stampRecords(records []byte, pos, msgBase uint64) {
-	for off := 0; off+recHeader <= len(records); {
+	eachRecord(records, func(off int) {
 		le.PutUint64(records[off:], le.Uint64(records[off:])+pos)
 		le.PutUint64(records[off+24:], le.Uint64(records[off+24:])+msgBase)
+	})
+}
+
+// eachRecord calls f with the offset of every record of records (encoded,
+// consecutive).
+func eachRecord(records []byte, f func(off int)) {
+	for off := 0; off+recHeader <= len(records); {
+		f(off)
 		size := int(le.Uint32(records[off+8:]))
 		if size <= 0 {
 			return
@@ -103,15 +106,24 @@ func (n *Node) settleAppend(ctx context.Context, ref groupRef, from uint64, atte
 			if h.head > from {
 				at, partial = h.head, true
 			}
+			need := 0 // a record longer than what the last read got: read it whole
 			for at < h.tail {
-				b, err := n.readRing(ctx, ref, at, int(min(h.tail-at, uint64(n.cfg.ReadChunk))))
+				b, err := n.readRing(ctx, ref, at, max(int(min(h.tail-at, uint64(n.cfg.ReadChunk))), need))
 				if err != nil {
 					return err
 				}
+				need = 0
 				for len(b) > 0 && at < h.tail {
 					rec, err := decodeRecord(b, at)
 					if errors.Is(err, errShortRecord) {
-						break // read on from at
+						need = recHeader
+						if len(b) >= recHeader {
+							need = int(le.Uint32(b[8:]))
+						}
+						if at+uint64(need) <= h.tail {
+							break // read on from at
+						}
+						err = fmt.Errorf("%w: the record at %d runs past the tail %d", ErrCorrupt, at, h.tail)
 					}
 					if err != nil {
 						if cur, herr := n.readHeader(ctx, ref); herr == nil && cur.head > at {
@@ -126,22 +138,6 @@ func (n *Node) settleAppend(ctx context.Context, ref groupRef, from uint64, atte
 					}
 					at += uint64(rec.size)
 					b = b[rec.size:]
-				}
-				if len(b) > 0 && at < h.tail && len(b) >= recHeader && uint64(le.Uint32(b[8:])) > uint64(n.cfg.ReadChunk) {
-					// One record longer than a chunk: read it whole.
-					rb, err := n.readRing(ctx, ref, at, int(le.Uint32(b[8:])))
-					if err != nil {
-						return err
-					}
-					rec, err := decodeRecord(rb, at)
-					if err != nil {
-						return fmt.Errorf("%w: %w", client.ErrInvalid, err)
-					}
-					if match(rec) {
-						got, found, settled = rec, true, true
-						return nil
-					}
-					at += uint64(rec.size)
 				}
 			}
 			settled, trimmed = !partial, partial

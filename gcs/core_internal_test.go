@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -72,7 +73,7 @@ func TestOwnOnly(t *testing.T) {
 func TestHandoff(t *testing.T) {
 	g := testGroup()
 	h := header{view: 3, tail: 160, msgs: 7}
-	g.handoff(100, [][]byte{bytes.Repeat([]byte{1}, 20), bytes.Repeat([]byte{2}, 16)}, bytes.Repeat([]byte{3}, 24), h)
+	g.handoff(100, slices.Concat(bytes.Repeat([]byte{1}, 20), bytes.Repeat([]byte{2}, 16), bytes.Repeat([]byte{3}, 24)), h)
 	if s := g.seen.Load(); s == nil || *s != h {
 		t.Fatalf("seen header %v, want %v", s, h)
 	}
@@ -86,7 +87,7 @@ func TestHandoff(t *testing.T) {
 	if _, _, ok, passed := g.takeHandoff(120); ok || passed {
 		t.Fatal("a handoff was served twice")
 	}
-	g.handoff(100, nil, make([]byte, 60), h)
+	g.handoff(100, make([]byte, 60), h)
 	if gh, _, ok, passed := g.takeHandoff(160); ok || !passed || gh != h {
 		t.Fatal("a handoff delivery passed was served, or not reported passed")
 	}

@@ -21,7 +21,9 @@ func TestFromEvent(t *testing.T) {
 		}
 	}
 	vtm := func(view, tail, msgs uint64) []byte {
-		return header{view: view, tail: tail, msgs: msgs}.vtm()
+		b := make([]byte, 24)
+		putU64s(b, view, tail, msgs)
+		return b
 	}
 	// event builds an event with the header words (unless hdr is nil) and
 	// the log bytes of [from, to) as their ring ranges.

@@ -37,7 +37,6 @@ func (g *Group) housekeep() {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	last := time.Now()
-	var published uint64 = ^uint64(0)
 	var prev metaState
 	suspectSince := map[uint64]time.Time{}
 	leavers := map[uint64]leaverProgress{}
@@ -60,7 +59,7 @@ func (g *Group) housekeep() {
 		last = time.Now()
 		g.hkRounds.Add(1)
 		ctx, cancel := context.WithTimeout(g.ctx, 5*n.cfg.GCInterval+time.Second)
-		busy := g.housekeepOnce(ctx, &published, &prev, suspectSince, leavers)
+		busy := g.housekeepOnce(ctx, &prev, suspectSince, leavers)
 		cancel()
 		if busy {
 			wait = n.cfg.GCInterval
@@ -83,7 +82,7 @@ func (g *Group) pokeHousekeeping() {
 // (see housekeep): false only when nothing was published, the metadata is
 // what prev holds (it is updated), and nothing waits on time or on the
 // trimmer.
-func (g *Group) housekeepOnce(ctx context.Context, published *uint64, prev *metaState, suspectSince map[uint64]time.Time, leavers map[uint64]leaverProgress) bool {
+func (g *Group) housekeepOnce(ctx context.Context, prev *metaState, suspectSince map[uint64]time.Time, leavers map[uint64]leaverProgress) bool {
 	n := g.n
 	slot := g.ref.slotAddr(g.self.slot)
 	tagB := le.AppendUint64(nil, g.self.tag)
@@ -96,7 +95,7 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, prev *meta
 	// as fresh as a round's publication would be (links publish for us
 	// while we send).
 	linked := n.cfg.Now().UnixNano()-g.pubAt.Load() < int64(n.cfg.GCInterval)
-	if d := g.dLog.Load(); d != *published && d != g.pubLog.Load() && !linked {
+	if d := g.dLog.Load(); d != g.pubLog.Load() && !linked {
 		busy = true
 		dm := g.dMsg.Load()
 		w := make([]byte, 16)
@@ -108,7 +107,6 @@ func (g *Group) housekeepOnce(ctx context.Context, published *uint64, prev *meta
 		case err != nil:
 			ms, err = n.readMeta(ctx, g.ref)
 		case res.Committed:
-			*published = d
 			g.hkPublishes.Add(1)
 			raise(&g.pubLog, d)
 			// The reads precede the writes: our slot as just published.

@@ -148,6 +148,7 @@ func newGroup(n *Node, ref groupRef, self member, opts JoinOptions, pos uint64) 
 		hkWake: make(chan struct{}, 1), sendCh: make(chan struct{}, 1), done: make(chan struct{}), finished: make(chan struct{}), start0: pos}
 	g.ctx, g.cancel = context.WithCancel(n.ctx)
 	g.dLog.Store(pos)
+	g.pubLog.Store(pos) // the join wrote it into our slot
 	g.dMsg.Store(self.dMsg)
 	return g
 }
@@ -643,7 +644,11 @@ func (g *Group) sendLoop() {
 				tx.Write(g.ref.home, g.ref.slotAddr(g.self.slot)+offDLog, w)
 			}
 			from := known
-			var bound uint64 // settled as delivered, position unknown: a tail at or past its records
+			var (
+				answered  = true  // res is the link's answer (else a settle's)
+				delivered = false // settled by our delivery: position unknown
+				bound     uint64  // then a tail at or past its records
+			)
 			res, err := n.execAt(g.ctx, siteLink, tx)
 			if err != nil && errors.Is(err, client.ErrUnknownOutcome) {
 				// Never link again before knowing: a link that committed
@@ -668,8 +673,7 @@ func (g *Group) sendLoop() {
 					// than from: we cannot tell.
 					d := g.dLog.Load()
 					if g.ownSeq.Load() >= first {
-						found, serr = true, nil
-						got.pos = ^uint64(0) // delivered: no handoff
+						found, serr, delivered = true, nil, true
 						// Delivery noted a header showing the record
 						// (seen) before delivering it, and the link's
 						// records went in one step.
@@ -696,7 +700,7 @@ func (g *Group) sendLoop() {
 				if !found {
 					continue // fenced: it never applies; link again
 				}
-				res, err = &client.Result{Committed: true, Appended: []client.Appended{{Tail: got.pos, Count: ^uint64(0)}}}, nil
+				answered, res, err = false, &client.Result{Committed: true, Appended: []client.Appended{{Tail: got.pos}}}, nil
 			}
 			if err != nil {
 				if g.ctx.Err() != nil {
@@ -794,26 +798,27 @@ func (g *Group) sendLoop() {
 				continue
 			}
 			g.links.Add(1)
-			if pub && res.Appended[0].Count != ^uint64(0) { // not a settled attempt: it may be an older one's
-				raise(&g.pubLog, pubD)
-				g.pubAt.Store(n.cfg.Now().UnixNano())
-			}
-			pos := res.Appended[0].Tail
-			lend := bound // settled by our delivery: the records end at or below it
-			if pos != ^uint64(0) {
-				lend = pos + uint64(len(buf))
+			at := res.Appended[0]
+			lend := bound
+			if !delivered {
+				lend = at.Tail + uint64(len(buf))
 				known = max(known, lend)
 			}
-			if res.Appended[0].Count != ^uint64(0) {
+			if answered {
+				if pub { // a settled attempt's publication may be an older one's
+					raise(&g.pubLog, pubD)
+					g.pubAt.Store(n.cfg.Now().UnixNano())
+				}
 				// Our records as the memnode wrote them: delivery takes
-				// them from here if it reaches pos first (handoff).
-				stampRecords(buf, pos, res.Appended[0].Count)
-				g.addOwn(pos, uint64(len(buf)))
-				h := header{view: sendView, tail: lend, msgs: res.Appended[0].Count + msgs, head: g.head.Load()}
+				// them from here if it reaches their position first
+				// (handoff).
+				stampRecords(buf, at.Tail, at.Count)
+				g.addOwn(at.Tail, uint64(len(buf)))
+				h := header{view: sendView, tail: lend, msgs: at.Count + msgs, head: g.head.Load()}
 				if s := g.seen.Load(); s != nil {
 					h.nextTag, h.logSize, h.maxMembers = s.nextTag, s.logSize, s.maxMembers
 				}
-				g.handoff(pos, nil, buf, h)
+				g.handoff(at.Tail, buf, h)
 			}
 			for _, s := range ready[:k] {
 				if s.q != nil {
@@ -888,17 +893,11 @@ type wrResult struct {
 	ss  []*staged
 }
 
-// handoff hands delivery the order log from position from: reads (the
-// log up to our records, read by the committed link) then recs (our
-// records), and h, the header right after the link.
-func (g *Group) handoff(from uint64, reads [][]byte, recs []byte, h header) {
-	var b []byte
-	for _, r := range reads {
-		b = append(b, r...)
-	}
-	b = append(b, recs...)
+// handoff hands delivery the order log from position from, recs (our
+// committed link's records), and h, the header right after the link.
+func (g *Group) handoff(from uint64, recs []byte, h header) {
 	g.hand.Lock()
-	g.hand.from, g.hand.b, g.hand.h = from, b, h
+	g.hand.from, g.hand.b, g.hand.h = from, recs, h
 	g.hand.Unlock()
 	g.noteHeader(h)
 }

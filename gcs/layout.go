@@ -263,14 +263,6 @@ func (h header) encode() []byte {
 	return b
 }
 
-// vtm are the three words every ordering minitransaction compares: view,
-// tail and msgs (metadata +8, 24 bytes).
-func (h header) vtm() []byte {
-	b := make([]byte, 24)
-	putU64s(b, h.view, h.tail, h.msgs)
-	return b
-}
-
 // member is one decoded member slot.
 type member struct {
 	slot                    int
