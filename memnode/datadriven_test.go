@@ -296,9 +296,7 @@ func checkInvariants(t testing.TB, m *Memnode) {
 func lockSig(lt *lockTable) string {
 	var rows []string
 	fine := map[uint64][]heldLock{}
-	for b, fb := range lt.fine {
-		fine[b] = append([]heldLock{fb.h}, fb.more...)
-	}
+	lt.fine.each(func(b uint64, h heldLock) { fine[b] = append(fine[b], h) })
 	for kind, m := range map[string]map[uint64][]heldLock{"coarse": lt.coarse, "fine": fine} {
 		for b, hs := range m {
 			if len(hs) == 0 {

@@ -1,6 +1,9 @@
 package memnode
 
-import "slices"
+import (
+	"math/bits"
+	"slices"
+)
 
 // Locks are data: the ranges held by in-doubt transactions, indexed by
 // address so that a check looks only at locks near the requested range.
@@ -50,18 +53,128 @@ type heldLock struct {
 	owner      *txn
 }
 
-// fineBucket holds the small locks of one fine bucket: almost always one,
-// kept in the map's slot without a slice of its own.
-type fineBucket struct {
-	h    heldLock
-	more []heldLock
-}
-
 type lockTable struct {
 	coarse map[uint64][]heldLock // locks longer than fineSize
-	fine   map[uint64]fineBucket // locks of at most fineSize bytes
+	fine   fineTable             // locks of at most fineSize bytes
 	// ranges counts locked ranges (a range in several buckets counts once).
 	ranges int
+}
+
+// fineTable is the fine index: a hash multimap from fine bucket to the
+// small locks listed in it, one slot per (lock, bucket), open addressing
+// with linear probing and backward-shift deletion, at most half full. The
+// locks of bucket b are the slots of key b+1 in the probe run from b's
+// home slot to the next empty slot. A Go map of buckets to lists cost a
+// check, an acquire and a release of a word's lock a map probe each (two
+// for a release), its 64-byte slots and control words two cache misses
+// when cold, which under the cas2 load they always are (doc.go, "Cost of
+// applying").
+type fineTable struct {
+	slots []fineSlot // len is 0 or a power of two
+	n     int        // occupied slots
+}
+
+// fineSlot is one small lock in one fine bucket. An empty slot has key 0.
+type fineSlot struct {
+	key        uint64 // bucket + 1
+	start, end uint64
+	owner      *txn
+	excl       bool
+}
+
+const minFineSlots = 64
+
+func (ft *fineTable) home(b uint64) int {
+	return int((b * 0x9E3779B97F4A7C15) >> (64 - bits.Len(uint(len(ft.slots)-1))))
+}
+
+// conflicts reports whether a lock listed in bucket b, not self's,
+// conflicts with a request for [start, end).
+func (ft *fineTable) conflicts(b, start, end uint64, excl bool, self *txn) bool {
+	if ft.n == 0 {
+		return false
+	}
+	mask, key := len(ft.slots)-1, b+1
+	for i := ft.home(b); ; i = (i + 1) & mask {
+		s := &ft.slots[i]
+		switch {
+		case s.key == 0:
+			return false
+		case s.key == key && s.owner != self && s.start < end && start < s.end && (excl || s.excl):
+			return true
+		}
+	}
+}
+
+// add lists h in bucket b.
+func (ft *fineTable) add(b uint64, h heldLock) {
+	if 2*(ft.n+1) > len(ft.slots) {
+		ft.resize(max(minFineSlots, 2*len(ft.slots)))
+	}
+	ft.put(fineSlot{key: b + 1, start: h.start, end: h.end, owner: h.owner, excl: h.excl})
+	ft.n++
+}
+
+func (ft *fineTable) put(s fineSlot) {
+	mask := len(ft.slots) - 1
+	i := ft.home(s.key - 1)
+	for ft.slots[i].key != 0 {
+		i = (i + 1) & mask
+	}
+	ft.slots[i] = s
+}
+
+// remove drops one of t's slots in bucket b, if any. The table shrinks
+// when it is less than 1/8 full, so a burst of locks does not keep its
+// memory for good.
+func (ft *fineTable) remove(b uint64, t *txn) {
+	if ft.n == 0 {
+		return
+	}
+	mask, key := len(ft.slots)-1, b+1
+	i := ft.home(b)
+	for ; ; i = (i + 1) & mask {
+		s := &ft.slots[i]
+		if s.key == 0 {
+			return
+		}
+		if s.key == key && s.owner == t {
+			break
+		}
+	}
+	// Backward shift: move later slots of the run into the hole unless
+	// their home lies cyclically in (hole, slot].
+	for j := (i + 1) & mask; ft.slots[j].key != 0; j = (j + 1) & mask {
+		k := ft.home(ft.slots[j].key - 1)
+		if (i <= j && (k <= i || k > j)) || (i > j && k <= i && k > j) {
+			ft.slots[i] = ft.slots[j]
+			i = j
+		}
+	}
+	ft.slots[i] = fineSlot{}
+	ft.n--
+	if len(ft.slots) > minFineSlots && 8*ft.n < len(ft.slots) {
+		ft.resize(len(ft.slots) / 2)
+	}
+}
+
+func (ft *fineTable) resize(n int) {
+	old := ft.slots
+	ft.slots = make([]fineSlot, n)
+	for _, s := range old {
+		if s.key != 0 {
+			ft.put(s)
+		}
+	}
+}
+
+// each calls f for every slot in use.
+func (ft *fineTable) each(f func(b uint64, h heldLock)) {
+	for _, s := range ft.slots {
+		if s.key != 0 {
+			f(s.key-1, heldLock{start: s.start, end: s.end, excl: s.excl, owner: s.owner})
+		}
+	}
 }
 
 // txnLocks appends to out the spans a transaction with these items locks
@@ -103,49 +216,42 @@ func inWrites(start, end uint64, ws []Write) bool {
 // shared, conflicts with a held lock: a shared request conflicts with an
 // overlapping exclusive lock, an exclusive request with any overlapping lock.
 func (lt *lockTable) conflicts(start, end uint64, excl bool) bool {
+	return lt.conflictsExcept(start, end, excl, nil)
+}
+
+// conflictsExcept is conflicts ignoring the locks of self (nil: none).
+func (lt *lockTable) conflictsExcept(start, end uint64, excl bool, self *txn) bool {
 	if len(lt.coarse) > 0 {
 		for b, last := start>>lockShift, (end-1)>>lockShift; b <= last; b++ {
-			if bucketConflicts(lt.coarse[b], start, end, excl) {
+			if bucketConflicts(lt.coarse[b], start, end, excl, self) {
 				return true
 			}
 		}
 	}
-	if len(lt.fine) == 0 {
+	if lt.fine.n == 0 {
 		return false
 	}
 	first, last := start>>fineShift, (end-1)>>fineShift
-	if last-first < uint64(len(lt.fine)) {
+	if last-first < uint64(len(lt.fine.slots)) {
 		for b := first; b <= last; b++ {
-			if lt.fineConflicts(b, start, end, excl) {
+			if lt.fine.conflicts(b, start, end, excl, self) {
 				return true
 			}
 		}
 		return false
 	}
-	for b := range lt.fine {
-		if first <= b && b <= last && lt.fineConflicts(b, start, end, excl) {
+	for _, s := range lt.fine.slots {
+		if s.key != 0 && s.owner != self && s.start < end && start < s.end && (excl || s.excl) {
 			return true
 		}
 	}
 	return false
 }
 
-func (lt *lockTable) fineConflicts(b, start, end uint64, excl bool) bool {
-	fb, ok := lt.fine[b]
-	if !ok {
-		return false
-	}
-	h := &fb.h
-	if h.start < end && start < h.end && (excl || h.excl) {
-		return true
-	}
-	return bucketConflicts(fb.more, start, end, excl)
-}
-
-func bucketConflicts(hs []heldLock, start, end uint64, excl bool) bool {
+func bucketConflicts(hs []heldLock, start, end uint64, excl bool, self *txn) bool {
 	for i := range hs {
 		h := &hs[i]
-		if h.start < end && start < h.end && (excl || h.excl) {
+		if h.owner != self && h.start < end && start < h.end && (excl || h.excl) {
 			return true
 		}
 	}
@@ -222,69 +328,60 @@ func (lt *lockTable) txnConflicts(t *txn) bool {
 // acquire takes every lock of t. The caller has checked txnConflicts.
 func (lt *lockTable) acquire(t *txn) {
 	for _, s := range t.locks {
-		h := heldLock{start: s.start, end: s.end, excl: s.excl, owner: t}
-		if s.end-s.start > fineSize {
-			if lt.coarse == nil {
-				lt.coarse = make(map[uint64][]heldLock)
-			}
-			for b, last := s.start>>lockShift, (s.end-1)>>lockShift; b <= last; b++ {
-				lt.coarse[b] = append(lt.coarse[b], h)
-			}
-		} else {
-			if lt.fine == nil {
-				lt.fine = make(map[uint64]fineBucket)
-			}
-			for b, last := s.start>>fineShift, (s.end-1)>>fineShift; b <= last; b++ {
-				if fb, ok := lt.fine[b]; ok {
-					fb.more = append(fb.more, h)
-					lt.fine[b] = fb
-				} else {
-					lt.fine[b] = fineBucket{h: h}
-				}
-			}
+		lt.acquireSpan(s, t)
+	}
+}
+
+// tryAcquire takes every lock of t unless one conflicts with a lock held
+// by another transaction; then it takes none and reports false. It is
+// txnConflicts and acquire in one pass: each bucket is probed once, and a
+// Prepare's second look at a cold bucket is what it saves.
+func (lt *lockTable) tryAcquire(t *txn) bool {
+	for i, s := range t.locks {
+		if !lt.empty() && lt.conflictsExcept(s.start, s.end, s.excl, t) {
+			lt.releaseSpans(t.locks[:i], t)
+			return false
+		}
+		lt.acquireSpan(s, t)
+	}
+	return true
+}
+
+func (lt *lockTable) acquireSpan(s lockSpan, t *txn) {
+	h := heldLock{start: s.start, end: s.end, excl: s.excl, owner: t}
+	if s.end-s.start > fineSize {
+		if lt.coarse == nil {
+			lt.coarse = make(map[uint64][]heldLock)
+		}
+		for b, last := s.start>>lockShift, (s.end-1)>>lockShift; b <= last; b++ {
+			lt.coarse[b] = append(lt.coarse[b], h)
+		}
+	} else {
+		for b, last := s.start>>fineShift, (s.end-1)>>fineShift; b <= last; b++ {
+			lt.fine.add(b, h)
 		}
 	}
-	lt.ranges += len(t.locks)
+	lt.ranges++
 }
 
 // release drops every lock of t; empty buckets are deleted so that the
 // table returns to empty when no transaction is in doubt.
-func (lt *lockTable) release(t *txn) {
-	for _, s := range t.locks {
+func (lt *lockTable) release(t *txn) { lt.releaseSpans(t.locks, t) }
+
+// releaseSpans drops t's locks of spans, which t holds.
+func (lt *lockTable) releaseSpans(spans []lockSpan, t *txn) {
+	for _, s := range spans {
 		if s.end-s.start > fineSize {
 			for b, last := s.start>>lockShift, (s.end-1)>>lockShift; b <= last; b++ {
 				removeOwned(lt.coarse, b, t)
 			}
 		} else {
 			for b, last := s.start>>fineShift, (s.end-1)>>fineShift; b <= last; b++ {
-				lt.removeFine(b, t)
+				lt.fine.remove(b, t)
 			}
 		}
 	}
-	lt.ranges -= len(t.locks)
-}
-
-// removeFine drops one of t's entries in fine bucket b (see removeOwned).
-func (lt *lockTable) removeFine(b uint64, t *txn) {
-	fb, ok := lt.fine[b]
-	switch {
-	case !ok:
-		return
-	case fb.h.owner == t && len(fb.more) == 0:
-		delete(lt.fine, b)
-		return
-	case fb.h.owner == t:
-		last := len(fb.more) - 1
-		fb.h = fb.more[last]
-		fb.more = removeAt(fb.more, last)
-	default:
-		i := ownedBy(fb.more, t)
-		if i < 0 {
-			return
-		}
-		fb.more = removeAt(fb.more, i)
-	}
-	lt.fine[b] = fb
+	lt.ranges -= len(spans)
 }
 
 // removeOwned drops one of t's entries in coarse bucket b. t lists one

@@ -257,20 +257,25 @@ func (m *Memnode) prepare(e *Entry) Result {
 	if rec == recCommitted || rec == recAborted {
 		return decidedVote(Outcome(rec))
 	}
-	if m.locks.opConflicts(&e.Op) {
+	// The locks are taken as they are checked (tryAcquire), and given
+	// back if a later check refuses: the votes' order is unchanged.
+	t := m.newTxn(e.TID, e.Participants, m.clock, &e.Op)
+	if !m.locks.tryAcquire(t) {
+		m.recycle(t)
 		return Result{Vote: VoteBadLock, FailedCompare: -1}
 	}
 	if rec == recForced {
+		m.locks.release(t)
+		m.recycle(t)
 		return Result{Vote: VoteBadForced, FailedCompare: -1}
 	}
 	if i := m.failedCompare(e.Op.Compares); i >= 0 {
+		m.locks.release(t)
+		m.recycle(t)
 		return Result{Vote: VoteBadCmp, FailedCompare: i}
 	}
-	r := Result{Vote: VoteOK, FailedCompare: -1, Reads: m.readUnless(e.NoReads, e.Op.Reads)}
-	t := m.newTxn(e.TID, e.Participants, m.clock, &e.Op)
-	m.locks.acquire(t)
 	m.inDoubt[t.tid] = t
-	return r
+	return Result{Vote: VoteOK, FailedCompare: -1, Reads: m.readUnless(e.NoReads, e.Op.Reads)}
 }
 
 // decidedVote is Prepare's and AbortUnlessVoted's answer for a decided tid.
@@ -421,8 +426,12 @@ func (m *Memnode) resolve(t *txn, o Outcome) {
 		m.recorded.set(t.tid, uint8(o))
 	}
 	// Nothing refers to a resolved txn any more (InDoubtWrites' slices
-	// are valid only until the next Apply, the one that resolves it):
-	// reuse it.
+	// are valid only until the next Apply, the one that resolves it).
+	m.recycle(t)
+}
+
+// recycle keeps t's object for a later newTxn; nothing may refer to t.
+func (m *Memnode) recycle(t *txn) {
 	if x := t.small; x != nil && len(m.free) < maxFreeTxns {
 		*x = txnSmall{}
 		m.free = append(m.free, x)
