@@ -221,12 +221,12 @@ func TestResolvedTxnIsReused(t *testing.T) {
 	if r := prep(1, 0, "first!", &Compare{Addr: 100, Data: []byte{0, 0}}); r.Vote != VoteOK {
 		t.Fatalf("prepare 1: %+v", r)
 	}
-	old := m.inDoubt[tid(1)].small
+	old := m.inDoubt.get(tid(1)).small
 	m.Apply(&Entry{Kind: KindCommit, Now: 11, TID: tid(1)})
 	if r := prep(2, 200, "2nd", nil); r.Vote != VoteOK {
 		t.Fatalf("prepare 2: %+v", r)
 	}
-	x := m.inDoubt[tid(2)]
+	x := m.inDoubt.get(tid(2))
 	if x.small != old {
 		t.Fatalf("the resolved txn was not reused")
 	}

@@ -240,7 +240,7 @@ func dumpState(m *Memnode) string {
 		fmt.Fprintf(&b, "pages: %v\n", pns)
 	}
 	for _, tx := range m.InDoubt() {
-		t := m.inDoubt[tx.TID]
+		t := m.inDoubt.get(tx.TID)
 		fmt.Fprintf(&b, "in-doubt %v parts=%v prepared-at=%d", tx.TID, tx.Participants, tx.PreparedAt)
 		for _, c := range t.compares {
 			fmt.Fprintf(&b, " S[0x%x,0x%x)", c.addr, c.addr+c.n)
@@ -272,7 +272,7 @@ func checkInvariants(t testing.TB, m *Memnode) {
 	}
 	var want lockTable
 	for _, tx := range m.InDoubt() {
-		tt := m.inDoubt[tx.TID]
+		tt := m.inDoubt.get(tx.TID)
 		if tt.tid != tx.TID {
 			t.Fatalf("in-doubt key %v holds tid %v", tx.TID, tt.tid)
 		}

@@ -3,7 +3,6 @@ package memnode
 import (
 	"cmp"
 	"fmt"
-	"maps"
 	"math"
 	"slices"
 )
@@ -19,7 +18,7 @@ type Memnode struct {
 	locks lockTable
 	// inDoubt: prepared tids that voted OK and await Commit or Abort. Never
 	// garbage-collected; recovery resolves them.
-	inDoubt map[TID]*txn
+	inDoubt txnTable
 	// recorded holds, disjoint from inDoubt, the forced-abort tids (value
 	// recForced: aborted before they were prepared here, so that a late
 	// Prepare is refused) and the decided ones (value OutcomeCommitted or
@@ -83,8 +82,7 @@ func New(cfg Config) (*Memnode, error) {
 		return nil, err
 	}
 	return &Memnode{
-		cfg:     cfg,
-		inDoubt: make(map[TID]*txn),
+		cfg: cfg,
 	}, nil
 }
 
@@ -244,7 +242,7 @@ func (m *Memnode) exec(op *Op, noReads bool) Result {
 // tid votes OK again; a decided tid answers its outcome; a tid older than
 // the horizon is refused; then BAD-LOCK, BAD-FORCED, BAD-CMP, OK.
 func (m *Memnode) prepare(e *Entry) Result {
-	if t := m.inDoubt[e.TID]; t != nil {
+	if t := m.inDoubt.get(e.TID); t != nil {
 		// Duplicate delivery. The shared locks kept the read items
 		// unchanged since the first delivery.
 		return Result{Vote: VoteOK, FailedCompare: -1, Reads: m.readUnless(e.NoReads, t.reads)}
@@ -274,7 +272,7 @@ func (m *Memnode) prepare(e *Entry) Result {
 		m.recycle(t)
 		return Result{Vote: VoteBadCmp, FailedCompare: i}
 	}
-	m.inDoubt[t.tid] = t
+	m.inDoubt.put(t)
 	return Result{Vote: VoteOK, FailedCompare: -1, Reads: m.readUnless(e.NoReads, e.Op.Reads)}
 }
 
@@ -370,7 +368,7 @@ func cloneWrites(ws []Write) []Write {
 // commit applies an in-doubt tid's writes and releases its locks. For any
 // other tid it changes nothing and answers what it knows (outcome).
 func (m *Memnode) commit(tid TID) Result {
-	t := m.inDoubt[tid]
+	t := m.inDoubt.get(tid)
 	if t == nil {
 		return Result{FailedCompare: -1, Outcome: m.outcome(tid)}
 	}
@@ -384,7 +382,7 @@ func (m *Memnode) commit(tid TID) Result {
 // abort releases an in-doubt tid's locks, or forces a future Prepare of an
 // unknown tid to be refused.
 func (m *Memnode) abort(tid TID) Result {
-	if t := m.inDoubt[tid]; t != nil {
+	if t := m.inDoubt.get(tid); t != nil {
 		m.resolve(t, OutcomeAborted)
 		return Result{FailedCompare: -1, Outcome: OutcomeAborted}
 	}
@@ -405,7 +403,7 @@ func (m *Memnode) abort(tid TID) Result {
 // records were dropped; a BAD-FORCED would let recovery abort a committed
 // tid at the other participants.
 func (m *Memnode) abortUnlessVoted(tid TID) Result {
-	if m.inDoubt[tid] != nil {
+	if m.inDoubt.get(tid) != nil {
 		return Result{Vote: VoteOK, FailedCompare: -1}
 	}
 	switch o := m.outcome(tid); o {
@@ -421,7 +419,7 @@ func (m *Memnode) abortUnlessVoted(tid TID) Result {
 // resolve ends an in-doubt transaction with outcome o.
 func (m *Memnode) resolve(t *txn, o Outcome) {
 	m.locks.release(t)
-	delete(m.inDoubt, t.tid)
+	m.inDoubt.del(t.tid)
 	if !m.expired(t.tid) {
 		m.recorded.set(t.tid, uint8(o))
 	}
@@ -433,7 +431,12 @@ func (m *Memnode) resolve(t *txn, o Outcome) {
 // recycle keeps t's object for a later newTxn; nothing may refer to t.
 func (m *Memnode) recycle(t *txn) {
 	if x := t.small; x != nil && len(m.free) < maxFreeTxns {
-		*x = txnSmall{}
+		// Only what holds pointers is cleared: newTxn writes every
+		// element of an inline array it hands out, and clearing all of
+		// txnSmall, cold by the time its tid resolves, cost a store to
+		// each of its cache lines.
+		x.txn = txn{}
+		x.writes = [len(x.writes)]Write{}
 		m.free = append(m.free, x)
 	}
 }
@@ -447,7 +450,7 @@ func (m *Memnode) force(tid TID) {
 // fence records a one-phase attempt's tid as forced-abort unless it is in
 // doubt, decided or expired here (Entry.Fences).
 func (m *Memnode) fence(tid TID) {
-	if m.inDoubt[tid] == nil && !m.expired(tid) && m.recorded.get(tid) == 0 {
+	if m.inDoubt.get(tid) == nil && !m.expired(tid) && m.recorded.get(tid) == 0 {
 		m.force(tid)
 	}
 }
@@ -587,9 +590,9 @@ func queryReads(r *Result) bool {
 // InDoubt lists the in-doubt transactions sorted by TID. The caller owns
 // the returned slices.
 func (m *Memnode) InDoubt() []InDoubtTx {
-	out := make([]InDoubtTx, 0, len(m.inDoubt))
-	for _, tid := range sortedTIDs(maps.Keys(m.inDoubt)) {
-		t := m.inDoubt[tid]
+	out := make([]InDoubtTx, 0, m.inDoubt.len())
+	for _, tid := range sortedTIDs(m.inDoubt.tids) {
+		t := m.inDoubt.get(tid)
 		out = append(out, InDoubtTx{TID: tid, Participants: slices.Clone(t.participants), PreparedAt: t.preparedAt})
 	}
 	return out
@@ -600,7 +603,7 @@ func (m *Memnode) InDoubt() []InDoubtTx {
 // the caller must not modify them nor keep them past the next Apply. It
 // lets an observer learn which bytes a Commit is about to write.
 func (m *Memnode) InDoubtWrites(tid TID) ([]Write, bool) {
-	t := m.inDoubt[tid]
+	t := m.inDoubt.get(tid)
 	if t == nil {
 		return nil, false
 	}
@@ -612,7 +615,7 @@ func (m *Memnode) Stats() Stats {
 	return Stats{
 		Pages:       len(m.mem.pages),
 		Locks:       m.locks.ranges,
-		InDoubt:     len(m.inDoubt),
+		InDoubt:     m.inDoubt.len(),
 		ForcedAbort: m.recorded.len(recForced),
 		Decided:     m.recorded.len(recCommitted) + m.recorded.len(recAborted),
 		Now:         m.clock,

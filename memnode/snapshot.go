@@ -54,9 +54,9 @@ func (m *Memnode) AppendSnapshot(dst []byte) []byte {
 		b = append(b, m.mem.pages[pn][:]...)
 	}
 
-	b = binary.AppendUvarint(b, uint64(len(m.inDoubt)))
-	for _, tid := range sortedTIDs(maps.Keys(m.inDoubt)) {
-		t := m.inDoubt[tid]
+	b = binary.AppendUvarint(b, uint64(m.inDoubt.len()))
+	for _, tid := range sortedTIDs(m.inDoubt.tids) {
+		t := m.inDoubt.get(tid)
 		b = appendTID(b, tid)
 		b = binary.AppendVarint(b, t.preparedAt)
 		b = binary.AppendUvarint(b, uint64(len(t.participants)))
@@ -172,7 +172,7 @@ func (n *Memnode) decodeState(d *decoder) {
 		}
 		prev = t.tid
 		n.locks.acquire(t)
-		n.inDoubt[t.tid] = t
+		n.inDoubt.put(t)
 	}
 
 	c = d.count(3)
@@ -182,7 +182,7 @@ func (n *Memnode) decodeState(d *decoder) {
 		case d.err != nil:
 		case i > 0 && tid.Compare(prev) <= 0:
 			d.fail("forced-abort tid %v out of order", tid)
-		case n.inDoubt[tid] != nil:
+		case n.inDoubt.get(tid) != nil:
 			d.fail("forced-abort tid %v is in doubt", tid)
 		}
 		if d.err != nil {
@@ -201,7 +201,7 @@ func (n *Memnode) decodeState(d *decoder) {
 		case d.err != nil:
 		case i > 0 && tid.Compare(prev) <= 0:
 			d.fail("decided tid %v out of order", tid)
-		case n.inDoubt[tid] != nil || forced:
+		case n.inDoubt.get(tid) != nil || forced:
 			d.fail("decided tid %v is also in doubt or forced", tid)
 		case o != OutcomeCommitted && o != OutcomeAborted:
 			d.fail("decided tid %v has outcome %d", tid, o)
@@ -271,12 +271,12 @@ func (m *Memnode) snapshotBound() int {
 	const v = binary.MaxVarintLen64
 	n := len(snapshotMagic) + 1 + 3*v + len(m.mem.pages)*(pageSize+v)
 	n += v
-	for _, t := range m.inDoubt {
+	m.inDoubt.each(func(t *txn) {
 		n += 5*v + len(t.participants)*v + 3*v + (len(t.compares)+len(t.reads))*2*v
 		for _, w := range t.writes {
 			n += 2*v + len(w.Data)
 		}
-	}
+	})
 	forced := m.recorded.len(recForced)
 	decided := m.recorded.len(recCommitted) + m.recorded.len(recAborted)
 	n += v + forced*3*v + v + decided*(3*v+1)
