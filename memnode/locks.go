@@ -17,7 +17,8 @@ import (
 //
 // A check of [start, end) scans the coarse buckets of the range and the
 // fine buckets of the range, or, for a range over more fine buckets than
-// the table holds, every held fine bucket: O(min(range/64, fine buckets)).
+// the fine index has slots, every slot: O(min(range/64, fine locks)). The
+// fine index is a hash multimap of its own (fineTable), not a Go map.
 // Under load hundreds of word locks are held at once; with 4 KiB buckets
 // alone they crowded a few dozen buckets and every check, acquire and
 // release scanned tens of entries (BenchmarkApplyTwoPhase/inflight=512:
