@@ -110,6 +110,10 @@ type Config struct {
 	LogCacheBytes uint64
 	// NoSync disables fsync (tests only; acknowledged writes may be lost).
 	NoSync bool
+
+	// beforeSync, if set, runs in a worker before each engine commit with
+	// fsync (tests: hold a cycle in its fsync).
+	beforeSync func()
 	// MaxProposalBytes bounds one batched entry; default 1 MiB.
 	MaxProposalBytes int
 }

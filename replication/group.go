@@ -804,6 +804,7 @@ type worker struct {
 	rdGroups []*group
 	cmds     []Command
 	owners   []cmdOwner
+	early    []bool // per Ready of a cycle: applied before its fsync
 }
 
 // removeOldSnapFiles removes, for each of gs that named a new snapshot file
@@ -930,6 +931,31 @@ func (w *worker) cycle() {
 	h.stats.cycles.Add(1)
 	h.stats.readies.Add(uint64(len(rds)))
 
+	// 0. Apply the committed entries this replica already holds durably
+	// (earlier cycles persisted them) before this cycle's fsync, as etcd
+	// applies while it persists: they are committed, so durable on a
+	// quorum, and their results need not wait for other entries' fsync.
+	// A leader's committed entries always qualify (raft counts its own
+	// vote for an entry only after the cycle that persisted it), so under
+	// load a proposal's answer no longer waits for the fsync of the
+	// proposals that arrived while it was being replicated. A Ready with a
+	// snapshot, or with committed entries it also brings to persist (a
+	// follower learning entries and their commit at once), is applied
+	// after the fsync as before: the in-memory log must hold what is
+	// applied (trimCache compacts it up to the applied index).
+	applied := slices.Grow(w.early[:0], len(rds))[:len(rds)]
+	for i := range rds {
+		rd, g := &rds[i], gs[i]
+		applied[i] = false
+		if n := len(rd.CommittedEntries); n > 0 && raft.IsEmptySnap(rd.Snapshot) {
+			if last, _ := g.ms.LastIndex(); rd.CommittedEntries[n-1].GetIndex() <= last {
+				g.apply(w, rd)
+				applied[i] = true
+			}
+		}
+	}
+	w.early = applied
+
 	// 1. Persist everything in one batch; send what may precede the fsync.
 	b := h.eng.newBatch()
 	defer b.close()
@@ -985,6 +1011,9 @@ func (w *worker) cycle() {
 	}
 	if !b.empty() {
 		sync = sync && !h.cfg.NoSync
+		if sync && h.cfg.beforeSync != nil {
+			h.cfg.beforeSync()
+		}
 		if err := b.commit(sync); err != nil {
 			// The log can no longer be trusted to hold what raft believes it
 			// holds; continuing could lose acknowledged writes.
@@ -1023,7 +1052,9 @@ func (w *worker) cycle() {
 	var snapped []*group
 	for i := range rds {
 		rd, g := &rds[i], gs[i]
-		g.apply(w, rd)
+		if !applied[i] {
+			g.apply(w, rd)
+		}
 		g.rn.Advance(*rd)
 		if g.wantSnapshot() {
 			if sb == nil {
