@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
@@ -13,16 +14,14 @@ import (
 // which call would also return as is) are taken directly; every other case
 // (not sent, not leader, unavailable, unknown memnode, invalid) was not
 // applied, so the request goes through call, which follows redirects,
-// refreshes the layout and maps errors. The results are what call would
-// have returned for each request.
+// refreshes the layout and maps errors. out[i] gets what call would have
+// returned for reqs[i]; len(out) >= len(reqs).
 //
 // The answers land in per-request slots and the last one wakes the caller
 // (one wake-up per call, not one per answer). If ctx ends first, each slot
 // still waiting is abandoned: an answer arriving later is dropped.
-func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
-	m := &manyCall{done: make(chan struct{})}
-	m.slots = carve(m.inline.slots[:], len(reqs))
-	out := carve(m.inline.out[:], len(reqs))
+func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request, out []vote) {
+	m := getManyCall(len(reqs))
 	sent := carve(m.inline.sent[:], len(reqs))
 	hosts := carve(m.inline.hosts[:], len(reqs))
 	retry := carve(m.inline.retry[:], len(reqs))
@@ -35,7 +34,7 @@ func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
 			m.answer(i, nil)
 			continue
 		}
-		s, err := cn.start(req, func(r *tuttipb.Response) { m.answer(i, r) }, false)
+		s, err := cn.start(req, m.fn(i), false)
 		if err != nil {
 			m.answer(i, nil)
 			continue
@@ -49,8 +48,12 @@ func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
 		s.flush()
 	}
 	m.answer(-1, nil)
+	reuse := false
 	select {
 	case <-m.done:
+		// Every request was answered, and each callback is past its
+		// last use of m: m may serve another call.
+		reuse = true
 	case <-ctx.Done():
 		for i, s := range sent {
 			if s != nil && m.slots[i].state.CompareAndSwap(slotWaiting, slotAbandoned) {
@@ -84,21 +87,26 @@ func (c *Client) callMany(ctx context.Context, reqs []*tuttipb.Request) []vote {
 			out[i] = vote{r, err}
 		}
 	}
-	return out
+	if reuse {
+		m.release()
+	}
 }
 
-// manyCall collects callMany's answers.
+// manyCall collects callMany's answers. One whose call was abandoned is
+// never reused (a late answer may still come); the others go back to
+// manyCalls.
 type manyCall struct {
 	slots []answerSlot
 	// remaining counts the slots not answered yet, plus one while
-	// requests are being started; whoever takes it to zero closes done.
+	// requests are being started; whoever takes it to zero sends on
+	// done (capacity 1), which callMany receives before reusing m.
 	remaining atomic.Int32
 	done      chan struct{}
-	// inline backs callMany's slices for a few requests (one allocation
-	// for a usual two-phase minitransaction's round).
+	// fns[i] answers slot i; made once per manyCall.
+	fns [manyInline]func(*tuttipb.Response)
+	// inline backs callMany's slices for a few requests.
 	inline struct {
 		slots [manyInline]answerSlot
-		out   [manyInline]vote
 		sent  [manyInline]*session
 		flush [manyInline]*session
 		hosts [manyInline]uint64
@@ -107,6 +115,43 @@ type manyCall struct {
 }
 
 const manyInline = 4
+
+var manyCalls = sync.Pool{New: func() any {
+	m := &manyCall{done: make(chan struct{}, 1)}
+	for i := range m.fns {
+		m.fns[i] = func(r *tuttipb.Response) { m.answer(i, r) }
+	}
+	return m
+}}
+
+// getManyCall returns a manyCall with n waiting slots.
+func getManyCall(n int) *manyCall {
+	m := manyCalls.Get().(*manyCall)
+	m.slots = carve(m.inline.slots[:], n)
+	return m
+}
+
+// fn returns the callback that answers slot i.
+func (m *manyCall) fn(i int) func(*tuttipb.Response) {
+	if i < len(m.fns) {
+		return m.fns[i]
+	}
+	return func(r *tuttipb.Response) { m.answer(i, r) }
+}
+
+// release returns m, with every answer in, to manyCalls.
+func (m *manyCall) release() {
+	for i := range m.slots {
+		m.slots[i].r = nil
+		m.slots[i].state.Store(slotWaiting)
+	}
+	m.slots = nil
+	clear(m.inline.sent[:])
+	clear(m.inline.flush[:])
+	clear(m.inline.hosts[:])
+	clear(m.inline.retry[:])
+	manyCalls.Put(m)
+}
 
 // carve returns inline[:n] if it fits, else a new slice of n elements.
 func carve[T any](inline []T, n int) []T {
@@ -130,7 +175,8 @@ const (
 )
 
 // answer fills slot i with r (nil: the request was not sent), unless
-// callMany abandoned it; i < 0 drops callMany's own count.
+// callMany abandoned it; i < 0 drops callMany's own count. The last one
+// signals done; after that, it touches m no more.
 func (m *manyCall) answer(i int, r *tuttipb.Response) {
 	if i >= 0 {
 		m.slots[i].r = r
@@ -139,7 +185,7 @@ func (m *manyCall) answer(i int, r *tuttipb.Response) {
 		}
 	}
 	if m.remaining.Add(-1) == 0 {
-		close(m.done)
+		m.done <- struct{}{}
 	}
 }
 

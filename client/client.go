@@ -286,7 +286,13 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) newTid() *tuttipb.Tid {
-	return &tuttipb.Tid{Client: c.cfg.ID, Seq: c.seq.Add(1), Time: c.cfg.Now().UnixNano()}
+	return c.stampTid(new(tuttipb.Tid))
+}
+
+// stampTid makes tid, a zero Tid, the client's next one and returns it.
+func (c *Client) stampTid(tid *tuttipb.Tid) *tuttipb.Tid {
+	tid.Client, tid.Seq, tid.Time = c.cfg.ID, c.seq.Add(1), c.cfg.Now().UnixNano()
+	return tid
 }
 
 // backoff sleeps for attempt's randomized exponential delay or until ctx ends.

@@ -69,6 +69,9 @@ type session struct {
 		sync.Mutex
 		pending map[uint64]func(*tuttipb.Response)
 		queue   []*tuttipb.Request
+		// queueHint: the length of the last batch, the capacity a new
+		// queue starts with (one allocation per batch, not a few).
+		queueHint int
 		// decided: decisions waiting for the next batch, per memnode;
 		// ndecided counts them. due: the next flush must send them even if
 		// no request is queued.
@@ -76,8 +79,9 @@ type session struct {
 		ndecided int
 		due      bool
 		// riders: the decisions carried by each sent request, by id; the
-		// request's answer is theirs.
-		riders      map[uint64][]rider
+		// request's answer is theirs. A request carries at most one rider
+		// (addRiderLocked).
+		riders      map[uint64]rider
 		maxDecision int // decisions one request may carry
 		timerArmed  bool
 		sending     bool
@@ -153,7 +157,7 @@ func (c *conn) session() (*session, uint64, error) {
 	s := &session{c: c, stream: st, cancel: cancel, done: make(chan struct{})}
 	s.mu.pending = make(map[uint64]func(*tuttipb.Response))
 	s.mu.decided = make(map[uint64]*decisionBuf)
-	s.mu.riders = make(map[uint64][]rider)
+	s.mu.riders = make(map[uint64]rider)
 	c.mu.stream = s
 	c.cur.Store(s)
 	go s.recvLoop()
@@ -164,19 +168,37 @@ func (c *conn) session() (*session, uint64, error) {
 // the request was sent is reported as a response with STATUS_UNKNOWN_OUTCOME;
 // before it, as errNotSent.
 func (c *conn) do(ctx context.Context, req *tuttipb.Request) (*tuttipb.Response, error) {
-	ch := make(chan *tuttipb.Response, 1)
-	s, err := c.start(req, func(r *tuttipb.Response) { ch <- r }, true)
+	w := waiters.Get().(*waiter)
+	s, err := c.start(req, w.done, true)
 	if err != nil {
+		waiters.Put(w) // done will not be called
 		return nil, err
 	}
 	select {
-	case r := <-ch:
+	case r := <-w.ch:
+		// done has run, and it runs once: w may wait for another.
+		waiters.Put(w)
 		return r, nil
 	case <-ctx.Done():
+		// An answer may still come (done may be running already): w is
+		// left to it, not reused.
 		s.forget(req.Id)
 		return nil, ctx.Err()
 	}
 }
+
+// waiter is do's wait for one answer: done, the callback given to start,
+// sends it on ch. Reused through waiters once its answer was received.
+type waiter struct {
+	ch   chan *tuttipb.Response // capacity 1
+	done func(*tuttipb.Response)
+}
+
+var waiters = sync.Pool{New: func() any {
+	w := &waiter{ch: make(chan *tuttipb.Response, 1)}
+	w.done = func(r *tuttipb.Response) { w.ch <- r }
+	return w
+}}
 
 // start queues req and arranges for done to be called with its response,
 // exactly once, from the receiving goroutine (so done must not block). With
@@ -197,6 +219,9 @@ func (c *conn) start(req *tuttipb.Request, done func(*tuttipb.Response), flush b
 		return nil, errors.Join(errNotSent, err)
 	}
 	s.mu.pending[id] = done
+	if s.mu.queue == nil {
+		s.mu.queue = make([]*tuttipb.Request, 0, max(4, s.mu.queueHint))
+	}
 	s.mu.queue = append(s.mu.queue, req)
 	if flush {
 		s.flushLocked()
@@ -346,7 +371,7 @@ func (s *session) attachLocked(batch []*tuttipb.Request) []*tuttipb.Request {
 		}
 		r := s.takeLocked(req.GetMemnode(), b)
 		req.CommitTids, req.AbortTids = r.commits, r.aborts
-		s.mu.riders[req.Id] = append(s.mu.riders[req.Id], r)
+		s.addRiderLocked(req.Id, r)
 		st.requests.Add(1)
 		st.carried.Add(uint64(len(r.commits) + len(r.aborts)))
 	}
@@ -371,12 +396,24 @@ func (s *session) attachLocked(batch []*tuttipb.Request) []*tuttipb.Request {
 			if len(req.AbortTids) == 0 {
 				req.AbortTids = nil
 			}
-			s.mu.riders[req.Id] = append(s.mu.riders[req.Id], r)
+			s.addRiderLocked(req.Id, r)
 			st.requests.Add(1)
 			batch = append(batch, req)
 		}
 	}
 	return batch
+}
+
+// addRiderLocked records that request id carries r. Every request sent
+// has an id of its own (start, attachLocked) and carries one rider; were
+// another attached to the same id, the earlier one, no longer on the
+// request, is sent again on its own.
+func (s *session) addRiderLocked(id uint64, r rider) {
+	if old, ok := s.mu.riders[id]; ok {
+		s.c.hooks.answered(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNAVAILABLE, FailedCompare: -1},
+			old.mn, old.commits, old.aborts)
+	}
+	s.mu.riders[id] = r
 }
 
 // takeLocked removes up to maxDecision decisions of b (for memnode mn).
@@ -417,6 +454,9 @@ func (s *session) flushLocked() {
 	s.mu.sending = true
 	for s.mu.err == nil && (len(s.mu.queue) > 0 || (s.mu.due && s.mu.ndecided > 0)) {
 		n := requestBatchLen(s.mu.queue)
+		if n > 0 {
+			s.mu.queueHint = min(n, 1024)
+		}
 		batch := s.attachLocked(s.mu.queue[:n:n])
 		if s.mu.queue = s.mu.queue[n:]; len(s.mu.queue) == 0 {
 			s.mu.queue = nil
@@ -526,11 +566,9 @@ func (s *session) failLocked(err error, notSent ...*tuttipb.Request) {
 	}
 	// Decisions that went out may or may not have been applied; queued ones
 	// were not. Either way they are sent again.
-	for id, rs := range s.mu.riders {
-		for _, r := range rs {
-			s.c.hooks.answered(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNKNOWN_OUTCOME, FailedCompare: -1, Error: lost},
-				r.mn, r.commits, r.aborts)
-		}
+	for id, r := range s.mu.riders {
+		s.c.hooks.answered(&tuttipb.Response{Id: id, Status: tuttipb.Status_STATUS_UNKNOWN_OUTCOME, FailedCompare: -1, Error: lost},
+			r.mn, r.commits, r.aborts)
 	}
 	clear(s.mu.riders)
 	for mn, b := range s.mu.decided {
@@ -570,11 +608,9 @@ func (s *session) recvLoop() {
 				s.answers = append(s.answers, r)
 				s.fns = append(s.fns, done)
 			}
-			if rs, ok := s.mu.riders[id]; ok {
+			if rd, ok := s.mu.riders[id]; ok {
 				delete(s.mu.riders, id)
-				for _, rd := range rs {
-					s.riders = append(s.riders, answeredRider{r, rd})
-				}
+				s.riders = append(s.riders, answeredRider{r, rd})
 			}
 		}
 		if s.mu.ndecided > 0 && len(s.mu.pending) == 0 {

@@ -409,7 +409,7 @@ func TestDecisionDoesNotOverfillCarrier(t *testing.T) {
 		tid := cl.newTid()
 		tid.Seq += 1 << 14
 		req := NewTx().Write(0, 0x100000, make([]byte, item)).Write(0, 0x200000, make([]byte, item)).
-			Write(0, 0x300000, make([]byte, item)).Write(0, 0x400000, last).split()[0].request(tuttipb.Kind_KIND_EXEC, tid, nil)
+			Write(0, 0x300000, make([]byte, item)).Write(0, 0x400000, last).split(nil)[0].request(tuttipb.Kind_KIND_EXEC, tid, nil)
 		req.Id = 1 << 20
 		return proto.Size(req)
 	}

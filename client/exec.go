@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,14 +25,17 @@ type part struct {
 }
 
 // split groups t's items by memnode, in order of first appearance
-// (compares, then reads, then writes). It allocates per kind of item, not
-// per item: the wire items of all parts share one array.
-func (t *Tx) split() []*part {
+// (compares, then reads, then writes), appending the parts to buf (a
+// caller's array on its stack, usually). It allocates per kind of item,
+// not per item: the wire items of all parts, their pointers and index maps
+// share one array per kind (pack3).
+func (t *Tx) split(buf []part) []part {
 	type count struct {
 		mn                uint64
 		cmps, reads, wrts int
 	}
-	var counts []count // few memnodes: a linear search beats a map
+	var inline [4]count
+	counts := inline[:0] // few memnodes: a linear search beats a map
 	at := func(mn uint64) int {
 		for i := range counts {
 			if counts[i].mn == mn {
@@ -53,39 +57,29 @@ func (t *Tx) split() []*part {
 	for _, a := range t.appends {
 		at(a.memnode)
 	}
-	parts := make([]part, len(counts))
-	out := make([]*part, len(counts))
-	var (
-		cmps    = make([]tuttipb.Compare, len(t.compares))
-		cmpPtrs = make([]*tuttipb.Compare, 0, len(t.compares))
-		cmpIdx  = make([]int, 0, len(t.compares))
-		rds     = make([]tuttipb.Read, len(t.reads))
-		rdPtrs  = make([]*tuttipb.Read, 0, len(t.reads))
-		rdIdx   = make([]int, 0, len(t.reads))
-		wrs     = make([]tuttipb.Write, len(t.writes))
-		wrPtrs  = make([]*tuttipb.Write, 0, len(t.writes))
-	)
+	all := append(buf, make([]part, len(counts))...)
+	parts := all[len(buf):]
+	cmps, cmpPtrs, cmpIdx := pack3[tuttipb.Compare, *tuttipb.Compare, int](len(t.compares))
+	rds, rdPtrs, rdIdx := pack3[tuttipb.Read, *tuttipb.Read, int](len(t.reads))
+	wrs, wrPtrs := pack2[tuttipb.Write, *tuttipb.Write](len(t.writes))
 	// Each part's slices are consecutive windows of the shared ones, filled
 	// below in item order.
+	var nc, nr, nw int
 	for i, c := range counts {
 		p := &parts[i]
 		p.memnode = c.mn
 		if c.cmps > 0 {
-			n := len(cmpPtrs)
-			p.compares, p.cmpIdx = cmpPtrs[n:n:n+c.cmps], cmpIdx[n:n:n+c.cmps]
-			cmpPtrs, cmpIdx = cmpPtrs[:n+c.cmps], cmpIdx[:n+c.cmps]
+			p.compares, p.cmpIdx = cmpPtrs[nc:nc:nc+c.cmps], cmpIdx[nc:nc:nc+c.cmps]
+			nc += c.cmps
 		}
 		if c.reads > 0 {
-			n := len(rdPtrs)
-			p.reads, p.readIdx = rdPtrs[n:n:n+c.reads], rdIdx[n:n:n+c.reads]
-			rdPtrs, rdIdx = rdPtrs[:n+c.reads], rdIdx[:n+c.reads]
+			p.reads, p.readIdx = rdPtrs[nr:nr:nr+c.reads], rdIdx[nr:nr:nr+c.reads]
+			nr += c.reads
 		}
 		if c.wrts > 0 {
-			n := len(wrPtrs)
-			p.writes = wrPtrs[n : n : n+c.wrts]
-			wrPtrs = wrPtrs[:n+c.wrts]
+			p.writes = wrPtrs[nw : nw : nw+c.wrts]
+			nw += c.wrts
 		}
-		out[i] = p
 	}
 	for i, c := range t.compares {
 		p := &parts[at(c.memnode)]
@@ -107,12 +101,12 @@ func (t *Tx) split() []*part {
 		w.Addr, w.Data = wr.addr, wr.data
 		p.writes = append(p.writes, w)
 	}
-	if len(t.appends) > 0 && len(out) == 1 {
+	if len(t.appends) > 0 && len(parts) == 1 {
 		// Exec refuses appends on several memnodes: with one, the
 		// part's write and append indexes are the Tx's.
-		t.wireAppends(out[0])
+		t.wireAppends(&parts[0])
 	}
-	return out
+	return all
 }
 
 // wireAppends puts t's appends and relocs, all on p's memnode, into p.
@@ -142,7 +136,7 @@ func (t *Tx) wireAppends(p *part) {
 
 // checkAppends checks what the client can of t's appends and relocs
 // before anything is sent; the memnode checks the rest.
-func (t *Tx) checkAppends(parts []*part) error {
+func (t *Tx) checkAppends(parts []part) error {
 	if len(t.appends) > 0 && len(parts) != 1 {
 		return fmt.Errorf("%w: appends need a minitransaction on one memnode, not %d", ErrInvalid, len(parts))
 	}
@@ -168,10 +162,14 @@ func (t *Tx) checkAppends(parts []*part) error {
 }
 
 func (p *part) request(kind tuttipb.Kind, tid *tuttipb.Tid, participants []uint64) *tuttipb.Request {
-	return &tuttipb.Request{
-		Memnode: p.memnode, Kind: kind, Tid: tid, Participants: participants,
-		Compares: p.compares, Reads: p.reads, Writes: p.writes, Appends: p.appends, Relocs: p.relocs,
-	}
+	return p.fill(new(tuttipb.Request), kind, tid, participants)
+}
+
+// fill makes req, a zero Request, p's request and returns it.
+func (p *part) fill(req *tuttipb.Request, kind tuttipb.Kind, tid *tuttipb.Tid, participants []uint64) *tuttipb.Request {
+	req.Memnode, req.Kind, req.Tid, req.Participants = p.memnode, kind, tid, participants
+	req.Compares, req.Reads, req.Writes, req.Appends, req.Relocs = p.compares, p.reads, p.writes, p.appends, p.relocs
+	return req
 }
 
 // Exec runs the minitransaction: atomically, if every compare matches, the
@@ -190,7 +188,8 @@ func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 	if tx == nil || tx.Empty() {
 		return nil, fmt.Errorf("%w: no items", ErrInvalid)
 	}
-	parts := tx.split()
+	var inline [2]part
+	parts := tx.split(inline[:0])
 	if err := tx.checkAppends(parts); err != nil {
 		return nil, err
 	}
@@ -210,7 +209,7 @@ func (c *Client) Exec(ctx context.Context, tx *Tx) (*Result, error) {
 		return nil, &Error{Memnode: parts[0].memnode, Err: err, Detail: "not sent"}
 	}
 	if len(parts) == 1 {
-		return c.exec1(ctx, tx, parts[0])
+		return c.exec1(ctx, tx, &parts[0])
 	}
 	return c.exec2(ctx, tx, parts)
 }
@@ -266,8 +265,12 @@ func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {
 				return nil, &Error{Memnode: p.memnode, Err: err, Detail: "retrying after BAD-LOCK"}
 			}
 		}
-		tid := c.newTid()
-		req := p.request(kind, tid, nil)
+		w := new(struct { // one allocation
+			tid tuttipb.Tid
+			req tuttipb.Request
+		})
+		tid := c.stampTid(&w.tid)
+		req := p.fill(&w.req, kind, tid, nil)
 		for _, f := range tx.fences {
 			req.FenceTids = append(req.FenceTids, f.wire())
 		}
@@ -350,17 +353,20 @@ type vote struct {
 // coordinator logs nothing: a minitransaction is committed exactly when every
 // participant has voted OK in its Raft log, and memnode recovery resolves
 // tids whose coordinator vanished (Recover).
-func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, error) {
-	participants := make([]uint64, len(parts))
-	for i, p := range parts {
-		participants[i] = p.memnode
+func (c *Client) exec2(ctx context.Context, tx *Tx, parts []part) (*Result, error) {
+	for i := range parts {
 		// Before any Prepare leaves: one naming a memnode that does not
 		// exist would leave the tid in doubt at the others if this
 		// coordinator died, since recovery could not reach that one.
-		if err := c.knownMemnode(ctx, p.memnode); err != nil {
+		if err := c.knownMemnode(ctx, parts[i].memnode); err != nil {
 			return nil, err
 		}
 	}
+	var (
+		votesInline [manyInline]vote
+		reqsInline  [manyInline]*tuttipb.Request
+	)
+	votes := carve(votesInline[:], len(parts))
 	refused := 0 // attempts refused with BAD-FORCED
 	for attempt := 0; attempt < c.cfg.Retry.MaxAttempts; attempt++ {
 		if attempt > 0 {
@@ -368,18 +374,22 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 				return nil, &Error{Memnode: parts[0].memnode, Err: err, Detail: "retrying after BAD-LOCK"}
 			}
 		}
-		tid := c.newTid()
-		votes := make([]vote, len(parts))
+		tid, wire, participants := newPrepares(len(parts))
+		c.stampTid(tid)
+		for i := range parts {
+			participants[i] = parts[i].memnode
+		}
+		clear(votes)
 		sendTo := parts
 		dies := c.crashAt(CrashAfterPrepareSent, tid)
 		if dies {
 			sendTo = parts[:1]
 		}
-		reqs := make([]*tuttipb.Request, len(sendTo))
-		for i, p := range sendTo {
-			reqs[i] = p.request(tuttipb.Kind_KIND_PREPARE, tid, participants)
+		reqs := carve(reqsInline[:], len(sendTo))
+		for i := range sendTo {
+			reqs[i] = sendTo[i].fill(&wire[i], tuttipb.Kind_KIND_PREPARE, tid, participants)
 		}
-		copy(votes, c.callMany(ctx, reqs))
+		c.callMany(ctx, reqs, votes)
 		if dies {
 			return nil, crashed(parts[0].memnode, CrashAfterPrepareSent, tid)
 		}
@@ -406,7 +416,7 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 			case v.r.GetVote() == tuttipb.Vote_VOTE_OK:
 			case v.r.GetVote() == tuttipb.Vote_VOTE_BAD_CMP:
 				allOK = false
-				if f := mapCompare(parts[i], v.r.GetFailedCompare()); failed < 0 || (f >= 0 && f < failed) {
+				if f := mapCompare(&parts[i], v.r.GetFailedCompare()); failed < 0 || (f >= 0 && f < failed) {
 					failed = f
 				}
 			case v.r.GetVote() == tuttipb.Vote_VOTE_BAD_FORCED:
@@ -440,8 +450,8 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 				return nil, err
 			}
 			res := &Result{Committed: true, FailedCompare: -1, Reads: make([][]byte, len(tx.reads))}
-			for i, p := range parts {
-				fillReads(res, p, votes[i].r)
+			for i := range parts {
+				fillReads(res, &parts[i], votes[i].r)
 			}
 			return res, nil
 		}
@@ -473,6 +483,23 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []*part) (*Result, err
 		}
 	}
 	return nil, &Error{Memnode: parts[0].memnode, Err: ErrContention, Detail: fmt.Sprintf("no decision after %d attempts", c.cfg.Retry.MaxAttempts)}
+}
+
+// newPrepares returns a two-phase attempt's tid, Prepares and participants
+// for n participants, zeroed, from one allocation when n is 2 (the usual
+// case). The Prepares stay alive as long as the tid (in queued decisions),
+// a millisecond or so longer than they must.
+func newPrepares(n int) (*tuttipb.Tid, []tuttipb.Request, []uint64) {
+	if n <= 2 {
+		p := new(struct {
+			tid  tuttipb.Tid
+			reqs [2]tuttipb.Request
+			mns  [2]uint64
+		})
+		return &p.tid, p.reqs[:n:n], p.mns[:n:n]
+	}
+	reqs, mns := pack2[tuttipb.Request, uint64](n)
+	return new(tuttipb.Tid), reqs, mns
 }
 
 // maxRefused is how many attempts of a two-phase minitransaction may be
@@ -509,7 +536,7 @@ func (c *Client) knownMemnode(ctx context.Context, mn uint64) error {
 // again, an error wrapping ErrUnknownOutcome when it cannot tell (the tid
 // is then left to memnode recovery), and nil, nil when the attempt is
 // known to be aborted everywhere, so a new attempt may start.
-func (c *Client) settle(tx *Tx, tid *tuttipb.Tid, participants []uint64, parts []*part, votes []vote) (*Result, error) {
+func (c *Client) settle(tx *Tx, tid *tuttipb.Tid, participants []uint64, parts []part, votes []vote) (*Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	unknownErr := func(detail string) error {
@@ -584,8 +611,8 @@ func (c *Client) settle(tx *Tx, tid *tuttipb.Tid, participants []uint64, parts [
 	if lost != nil {
 		return nil, lost
 	}
-	for i, p := range parts {
-		fillReads(res, p, rs[i])
+	for i := range parts {
+		fillReads(res, &parts[i], rs[i])
 	}
 	return res, nil
 }
@@ -594,7 +621,7 @@ func (c *Client) settle(tx *Tx, tid *tuttipb.Tid, participants []uint64, parts [
 // wait. Lost messages are harmless: Commit/Abort are idempotent and memnode
 // recovery resolves tids left in doubt. With Config.Crash it may stop after
 // the first participant (CrashAfterFirstDecision) and return the crash.
-func (c *Client) decide(tid *tuttipb.Tid, parts []*part, kind tuttipb.Kind) error {
+func (c *Client) decide(tid *tuttipb.Tid, parts []part, kind tuttipb.Kind) error {
 	if c.crashAt(CrashAfterFirstDecision, tid) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -606,35 +633,34 @@ func (c *Client) decide(tid *tuttipb.Tid, parts []*part, kind tuttipb.Kind) erro
 	// Fast path: the decisions wait on the leaders' sessions for their
 	// next batches (conn.queueDecisions, one call per connection) and
 	// the receiving goroutine notes the answers. Only an answer other
-	// than OK costs a goroutine.
-	var inline [4]struct {
-		cn  *conn
-		mns []uint64
-	}
-	byConn := inline[:0]
-	for _, p := range parts {
+	// than OK costs a goroutine. The arrays stay on the stack.
+	var (
+		cnsInline [manyInline]*conn
+		mnsInline [manyInline]uint64
+	)
+	cns := carve(cnsInline[:], len(parts)) // nil: no route
+	for i := range parts {
 		c.bg.Add(1)
 		c.stats.decisions.Add(1)
-		cn, _, err := c.route(p.memnode)
+		cn, _, err := c.route(parts[i].memnode)
 		if err != nil {
-			go c.deliverDecision(&tuttipb.Request{Memnode: p.memnode, Kind: kind, Tid: tid})
+			go c.deliverDecision(&tuttipb.Request{Memnode: parts[i].memnode, Kind: kind, Tid: tid})
 			continue
 		}
-		i := 0
-		for i < len(byConn) && byConn[i].cn != cn {
-			i++
-		}
-		if i == len(byConn) {
-			byConn = append(byConn, struct {
-				cn  *conn
-				mns []uint64
-			}{cn: cn})
-		}
-		byConn[i].mns = append(byConn[i].mns, p.memnode)
+		cns[i] = cn
 	}
-	for _, q := range byConn {
-		if err := q.cn.queueDecisions(q.mns, commit, tid, maxItems); err != nil {
-			for _, mn := range q.mns {
+	for i, cn := range cns {
+		if cn == nil || slices.Contains(cns[:i], cn) {
+			continue // no route, or queued with an earlier part's
+		}
+		mns := mnsInline[:0]
+		for j := i; j < len(cns); j++ {
+			if cns[j] == cn {
+				mns = append(mns, parts[j].memnode)
+			}
+		}
+		if err := cn.queueDecisions(mns, commit, tid, maxItems); err != nil {
+			for _, mn := range mns {
 				go c.deliverDecision(&tuttipb.Request{Memnode: mn, Kind: kind, Tid: tid})
 			}
 		}
@@ -683,23 +709,24 @@ func (c *Client) deliverDecision(req *tuttipb.Request) {
 
 // abortSync aborts tid at every participant and waits until each abort is
 // known to be applied.
-func (c *Client) abortSync(tid *tuttipb.Tid, parts []*part) error {
+func (c *Client) abortSync(tid *tuttipb.Tid, parts []part) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	errs := make([]error, len(parts))
 	var wg sync.WaitGroup
-	for i, p := range parts {
+	for i := range parts {
+		mn := parts[i].memnode
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				r, err := c.call(ctx, &tuttipb.Request{Memnode: p.memnode, Kind: tuttipb.Kind_KIND_ABORT, Tid: tid})
+				r, err := c.call(ctx, &tuttipb.Request{Memnode: mn, Kind: tuttipb.Kind_KIND_ABORT, Tid: tid})
 				if err == nil {
 					if r.GetStatus() == tuttipb.Status_STATUS_OK {
 						errs[i] = nil
 						return
 					}
-					errs[i] = fmt.Errorf("memnode %d: abort outcome unknown: %s", p.memnode, r.GetError())
+					errs[i] = fmt.Errorf("memnode %d: abort outcome unknown: %s", mn, r.GetError())
 					continue
 				}
 				errs[i] = err

@@ -14,7 +14,7 @@ func QueueRetriesFromFailure(q *Queue) int64 { return q.stateFromFailure.Load() 
 // tid, as a request of that attempt delayed on its way to the leader would
 // arrive, and returns the memnode's vote.
 func ExecAs(ctx context.Context, c *Client, tid TID, tx *Tx) (tuttipb.Vote, error) {
-	r, err := c.call(ctx, tx.split()[0].request(tuttipb.Kind_KIND_EXEC, tid.wire(), nil))
+	r, err := c.call(ctx, tx.split(nil)[0].request(tuttipb.Kind_KIND_EXEC, tid.wire(), nil))
 	return r.GetVote(), err
 }
 
