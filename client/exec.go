@@ -387,7 +387,7 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []part) (*Result, erro
 		}
 		reqs := carve(reqsInline[:], len(sendTo))
 		for i := range sendTo {
-			reqs[i] = sendTo[i].fill(&wire[i], tuttipb.Kind_KIND_PREPARE, tid, participants)
+			reqs[i] = sendTo[i].fill(wire[i], tuttipb.Kind_KIND_PREPARE, tid, participants)
 		}
 		c.callMany(ctx, reqs, votes)
 		if dies {
@@ -486,19 +486,17 @@ func (c *Client) exec2(ctx context.Context, tx *Tx, parts []part) (*Result, erro
 }
 
 // newPrepares returns a two-phase attempt's tid, Prepares and participants
-// for n participants, zeroed, from one allocation when n is 2 (the usual
-// case). The Prepares stay alive as long as the tid (in queued decisions),
-// a millisecond or so longer than they must.
-func newPrepares(n int) (*tuttipb.Tid, []tuttipb.Request, []uint64) {
-	if n <= 2 {
-		p := new(struct {
-			tid  tuttipb.Tid
-			reqs [2]tuttipb.Request
-			mns  [2]uint64
-		})
-		return &p.tid, p.reqs[:n:n], p.mns[:n:n]
+// for n participants, zeroed. The tid is an allocation of its own: queued
+// decisions keep it after the attempt, and the Prepares (with what they
+// point to) must not live on with it. Each Prepare is one too: together,
+// two of them make an object over 512 bytes, which Go's collector scans
+// one by one rather than with its span (in `tutti bench mtx --workload
+// cas2` the collector's marking took twice the CPU with them together).
+func newPrepares(n int) (*tuttipb.Tid, []*tuttipb.Request, []uint64) {
+	reqs, mns := pack2[*tuttipb.Request, uint64](n)
+	for i := range reqs {
+		reqs[i] = new(tuttipb.Request)
 	}
-	reqs, mns := pack2[tuttipb.Request, uint64](n)
 	return new(tuttipb.Tid), reqs, mns
 }
 

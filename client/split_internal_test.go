@@ -3,6 +3,9 @@ package client
 import (
 	"fmt"
 	"testing"
+	"unsafe"
+
+	"github.com/tutti-gcs/tutti/api/tuttipb"
 )
 
 // TestSplitGroupsByMemnode: parts come in order of first appearance, each
@@ -53,5 +56,32 @@ func TestSplitGroupsByMemnode(t *testing.T) {
 		cas.split(inline[:0])
 	}); n > 3 {
 		t.Fatalf("split of a cas2 minitransaction allocates %v times", n)
+	}
+}
+
+// TestPackKeepsObjectsSmall: pack2 and pack3 join arrays only while the
+// joined object, rounded up, stays within packMaxBytes (the base
+// workload's six writes and their pointers, 640 bytes rounded to eight,
+// are made apart), and every length is right.
+func TestPackKeepsObjectsSmall(t *testing.T) {
+	write := unsafe.Sizeof(tuttipb.Write{}) + unsafe.Sizeof((*tuttipb.Write)(nil))
+	for _, c := range []struct {
+		n    int
+		size uintptr
+		want int
+	}{
+		{1, write, 1}, {2, write, 2}, {3, write, 4}, {4, write, 4}, {5, write, 0}, {6, write, 0},
+		{6, 16, 8}, {8, 64, 8}, {9, 8, 0}, {3, 200, 0}, {2, 256, 2},
+	} {
+		if got := packCap(c.n, c.size); got != c.want {
+			t.Errorf("packCap(%d, %d) = %d, want %d", c.n, c.size, got, c.want)
+		}
+	}
+	for n := range 12 {
+		a, b := pack2[tuttipb.Write, *tuttipb.Write](n)
+		x, y, z := pack3[tuttipb.Compare, *tuttipb.Compare, int](n)
+		if len(a) != n || len(b) != n || len(x) != n || len(y) != n || len(z) != n {
+			t.Fatalf("n=%d: lengths %d %d %d %d %d", n, len(a), len(b), len(x), len(y), len(z))
+		}
 	}
 }
