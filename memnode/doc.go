@@ -240,38 +240,48 @@
 // (fast-path map instead of a 24-byte struct key) and a one-byte varint
 // fast path in the decoder.
 //
-// Why the cas2 target is out of reach of this layer's tuning (2026-11-30,
-// profiles of `tutti bench mtx --outstanding 2048 --cpuprofile` of each
-// workload, 8 s): per request, everything but the apply costs cas2 what it
-// costs base (client, gRPC, server, Raft: within ±20% per request), and a
-// cas2 minitransaction is two requests, so cas2 ≈ 2 × base's per-request
-// cost + its apply. Memnode.Apply was 0.7 µs per base minitransaction and
-// 9.6 µs per cas2 one (colocated leaders, 51k/s; 8 µs spread), 21–30% of
-// the whole cluster's CPU, the commit of carried tids the larger half
-// (in-doubt lookup, the txn's cold cache lines, lock release, recording
-// the outcome). For cas2 at half of base's throughput the apply would have
-// to fit in about 2 µs per minitransaction, less than the six Prepares
-// with carried commits cost even with a warm cache
-// (BenchmarkApplyInterleaved today: base 1.2–1.3 µs, cas2 3.6–4.1 µs with
-// one outstanding and 5.7–6.0 µs with 256). Micro-optimisations of the
-// lock table, the in-doubt map or the decoder could take a fraction of
-// that, not 75%. What would: evaluating a Prepare once, at the leader, and
-// replicating its outcome, so followers only record the in-doubt writes
-// and later apply them (no lock checks, compares or lock table). That needs
-// the leader to evaluate against its applied state plus every entry it has
-// proposed and not yet applied (as CockroachDB evaluates before
-// replicating), a change of the replication contract; not started.
+// Under the cas2 load those lookups are all cold: thousands of tids are in
+// doubt at each of the six replicas, and a tid's Commit comes thousands of
+// entries after its Prepare. Two tables of the package's own replaced Go
+// maps (2026-12-02): the fine lock index (locks.go, fineTable) and the
+// in-doubt tids (txntable.go) are open-addressing tables whose slots hold
+// key and value together (40 and 32 bytes), so a lookup reads one cache
+// line where a Go map read a control word and a slot in two, and the
+// insert or delete that follows finds the line in cache. A Prepare checks
+// and takes its locks in one pass (tryAcquire) instead of a check and then
+// an acquire, and a recycled transaction clears only its pointer fields.
+// BenchmarkApplyInterleaved, three alternated runs of the test binaries
+// before and after: cas2 with 256 outstanding 17.2, 14.4, 15.9 → 7.6,
+// 11.9, 8.4 µs per minitransaction, with one 10.7, 10.9, 9.6 → 6.5, 8.8,
+// 7.1 µs, base unchanged (2.3–3.2 µs); BenchmarkApplyTwoPhase with 512 in
+// doubt 2.5, 2.0, 2.4 → 1.5, 1.6, 1.4 µs. In profiles of `tutti bench mtx
+// --workload cas2 --memnodes 2 --outstanding 2048` Memnode.Apply went from
+// 17.2 to 12.9 µs per minitransaction (Prepare 6.9 → 5.1, Commit 9.4 →
+// 7.4), and with the client's allocations cut (client doc.go, "Transport")
+// cas2's whole CPU per minitransaction from a median of 71.4 to 61.3 µs
+// (five alternated pairs; base 34.5 → 33.0): cas2/base 0.51 → 0.58 in
+// those pairs. `--workload base,cas2 --rounds 3 --outstanding 256,2048`,
+// twice for each binary, alternated: medians 0.55, 0.53 (256) and 0.51,
+// 0.50 (2048) before; 0.54, 0.61 (256) and 0.54, 0.53 (2048) after, CPU
+// per op cas2 over base 2.0–2.1 → 1.8–1.9 at 2048 with outliers. The
+// replicas' apply is still nearly all of what cas2 costs above twice base
+// (12.9 µs against base's 1.7 per minitransaction).
 //
-// After the client stopped serialising its requests on locks (client
-// doc.go, "Transport"; 2026-12-02), profiles of `tutti bench mtx
-// --memnodes 2 --outstanding 2048 --duration 8s --cpuprofile` per
-// workload put, per committed minitransaction, the client at 6.3 µs
-// (base) and 11.6 µs (cas2), the Session handlers at 2.9 and 5.4, Pebble's
-// commit at 1.3 and 3.2, and Memnode.Apply at 0.7 and 12.0 (Commit 6.3,
-// Prepare 4.9, over six replicas): of cas2's 43.6 µs against base's 20.3,
-// all but about 1 µs above twice base is the replicas' Prepare and Commit
-// apply. The cas2/base ratio went from a median of 0.43 to 0.48 at 2048
-// outstanding and 0.45 to 0.49 at 256; what is left is this section's.
+// What would take most of the rest: evaluating a Prepare once, at the
+// leader, and replicating its outcome, so followers only record the
+// in-doubt writes and later apply them (no lock checks, compares or lock
+// table). That needs the leader to evaluate against its applied state plus
+// every entry it has proposed and not yet applied (as CockroachDB
+// evaluates before replicating), a change of the replication contract; not
+// started. Followers cannot simply skip the evaluation and learn the
+// outcome from the decision: a new leader must know every undecided
+// Prepare's vote, and re-evaluating an old Prepare against newer memory
+// could turn a BAD-CMP into an OK that recovery would then commit.
+//
+// Before these tables (2026-11-30 to 12-02): profiles put the apply at 0.7
+// µs per base minitransaction and 8–12 µs per cas2 one, all but about 1 µs
+// of cas2's cost above twice base's; the ratio's medians were 0.48–0.52
+// at 256 outstanding and 0.46–0.48 at 2048.
 //
 // # What it must not do
 //
