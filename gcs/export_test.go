@@ -316,3 +316,11 @@ func LogFullWaits(g *Group) int64 { return g.fullWaits.Load() }
 // QueueFullWaits returns how often g's sender found its queue full and
 // waited for a trim.
 func QueueFullWaits(g *Group) int64 { return g.queueFullWaits.Load() }
+
+// MulticastQueued is Multicast calling queued once the message has its
+// place in the send queue (or before an error return without one): tests
+// with several goroutines sending on one member record the sequence
+// number each message gets by ordering their calls up to that point.
+func (g *Group) MulticastQueued(ctx context.Context, payload []byte, queued func()) error {
+	return g.multicast(ctx, payload, queued)
+}

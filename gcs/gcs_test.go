@@ -102,6 +102,11 @@ type member struct {
 	g    *gcs.Group
 	name string
 
+	// sendMu orders the goroutines sending on this member from taking a
+	// seq until gcs has queued the message, so the seq recorded is the
+	// one gcs gives it.
+	sendMu sync.Mutex
+
 	mu        sync.Mutex
 	ended     bool
 	installed chan struct{} // closed at the first view
@@ -178,9 +183,11 @@ func (m *member) consume() {
 func (m *member) send(count, size int) error {
 	<-m.installed
 	for i := 0; i < count; i++ {
+		m.sendMu.Lock()
 		m.mu.Lock()
 		if m.ended {
 			m.mu.Unlock()
+			m.sendMu.Unlock()
 			return gcs.ErrEvicted
 		}
 		m.seq++
@@ -191,7 +198,7 @@ func (m *member) send(count, size int) error {
 		m.add(vscheck.Event{Kind: vscheck.Send, Sender: m.name, Seq: m.seq, Payload: p})
 		m.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		err := m.g.Multicast(ctx, []byte(p))
+		err := m.g.MulticastQueued(ctx, []byte(p), m.sendMu.Unlock)
 		cancel()
 		if err != nil {
 			return err

@@ -246,17 +246,30 @@ func (g *Group) stop(err error) {
 // message may or may not be ordered, like any request whose answer was
 // lost.
 func (g *Group) Multicast(ctx context.Context, payload []byte) error {
+	return g.multicast(ctx, payload, nil)
+}
+
+// multicast is Multicast; queued, if not nil, runs once the message has
+// its place in the send queue (its sequence number is then decided by the
+// calls queued before it), or before an error return if it got none.
+func (g *Group) multicast(ctx context.Context, payload []byte, queued func()) error {
+	if queued == nil {
+		queued = func() {}
+	}
 	if len(payload)+4 > g.n.cfg.MaxBatchBytes && (len(payload)+4 > MaxBatchBytesLimit || uint64(len(payload)+blobHeader+blobTrailer+4) > g.self.qLen/2) {
+		queued()
 		return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(payload))
 	}
 	r := &sendReq{payload: payload, done: make(chan error, 1)}
 	g.mu.Lock()
 	if err := g.mu.err; err != nil {
 		g.mu.Unlock()
+		queued()
 		return err
 	}
 	g.mu.pending = append(g.mu.pending, r)
 	g.mu.Unlock()
+	queued()
 	g.pokeSender()
 	select {
 	case err := <-r.done:
