@@ -43,10 +43,12 @@
 //     leader's, since raft counts the leader's own vote for an entry only
 //     after the cycle that persisted it. Committed means durable on a
 //     majority, so, as etcd does, the answer need not wait for this
-//     cycle's fsync of newer entries; under load it used to, and most
-//     answers paid a second fsync (at 100 multicasts/s per member, gcs's
-//     p50 went from 2.08, 2.19, 1.97 ms to 1.88, 1.84, 1.80 ms, alternated
-//     runs of `tutti bench mcast --rates 100`, 2026-12-02).
+//     cycle's fsync of newer entries; it used to, whenever proposals had
+//     arrived meanwhile. Measured with `tutti bench mcast --rates 100`
+//     (alternated runs, 2026-12-02), the gain is within this machine's
+//     noise: gcs's p50 2.08, 2.19, 1.97 → 1.88, 1.84, 1.80 ms in one set
+//     of pairs, 1.97, 1.98, 2.01 → 1.97, 1.97, 1.85 ms in another, and
+//     no difference while the machine was busy (2.3–3.6 ms either way).
 //  4. Persist: write all their snapshots, entries and hard states into ONE
 //     Pebble batch and commit it with ONE fsync (none if no Ready needs it,
 //     or if Config.NoSync). Messages that do not acknowledge anything (the
