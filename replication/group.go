@@ -947,6 +947,13 @@ func (w *worker) cycle() {
 	for i := range rds {
 		rd, g := &rds[i], gs[i]
 		applied[i] = false
+		if rd.SoftState != nil {
+			// Before apply, which names the leader to the requests it
+			// fails.
+			if old := g.leader.Swap(rd.SoftState.Lead); old != rd.SoftState.Lead && rd.SoftState.Lead != 0 {
+				g.h.stats.leaderChanges.Add(1)
+			}
+		}
 		if n := len(rd.CommittedEntries); n > 0 && raft.IsEmptySnap(rd.Snapshot) {
 			if last, _ := g.ms.LastIndex(); rd.CommittedEntries[n-1].GetIndex() <= last {
 				g.apply(w, rd)
@@ -963,11 +970,6 @@ func (w *worker) cycle() {
 	var early, late []GroupMessage
 	for i := range rds {
 		rd, g := &rds[i], gs[i]
-		if rd.SoftState != nil {
-			if old := g.leader.Swap(rd.SoftState.Lead); old != rd.SoftState.Lead && rd.SoftState.Lead != 0 {
-				g.h.stats.leaderChanges.Add(1)
-			}
-		}
 		if !raft.IsEmptySnap(rd.Snapshot) {
 			var file string
 			if len(rd.Snapshot.GetData()) > 0 {
