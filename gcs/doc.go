@@ -121,8 +121,11 @@
 //     without a delivery to ask: not found from head on, a fenced header
 //     that still shows the view the change compared says it did not
 //     commit (it would have written view+1); otherwise a join asks its
-//     slot, and a Leave or Remove returns the unknown outcome. A join
-//     that cannot be settled leaves its slot if it was placed.
+//     slot, and a Leave or Remove decides again on fresh metadata: it
+//     asks only that members be out of the view, the attempt is fenced,
+//     and the compare of the view lets a second decision apply once (it
+//     finds them gone, or removes them). A join that cannot be settled
+//     leaves its slot if it was placed.
 //     Multicast returns once the link committed.
 //  2. Delivery: each member reads the order log from the position of the
 //     view record that admitted it, follows references into the senders'

@@ -249,3 +249,78 @@ func TestLeaveCommittedAboveTheKnownTailSettlesFromHead(t *testing.T) {
 	deliveredInOrder(t, []*member{s, h}, 5)
 	e.leaveAll([]*member{s, h})
 }
+
+// TestRemoveCommittedAndTrimmedBeforeSettleSucceeds: a Remove's view
+// change commits and its answer is lost; before it settles, the remaining
+// member multicasts and delivers, and head passes the removal record. The
+// settle finds neither the record (trimmed) nor the view it compared (the
+// removal moved it on), so it cannot tell whose change removed the member.
+// It need not: a removal only asks that the member be out of the view, so
+// Remove decides again on the metadata it reads next, finds the member
+// gone and succeeds, with one view change. Before, it returned an unknown
+// outcome ("the log was trimmed past it").
+func TestRemoveCommittedAndTrimmedBeforeSettleSucceeds(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAllWith(2, "g", gcs.Config{GCInterval: 5 * time.Millisecond})
+	a, b := ms[0], ms[1]
+	obs := e.node("obs")
+	before := describe(t, obs, "g", "the group", func(gcs.GroupInfo) bool { return true })
+	fired, restore := gcs.UnknownAfterCommit(t, "view", func() {
+		// The removal record went at before.Tail; a's message after it.
+		if err := a.send(1, 10); err != nil {
+			t.Errorf("the remaining member's multicast: %v", err)
+		}
+		if !headPast(obs, "g", before.Tail) {
+			t.Errorf("head did not pass the removal record at %d", before.Tail)
+		}
+	})
+	defer restore()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := a.g.Remove(ctx, b.name); err != nil {
+		t.Fatalf("remove that committed, its record trimmed before it settled: %v", err)
+	}
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	restore()
+	oneViewLater(t, obs, before, []*member{a}, 1)
+	<-b.done
+	e.leaveAll([]*member{a})
+}
+
+// TestLeaveCommittedAndTrimmedBeforeSettleSucceeds: as TestRemoveCommitted-
+// AndTrimmedBeforeSettleSucceeds with a Leave: its view change commits, its
+// answer is lost, the others multicast and deliver and head passes the
+// leave record before the Leave settles (the leaver publishes its final
+// position only at the end of Leave: the trimmer gives it up after
+// leaveGrace, 0.5 s here; its delivery read the record long before).
+// Leave decides again, finds itself out of the view and finishes, with one
+// view change.
+func TestLeaveCommittedAndTrimmedBeforeSettleSucceeds(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAllWith(3, "g", gcs.Config{GCInterval: 5 * time.Millisecond, TakeoverTimeout: 100 * time.Millisecond})
+	l, s, h := ms[0], ms[1], ms[2]
+	obs := e.node("obs")
+	before := describe(t, obs, "g", "the group", func(gcs.GroupInfo) bool { return true })
+	fired, restore := gcs.UnknownAfterCommit(t, "view", func() {
+		if err := s.send(1, 10); err != nil {
+			t.Errorf("the other member's multicast: %v", err)
+		}
+		if !headPast(obs, "g", before.Tail) {
+			t.Errorf("head did not pass the leave record at %d", before.Tail)
+		}
+	})
+	defer restore()
+	if err := l.leaveErr(); err != nil {
+		t.Fatalf("leave that committed, its record trimmed before it settled: %v", err)
+	}
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	restore()
+	oneViewLater(t, obs, before, []*member{s, h}, 2)
+	sendAll(t, []*member{s, h}, 2, 10)
+	deliveredInOrder(t, []*member{s, h}, 5)
+	e.leaveAll([]*member{s, h})
+}

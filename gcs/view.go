@@ -187,6 +187,17 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 					}
 				}
 			}
+			if serr != nil && errors.Is(serr, errTrimmed) && ch.add == nil && out == nil && attempt <= 20 {
+				// A removal whose record head passed, the view moved
+				// on: ours or another change removed them, or another
+				// change came first and ours was refused. The caller
+				// asks only that they be out of the view, and the
+				// attempt is fenced (settleAppend), so deciding again
+				// on fresh metadata is safe: it finds them gone, or
+				// removes them once.
+				n.log.Debug().Str("group", ref.name).Uint64("view", rec.view).Msg("removal of unknown outcome, trimmed: deciding again")
+				continue
+			}
 			if serr != nil {
 				return errors.Join(err, serr) // still ErrUnknownOutcome
 			}
