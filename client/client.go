@@ -9,6 +9,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -481,7 +482,12 @@ func (c *Client) call(ctx context.Context, req *tuttipb.Request) (*tuttipb.Respo
 			}
 			return nil, &Error{Memnode: mn, Err: ErrUnknownMemnode, Detail: r.GetError()}
 		case tuttipb.Status_STATUS_INVALID:
-			return nil, &Error{Memnode: mn, Err: ErrInvalid, Detail: r.GetError()}
+			d := r.GetError()
+			if req.GetKind() == tuttipb.Kind_KIND_EXEC_APPEND && strings.HasPrefix(d, "unknown request kind") {
+				// Nothing applied: such a server refuses the whole request.
+				d = "the memnode's host does not know append items (upgrade memnode hosts before clients that append): " + d
+			}
+			return nil, &Error{Memnode: mn, Err: ErrInvalid, Detail: d}
 		default:
 			return nil, &Error{Memnode: mn, Err: ErrUnavailable, Detail: fmt.Sprintf("unexpected status %v: %s", r.GetStatus(), r.GetError())}
 		}

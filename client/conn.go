@@ -312,7 +312,7 @@ func (s *session) decisionTimer() {
 // decisions.
 func carries(k tuttipb.Kind) bool {
 	switch k {
-	case tuttipb.Kind_KIND_EXEC, tuttipb.Kind_KIND_PREPARE, tuttipb.Kind_KIND_COMMIT,
+	case tuttipb.Kind_KIND_EXEC, tuttipb.Kind_KIND_EXEC_APPEND, tuttipb.Kind_KIND_PREPARE, tuttipb.Kind_KIND_COMMIT,
 		tuttipb.Kind_KIND_ABORT, tuttipb.Kind_KIND_ABORT_UNLESS_VOTED:
 		return true
 	}

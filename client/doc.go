@@ -45,6 +45,11 @@
 //     always logged (step 2); an append refused by its Limit is a failed
 //     compare numbered after the compares. Appends are not idempotent:
 //     settle an ErrUnknownOutcome with a fence before appending again.
+//     They go out under their own request kind (KIND_EXEC_APPEND): a host
+//     built before appends would ignore them as unknown fields and apply
+//     the rest of the minitransaction, but it refuses a kind it does not
+//     know, so Exec returns ErrInvalid ("upgrade memnode hosts before
+//     clients that append") and nothing is applied.
 //
 // # Recovery of in-doubt minitransactions
 //

@@ -256,7 +256,12 @@ func (c *Client) Settle(ctx context.Context, tx *Tx, attempts ...error) (*Result
 
 func (c *Client) exec1(ctx context.Context, tx *Tx, p *part) (*Result, error) {
 	kind := tuttipb.Kind_KIND_EXEC
-	if len(p.writes) == 0 && len(p.appends) == 0 && !tx.logged {
+	switch {
+	case len(p.appends) > 0:
+		// A kind servers that do not know appends refuse, rather than
+		// apply the other items without them.
+		kind = tuttipb.Kind_KIND_EXEC_APPEND
+	case len(p.writes) == 0 && !tx.logged:
 		kind = tuttipb.Kind_KIND_READ
 	}
 	for attempt := 0; attempt < c.cfg.Retry.MaxAttempts; attempt++ {

@@ -39,6 +39,13 @@ const (
 	Kind_KIND_ABORT   Kind = 5
 	// Recovery: vote abort unless a vote was already cast for the tid.
 	Kind_KIND_ABORT_UNLESS_VOTED Kind = 6
+	// KIND_EXEC carrying appends (Request.appends). A separate kind so that a
+	// server that does not know appends refuses the request ("unknown request
+	// kind") instead of ignoring the appends and applying the other items,
+	// which would leave, say, a view written without its record. Servers
+	// also accept appends under KIND_EXEC, as clients built before this kind
+	// send them.
+	Kind_KIND_EXEC_APPEND Kind = 7
 )
 
 // Enum value maps for Kind.
@@ -51,6 +58,7 @@ var (
 		4: "KIND_COMMIT",
 		5: "KIND_ABORT",
 		6: "KIND_ABORT_UNLESS_VOTED",
+		7: "KIND_EXEC_APPEND",
 	}
 	Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED":        0,
@@ -60,6 +68,7 @@ var (
 		"KIND_COMMIT":             4,
 		"KIND_ABORT":              5,
 		"KIND_ABORT_UNLESS_VOTED": 6,
+		"KIND_EXEC_APPEND":        7,
 	}
 )
 
@@ -492,7 +501,7 @@ func (x *Write) GetData() []byte {
 	return nil
 }
 
-// Append (KIND_EXEC only) adds data at the end of a ring whose u64
+// Append (KIND_EXEC_APPEND only) adds data at the end of a ring whose u64
 // little-endian counters live in the memnode's address space; the memnode
 // takes the position when it applies the request, so concurrent appenders
 // never race. Position p lives at ring + p mod size. The append is refused,
@@ -763,8 +772,8 @@ type Request struct {
 	// max_items (ClusterInfo) tids in both lists together.
 	CommitTids []*Tid `protobuf:"bytes,10,rep,name=commit_tids,json=commitTids,proto3" json:"commit_tids,omitempty"`
 	AbortTids  []*Tid `protobuf:"bytes,11,rep,name=abort_tids,json=abortTids,proto3" json:"abort_tids,omitempty"`
-	// KIND_EXEC only: one-phase attempts (their tids) that must never apply
-	// at this memnode if they have not already. In the same log entry, after
+	// KIND_EXEC and KIND_EXEC_APPEND only: one-phase attempts (their tids)
+	// that must never apply at this memnode if they have not already. In the same log entry, after
 	// the carried decisions, the memnode records each tid that is neither in
 	// doubt nor decided there as forced-abort; a KIND_EXEC with such a tid
 	// arriving later answers VOTE_BAD_FORCED and changes nothing (as does one
@@ -773,11 +782,12 @@ type Request struct {
 	// most max_items tids. Servers older than this field ignore it: there
 	// the read settles the attempt only as far as the leader had it.
 	FenceTids []*Tid `protobuf:"bytes,12,rep,name=fence_tids,json=fenceTids,proto3" json:"fence_tids,omitempty"`
-	// KIND_EXEC only: appends and relocs (see Append). Appends count towards
-	// max_items; at most max_items relocs. A server older than these fields
-	// ignores them and answers without appended: a client must treat a
-	// VOTE_OK without one appended per append as such a server (the rest of
-	// the request may have applied).
+	// KIND_EXEC_APPEND (or KIND_EXEC) only: appends and relocs (see Append).
+	// Appends count towards max_items; at most max_items relocs. A server
+	// older than these fields ignores them under KIND_EXEC and answers
+	// without appended (the rest of the request may have applied): clients
+	// send them under KIND_EXEC_APPEND, which such a server refuses, and
+	// treat a VOTE_OK without one appended per append as that server.
 	Appends       []*Append `protobuf:"bytes,13,rep,name=appends,proto3" json:"appends,omitempty"`
 	Relocs        []*Reloc  `protobuf:"bytes,14,rep,name=relocs,proto3" json:"relocs,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2196,7 +2206,7 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\vleader_host\x18\x02 \x01(\x04R\n" +
 	"leaderHost\x12\x1f\n" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
-	"leaderAddr*\x8a\x01\n" +
+	"leaderAddr*\xa0\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tKIND_EXEC\x10\x01\x12\r\n" +
@@ -2205,7 +2215,8 @@ const file_tutti_v1_memnode_proto_rawDesc = "" +
 	"\vKIND_COMMIT\x10\x04\x12\x0e\n" +
 	"\n" +
 	"KIND_ABORT\x10\x05\x12\x1b\n" +
-	"\x17KIND_ABORT_UNLESS_VOTED\x10\x06*c\n" +
+	"\x17KIND_ABORT_UNLESS_VOTED\x10\x06\x12\x14\n" +
+	"\x10KIND_EXEC_APPEND\x10\a*c\n" +
 	"\x04Vote\x12\x14\n" +
 	"\x10VOTE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aVOTE_OK\x10\x01\x12\x11\n" +

@@ -146,7 +146,7 @@ func (s *transitStream) SendMsg(m any) error {
 		}
 		if t.armed {
 			for i, r := range b.GetRequests() {
-				if r.GetKind() == tuttipb.Kind_KIND_EXEC && r.GetMemnode() == t.memnode && len(r.GetWrites())+len(r.GetAppends()) > 0 &&
+				if (r.GetKind() == tuttipb.Kind_KIND_EXEC || r.GetKind() == tuttipb.Kind_KIND_EXEC_APPEND) && r.GetMemnode() == t.memnode && len(r.GetWrites())+len(r.GetAppends()) > 0 &&
 					(t.match == nil || t.match(r)) {
 					t.armed, t.held = false, proto.Clone(r).(*tuttipb.Request)
 					if !t.pass {

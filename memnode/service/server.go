@@ -260,7 +260,7 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 	}
 	fences := req.GetFenceTids()
 	if len(fences) > 0 {
-		if req.GetKind() != tuttipb.Kind_KIND_EXEC {
+		if k := req.GetKind(); k != tuttipb.Kind_KIND_EXEC && k != tuttipb.Kind_KIND_EXEC_APPEND {
 			ob.push(invalid(id, fmt.Sprintf("only exec requests carry fences, not %v", req.GetKind())))
 			return
 		}

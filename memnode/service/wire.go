@@ -9,7 +9,7 @@ import (
 
 func kindFromWire(k tuttipb.Kind) (memnode.Kind, bool) {
 	switch k {
-	case tuttipb.Kind_KIND_EXEC:
+	case tuttipb.Kind_KIND_EXEC, tuttipb.Kind_KIND_EXEC_APPEND:
 		return memnode.KindExec, true
 	case tuttipb.Kind_KIND_PREPARE:
 		return memnode.KindPrepare, true

@@ -4,6 +4,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/tutti-gcs/tutti/api/tuttipb"
 	"github.com/tutti-gcs/tutti/memnode"
@@ -87,5 +90,37 @@ func TestOpFromWireAppends(t *testing.T) {
 	}
 	if r != (memnode.Reloc{Append: 1, Count: true, Write: true, Item: 2, Off: 3}) {
 		t.Fatalf("reloc %+v", r)
+	}
+}
+
+// Appends travel under KIND_EXEC_APPEND (a kind hosts built before appends
+// refuse, rather than apply the rest of the request without them); a host
+// also takes them under KIND_EXEC, as clients built before that kind send
+// them. Fences ride on either. A kind it does not know is refused before
+// anything is proposed.
+func TestExecAppendKind(t *testing.T) {
+	fp := &fakeProposer{}
+	s := newServer(1, map[uint64]string{1: "a:1"}, []MemnodeSpec{{ID: 0, Replicas: []uint64{1}}},
+		memnode.DefaultConfig(), WallClock, zerolog.Nop(), fp)
+	req := func(kind tuttipb.Kind) *tuttipb.Request {
+		return &tuttipb.Request{Id: 1, Memnode: 0, Kind: kind,
+			Tid:       &tuttipb.Tid{Client: 1, Seq: 1, Time: time.Now().UnixNano()},
+			FenceTids: []*tuttipb.Tid{{Client: 2, Seq: 1, Time: time.Now().UnixNano()}},
+			Appends:   []*tuttipb.Append{{Tail: 0, Head: 8, Limit: 4096, Ring: 4096, Size: 4096, Data: []byte("record")}}}
+	}
+	for i, kind := range []tuttipb.Kind{tuttipb.Kind_KIND_EXEC_APPEND, tuttipb.Kind_KIND_EXEC, tuttipb.Kind(8)} {
+		ob := newOutbox()
+		s.handle(req(kind), ob)
+		if len(ob.mu.pending) != 1 {
+			t.Fatalf("%v: %d responses, want 1", kind, len(ob.mu.pending))
+		}
+		r := ob.mu.pending[0]
+		want := tuttipb.Status_STATUS_OK
+		if i == 2 {
+			want = tuttipb.Status_STATUS_INVALID
+		}
+		if r.GetStatus() != want || fp.proposed != min(i+1, 2) {
+			t.Fatalf("%v: status %v (%s), %d proposed so far; want %v", kind, r.GetStatus(), r.GetError(), fp.proposed, want)
+		}
 	}
 }
