@@ -35,10 +35,12 @@ type StateMachine interface {
 	// the ReadIndex of the read.
 	Query(q []byte) []byte
 	// Snapshot returns the full state as of the last applied command. The
-	// host does not keep the returned slice: it is stored (in a snapshot
-	// file, or in the log engine if empty) before the host's call returns,
-	// and read back from there to send it. So a state machine may reuse
-	// its buffer at its next Snapshot.
+	// host keeps the returned slice only until it is stored (in a snapshot
+	// file, or in the log engine if empty; a large one by another
+	// goroutine while Apply goes on), which ends before it calls Snapshot
+	// again, and reads it back from there to send it. So a state machine
+	// may reuse its buffer at its next Snapshot, and must not change it
+	// before.
 	Snapshot() ([]byte, error)
 	// Restore replaces the whole state with a snapshot.
 	Restore(data []byte) error
@@ -114,6 +116,9 @@ type Config struct {
 	// beforeSync, if set, runs in a worker before each engine commit with
 	// fsync (tests: hold a cycle in its fsync).
 	beforeSync func()
+	// beforeSnapWrite, if set, runs before a snapshot's file is written,
+	// on the goroutine that writes it (tests: hold the write).
+	beforeSnapWrite func()
 	// MaxProposalBytes bounds one batched entry; default 1 MiB.
 	MaxProposalBytes int
 }

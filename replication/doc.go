@@ -115,6 +115,19 @@
 // it to a follower behind the log; the log store then reads the engine's
 // latest snapshot back from its file, checksum verified, or tells raft to
 // try later if it cannot.
+// A snapshot of 4 MiB or more is written to its file by a goroutine of its
+// own: only the state machine's copy (Snapshot) is made on the worker, and
+// the worker installs the snapshot (an engine batch of its own, synced)
+// and compacts the log behind it once the file is written, the entries
+// applied meanwhile counting towards the next one; none other starts
+// meanwhile, and one older than a snapshot restored meanwhile is dropped.
+// Written on the worker, a 256 MiB snapshot held every group of that
+// worker for its write and fsync: a proposal to another group waited up to
+// 3.3 s (24 ms with 1 MiB; TestLargeSnapshotWrittenOffTheWorker keeps a
+// write held and both groups committing). The snapshot a configuration
+// change forces is still written on the worker: a replica being added
+// waits for it. A file written for a group removed meanwhile is left until
+// the host opens again (removeUnregisteredSnapFiles).
 // ChangeReplicas proposes one ConfChangeV2 (joint consensus with automatic
 // leave when more than one voter changes). A new replica is started with
 // StartGroup(group, nil, sm) and waits, empty, for the leader's snapshot.

@@ -240,6 +240,9 @@ func (c *cluster) host(id uint64) *Host {
 func (c *cluster) sm(host, group uint64) *testSM {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if b, ok := c.sms[host][group].(*bigSM); ok {
+		return b.testSM
+	}
 	return c.sms[host][group].(*testSM)
 }
 

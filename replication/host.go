@@ -52,6 +52,7 @@ type Host struct {
 	wg          sync.WaitGroup
 	stats       stats
 	startWG     sync.WaitGroup // StartGroup calls doing I/O; Close waits for them
+	snapWG      sync.WaitGroup // snapshot files being written (writeSnapshotAsync)
 
 	mu struct {
 		sync.RWMutex
@@ -645,6 +646,7 @@ func (h *Host) Close() error {
 		terr := h.cfg.Transport.Close()
 		close(h.stop)
 		h.wg.Wait()
+		h.snapWG.Wait()
 		// The workers have exited: their state is ours now.
 		for _, g := range groups {
 			g.shutdown()

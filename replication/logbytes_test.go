@@ -154,24 +154,29 @@ func TestCompactToMargin(t *testing.T) {
 	}
 	g.applied = 2000
 	// 100 bytes of margin: the last 10 entries.
-	if got := g.compactTo(); got != 1990 {
+	if got := g.compactTo(g.applied); got != 1990 {
 		t.Fatalf("small entries: compactTo = %d, want 1990", got)
+	}
+	// A snapshot below the applied index (written while more applied):
+	// the margin is behind the snapshot.
+	if got := g.compactTo(1500); got != 1490 {
+		t.Fatalf("snapshot at 1500: compactTo = %d, want 1490", got)
 	}
 	// Count bound: 1 byte per entry, 1000 entries kept.
 	for i := range g.sizes {
 		g.sizes[i].bytes = 0
 	}
-	if got := g.compactTo(); got != 1000 {
+	if got := g.compactTo(g.applied); got != 1000 {
 		t.Fatalf("empty entries: compactTo = %d, want 1000", got)
 	}
 	// One entry larger than the budget: nothing behind the snapshot.
 	g.sizes[len(g.sizes)-1].bytes = 1000
-	if got := g.compactTo(); got != 2000 {
+	if got := g.compactTo(g.applied); got != 2000 {
 		t.Fatalf("large last entry: compactTo = %d, want 2000", got)
 	}
 	// Sizes unknown (entries from before a restart): the count bound.
 	g.sizes = nil
-	if got := g.compactTo(); got != 1000 {
+	if got := g.compactTo(g.applied); got != 1000 {
 		t.Fatalf("no sizes: compactTo = %d, want 1000", got)
 	}
 }
