@@ -160,7 +160,9 @@
 //     (replicating, within client.LagEntries of the commit index); unwanted
 //     voters leave only after every wanted host votes (so a move is add, then
 //     remove), and never if the remaining voters would lack a healthy
-//     majority; a leader that must leave transfers leadership first;
+//     majority; a leader that must leave transfers leadership first, to a
+//     voter that stays if one is healthy (not to another one leaving,
+//     which would have to transfer it again);
 //   - a replica the directory no longer assigns here is stopped and its
 //     data deleted (replication.RemoveGroup) only once its removal is
 //     committed: its own applied configuration excludes it, or the group's

@@ -369,7 +369,8 @@ func (h *Host) removalCommitted(ctx context.Context, g uint64, m *client.Directo
 // pass toward the voter set want. New replicas join as learners and are
 // promoted once caught up; replicas leave only once every wanted replica
 // votes, and only if the remaining voters' healthy majority survives the
-// step. A leader that must leave hands leadership to a healthy voter first.
+// step. A leader that must leave hands leadership to a healthy voter first,
+// one that stays if any (transferTarget).
 func (h *Host) driveGroup(ctx context.Context, answers *hostAnswers, g uint64, want []uint64) {
 	me := h.cfg.ID
 	mem, err := h.rep.Membership(ctx, g)
@@ -466,12 +467,7 @@ func (h *Host) driveGroup(ctx context.Context, answers *hostAnswers, g uint64, w
 			continue
 		}
 		if v == me {
-			var to uint64
-			for _, r := range rest {
-				if r != me && healthy(r) && (to == 0 || mem.Progress[r].Match > mem.Progress[to].Match) {
-					to = r
-				}
-			}
+			to := transferTarget(me, rest, want, healthy, func(r uint64) uint64 { return mem.Progress[r].Match })
 			if to != 0 {
 				log.Info().Uint64("to", to).Msg("leader leaves the group: transferring leadership first")
 				_ = h.rep.TransferLeader(ctx, g, to)
@@ -481,4 +477,25 @@ func (h *Host) driveGroup(ctx context.Context, answers *hostAnswers, g uint64, w
 		change("remove voter", v, pb.ConfChangeType_ConfChangeRemoveNode)
 		return
 	}
+}
+
+// transferTarget picks the voter a leaving leader hands leadership to: a
+// healthy one of rest (the voters but the leader) that stays (in want),
+// the furthest caught up (match); only if none stays, a healthy one that
+// is leaving too. 0: none. A leaving transferee would itself have to hand
+// leadership on once its turn to leave came: two leadership changes, each
+// a pause of the group, instead of one.
+func transferTarget(me uint64, rest, want []uint64, healthy func(uint64) bool, match func(uint64) uint64) uint64 {
+	var to uint64
+	toStays := false
+	for _, r := range rest {
+		if r == me || !healthy(r) {
+			continue
+		}
+		stays := slices.Contains(want, r)
+		if to == 0 || stays && !toStays || stays == toStays && match(r) > match(to) {
+			to, toStays = r, stays
+		}
+	}
+	return to
 }
