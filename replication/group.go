@@ -780,15 +780,7 @@ func (g *group) finishSnapshot(snap *pb.Snapshot, file string, err error, logByt
 	if !g.installSnapshot(b, snap, file, logBytes) {
 		return
 	}
-	sync := !h.cfg.NoSync
-	if err := b.commit(sync); err != nil {
-		h.log.Error().Err(err).Msg("log engine commit failed (snapshot)")
-		panic(fmt.Sprintf("replication: log engine commit failed: %v", err))
-	}
-	h.stats.batches.Add(1)
-	if sync {
-		h.stats.fsyncs.Add(1)
-	}
+	h.commitBatch(b, !h.cfg.NoSync, " (snapshot)")
 	g.w.removeOldSnapFiles([]*group{g})
 }
 
@@ -1103,16 +1095,7 @@ func (w *worker) cycle() {
 		if sync && h.cfg.beforeSync != nil {
 			h.cfg.beforeSync()
 		}
-		if err := b.commit(sync); err != nil {
-			// The log can no longer be trusted to hold what raft believes it
-			// holds; continuing could lose acknowledged writes.
-			h.log.Error().Err(err).Msg("log engine commit failed")
-			panic(fmt.Sprintf("replication: log engine commit failed: %v", err))
-		}
-		h.stats.batches.Add(1)
-		if sync {
-			h.stats.fsyncs.Add(1)
-		}
+		h.commitBatch(b, sync, "")
 	}
 	w.removeOldSnapFiles(gs)
 
@@ -1164,15 +1147,22 @@ func (w *worker) cycle() {
 		// which is removed next: otherwise losing this batch would only
 		// mean replaying more entries.
 		sync := !h.cfg.NoSync && slices.ContainsFunc(snapped, func(g *group) bool { return g.snapWritten })
-		if err := sb.commit(sync); err != nil {
-			h.log.Error().Err(err).Msg("log engine commit failed (snapshot)")
-			panic(fmt.Sprintf("replication: log engine commit failed: %v", err))
-		}
-		h.stats.batches.Add(1)
-		if sync {
-			h.stats.fsyncs.Add(1)
-		}
+		h.commitBatch(sb, sync, " (snapshot)")
 		w.removeOldSnapFiles(snapped)
 	}
 	w.rds, w.rdGroups = rds[:0], gs[:0]
+}
+
+// commitBatch commits b (with fsync if sync) and counts it. A failed
+// commit panics: the log can no longer be trusted to hold what raft
+// believes it holds, and going on could lose acknowledged writes.
+func (h *Host) commitBatch(b *logBatch, sync bool, what string) {
+	if err := b.commit(sync); err != nil {
+		h.log.Error().Err(err).Msg("log engine commit failed" + what)
+		panic(fmt.Sprintf("replication: log engine commit failed: %v", err))
+	}
+	h.stats.batches.Add(1)
+	if sync {
+		h.stats.fsyncs.Add(1)
+	}
 }
