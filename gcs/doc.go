@@ -188,8 +188,9 @@
 //     before, 1.04–1.05 after; fsyncs 3.5 → 3.1; TestLinksPublishTheDeliveredPosition). The
 //     oldest member sets head = min over the view (and
 //     over members still delivering up to and including their own Leave
-//     record — a leaver's final position is past that record — unless
-//     confirmed dead or without progress for max(5×TakeoverTimeout,
+//     record — a leaver's final position is past that record, published
+//     at the end of Leave (retried like other steps) — unless confirmed
+//     dead or without progress for max(5×TakeoverTimeout,
 //     100×GCInterval)), and
 //     reclaims the slots of removed members once head passed their removal
 //     (in three steps: mark the slot and write a marker into the queue's

@@ -401,8 +401,14 @@ func (g *Group) publishFinal(ctx context.Context) {
 	w := make([]byte, 16)
 	putU64s(w, g.dLog.Load(), g.dMsg.Load())
 	slot := g.ref.slotAddr(g.self.slot)
-	if _, err := g.n.execAt(ctx, siteFinal, client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).Write(g.ref.home, slot+offDLog, w)); err != nil {
-		g.n.log.Debug().Err(err).Msg("publishing the final position")
+	// Retried (the write is idempotent; a failed compare means the slot
+	// was reclaimed): given up, the trimmer would wait leaveGrace.
+	if err := g.n.retry(ctx, func() error {
+		tx := client.NewTx().Compare(g.ref.home, slot, le.AppendUint64(nil, g.self.tag)).Write(g.ref.home, slot+offDLog, w)
+		_, err := g.n.execAt(ctx, siteFinal, tx)
+		return err
+	}); err != nil {
+		g.n.log.Info().Err(err).Str("group", g.ref.name).Msg("could not publish the final position: trimming waits leaveGrace for it")
 	}
 }
 

@@ -324,3 +324,35 @@ func TestLeaveCommittedAndTrimmedBeforeSettleSucceeds(t *testing.T) {
 	deliveredInOrder(t, []*member{s, h}, 5)
 	e.leaveAll([]*member{s, h})
 }
+
+// TestFinalPositionRetried: a leaver publishes its final position at the
+// end of Leave, so the trimmer stops waiting for it; that write was tried
+// once, and when it failed (here its answer is lost without it running)
+// the trimmer held the log at the leave record for leaveGrace (20 s here:
+// TakeoverTimeout 4 s), and senders waited for room meanwhile. It is now
+// retried, and head passes the leave record within a few seconds.
+func TestFinalPositionRetried(t *testing.T) {
+	e := newEnv(t)
+	ms := e.joinAllWith(3, "g", gcs.Config{GCInterval: 5 * time.Millisecond, TakeoverTimeout: 4 * time.Second})
+	l, s, h := ms[0], ms[1], ms[2]
+	obs := e.node("obs")
+	before := describe(t, obs, "g", "the group", func(gcs.GroupInfo) bool { return true })
+	fired, restore := gcs.UnknownWithoutCommit("final", func() {})
+	defer restore()
+	l.leave() // its record at before.Tail
+	if !fired() {
+		t.Fatal("the failpoint did not fire")
+	}
+	if err := s.send(1, 10); err != nil {
+		t.Fatal(err)
+	}
+	if !pollUntil(5*time.Second, func() bool {
+		gi, err := groupInfo(obs, "g")
+		return err == nil && gi.Head > before.Tail
+	}) {
+		gi, err := groupInfo(obs, "g")
+		t.Fatalf("head %d (%v) still at or below the leave record at %d 5 s after Leave returned: the trimmer waits for the leaver", gi.Head, err, before.Tail)
+	}
+	deliveredInOrder(t, []*member{s, h}, 1)
+	e.leaveAll([]*member{s, h})
+}
