@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"context"
 	"strconv"
 	"sync"
 	"testing"
@@ -104,4 +105,55 @@ func TestLargeSnapshotWrittenOffTheWorker(t *testing.T) {
 	c.propose(1, "after")
 	c.waitApplied(1, 81)
 	c.checkSame(1)
+}
+
+// RemoveGroup waits for a snapshot file still being written and removes it
+// with the group's other files: none is left behind in snap/.
+func TestRemoveGroupWaitsForASnapshotWrite(t *testing.T) {
+	defer func(old int) { asyncSnapshotBytes = old }(asyncSnapshotBytes)
+	asyncSnapshotBytes = 64 << 10
+	held := make(chan struct{})
+	writing := make(chan struct{}, 16)
+	var once sync.Once
+	release := func() { once.Do(func() { close(held) }) }
+	c := newClusterSM(t, 1, []uint64{1}, func(cfg *Config) {
+		cfg.SnapshotEntries = 20
+		cfg.beforeSnapWrite = func() {
+			writing <- struct{}{}
+			<-held
+		}
+	}, func() StateMachine { return &bigSM{testSM: newTestSM(), pad: 128 << 10} })
+	t.Cleanup(release)
+	for i := 0; i < 25; i++ {
+		c.propose(1, strconv.Itoa(i))
+	}
+	select {
+	case <-writing:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no snapshot write started")
+	}
+	h := c.host(1)
+	removed := make(chan error, 1)
+	go func() { removed <- h.RemoveGroup(context.Background(), 1) }()
+	select {
+	case err := <-removed:
+		t.Fatalf("RemoveGroup returned (%v) while the group's snapshot file was being written", err)
+	case <-time.After(200 * time.Millisecond): // it must still be waiting
+	}
+	release()
+	select {
+	case err := <-removed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("RemoveGroup did not return after the write ended")
+	}
+	names, err := h.eng.fs.List(h.eng.snapDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != 0 {
+		t.Fatalf("snapshot files left after RemoveGroup: %v", names)
+	}
 }

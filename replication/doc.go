@@ -126,8 +126,7 @@
 // 3.3 s (24 ms with 1 MiB; TestLargeSnapshotWrittenOffTheWorker keeps a
 // write held and both groups committing). The snapshot a configuration
 // change forces is still written on the worker: a replica being added
-// waits for it. A file written for a group removed meanwhile is left until
-// the host opens again (removeUnregisteredSnapFiles).
+// waits for it. RemoveGroup and Host.Close wait for a write in flight.
 // ChangeReplicas proposes one ConfChangeV2 (joint consensus with automatic
 // leave when more than one voter changes). A new replica is started with
 // StartGroup(group, nil, sm) and waits, empty, for the leader's snapshot.

@@ -127,13 +127,16 @@ type group struct {
 	// snapWriting: a snapshot taken on the worker is being written to its
 	// file by another goroutine (writeSnapshotAsync); no other starts.
 	snapWriting bool
-	confState   *pb.ConfState
-	nextID      uint64
-	inflight    map[uint64]*proposal // by proposal id; handed to raft
-	nextRead    uint64
-	readsPend   map[uint64]*readBatch // waiting for their ReadState
-	readsWait   []*readBatch          // ReadState known, waiting for applied >= index
-	conf        *confRequest          // this host's outstanding ChangeReplicas
+	// snapWG: that write (RemoveGroup waits for it before removing the
+	// group's files).
+	snapWG    sync.WaitGroup
+	confState *pb.ConfState
+	nextID    uint64
+	inflight  map[uint64]*proposal // by proposal id; handed to raft
+	nextRead  uint64
+	readsPend map[uint64]*readBatch // waiting for their ReadState
+	readsWait []*readBatch          // ReadState known, waiting for applied >= index
+	conf      *confRequest          // this host's outstanding ChangeReplicas
 	// forceSnap: a configuration change was applied. The next snapshot a
 	// new replica receives must name it in its ConfState (raft refuses a
 	// snapshot that does not), so one is taken right away.
@@ -744,8 +747,10 @@ func (g *group) writeSnapshotAsync(snap *pb.Snapshot) {
 	g.snapWriting = true
 	logBytes := g.logBytes // the entries it covers; more are applied meanwhile
 	h.snapWG.Add(1)
+	g.snapWG.Add(1)
 	go func() {
 		defer h.snapWG.Done()
+		defer g.snapWG.Done()
 		if f := h.cfg.beforeSnapWrite; f != nil {
 			f()
 		}

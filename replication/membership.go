@@ -232,6 +232,8 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 	if err := b.commit(!h.cfg.NoSync); err != nil {
 		return err
 	}
+	// A snapshot file still being written (writeSnapshotAsync) goes too.
+	g.snapWG.Wait()
 	if err := h.eng.removeSnapFiles(id, ""); err != nil {
 		h.log.Warn().Err(err).Uint64("group", id).Msg("removing the group's snapshot files")
 	}
