@@ -187,7 +187,7 @@ func (n *Node) viewChange(ctx context.Context, ref groupRef, decide func(metaSta
 					}
 				}
 			}
-			if serr != nil && errors.Is(serr, errTrimmed) && ch.add == nil && out == nil && attempt <= 20 {
+			if errors.Is(serr, errTrimmed) && ch.add == nil && out == nil && attempt <= 20 {
 				// A removal whose record head passed, the view moved
 				// on: ours or another change removed them, or another
 				// change came first and ours was refused. The caller

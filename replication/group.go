@@ -128,7 +128,7 @@ type group struct {
 	// file by another goroutine (writeSnapshotAsync); no other starts.
 	snapWriting bool
 	// snapWG: that write (RemoveGroup waits for it before removing the
-	// group's files).
+	// group's files, Host.Close before closing the engine).
 	snapWG    sync.WaitGroup
 	confState *pb.ConfState
 	nextID    uint64
@@ -746,10 +746,8 @@ func (g *group) writeSnapshotAsync(snap *pb.Snapshot) {
 	h := g.h
 	g.snapWriting = true
 	logBytes := g.logBytes // the entries it covers; more are applied meanwhile
-	h.snapWG.Add(1)
 	g.snapWG.Add(1)
 	go func() {
-		defer h.snapWG.Done()
 		defer g.snapWG.Done()
 		if f := h.cfg.beforeSnapWrite; f != nil {
 			f()

@@ -52,7 +52,6 @@ type Host struct {
 	wg          sync.WaitGroup
 	stats       stats
 	startWG     sync.WaitGroup // StartGroup calls doing I/O; Close waits for them
-	snapWG      sync.WaitGroup // snapshot files being written (writeSnapshotAsync)
 
 	mu struct {
 		sync.RWMutex
@@ -646,9 +645,11 @@ func (h *Host) Close() error {
 		terr := h.cfg.Transport.Close()
 		close(h.stop)
 		h.wg.Wait()
-		h.snapWG.Wait()
-		// The workers have exited: their state is ours now.
+		// The workers have exited: their state is ours now (once the
+		// snapshot files they handed off are written: writeSnapshotAsync;
+		// groups removed before waited in RemoveGroup).
 		for _, g := range groups {
+			g.snapWG.Wait()
 			g.shutdown()
 		}
 		h.closeErr = errors.Join(terr, h.eng.close())

@@ -467,7 +467,7 @@ func (h *Host) driveGroup(ctx context.Context, answers *hostAnswers, g uint64, w
 			continue
 		}
 		if v == me {
-			to := transferTarget(me, rest, want, healthy, func(r uint64) uint64 { return mem.Progress[r].Match })
+			to := transferTarget(rest, want, healthy, func(r uint64) uint64 { return mem.Progress[r].Match })
 			if to != 0 {
 				log.Info().Uint64("to", to).Msg("leader leaves the group: transferring leadership first")
 				_ = h.rep.TransferLeader(ctx, g, to)
@@ -485,11 +485,11 @@ func (h *Host) driveGroup(ctx context.Context, answers *hostAnswers, g uint64, w
 // is leaving too. 0: none. A leaving transferee would itself have to hand
 // leadership on once its turn to leave came: two leadership changes, each
 // a pause of the group, instead of one.
-func transferTarget(me uint64, rest, want []uint64, healthy func(uint64) bool, match func(uint64) uint64) uint64 {
+func transferTarget(rest, want []uint64, healthy func(uint64) bool, match func(uint64) uint64) uint64 {
 	var to uint64
 	toStays := false
 	for _, r := range rest {
-		if r == me || !healthy(r) {
+		if !healthy(r) {
 			continue
 		}
 		stays := slices.Contains(want, r)

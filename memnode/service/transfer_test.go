@@ -27,7 +27,7 @@ func TestTransferTargetPrefersVotersThatStay(t *testing.T) {
 		for _, d := range c.down {
 			up[d] = false
 		}
-		if got := transferTarget(1, c.rest, c.want, healthy, m); got != c.to {
+		if got := transferTarget(c.rest, c.want, healthy, m); got != c.to {
 			t.Errorf("%s: transfer to %d, want %d", c.name, got, c.to)
 		}
 		for _, d := range c.down {
