@@ -277,6 +277,33 @@
 // between two of them (its queues are rings rewritten every second or
 // so at saturation): it moves the bytes rather than removing them.
 //
+// # Tables written past the page cache
+//
+// Tables are written with O_DIRECT (directfs.go): the bytes gather in a
+// reused, aligned 1 MiB buffer handed to the device whole; Sync writes the
+// last partial block padded, cuts the file to the bytes written and
+// fsyncs. The WAL, the manifest and every read stay buffered, and a file
+// system that refuses O_DIRECT (tmpfs) gets buffered tables as before.
+// Why: the guest VMs measured here return idle and free memory to their
+// host (free page reporting, and a DAMON pageout scheme for pages idle
+// over ~1.2 s), so a page-cache page filled for a new table was first
+// faulted in by the host: writing 1 GiB with dd cost 4.4 s of system
+// time buffered (0.3 s while the memory was still warm) against 0.25 s
+// with O_DIRECT, and at multicast saturation the flushes' write calls
+// were 30% of the embedded cluster's CPU (`perf`: copy_folio_from_iter_atomic
+// the largest symbol). With O_DIRECT they are ~4% (the table writer's
+// copies, snappy and CRCs remain). Alternated 40 s runs (one binary,
+// `tutti bench mcast --rates max --warmup 30s --duration 10s`, three
+// pairs, 2026-12-03): the cluster's CPU per delivered message 34.9, 31.8,
+// 30.2 µs buffered against 31.3, 28.5, 25.8 µs direct (cluster 1.10–1.19
+// cores against 1.00–1.03); delivered/s per member 34.0k, 35.1k, 36.5k
+// against 31.8k, 35.0k, 39.8k, within this machine's noise. Tried first
+// and dropped: keeping deleted tables as files to write new ones over (as
+// Pebble recycles WAL files), so their pages stay allocated: 42.1k, 42.7k
+// against 38.6k, 41.4k recycled (60 s runs), since idle pages are taken
+// back anyway; and no table is deleted in a short run (the log is
+// truncated only every SnapshotBytes).
+//
 // # Cycles and fsyncs (measured, not changed)
 //
 // At low concurrency fsyncs bound two-phase minitransactions, not CPU. With

@@ -64,6 +64,9 @@ const snapDirName = "snap"
 // memTableSize: the default 4 MB memtable is small for a log (see notes).
 const memTableSize = 64 << 20
 
+// directTables: write the engine's tables with O_DIRECT (directfs.go).
+var directTables = true
+
 type engine struct {
 	db      *pebble.DB
 	fs      vfs.FS
@@ -73,10 +76,14 @@ type engine struct {
 // openEngine opens (or creates) the engine in dir, on fs (the OS if nil;
 // tests pass a crashable in-memory one).
 func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
+	engFS := fs
+	if fs == nil && directTables {
+		engFS = newDirectFS(vfs.Default)
+	}
 	opts := &pebble.Options{
 		MemTableSize: memTableSize,
 		Logger:       pebbleLogger{l: log},
-		FS:           fs,
+		FS:           engFS,
 		// What the engine holds is mostly Raft log on its way to being
 		// truncated (a range deletion) after the next snapshot. With the
 		// default thresholds (4 L0 read-amplification to compact, 64 MiB
