@@ -118,6 +118,34 @@ func TestChaosOnContainers(t *testing.T) {
 	}
 	defer cl.Close()
 
+	// Every fault below is a minority fault only once every host holds
+	// its replicas: a host's first boot waits until it has heard every
+	// host it shares a memnode with, and two hosts can commit while the
+	// third still waits (CI once killed host 3 two seconds after start,
+	// before host 2 had heard it: host 2 then waited for host 3 to come
+	// back, and host 1 alone had no quorum). So wait until every replica
+	// of every memnode is up.
+	retry(ctx, t, "every replica up", func(ctx context.Context) error {
+		_, mns, err := cl.MemnodeStatus(ctx)
+		if err != nil {
+			return err
+		}
+		if len(mns) != 3 {
+			return fmt.Errorf("%d memnodes, want 3", len(mns))
+		}
+		for _, m := range mns {
+			if len(m.Voters) != len(hostIPs) {
+				return fmt.Errorf("memnode %d: voters %v", m.ID, m.Voters)
+			}
+			for _, r := range m.Replicas {
+				if r.Health != client.HealthUp {
+					return fmt.Errorf("memnode %d: the replica on host %d is %s", m.ID, r.Host, r.Health)
+				}
+			}
+		}
+		return nil
+	})
+
 	// Bank: account i on memnode i%3. One two-phase minitransaction opens
 	// them all.
 	open := client.NewTx()
