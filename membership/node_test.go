@@ -15,7 +15,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/rs/zerolog"
-	"go.uber.org/goleak"
+	"github.com/tutti-gcs/tutti/internal/leakcheck"
 	"google.golang.org/grpc"
 
 	"github.com/tutti-gcs/tutti/client"
@@ -23,7 +23,7 @@ import (
 	"github.com/tutti-gcs/tutti/internal/syncbuf"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // testTiming makes absence and isolation quick; gossip keeps the defaults.
 var testLogLevel = zerolog.WarnLevel
