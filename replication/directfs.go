@@ -52,10 +52,9 @@ const directBlock = 4096
 // directBufSize: how much a table writer gathers per write call.
 const directBufSize = 1 << 20
 
-type directBuf struct {
-	mem []byte // backing, directBufSize+directBlock
-	b   []byte // aligned window of directBufSize
-}
+// directBuf is an aligned window of directBufSize bytes (of an allocation
+// one block larger, which b keeps alive).
+type directBuf struct{ b []byte }
 
 func newDirectFS(fs vfs.FS) *directFS {
 	d := &directFS{FS: fs}
@@ -65,7 +64,7 @@ func newDirectFS(fs vfs.FS) *directFS {
 		if r := int(uintptr(unsafe.Pointer(&mem[0])) % directBlock); r != 0 {
 			off = directBlock - r
 		}
-		return &directBuf{mem: mem, b: mem[off : off+directBufSize]}
+		return &directBuf{b: mem[off : off+directBufSize]}
 	}
 	return d
 }

@@ -64,9 +64,6 @@ const snapDirName = "snap"
 // memTableSize: the default 4 MB memtable is small for a log (see notes).
 const memTableSize = 64 << 20
 
-// directTables: write the engine's tables with O_DIRECT (directfs.go).
-var directTables = true
-
 type engine struct {
 	db      *pebble.DB
 	fs      vfs.FS
@@ -77,7 +74,7 @@ type engine struct {
 // tests pass a crashable in-memory one).
 func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 	engFS := fs
-	if fs == nil && directTables {
+	if fs == nil { // tables with O_DIRECT (directfs.go)
 		engFS = newDirectFS(vfs.Default)
 	}
 	opts := &pebble.Options{
