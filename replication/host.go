@@ -679,6 +679,10 @@ type Stats struct {
 	// known leader changed to another (non-zero) one, elections at start
 	// included. Growth under steady load means leadership churn.
 	LeaderChanges uint64
+	// LogExcises counts truncated log prefixes removed from the log
+	// engine's tables by an excise (reclaim.go); LogExciseErrors those
+	// that failed (their bytes go at a later compaction).
+	LogExcises, LogExciseErrors uint64
 }
 
 type stats struct {
@@ -694,6 +698,6 @@ func (h *Host) Stats() Stats {
 		Readies: s.readies.Load(), Batches: s.batches.Load(), Fsyncs: s.fsyncs.Load(),
 		Applies: s.applies.Load(), Applied: s.applied.Load(), Reads: s.reads.Load(),
 		ReadIndexes: s.readIndexes.Load(), Snapshots: s.snapshots.Load(), Restores: s.restores.Load(), LeaderChanges: s.leaderChanges.Load(),
-		LogReads: s.logReads.Load(),
+		LogReads: s.logReads.Load(), LogExcises: h.eng.rec.excised.Load(), LogExciseErrors: h.eng.rec.failed.Load(),
 	}
 }

@@ -239,6 +239,19 @@ func TestFollowerRestartRecovers(t *testing.T) {
 	if h.Stats().Restores == 0 {
 		t.Fatalf("restarted host restored no snapshot (SnapshotEntries=20, 30 applied before stop)")
 	}
+	// Hosts that stayed up truncated their logs and excised the
+	// truncated entries from their tables (reclaim.go).
+	for _, id := range c.ids {
+		if id == follower {
+			continue
+		}
+		waitFor(t, 10*time.Second, fmt.Sprintf("host %d to excise a truncated prefix", id), func() bool {
+			return c.hosts[id].Stats().LogExcises > 0
+		})
+		if s := c.hosts[id].Stats(); s.LogExciseErrors != 0 {
+			t.Fatalf("host %d: %d excises failed", id, s.LogExciseErrors)
+		}
+	}
 }
 
 func TestPartitionedFollowerCatchesUpBySnapshot(t *testing.T) {

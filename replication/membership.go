@@ -232,6 +232,9 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 	if err := b.commit(!h.cfg.NoSync); err != nil {
 		return err
 	}
+	// The replica's truncated prefixes are not excised any more: the host
+	// may hold the group again, and a new replica writes low indices.
+	h.eng.rec.forget(id)
 	// A snapshot file still being written (writeSnapshotAsync) goes too.
 	g.snapWG.Wait()
 	if err := h.eng.removeSnapFiles(id, ""); err != nil {

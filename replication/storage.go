@@ -68,6 +68,7 @@ type engine struct {
 	db      *pebble.DB
 	fs      vfs.FS
 	snapDir string
+	rec     *reclaimer
 }
 
 // openEngine opens (or creates) the engine in dir, on fs (the OS if nil;
@@ -93,6 +94,16 @@ func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 		L0CompactionThreshold: 32,
 		L0StopWritesThreshold: 128,
 		LBaseMaxBytes:         1 << 30,
+		// Truncated log prefixes are excised (reclaim.go), which needs
+		// virtual tables; from this version on an excise that overlaps
+		// the memtable is queued behind it rather than waiting for its
+		// flush while commits wait. Stores of older versions are
+		// upgraded when opened.
+		FormatMajorVersion: pebble.FormatFlushableIngestExcises,
+		// An excise queued behind the memtable (above) cuts it short;
+		// with the default 2 a memtable being flushed already made the
+		// queue too long, and the excise waited for a flush instead.
+		MemTableStopWritesThreshold: 4,
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
@@ -101,19 +112,23 @@ func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 	if fs == nil {
 		fs = vfs.Default
 	}
-	e := &engine{db: db, fs: fs, snapDir: fs.PathJoin(dir, snapDirName)}
+	e := &engine{db: db, fs: fs, snapDir: fs.PathJoin(dir, snapDirName), rec: newReclaimer(db, log)}
 	// The directory itself must survive a crash: sync its parent too.
 	if err = fs.MkdirAll(e.snapDir, 0o755); err == nil {
 		err = syncDir(fs, dir)
 	}
 	if err != nil {
+		e.rec.close()
 		db.Close()
 		return nil, fmt.Errorf("replication: create %s: %w", e.snapDir, err)
 	}
 	return e, nil
 }
 
-func (e *engine) close() error { return e.db.Close() }
+func (e *engine) close() error {
+	e.rec.close()
+	return e.db.Close()
+}
 
 func groupKey(g uint64, kind byte) []byte {
 	k := make([]byte, 9)
@@ -237,12 +252,18 @@ func (e *engine) loadGroup(g uint64) (pg *persistedGroup, ok bool, err error) {
 
 // logBatch collects writes for one commit.
 type logBatch struct {
-	b   *pebble.Batch
-	key []byte
-	val []byte
+	e *engine
+	b *pebble.Batch
+	// truncated: prefixes truncatePrefix deleted, excised once committed.
+	truncated []truncation
+	key       []byte
+	val       []byte
 }
 
-func (e *engine) newBatch() *logBatch { return &logBatch{b: e.db.NewBatch()} }
+func (e *engine) newBatch() *logBatch { return &logBatch{e: e, b: e.db.NewBatch()} }
+
+// truncation: the entries of a group up to an index.
+type truncation struct{ group, upto uint64 }
 
 func (b *logBatch) empty() bool { return b.b.Empty() }
 
@@ -254,7 +275,14 @@ func (b *logBatch) commit(sync bool) error {
 	if sync {
 		opts = pebble.Sync
 	}
-	return b.b.Commit(opts)
+	if err := b.b.Commit(opts); err != nil {
+		return err
+	}
+	for _, t := range b.truncated {
+		b.e.rec.add(t.group, t.upto)
+	}
+	b.truncated = b.truncated[:0]
+	return nil
 }
 
 func (b *logBatch) registerGroup(g uint64, peers []uint64) {
@@ -498,6 +526,7 @@ func (e *engine) removeUnregisteredSnapFiles() error {
 // truncatePrefix deletes the entries with index <= upto.
 func (b *logBatch) truncatePrefix(g, upto uint64) {
 	_ = b.b.DeleteRange(entryKey(g, 0), entryKey(g, upto+1), nil)
+	b.truncated = append(b.truncated, truncation{g, upto})
 }
 
 func encodePeers(peers []uint64) []byte {

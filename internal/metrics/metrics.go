@@ -37,6 +37,8 @@ var (
 	dReads         = desc("raft_reads_total", "Linearizable reads answered.", hostLabel)
 	dSnapshots     = desc("raft_snapshots_total", "Snapshots taken locally.", hostLabel)
 	dRestores      = desc("raft_snapshot_restores_total", "Snapshots restored (received or at recovery).", hostLabel)
+	dExcises       = desc("raft_log_excises_total", "Truncated log prefixes excised from the log engine's tables.", hostLabel)
+	dExciseErrors  = desc("raft_log_excise_errors_total", "Excises of truncated log prefixes that failed (compactions drop those bytes).", hostLabel)
 	dLogReads      = desc("raft_log_engine_reads_total", "Raft entries read back from the log engine (they had left the in-memory cache).", hostLabel)
 	dLeaderChanges = desc("raft_leader_changes_total", "Times a replica on this host saw the leader change to another host.", hostLabel)
 
@@ -70,7 +72,7 @@ func NewCollector(hosts ...*service.Host) *Collector { return &Collector{hosts: 
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{dProposals, dEntries, dFsyncs, dBatches, dApplied, dReads, dSnapshots, dRestores, dLogReads,
+	for _, d := range []*prometheus.Desc{dProposals, dEntries, dFsyncs, dBatches, dApplied, dReads, dSnapshots, dRestores, dExcises, dExciseErrors, dLogReads,
 		dLeaderChanges, dTerm, dCommit, dAppliedI, dIsLeader, dHasLead, dScans, dResolved, dRecFailed, dExpired, dStuck,
 		dInDoubt, dLocks, dDecided, dForced, dPages} {
 		ch <- d
@@ -102,6 +104,8 @@ func collectHost(h *service.Host, ch chan<- prometheus.Metric) {
 	counter(dReads, s.Reads)
 	counter(dSnapshots, s.Snapshots)
 	counter(dRestores, s.Restores)
+	counter(dExcises, s.LogExcises)
+	counter(dExciseErrors, s.LogExciseErrors)
 	counter(dLogReads, s.LogReads)
 	counter(dLeaderChanges, s.LeaderChanges)
 
