@@ -327,7 +327,9 @@
 // across its edges become virtual tables over the same files, which go
 // once no table uses them; nothing is read or rewritten but a few index
 // blocks. What remains compacted are the small virtual remainders (a
-// group's registry and hard state between its neighbours' entries).
+// group's registry and hard state between its neighbours' entries). A
+// snapshot restored from the leader, which replaces the whole log, has the
+// replaced entries up to its index excised the same way.
 //
 // The excise runs on a goroutine of its own right after the commit, while
 // the range deletion is still in the memtable: from format

@@ -257,3 +257,41 @@ func TestEngineFormatAllowsExcise(t *testing.T) {
 		t.Fatalf("storedGroups after upgrade = %v, %v", gs, err)
 	}
 }
+
+// A restored snapshot replaces the log: the replaced entries up to the
+// snapshot are excised too, and entries the same batch writes after it
+// stay.
+func TestRestoredSnapshotExcisesReplacedLog(t *testing.T) {
+	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	b := e.newBatch()
+	b.registerGroup(4, []uint64{1, 2, 3})
+	b.appendEntries(4, bigEntries(4, 1, 40, 4096), 0)
+	b.appendEntries(8, bigEntries(8, 1, 40, 4096), 0)
+	mustCommit(t, b)
+	if err := e.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// A snapshot at 60 (past the stored log), then entries 61..70.
+	b = e.newBatch()
+	snap := &pb.Snapshot{Data: []byte("state@60"), Metadata: &pb.SnapshotMetadata{Index: new(uint64(60)), Term: new(uint64(1)),
+		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1, 2, 3}})}}
+	if err := b.setSnapshot(4, snap, true, ""); err != nil {
+		t.Fatal(err)
+	}
+	b.appendEntries(4, bigEntries(4, 61, 70, 4096), 0)
+	mustCommit(t, b)
+	waitFor(t, 10*time.Second, "the replaced log to leave the tables", func() bool {
+		return len(tablesOverlapping(t, e, entryKey(4, 0), entryKey(4, 61))) == 0
+	})
+	pg, ok, err := e.loadGroup(4)
+	if err != nil || !ok || len(pg.ents) != 10 || pg.ents[0].GetIndex() != 61 || pg.snap.GetMetadata().GetIndex() != 60 {
+		t.Fatalf("after restore: ok %v err %v, %d entries, snapshot %v", ok, err, len(pg.ents), pg.snap.GetMetadata())
+	}
+	if ents, _, err := e.readEntries(8, 1, 41, 1<<30); err != nil || len(ents) != 40 {
+		t.Fatalf("group 8: %d entries, %v; want 40", len(ents), err)
+	}
+}

@@ -398,6 +398,11 @@ func (b *logBatch) setSnapshot(g uint64, snap *pb.Snapshot, dropLog bool, file s
 	}
 	if dropLog {
 		_ = b.b.DeleteRange(entryKey(g, 0), groupKey(g, kindEntry+1), nil)
+		// Entries up to the snapshot are never written again here (those
+		// above it may be, later in this batch): excise them once committed.
+		if i := snap.GetMetadata().GetIndex(); i > 0 {
+			b.truncated = append(b.truncated, truncation{g, i})
+		}
 	}
 	v := binary.AppendUvarint(nil, uint64(len(meta)))
 	v = append(v, meta...)
