@@ -119,6 +119,9 @@ type Config struct {
 	// beforeSnapWrite, if set, runs before a snapshot's file is written,
 	// on the goroutine that writes it (tests: hold the write).
 	beforeSnapWrite func()
+	// beforeSnapLoad, if set, runs before a snapshot is read back to be
+	// sent, on the goroutine that reads it (tests: hold the read).
+	beforeSnapLoad func()
 	// MaxProposalBytes bounds one batched entry; default 1 MiB.
 	MaxProposalBytes int
 }

@@ -157,3 +157,77 @@ func TestRemoveGroupWaitsForASnapshotWrite(t *testing.T) {
 		t.Fatalf("snapshot files left after RemoveGroup: %v", names)
 	}
 }
+
+// A snapshot raft sends to a follower used to be read back from its file
+// on the worker, inside raft's call: every group on the worker waited for
+// the read (a 256 MiB memnode: the whole file), and it was read again for
+// every follower that needed it and every failed send. Now it is read on
+// a goroutine of its own, raft is told to try later meanwhile, and the
+// data is kept for the next sends: with the read held, the group still
+// commits; two followers that fell behind get the snapshot from one read.
+func TestSnapshotReadBackOffTheWorker(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		held    = make(chan struct{})
+		loading = make(chan struct{}, 16)
+	)
+	c := newClusterSM(t, 5, []uint64{1}, func(cfg *Config) {
+		cfg.Workers = 1
+		cfg.SnapshotEntries = 50
+		cfg.beforeSnapLoad = func() {
+			loading <- struct{}{}
+			mu.Lock()
+			h := held
+			mu.Unlock()
+			<-h
+		}
+	}, func() StateMachine { return &bigSM{testSM: newTestSM(), pad: 256 << 10} })
+	release := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		select {
+		case <-held:
+		default:
+			close(held)
+		}
+	}
+	t.Cleanup(release) // before the cluster's: Close waits for the reads
+	lead := c.leader(1, nil)
+	var behind []uint64
+	for _, id := range c.ids {
+		if id != lead && len(behind) < 2 {
+			behind = append(behind, id)
+			c.net.Isolate(id)
+		}
+	}
+	// Past SnapshotEntries: the leader's log is compacted past them.
+	for i := range 60 {
+		c.propose(1, "a"+strconv.Itoa(i))
+	}
+	waitFor(t, 20*time.Second, "a snapshot on the leader", func() bool { return c.host(lead).stats.snapshots.Load() > 0 })
+	c.net.Heal()
+	select {
+	case <-loading:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the leader never read its snapshot back for the followers behind")
+	}
+	// Held: the group still commits (its worker is free).
+	for i := range 5 {
+		c.propose(1, "b"+strconv.Itoa(i))
+	}
+	release()
+	c.waitApplied(1, 65)
+	c.checkSame(1)
+	lh := c.host(lead)
+	lh.mu.Lock()
+	g := lh.mu.groups[1]
+	lh.mu.Unlock()
+	if n := g.st.loads.Load(); n != 1 {
+		t.Fatalf("the leader read its snapshot back %d times for %d followers, want once", n, len(behind))
+	}
+	for _, id := range behind {
+		if c.host(id).stats.restores.Load() == 0 {
+			t.Fatalf("host %d caught up without restoring a snapshot", id)
+		}
+	}
+}

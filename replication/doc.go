@@ -113,8 +113,15 @@
 // hold twice, and the state machine may reuse its buffer for the next one
 // (StateMachine.Snapshot). raft asks for it (Storage.Snapshot) only to send
 // it to a follower behind the log; the log store then reads the engine's
-// latest snapshot back from its file, checksum verified, or tells raft to
-// try later if it cannot.
+// latest snapshot back from its file, checksum verified, on a goroutine of
+// its own, and tells raft to try later (it asks again at the follower's
+// next heartbeat response) until the read is done or if it failed. The
+// data is kept for further sends of the same snapshot (other followers,
+// failed sends) until none asked for 10 s. Before (until 2026-12-03) the
+// read ran inside raft's call, on the worker, whose every group waited
+// for it, and was repeated for every follower and every failed send
+// (TestSnapshotReadBackOffTheWorker: with the read held, the group used
+// to stop committing; two followers behind now cost one read).
 // A snapshot of 4 MiB or more is written to its file by a goroutine of its
 // own: only the state machine's copy (Snapshot) is made on the worker, and
 // the worker installs the snapshot (an engine batch of its own, synced)

@@ -152,7 +152,7 @@ type group struct {
 }
 
 func newGroup(h *Host, id uint64, sm StateMachine, ms *raft.MemoryStorage, w *worker) *group {
-	return &group{
+	g := &group{
 		id: id,
 		h:  h,
 		w:  w,
@@ -165,6 +165,9 @@ func newGroup(h *Host, id uint64, sm StateMachine, ms *raft.MemoryStorage, w *wo
 		inflight:  make(map[uint64]*proposal),
 		readsPend: make(map[uint64]*readBatch),
 	}
+	g.st.loadWG = &g.snapWG
+	g.st.beforeLoad = h.cfg.beforeSnapLoad
+	return g
 }
 
 // enqueue adds work for the group's worker under the group's lock.
@@ -975,10 +978,12 @@ func (w *worker) run(stop <-chan struct{}) {
 		clear(active)
 		w.spare = active[:0]
 		if ticks > 0 {
+			now := time.Now()
 			for _, g := range all {
 				for range ticks {
 					g.rn.Tick()
 				}
+				g.st.dropIdleSnapshot(now)
 				w.markDirty(g)
 			}
 		}

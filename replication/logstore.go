@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
@@ -27,7 +29,8 @@ import (
 // only uncommitted entries.
 //
 // All methods run on the group's worker goroutine (RawNode's and the
-// cycle's), except that the cache's own methods lock.
+// cycle's), except that the cache's own methods lock, and a snapshot is
+// read back on a goroutine of its own (loadSnapshot) under loadMu.
 type logStore struct {
 	*raft.MemoryStorage // cache, hard state, snapshot
 	eng                 *engine
@@ -41,14 +44,34 @@ type logStore struct {
 	// data: a snapshot is the whole state machine, which would be held
 	// twice. Snapshot reads it back from the engine.
 	snap *pb.Snapshot
-	// onLoadError reports a snapshot the engine could not give back.
+	// onLoadError reports a snapshot the engine could not give back (on
+	// the goroutine that read it).
 	onLoadError func(error)
+
+	// The latest snapshot with its data, read back off the worker for
+	// raft (Snapshot); loadWG: reads in flight (the group's snapWG, which
+	// RemoveGroup and Host.Close wait for); loads counts reads (tests).
+	loadMu     sync.Mutex
+	loaded     *pb.Snapshot
+	loadedUsed time.Time
+	loading    bool
+	loadWG     *sync.WaitGroup
+	loads      atomic.Uint64
+	// beforeLoad, if set (tests), runs before each read.
+	beforeLoad func()
 }
 
 // Snapshot returns the latest snapshot (the newer of the one taken here and
 // the cache's) with its data, read back from the engine (its file, checksum
 // verified): raft asks only to send it to a follower that fell behind the
-// log. If the engine cannot give it back, raft is told to try later.
+// log. The read runs on a goroutine of its own (loadSnapshot): until it is
+// done, or if the engine cannot give the snapshot back, raft is told to try
+// later (it asks again at the follower's next heartbeat response). The
+// data is then kept for further sends of the same snapshot (another
+// follower, a send that failed) until none asked for snapshotKeep
+// (dropIdleSnapshot). Before, raft's call read the file on the worker,
+// whose other groups all waited (a 256 MiB memnode: the whole read), and
+// read it again for every follower and every failed send.
 func (s *logStore) Snapshot() (*pb.Snapshot, error) {
 	ms, err := s.MemoryStorage.Snapshot()
 	if err != nil {
@@ -58,17 +81,57 @@ func (s *logStore) Snapshot() (*pb.Snapshot, error) {
 	if s.snap != nil {
 		idx = max(idx, s.snap.GetMetadata().GetIndex())
 	}
+	s.loadMu.Lock()
+	defer s.loadMu.Unlock()
+	if s.loaded != nil && s.loaded.GetMetadata().GetIndex() == idx {
+		s.loadedUsed = time.Now()
+		return s.loaded, nil
+	}
+	s.loaded = nil // an older one
+	if !s.loading {
+		s.loading = true
+		s.loadWG.Add(1)
+		go s.loadSnapshot(idx)
+	}
+	return nil, raft.ErrSnapshotTemporarilyUnavailable
+}
+
+// snapshotKeep: how long a snapshot read back for raft is kept after it
+// was last asked for.
+const snapshotKeep = 10 * time.Second
+
+// loadSnapshot reads the group's snapshot back from the engine for
+// Snapshot, expecting index idx.
+func (s *logStore) loadSnapshot(idx uint64) {
+	defer s.loadWG.Done()
+	if f := s.beforeLoad; f != nil {
+		f()
+	}
 	snap, _, err := s.eng.loadSnapshot(s.group)
-	if err == nil && (snap == nil || snap.GetMetadata().GetIndex() != idx) {
-		err = fmt.Errorf("replication: group %d: the engine's snapshot is not the latest (index %d)", s.group, idx)
+	if err == nil && snap == nil {
+		err = fmt.Errorf("replication: group %d: the engine holds no snapshot (want index %d)", s.group, idx)
 	}
-	if err != nil {
-		if s.onLoadError != nil {
-			s.onLoadError(err)
-		}
-		return nil, raft.ErrSnapshotTemporarilyUnavailable
+	s.loads.Add(1)
+	s.loadMu.Lock()
+	s.loading = false
+	if err == nil && snap.GetMetadata().GetIndex() == idx {
+		s.loaded, s.loadedUsed = snap, time.Now()
 	}
-	return snap, nil
+	s.loadMu.Unlock()
+	// A newer snapshot taken meanwhile is no error: the next ask reads it.
+	if err != nil && s.onLoadError != nil {
+		s.onLoadError(err)
+	}
+}
+
+// dropIdleSnapshot forgets a snapshot read back for raft that nobody asked
+// for since snapshotKeep before now (called by the worker at its ticks).
+func (s *logStore) dropIdleSnapshot(now time.Time) {
+	s.loadMu.Lock()
+	if s.loaded != nil && now.Sub(s.loadedUsed) > snapshotKeep {
+		s.loaded = nil
+	}
+	s.loadMu.Unlock()
 }
 
 // withoutData is snap without its data, as the log store keeps snapshots.
