@@ -336,7 +336,11 @@
 // blocks. What remains compacted are the small virtual remainders (a
 // group's registry and hard state between its neighbours' entries). A
 // snapshot restored from the leader, which replaces the whole log, has the
-// replaced entries up to its index excised the same way.
+// replaced entries up to its index excised the same way. Only batches
+// committed with fsync hand their truncations over (all of them but with
+// Config.NoSync): an excise that does not queue behind the memtable is a
+// manifest edit, durable at once, and a crash that lost the batch would
+// then leave the log with a gap behind the older snapshot.
 //
 // The excise runs on a goroutine of its own right after the commit, while
 // the range deletion is still in the memtable: from format

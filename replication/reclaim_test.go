@@ -295,3 +295,33 @@ func TestRestoredSnapshotExcisesReplacedLog(t *testing.T) {
 		t.Fatalf("group 8: %d entries, %v; want 40", len(ents), err)
 	}
 }
+
+// A truncation committed without fsync is not excised: the excise can be
+// durable before the batch (a manifest edit), and losing the batch in a
+// crash would then leave a gap between the older snapshot and the log.
+func TestUnsyncedTruncationNotExcised(t *testing.T) {
+	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	b := e.newBatch()
+	b.appendEntries(3, bigEntries(3, 1, 20, 64), 0)
+	mustCommit(t, b)
+	b = e.newBatch()
+	b.truncatePrefix(3, 10)
+	if err := b.commit(false); err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+	if !e.rec.idle() || e.rec.excised.Load() != 0 {
+		t.Fatalf("an unsynced truncation was handed to the reclaimer (excised %d)", e.rec.excised.Load())
+	}
+	b = e.newBatch()
+	b.truncatePrefix(3, 15)
+	mustCommit(t, b)
+	waitFor(t, 10*time.Second, "the synced truncation to be excised", func() bool { return e.rec.excised.Load() == 1 })
+	if ents, _, err := e.readEntries(3, 16, 21, 1<<30); err != nil || len(ents) != 5 || ents[0].GetIndex() != 16 {
+		t.Fatalf("entries after the truncations: %d, %v", len(ents), err)
+	}
+}

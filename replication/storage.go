@@ -278,8 +278,14 @@ func (b *logBatch) commit(sync bool) error {
 	if err := b.b.Commit(opts); err != nil {
 		return err
 	}
-	for _, t := range b.truncated {
-		b.e.rec.add(t.group, t.upto)
+	// Only a synced truncation is excised: an excise that does not queue
+	// behind the memtable is a manifest edit, durable at once, and had
+	// the batch then been lost in a crash the log would restart with a
+	// gap between the older snapshot and the excised entries.
+	if sync {
+		for _, t := range b.truncated {
+			b.e.rec.add(t.group, t.upto)
+		}
 	}
 	b.truncated = b.truncated[:0]
 	return nil
