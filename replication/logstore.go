@@ -108,17 +108,23 @@ func (s *logStore) loadSnapshot(idx uint64) {
 		f()
 	}
 	snap, _, err := s.eng.loadSnapshot(s.group)
+	if err != nil {
+		// The worker may have installed a newer snapshot and removed the
+		// file between the read of its name and of the file: read again.
+		snap, _, err = s.eng.loadSnapshot(s.group)
+	}
 	if err == nil && snap == nil {
 		err = fmt.Errorf("replication: group %d: the engine holds no snapshot (want index %d)", s.group, idx)
 	}
 	s.loads.Add(1)
 	s.loadMu.Lock()
 	s.loading = false
-	if err == nil && snap.GetMetadata().GetIndex() == idx {
+	if err == nil {
+		// Kept even if newer than idx (taken meanwhile): raft asks for
+		// the latest, and Snapshot hands out only that.
 		s.loaded, s.loadedUsed = snap, time.Now()
 	}
 	s.loadMu.Unlock()
-	// A newer snapshot taken meanwhile is no error: the next ask reads it.
 	if err != nil && s.onLoadError != nil {
 		s.onLoadError(err)
 	}

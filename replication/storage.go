@@ -69,6 +69,9 @@ type engine struct {
 	fs      vfs.FS
 	snapDir string
 	rec     *reclaimer
+	// afterSnapMetaRead, if set (tests), runs in loadSnapshot between the
+	// reads of a snapshot's metadata and of its file's name.
+	afterSnapMetaRead func()
 }
 
 // openEngine opens (or creates) the engine in dir, on fs (the OS if nil;
@@ -362,7 +365,12 @@ func (e *engine) getHardState(key []byte) (*pb.HardState, error) {
 // its file, checksum verified), and the file's name ("" if inline); nil if
 // there is none.
 func (e *engine) loadSnapshot(g uint64) (snap *pb.Snapshot, file string, err error) {
-	if v, closer, err := e.db.Get(groupKey(g, kindSnapshot)); err == nil {
+	// One view for the metadata and the file's name: the log store reads
+	// snapshots back off the worker (logStore.loadSnapshot), which may
+	// install a newer one between the two reads.
+	view := e.db.NewSnapshot()
+	defer view.Close()
+	if v, closer, err := view.Get(groupKey(g, kindSnapshot)); err == nil {
 		snap, err = decodeSnapshot(v)
 		closer.Close()
 		if err != nil {
@@ -371,7 +379,10 @@ func (e *engine) loadSnapshot(g uint64) (snap *pb.Snapshot, file string, err err
 	} else if !errors.Is(err, pebble.ErrNotFound) {
 		return nil, "", err
 	}
-	if v, closer, err := e.db.Get(groupKey(g, kindSnapFile)); err == nil {
+	if f := e.afterSnapMetaRead; f != nil {
+		f()
+	}
+	if v, closer, err := view.Get(groupKey(g, kindSnapFile)); err == nil {
 		var sum uint32
 		if len(v) > 4 {
 			sum, file = binary.BigEndian.Uint32(v), string(v[4:])

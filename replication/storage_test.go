@@ -2,12 +2,15 @@ package replication
 
 import (
 	"bytes"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
+	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 )
 
@@ -229,5 +232,65 @@ func TestCorruptSnapFileIsRefused(t *testing.T) {
 	f.Close()
 	if _, _, err := e.loadGroup(4); err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("loadGroup of a changed snapshot file: %v, want a corruption error", err)
+	}
+}
+
+// The log store reads snapshots back off the worker, which may install a
+// newer snapshot meanwhile. loadSnapshot read the metadata and the file's
+// name with two separate reads, so it could pair one snapshot's metadata
+// with the next one's data (sent to a follower as that snapshot); it now
+// reads both from one view, and the log store reads again when the file
+// it named was removed meanwhile.
+func TestSnapshotReadBackWhileANewerIsInstalled(t *testing.T) {
+	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	snapAt := func(i uint64) *pb.Snapshot {
+		return &pb.Snapshot{Data: []byte(fmt.Sprintf("state@%d", i)), Metadata: &pb.SnapshotMetadata{Index: new(i), Term: new(uint64(1)),
+			ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1}})}}
+	}
+	install := func(s *pb.Snapshot) {
+		t.Helper()
+		file, err := e.writeSnapFile(2, s, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := e.newBatch()
+		if err := b.setSnapshot(2, s, false, file); err != nil {
+			t.Fatal(err)
+		}
+		mustCommit(t, b)
+		if err := e.removeSnapFiles(2, file); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install(snapAt(10))
+	// Between the two reads, snapshot 20 replaces 10 (its file removed).
+	once := true
+	e.afterSnapMetaRead = func() {
+		if once {
+			once = false
+			install(snapAt(20))
+		}
+	}
+	var wg sync.WaitGroup
+	var loadErr error
+	st := &logStore{MemoryStorage: raft.NewMemoryStorage(), eng: e, group: 2, loadWG: &wg, onLoadError: func(err error) { loadErr = err }}
+	wg.Add(1)
+	st.loadSnapshot(10)
+	if loadErr != nil {
+		t.Fatalf("read back: %v", loadErr)
+	}
+	got := st.loaded
+	if got == nil {
+		t.Fatal("no snapshot read back")
+	}
+	if want := fmt.Sprintf("state@%d", got.GetMetadata().GetIndex()); string(got.GetData()) != want {
+		t.Fatalf("snapshot %d read back with the data %q", got.GetMetadata().GetIndex(), got.GetData())
+	}
+	if got.GetMetadata().GetIndex() != 20 {
+		t.Fatalf("read back snapshot %d, want the newer 20", got.GetMetadata().GetIndex())
 	}
 }
