@@ -36,31 +36,16 @@ func (s *bigSM) Restore(b []byte) error { return s.testSM.Restore(b[:len(b)-s.pa
 func TestLargeSnapshotWrittenOffTheWorker(t *testing.T) {
 	defer func(old int) { asyncSnapshotBytes = old }(asyncSnapshotBytes)
 	asyncSnapshotBytes = 64 << 10
-	var (
-		mu      sync.Mutex
-		held    = make(chan struct{})
-		writing = make(chan struct{}, 16)
-	)
+	held, writing := newGate(), make(chan struct{}, 16)
 	c := newClusterSM(t, 3, []uint64{1, 2}, func(cfg *Config) {
 		cfg.Workers = 1
 		cfg.SnapshotEntries = 50
 		cfg.beforeSnapWrite = func() {
 			writing <- struct{}{}
-			mu.Lock()
-			h := held
-			mu.Unlock()
-			<-h
+			held.wait()
 		}
 	}, func() StateMachine { return &bigSM{testSM: newTestSM(), pad: 128 << 10} })
-	release := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		select {
-		case <-held:
-		default:
-			close(held) // this and later writes go through
-		}
-	}
+	release := held.release   // this and later writes go through
 	t.Cleanup(release)        // before the cluster's: Close waits for the writes
 	for i := 0; i < 60; i++ { // past SnapshotEntries: the writes start
 		c.propose(1, "a"+strconv.Itoa(i))
@@ -166,31 +151,16 @@ func TestRemoveGroupWaitsForASnapshotWrite(t *testing.T) {
 // data is kept for the next sends: with the read held, the group still
 // commits; two followers that fell behind get the snapshot from one read.
 func TestSnapshotReadBackOffTheWorker(t *testing.T) {
-	var (
-		mu      sync.Mutex
-		held    = make(chan struct{})
-		loading = make(chan struct{}, 16)
-	)
+	held, loading := newGate(), make(chan struct{}, 16)
 	c := newClusterSM(t, 5, []uint64{1}, func(cfg *Config) {
 		cfg.Workers = 1
 		cfg.SnapshotEntries = 50
 		cfg.beforeSnapLoad = func() {
 			loading <- struct{}{}
-			mu.Lock()
-			h := held
-			mu.Unlock()
-			<-h
+			held.wait()
 		}
 	}, func() StateMachine { return &bigSM{testSM: newTestSM(), pad: 256 << 10} })
-	release := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		select {
-		case <-held:
-		default:
-			close(held)
-		}
-	}
+	release := held.release
 	t.Cleanup(release) // before the cluster's: Close waits for the reads
 	lead := c.leader(1, nil)
 	var behind []uint64
@@ -231,3 +201,14 @@ func TestSnapshotReadBackOffTheWorker(t *testing.T) {
 		}
 	}
 }
+
+// gate holds whoever waits on it until released (once; later waits pass).
+type gate struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func newGate() *gate { return &gate{ch: make(chan struct{})} }
+
+func (g *gate) wait()    { <-g.ch }
+func (g *gate) release() { g.once.Do(func() { close(g.ch) }) }

@@ -3,7 +3,6 @@ package replication
 import (
 	"bytes"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -145,14 +144,13 @@ func TestReclaimForgetsRemovedGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.close()
-	hold, held := make(chan struct{}), make(chan uint64, 4)
-	var once sync.Once
-	release := func() { once.Do(func() { close(hold) }) }
+	hold, held := newGate(), make(chan uint64, 4)
+	release := hold.release
 	defer release() // before e.close, which waits for the excise
 	e.rec.beforeExcise = func(g, _ uint64) {
 		held <- g
 		if g == 6 {
-			<-hold
+			hold.wait()
 		}
 	}
 	b := e.newBatch()
@@ -202,13 +200,12 @@ func TestReclaimForgetWaitsForExciseInProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.close()
-	hold, held := make(chan struct{}), make(chan struct{})
+	hold, held := newGate(), make(chan struct{})
 	e.rec.beforeExcise = func(uint64, uint64) {
 		close(held)
-		<-hold
+		hold.wait()
 	}
-	var once sync.Once
-	release := func() { once.Do(func() { close(hold) }) }
+	release := hold.release
 	defer release() // before e.close, which waits for the excise
 	b := e.newBatch()
 	b.appendEntries(5, bigEntries(5, 1, 10, 64), 0)
