@@ -97,15 +97,13 @@ func TestLargeSnapshotWrittenOffTheWorker(t *testing.T) {
 func TestRemoveGroupWaitsForASnapshotWrite(t *testing.T) {
 	defer func(old int) { asyncSnapshotBytes = old }(asyncSnapshotBytes)
 	asyncSnapshotBytes = 64 << 10
-	held := make(chan struct{})
-	writing := make(chan struct{}, 16)
-	var once sync.Once
-	release := func() { once.Do(func() { close(held) }) }
+	held, writing := newGate(), make(chan struct{}, 16)
+	release := held.release
 	c := newClusterSM(t, 1, []uint64{1}, func(cfg *Config) {
 		cfg.SnapshotEntries = 20
 		cfg.beforeSnapWrite = func() {
 			writing <- struct{}{}
-			<-held
+			held.wait()
 		}
 	}, func() StateMachine { return &bigSM{testSM: newTestSM(), pad: 128 << 10} })
 	t.Cleanup(release)

@@ -57,6 +57,7 @@ type logStore struct {
 	loading    bool
 	loadWG     *sync.WaitGroup
 	loads      atomic.Uint64
+	removed    atomic.Bool // RemoveGroup deletes the group: reads may fail
 	// beforeLoad, if set (tests), runs before each read.
 	beforeLoad func()
 }
@@ -125,7 +126,7 @@ func (s *logStore) loadSnapshot(idx uint64) {
 		s.loaded, s.loadedUsed = snap, time.Now()
 	}
 	s.loadMu.Unlock()
-	if err != nil && s.onLoadError != nil {
+	if err != nil && s.onLoadError != nil && !s.removed.Load() {
 		s.onLoadError(err)
 	}
 }

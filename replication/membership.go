@@ -223,6 +223,9 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 	if err != nil {
 		return err
 	}
+	// A snapshot read back for raft meanwhile finds the group gone: not
+	// an error worth reporting.
+	g.st.removed.Store(true)
 	b := h.eng.newBatch()
 	defer b.close()
 	b.deleteGroup(id)

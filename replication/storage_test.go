@@ -294,3 +294,49 @@ func TestSnapshotReadBackWhileANewerIsInstalled(t *testing.T) {
 		t.Fatalf("read back snapshot %d, want the newer 20", got.GetMetadata().GetIndex())
 	}
 }
+
+// A snapshot read back for raft while RemoveGroup deletes the group finds
+// nothing; that is no error to report (it used to log "cannot read the
+// snapshot back" at every removal that met a read).
+func TestSnapshotReadBackDuringRemovalIsQuiet(t *testing.T) {
+	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	s5 := &pb.Snapshot{Data: []byte("state@5"), Metadata: &pb.SnapshotMetadata{Index: new(uint64(5)), Term: new(uint64(1)),
+		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1}})}}
+	file, err := e.writeSnapFile(2, s5, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := e.newBatch()
+	if err := b.setSnapshot(2, s5, false, file); err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, b)
+	hold := newGate()
+	defer hold.release()
+	var wg sync.WaitGroup
+	var loadErr error
+	st := &logStore{MemoryStorage: raft.NewMemoryStorage(), eng: e, group: 2, loadWG: &wg,
+		beforeLoad: hold.wait, onLoadError: func(err error) { loadErr = err }}
+	wg.Add(1)
+	go st.loadSnapshot(5)
+	// RemoveGroup's steps: mark, delete the group's keys, wait, remove files.
+	st.removed.Store(true)
+	b = e.newBatch()
+	b.deleteGroup(2)
+	mustCommit(t, b)
+	hold.release()
+	wg.Wait()
+	if err := e.removeSnapFiles(2, ""); err != nil {
+		t.Fatal(err)
+	}
+	if loadErr != nil {
+		t.Fatalf("a read during the removal reported %v", loadErr)
+	}
+	if st.loaded != nil {
+		t.Fatalf("a read during the removal kept snapshot %v", st.loaded.GetMetadata())
+	}
+}
