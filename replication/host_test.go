@@ -677,6 +677,10 @@ func TestCrashAllHostsKeepsAcknowledged(t *testing.T) {
 		}
 		mu.Unlock()
 		for _, id := range c.ids {
+			// The crash must meet excised log prefixes too (reclaim.go).
+			if c.host(id).Stats().LogExcises == 0 {
+				t.Fatalf("host %d excised no truncated prefix before the crash", id)
+			}
 			c.crash(id)
 		}
 		close(stop)
