@@ -124,13 +124,7 @@ func TestTruncatedPrefixExcisedFromTables(t *testing.T) {
 		}
 	}
 	check(e)
-	if err := e.close(); err != nil {
-		t.Fatal(err)
-	}
-	e, err = openEngine(dir, nil, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	e = reopenEngine(t, e, dir)
 	defer e.close()
 	check(e)
 }
@@ -274,9 +268,7 @@ func TestRestoredSnapshotExcisesReplacedLog(t *testing.T) {
 	}
 	// A snapshot at 60 (past the stored log), then entries 61..70.
 	b = e.newBatch()
-	snap := &pb.Snapshot{Data: []byte("state@60"), Metadata: &pb.SnapshotMetadata{Index: new(uint64(60)), Term: new(uint64(1)),
-		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1, 2, 3}})}}
-	if err := b.setSnapshot(4, snap, true, ""); err != nil {
+	if err := b.setSnapshot(4, snapshotAt(60), true, ""); err != nil {
 		t.Fatal(err)
 	}
 	b.appendEntries(4, bigEntries(4, 61, 70, 4096), 0)

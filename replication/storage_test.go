@@ -38,6 +38,44 @@ func mustCommit(t *testing.T, b *logBatch) {
 	b.close()
 }
 
+// reopenEngine closes e and opens the engine in dir again.
+func reopenEngine(t *testing.T, e *engine, dir string) *engine {
+	t.Helper()
+	if err := e.close(); err != nil {
+		t.Fatal(err)
+	}
+	e, err := openEngine(dir, nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// snapshotAt is a snapshot at index i (term 1, voter 1) whose data,
+// "state@i", tells it apart.
+func snapshotAt(i uint64) *pb.Snapshot {
+	return &pb.Snapshot{Data: []byte(fmt.Sprintf("state@%d", i)), Metadata: &pb.SnapshotMetadata{Index: new(i), Term: new(uint64(1)),
+		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1}})}}
+}
+
+// installSnapFile makes s group g's snapshot, its data in a file of its
+// own, as the worker does (older files removed).
+func installSnapFile(t *testing.T, e *engine, g uint64, s *pb.Snapshot) {
+	t.Helper()
+	file, err := e.writeSnapFile(g, s, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := e.newBatch()
+	if err := b.setSnapshot(g, s, false, file); err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, b)
+	if err := e.removeSnapFiles(g, file); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestEngineRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	e, err := openEngine(dir, nil, zerolog.Nop())
@@ -103,13 +141,7 @@ func TestEngineRoundTrip(t *testing.T) {
 		}
 	}
 	check(e)
-	if err := e.close(); err != nil {
-		t.Fatal(err)
-	}
-	e, err = openEngine(dir, nil, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	e = reopenEngine(t, e, dir)
 	check(e)
 
 	// A local snapshot at 5 with compaction up to 4; then an incoming
@@ -247,32 +279,13 @@ func TestSnapshotReadBackWhileANewerIsInstalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.close()
-	snapAt := func(i uint64) *pb.Snapshot {
-		return &pb.Snapshot{Data: []byte(fmt.Sprintf("state@%d", i)), Metadata: &pb.SnapshotMetadata{Index: new(i), Term: new(uint64(1)),
-			ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1}})}}
-	}
-	install := func(s *pb.Snapshot) {
-		t.Helper()
-		file, err := e.writeSnapFile(2, s, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b := e.newBatch()
-		if err := b.setSnapshot(2, s, false, file); err != nil {
-			t.Fatal(err)
-		}
-		mustCommit(t, b)
-		if err := e.removeSnapFiles(2, file); err != nil {
-			t.Fatal(err)
-		}
-	}
-	install(snapAt(10))
+	installSnapFile(t, e, 2, snapshotAt(10))
 	// Between the two reads, snapshot 20 replaces 10 (its file removed).
 	once := true
 	e.afterSnapMetaRead = func() {
 		if once {
 			once = false
-			install(snapAt(20))
+			installSnapFile(t, e, 2, snapshotAt(20))
 		}
 	}
 	var wg sync.WaitGroup
@@ -304,17 +317,7 @@ func TestSnapshotReadBackDuringRemovalIsQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.close()
-	s5 := &pb.Snapshot{Data: []byte("state@5"), Metadata: &pb.SnapshotMetadata{Index: new(uint64(5)), Term: new(uint64(1)),
-		ConfState: pb.EnsureConfState(&pb.ConfState{Voters: []uint64{1}})}}
-	file, err := e.writeSnapFile(2, s5, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := e.newBatch()
-	if err := b.setSnapshot(2, s5, false, file); err != nil {
-		t.Fatal(err)
-	}
-	mustCommit(t, b)
+	installSnapFile(t, e, 2, snapshotAt(5))
 	hold := newGate()
 	defer hold.release()
 	var wg sync.WaitGroup
@@ -325,7 +328,7 @@ func TestSnapshotReadBackDuringRemovalIsQuiet(t *testing.T) {
 	go st.loadSnapshot(5)
 	// RemoveGroup's steps: mark, delete the group's keys, wait, remove files.
 	st.removed.Store(true)
-	b = e.newBatch()
+	b := e.newBatch()
 	b.deleteGroup(2)
 	mustCommit(t, b)
 	hold.release()
