@@ -122,6 +122,10 @@ type Config struct {
 	// beforeSnapLoad, if set, runs before a snapshot is read back to be
 	// sent, on the goroutine that reads it (tests: hold the read).
 	beforeSnapLoad func()
+	// exciseMaxDefer, if set, replaces how long a truncated log prefix
+	// waits for its memtable's flush before it is excised anyway
+	// (reclaim.go; tests whose memtables never fill).
+	exciseMaxDefer time.Duration
 	// MaxProposalBytes bounds one batched entry; default 1 MiB.
 	MaxProposalBytes int
 }

@@ -81,6 +81,9 @@ func newHost(cfg Config, fs vfs.FS) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.exciseMaxDefer > 0 {
+		eng.rec.setMaxDefer(cfg.exciseMaxDefer)
+	}
 	// Snapshot files of groups removed just before a stop (see
 	// removeUnregisteredSnapFiles).
 	if err := eng.removeUnregisteredSnapFiles(); err != nil {

@@ -206,7 +206,10 @@ func TestProposeSettlesALeaderChange(t *testing.T) {
 
 func TestFollowerRestartRecovers(t *testing.T) {
 	groups := []uint64{1, 2}
-	c := newCluster(t, 3, groups, func(cfg *Config) { cfg.SnapshotEntries = 20 })
+	c := newCluster(t, 3, groups, func(cfg *Config) {
+		cfg.SnapshotEntries = 20
+		cfg.exciseMaxDefer = 20 * time.Millisecond // memtables never fill here
+	})
 	for i := range 30 {
 		for _, g := range groups {
 			c.propose(g, fmt.Sprintf("a%d", i))
@@ -614,7 +617,10 @@ func TestChangeReplicas(t *testing.T) {
 // every replica.
 func TestCrashAllHostsKeepsAcknowledged(t *testing.T) {
 	groups := []uint64{1, 2}
-	c := newCrashableCluster(t, 3, groups, func(cfg *Config) { cfg.SnapshotEntries = 40 })
+	c := newCrashableCluster(t, 3, groups, func(cfg *Config) {
+		cfg.SnapshotEntries = 40
+		cfg.exciseMaxDefer = 20 * time.Millisecond // memtables never fill here
+	})
 	var mu sync.Mutex
 	acked := make(map[uint64]map[string]bool)
 	for _, g := range groups {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/rs/zerolog"
@@ -30,22 +31,37 @@ import (
 // host can hold the group again, whose new replica starts its log at the
 // bottom.
 //
-// One excise runs at a time, on a goroutine of its own, right after the
-// commit, while the range deletion is still in the memtable: Pebble then
-// records the excise as a flushable (FormatFlushableIngestExcises) instead
-// of flushing the memtable first while commits wait.
+// One excise runs at a time, on a goroutine of its own, once the memtable
+// that holds the truncation's range deletion has been flushed, as far as
+// the reclaimer can tell: once the first flush that began after the
+// truncation was handed over has ended. Issued while the range deletion is
+// still in the memtable, the excise overlaps it, and Pebble cuts the
+// memtable short to queue the excise behind it (a flushable, format
+// FormatFlushableIngestExcises): a fresh memtable per truncation, whose
+// arena costs page faults, and a small table. Should the guess be wrong
+// (the memtable had not been rotated when that flush began), Pebble does
+// just that: correct, only dearer. A truncation waits at most maxDefer,
+// from its group's first pending one, for such a flush (with few writes
+// memtables rarely fill). See doc.go, "Truncated entries excised".
 type reclaimer struct {
 	db  *pebble.DB
 	log zerolog.Logger
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	pending map[uint64]uint64 // group -> entries up to this index deleted
-	order   []uint64          // groups of pending, in arrival order
-	busy    bool              // an excise runs, of group cur
-	cur     uint64
-	closed  bool
-	done    chan struct{}
+	mu sync.Mutex
+	// maxDefer: how long a truncation waits for its memtable's flush
+	// before it is excised anyway.
+	maxDefer time.Duration
+	cond     *sync.Cond               // busy changed
+	wake     chan struct{}            // pending, flushes or closed changed
+	pending  map[uint64]pendingExcise // by group
+	order    []uint64                 // groups of pending, in arrival order
+	busy     bool                     // an excise runs, of group cur
+	cur      uint64
+	closed   bool
+	done     chan struct{}
+	// Flushes begun and ended (Pebble runs one at a time): the flush that
+	// began as the begunth has ended once ended >= begun.
+	begun, ended uint64
 
 	excised, failed atomic.Uint64
 
@@ -53,11 +69,63 @@ type reclaimer struct {
 	beforeExcise func(g, upto uint64)
 }
 
-func newReclaimer(db *pebble.DB, log zerolog.Logger) *reclaimer {
-	r := &reclaimer{db: db, log: log, pending: map[uint64]uint64{}, done: make(chan struct{})}
+// pendingExcise: a group's entries up to upto are deleted by committed
+// batches; excise them once flush number after has ended, or at deadline.
+type pendingExcise struct {
+	upto, after uint64
+	deadline    time.Time
+}
+
+// defaultMaxDefer: at multicast saturation a host's memtable fills in
+// about a second.
+const defaultMaxDefer = 5 * time.Second
+
+// newReclaimer returns a reclaimer whose listener must be given to Pebble
+// and whose db must be set before the first add.
+func newReclaimer(log zerolog.Logger) *reclaimer {
+	r := &reclaimer{log: log, maxDefer: defaultMaxDefer, pending: map[uint64]pendingExcise{},
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	r.cond = sync.NewCond(&r.mu)
-	go r.run()
 	return r
+}
+
+// setMaxDefer replaces maxDefer for later truncations.
+func (r *reclaimer) setMaxDefer(d time.Duration) {
+	r.mu.Lock()
+	r.maxDefer = d
+	r.mu.Unlock()
+}
+
+func (r *reclaimer) start(db *pebble.DB) {
+	r.db = db
+	go r.run()
+}
+
+// listener tells the reclaimer of Pebble's flushes.
+func (r *reclaimer) listener() pebble.EventListener {
+	return pebble.EventListener{
+		FlushBegin: func(pebble.FlushInfo) {
+			r.mu.Lock()
+			r.begun++
+			r.mu.Unlock()
+		},
+		FlushEnd: func(info pebble.FlushInfo) {
+			if info.Err != nil {
+				return
+			}
+			r.mu.Lock()
+			r.ended = r.begun
+			r.mu.Unlock()
+			r.poke()
+		},
+	}
+}
+
+func (r *reclaimer) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
 }
 
 // add asks for the entries of group g up to index upto, deleted by a
@@ -68,12 +136,17 @@ func (r *reclaimer) add(g, upto uint64) {
 	if r.closed {
 		return
 	}
-	cur, ok := r.pending[g]
+	p, ok := r.pending[g]
 	if !ok {
 		r.order = append(r.order, g)
+		p.deadline = time.Now().Add(r.maxDefer)
 	}
-	r.pending[g] = max(cur, upto)
-	r.cond.Broadcast()
+	// The newest range deletion decides when the span leaves the memtable;
+	// the oldest when it is excised anyway (a group truncated more often
+	// than maxDefer must not wait for ever).
+	p.upto, p.after = max(p.upto, upto), r.begun+1
+	r.pending[g] = p
+	r.poke()
 }
 
 // forget drops what is pending for group g and waits for an excise of it
@@ -109,26 +182,54 @@ func (r *reclaimer) idle() bool {
 func (r *reclaimer) close() {
 	r.mu.Lock()
 	r.closed = true
-	r.cond.Broadcast()
 	r.mu.Unlock()
-	<-r.done
+	r.poke()
+	if r.db != nil {
+		<-r.done
+	}
+}
+
+// next takes the first pending group whose span is ready to excise, or
+// returns the time until one will be (0 if none is pending).
+func (r *reclaimer) next(now time.Time) (g, upto uint64, ok bool, wait time.Duration) {
+	for i, o := range r.order {
+		p := r.pending[o]
+		if r.ended >= p.after || !now.Before(p.deadline) {
+			r.order = append(r.order[:i], r.order[i+1:]...)
+			delete(r.pending, o)
+			return o, p.upto, true, 0
+		}
+		if d := p.deadline.Sub(now); wait == 0 || d < wait {
+			wait = d
+		}
+	}
+	return 0, 0, false, wait
 }
 
 func (r *reclaimer) run() {
 	defer close(r.done)
-	r.mu.Lock()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
-		for len(r.order) == 0 && !r.closed {
-			r.cond.Wait()
-		}
+		r.mu.Lock()
 		if r.closed {
 			r.mu.Unlock()
 			return
 		}
-		g := r.order[0]
-		r.order = r.order[1:]
-		upto := r.pending[g]
-		delete(r.pending, g)
+		g, upto, ok, wait := r.next(time.Now())
+		if !ok {
+			r.mu.Unlock()
+			if wait > 0 {
+				timer.Reset(wait)
+			} else {
+				timer.Stop()
+			}
+			select {
+			case <-r.wake:
+			case <-timer.C:
+			}
+			continue
+		}
 		r.busy, r.cur = true, g
 		r.mu.Unlock()
 
@@ -147,5 +248,6 @@ func (r *reclaimer) run() {
 		r.mu.Lock()
 		r.busy = false
 		r.cond.Broadcast()
+		r.mu.Unlock()
 	}
 }

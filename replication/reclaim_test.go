@@ -22,6 +22,15 @@ func bigEntries(g, from, to uint64, n int) []*pb.Entry {
 	return out
 }
 
+// mustFlush flushes the memtable: the reclaimer excises a truncation once
+// the memtable holding its range deletion has been flushed.
+func mustFlush(t *testing.T, e *engine) {
+	t.Helper()
+	if err := e.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // tablesOverlapping lists the engine's tables (of any level) holding a key
 // in [start, end).
 func tablesOverlapping(t *testing.T, e *engine, start, end []byte) []string {
@@ -81,6 +90,7 @@ func TestTruncatedPrefixExcisedFromTables(t *testing.T) {
 		b.truncatePrefix(g, upto)
 	}
 	mustCommit(t, b)
+	mustFlush(t, e)
 	waitFor(t, 10*time.Second, "truncated entries to leave the tables", func() bool {
 		for g, upto := range cut {
 			if len(tablesOverlapping(t, e, entryKey(g, 0), entryKey(g, upto+1))) > 0 {
@@ -155,12 +165,14 @@ func TestReclaimForgetsRemovedGroup(t *testing.T) {
 	b = e.newBatch()
 	b.truncatePrefix(6, 100)
 	mustCommit(t, b)
+	mustFlush(t, e)
 	if g := <-held; g != 6 {
 		t.Fatalf("first excise of group %d, want 6", g)
 	}
 	b = e.newBatch()
 	b.truncatePrefix(5, 100)
 	mustCommit(t, b)
+	mustFlush(t, e)
 
 	// Group 5's replica is removed (RemoveGroup: deleteGroup, then forget)
 	// and a new one writes entries 1..50 while the old excise would still
@@ -205,6 +217,7 @@ func TestReclaimForgetWaitsForExciseInProgress(t *testing.T) {
 	b.appendEntries(5, bigEntries(5, 1, 10, 64), 0)
 	b.truncatePrefix(5, 10)
 	mustCommit(t, b)
+	mustFlush(t, e)
 	<-held
 	excisedWhenForgot := make(chan uint64, 1)
 	go func() {
@@ -273,6 +286,7 @@ func TestRestoredSnapshotExcisesReplacedLog(t *testing.T) {
 	}
 	b.appendEntries(4, bigEntries(4, 61, 70, 4096), 0)
 	mustCommit(t, b)
+	mustFlush(t, e)
 	waitFor(t, 10*time.Second, "the replaced log to leave the tables", func() bool {
 		return len(tablesOverlapping(t, e, entryKey(4, 0), entryKey(4, 61))) == 0
 	})
@@ -309,6 +323,7 @@ func TestUnsyncedTruncationNotExcised(t *testing.T) {
 	b = e.newBatch()
 	b.truncatePrefix(3, 15)
 	mustCommit(t, b)
+	mustFlush(t, e)
 	waitFor(t, 10*time.Second, "the synced truncation to be excised", func() bool { return e.rec.excised.Load() == 1 })
 	if ents, _, err := e.readEntries(3, 16, 21, 1<<30); err != nil || len(ents) != 5 || ents[0].GetIndex() != 16 {
 		t.Fatalf("entries after the truncations: %d, %v", len(ents), err)
@@ -336,6 +351,7 @@ func TestExcisedEngineOpensWithEarlierOptions(t *testing.T) {
 	b = e.newBatch()
 	b.truncatePrefix(1, 30)
 	mustCommit(t, b)
+	mustFlush(t, e)
 	waitFor(t, 10*time.Second, "the excise", func() bool { return e.rec.excised.Load() == 1 })
 	if err := e.db.Flush(); err != nil {
 		t.Fatal(err)
@@ -379,5 +395,83 @@ func TestExcisedEngineOpensWithEarlierOptions(t *testing.T) {
 	}
 	if err := old.CheckLevels(nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A truncation is excised once the memtable holding its range deletion has
+// been flushed. Excised earlier, the span overlaps the memtable, and
+// Pebble cuts the memtable short to queue the excise behind it: one more
+// memtable (a fresh arena, page faults) and a small table per truncation.
+func TestExciseWaitsForTheMemtableFlush(t *testing.T) {
+	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	e.rec.setMaxDefer(time.Hour)
+	excising := make(chan int64, 4) // flushes done when an excise began
+	e.rec.beforeExcise = func(uint64, uint64) { excising <- e.db.Metrics().Flush.Count }
+	b := e.newBatch()
+	b.appendEntries(1, bigEntries(1, 1, 40, 4096), 0)
+	mustCommit(t, b)
+	mustFlush(t, e)
+	b = e.newBatch()
+	b.truncatePrefix(1, 30)
+	mustCommit(t, b)
+	select {
+	case n := <-excising:
+		t.Fatalf("excised while the range deletion was in the memtable (%d flushes)", n)
+	case <-time.After(300 * time.Millisecond):
+	}
+	flushed := e.db.Metrics().Flush.Count
+	mustFlush(t, e)
+	select {
+	case n := <-excising:
+		if n <= flushed {
+			t.Fatalf("excise began after %d flushes, want > %d", n, flushed)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("not excised after the memtable's flush")
+	}
+	waitFor(t, 10*time.Second, "the excise to end", e.rec.idle)
+	mustFlush(t, e)
+	if m := e.db.Metrics(); m.Flush.AsIngestCount != 0 || e.rec.excised.Load() != 1 {
+		t.Fatalf("excised %d, flushables flushed %d; want 1, 0", e.rec.excised.Load(), m.Flush.AsIngestCount)
+	}
+	if n := len(tablesOverlapping(t, e, entryKey(1, 0), entryKey(1, 31))); n != 0 {
+		t.Fatalf("%d tables still hold truncated entries", n)
+	}
+	if ents, _, err := e.readEntries(1, 31, 41, 1<<30); err != nil || len(ents) != 10 || ents[0].GetIndex() != 31 {
+		t.Fatalf("entries after the truncation: %d, %v", len(ents), err)
+	}
+}
+
+// Without flushes (few writes) a truncation is excised after maxDefer,
+// counted from its group's first pending truncation: a group truncated
+// more often than that is still excised.
+func TestExciseDeadlineWithoutFlushes(t *testing.T) {
+	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	e.rec.setMaxDefer(100 * time.Millisecond)
+	b := e.newBatch()
+	b.appendEntries(2, bigEntries(2, 1, 400, 64), 0)
+	mustCommit(t, b)
+	start := time.Now()
+	upto := uint64(0)
+	for e.rec.excised.Load() == 0 {
+		if upto == 300 || time.Since(start) > 5*time.Second {
+			t.Fatalf("no excise after %d truncations in %v, one every 10 ms", upto, time.Since(start))
+		}
+		upto++
+		b := e.newBatch()
+		b.truncatePrefix(2, upto)
+		mustCommit(t, b)
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ents, _, err := e.readEntries(2, upto+1, 401, 1<<30); err != nil || uint64(len(ents)) != 400-upto {
+		t.Fatalf("entries after the truncations: %d, %v", len(ents), err)
 	}
 }

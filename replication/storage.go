@@ -81,6 +81,8 @@ func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 	if fs == nil { // tables with O_DIRECT (directfs.go)
 		engFS = newDirectFS(vfs.Default)
 	}
+	rec := newReclaimer(log)
+	listener := rec.listener()
 	opts := &pebble.Options{
 		MemTableSize: memTableSize,
 		Logger:       pebbleLogger{l: log},
@@ -99,14 +101,18 @@ func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 		LBaseMaxBytes:         1 << 30,
 		// Truncated log prefixes are excised (reclaim.go), which needs
 		// virtual tables; from this version on an excise that overlaps
-		// the memtable is queued behind it rather than waiting for its
-		// flush while commits wait. Stores of older versions are
-		// upgraded when opened.
+		// the memtable (one whose flush the reclaimer did not wait for)
+		// is queued behind it rather than waiting for its flush while
+		// commits wait. Stores of older versions are upgraded when
+		// opened.
 		FormatMajorVersion: pebble.FormatFlushableIngestExcises,
 		// An excise queued behind the memtable (above) cuts it short;
 		// with the default 2 a memtable being flushed already made the
 		// queue too long, and the excise waited for a flush instead.
 		MemTableStopWritesThreshold: 4,
+		// Flushes tell the reclaimer when a truncation's range deletion
+		// has left the memtable.
+		EventListener: &listener,
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
@@ -115,7 +121,8 @@ func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 	if fs == nil {
 		fs = vfs.Default
 	}
-	e := &engine{db: db, fs: fs, snapDir: fs.PathJoin(dir, snapDirName), rec: newReclaimer(db, log)}
+	rec.start(db)
+	e := &engine{db: db, fs: fs, snapDir: fs.PathJoin(dir, snapDirName), rec: rec}
 	// The directory itself must survive a crash: sync its parent too.
 	if err = fs.MkdirAll(e.snapDir, 0o755); err == nil {
 		err = syncDir(fs, dir)
