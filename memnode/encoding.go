@@ -43,11 +43,17 @@ const (
 	resultVersion2 = 2 // resultVersion with Result.Appended
 )
 
+// EntrySizeBound bounds the length of e's encoding (AppendEntry): with
+// that much room in dst, AppendEntry allocates nothing.
+func EntrySizeBound(e *Entry) int {
+	return 3 + 3*binary.MaxVarintLen64 + len(e.Participants)*binary.MaxVarintLen64 + opSize(&e.Op) +
+		(4+(len(e.More)+len(e.Commits)+len(e.Aborts)+len(e.Fences))*3)*binary.MaxVarintLen64 +
+		appendsSize(&e.Op)
+}
+
 // AppendEntry appends the encoding of e to dst.
 func AppendEntry(dst []byte, e *Entry) []byte {
-	dst = slices.Grow(dst, 3+3*binary.MaxVarintLen64+len(e.Participants)*binary.MaxVarintLen64+opSize(&e.Op)+
-		(4+(len(e.More)+len(e.Commits)+len(e.Aborts)+len(e.Fences))*3)*binary.MaxVarintLen64+
-		appendsSize(&e.Op))
+	dst = slices.Grow(dst, EntrySizeBound(e))
 	v := byte(entryVersion)
 	switch {
 	case len(e.Op.Appends) > 0 || len(e.Op.Relocs) > 0:

@@ -50,7 +50,13 @@ func AppendInspect(dst []byte, what Inspect) []byte {
 // the current state and returns the encoded answer: an encoded Result for a
 // read-only minitransaction or an undecodable query, the inspection's
 // encoding otherwise. It changes nothing and never panics.
-func (m *Memnode) Answer(q []byte) []byte {
+func (m *Memnode) Answer(q []byte) []byte { return m.AnswerInto(q, nil) }
+
+// AnswerInto is Answer with the buffer of an answer that carries read data
+// from alloc (if not nil): alloc(n) returns an empty slice of capacity at
+// least n, e.g. from a pool, so the read data is not first zeroed in a
+// fresh allocation. Once done with the answer, the caller may recycle it.
+func (m *Memnode) AnswerInto(q []byte, alloc func(n int) []byte) []byte {
 	if len(q) == 2 && q[0] == queryTagInspect {
 		switch Inspect(q[1]) {
 		case InspectInDoubt:
@@ -66,13 +72,15 @@ func (m *Memnode) Answer(q []byte) []byte {
 		r := invalid(fmt.Errorf("%w: %v", ErrInvalid, err))
 		return AppendResult(nil, &r)
 	}
-	return m.appendQuery(nil, now, &op)
+	return m.appendQuery(nil, now, &op, alloc)
 }
 
 // appendQuery appends AppendResult(Query(now, op)), reading the read items
 // from memory straight into the encoding: a read (a gcs blob, up to
 // megabytes) is copied once here, not into Result.Reads and then again.
-func (m *Memnode) appendQuery(dst []byte, now int64, op *Op) []byte {
+// If dst lacks room for them, the room comes from alloc (nil: a fresh
+// allocation).
+func (m *Memnode) appendQuery(dst []byte, now int64, op *Op, alloc func(n int) []byte) []byte {
 	r := m.queryVote(now, op)
 	if !queryReads(&r) || len(op.Reads) == 0 {
 		return AppendResult(dst, &r)
@@ -81,7 +89,10 @@ func (m *Memnode) appendQuery(dst []byte, now int64, op *Op) []byte {
 	for _, rd := range op.Reads {
 		n += int(rd.Len)
 	}
-	dst = slices.Grow(dst, n)
+	if alloc != nil && cap(dst)-len(dst) < n {
+		dst = append(alloc(len(dst)+n), dst...)
+	}
+	dst = slices.Grow(dst, n) // a no-op if alloc gave the room
 	dst = appendResultHead(dst, &r)
 	dst = binary.AppendUvarint(dst, uint64(len(op.Reads)))
 	for _, rd := range op.Reads {

@@ -152,8 +152,24 @@ func TestAnswerEncodesWhatQueryReturns(t *testing.T) {
 			t.Errorf("%s: Answer %x\nwant (AppendResult of Query) %x", tc.name, got, enc)
 		}
 		dirty := bytes.Repeat([]byte{0xff}, len(enc)+64)[:3]
-		if got := m.appendQuery(dirty, 3, &tc.op); !bytes.Equal(got[3:], enc) {
+		if got := m.appendQuery(dirty, 3, &tc.op, nil); !bytes.Equal(got[3:], enc) {
 			t.Errorf("%s: appendQuery into a dirty buffer %x\nwant %x", tc.name, got[3:], enc)
+		}
+		// With an allocator (a pool's dirty buffers), an answer with read
+		// data is built in the buffer it gives, nothing else allocated.
+		var given []byte
+		alloc := func(n int) []byte {
+			given = bytes.Repeat([]byte{0xee}, n+100)[:0]
+			return given
+		}
+		got := m.AnswerInto(AppendQuery(nil, 3, &tc.op), alloc)
+		if !bytes.Equal(got, enc) {
+			t.Errorf("%s: AnswerInto %x\nwant %x", tc.name, got, enc)
+		}
+		if withReads := queryReads(&want) && len(tc.op.Reads) > 0; withReads != (given != nil) ||
+			(given != nil && &got[:1][0] != &given[:1][0]) {
+			t.Errorf("%s: AnswerInto used the allocator: %v, answer in its buffer: %v; want both %v",
+				tc.name, given != nil, given != nil && &got[:1][0] == &given[:1][0], withReads)
 		}
 	}
 }

@@ -32,7 +32,8 @@ type StateMachine interface {
 	Apply(cmds []Command) [][]byte
 	// Query answers a read-only request against the current state without
 	// changing it. The host calls it only after the group has applied at least
-	// the ReadIndex of the read.
+	// the ReadIndex of the read, and hands the result to that read's
+	// caller alone (who may recycle it).
 	Query(q []byte) []byte
 	// Snapshot returns the full state as of the last applied command. The
 	// host keeps the returned slice only until it is stored (in a snapshot

@@ -473,8 +473,9 @@ const framingOverhead = 1 + 3*binary.MaxVarintLen64 + 8 + 2*binary.MaxVarintLen6
 // ErrDropped, or ErrUnknownOutcome (it was handed to raft but leadership
 // changed or the host closed before it applied).
 //
-// done runs on a host goroutine, never on the caller's before ProposeAsync
-// returns, and never while the host holds a lock. It must not block: it runs
+// The host does not use cmd once done is called: the caller may then
+// recycle it. done runs on a host goroutine, never on the caller's before
+// ProposeAsync returns, and never while the host holds a lock. It must not block: it runs
 // on the worker that drives the group (and its other groups). Hand the
 // result to a channel or another goroutine.
 func (h *Host) ProposeAsync(group uint64, cmd []byte, done func(result []byte, err error)) {
@@ -522,7 +523,8 @@ func (h *Host) enqueueProposal(group uint64, cmd []byte, done func([]byte, error
 // queued reads, confirmed by a quorum of heartbeats), waits until it has
 // applied that index, and calls StateMachine.Query on the worker goroutine.
 // A follower fails the read with *NotLeaderError. done follows the rules of
-// ProposeAsync.
+// ProposeAsync; the result it gets is Query's, passed to no one else, so
+// the caller may recycle it.
 func (h *Host) ReadAsync(group uint64, query []byte, done func(result []byte, err error)) {
 	if err := h.enqueueRead(group, query, done); err != nil {
 		go done(nil, err)

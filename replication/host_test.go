@@ -754,3 +754,43 @@ func TestCrashAllHostsKeepsAcknowledged(t *testing.T) {
 	load(400 * time.Millisecond)
 	load(400 * time.Millisecond)
 }
+
+// Once a proposal's done is called the host no longer uses its command: the
+// memnode server puts it back into a buffer pool there, and the next
+// request's encoding overwrites it. Commands scribbled over in done still
+// apply as proposed on every replica, including a follower that was cut
+// off meanwhile and catches up from the leader's log later.
+func TestProposalCommandReusableAfterDone(t *testing.T) {
+	c := newCluster(t, 3, []uint64{1}, nil)
+	c.propose(1, "warm-up") // a leader
+	lead := c.host(c.leader(1, nil))
+	behind := c.follower(1)
+	c.net.Isolate(behind)
+	const n = 200
+	errs := make(chan error, n)
+	for i := range n {
+		cmd := []byte(fmt.Sprintf("cmd-%03d", i))
+		lead.ProposeAsync(1, cmd, func(_ []byte, err error) {
+			for j := range cmd {
+				cmd[j] = 'X'
+			}
+			errs <- err
+		})
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.net.Heal()
+	c.waitApplied(1, n+1)
+	log := c.checkSame(1)
+	if len(log) != n+1 {
+		t.Fatalf("%d commands applied, want %d", len(log), n+1)
+	}
+	for i, cmd := range log[1:] {
+		if want := fmt.Sprintf("cmd-%03d", i); cmd != want {
+			t.Fatalf("command %d applied as %q, want %q", i, cmd, want)
+		}
+	}
+}

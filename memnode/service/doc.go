@@ -28,6 +28,18 @@
 //     one sender goroutine per stream sends whatever has accumulated as one
 //     batch.
 //
+// The bytes of a request's memnode entry and of a read's answer (its read
+// data, up to megabytes) are encoded into buffers of bufpool.Pool: the
+// entry's goes back once replication calls the proposal's done (it copies
+// the command into its batched entry before that, and does not keep it),
+// the answer's once the response that aliases it was sent (gRPC marshals a
+// message as it sends it). Fresh buffers were zeroed first and then
+// written over, and their garbage paced the collector: measured
+// (2026-12-03, alternated 40 s runs, `tutti bench mcast --rates max
+// --warmup 25s --duration 10s`, three pairs) 45.2k, 52.3k, 51.3k against
+// 54.4k, 57.4k, 55.1k delivered/s per member, the embedded cluster 21.7,
+// 18.9, 19.2 against 18.0, 16.4, 17.2 µs of CPU per message.
+//
 // A host that is not the leader answers STATUS_NOT_LEADER with the leader's
 // id and address; it does not forward (one hop fewer, and clients cache
 // leaders). A proposal whose fate is unknown (leadership lost after

@@ -3,6 +3,7 @@ package service
 import (
 	"errors"
 	"fmt"
+	"github.com/tutti-gcs/tutti/internal/bufpool"
 
 	"github.com/tutti-gcs/tutti/memnode"
 	"github.com/tutti-gcs/tutti/replication"
@@ -92,8 +93,14 @@ func (s *machine) appendInDoubtWrites(written []wrange, tid memnode.TID) []wrang
 	return written
 }
 
-// Query answers a read-only minitransaction or an inspection (memnode.Answer).
-func (s *machine) Query(q []byte) []byte { return s.m.Answer(q) }
+// Query answers a read-only minitransaction or an inspection
+// (memnode.AnswerInto). An answer with read data is built in a buffer of
+// bufpool.Pool, which the session's outbox puts back once the response is
+// sent (readBuf); answers that go elsewhere are left to the collector.
+func (s *machine) Query(q []byte) []byte { return s.m.AnswerInto(q, readBuf) }
+
+// readBuf returns an empty buffer of capacity at least n from bufpool.Pool.
+func readBuf(n int) []byte { return (*bufpool.Pool.Get(n))[:0] }
 
 // Snapshot encodes the memnode into the buffer of the previous snapshot:
 // the host keeps no reference to it (replication.StateMachine).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tutti-gcs/tutti/internal/bufpool"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -43,7 +44,11 @@ type MemnodeSpec struct {
 // DefaultMaxRequestBytes bounds the encoded size of one request.
 const DefaultMaxRequestBytes = 4 << 20
 
-// proposer is the part of replication.Host the server uses; tests may fake it.
+// proposer is the part of replication.Host the server uses; tests may fake
+// it. A read's done owns its result (the server puts it back into
+// bufpool.Pool once its response is sent): no result goes to two dones.
+// Once a proposal's done is called, its command is not used again (the
+// server puts it back into bufpool.Pool).
 type proposer interface {
 	ProposeAsync(group uint64, cmd []byte, done func(result []byte, err error))
 	ReadAsync(group uint64, query []byte, done func(result []byte, err error))
@@ -276,7 +281,12 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 		ob.end()
 	}
 	if req.GetKind() == tuttipb.Kind_KIND_READ {
-		s.rep.ReadAsync(mn, memnode.AppendQuery(nil, now, &op), done)
+		s.rep.ReadAsync(mn, memnode.AppendQuery(nil, now, &op), func(res []byte, err error) {
+			// res (machine.Query's, from bufpool.Pool) is what the
+			// response's reads alias: put back once it is sent.
+			ob.pushOwning(s.response(id, mn, res, err), res)
+			ob.end()
+		})
 		return
 	}
 	t := req.GetTid()
@@ -291,7 +301,13 @@ func (s *Server) handle(req *tuttipb.Request, ob *outbox) {
 		Aborts:       tidsFromWire(aborts),
 		Fences:       tidsFromWire(fences),
 	}
-	s.rep.ProposeAsync(mn, memnode.AppendEntry(nil, &e), done)
+	// The command is encoded into a pooled buffer (not zeroed first, as a
+	// fresh one is), put back once replication is done with it.
+	cmd := memnode.AppendEntry((*bufpool.Pool.Get(memnode.EntrySizeBound(&e)))[:0], &e)
+	s.rep.ProposeAsync(mn, cmd, func(res []byte, err error) {
+		done(res, err)
+		bufpool.Pool.Put(&cmd)
+	})
 }
 
 // response turns a replication outcome into a wire response.
@@ -377,24 +393,36 @@ type outbox struct {
 	mu struct {
 		sync.Mutex
 		pending  []*tuttipb.Response
+		owned    [][]byte // buffers pending responses alias, put back once sent
 		closed   bool
 		inflight int
 	}
 	notify chan struct{}
 	idle   chan struct{} // signalled when inflight drops to zero
+	// release takes back a buffer of owned once the responses that alias
+	// it were sent (marshaled: gRPC copies a message as it sends it).
+	release func([]byte)
 }
 
 func newOutbox() *outbox {
-	return &outbox{notify: make(chan struct{}, 1), idle: make(chan struct{}, 1)}
+	return &outbox{notify: make(chan struct{}, 1), idle: make(chan struct{}, 1),
+		release: func(b []byte) { bufpool.Pool.Put(&b) }}
 }
 
-func (o *outbox) push(r *tuttipb.Response) {
+func (o *outbox) push(r *tuttipb.Response) { o.pushOwning(r, nil) }
+
+// pushOwning queues r, whose fields may alias buf: buf is released once r
+// was sent, and left to the collector if it never is.
+func (o *outbox) pushOwning(r *tuttipb.Response, buf []byte) {
 	o.mu.Lock()
 	if o.mu.closed {
 		o.mu.Unlock()
 		return
 	}
 	o.mu.pending = append(o.mu.pending, r)
+	if cap(buf) > 0 {
+		o.mu.owned = append(o.mu.owned, buf)
+	}
 	o.mu.Unlock()
 	select {
 	case o.notify <- struct{}{}:
@@ -456,8 +484,8 @@ func (o *outbox) run(stream tuttipb.Memnode_SessionServer) error {
 			return stream.Context().Err()
 		}
 		o.mu.Lock()
-		batch := o.mu.pending
-		o.mu.pending = nil
+		batch, owned := o.mu.pending, o.mu.owned
+		o.mu.pending, o.mu.owned = nil, nil
 		closed := o.mu.closed
 		o.mu.Unlock()
 		for len(batch) > 0 {
@@ -466,6 +494,9 @@ func (o *outbox) run(stream tuttipb.Memnode_SessionServer) error {
 				return err
 			}
 			batch = batch[n:]
+		}
+		for _, b := range owned {
+			o.release(b)
 		}
 		if closed {
 			return nil

@@ -33,9 +33,10 @@ func (h *heldReads) ReadAsync(_ uint64, _ []byte, done func([]byte, error)) {
 		all = h.done
 	}
 	h.mu.Unlock()
-	res := memnode.AppendResult(nil, &memnode.Result{FailedCompare: -1, Reads: [][]byte{make([]byte, 1<<20)}})
 	for _, d := range all {
-		d(res, nil)
+		// A result of its own per read, as replication.Host gives: the
+		// server recycles it once sent.
+		d(memnode.AppendResult(nil, &memnode.Result{FailedCompare: -1, Reads: [][]byte{make([]byte, 1<<20)}}), nil)
 	}
 }
 
