@@ -414,4 +414,27 @@
 // at saturation, and bench mcast inconclusive (1,000/s p50 9.5 and 9.7 ms
 // against 17.3 and 12.1; saturation 56k and 58k against 67k and 56k); it
 // would also serialize every group's apply on one core of a many-core host.
+//
+// # Entry bytes in the engine (measured, not changed)
+//
+// After the excise and buffer changes of 2026-12-03, Pebble's WAL,
+// memtable and flushes are still about 35% of the embedded cluster's CPU
+// at multicast saturation (WAL writes 13%, the memtable's copy 9%,
+// flushes 12.5%): every byte of every entry goes through all three on
+// every host. An upper bound of what keeping entry bytes out of the LSM
+// would save, from a throwaway build that stored only the first 16 bytes
+// of each entry's data (not durable; every read then hit the log cache,
+// and nothing was lost in those runs): alternated 40 s runs, 83.7k, 71.5k
+// against 44.9k, 48.9k delivered/s per member, the cluster 10.0, 11.1
+// against 21.5, 19.3 µs of CPU per message, the members then the larger
+// share (12.5–13.7 µs together). What would get there durably, not
+// built: entry bytes appended to segment files of their own (O_DIRECT,
+// O_DSYNC) with Pebble keeping per entry a pointer (segment, offset,
+// length, CRC-32C) and everything else as now; the segment write and the
+// Pebble commit running in parallel, the cycle acknowledged once both are
+// durable; on recovery, the pointers of each worker's last committed
+// cycle checked against their CRCs and a group's log ended before the
+// first that fails (entries never acknowledged; the hard state's commit
+// clamped to the log's end); a segment deleted once every group's entries
+// in it are truncated. Earlier builds could not read such a store.
 package replication
