@@ -3,8 +3,8 @@ package service
 import (
 	"errors"
 	"fmt"
-	"github.com/tutti-gcs/tutti/internal/bufpool"
 
+	"github.com/tutti-gcs/tutti/internal/bufpool"
 	"github.com/tutti-gcs/tutti/memnode"
 	"github.com/tutti-gcs/tutti/replication"
 )
