@@ -119,3 +119,59 @@ func ExampleNode_Describe() {
 	// view 2 members 0 removed, not reclaimed 0
 	// true
 }
+
+// MulticastAsync keeps many messages in flight from one goroutine: here at
+// most 64, bounded by a semaphore whose slots the done callbacks give back
+// (done must not block: it runs on the group's sending goroutine).
+func ExampleGroup_MulticastAsync() {
+	c, err := cluster.Start(cluster.Config{NoSync: true})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		panic(err)
+	}
+	cl, err := client.New(ctx, client.Config{Seeds: c.Seeds()})
+	if err != nil {
+		panic(err)
+	}
+	defer cl.Close()
+	n, err := gcs.Open(ctx, gcs.Config{Client: cl, ID: "bob"})
+	if err != nil {
+		panic(err)
+	}
+	defer n.Close()
+	g, err := n.Join(ctx, "ticks", gcs.JoinOptions{})
+	if err != nil {
+		panic(err)
+	}
+
+	const total = 1000
+	slots := make(chan struct{}, 64)
+	failed := make(chan error, total)
+	go func() {
+		for i := range total {
+			slots <- struct{}{}
+			g.MulticastAsync(fmt.Appendf(nil, "tick %d", i), func(err error) {
+				if err != nil {
+					failed <- err
+				}
+				<-slots
+			})
+		}
+	}()
+	delivered := 0
+	for ev := range g.Events() {
+		if _, ok := ev.(*gcs.Message); ok {
+			if delivered++; delivered == total {
+				go g.Leave(ctx)
+			}
+		}
+	}
+	fmt.Println("delivered", delivered, "failed", len(failed))
+	// Output:
+	// delivered 1000 failed 0
+}

@@ -139,8 +139,18 @@ type Group struct {
 
 type sendReq struct {
 	payload []byte
-	done    chan error // capacity 1
+	done    chan error  // capacity 1 (Multicast)
+	cb      func(error) // or this (MulticastAsync)
 	taken   bool
+}
+
+// complete hands the request its outcome, once.
+func (r *sendReq) complete(err error) {
+	if r.cb != nil {
+		r.cb(err)
+		return
+	}
+	r.done <- err
 }
 
 func newGroup(n *Node, ref groupRef, self member, opts JoinOptions, pos uint64) *Group {
@@ -217,7 +227,7 @@ func (g *Group) fail(err error) {
 	g.mu.pending = nil
 	g.mu.Unlock()
 	for _, r := range pend {
-		r.done <- err
+		r.complete(err)
 	}
 }
 
@@ -249,6 +259,49 @@ func (g *Group) Multicast(ctx context.Context, payload []byte) error {
 	return g.multicast(ctx, payload, nil)
 }
 
+// MulticastAsync is Multicast without the wait: it queues payload and
+// returns at once; done is called exactly once, with nil when the message
+// is ordered or with the error Multicast would have returned (never ctx's:
+// a queued message is not withdrawn). Messages queued by one goroutine are
+// ordered, and delivered, in the order of its calls, as with Multicast.
+// done runs on one of the Group's goroutines, never on the caller's before
+// MulticastAsync returns: it must not block (hand the outcome to a channel
+// or a goroutine), and it must not call into the Group. payload must not
+// change until done is called. Nothing bounds how many messages wait: an
+// application that queues faster than the group orders bounds the calls
+// in flight itself, as Multicast's blocking does.
+//
+// It saves a goroutine, a channel and two context switches per message
+// where an application keeps many messages in flight (tutti bench mcast
+// --async; see the package doc, "Performance").
+func (g *Group) MulticastAsync(payload []byte, done func(error)) {
+	if done == nil {
+		done = func(error) {}
+	}
+	if err := g.checkSize(payload); err != nil {
+		go done(err)
+		return
+	}
+	r := &sendReq{payload: payload, cb: done}
+	g.mu.Lock()
+	if err := g.mu.err; err != nil {
+		g.mu.Unlock()
+		go done(err)
+		return
+	}
+	g.mu.pending = append(g.mu.pending, r)
+	g.mu.Unlock()
+	g.pokeSender()
+}
+
+// checkSize is ErrTooLarge for a payload no batch can hold.
+func (g *Group) checkSize(payload []byte) error {
+	if len(payload)+4 > g.n.cfg.MaxBatchBytes && (len(payload)+4 > MaxBatchBytesLimit || uint64(len(payload)+blobHeader+blobTrailer+4) > g.self.qLen/2) {
+		return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(payload))
+	}
+	return nil
+}
+
 // multicast is Multicast; queued, if not nil, runs once the message has
 // its place in the send queue (its sequence number is then decided by the
 // calls queued before it), or before an error return if it got none.
@@ -256,9 +309,9 @@ func (g *Group) multicast(ctx context.Context, payload []byte, queued func()) er
 	if queued == nil {
 		queued = func() {}
 	}
-	if len(payload)+4 > g.n.cfg.MaxBatchBytes && (len(payload)+4 > MaxBatchBytesLimit || uint64(len(payload)+blobHeader+blobTrailer+4) > g.self.qLen/2) {
+	if err := g.checkSize(payload); err != nil {
 		queued()
-		return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(payload))
+		return err
 	}
 	r := &sendReq{payload: payload, done: make(chan error, 1)}
 	g.mu.Lock()
@@ -1127,6 +1180,6 @@ func (e senderDead) Unwrap() error { return e.error }
 
 func (g *Group) finish(batch []*sendReq, err error) {
 	for _, r := range batch {
-		r.done <- err
+		r.complete(err)
 	}
 }

@@ -46,7 +46,9 @@ type mcastPoint struct {
 	Offered    float64 `json:"offered_per_sec"`
 	Saturation bool    `json:"saturation"`
 	Window     int     `json:"window,omitempty"`
-	DurationS  float64 `json:"duration_s"`
+	// Async: the members multicast with MulticastAsync (--async).
+	Async     bool    `json:"async,omitempty"`
+	DurationS float64 `json:"duration_s"`
 	// SentPerMember: Multicasts that returned nil per member per second.
 	SentPerMember float64 `json:"sent_per_member_per_sec"`
 	// DeliveredPerMember: messages delivered per member per second (mean
@@ -100,6 +102,7 @@ type mcastCmd struct {
 	Point   uint32  `json:"point"`
 	Rate    float64 `json:"rate,omitempty"` // 0: saturation
 	Window  int     `json:"window,omitempty"`
+	Async   bool    `json:"async,omitempty"` // MulticastAsync instead of Multicast
 	StartNs int64   `json:"start_ns,omitempty"`
 	WarmNs  int64   `json:"warm_ns,omitempty"`
 	DurNs   int64   `json:"dur_ns,omitempty"`
@@ -179,6 +182,7 @@ func newBenchMcast(g *globals) *cobra.Command {
 		duration    time.Duration
 		warmup      time.Duration
 		window      int
+		async       bool
 		asJSON      bool
 		outFile     string
 		noSync      bool
@@ -203,7 +207,9 @@ every member sends. Without --seed a local cluster (3 hosts, 3 memnodes, 3
 replicas each, fsync on) runs inside this process, as 'tutti up' does.
 
 For each --rates entry (messages/s offered per member; "max" keeps --window
-Multicasts outstanding per member back to back, i.e. saturation) the members
+Multicasts outstanding per member back to back, i.e. saturation; with
+--async one goroutine per member keeps them in flight with MulticastAsync
+instead of one goroutine per message blocked in Multicast) the members
 send --msg-bytes messages for --warmup + --duration (after a 24-byte header,
 --payload: pseudo-random bytes by default, which no layer can compress;
 "zeros" lets the log engine's compression of flushed tables shrink them,
@@ -360,7 +366,7 @@ entries proposed per message multicast ("fsyncs_per_msg",
 				}
 			}
 			b := &mcastBench{exe: exe, seeds: seeds, logDir: logDir, progress: progress, msgBytes: msgBytes, payload: payload,
-				group: fmt.Sprintf("bench-mcast-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6), gcsFlags: gcsFlags, memberProf: memberProf, memberLog: memberLog, senders: senders, replStats: replStats}
+				group: fmt.Sprintf("bench-mcast-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6), gcsFlags: gcsFlags, memberProf: memberProf, memberLog: memberLog, senders: senders, async: async, replStats: replStats}
 			if !embedded {
 				// Deferred before stopAll, so it runs after it: the
 				// members leave first, then their groups go.
@@ -411,6 +417,7 @@ entries proposed per message multicast ("fsyncs_per_msg",
 	f.DurationVar(&warmup, "warmup", time.Second, "unmeasured sending before each measured window")
 	f.IntVar(&senders, "senders", 0, "only the first N members send (0: every member)")
 	f.IntVar(&window, "window", 2048, `Multicasts outstanding per member at "max" (bounds paced rates too)`)
+	f.BoolVar(&async, "async", false, "members send with MulticastAsync, --window messages in flight, instead of a goroutine blocked in Multicast per message")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object per measured point instead of a table")
 	f.StringVar(&outFile, "out", "", "also write the JSON lines to this file")
 	f.BoolVar(&noSync, "no-fsync", false, "embedded cluster without fsync (not the durable setting)")
@@ -448,6 +455,7 @@ type mcastBench struct {
 	memberProf string
 	memberLog  string
 	senders    int
+	async      bool
 	members    []*mcastMember
 	spawns     int
 	// replStats sums the embedded cluster's replication counters (nil
@@ -583,7 +591,7 @@ func (b *mcastBench) point(ctx context.Context, id uint32, rate float64, window 
 	}
 	stride := uint64(max(1, expect/20000))
 	start := time.Now().Add(300 * time.Millisecond)
-	c := mcastCmd{Cmd: "run", Point: id, Rate: rate, Window: window, StartNs: start.UnixNano(), WarmNs: int64(warmup), DurNs: int64(dur), Stride: stride, Senders: b.senders, Members: n}
+	c := mcastCmd{Cmd: "run", Point: id, Rate: rate, Window: window, StartNs: start.UnixNano(), WarmNs: int64(warmup), DurNs: int64(dur), Stride: stride, Senders: b.senders, Members: n, Async: b.async}
 	label := "max"
 	if rate > 0 {
 		label = strconv.FormatFloat(rate, 'f', -1, 64) + "/s"
@@ -600,7 +608,7 @@ func (b *mcastBench) point(ctx context.Context, id uint32, rate float64, window 
 		}
 	}
 	sent := make([]int64, n)
-	p := mcastPoint{Mode: "load", Offered: rate, Saturation: rate == 0, DurationS: dur.Seconds()}
+	p := mcastPoint{Mode: "load", Offered: rate, Saturation: rate == 0, Async: b.async, DurationS: dur.Seconds()}
 	if rate == 0 {
 		p.Window = window
 	}
@@ -1018,7 +1026,7 @@ func (mm *memberRun) run(ctx context.Context, c mcastCmd) mcastReport {
 	var sent, errs atomic.Int64
 	hist := hdrhistogram.New(1, 600_000_000, 3)
 	var hmu sync.Mutex
-	send := func() {
+	message := func() ([]byte, time.Time) {
 		s := seq.Add(1)
 		p := make([]byte, mm.msgBytes)
 		if mm.random {
@@ -1029,7 +1037,10 @@ func (mm *memberRun) run(ctx context.Context, c mcastCmd) mcastReport {
 		binary.LittleEndian.PutUint64(p[8:], s)
 		t0 := time.Now()
 		binary.LittleEndian.PutUint64(p[16:], uint64(t0.UnixNano()))
-		if err := mm.grp.Multicast(ctx, p); err != nil {
+		return p, t0
+	}
+	ordered := func(t0 time.Time, err error) {
+		if err != nil {
 			errs.Add(1)
 			return
 		}
@@ -1040,6 +1051,10 @@ func (mm *memberRun) run(ctx context.Context, c mcastCmd) mcastReport {
 			hmu.Unlock()
 		}
 	}
+	send := func() {
+		p, t0 := message()
+		ordered(t0, mm.grp.Multicast(ctx, p))
+	}
 	time.Sleep(time.Until(start))
 	if c.Senders > 0 && mm.index >= c.Senders {
 		time.Sleep(time.Until(end))
@@ -1047,7 +1062,47 @@ func (mm *memberRun) run(ctx context.Context, c mcastCmd) mcastReport {
 	}
 	window := max(1, c.Window)
 	var wg sync.WaitGroup
-	if c.Rate == 0 {
+	if c.Async {
+		// One goroutine keeps window messages in flight: a slot is taken
+		// per message and given back by its done, on the Group's
+		// goroutine (which must not block: the send to slots cannot).
+		slots := make(chan struct{}, window)
+		pace := c.Rate > 0
+		if pace {
+			start = start.Add(time.Duration(float64(mm.index) / float64(max(1, c.Members)) / c.Rate * float64(time.Second)))
+		}
+		issued := int64(0)
+		for ctx.Err() == nil {
+			now := time.Now()
+			if !now.Before(end) {
+				break
+			}
+			due := issued + int64(window)
+			if pace {
+				due = int64(now.Sub(start).Seconds()*c.Rate) + 1
+			}
+			for ; issued < due && time.Now().Before(end); issued++ {
+				select {
+				case slots <- struct{}{}:
+				case <-ctx.Done():
+				}
+				if ctx.Err() != nil {
+					break
+				}
+				p, t0 := message()
+				wg.Add(1)
+				mm.grp.MulticastAsync(p, func(err error) {
+					ordered(t0, err)
+					<-slots
+					wg.Done()
+				})
+			}
+			if pace {
+				next := start.Add(time.Duration(float64(issued) / c.Rate * float64(time.Second)))
+				time.Sleep(max(time.Until(next), 50*time.Microsecond))
+			}
+		}
+	} else if c.Rate == 0 {
 		for range window {
 			wg.Add(1)
 			go func() {

@@ -259,6 +259,29 @@ func TestBenchMcastCommand(t *testing.T) {
 		t.Fatalf("points: offered %v (saturation %v), then saturation %v; want 200/s, then max", points[0]["offered_per_sec"], points[0]["saturation"], points[1]["saturation"])
 	}
 
+	// --async: the members keep their messages in flight with
+	// MulticastAsync, paced and saturated alike.
+	out, err = exec.CommandContext(ctx, bin, "bench", "mcast", "--members", "2", "--rates", "200,max", "--window", "64", "--async",
+		"--duration", "1s", "--warmup", "300ms", "--no-fsync", "--json", "--quiet").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench mcast --async: %v\n%s", err, out)
+	}
+	lines = strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("--async: want 2 points, got:\n%s", out)
+	}
+	for i, l := range lines {
+		var p map[string]any
+		if err := json.Unmarshal([]byte(l), &p); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		sent, _ := p["sent_per_member_per_sec"].(float64)
+		if p["async"] != true || p["lost"].(float64) != 0 || p["errors"].(float64) != 0 || sent <= 0 ||
+			p["delivered_per_member_per_sec"].(float64) < sent || (i == 0 && sent > 200*1.5) {
+			t.Fatalf("--async point %d: %s", i, l)
+		}
+	}
+
 	// On a cluster it did not start, the benchmark deletes the groups its
 	// members joined once they left (before, each run left one behind,
 	// and each memnode's index holds 1024 names).
