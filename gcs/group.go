@@ -264,9 +264,11 @@ func (g *Group) Multicast(ctx context.Context, payload []byte) error {
 // is ordered or with the error Multicast would have returned (never ctx's:
 // a queued message is not withdrawn). Messages queued by one goroutine are
 // ordered, and delivered, in the order of its calls, as with Multicast.
-// done runs on one of the Group's goroutines, never on the caller's before
-// MulticastAsync returns: it must not block (hand the outcome to a channel
-// or a goroutine), and it must not call into the Group. payload must not
+// done runs on one of the Group's goroutines, or on the goroutine of a
+// call that ends the Group (Leave, Node.Close), never on the caller's
+// before MulticastAsync returns: it must not block (hand the outcome to a
+// channel or a goroutine), and it must not call into the Group or its
+// Node. payload must not
 // change until done is called. Nothing bounds how many messages wait: an
 // application that queues faster than the group orders bounds the calls
 // in flight itself, as Multicast's blocking does.
