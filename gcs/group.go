@@ -268,10 +268,9 @@ func (g *Group) Multicast(ctx context.Context, payload []byte) error {
 // call that ends the Group (Leave, Node.Close), never on the caller's
 // before MulticastAsync returns: it must not block (hand the outcome to a
 // channel or a goroutine), and it must not call into the Group or its
-// Node. payload must not
-// change until done is called. Nothing bounds how many messages wait: an
-// application that queues faster than the group orders bounds the calls
-// in flight itself, as Multicast's blocking does.
+// Node. payload must not change until done is called. Nothing bounds how
+// many messages wait: an application that queues faster than the group
+// orders bounds the calls in flight itself, as Multicast's blocking does.
 //
 // It saves a goroutine, a channel and two context switches per message
 // where an application keeps many messages in flight (tutti bench mcast

@@ -1061,16 +1061,20 @@ func (mm *memberRun) run(ctx context.Context, c mcastCmd) mcastReport {
 		return mcastReport{Type: "sent", Point: c.Point}
 	}
 	window := max(1, c.Window)
+	if c.Rate > 0 {
+		// Members send on staggered schedules (member i offset by i/n of
+		// the interval): paced senders in lockstep would collide on every
+		// link, which no real workload does.
+		start = start.Add(time.Duration(float64(mm.index) / float64(max(1, c.Members)) / c.Rate * float64(time.Second)))
+	}
 	var wg sync.WaitGroup
 	if c.Async {
 		// One goroutine keeps window messages in flight: a slot is taken
 		// per message and given back by its done, on the Group's
-		// goroutine (which must not block: the send to slots cannot).
+		// goroutine, which must not block (the slot it frees was taken,
+		// so the receive cannot).
 		slots := make(chan struct{}, window)
 		pace := c.Rate > 0
-		if pace {
-			start = start.Add(time.Duration(float64(mm.index) / float64(max(1, c.Members)) / c.Rate * float64(time.Second)))
-		}
 		issued := int64(0)
 		for ctx.Err() == nil {
 			now := time.Now()
@@ -1113,10 +1117,6 @@ func (mm *memberRun) run(ctx context.Context, c mcastCmd) mcastReport {
 			}()
 		}
 	} else {
-		// Members send on staggered schedules (member i offset by i/n of
-		// the interval): paced senders in lockstep would collide on every
-		// link, which no real workload does.
-		start = start.Add(time.Duration(float64(mm.index) / float64(max(1, c.Members)) / c.Rate * float64(time.Second)))
 		sem := make(chan struct{}, window)
 		issued := int64(0)
 		for ctx.Err() == nil {
