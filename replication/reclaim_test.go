@@ -143,11 +143,7 @@ func TestTruncatedPrefixExcisedFromTables(t *testing.T) {
 // group again, and the new replica's log starts at the bottom, inside the
 // old replica's truncated span.
 func TestReclaimForgetsRemovedGroup(t *testing.T) {
-	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.close()
+	e := newTestEngine(t)
 	hold, held := newGate(), make(chan uint64, 4)
 	release := hold.release
 	defer release() // before e.close, which waits for the excise
@@ -201,11 +197,7 @@ func TestReclaimForgetsRemovedGroup(t *testing.T) {
 // forget waits for an excise of the group in progress: RemoveGroup returns
 // only once nothing can excise the new replica's entries.
 func TestReclaimForgetWaitsForExciseInProgress(t *testing.T) {
-	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.close()
+	e := newTestEngine(t)
 	hold, held := newGate(), make(chan struct{})
 	e.rec.beforeExcise = func(uint64, uint64) {
 		close(held)
@@ -266,11 +258,7 @@ func TestEngineFormatAllowsExcise(t *testing.T) {
 // snapshot are excised too, and entries the same batch writes after it
 // stay.
 func TestRestoredSnapshotExcisesReplacedLog(t *testing.T) {
-	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.close()
+	e := newTestEngine(t)
 	b := e.newBatch()
 	b.registerGroup(4, []uint64{1, 2, 3})
 	b.appendEntries(4, bigEntries(4, 1, 40, 4096), 0)
@@ -303,11 +291,7 @@ func TestRestoredSnapshotExcisesReplacedLog(t *testing.T) {
 // durable before the batch (a manifest edit), and losing the batch in a
 // crash would then leave a gap between the older snapshot and the log.
 func TestUnsyncedTruncationNotExcised(t *testing.T) {
-	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.close()
+	e := newTestEngine(t)
 	b := e.newBatch()
 	b.appendEntries(3, bigEntries(3, 1, 20, 64), 0)
 	mustCommit(t, b)
@@ -403,11 +387,7 @@ func TestExcisedEngineOpensWithEarlierOptions(t *testing.T) {
 // Pebble cuts the memtable short to queue the excise behind it: one more
 // memtable (a fresh arena, page faults) and a small table per truncation.
 func TestExciseWaitsForTheMemtableFlush(t *testing.T) {
-	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.close()
+	e := newTestEngine(t)
 	e.rec.setMaxDefer(time.Hour)
 	excising := make(chan int64, 4) // flushes done when an excise began
 	e.rec.beforeExcise = func(uint64, uint64) { excising <- e.db.Metrics().Flush.Count }
@@ -450,11 +430,7 @@ func TestExciseWaitsForTheMemtableFlush(t *testing.T) {
 // counted from its group's first pending truncation: a group truncated
 // more often than that is still excised.
 func TestExciseDeadlineWithoutFlushes(t *testing.T) {
-	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.close()
+	e := newTestEngine(t)
 	e.rec.setMaxDefer(100 * time.Millisecond)
 	b := e.newBatch()
 	b.appendEntries(2, bigEntries(2, 1, 400, 64), 0)

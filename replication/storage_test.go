@@ -38,6 +38,18 @@ func mustCommit(t *testing.T, b *logBatch) {
 	b.close()
 }
 
+// newTestEngine opens an engine in a temporary directory, closed when the
+// test ends.
+func newTestEngine(t *testing.T) *engine {
+	t.Helper()
+	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.close() })
+	return e
+}
+
 // reopenEngine closes e and opens the engine in dir again.
 func reopenEngine(t *testing.T, e *engine, dir string) *engine {
 	t.Helper()
@@ -274,11 +286,7 @@ func TestCorruptSnapFileIsRefused(t *testing.T) {
 // reads both from one view, and the log store reads again when the file
 // it named was removed meanwhile.
 func TestSnapshotReadBackWhileANewerIsInstalled(t *testing.T) {
-	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.close()
+	e := newTestEngine(t)
 	installSnapFile(t, e, 2, snapshotAt(10))
 	// Between the two reads, snapshot 20 replaces 10 (its file removed).
 	once := true
@@ -312,11 +320,7 @@ func TestSnapshotReadBackWhileANewerIsInstalled(t *testing.T) {
 // nothing; that is no error to report (it used to log "cannot read the
 // snapshot back" at every removal that met a read).
 func TestSnapshotReadBackDuringRemovalIsQuiet(t *testing.T) {
-	e, err := openEngine(t.TempDir(), nil, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.close()
+	e := newTestEngine(t)
 	installSnapFile(t, e, 2, snapshotAt(5))
 	hold := newGate()
 	defer hold.release()
