@@ -127,6 +127,12 @@ type Config struct {
 	// waits for its memtable's flush before it is excised anyway
 	// (reclaim.go; tests whose memtables never fill).
 	exciseMaxDefer time.Duration
+	// segmentInlineMax, segmentTarget and segmentGCInterval, if set
+	// (tests), replace segInlineMax (negative: every entry's data goes to
+	// a segment), segTarget and segGCInterval (segment.go).
+	segmentInlineMax  int
+	segmentTarget     int64
+	segmentGCInterval time.Duration
 	// MaxProposalBytes bounds one batched entry; default 1 MiB.
 	MaxProposalBytes int
 }

@@ -890,6 +890,9 @@ type worker struct {
 	cmds     []Command
 	owners   []cmdOwner
 	early    []bool // per Ready of a cycle: applied before its fsync
+	// seg appends the worker's segment records (segment.go), built in rec.
+	seg *segWriter
+	rec segRecord
 }
 
 // removeOldSnapFiles removes, for each of gs that named a new snapshot file
@@ -1051,7 +1054,10 @@ func (w *worker) cycle() {
 	w.early = applied
 
 	// 1. Persist everything in one batch; send what may precede the fsync.
-	b := h.eng.newBatch()
+	if w.seg == nil {
+		w.seg = h.eng.seg.newWriter()
+	}
+	b := h.eng.newBatch().withSegment(w.seg, &w.rec)
 	defer b.close()
 	sync := false
 	var early, late []GroupMessage

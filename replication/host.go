@@ -84,6 +84,17 @@ func newHost(cfg Config, fs vfs.FS) (*Host, error) {
 	if cfg.exciseMaxDefer > 0 {
 		eng.rec.setMaxDefer(cfg.exciseMaxDefer)
 	}
+	if cfg.segmentInlineMax != 0 {
+		eng.seg.inlineMax = max(cfg.segmentInlineMax, -1)
+	}
+	if cfg.segmentTarget > 0 {
+		eng.seg.target = cfg.segmentTarget
+	}
+	if cfg.segmentGCInterval > 0 {
+		eng.seg.mu.Lock()
+		eng.seg.interval = cfg.segmentGCInterval
+		eng.seg.mu.Unlock()
+	}
 	// Snapshot files of groups removed just before a stop (see
 	// removeUnregisteredSnapFiles).
 	if err := eng.removeUnregisteredSnapFiles(); err != nil {
@@ -688,6 +699,10 @@ type Stats struct {
 	// engine's tables by an excise (reclaim.go); LogExciseErrors those
 	// that failed (their bytes go at a later compaction).
 	LogExcises, LogExciseErrors uint64
+	// LogSegments is the number of segment files holding log entries'
+	// data now (segment.go); LogSegmentsRemoved counts those removed or
+	// kept for reuse once every entry in them was truncated.
+	LogSegments, LogSegmentsRemoved uint64
 }
 
 type stats struct {
@@ -704,5 +719,6 @@ func (h *Host) Stats() Stats {
 		Applies: s.applies.Load(), Applied: s.applied.Load(), Reads: s.reads.Load(),
 		ReadIndexes: s.readIndexes.Load(), Snapshots: s.snapshots.Load(), Restores: s.restores.Load(), LeaderChanges: s.leaderChanges.Load(),
 		LogReads: s.logReads.Load(), LogExcises: h.eng.rec.excised.Load(), LogExciseErrors: h.eng.rec.failed.Load(),
+		LogSegments: h.eng.seg.count(), LogSegmentsRemoved: h.eng.seg.removed.Load(),
 	}
 }

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -57,7 +58,7 @@ func cacheBytes(t *testing.T, g *group) uint64 {
 }
 
 // engineBytes sums the data of the entries the host's log engine holds for
-// group g.
+// group g (in the engine or in its segments).
 func engineBytes(t *testing.T, h *Host, g uint64) uint64 {
 	t.Helper()
 	it, err := h.eng.db.NewIter(&pebble.IterOptions{LowerBound: entryKey(g, 0), UpperBound: groupKey(g, kindEntry+1)})
@@ -66,7 +67,11 @@ func engineBytes(t *testing.T, h *Host, g uint64) uint64 {
 	}
 	var n uint64
 	for valid := it.First(); valid; valid = it.Next() {
-		n += uint64(len(it.Value()))
+		ent, err := h.eng.decodeEntry(g, binary.BigEndian.Uint64(it.Key()[9:]), it.Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += uint64(len(ent.GetData()))
 	}
 	if err := errors.Join(it.Error(), it.Close()); err != nil {
 		t.Fatal(err)

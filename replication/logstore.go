@@ -244,7 +244,7 @@ func (e *engine) readEntries(g, lo, hi, maxSize uint64) (ents []*pb.Entry, size 
 		if len(k) != 17 || binary.BigEndian.Uint64(k[9:]) != next {
 			break
 		}
-		ent, derr := decodeEntry(next, it.Value())
+		ent, derr := e.decodeEntry(g, next, it.Value())
 		if derr != nil {
 			err = derr
 			break

@@ -238,6 +238,7 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 	// The replica's truncated prefixes are not excised any more: the host
 	// may hold the group again, and a new replica writes low indices.
 	h.eng.rec.forget(id)
+	h.eng.seg.forget(id)
 	// A snapshot file still being written (writeSnapshotAsync) goes too.
 	g.snapWG.Wait()
 	if err := h.eng.removeSnapFiles(id, ""); err != nil {
@@ -248,6 +249,7 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 
 // deleteGroup deletes every key of group g.
 func (b *logBatch) deleteGroup(g uint64) {
+	b.other = true
 	end := groupKey(g, 0xff)
 	end = append(end, 0xff)
 	_ = b.b.DeleteRange(groupKey(g, 0), end, nil)

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -69,6 +70,10 @@ type engine struct {
 	fs      vfs.FS
 	snapDir string
 	rec     *reclaimer
+	seg     *segLog
+
+	closeOnce sync.Once
+	closeErr  error
 	// afterSnapMetaRead, if set (tests), runs in loadSnapshot between the
 	// reads of a snapshot's metadata and of its file's name.
 	afterSnapMetaRead func()
@@ -132,12 +137,22 @@ func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 		db.Close()
 		return nil, fmt.Errorf("replication: create %s: %w", e.snapDir, err)
 	}
+	if e.seg, err = openSegLog(fs, dir, db, log); err != nil {
+		e.rec.close()
+		db.Close()
+		return nil, fmt.Errorf("replication: open log segments in %s: %w", dir, err)
+	}
 	return e, nil
 }
 
+// close closes the engine; later calls do nothing.
 func (e *engine) close() error {
-	e.rec.close()
-	return e.db.Close()
+	e.closeOnce.Do(func() {
+		serr := e.seg.close()
+		e.rec.close()
+		e.closeErr = errors.Join(serr, e.db.Close())
+	})
+	return e.closeErr
 }
 
 func groupKey(g uint64, kind byte) []byte {
@@ -243,7 +258,7 @@ func (e *engine) loadGroup(g uint64) (pg *persistedGroup, ok bool, err error) {
 		if len(k) != 17 {
 			continue
 		}
-		ent, derr := decodeEntry(binary.BigEndian.Uint64(k[9:]), it.Value())
+		ent, derr := e.decodeEntry(g, binary.BigEndian.Uint64(k[9:]), it.Value())
 		if derr != nil {
 			err = derr
 			break
@@ -268,9 +283,24 @@ type logBatch struct {
 	truncated []truncation
 	key       []byte
 	val       []byte
+	// rec, for a worker's batch (withSegment), collects the batch's
+	// entries and hard states for a segment record (segment.go); other
+	// is set by every operation a record cannot replay.
+	rec   *segRecord
+	sw    *segWriter
+	other bool
+	err   error
 }
 
 func (e *engine) newBatch() *logBatch { return &logBatch{e: e, b: e.db.NewBatch()} }
+
+// withSegment lets the batch put large entries' data in w's segment, with
+// r (reset) as its record.
+func (b *logBatch) withSegment(w *segWriter, r *segRecord) *logBatch {
+	r.reset()
+	b.rec, b.sw = r, w
+	return b
+}
 
 // truncation: the entries of a group up to an index.
 type truncation struct{ group, upto uint64 }
@@ -279,8 +309,23 @@ func (b *logBatch) empty() bool { return b.b.Empty() }
 
 func (b *logBatch) close() { _ = b.b.Close() }
 
-// commit writes the batch, with an fsync if sync.
+// commit writes the batch, with an fsync if sync. A batch whose entries'
+// data went to a segment writes its record first (synced if sync); the
+// engine's own fsync is then needed only if the batch holds more than the
+// record can replay.
 func (b *logBatch) commit(sync bool) error {
+	if b.err != nil {
+		return b.err
+	}
+	if r := b.rec; r != nil && r.big {
+		end, err := b.sw.write(r, sync)
+		r.reset()
+		if err != nil {
+			return err
+		}
+		_ = b.b.Set(segPosKey(r.id), binary.BigEndian.AppendUint64(nil, uint64(end)), nil)
+		sync = sync && b.other
+	}
 	opts := pebble.NoSync
 	if sync {
 		opts = pebble.Sync
@@ -292,16 +337,18 @@ func (b *logBatch) commit(sync bool) error {
 	// behind the memtable is a manifest edit, durable at once, and had
 	// the batch then been lost in a crash the log would restart with a
 	// gap between the older snapshot and the excised entries.
-	if sync {
-		for _, t := range b.truncated {
+	for _, t := range b.truncated {
+		if sync {
 			b.e.rec.add(t.group, t.upto)
 		}
+		b.e.seg.truncated(t.group, t.upto)
 	}
 	b.truncated = b.truncated[:0]
 	return nil
 }
 
 func (b *logBatch) registerGroup(g uint64, peers []uint64) {
+	b.other = true
 	_ = b.b.Set(groupKey(g, kindRegistry), encodePeers(peers), nil)
 }
 
@@ -312,10 +359,32 @@ func (b *logBatch) appendEntries(g uint64, ents []*pb.Entry, prevLast uint64) {
 	if len(ents) == 0 {
 		return
 	}
+	r := b.rec
+	if r != nil {
+		r.addEntries(g, prevLast, ents)
+	}
 	for _, e := range ents {
-		// Encoded in place in the batch: the data (up to megabytes) is
-		// copied once, not into a scratch value and then into the batch.
 		b.key = appendEntryKey(b.key[:0], g, e.GetIndex())
+		if r != nil {
+			data := e.GetData()
+			sum := crc32.Checksum(data, crcTable)
+			if len(data) > b.e.seg.inlineMax {
+				if !r.big {
+					if err := b.sw.begin(r); err != nil {
+						b.err = err
+						return
+					}
+				}
+				off := r.start + segHeader + r.addEntry(e, sum)
+				r.refs = append(r.refs, segRef{g, e.GetIndex()})
+				b.val = appendEntryRef(b.val[:0], e.GetTerm(), byte(e.GetType()), r.id, off, uint64(len(data)), sum)
+				_ = b.b.Set(b.key, b.val, nil)
+				continue
+			}
+			r.addEntry(e, sum)
+		}
+		// Encoded in place in the batch: the data is copied once, not
+		// into a scratch value and then into the batch.
 		b.val = binary.AppendUvarint(b.val[:0], e.GetTerm())
 		b.val = append(b.val, byte(e.GetType()))
 		op := b.b.SetDeferred(len(b.key), len(b.val)+len(e.GetData()))
@@ -329,6 +398,9 @@ func (b *logBatch) appendEntries(g uint64, ents []*pb.Entry, prevLast uint64) {
 }
 
 func (b *logBatch) setHardState(g uint64, hs *pb.HardState) {
+	if b.rec != nil {
+		b.rec.addHardState(g, hs)
+	}
 	_ = b.b.Set(groupKey(g, kindHardState), encodeHardState(hs.GetTerm(), hs.GetVote(), hs.GetCommit()), nil)
 }
 
@@ -340,6 +412,7 @@ func (e *engine) loadHardState(g uint64) (*pb.HardState, error) {
 // setTombstone records, for a group this host removes, the term and vote of
 // its last hard state (see loadTombstone).
 func (b *logBatch) setTombstone(g uint64, hs *pb.HardState) {
+	b.other = true
 	_ = b.b.Set(groupKey(g, kindTombstone), encodeHardState(hs.GetTerm(), hs.GetVote(), 0), nil)
 }
 
@@ -420,6 +493,7 @@ func (b *logBatch) setSnapshot(g uint64, snap *pb.Snapshot, dropLog bool, file s
 	if err != nil {
 		return err
 	}
+	b.other = true
 	if dropLog {
 		_ = b.b.DeleteRange(entryKey(g, 0), groupKey(g, kindEntry+1), nil)
 		// Entries up to the snapshot are never written again here (those
@@ -554,6 +628,7 @@ func (e *engine) removeUnregisteredSnapFiles() error {
 
 // truncatePrefix deletes the entries with index <= upto.
 func (b *logBatch) truncatePrefix(g, upto uint64) {
+	b.other = true
 	_ = b.b.DeleteRange(entryKey(g, 0), entryKey(g, upto+1), nil)
 	b.truncated = append(b.truncated, truncation{g, upto})
 }
@@ -603,13 +678,24 @@ func decodeHardState(v []byte) (*pb.HardState, error) {
 	}, nil
 }
 
-func decodeEntry(index uint64, v []byte) (*pb.Entry, error) {
+// decodeEntry decodes group g's entry index from its engine value,
+// reading its data from its segment if it is there.
+func (e *engine) decodeEntry(g, index uint64, v []byte) (*pb.Entry, error) {
 	term, k := binary.Uvarint(v)
 	if k <= 0 || len(v) < k+1 {
 		return nil, fmt.Errorf("replication: corrupt entry %d", index)
 	}
-	typ := pb.EntryType(v[k])
-	ent := &pb.Entry{Term: new(term), Index: new(index), Type: typ.Enum()}
+	typ := v[k]
+	ent := &pb.Entry{Term: new(term), Index: new(index)}
+	if typ&entryRef != 0 {
+		data, err := e.seg.read(g, index, v[k+1:])
+		if err != nil {
+			return nil, err
+		}
+		ent.Type, ent.Data = pb.EntryType(typ&^entryRef).Enum(), data
+		return ent, nil
+	}
+	ent.Type = pb.EntryType(typ).Enum()
 	if d := v[k+1:]; len(d) > 0 {
 		ent.Data = append([]byte(nil), d...)
 	}
