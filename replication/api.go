@@ -133,6 +133,8 @@ type Config struct {
 	segmentInlineMax  int
 	segmentTarget     int64
 	segmentGCInterval time.Duration
+	// segmentPressureBytes, if set (tests), replaces segPressureBytes.
+	segmentPressureBytes int64
 	// MaxProposalBytes bounds one batched entry; default 1 MiB.
 	MaxProposalBytes int
 }

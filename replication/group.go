@@ -141,6 +141,9 @@ type group struct {
 	// new replica receives must name it in its ConfState (raft refuses a
 	// snapshot that does not), so one is taken right away.
 	forceSnap bool
+	// segForce: the next snapshot is taken to release old log segments
+	// (wantSnapshot) and compacts the log through it, without a margin.
+	segForce bool
 	// snapRetry: a snapshot failed; none is tried before this time (the
 	// triggers that asked for it, forceSnap among them, still hold).
 	snapRetry time.Time
@@ -657,6 +660,12 @@ func (g *group) wantSnapshot() bool {
 		g.snapRetry = time.Time{}
 	}
 	cfg := &g.h.cfg
+	if up := g.h.eng.seg.pressed(g.id); up > g.snapIndex && g.applied >= up {
+		// The group keeps old segments alive (segment.go, pressed):
+		// truncate through the snapshot, without a margin.
+		g.segForce = true
+		return true
+	}
 	return g.forceSnap || g.applied-g.snapIndex >= cfg.SnapshotEntries ||
 		g.logBytes >= max(cfg.SnapshotBytes, 2*g.snapBytes)
 }
@@ -667,6 +676,10 @@ func (g *group) wantSnapshot() bool {
 // followers catch up from the log without the margin holding much memory.
 // 0: nothing to compact.
 func (g *group) compactTo(idx uint64) uint64 {
+	if g.segForce {
+		g.segForce = false
+		return idx
+	}
 	margin := min(uint64(1000), g.h.cfg.SnapshotEntries/2)
 	budget := g.h.cfg.SnapshotBytes / 4
 	var ci uint64

@@ -90,6 +90,9 @@ func newHost(cfg Config, fs vfs.FS) (*Host, error) {
 	if cfg.segmentTarget > 0 {
 		eng.seg.target = cfg.segmentTarget
 	}
+	if cfg.segmentPressureBytes > 0 {
+		eng.seg.pressureBytes = cfg.segmentPressureBytes
+	}
 	if cfg.segmentGCInterval > 0 {
 		eng.seg.mu.Lock()
 		eng.seg.interval = cfg.segmentGCInterval

@@ -56,6 +56,12 @@ const (
 	// segInlineMax: entries with at most this much data stay in the engine
 	// (raft's empty and configuration entries, small requests).
 	segInlineMax = 256
+	// segPressureBytes: once live segments (those a writer is done with)
+	// hold more than this, the groups whose entries keep the oldest of
+	// them alive are asked for a snapshot that truncates their log past
+	// them (pressed): a group that writes little would otherwise keep
+	// alive every segment written since its last snapshot.
+	segPressureBytes = 4 << 30
 	// segRecycleMax dead segment files are kept for reuse: rewriting a
 	// file whose pages are allocated costs less than growing a new one.
 	segRecycleMax = 4
@@ -99,19 +105,24 @@ const segFreePrefix = "free-"
 
 // segLog holds a host's segment files.
 type segLog struct {
-	fs        vfs.FS
-	dir       string
-	log       zerolog.Logger
-	db        *pebble.DB
-	inlineMax int
-	target    int64
-	interval  time.Duration // between collections (under mu)
+	fs            vfs.FS
+	dir           string
+	log           zerolog.Logger
+	db            *pebble.DB
+	inlineMax     int
+	target        int64
+	interval      time.Duration // between collections (under mu)
+	pressureBytes int64
+	// pressure: group -> index its log should be truncated through
+	// (collect; read lock-free by the workers).
+	pressure atomic.Pointer[map[uint64]uint64]
 
 	// mu guards everything below; reads hold it shared while they read a
 	// file, so a file is closed only once no read uses it.
 	mu      sync.RWMutex
 	files   map[uint64]vfs.File          // open for reading
 	refs    map[uint64]map[uint64]uint64 // segment -> group -> highest index
+	sizes   map[uint64]int64             // segment -> bytes written
 	active  map[uint64]bool              // segments a writer appends to
 	trunc   map[uint64]uint64            // group -> entries up to it deleted
 	free    []string                     // dead files kept for reuse
@@ -158,14 +169,16 @@ func openSegLog(fs vfs.FS, dir string, db *pebble.DB, log zerolog.Logger) (*segL
 	l := &segLog{
 		fs: fs, dir: fs.PathJoin(dir, segDirName), log: log, db: db,
 		inlineMax: segInlineMax, target: segTarget, interval: segGCInterval,
-		files:   map[uint64]vfs.File{},
-		refs:    map[uint64]map[uint64]uint64{},
-		active:  map[uint64]bool{},
-		trunc:   map[uint64]uint64{},
-		writers: map[*segWriter]struct{}{},
-		wake:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		pressureBytes: segPressureBytes,
+		sizes:         map[uint64]int64{},
+		files:         map[uint64]vfs.File{},
+		refs:          map[uint64]map[uint64]uint64{},
+		active:        map[uint64]bool{},
+		trunc:         map[uint64]uint64{},
+		writers:       map[*segWriter]struct{}{},
+		wake:          make(chan struct{}, 1),
+		stop:          make(chan struct{}),
+		done:          make(chan struct{}),
 	}
 	if err := fs.MkdirAll(l.dir, 0o755); err != nil {
 		return nil, err
@@ -229,6 +242,9 @@ func (l *segLog) recover() error {
 			return err
 		}
 		l.files[id] = f
+		if st, err := f.Stat(); err == nil {
+			l.sizes[id] = st.Size()
+		}
 		n, err := l.replay(id, f, pos[id])
 		if err != nil {
 			return fmt.Errorf("replication: replay segment %s: %w", segName(id), err)
@@ -515,6 +531,44 @@ func (l *segLog) deadLocked() []uint64 {
 	return dead
 }
 
+// pressureLocked: for the segments beyond pressureBytes (the oldest;
+// writers' current ones and dead ones aside), the groups whose entries
+// keep them alive and the index through which each would have to
+// truncate its log to let them go.
+func (l *segLog) pressureLocked(dead []uint64) *map[uint64]uint64 {
+	var live []uint64
+	for id := range l.files {
+		if !l.active[id] && !slices.Contains(dead, id) {
+			live = append(live, id)
+		}
+	}
+	slices.Sort(live)
+	var total int64
+	press := map[uint64]uint64{}
+	for i := len(live) - 1; i >= 0; i-- {
+		id := live[i]
+		total += l.sizes[id]
+		if total <= l.pressureBytes {
+			continue
+		}
+		for g, hi := range l.refs[id] {
+			if hi > l.trunc[g] && hi > press[g] {
+				press[g] = hi
+			}
+		}
+	}
+	return &press
+}
+
+// pressed returns the index through which group g should truncate its
+// log to release old segments (0: none asked).
+func (l *segLog) pressed(g uint64) uint64 {
+	if p := l.pressure.Load(); p != nil {
+		return (*p)[g]
+	}
+	return 0
+}
+
 func (l *segLog) gcLoop() {
 	defer close(l.done)
 	for {
@@ -553,6 +607,7 @@ func (l *segLog) collect() error {
 	defer l.gcMu.Unlock()
 	l.mu.RLock()
 	dead := l.deadLocked()
+	l.pressure.Store(l.pressureLocked(dead))
 	l.mu.RUnlock()
 	if len(dead) == 0 {
 		return nil
@@ -566,6 +621,7 @@ func (l *segLog) collect() error {
 		f := l.files[id]
 		delete(l.files, id)
 		delete(l.refs, id)
+		delete(l.sizes, id)
 		reuse := len(l.free) < segRecycleMax
 		l.mu.Unlock()
 		if f != nil {
@@ -767,6 +823,7 @@ func (w *segWriter) write(r *segRecord, sync bool) (int64, error) {
 	for _, ref := range r.refs {
 		w.l.addRef(r.id, ref.group, ref.index)
 	}
+	w.l.sizes[r.id] = w.off
 	w.l.mu.Unlock()
 	return w.off, nil
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
@@ -284,4 +285,41 @@ func TestSegmentForgetRemovedGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantLog(t, e, 1, append(again, segEntries(1, 5, 4, 4, 1000)...))
+}
+
+// A group that writes little keeps alive every segment holding one of its
+// entries until its next snapshot, which its few entries would not bring
+// for a long time. Once live segments pass their budget, such groups are
+// asked for a snapshot that truncates their log past them.
+func TestSlowGroupReleasesSegments(t *testing.T) {
+	const budget = 64 << 10
+	c := newCluster(t, 3, []uint64{1, 2}, func(cfg *Config) {
+		cfg.SnapshotEntries = 40
+		cfg.segmentInlineMax = -1
+		cfg.segmentTarget = 4 << 10
+		cfg.segmentGCInterval = 10 * time.Millisecond
+		cfg.segmentPressureBytes = budget
+		cfg.Workers = 1 // both groups in one segment stream
+	})
+	payload := strings.Repeat("x", 1000)
+	// Group 1 writes 600 KiB, snapshotting every 40 entries; group 2 one
+	// entry every 20 of group 1's, never enough for a snapshot of its own.
+	for i := range 600 {
+		c.propose(1, fmt.Sprintf("%d-%s", i, payload))
+		if i%20 == 0 {
+			c.propose(2, fmt.Sprintf("slow-%d", i))
+		}
+	}
+	c.waitApplied(1, 600)
+	c.waitApplied(2, 30)
+	for _, id := range c.ids {
+		h := c.host(id)
+		// The budget, the segments of the last collection's interval,
+		// and the writers' current ones.
+		waitFor(t, 10*time.Second, fmt.Sprintf("host %d to release old segments", id), func() bool {
+			return h.Stats().LogSegments <= budget/(4<<10)+8
+		})
+	}
+	c.checkSame(1)
+	c.checkSame(2)
 }
