@@ -182,8 +182,8 @@ func (s *logStore) Term(i uint64) (uint64, error) {
 		return 0, fmt.Errorf("replication: group %d: read term of %d: %w", s.group, i, err)
 	}
 	defer closer.Close()
-	term, k := binary.Uvarint(v)
-	if k <= 0 {
+	term, _, _, _, ok := entryTerm(v)
+	if !ok {
 		return 0, fmt.Errorf("replication: corrupt entry %d", i)
 	}
 	return term, nil

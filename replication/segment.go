@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -70,10 +71,27 @@ const (
 
 	segOpEntries   byte = 1
 	segOpHardState byte = 2
-
-	// entryRef flags an entry value's type byte: the data is in a segment.
-	entryRef byte = 0x80
 )
+
+// entryRefMarker starts the engine value of an entry whose data is in a
+// segment: an unsigned varint that overflows 64 bits, where other entries
+// start with their term. Builds from before segments read every entry's
+// value as term, type, data; on this prefix they stop with "corrupt
+// entry" instead of taking the reference for the entry's data.
+var entryRefMarker = []byte{0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02}
+
+// entryTerm returns the term in an entry's engine value, whether its data
+// is in a segment, and the rest of the value after the type byte.
+func entryTerm(v []byte) (term uint64, typ byte, ref bool, rest []byte, ok bool) {
+	if ref = bytes.HasPrefix(v, entryRefMarker); ref {
+		v = v[len(entryRefMarker):]
+	}
+	term, k := binary.Uvarint(v)
+	if k <= 0 || len(v) < k+1 {
+		return 0, 0, ref, nil, false
+	}
+	return term, v[k], ref, v[k+1:], true
+}
 
 // segPosKey: the engine key holding how far segment id's records are
 // applied to the engine. Shorter than any group key (groupsWhere skips it).
@@ -412,8 +430,9 @@ func (d *segDecoder) uint32() uint32 {
 
 // appendEntryRef encodes an entry value whose data is in a segment.
 func appendEntryRef(dst []byte, term uint64, typ byte, id uint64, off int64, n uint64, sum uint32) []byte {
+	dst = append(dst, entryRefMarker...)
 	dst = binary.AppendUvarint(dst, term)
-	dst = append(dst, typ|entryRef)
+	dst = append(dst, typ)
 	dst = binary.AppendUvarint(dst, id)
 	dst = binary.AppendUvarint(dst, uint64(off))
 	dst = binary.AppendUvarint(dst, n)
@@ -431,12 +450,11 @@ func (l *segLog) loadRefs() error {
 		if len(k) != 17 || k[8] != kindEntry {
 			continue
 		}
-		term, n := binary.Uvarint(v)
-		_ = term
-		if n <= 0 || len(v) <= n || v[n]&entryRef == 0 {
+		_, _, ref, rest, ok := entryTerm(v)
+		if !ok || !ref {
 			continue
 		}
-		id, k2 := binary.Uvarint(v[n+1:])
+		id, k2 := binary.Uvarint(rest)
 		if k2 <= 0 {
 			continue
 		}

@@ -681,23 +681,19 @@ func decodeHardState(v []byte) (*pb.HardState, error) {
 // decodeEntry decodes group g's entry index from its engine value,
 // reading its data from its segment if it is there.
 func (e *engine) decodeEntry(g, index uint64, v []byte) (*pb.Entry, error) {
-	term, k := binary.Uvarint(v)
-	if k <= 0 || len(v) < k+1 {
+	term, typ, ref, rest, ok := entryTerm(v)
+	if !ok {
 		return nil, fmt.Errorf("replication: corrupt entry %d", index)
 	}
-	typ := v[k]
-	ent := &pb.Entry{Term: new(term), Index: new(index)}
-	if typ&entryRef != 0 {
-		data, err := e.seg.read(g, index, v[k+1:])
+	ent := &pb.Entry{Term: new(term), Index: new(index), Type: pb.EntryType(typ).Enum()}
+	if ref {
+		data, err := e.seg.read(g, index, rest)
 		if err != nil {
 			return nil, err
 		}
-		ent.Type, ent.Data = pb.EntryType(typ&^entryRef).Enum(), data
-		return ent, nil
-	}
-	ent.Type = pb.EntryType(typ).Enum()
-	if d := v[k+1:]; len(d) > 0 {
-		ent.Data = append([]byte(nil), d...)
+		ent.Data = data
+	} else if len(rest) > 0 {
+		ent.Data = append([]byte(nil), rest...)
 	}
 	return ent, nil
 }
