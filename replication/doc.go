@@ -415,26 +415,76 @@
 // against 17.3 and 12.1; saturation 56k and 58k against 67k and 56k); it
 // would also serialize every group's apply on one core of a many-core host.
 //
-// # Entry bytes in the engine (measured, not changed)
+// # Entry bytes in segment files
 //
 // After the excise and buffer changes of 2026-12-03, Pebble's WAL,
-// memtable and flushes are still about 35% of the embedded cluster's CPU
+// memtable and flushes were still about 35% of the embedded cluster's CPU
 // at multicast saturation (WAL writes 13%, the memtable's copy 9%,
-// flushes 12.5%): every byte of every entry goes through all three on
-// every host. An upper bound of what keeping entry bytes out of the LSM
-// would save, from a throwaway build that stored only the first 16 bytes
-// of each entry's data (not durable; every read then hit the log cache,
-// and nothing was lost in those runs): alternated 40 s runs, 83.7k, 71.5k
-// against 44.9k, 48.9k delivered/s per member, the cluster 10.0, 11.1
-// against 21.5, 19.3 µs of CPU per message, the members then the larger
-// share (12.5–13.7 µs together). What would get there durably, not
-// built: entry bytes appended to segment files of their own (O_DIRECT,
-// O_DSYNC) with Pebble keeping per entry a pointer (segment, offset,
-// length, CRC-32C) and everything else as now; the segment write and the
-// Pebble commit running in parallel, the cycle acknowledged once both are
-// durable; on recovery, the pointers of each worker's last committed
-// cycle checked against their CRCs and a group's log ended before the
-// first that fails (entries never acknowledged; the hard state's commit
-// clamped to the log's end); a segment deleted once every group's entries
-// in it are truncated. Earlier builds could not read such a store.
+// flushes 12.5%): every byte of every entry went through all three on
+// every host. A throwaway build that stored only the first 16 bytes of
+// each entry's data (not durable) bounded what keeping entry bytes out of
+// the LSM could save: 83.7k, 71.5k against 44.9k, 48.9k delivered/s per
+// member, the cluster 10.0, 11.1 against 21.5, 19.3 µs of CPU per message.
+//
+// Since then (segment.go) an entry with more than 256 bytes of data keeps
+// its data in a segment file (seg/ beside the engine); the engine keeps its
+// term, type and a reference (segment, offset, length, CRC-32C). Each
+// worker appends to a segment of its own (64 MiB, then the next). A worker
+// cycle with such entries writes one record holding every entry of the
+// cycle (small ones too) and every hard state, with one pwritev, and
+// fdatasyncs it; then it commits the engine batch, which also records how
+// far the segment is applied, without an fsync of its own. A crash can
+// lose engine batches whose records are durable, never the reverse: on
+// open, each segment's records after its applied position are replayed
+// into the engine as far as they are intact (checksums over the record,
+// which include the segment id, and over each entry's data), and the
+// engine is synced. A batch holding what a record cannot replay (a
+// snapshot, a truncation, a group registered or removed) is still
+// committed with its own fsync, after the record's. Still one fsync per
+// cycle where it was one before.
+//
+// A segment goes once no writer appends to it and every group's entries in
+// it are truncated (or the group removed): the engine is synced first (so
+// no crash can bring back a reference into it), the file is renamed for
+// reuse (up to 4 kept; rewriting allocated pages costs less than growing a
+// new file) or removed, the directory synced, and only then its applied
+// position deleted, so a file that comes back after a crash is never
+// replayed from its start. A reused file's old records fail the checksum
+// under the new segment id. Because the groups of a worker share its
+// segments, one entry of a group that rarely snapshots would keep a whole
+// segment alive: once the live segments hold more than 4 GiB, the groups
+// keeping the oldest of them alive are asked for a snapshot that truncates
+// their log through it (Stats.LogSegments, LogSegmentsRemoved).
+//
+// Tests: TestSegmentRecordReplayedAfterLostBatch (a record durable, its
+// batch lost: entries, an overwritten suffix and the hard state come back
+// from the replay, once), TestSegmentUnsyncedRecordLostWhole,
+// TestSegmentsCollectedAndReused (fails without the segment id in the
+// checksum: an old record lined up behind a new one in a reused file is
+// replayed), TestSegmentForgetRemovedGroup, TestSlowGroupReleasesSegments
+// (fails without the snapshot request), and TestCrashAllHostsKeepsAcknowledged
+// runs a second time with every entry in 4 KiB segments (it fails when the
+// replay is switched off).
+//
+// Figures (`tutti bench mcast --rates max --warmup 25s --duration 10s`,
+// 1 KiB random payloads, main before against after, alternated on one
+// VM): 53.2k, 50.9k against 67.1k, 66.9k delivered/s per member, the
+// cluster 19.9, 19.8 against 12.8, 13.6 µs of CPU per message; an hour
+// later, noisier (the members too took 1–2 µs more per message), 50.2k,
+// 47.1k, 51.6k against 55.2k, 60.8k, 56.1k, the cluster 18.6–21.1
+// against 14.8–16.4 µs. A 120 s run (`--warmup 60s --duration 60s`):
+// 74.7k and 73.4k, the cluster 10.8–10.9 µs per message; each host's data
+// directory 1.1–1.5 GB with 10–16 segments throughout (before: log
+// engines of 2.4–3.2 GB). At 100/s p50 1.31 ms before, 1.20 ms after.
+// Where the two measurements differ most, fresh segment files (no reused
+// one free) fault their page-cache pages in from the host on this VM, as
+// tables did before "Tables written past the page cache".
+//
+// Earlier builds cannot read a store in which large entries were written:
+// a reference's engine value starts with a varint that overflows 64 bits,
+// on which they stop with "corrupt entry" rather than apply the reference
+// as data. Not built: O_DIRECT segment writes (buffered writes into a
+// reused file measured as cheap as direct ones here, see "Tables written
+// past the page cache"), and writing the record and committing the batch
+// in parallel (the batch's commit, without fsync, is short).
 package replication

@@ -28,7 +28,12 @@ import (
 //	[g][kindRegistry]        the group exists on this host (value: initial peers)
 //	[g][kindHardState]       term, vote, commit (3 × uint64 BE)
 //	[g][kindSnapshot]        latest snapshot: uvarint(len(meta)) meta data
-//	[g][kindEntry][index]    uvarint(term) type(byte) data
+//	[g][kindEntry][index]    uvarint(term) type(byte) data, or for an
+//	                         entry whose data is in a segment file
+//	                         (segment.go) entryRefMarker uvarint(term)
+//	                         type uvarint(segment) uvarint(offset)
+//	                         uvarint(length) crc32c(data)
+//	0xff 0xfe [id uint48]    how far segment id's records are applied
 //	[g][kindSnapFile]        crc32c(data) (4 bytes BE) and the name of the
 //	                         file in snap/ holding the latest snapshot's
 //	                         data (then kindSnapshot holds only its
