@@ -483,8 +483,24 @@
 // Earlier builds cannot read a store in which large entries were written:
 // a reference's engine value starts with a varint that overflows 64 bits,
 // on which they stop with "corrupt entry" rather than apply the reference
-// as data. Not built: O_DIRECT segment writes (buffered writes into a
-// reused file measured as cheap as direct ones here, see "Tables written
-// past the page cache"), and writing the record and committing the batch
-// in parallel (the batch's commit, without fsync, is short).
+// as data.
+//
+// On the OS's file system a segment is written with O_DIRECT (as tables
+// are, "Tables written past the page cache"): a record is copied into the
+// writer's aligned 1 MiB buffer, which starts with the bytes of the
+// segment's last partial block, and written in whole blocks, the last
+// padded with zeros and kept for the next record; reads stay buffered.
+// Where O_DIRECT is refused (tmpfs) records are written with one pwritev.
+// In the cluster's CPU profile at saturation the segment writes took 6.4 s
+// of 25.8 s for about 4.8 GB with pwritev into the page cache (1.3 ns per
+// byte) and 2.7 s of 22.4 s for about 6.3 GB with O_DIRECT (0.43 ns per
+// byte: the copy 0.16, the write 0.16, fdatasync the rest). Four
+// alternated pairs (same command as above), pwritev against O_DIRECT:
+// 70.6k, 64.9k, 54.0k, 62.5k against 64.1k, 59.7k, 64.5k, 63.3k delivered/s
+// per member, the cluster 12.1, 13.2, 16.2, 14.0 against 12.4, 13.3, 12.2,
+// 12.1 µs of CPU per message: throughput unchanged within the noise, the
+// cluster's CPU per message about a tenth lower, and no gigabytes of
+// segment pages in the page cache. Not built: writing the record and
+// committing the batch in parallel (the batch's commit, without fsync, is
+// short).
 package replication

@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -131,6 +134,7 @@ type segLog struct {
 	target        int64
 	interval      time.Duration // between collections (under mu)
 	pressureBytes int64
+	buffered      bool // no O_DIRECT (tests)
 	// pressure: group -> index its log should be truncated through
 	// (collect; read lock-free by the workers).
 	pressure atomic.Pointer[map[uint64]uint64]
@@ -705,6 +709,10 @@ func (l *segLog) close() error {
 			errs = append(errs, w.f.Close())
 			w.f = nil
 		}
+		if w.direct != nil {
+			errs = append(errs, w.direct.Close())
+			w.direct = nil
+		}
 	}
 	l.closeFiles()
 	return errors.Join(errs...)
@@ -719,6 +727,13 @@ type segWriter struct {
 	off int64
 	buf []byte
 	iov [][]byte
+	// direct: the segment opened again with O_DIRECT (nil where the file
+	// system refuses it, or is not the OS's): records are copied into blk,
+	// an aligned buffer whose first tail bytes are those of the segment's
+	// last partial block, and written in whole blocks past the page cache.
+	direct *os.File
+	blk    []byte
+	tail   int
 }
 
 func (l *segLog) newWriter() *segWriter {
@@ -771,12 +786,25 @@ func (w *segWriter) roll() error {
 		}
 		return err
 	}
+	var direct *os.File
+	if f.Fd() != vfs.InvalidFd && !l.buffered {
+		direct, err = os.OpenFile(name, os.O_RDWR|syscall.O_CLOEXEC|syscall.O_DIRECT, 0)
+		if err != nil {
+			direct = nil // EINVAL: no O_DIRECT here (tmpfs)
+		}
+	}
 	if hadOld {
 		_ = w.f.Close()
+		if w.direct != nil {
+			_ = w.direct.Close()
+		}
 	}
-	w.id, w.f, w.off, w.fd = id, f, 0, -1
+	w.id, w.f, w.off, w.fd, w.direct, w.tail = id, f, 0, -1, direct, 0
 	if fd := f.Fd(); fd != vfs.InvalidFd {
 		w.fd = int(fd)
+	}
+	if direct != nil && w.blk == nil {
+		w.blk = alignedBlock(directBufSize)
 	}
 	l.mu.Lock()
 	l.files[id] = rf
@@ -809,7 +837,13 @@ func (w *segWriter) write(r *segRecord, sync bool) (int64, error) {
 	binary.BigEndian.PutUint32(hdr[0:], recordSum(r.id, r.start, hdr[4:], r.meta))
 	total := segHeader + r.dlen + int64(len(r.meta))
 	var err error
-	if w.fd >= 0 {
+	if w.direct != nil {
+		err = w.writeDirect(r, hdr[:])
+		if err == nil && sync {
+			err = unix.Fdatasync(int(w.direct.Fd()))
+		}
+		sync = false
+	} else if w.fd >= 0 {
 		w.iov = append(w.iov[:0], hdr[:])
 		for _, d := range r.data {
 			if len(d) > 0 {
@@ -844,6 +878,80 @@ func (w *segWriter) write(r *segRecord, sync bool) (int64, error) {
 	w.l.sizes[r.id] = w.off
 	w.l.mu.Unlock()
 	return w.off, nil
+}
+
+// writeDirect writes r (its header hdr) at its start through blk: whole
+// blocks, from the block holding the record's start (blk[:tail] holds that
+// block's bytes before it) to the one holding its end, padded with zeros;
+// that last block's bytes stay in blk for the next record. A crash while
+// the first block is rewritten leaves each sector old or new, and the
+// earlier record's bytes in it are the same in both.
+func (w *segWriter) writeDirect(r *segRecord, hdr []byte) error {
+	base := r.start - int64(w.tail)
+	n := w.tail
+	put := func(p []byte) error {
+		for len(p) > 0 {
+			c := copy(w.blk[n:], p)
+			n += c
+			p = p[c:]
+			if n == len(w.blk) {
+				if err := pwriteAll(int(w.direct.Fd()), w.blk, base); err != nil {
+					return err
+				}
+				base += int64(n)
+				n = 0
+			}
+		}
+		return nil
+	}
+	if err := put(hdr); err != nil {
+		return err
+	}
+	for _, d := range r.data {
+		if err := put(d); err != nil {
+			return err
+		}
+	}
+	if err := put(r.meta); err != nil {
+		return err
+	}
+	if n > 0 {
+		padded := (n + directBlock - 1) &^ (directBlock - 1)
+		clear(w.blk[n:padded])
+		if err := pwriteAll(int(w.direct.Fd()), w.blk[:padded], base); err != nil {
+			return err
+		}
+	}
+	full := n &^ (directBlock - 1)
+	w.tail = copy(w.blk, w.blk[full:n])
+	return nil
+}
+
+// alignedBlock returns n bytes aligned for O_DIRECT.
+func alignedBlock(n int) []byte {
+	mem := make([]byte, n+directBlock)
+	off := 0
+	if rem := int(uintptr(unsafe.Pointer(&mem[0])) % directBlock); rem != 0 {
+		off = directBlock - rem
+	}
+	return mem[off : off+n]
+}
+
+func pwriteAll(fd int, b []byte, off int64) error {
+	for w := 0; w < len(b); {
+		n, err := unix.Pwrite(fd, b[w:], off+int64(w))
+		if err == unix.EINTR {
+			continue
+		}
+		if err == nil && n == 0 {
+			err = errors.New("short write")
+		}
+		if err != nil {
+			return err
+		}
+		w += n
+	}
+	return nil
 }
 
 // pwritevAll writes iovs at off, as many calls as it takes.
