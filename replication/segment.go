@@ -224,7 +224,13 @@ func (l *segLog) recover() error {
 	}
 	var ids []uint64
 	for _, n := range names {
-		if strings.HasPrefix(n, segFreePrefix) {
+		if rest, ok := strings.CutPrefix(n, segFreePrefix); ok {
+			// New segments get ids above the ids of every record a
+			// reused file may still hold (those of its name and below),
+			// or an old record could pass for the new segment's.
+			if id, ok := parseSegName(rest); ok {
+				l.nextID = max(l.nextID, id+1)
+			}
 			l.free = append(l.free, n)
 			continue
 		}
@@ -267,7 +273,7 @@ func (l *segLog) recover() error {
 		if st, err := f.Stat(); err == nil {
 			l.sizes[id] = st.Size()
 		}
-		n, err := l.replay(id, f, pos[id])
+		n, err := l.replay(id, f, pos[id], l.sizes[id])
 		if err != nil {
 			return fmt.Errorf("replication: replay segment %s: %w", segName(id), err)
 		}
@@ -296,9 +302,10 @@ func parseSegName(n string) (uint64, bool) {
 	return id, err == nil
 }
 
-// replay applies segment id's intact records from off on; it stops at the
-// first that is not (torn by a crash, or a recycled file's old bytes).
-func (l *segLog) replay(id uint64, f vfs.File, off int64) (int, error) {
+// replay applies segment id's intact records from off on (size: the
+// file's); it stops at the first that is not (torn by a crash, or a
+// recycled file's old bytes).
+func (l *segLog) replay(id uint64, f vfs.File, off, size int64) (int, error) {
 	n := 0
 	var hdr [segHeader]byte
 	for {
@@ -308,7 +315,9 @@ func (l *segLog) replay(id uint64, f vfs.File, off int64) (int, error) {
 		sum := binary.BigEndian.Uint32(hdr[0:])
 		metaLen := int64(binary.BigEndian.Uint32(hdr[4:]))
 		dataLen := int64(binary.BigEndian.Uint64(hdr[8:]))
-		if dataLen < 0 || dataLen > 1<<40 || metaLen == 0 {
+		// Lengths are checked against the file before anything is read
+		// (a torn or old header may hold anything).
+		if metaLen == 0 || dataLen < 0 || dataLen > size || off+segHeader+dataLen+metaLen > size {
 			return n, nil
 		}
 		meta := make([]byte, metaLen)
@@ -638,6 +647,7 @@ func (l *segLog) collect() error {
 		return err
 	}
 	var errs []error
+	var gone []uint64
 	for _, id := range dead {
 		l.mu.Lock()
 		f := l.files[id]
@@ -664,12 +674,16 @@ func (l *segLog) collect() error {
 			continue
 		}
 		l.removed.Add(1)
+		gone = append(gone, id)
 	}
 	if err := syncDir(l.fs, l.dir); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	// Only the positions of segments whose file went: a file still
+	// there is replayed from its position after a restart (from nothing,
+	// were it deleted), then found dead again.
 	b := l.db.NewBatch()
-	for _, id := range dead {
+	for _, id := range gone {
 		_ = b.Delete(segPosKey(id), nil)
 	}
 	errs = append(errs, b.Commit(pebble.NoSync), b.Close())

@@ -260,6 +260,42 @@ func TestSegmentsCollectedAndReused(t *testing.T) {
 	}
 }
 
+// Segment ids are never given again while a file kept for reuse may hold
+// records under them: not after every segment was collected and the
+// engine reopened either.
+func TestSegmentIDsAboveReusedFiles(t *testing.T) {
+	fs := vfs.NewMem()
+	e := segEngine(t, fs)
+	e.seg.target = 1
+	registerGroups(t, e, 1)
+	w := e.seg.newWriter()
+	for i := uint64(1); i <= 3; i++ {
+		segCommit(t, e, w, true, map[uint64][]*pb.Entry{1: segEntries(1, 1, i, i, 1000)}, 0, nil)
+	}
+	b := e.newBatch()
+	b.truncatePrefix(1, 3)
+	mustCommit(t, b)
+	if err := e.close(); err != nil {
+		t.Fatal(err)
+	}
+	// Reopened, no segment is a writer's and no entry in them is left:
+	// all three are collected.
+	e = segEngine(t, fs)
+	if err := e.seg.collect(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.seg.count(); n != 0 {
+		t.Fatalf("%d segments left, want 0", n)
+	}
+	if err := e.close(); err != nil {
+		t.Fatal(err)
+	}
+	e = segEngine(t, fs)
+	if e.seg.nextID < 3 {
+		t.Fatalf("next segment id %d, while reused files hold records of ids 0..2", e.seg.nextID)
+	}
+}
+
 // A removed replica's truncations do not apply to the next replica of the
 // group on the host, whose log starts at the bottom again.
 func TestSegmentForgetRemovedGroup(t *testing.T) {
@@ -352,7 +388,11 @@ func TestSegmentDirectWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := e.seg.replay(w.id, f, 0)
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := e.seg.replay(w.id, f, 0, st.Size())
 	f.Close()
 	// The last commit's one entry is small: it has no record.
 	if err != nil || n != len(sizes)-1 {
