@@ -39,6 +39,8 @@ var (
 	dRestores      = desc("raft_snapshot_restores_total", "Snapshots restored (received or at recovery).", hostLabel)
 	dExcises       = desc("raft_log_excises_total", "Truncated log prefixes excised from the log engine's tables.", hostLabel)
 	dExciseErrors  = desc("raft_log_excise_errors_total", "Excises of truncated log prefixes that failed (compactions drop those bytes).", hostLabel)
+	dSegments      = desc("raft_log_segments", "Segment files holding the data of large log entries (replication/doc.go, \"Entry bytes in segment files\").", hostLabel)
+	dSegsRemoved   = desc("raft_log_segments_removed_total", "Segment files removed or kept for reuse once every entry in them was truncated.", hostLabel)
 	dLogReads      = desc("raft_log_engine_reads_total", "Raft entries read back from the log engine (they had left the in-memory cache).", hostLabel)
 	dLeaderChanges = desc("raft_leader_changes_total", "Times a replica on this host saw the leader change to another host.", hostLabel)
 
@@ -72,7 +74,7 @@ func NewCollector(hosts ...*service.Host) *Collector { return &Collector{hosts: 
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{dProposals, dEntries, dFsyncs, dBatches, dApplied, dReads, dSnapshots, dRestores, dExcises, dExciseErrors, dLogReads,
+	for _, d := range []*prometheus.Desc{dProposals, dEntries, dFsyncs, dBatches, dApplied, dReads, dSnapshots, dRestores, dExcises, dExciseErrors, dSegments, dSegsRemoved, dLogReads,
 		dLeaderChanges, dTerm, dCommit, dAppliedI, dIsLeader, dHasLead, dScans, dResolved, dRecFailed, dExpired, dStuck,
 		dInDoubt, dLocks, dDecided, dForced, dPages} {
 		ch <- d
@@ -106,6 +108,8 @@ func collectHost(h *service.Host, ch chan<- prometheus.Metric) {
 	counter(dRestores, s.Restores)
 	counter(dExcises, s.LogExcises)
 	counter(dExciseErrors, s.LogExciseErrors)
+	gauge(dSegments, float64(s.LogSegments))
+	counter(dSegsRemoved, s.LogSegmentsRemoved)
 	counter(dLogReads, s.LogReads)
 	counter(dLeaderChanges, s.LeaderChanges)
 

@@ -94,7 +94,7 @@ func TestCollectorReportsHostsAndMemnodes(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`tutti_raft_applied_index{host="2",memnode="1"}`, `tutti_recovery_resolved_total{host="3",outcome="commit"}`, "go_goroutines"} {
+	for _, want := range []string{`tutti_raft_applied_index{host="2",memnode="1"}`, `tutti_recovery_resolved_total{host="3",outcome="commit"}`, `tutti_raft_log_segments{host="1"}`, "go_goroutines"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
