@@ -58,14 +58,7 @@ type directBuf struct{ b []byte }
 
 func newDirectFS(fs vfs.FS) *directFS {
 	d := &directFS{FS: fs}
-	d.bufs.New = func() any {
-		mem := make([]byte, directBufSize+directBlock)
-		off := 0
-		if r := int(uintptr(unsafe.Pointer(&mem[0])) % directBlock); r != 0 {
-			off = directBlock - r
-		}
-		return &directBuf{b: mem[off : off+directBufSize]}
-	}
+	d.bufs.New = func() any { return &directBuf{b: alignedBlock(directBufSize)} }
 	return d
 }
 
@@ -132,19 +125,9 @@ func (f *directFile) Write(p []byte) (int, error) {
 }
 
 func (f *directFile) pwrite(b []byte) error {
-	for w := 0; w < len(b); {
-		n, err := unix.Pwrite(f.fd, b[w:], f.off+int64(w))
-		if err == unix.EINTR {
-			continue
-		}
-		if err == nil && n == 0 {
-			err = errors.New("short write")
-		}
-		if err != nil {
-			f.err = fmt.Errorf("replication: write table %s: %w", f.f.Name(), err)
-			return f.err
-		}
-		w += n
+	if err := pwriteAll(f.fd, b, f.off); err != nil {
+		f.err = fmt.Errorf("replication: write table %s: %w", f.f.Name(), err)
+		return f.err
 	}
 	return nil
 }
@@ -229,3 +212,30 @@ func (f *directFile) WriteAt([]byte, int64) (int, error) {
 }
 func (f *directFile) Prefetch(offset, length int64) error { return nil }
 func (f *directFile) Fd() uintptr                         { return vfs.InvalidFd }
+
+// alignedBlock returns n bytes aligned for O_DIRECT.
+func alignedBlock(n int) []byte {
+	mem := make([]byte, n+directBlock)
+	off := 0
+	if rem := int(uintptr(unsafe.Pointer(&mem[0])) % directBlock); rem != 0 {
+		off = directBlock - rem
+	}
+	return mem[off : off+n]
+}
+
+func pwriteAll(fd int, b []byte, off int64) error {
+	for w := 0; w < len(b); {
+		n, err := unix.Pwrite(fd, b[w:], off+int64(w))
+		if err == unix.EINTR {
+			continue
+		}
+		if err == nil && n == 0 {
+			err = errors.New("short write")
+		}
+		if err != nil {
+			return err
+		}
+		w += n
+	}
+	return nil
+}

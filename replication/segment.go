@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -938,33 +937,6 @@ func (w *segWriter) writeDirect(r *segRecord, hdr []byte) error {
 	}
 	full := n &^ (directBlock - 1)
 	w.tail = copy(w.blk, w.blk[full:n])
-	return nil
-}
-
-// alignedBlock returns n bytes aligned for O_DIRECT.
-func alignedBlock(n int) []byte {
-	mem := make([]byte, n+directBlock)
-	off := 0
-	if rem := int(uintptr(unsafe.Pointer(&mem[0])) % directBlock); rem != 0 {
-		off = directBlock - rem
-	}
-	return mem[off : off+n]
-}
-
-func pwriteAll(fd int, b []byte, off int64) error {
-	for w := 0; w < len(b); {
-		n, err := unix.Pwrite(fd, b[w:], off+int64(w))
-		if err == unix.EINTR {
-			continue
-		}
-		if err == nil && n == 0 {
-			err = errors.New("short write")
-		}
-		if err != nil {
-			return err
-		}
-		w += n
-	}
 	return nil
 }
 
