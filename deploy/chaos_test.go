@@ -5,6 +5,7 @@
 package deploy_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -183,10 +184,13 @@ func TestChaosOnContainers(t *testing.T) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 7))
 			for n := uint64(1); !stop.Load(); n++ {
-				// An acknowledged write of this worker's counter.
+				// An acknowledged write of this worker's counter, with a
+				// 1 KiB record of it: an entry large enough for the hosts'
+				// log segments (replication/doc.go, "Entry bytes in
+				// segment files"), which the kills meet mid-write.
 				lastTried[w].Store(n)
 				octx, ocancel := context.WithTimeout(ctx, 5*time.Second)
-				r, err := cl.Exec(octx, client.NewTx().Write(uint64(w%3), counter(w), u64(n)))
+				r, err := cl.Exec(octx, client.NewTx().Write(uint64(w%3), counter(w), u64(n)).Write(uint64(w%3), record(w), recordOf(w, n)))
 				if err == nil && r.Committed {
 					lastAcked[w].Store(n)
 				} else if err != nil {
@@ -297,13 +301,18 @@ func TestChaosOnContainers(t *testing.T) {
 	lost := 0
 	for w := range workers {
 		var got uint64
+		var rec []byte
 		retry(ctx, t, "read counter", func(ctx context.Context) error {
-			r, err := cl.Exec(ctx, client.NewTx().Read(uint64(w%3), counter(w), 8))
+			r, err := cl.Exec(ctx, client.NewTx().Read(uint64(w%3), counter(w), 8).Read(uint64(w%3), record(w), recordBytes))
 			if err == nil {
-				got = binary.LittleEndian.Uint64(r.Reads[0])
+				got, rec = binary.LittleEndian.Uint64(r.Reads[0]), r.Reads[1]
 			}
 			return err
 		})
+		if !bytes.Equal(rec, recordOf(w, got)) {
+			lost++
+			t.Errorf("worker %d: counter %d but its record is not the one written with it", w, got)
+		}
 		// The last write may have been applied without an answer.
 		if acked, tried := lastAcked[w].Load(), lastTried[w].Load(); got < acked || got > tried {
 			lost++
@@ -326,6 +335,20 @@ func acct(i int) uint64    { return 0x1000 + 8*uint64(i) }
 func counter(w int) uint64 { return 0x2000 + 8*uint64(w) }
 
 func u64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+
+// recordBytes: the size of the record written with each counter.
+const recordBytes = 1024
+
+func record(w int) uint64 { return 0x4000 + recordBytes*uint64(w) }
+
+// recordOf is worker w's record for counter value n (all zeros for 0,
+// the counter never written).
+func recordOf(w int, n uint64) []byte {
+	if n == 0 {
+		return make([]byte, recordBytes)
+	}
+	return bytes.Repeat(binary.LittleEndian.AppendUint64(nil, uint64(w)<<56|n), recordBytes/8)
+}
 
 // retry runs op until it succeeds or ctx ends (then the test fails).
 func retry(ctx context.Context, t *testing.T, what string, op func(context.Context) error) {
