@@ -51,7 +51,9 @@
 //     no difference while the machine was busy (2.3–3.6 ms either way).
 //  4. Persist: write all their snapshots, entries and hard states into ONE
 //     Pebble batch and commit it with ONE fsync (none if no Ready needs it,
-//     or if Config.NoSync). Messages that do not acknowledge anything (the
+//     or if Config.NoSync); the data of large entries goes first to the
+//     worker's segment file in ONE record, and then the record's fdatasync
+//     is the cycle's fsync (see "Entry bytes in segment files"). Messages that do not acknowledge anything (the
 //     leader's MsgApp, heartbeats, vote requests, MsgSnap) are sent BEFORE
 //     the fsync, so the leader replicates while it syncs; MsgAppResp,
 //     MsgVoteResp and MsgPreVoteResp only AFTER it, because they promise
