@@ -433,8 +433,7 @@
 // term, type and a reference (segment, offset, length, CRC-32C). Each
 // worker appends to a segment of its own (64 MiB, then the next). A worker
 // cycle with such entries writes one record holding every entry of the
-// cycle (small ones too) and every hard state, with one pwritev, and
-// fdatasyncs it; then it commits the engine batch, which also records how
+// cycle (small ones too) and every hard state, and fdatasyncs it; then it commits the engine batch, which also records how
 // far the segment is applied, without an fsync of its own. A crash can
 // lose engine batches whose records are durable, never the reverse: on
 // open, each segment's records after its applied position are replayed

@@ -168,8 +168,7 @@ type segRecord struct {
 	meta  []byte
 	data  [][]byte
 	dlen  int64
-	big   bool // some entry's data goes to the segment
-	w     *segWriter
+	big   bool   // some entry's data goes to the segment
 	id    uint64 // segment and offset of the record, once big
 	start int64
 	refs  []segRef
@@ -837,7 +836,7 @@ func (w *segWriter) begin(r *segRecord) error {
 			return err
 		}
 	}
-	r.w, r.id, r.start, r.big = w, w.id, w.off, true
+	r.id, r.start, r.big = w.id, w.off, true
 	return nil
 }
 
@@ -970,9 +969,8 @@ func pwritevAll(fd int, iovs [][]byte, off int64) error {
 	return nil
 }
 
-// recordEntries adds a group's appended entries to the record; it returns
-// the references of those whose data goes to the segment (in order, nil
-// for inline ones) by calling ref.
+// addEntries starts the record's operation for a group's appended
+// entries (prevLast: the last index stored before); addEntry adds each.
 func (r *segRecord) addEntries(g, prevLast uint64, ents []*pb.Entry) {
 	r.meta = append(r.meta, segOpEntries)
 	r.meta = binary.AppendUvarint(r.meta, g)
@@ -980,6 +978,8 @@ func (r *segRecord) addEntries(g, prevLast uint64, ents []*pb.Entry) {
 	r.meta = binary.AppendUvarint(r.meta, uint64(len(ents)))
 }
 
+// addEntry adds e (sum: its data's checksum) and returns where its data
+// starts in the record's data.
 func (r *segRecord) addEntry(e *pb.Entry, sum uint32) (dataOff int64) {
 	d := e.GetData()
 	r.meta = binary.AppendUvarint(r.meta, e.GetIndex())
