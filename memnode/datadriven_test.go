@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -235,7 +234,8 @@ func dumpState(m *Memnode) string {
 	s := m.Stats()
 	fmt.Fprintf(&b, "clock=%d last-sweep=%d pages=%d locks=%d in-doubt=%d forced=%d decided=%d\n",
 		s.Now, m.lastSweep, s.Pages, s.Locks, s.InDoubt, s.ForcedAbort, s.Decided)
-	pns := slices.Sorted(maps.Keys(m.mem.pages))
+	var pns []uint64
+	m.mem.eachPage(func(pn uint64, _ *page) { pns = append(pns, pn) })
 	if len(pns) > 0 {
 		fmt.Fprintf(&b, "pages: %v\n", pns)
 	}

@@ -613,7 +613,7 @@ func (m *Memnode) InDoubtWrites(tid TID) ([]Write, bool) {
 // Stats returns the current counts.
 func (m *Memnode) Stats() Stats {
 	return Stats{
-		Pages:       len(m.mem.pages),
+		Pages:       m.mem.npages,
 		Locks:       m.locks.ranges,
 		InDoubt:     m.inDoubt.len(),
 		ForcedAbort: m.recorded.len(recForced),

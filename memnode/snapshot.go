@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
-	"maps"
-	"slices"
 )
 
 // Snapshot format, version 1. Every version starts with the magic and a
@@ -48,11 +46,11 @@ func (m *Memnode) AppendSnapshot(dst []byte) []byte {
 	b = binary.AppendVarint(b, m.clock)
 	b = binary.AppendVarint(b, m.lastSweep)
 
-	b = binary.AppendUvarint(b, uint64(len(m.mem.pages)))
-	for _, pn := range slices.Sorted(maps.Keys(m.mem.pages)) {
+	b = binary.AppendUvarint(b, uint64(m.mem.npages))
+	m.mem.eachPage(func(pn uint64, p *page) {
 		b = binary.AppendUvarint(b, pn)
-		b = append(b, m.mem.pages[pn][:]...)
-	}
+		b = append(b, p[:]...)
+	})
 
 	b = binary.AppendUvarint(b, uint64(m.inDoubt.len()))
 	for _, tid := range sortedTIDs(m.inDoubt.tids) {
@@ -136,7 +134,6 @@ func (n *Memnode) decodeState(d *decoder) {
 	}
 
 	if c := d.count(1 + pageSize); c > 0 {
-		n.mem.pages = make(map[uint64]*page, c)
 		var prev uint64
 		for i := range c {
 			pn := d.uvarint()
@@ -151,7 +148,7 @@ func (n *Memnode) decodeState(d *decoder) {
 			}
 			p := new(page)
 			d.copyPage(p)
-			n.mem.pages[pn] = p
+			n.mem.setPage(pn, p)
 			prev = pn
 		}
 	}
@@ -269,7 +266,7 @@ func (d *decoder) copyPage(p *page) {
 // for a gcs memnode, into a buffer a quarter larger, once per snapshot.)
 func (m *Memnode) snapshotBound() int {
 	const v = binary.MaxVarintLen64
-	n := len(snapshotMagic) + 1 + 3*v + len(m.mem.pages)*(pageSize+v)
+	n := len(snapshotMagic) + 1 + 3*v + m.mem.npages*(pageSize+v)
 	n += v
 	m.inDoubt.each(func(t *txn) {
 		n += 5*v + len(t.participants)*v + 3*v + (len(t.compares)+len(t.reads))*2*v
