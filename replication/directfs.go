@@ -14,9 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// directFS writes the log engine's tables with O_DIRECT, past the page
-// cache; everything else (WAL, manifest, reads of tables) goes through fs
-// (the OS's) unchanged.
+// directFS writes the log engine's tables and the snapshot files with
+// O_DIRECT, past the page cache; everything else (WAL, manifest, reads of
+// tables and snapshots) goes through fs (the OS's) unchanged.
 //
 // Why: nearly all the engine writes is Raft log, and every byte of it is
 // written twice, once to the WAL and once into a table when its memtable
@@ -30,8 +30,13 @@ import (
 // hands the device our own buffer (reused, so warm): ~0.25 ns per byte.
 // doc.go, "Tables written past the page cache", has the figures.
 //
+// Snapshot files, likewise written once and read back only by a restart
+// or a follower's catch-up, cost 4.1% of the cluster's CPU in write calls
+// at saturation through the page cache (a snapshot of a memnode copies
+// its whole address space, every 256 MiB of log or twice its size).
+//
 // A table is written sequentially (Pebble's table writer only calls Write,
-// then Sync and Close): bytes gather in an aligned buffer written whole
+// then Sync and Close; so does writeSnapFile): bytes gather in an aligned buffer written whole
 // (aligned offset and length, as O_DIRECT requires); Sync writes the last
 // partial block padded with zeros, cuts the file to the bytes written
 // (ftruncate) and fsyncs, so the file holds exactly what Pebble wrote, and
@@ -41,7 +46,7 @@ import (
 type directFS struct {
 	vfs.FS
 	bufs    sync.Pool     // *directBuf
-	written atomic.Uint64 // tables written with O_DIRECT (tests)
+	written atomic.Uint64 // files written with O_DIRECT (tests)
 }
 
 // directBlock is the alignment O_DIRECT needs for offsets, lengths and
@@ -62,10 +67,11 @@ func newDirectFS(fs vfs.FS) *directFS {
 	return d
 }
 
-// Create opens a table for writing with O_DIRECT; other files, and tables
-// where O_DIRECT is refused, as fs does.
+// Create opens a table, or a snapshot file being written (snapTmpSuffix),
+// for writing with O_DIRECT; other files, and these where O_DIRECT is
+// refused, as fs does.
 func (d *directFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File, error) {
-	if !strings.HasSuffix(name, ".sst") {
+	if !strings.HasSuffix(name, ".sst") && !strings.HasSuffix(name, snapTmpSuffix) {
 		return d.FS.Create(name, category)
 	}
 	// As FS.Create: a new inode even if the name exists.
@@ -126,7 +132,7 @@ func (f *directFile) Write(p []byte) (int, error) {
 
 func (f *directFile) pwrite(b []byte) error {
 	if err := pwriteAll(f.fd, b, f.off); err != nil {
-		f.err = fmt.Errorf("replication: write table %s: %w", f.f.Name(), err)
+		f.err = fmt.Errorf("replication: write %s: %w", f.f.Name(), err)
 		return f.err
 	}
 	return nil
@@ -150,7 +156,7 @@ func (f *directFile) flush() error {
 		}
 	}
 	if err := unix.Ftruncate(f.fd, f.off+int64(f.n)); err != nil {
-		f.err = fmt.Errorf("replication: cut table %s: %w", f.f.Name(), err)
+		f.err = fmt.Errorf("replication: cut %s: %w", f.f.Name(), err)
 		return f.err
 	}
 	f.cut = true

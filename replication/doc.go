@@ -344,6 +344,13 @@
 // per member against snappy's 37.3k, 33.3k, 41.0k, but with zeros 39.8k
 // against 50.9k. Snappy kept, as before.
 //
+// Snapshot files are written the same way (their temporary name ends in
+// snapTmpSuffix; the engine's file system is the directFS): written once,
+// read back only by a restart or a follower's catch-up, through the page
+// cache their write calls were 4.1% of the embedded cluster's CPU at
+// saturation (a memnode's snapshot is its whole address space, taken
+// every SnapshotBytes of log or twice its own size).
+//
 // # Truncated entries excised
 //
 // A truncation (a range deletion, committed with the snapshot that allows

@@ -129,7 +129,8 @@ func openEngine(dir string, fs vfs.FS, log zerolog.Logger) (*engine, error) {
 		return nil, fmt.Errorf("replication: open log engine in %s: %w", dir, err)
 	}
 	if fs == nil {
-		fs = vfs.Default
+		// Snapshot files with O_DIRECT too.
+		fs = engFS
 	}
 	rec.start(db)
 	e := &engine{db: db, fs: fs, snapDir: fs.PathJoin(dir, snapDirName), rec: rec}
@@ -519,6 +520,10 @@ func (b *logBatch) setSnapshot(g uint64, snap *pb.Snapshot, dropLog bool, file s
 	return b.b.Set(groupKey(g, kindSnapshot), v, nil)
 }
 
+// snapTmpSuffix ends the name of a snapshot file being written (its name
+// and ".tmp").
+const snapTmpSuffix = ".snap.tmp"
+
 // snapFilePrefix starts the names of group g's snapshot files.
 func snapFilePrefix(g uint64) string { return fmt.Sprintf("%016x-", g) }
 
@@ -530,7 +535,7 @@ func (e *engine) writeSnapFile(g uint64, snap *pb.Snapshot, sync bool) (string, 
 	md := snap.GetMetadata()
 	name := fmt.Sprintf("%s%016x-%016x.snap", snapFilePrefix(g), md.GetIndex(), md.GetTerm())
 	path := e.fs.PathJoin(e.snapDir, name)
-	tmp := path + ".tmp"
+	tmp := path + ".tmp" // ends with snapTmpSuffix
 	f, err := e.fs.Create(tmp, vfs.WriteCategoryUnspecified)
 	if err != nil {
 		return "", fmt.Errorf("replication: group %d: create snapshot file: %w", g, err)
