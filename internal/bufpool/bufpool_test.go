@@ -2,6 +2,8 @@ package bufpool
 
 import (
 	"bytes"
+	"runtime"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/mem"
@@ -59,5 +61,31 @@ func TestCodecRoundTrip(t *testing.T) {
 	}
 	if _, err := Codec.Marshal("not a message"); err == nil {
 		t.Fatal("Marshal of a non-message: no error")
+	}
+}
+
+// Buffers of the large tiers survive garbage collections (up to
+// keptPerTier of each), which empty a sync.Pool: a process that collects
+// often would otherwise allocate and clear them anew.
+func TestLargeBuffersKeptAcrossGC(t *testing.T) {
+	p := &pool{}
+	var put []*[]byte
+	for range keptPerTier + 2 {
+		put = append(put, p.Get(1<<20))
+	}
+	for _, b := range put {
+		p.Put(b)
+	}
+	runtime.GC()
+	runtime.GC()
+	runtime.GC()
+	for i := range keptPerTier {
+		b := p.Get(1<<20 - 5)
+		if len(*b) != 1<<20-5 {
+			t.Fatalf("length %d", len(*b))
+		}
+		if !slices.Contains(put, b) {
+			t.Fatalf("Get %d after collections: a new buffer, not one put back", i)
+		}
 	}
 }
